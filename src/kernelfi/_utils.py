@@ -1,0 +1,45 @@
+"""Small helpers shared by every level: the error type users see, seeded RNGs, hashing.
+
+Kept free of torch so that the store and analysis layers can import it.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+
+class KernelfiError(Exception):
+    """An error caused by the user's input (file, option, model).
+
+    The CLI prints ``str(err)`` on one line and exits non-zero, so the message must name the
+    offending file/option and the problem, and must not contain a traceback.
+    """
+
+
+def rng_for(seed: int, *keys: int) -> np.random.Generator:
+    """A generator that depends only on (seed, *keys).
+
+    Every random choice of a campaign flows through this, so injection ``i`` of a campaign with
+    seed ``s`` draws exactly the same site/bit/input whether it runs first, last, in another
+    process or after a resume.
+    """
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, *[int(k) for k in keys]])))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file; stored with campaigns so results name the exact weights used."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def one_line(msg: str) -> str:
+    """Collapse whitespace so an error message stays on one terminal line."""
+    return " ".join(str(msg).split())
