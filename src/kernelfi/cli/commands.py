@@ -1,0 +1,50 @@
+"""Subcommands: models, profile (more are registered by sibling modules)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import click
+
+from kernelfi.cli import cli
+from kernelfi.cli.common import load_program, model_options
+from kernelfi.lowering.profile import profile_dict, profile_rows
+from kernelfi.models import list_models
+from kernelfi.types import GROUPS
+
+
+@cli.command("models")
+def models_cmd() -> None:
+    """List the registered models."""
+    for info in list_models():
+        shape = "x".join(str(d) for d in info.input_shape)
+        click.echo(f"{info.name:16s} {shape:10s} {info.num_classes:5d} classes  {info.description}")
+
+
+@cli.command("profile")
+@model_options
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def profile_cmd(model: str, weights: str | None, num_classes: int | None, seed: int, fmt: str) -> None:
+    """Per-launch and per-layer dynamic instruction profile of MODEL."""
+    program, loaded = load_program(model, weights, num_classes, seed)
+    if fmt == "json":
+        click.echo(json.dumps(profile_dict(program.trace), indent=1))
+        return
+    rows = profile_rows(program.trace)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+        return
+    if loaded.note:
+        click.echo(f"# {loaded.note}", err=True)
+    head = f"{'layer':>5} {'type':14s} {'kernel':16s}" + "".join(f"{g:>14s}" for g in GROUPS) + f"{'threads':>11s} {'share':>7s}"
+    click.echo(head)
+    for r in rows:
+        click.echo(f"{r['layer']:5d} {r['type']:14s} {r['kernel']:16s}" + "".join(f"{r[g]:14d}" for g in GROUPS)
+                   + f"{r['threads']:11d} {100 * r['share']:6.2f}%")
+    d = profile_dict(program.trace)
+    click.echo(f"total dynamic instructions: {d['total_instructions']}")

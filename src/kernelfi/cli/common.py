@@ -1,0 +1,24 @@
+"""Options and loaders shared by several subcommands."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from kernelfi.lowering import Program, lower
+from kernelfi.models import LoadedModel, load_model
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """MODEL argument plus --weights/--num-classes/--seed-weights."""
+    fn = click.option("--seed-weights", "seed", type=int, default=0, show_default=True,
+                      help="seed of the random weights used when a model has no trained weights")(fn)
+    fn = click.option("--num-classes", type=int, default=None, help="classifier width (alexnet)")(fn)
+    fn = click.option("--weights", type=click.Path(), default=None,
+                      help=".pth/.pt (weights_only), .safetensors or Darknet .weights")(fn)
+    return click.argument("model")(fn)
+
+
+def load_program(model: str, weights: str | None, num_classes: int | None, seed: int) -> tuple[Program, LoadedModel]:
+    loaded = load_model(model, weights=weights, num_classes=num_classes, seed=seed)
+    return lower(loaded.module, loaded.info.input_shape, loaded.info.name), loaded

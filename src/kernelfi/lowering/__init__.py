@@ -1,0 +1,29 @@
+"""Lowering: a model -> the kernel trace a framework launches, and its execution engine."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from kernelfi._utils import KernelfiError
+from kernelfi.lowering.build import build_trace
+from kernelfi.lowering.engine import Memory, Override, Program
+from kernelfi.lowering.fx_frontend import layers_from_module
+
+__all__ = ["lower", "Program", "Memory", "Override", "build_trace", "layers_from_module"]
+
+
+def lower(module: nn.Module, input_shape: tuple[int, ...], name: str = "model",
+          append_softmax: bool = True) -> Program:
+    """Lower a model to an executable kernel program.
+
+    Darknet networks (built from a .cfg) carry their layers in ``kernelfi_layers`` and are
+    lowered as Darknet runs them; anything else goes through torch.fx.
+    """
+    layers = getattr(module, "kernelfi_layers", None)
+    if layers is not None:
+        state = {k: v.detach() for k, v in module.state_dict().items()}
+    else:
+        if not isinstance(module, nn.Module):
+            raise KernelfiError(f"{name}: not a torch.nn.Module")
+        layers, state = layers_from_module(module, input_shape)
+    trace, weights = build_trace(name, tuple(layers), state, input_shape, append_softmax)
+    return Program(trace, weights)

@@ -1,0 +1,201 @@
+"""LayerSpecs -> the kernel trace Darknet would launch (SPEC §1), plus the weight tensors.
+
+One function per Darknet layer type emits its launches in Darknet's order; buffers are
+allocated in Darknet's order (input, then per layer its weights and outputs, workspace last)
+so the IOA memory map is faithful.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernelfi._utils import KernelfiError
+from kernelfi.kernels import get_kernel
+from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
+
+_WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
+
+
+@dataclass
+class _Builder:
+    layers: tuple[LayerSpec, ...]
+    state: dict[str, torch.Tensor]
+    input_shape: tuple[int, ...]
+    buffers: list[BufferSpec] = field(default_factory=list)
+    launches: list[Launch] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    out_buf: dict[int, str] = field(default_factory=dict)  # layer index -> buffer of its output
+    workspace: tuple[int, int] = (0, 0)
+
+    # ------------------------------------------------------------------ helpers
+    def buf(self, layer: int) -> str:
+        return "input" if layer < 0 else self.out_buf[layer]
+
+    def shape(self, layer: int) -> tuple[int, ...]:
+        return self.input_shape if layer < 0 else self.layers[layer].out_shape
+
+    def alloc(self, name: str, shape: tuple[int, ...], kind: str, dtype: str = "float32") -> str:
+        self.buffers.append(BufferSpec(name, tuple(int(d) for d in shape), kind, dtype))
+        return name
+
+    def weight(self, spec: LayerSpec, role: str, shape: tuple[int, ...]) -> str:
+        key = spec.weights.get(role)
+        if key is None or key not in self.state:
+            raise KernelfiError(f"layer {spec.index} ({spec.type} {spec.name}): missing {role} tensor '{key}'")
+        t = self.state[key].detach().to(torch.float32).reshape(-1)
+        if t.numel() != math.prod(shape):
+            raise KernelfiError(f"layer {spec.index} ({spec.name}): {role} has {t.numel()} values, expected {math.prod(shape)}")
+        name = f"{spec.name}.{role}"
+        self.weights[name] = t.reshape(shape).contiguous()
+        return self.alloc(name, shape, "weight")
+
+    def launch(self, spec: LayerSpec, kernel: str, reads: tuple[str, ...], writes: tuple[str, ...],
+               params: dict[str, Any], suffix: str = "") -> None:
+        impl = get_kernel(kernel)
+        self.launches.append(Launch(
+            index=len(self.launches), layer=spec.index, layer_type=spec.type,
+            name=f"{spec.name}.{kernel}{suffix}", kernel=kernel, reads=reads, writes=writes,
+            params=params, template=impl.template(params)))
+
+    def bias_and_activation(self, spec: LayerSpec, out: str, channels: int, spatial: int) -> None:
+        p = spec.params
+        if p.get("batch_normalize"):
+            eps = float(p.get("eps", 1e-5))
+            self.launch(spec, "normalize", (out, f"{spec.name}.rolling_mean", f"{spec.name}.rolling_variance"), (out,),
+                        {"channels": channels, "spatial": spatial, "eps": eps})
+            self.launch(spec, "scale_bias", (out, f"{spec.name}.scales"), (out,), {"channels": channels, "spatial": spatial})
+        self.launch(spec, "add_bias", (out, f"{spec.name}.biases"), (out,), {"channels": channels, "spatial": spatial})
+        self.launch(spec, "activate_array", (out,), (out,),
+                    {"n": channels * spatial, "activation": str(p.get("activation", "linear"))})
+
+    def alloc_params(self, spec: LayerSpec, wshape: tuple[int, ...], n: int) -> None:
+        self.weight(spec, "weights", wshape)
+        self.weight(spec, "biases", (n,))
+        if spec.params.get("batch_normalize"):
+            for role in ("scales", "rolling_mean", "rolling_variance"):
+                self.weight(spec, role, (n,))
+
+    # ------------------------------------------------------------------ layer types
+    def convolutional(self, spec: LayerSpec) -> None:
+        p = spec.params
+        src = spec.inputs[0]
+        c, h, w = self.shape(src)
+        filters, size, stride = int(p["filters"]), int(p["size"]), int(p["stride"])
+        pad, groups, dil = int(p["pad"]), int(p.get("groups", 1)), int(p.get("dilation", 1))
+        _, oh, ow = spec.out_shape
+        cg, mg = c // groups, filters // groups
+        k, n = cg * size * size, oh * ow
+        self.alloc_params(spec, (filters, k), filters)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "fill", (), (out,), {"n": filters * n, "value": 0.0})
+        direct = size == 1 and stride == 1 and pad == 0 and dil == 1
+        for g in range(groups):
+            sfx = f".g{g}" if groups > 1 else ""
+            if direct:
+                b, b_off = self.buf(src), g * cg * n
+            else:
+                self.launch(spec, "im2col", (self.buf(src),), ("workspace",),
+                            {"channels": c, "height": h, "width": w, "ksize": size, "stride": stride,
+                             "pad": pad, "dilation": dil, "out_h": oh, "out_w": ow,
+                             "channel_offset": g * cg, "group_channels": cg}, sfx)
+                self.workspace = (max(self.workspace[0], k), max(self.workspace[1], n))
+                b, b_off = "workspace", 0
+            self.launch(spec, "gemm", (f"{spec.name}.weights", b, out), (out,),
+                        {"M": mg, "N": n, "K": k, "trans_a": False, "trans_b": False,
+                         "a_offset": g * mg * k, "b_offset": b_off, "c_offset": g * mg * n}, sfx)
+        self.bias_and_activation(spec, out, filters, n)
+
+    def connected(self, spec: LayerSpec) -> None:
+        src = spec.inputs[0]
+        k = math.prod(self.shape(src))
+        n = int(spec.out_shape[0])
+        self.alloc_params(spec, (n, k), n)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "fill", (), (out,), {"n": n, "value": 0.0})
+        self.launch(spec, "gemm", (self.buf(src), f"{spec.name}.weights", out), (out,),
+                    {"M": 1, "N": n, "K": k, "trans_a": False, "trans_b": True,
+                     "a_offset": 0, "b_offset": 0, "c_offset": 0})
+        self.bias_and_activation(spec, out, n, 1)
+
+    def maxpool(self, spec: LayerSpec) -> None:
+        p = spec.params
+        c, h, w = self.shape(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        idx = self.alloc(f"{spec.name}.indexes", spec.out_shape, "index", "int32")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "forward_maxpool", (self.buf(spec.inputs[0]),), (out, idx),
+                    {"channels": c, "height": h, "width": w, "size": int(p["size"]),
+                     "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow})
+
+    def avgpool(self, spec: LayerSpec) -> None:
+        c, h, w = self.shape(spec.inputs[0])
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "forward_avgpool", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w})
+
+    def shortcut(self, spec: LayerSpec) -> None:
+        a, b = spec.inputs
+        n = math.prod(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "copy", (self.buf(a),), (out,), {"n": n, "out_offset": 0})
+        self.launch(spec, "shortcut", (out, self.buf(b)), (out,), {"n": n})
+        self.launch(spec, "activate_array", (out,), (out,),
+                    {"n": n, "activation": str(spec.params.get("activation", "linear"))})
+
+    def route(self, spec: LayerSpec) -> None:
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        offset = 0
+        for j, src in enumerate(spec.inputs):
+            n = math.prod(self.shape(src))
+            self.launch(spec, "copy", (self.buf(src),), (out,), {"n": n, "out_offset": offset}, f".{j}")
+            offset += n
+
+    def dropout(self, spec: LayerSpec) -> None:
+        # Darknet's dropout is in place and launches nothing at inference: the output is the input.
+        self.out_buf[spec.index] = self.buf(spec.inputs[0])
+
+    def softmax(self, spec: LayerSpec) -> None:
+        n = math.prod(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "softmax", (self.buf(spec.inputs[0]),), (out,),
+                    {"n": n, "temperature": float(spec.params.get("temperature", 1.0))})
+
+
+def build_trace(model: str, layers: tuple[LayerSpec, ...], state: dict[str, torch.Tensor],
+                input_shape: tuple[int, ...], append_softmax: bool = True) -> tuple[Trace, dict[str, torch.Tensor]]:
+    """Emit the trace; append a softmax layer when the model ends in raw scores.
+
+    The seeds' outcome classes need output probabilities, and Darknet nets end in softmax;
+    torchvision models return logits, so a softmax (the seed's 'softmax' kernel) is appended.
+    """
+    layers = tuple(layers)
+    if not layers:
+        raise KernelfiError(f"{model}: no layers to lower")
+    if append_softmax and layers[-1].type != "softmax":
+        last = layers[-1]
+        n = math.prod(last.out_shape)
+        layers = layers + (LayerSpec(len(layers), "softmax", "softmax", (last.index,), (n,), {"temperature": 1.0}),)
+    b = _Builder(layers, state, tuple(int(d) for d in input_shape))
+    b.alloc("input", b.input_shape, "input")
+    for spec in layers:
+        emit = getattr(b, spec.type, None)
+        if emit is None:
+            raise KernelfiError(f"layer {spec.index} ({spec.name}): layer type '{spec.type}' has no kernel lowering")
+        emit(spec)
+    if b.workspace != (0, 0):
+        b.alloc("workspace", b.workspace, "workspace")
+    final = layers[-1]
+    logits_layer = final.inputs[0] if final.type == "softmax" else final.index
+    trace = Trace(model=model, input_shape=b.input_shape, layers=layers, buffers=tuple(b.buffers),
+                  launches=tuple(b.launches), logits=b.buf(logits_layer), output=b.buf(final.index))
+    return trace, b.weights

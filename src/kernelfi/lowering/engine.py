@@ -1,0 +1,109 @@
+"""Runs a kernel trace on a batch of lanes: the golden execution and the base of every campaign.
+
+A ``Program`` is a trace plus its weight tensors. Execution is a loop over launches calling the
+catalogue's batched kernels on a ``Memory`` (dict buffer name -> tensor, activations with a
+leading lane dimension). Campaigns start mid-trace from cached golden state, so ``run`` takes
+a launch range and an optional per-launch override (how faults enter a kernel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from kernelfi._utils import KernelfiError
+from kernelfi.kernels import fused_conv, get_kernel
+from kernelfi.types import Launch, Trace
+
+Memory = dict[str, torch.Tensor]
+#: Called instead of the kernel for one launch: ``override(launch, mem)`` must write its outputs.
+Override = Callable[[Launch, Memory], None]
+
+
+@dataclass
+class Program:
+    """An executable lowered model."""
+
+    trace: Trace
+    weights: dict[str, torch.Tensor]
+
+    def memory(self, x: torch.Tensor) -> Memory:
+        """Fresh memory for a batch of inputs (lanes = batch)."""
+        shape = tuple(self.trace.input_shape)
+        if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+            raise KernelfiError(
+                f"{self.trace.model}: input of shape {tuple(x.shape[1:])} does not match the model's {shape}")
+        mem: Memory = dict(self.weights)
+        mem["input"] = x.to(torch.float32)
+        return mem
+
+    def run(self, mem: Memory, start: int = 0, stop: int | None = None, fast: bool = True,
+            overrides: dict[int, Override] | None = None,
+            after: Callable[[Launch, Memory], None] | None = None) -> Memory:
+        """Execute launches ``start .. stop-1`` in place on ``mem``.
+
+        ``fast`` lets an im2col+gemm pair whose workspace nobody else reads run as one
+        convolution (same values up to float rounding); the pair runs explicitly when either
+        launch has an override, so faults always see the kernels' real data flow. Golden and
+        faulty lanes compared with each other must run with the same ``fast`` setting.
+        """
+        launches = self.trace.launches
+        stop = len(launches) if stop is None else stop
+        overrides = overrides or {}
+        i = start
+        while i < stop:
+            launch = launches[i]
+            if (fast and launch.kernel == "im2col" and i + 1 < stop and i not in overrides
+                    and i + 1 not in overrides and launches[i + 1].kernel == "gemm"
+                    and launches[i + 1].reads[1] == "workspace"):
+                gemm = launches[i + 1]
+                out = gemm.writes[0]
+                conv = fused_conv(mem[launch.reads[0]], mem[gemm.reads[0]], launch.params, gemm.params)
+                mem[out] = _accumulate(mem[out], conv, gemm.params)
+                if after is not None:
+                    after(launch, mem)
+                    after(gemm, mem)
+                i += 2
+                continue
+            fn = overrides.get(i)
+            if fn is not None:
+                fn(launch, mem)
+            else:
+                get_kernel(launch.kernel).run(mem, launch)
+            if after is not None:
+                after(launch, mem)
+            i += 1
+        return mem
+
+    def forward(self, x: torch.Tensor, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, probabilities) of a batch, computed by the kernels."""
+        mem = self.run(self.memory(x), fast=fast)
+        b = x.shape[0]
+        return mem[self.trace.logits].reshape(b, -1), mem[self.trace.output].reshape(b, -1)
+
+    def layer_of_buffer(self) -> dict[str, int]:
+        """Which layer writes each activation buffer (for propagation tracking)."""
+        owner: dict[str, int] = {}
+        for launch in self.trace.launches:
+            for w in launch.writes:
+                if w != "workspace":
+                    owner[w] = launch.layer
+        return owner
+
+
+def _accumulate(c: torch.Tensor, conv: torch.Tensor, gemm_params: dict) -> torch.Tensor:
+    """C (viewed at c_offset) += the fused convolution's M×N block."""
+    m, n, off = int(gemm_params["M"]), int(gemm_params["N"]), int(gemm_params.get("c_offset", 0))
+    b = c.shape[0]
+    flat = c.reshape(b, -1)
+    block = flat[:, off:off + m * n] + conv.reshape(b, m * n)
+    if off == 0 and m * n == flat.shape[1]:
+        return block.reshape(c.shape)
+    new = flat.clone()
+    new[:, off:off + m * n] = block
+    return new.reshape(c.shape)
+
+
+def launch_names(trace: Trace) -> Iterable[str]:
+    return (l.name for l in trace.launches)
