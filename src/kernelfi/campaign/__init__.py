@@ -1,0 +1,7 @@
+"""Campaigns: the planner (seed -> faults) and the batched runner (faults -> outcomes)."""
+from kernelfi.campaign.campaign import CampaignConfig, Prepared, prepare, replay, run_campaign
+from kernelfi.campaign.planner import PlannedFault, Planner
+from kernelfi.campaign.session import ModelSpec, Session, open_session
+
+__all__ = ["CampaignConfig", "Prepared", "prepare", "replay", "run_campaign", "PlannedFault", "Planner",
+           "ModelSpec", "Session", "open_session"]

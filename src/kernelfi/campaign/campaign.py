@@ -1,0 +1,210 @@
+"""A statistical fault-injection campaign: plan, run in batches, store, resume (SPEC §2-§3).
+
+The store is the single source of truth: a campaign is identified by the hash of what defines
+it, so re-running the same command resumes it, runs only the missing injection ids, and ends
+with exactly N rows identical to an uninterrupted run (every draw depends on (seed, id) only;
+outcomes depend only on the fault and the input).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+from kernelfi import __version__
+from kernelfi._utils import KernelfiError
+from kernelfi.campaign.golden import Golden
+from kernelfi.campaign.planner import PlannedFault, Planner
+from kernelfi.campaign.runner import Executed, Runner
+from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
+from kernelfi.faults.registers import derating, rf_registers
+from kernelfi.store import CampaignMeta, InjectionRecord, LaunchRow, LayerRow, Store
+from kernelfi.types import BitModel, Mode, Outcome
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    model: ModelSpec
+    mode: str
+    bit_model: str
+    n: int
+    seed: int
+    warp: bool = False
+    data: str | None = None
+    inputs: int | None = None  # keep the first N inputs of the data set
+    scope: str = "all"
+    selection: str = "uniform"
+    batch: int = 64
+    workers: int = 1
+    fast: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            Mode(self.mode)
+        except ValueError:
+            raise KernelfiError(f"unknown mode '{self.mode}' (known: rf, iov, ioa)") from None
+        try:
+            BitModel(self.bit_model)
+        except ValueError:
+            raise KernelfiError(f"unknown bit model '{self.bit_model}' (known: {', '.join(b.value for b in BitModel)})") from None
+        if self.n < 1:
+            raise KernelfiError(f"-n must be at least 1, got {self.n}")
+        if self.batch < 1 or self.workers < 1:
+            raise KernelfiError("--batch and --workers must be at least 1")
+
+
+@dataclass
+class Prepared:
+    """A campaign ready to run: session, inputs, golden run, planner, runner."""
+
+    config: CampaignConfig
+    session: Session
+    input_source: str
+    n_inputs: int
+    golden: Golden
+    planner: Planner
+    runner: Runner
+
+    def meta(self) -> CampaignMeta:
+        c = self.config
+        return CampaignMeta(
+            model=self.session.loaded.info.name, mode=c.mode, bit_model=c.bit_model, seed=c.seed, n_planned=c.n,
+            weights_hash=self.session.weights_hash, weights_source=str(self.session.loaded.weights_source),
+            input_source=self.input_source, n_inputs=self.n_inputs, warp=c.warp, scope=c.scope,
+            selection=c.selection, hardening=self.session.plan,
+            derating=derating(self.session.program.trace) if c.mode == Mode.RF.value else None,
+            tool_version=__version__,
+            extra={"model_spec": asdict(c.model), "population": self.planner.population, "fast": c.fast,
+                   "data": c.data, "inputs": c.inputs},
+        )
+
+    def launch_rows(self) -> list[LaunchRow]:
+        return [LaunchRow.from_launch(l, rf_registers(l).allocated) for l in self.session.program.trace.launches]
+
+    def layer_rows(self) -> list[LayerRow]:
+        return [LayerRow.from_spec(s) for s in self.session.program.trace.layers]
+
+
+def prepare(config: CampaignConfig) -> Prepared:
+    session = open_session(config.model)
+    inputs = session_inputs(session, config.data, config.inputs)
+    x = inputs_tensor(inputs)
+    golden = Golden.compute(session.program, x, fast=config.fast)
+    planner = Planner(session.program.trace, config.mode, config.bit_model, config.warp, config.seed,
+                      x.shape[0], config.scope, config.selection)
+    runner = Runner(session.program, golden, fast=config.fast)
+    return Prepared(config, session, inputs.source, int(x.shape[0]), golden, planner, runner)
+
+
+def batches(planned: list[PlannedFault], trace_layers: dict[int, int], size: int) -> Iterator[list[PlannedFault]]:
+    """Group by injected layer (one batch runs one suffix), in id order within a layer."""
+    by_layer: dict[int, list[PlannedFault]] = {}
+    for pf in planned:
+        by_layer.setdefault(trace_layers[pf.fault.site.launch], []).append(pf)
+    for layer in sorted(by_layer):
+        items = by_layer[layer]
+        for s in range(0, len(items), size):
+            yield items[s:s + size]
+
+
+def to_records(prep: Prepared, executed: Iterable[Executed]) -> list[InjectionRecord]:
+    rows = prep.launch_rows_cache if hasattr(prep, "launch_rows_cache") else None
+    if rows is None:
+        rows = prep.launch_rows()
+        prep.launch_rows_cache = rows  # type: ignore[attr-defined]
+    return [InjectionRecord.build(e.planned.id, e.planned.fault, e.result, rows[e.planned.fault.site.launch],
+                                  tag=e.tag, weight=e.planned.weight, seconds=e.seconds) for e in executed]
+
+
+Progress = Callable[[int, dict[str, int]], None]
+
+
+def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = None,
+                 stop_after: int | None = None) -> int:
+    """Run (or resume) a campaign into ``db``; returns the campaign id."""
+    prep = prepare(config)
+    with Store(db) as store:
+        cid = store.get_or_create_campaign(prep.meta(), prep.launch_rows(), prep.layer_rows())
+        done = store.done_ids(cid)
+        pending = [i for i in range(config.n) if i not in done]
+        counts = {o.value: 0 for o in Outcome} | store.outcome_counts(cid)
+        if progress:
+            progress(len(done), counts)
+        planned = [prep.planner.draw(i) for i in pending]
+        layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
+        work = list(batches(planned, layer_of, config.batch))
+        if stop_after is not None:
+            work = work[:stop_after]
+        n_done = len(done)
+        for executed in _execute(prep, work, config.workers):
+            records = to_records(prep, executed)
+            store.add_results(cid, records)
+            n_done += len(records)
+            for r in records:
+                counts[r.outcome] = counts.get(r.outcome, 0) + 1
+            if progress:
+                progress(n_done, counts)
+    return cid
+
+
+def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> Iterator[list[Executed]]:
+    if workers <= 1 or len(work) <= 1:
+        with torch.no_grad():
+            for b in work:
+                yield prep.runner.run(b)
+        return
+    ctx = mp.get_context("spawn")
+    ids = [[pf.id for pf in b] for b in work]
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(prep.config,)) as pool:
+        for out in pool.imap_unordered(_worker_run, ids):
+            yield out
+
+
+_WORKER: Prepared | None = None
+
+
+def _worker_init(config: CampaignConfig) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER = prepare(config)
+
+
+def _worker_run(ids: list[int]) -> list[Executed]:
+    assert _WORKER is not None
+    with torch.no_grad():
+        return _WORKER.runner.run([_WORKER.planner.draw(i) for i in ids])
+
+
+def replay(db: str, injection: int, campaign: int | None = None) -> tuple[InjectionRecord, InjectionRecord]:
+    """Re-execute one stored injection; returns (stored, replayed)."""
+    with Store(db, create=False) as store:
+        rows = store.campaigns()
+        if not rows:
+            raise KernelfiError(f"{db}: no campaigns")
+        if campaign is None:
+            if len(rows) > 1:
+                raise KernelfiError(f"{db}: {len(rows)} campaigns; pick one with --campaign (ids: {', '.join(str(r.id) for r in rows)})")
+            crow = rows[0]
+        else:
+            crow = store.campaign(campaign)
+        stored = store.injection(crow.id, injection)
+    meta = crow.meta
+    extra = dict(meta.extra)
+    spec = ModelSpec(**extra["model_spec"])
+    config = CampaignConfig(model=spec, mode=meta.mode, bit_model=meta.bit_model, n=meta.n_planned, seed=meta.seed,
+                            warp=meta.warp, data=extra.get("data"), inputs=extra.get("inputs"), scope=meta.scope,
+                            selection=meta.selection, fast=bool(extra.get("fast", True)))
+    prep = prepare(config)
+    if prep.session.weights_hash != meta.weights_hash:
+        raise KernelfiError(f"{db}: campaign {crow.id} used weights {meta.weights_hash[:12]}, now {prep.session.weights_hash[:12]}")
+    with torch.no_grad():
+        ex = prep.runner.run([prep.planner.draw(injection)])
+    rec = to_records(prep, ex)[0]
+    import dataclasses
+    rec = dataclasses.replace(rec, seconds=stored.seconds)
+    return stored, rec

@@ -1,0 +1,206 @@
+"""Batched execution of injections: many faulty lanes through one run of the suffix.
+
+One batch holds faults of one layer. Lanes 0..g-1 are golden lanes (one per distinct input),
+the rest are faulty lanes. The run starts at the layer from the golden cache, applies each
+fault inside its kernel (``faults.inject``), and after every layer retires the lanes whose
+fate is known: Masked (the injected kernel's outputs equal golden), DUE (crash/hang), or
+No-Malfunction SDC (every buffer the rest of the run reads equals golden again). Survivors are
+classified at the output (SPEC §3).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kernelfi.campaign.golden import Golden, live_in
+from kernelfi.campaign.planner import PlannedFault
+from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
+from kernelfi.lowering import Memory, Program
+from kernelfi.types import Launch, Outcome, Propagation, Result
+
+
+@dataclass
+class Executed:
+    planned: PlannedFault
+    result: Result
+    tag: str
+    seconds: float
+
+
+class Runner:
+    """Holds everything shared by the batches of one campaign."""
+
+    def __init__(self, program: Program, golden: Golden, fast: bool = True) -> None:
+        self.program, self.golden, self.fast = program, golden, fast
+        trace = program.trace
+        self.trace = trace
+        self.live = live_in(trace)
+        self.layer_pos = {spec.index: p for p, spec in enumerate(trace.layers)}
+        self.layer_span: dict[int, tuple[int, int]] = {}
+        for l in trace.launches:
+            s, e = self.layer_span.get(l.layer, (l.index, l.index + 1))
+            self.layer_span[l.layer] = (min(s, l.index), max(e, l.index + 1))
+        self.out_buf = {l.layer: l.writes[0] for l in trace.launches if l.writes and l.writes[0] != "workspace"
+                        and trace.buffer(l.writes[0]).kind == "activation"}
+        self.spec = {b.name: b for b in trace.buffers}
+        self.memmap = MemoryMap.from_trace(trace)
+
+    # ------------------------------------------------------------------ helpers
+    def _per_lane(self, name: str, t: torch.Tensor) -> bool:
+        spec = self.spec.get(name)
+        if spec is None or spec.kind != "weight":
+            return True
+        return t.dim() == len(spec.shape) + 1
+
+    def _diff(self, a: torch.Tensor, g: torch.Tensor) -> tuple[int, float, float]:
+        a, g = a.reshape(-1), g.reshape(-1)
+        if a.dtype != torch.float32:
+            n = int((a != g).sum())
+            return n, float(n > 0), float(n > 0)
+        ne = ~((a == g) | (torch.isnan(a) & torch.isnan(g)))
+        n = int(ne.sum())
+        if n == 0:
+            return 0, 0.0, 0.0
+        d = (a[ne].double() - g[ne].double()).abs()
+        rel = d / g[ne].double().abs().clamp_min(1e-30)
+        max_abs = float(d.max()) if not torch.isnan(d).any() else math.inf
+        max_rel = float(rel.max()) if not torch.isnan(rel).any() else math.inf
+        return n, max_abs, max_rel
+
+    def _lane_equal(self, mem: Memory, names, lane: int, glane: int) -> bool:
+        for name in names:
+            t = mem.get(name)
+            if t is None or not self._per_lane(name, t):
+                continue
+            if not torch.equal(t[lane], t[glane]):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ one batch
+    def run(self, batch: list[PlannedFault]) -> list[Executed]:
+        t0 = time.perf_counter()
+        trace = self.trace
+        layer = trace.launches[batch[0].fault.site.launch].layer
+        if any(trace.launches[pf.fault.site.launch].layer != layer for pf in batch):
+            raise ValueError("a batch holds faults of one layer")
+        pos = self.layer_pos[layer]
+        inputs = sorted({pf.fault.input_id for pf in batch})
+        gl = {inp: i for i, inp in enumerate(inputs)}
+        lane_input = inputs + [pf.fault.input_id for pf in batch]
+        idx = torch.tensor(lane_input, dtype=torch.long)
+        mem: Memory = dict(self.program.weights)
+        for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
+            mem[name] = self.golden.buffers[name].index_select(0, idx)
+        # lanes: position in the current tensors -> ("g", input) or ("f", batch index)
+        lanes: list[tuple[str, int]] = [("g", i) for i in inputs] + [("f", j) for j in range(len(batch))]
+        effects: dict[int, LaneEffect] = {}
+        overrides = {}
+        by_launch: dict[int, list[tuple[int, int]]] = {}
+        for j, pf in enumerate(batch):
+            by_launch.setdefault(pf.fault.site.launch, []).append((j, len(inputs) + j))
+        for k, members in by_launch.items():
+            lane_faults = [(lane, batch[j].fault, gl[batch[j].fault.input_id]) for j, lane in members]
+            overrides[k] = make_override(trace.launches[k], lane_faults, effects, self.memmap, self._per_lane)
+        injected_at = {k: [lane for _, lane in m] for k, m in by_launch.items()}
+        differs: dict[int, bool] = {}
+
+        def after(launch: Launch, mem: Memory) -> None:
+            for lane in injected_at.get(launch.index, ()):
+                eff = effects[lane]
+                if eff.due:
+                    differs[lane] = True
+                    continue
+                names = set(launch.writes) | set(eff.touched)
+                differs[lane] = not self._lane_equal(mem, names, lane, eff.golden_lane)
+
+        done: dict[int, Result] = {}
+        props: dict[int, list[Propagation]] = {j: [] for j in range(len(batch))}
+        with torch.no_grad():
+            for p in range(pos, len(trace.layers)):
+                spec = trace.layers[p]
+                span = self.layer_span.get(spec.index)
+                if span is not None:
+                    self.program.run(mem, span[0], span[1], fast=self.fast, overrides=overrides, after=after)
+                    # lane numbers in overrides/effects refer to the initial lane order; we only
+                    # compact after the injected layer, when no override runs any more
+                keep: list[int] = []
+                out_name = self.out_buf.get(spec.index)
+                live_next = self.live[p + 1] if p + 1 < len(trace.layers) else frozenset()
+                for cur, (kind, ref) in enumerate(lanes):
+                    if kind == "g":
+                        keep.append(cur)
+                        continue
+                    pf = batch[ref]
+                    orig_lane = len(inputs) + ref
+                    eff = effects[orig_lane]
+                    glane = next(i for i, (k2, r2) in enumerate(lanes) if k2 == "g" and r2 == pf.fault.input_id)
+                    if eff.due:
+                        done[ref] = self._result(Outcome.DUE, eff, pf, (eff.due,))
+                        continue
+                    if not differs.get(orig_lane, False) and p == pos:
+                        done[ref] = self._result(Outcome.MASKED, eff, pf, ())
+                        continue
+                    if out_name is not None and out_name in mem:
+                        n, ma, mr = self._diff(mem[out_name][cur], mem[out_name][glane])
+                        props[ref].append(Propagation(spec.index, n, mem[out_name][cur].numel(), ma, mr))
+                    if p + 1 < len(trace.layers) and self._clean(mem, live_next, cur, glane):
+                        done[ref] = self._result(Outcome.SDC_NO_MALFUNCTION, eff, pf, (), props[ref])
+                        continue
+                    keep.append(cur)
+                # drop golden lanes nobody needs any more, then compact
+                needed = {batch[r].fault.input_id for k2, r in lanes if k2 == "f" and r not in done}
+                keep = [c for c in keep if lanes[c][0] == "f" or lanes[c][1] in needed]
+                if not needed:
+                    lanes = []
+                    break
+                if p >= self._last_injected_pos(batch) and len(keep) < len(lanes):
+                    ki = torch.tensor(keep, dtype=torch.long)
+                    for name, t in list(mem.items()):
+                        if self._per_lane(name, t):
+                            mem[name] = t.index_select(0, ki)
+                    lanes = [lanes[c] for c in keep]
+            if lanes:
+                self._classify_survivors(mem, lanes, batch, effects, len(inputs), done, props)
+        secs = (time.perf_counter() - t0) / max(1, len(batch))
+        return [Executed(pf, done[j], effects[len(inputs) + j].tag, secs) for j, pf in enumerate(batch)]
+
+    def _last_injected_pos(self, batch: list[PlannedFault]) -> int:
+        return max(self.layer_pos[self.trace.launches[pf.fault.site.launch].layer] for pf in batch)
+
+    def _clean(self, mem: Memory, names, lane: int, glane: int) -> bool:
+        per_lane_weights = [n for n, t in mem.items() if self.spec.get(n) is not None
+                            and self.spec[n].kind == "weight" and self._per_lane(n, t)]
+        return self._lane_equal(mem, list(names) + per_lane_weights, lane, glane)
+
+    def _classify_survivors(self, mem, lanes, batch, effects, n_inputs, done, props) -> None:
+        out = mem[self.trace.output]
+        out = out.reshape(out.shape[0], -1)
+        for cur, (kind, ref) in enumerate(lanes):
+            if kind != "f" or ref in done:
+                continue
+            pf = batch[ref]
+            glane = next(i for i, (k2, r2) in enumerate(lanes) if k2 == "g" and r2 == pf.fault.input_id)
+            eff = effects[n_inputs + ref]
+            f, g = out[cur], out[glane]
+            flags: tuple[str, ...] = ()
+            g1, f1 = int(g.argmax()), int(torch.nan_to_num(f, nan=-math.inf).argmax())
+            if not bool(torch.isfinite(f).all()):
+                outcome, flags = Outcome.SDC_MALFUNCTION, ("nonfinite",)
+            elif torch.equal(f, g):
+                outcome = Outcome.SDC_NO_MALFUNCTION
+            elif f1 != g1:
+                outcome = Outcome.SDC_MALFUNCTION
+            else:
+                outcome = Outcome.SDC_LIGHT_MALFUNCTION
+            done[ref] = self._result(outcome, eff, pf, flags, props[ref], g1, f1)
+
+    def _result(self, outcome: Outcome, eff: LaneEffect, pf: PlannedFault, flags: tuple[str, ...],
+                props: list[Propagation] | None = None, g1: int | None = None, f1: int | None = None) -> Result:
+        golden_top1 = int(self.golden.top1[pf.fault.input_id]) if g1 is None else g1
+        return Result(outcome=outcome.value, element=eff.element, original=eff.original, corrupted=eff.corrupted,
+                      flags=tuple(eff.flags) + tuple(f for f in flags if f not in eff.flags),
+                      propagation=tuple(props or ()), golden_top1=golden_top1,
+                      faulty_top1=golden_top1 if f1 is None else f1)

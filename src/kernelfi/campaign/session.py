@@ -1,0 +1,81 @@
+"""Everything a campaign needs before its first injection: program, inputs, golden run.
+
+Shared by ``campaign``, ``replay``, the hardening planner and the overhead benchmark, so that
+the same options always build the same executable model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernelfi._utils import KernelfiError
+from kernelfi.data import InputSet, load_inputs
+from kernelfi.lowering import Program, lower
+from kernelfi.models import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the model: the CLI options that define it."""
+
+    model: str
+    weights: str | None = None
+    num_classes: int | None = None
+    seed_weights: int = 0
+    hardening: str | None = None  # path of a hardening plan (JSON)
+
+
+@dataclass
+class Session:
+    spec: ModelSpec
+    loaded: LoadedModel
+    program: Program
+    plan: dict[str, Any] | None
+
+    @property
+    def weights_hash(self) -> str:
+        return self.loaded.weights_hash
+
+
+def read_plan(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        plan = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise KernelfiError(f"{p}: no such hardening plan") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise KernelfiError(f"{p}: not a JSON hardening plan: {err}") from None
+    if not isinstance(plan, dict) or "protect" not in plan:
+        raise KernelfiError(f"{p}: not a kernelfi hardening plan (no 'protect' list)")
+    return plan
+
+
+def open_session(spec: ModelSpec) -> Session:
+    loaded = load_model(spec.model, weights=spec.weights, num_classes=spec.num_classes, seed=spec.seed_weights)
+    program = lower(loaded.module, loaded.info.input_shape, loaded.info.name)
+    plan = read_plan(spec.hardening)
+    if plan is not None:
+        from kernelfi.harden import apply_plan  # level 2; imported lazily to keep start-up light
+        program = apply_plan(program, plan)
+    return Session(spec, loaded, program, plan)
+
+
+def session_inputs(session: Session, data: str | None, limit: int | None) -> InputSet:
+    info = session.loaded.info
+    source = data if data is not None else (info.default_data or "random")
+    return load_inputs(source, info, limit)
+
+
+def plan_hash(plan: dict[str, Any] | None) -> str:
+    return "" if plan is None else hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def inputs_tensor(inputs: InputSet) -> torch.Tensor:
+    return inputs.x.to(torch.float32).contiguous()

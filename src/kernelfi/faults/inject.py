@@ -1,0 +1,251 @@
+"""Applies faults inside a kernel launch for some lanes of a batch (the engine's override).
+
+The kernel first runs normally for every lane (``kernels``); then, per faulty lane, the struck
+thread (or the 32 threads of its warp) is replayed clean and faulty (``programs``/``gemm``) and
+the difference is written into that lane's buffers: corrupted values, stores that landed at
+other addresses (weights included: the lane gets its own copy), and intended locations that
+kept their stale content. A crash or hang marks the lane DUE.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from kernelfi.faults.gemm import GemmFault, GemmView
+from kernelfi.faults.memmap import Crash, MemoryMap
+from kernelfi.faults.programs import OPERANDS, PROGRAMS
+from kernelfi.faults.registers import rf_registers
+from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
+from kernelfi.faults.sites import is_store
+from kernelfi.kernels import get_kernel
+from kernelfi.types import Fault, Launch, Mode
+
+WARP = 32
+
+
+@dataclass
+class LaneEffect:
+    """What one fault did inside its kernel (recorded with the injection)."""
+
+    golden_lane: int
+    tag: str = ""
+    element: int = -1
+    original: float | None = None
+    corrupted: float | None = None
+    flags: list[str] = field(default_factory=list)
+    due: str | None = None
+    touched: set[str] = field(default_factory=set)
+
+
+class LaneReader:
+    """Pre-kernel values of one lane: the kernel's inputs and its outputs before it ran."""
+
+    def __init__(self, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
+                 per_lane: Callable[[str, torch.Tensor], bool]) -> None:
+        self.mem, self.before, self.lane, self.per_lane = mem, before, lane, per_lane
+        self._flat: dict[str, torch.Tensor | None] = {}
+
+    def flat(self, buf: str) -> torch.Tensor | None:
+        if buf not in self._flat:
+            t = self.before.get(buf, self.mem.get(buf))
+            if t is None:
+                self._flat[buf] = None
+            else:
+                self._flat[buf] = (t[self.lane] if self.per_lane(buf, t) else t).reshape(-1)
+        return self._flat[buf]
+
+    def __call__(self, buf: str, i: int) -> Any:
+        t = self.flat(buf)
+        if t is None or not 0 <= i < t.numel():
+            return F32(0.0)  # never written in this inference: Darknet zero-initialises buffers
+        x = t[i].item()
+        return int(x) if t.dtype == torch.int32 else F32(x)
+
+    def gather(self, buf: str, idx: np.ndarray) -> np.ndarray:
+        t = self.flat(buf)
+        if t is None:
+            return np.zeros(len(idx), dtype=np.float32)
+        ok = (idx >= 0) & (idx < t.numel())
+        out = np.zeros(len(idx), dtype=np.float32)
+        out[ok] = t[torch.from_numpy(idx[ok])].numpy()
+        return out
+
+
+def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | None:
+    """The tag execution a fault strikes; None when it strikes nothing live (masked)."""
+    site = fault.site
+    slots = launch.template.slots
+    if fault.mode == Mode.RF.value:
+        regs = rf_registers(launch)
+        if not 0 <= site.register < len(regs.registers):
+            return None  # an allocated register holding nothing
+        reg = regs.registers[site.register]
+        total = sum(s.count for s in slots) or 1
+        pos = sum(s.count for s in slots[:site.slot]) + site.iteration
+        frac = pos / total
+        lo, hi = reg.live
+        if not lo <= frac < hi:
+            return None  # dead or about to be overwritten
+        n = calls.get(reg.tag, 0)
+        if n == 0:
+            return None
+        ex = min(n - 1, int((frac - lo) / max(hi - lo, 1e-12) * n))
+        half = 1 if reg.name.endswith("_hi") else 0
+        return Target(reg.tag, ex, "iov", fault.bit_model, fault.bits, fault.value, half)
+    slot = slots[site.slot]
+    n = calls.get(slot.tag, 0)
+    if n == 0:
+        return None
+    per = max(1, slot.count // n)
+    ex = min(n - 1, site.iteration // per)
+    half = 1 if per > 1 and (site.iteration % per) >= per // 2 and slot.tag.startswith(("lea:", "iadd:addr")) else 0
+    kind = "iov" if fault.mode == Mode.IOV.value else "ioa"
+    return Target(slot.tag, ex, kind, fault.bit_model, fault.bits, fault.value, half)
+
+
+def _names(launch: Launch) -> dict[str, str]:
+    spec = OPERANDS[launch.kernel]
+    return {k: (launch.reads if rw == "r" else launch.writes)[i] for k, (rw, i) in spec.items()}
+
+
+def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader, memmap: MemoryMap,
+                   eff: LaneEffect, golden_out: Callable[[int, int], float]) -> tuple[dict, dict]:
+    """(clean writes, faulty writes) of one thread."""
+    if launch.kernel == "gemm":
+        names = (launch.reads[0], launch.reads[1], launch.writes[0])
+        view = GemmView(dict(launch.params), names, reader, memmap, reader.gather)
+        calls = _gemm_calls(launch)
+        target = _target(fault, launch, calls)
+        if target is None:
+            return {}, {}
+        eff.tag = target.tag
+        g = GemmFault(view, target, thread, golden_out)
+        w = g.writes(target.tag, target.exec)
+        if g.original is not None:
+            eff.original, eff.corrupted = g.original, g.corrupted
+        clean = {k: (F32(golden_out(*divmod(k[1] - view.co, view.N))) if k[0] == view.C and 0 <= k[1] - view.co < view.M * view.N
+                     else reader(*k)) for k in w}
+        return clean, w
+    prog = PROGRAMS[launch.kernel]
+    names = _names(launch)
+    clean = ThreadCtx(memmap, reader, names)
+    prog(clean, launch.params, thread)
+    target = _target(fault, launch, dict(clean.calls))
+    if target is None:
+        return clean.overlay, clean.overlay
+    eff.tag = target.tag
+    faulty = ThreadCtx(memmap, reader, names, target)
+    prog(faulty, launch.params, thread)
+    if faulty.original is not None and eff.original is None:
+        eff.original, eff.corrupted = faulty.original, faulty.corrupted
+    return clean.overlay, faulty.overlay
+
+
+def _gemm_calls(launch: Launch) -> dict[str, int]:
+    """Logical executions per gemm tag (per K step, per tile, or once)."""
+    k = int(launch.params["K"])
+    t = -(-k // 16)
+    out = {s.tag: 1 for s in launch.template.slots}
+    for tag in ("lds:a", "lds:b", "ffma:acc"):
+        out[tag] = k
+    for tag in ("ldg:a_tile", "ldg:b_tile", "iadd:addr_a", "iadd:addr_b", "loop:k_tile", "setp:loop_k_tile"):
+        out[tag] = t
+    for s in launch.template.slots:
+        if s.group == "NODEST" and not is_store(s):
+            out[s.tag] = 0  # branches, barriers, exits: nothing to corrupt
+        if s.tag.startswith("sts:"):
+            out[s.tag] = 0  # shared stores: their corruption is the tile loads'
+    return out
+
+
+def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
+                fault: Fault, eff: LaneEffect, memmap: MemoryMap,
+                per_lane: Callable[[str, torch.Tensor], bool], owned: set[str] | None = None) -> None:
+    """Replay the struck thread(s) of ``lane`` and write the difference into ``mem``."""
+    if fault.bit_model == "none":
+        eff.tag = launch.template.slots[fault.site.slot].tag
+        return
+    reader = LaneReader(mem, before, lane, per_lane)
+    threads = launch.template.threads
+    t0 = fault.site.thread
+    group = range(t0 - t0 % WARP, min(threads, t0 - t0 % WARP + WARP)) if fault.warp else [t0]
+    out_name = launch.writes[0] if launch.writes else None
+    out_flat = mem[out_name][lane].reshape(-1) if out_name in mem else None
+
+    def golden_out(r: int, c: int) -> float:
+        n = int(launch.params.get("N", 1))
+        return float(out_flat[int(launch.params.get("c_offset", 0)) + r * n + c])
+
+    diffs: dict[tuple[str, int], Any] = {}
+    try:
+        for th in group:
+            clean, faulty = _thread_writes(launch, fault, th, reader, memmap, eff, golden_out)
+            for key in set(clean) | set(faulty):
+                if key in faulty:
+                    if key in clean and _same(clean[key], faulty[key]):
+                        continue
+                    diffs[key] = faulty[key]
+                else:
+                    diffs[key] = reader(*key)  # the store went elsewhere: stale content stays
+    except Crash as err:
+        eff.due, eff.flags = "crash", ["illegal_address" if "illegal" in str(err) else "misaligned_address"]
+        return
+    except Hang:
+        eff.due, eff.flags = "hang", ["watchdog"]
+        return
+    _write(mem, diffs, lane, launch, eff, per_lane, set() if owned is None else owned)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, np.integer)) or isinstance(b, (int, np.integer)):
+        return int(a) == int(b)
+    return np.float32(a).tobytes() == np.float32(b).tobytes()
+
+
+def _write(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch, eff: LaneEffect,
+           per_lane: Callable[[str, torch.Tensor], bool], cloned: set[str]) -> None:
+    """Write ``diffs`` into ``lane``; ``cloned`` names tensors this launch already owns."""
+    lanes = mem["input"].shape[0]
+    for (buf, i), value in sorted(diffs.items()):
+        t = mem.get(buf)
+        if t is None:
+            eff.flags.append("stray_store") if "stray_store" not in eff.flags else None
+            continue
+        if buf not in cloned:
+            if not per_lane(buf, t):
+                t = t.unsqueeze(0).expand(lanes, *t.shape).clone()  # this lane now owns a copy
+            else:
+                t = t.clone()
+            mem[buf] = t
+            cloned.add(buf)
+        flat = t[lane].reshape(-1)
+        if not 0 <= i < flat.numel():
+            continue
+        old = flat[i].item()
+        flat[i] = int(value) if t.dtype == torch.int32 else float(value)
+        if buf not in launch.writes:
+            eff.touched.add(buf)
+        if eff.element < 0 and buf == launch.writes[0]:
+            eff.element = int(i)
+            if eff.original is None or launch.kernel in ("fill",):
+                eff.original, eff.corrupted = float(old), float(value)
+
+
+def make_override(launch: Launch, lane_faults: list[tuple[int, Fault, int]], effects: dict[int, LaneEffect],
+                  memmap: MemoryMap, per_lane: Callable[[str, torch.Tensor], bool]) -> Callable:
+    """An engine override that runs ``launch`` and injects ``(lane, fault, golden lane)``s."""
+
+    def override(l: Launch, mem: dict[str, torch.Tensor]) -> None:
+        before = {n: mem[n] for n in set(l.writes) | set(l.reads) if n in mem}
+        get_kernel(l.kernel).run(mem, l)
+        # the kernel stored fresh output tensors: lanes may be patched in place
+        owned = {n for n in l.writes if n in mem and (n not in before or mem[n] is not before[n])}
+        for lane, fault, glane in lane_faults:
+            eff = LaneEffect(golden_lane=glane)
+            effects[lane] = eff
+            apply_fault(l, mem, before, lane, fault, eff, memmap, per_lane, owned)
+
+    return override

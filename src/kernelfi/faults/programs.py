@@ -1,0 +1,307 @@
+"""Per-thread programs of Darknet's kernels, for fault replay (see ``replay.py``).
+
+Each program does what one CUDA thread of the kernel does, instruction tag by instruction tag
+(the tags of ``kernelfi.kernels``' templates, docs/kernels.md), in float32. It runs twice per
+injection: clean and with the fault, and only the difference is applied to the kernel's
+batched output. ``OPERANDS`` names each kernel's buffers from the launch's reads/writes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kernelfi.faults.replay import F32, ThreadCtx
+
+Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
+PROGRAMS: dict[str, Program] = {}
+#: operand name -> ("r", i) launch.reads[i] or ("w", i) launch.writes[i]
+OPERANDS: dict[str, dict[str, tuple[str, int]]] = {
+    "fill": {"out": ("w", 0)},
+    "copy": {"in": ("r", 0), "out": ("w", 0)},
+    "add_bias": {"out": ("r", 0), "bias": ("r", 1)},
+    "scale_bias": {"out": ("r", 0), "scale": ("r", 1)},
+    "normalize": {"x": ("r", 0), "mean": ("r", 1), "var": ("r", 2)},
+    "activate_array": {"x": ("r", 0)},
+    "shortcut": {"out": ("r", 0), "add": ("r", 1)},
+    "im2col": {"im": ("r", 0), "col": ("w", 0)},
+    "forward_maxpool": {"in": ("r", 0), "out": ("w", 0), "indexes": ("w", 1)},
+    "forward_avgpool": {"in": ("r", 0), "out": ("w", 0)},
+    "softmax": {"in": ("r", 0), "out": ("w", 0)},
+}
+NEG_INF = F32(-np.inf)
+
+
+def program(name: str) -> Callable[[Program], Program]:
+    def deco(fn: Program) -> Program:
+        if name in PROGRAMS:
+            raise ValueError(f"thread program '{name}' registered twice")
+        PROGRAMS[name] = fn
+        return fn
+    return deco
+
+
+def _prologue(c: ThreadCtx, t: int, n: int) -> int | None:
+    i = c.idx(("s2r:index", "imad:index"), t)
+    return i if c.pred(("setp:bounds",), i < n) else None
+
+
+@program("fill")
+def _fill(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    i = _prologue(c, t, int(p["n"]))
+    if i is None:
+        return
+    off = c.idx(("imad:offset",), i)
+    c.addr("out", ("lea:addr_out",))
+    v = c.val(("mov:value",), p.get("value", 0.0))
+    c.st("st:out", "out", off, v)
+
+
+@program("copy")
+def _copy(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    i = _prologue(c, t, int(p["n"]))
+    if i is None:
+        return
+    oi = c.idx(("imad:offset_in",), i)
+    oo = c.idx(("imad:offset_out",), i + int(p.get("out_offset", 0)))
+    c.addr("in", ("lea:addr_in",))
+    v = c.ld("ld:in", "in", oi)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", oo, v)
+
+
+def _channel(c: ThreadCtx, p: Mapping[str, Any], t: int, w: str, fop: str, op: Callable) -> None:
+    sp = int(p["spatial"])
+    f, o = divmod(t, sp)
+    o = c.idx(("s2r:index",), o)
+    o = c.idx(("imad:index",), o)
+    if not c.pred(("setp:bounds",), o < sp):
+        return
+    e = c.idx(("imad:offset",), f * sp + o)
+    c.addr("out", ("lea:addr_out",))
+    c.addr(w, (f"lea:addr_{w}",))
+    x = c.ld("ld:out", "out", e)
+    b = c.ld(f"ld:{w}", w, f)
+    with np.errstate(all="ignore"):
+        y = c.val((f"{fop}:out",), op(F32(x), F32(b)), old=x)
+    c.st("st:out", "out", e, y)
+
+
+@program("add_bias")
+def _add_bias(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    _channel(c, p, t, "bias", "fadd", lambda x, b: x + b)
+
+
+@program("scale_bias")
+def _scale_bias(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    _channel(c, p, t, "scale", "fmul", lambda x, b: x * b)
+
+
+@program("normalize")
+def _normalize(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, sp = int(p["channels"]), int(p["spatial"])
+    i = _prologue(c, t, ch * sp)
+    if i is None:
+        return
+    q, _ = c.idiv("spatial", i, sp, mod=False)
+    _, f = c.idiv("channel", q, ch)
+    c.addr("x", ("lea:addr_x",))
+    x = c.ld("ld:x", "x", i)
+    c.addr("mean", ("lea:addr_mean",))
+    m = c.ld("ld:mean", "mean", f)
+    c.addr("var", ("lea:addr_var",))
+    v = c.ld("ld:var", "var", f)
+    with np.errstate(all="ignore"):
+        ve = c.val(("fadd:var_eps",), F32(v) + F32(p.get("eps", 1e-5)))
+        sd = c.fsqrt("std", ve)
+        cen = c.val(("fadd:centered",), F32(x) - F32(m), old=x)
+    y = c.fdiv("out", cen, sd)
+    c.st("st:x", "x", i, y)
+
+
+@program("activate_array")
+def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    i = _prologue(c, t, int(p["n"]))
+    if i is None:
+        return
+    c.addr("x", ("lea:addr_x",))
+    x = F32(c.ld("ld:x", "x", i))
+    act = str(p.get("activation", "linear"))
+    if c.pred(("setp:act_switch",), False):
+        c.st("st:x", "x", i, F32(0.0))  # the switch's default case returns 0
+        return
+    with np.errstate(all="ignore"):
+        if act == "relu":
+            mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
+            y = c.val(("fmul:out",), x * mask, old=x)
+        elif act == "leaky":
+            leak = c.val(("fmul:leak",), F32(0.1) * x)
+            y = c.val(("fcmp:out",), x if x > 0 else leak, old=x)
+        elif act == "logistic":
+            e = c.fexp("neg_x", -x)
+            d = c.val(("fadd:denom",), F32(1.0) + e)
+            y = c.fdiv("out", F32(1.0), d)
+        else:
+            y = x
+    c.st("st:x", "x", i, y)
+
+
+@program("shortcut")
+def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    n = int(p["n"])
+    i = _prologue(c, t, n)
+    if i is None:
+        return
+    # same-shape shortcut: minw = n, minh = minc = batch = 1 (the widths of Darknet's kernel)
+    q, col = c.idiv("w", i, n)
+    q, row = c.idiv("h", q, 1)
+    q, ch = c.idiv("c", q, 1)
+    _, b = c.idiv("batch", q, 1)
+    oi = c.idx(("imad:out_index",), col + n * (row + (ch + b)))
+    ai = c.idx(("imad:add_index",), col + n * (row + (ch + b)))
+    c.addr("out", ("lea:addr_out",))
+    c.addr("add", ("lea:addr_add",))
+    o = c.ld("ld:out", "out", oi)
+    a = c.ld("ld:add", "add", ai)
+    with np.errstate(all="ignore"):
+        s = c.val(("fmul:out_scaled",), F32(o) * F32(1.0), old=o)
+        y = c.val(("ffma:out",), F32(a) * F32(1.0) + s, old=o)
+    c.st("st:out", "out", oi, y)
+
+
+@program("im2col")
+def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    H, W, ks = int(p["height"]), int(p["width"]), int(p["ksize"])
+    stride, pad, oh, ow = int(p["stride"]), int(p["pad"]), int(p["out_h"]), int(p["out_w"])
+    c0, cg = int(p.get("channel_offset", 0)), int(p.get("group_channels", p["channels"]))
+    i0 = _prologue(c, t, cg * oh * ow)
+    if i0 is None:
+        return
+    q, w_out = c.idiv("ow", i0, ow)
+    c_in, h_out = c.idiv("oh", q, oh)
+    h_in = c.idx(("imad:hw_in",), h_out * stride - pad)
+    w_in = c.idx(("imad:hw_in",), w_out * stride - pad)
+    col0 = c.idx(("imad:col_offset",), (c_in * ks * ks * oh + h_out) * ow + w_out)
+    im0 = c.idx(("imad:im_offset",), ((c0 + c_in) * H + h_in) * W + w_in)
+    c.addr("col", ("lea:addr_col",))
+    c.addr("im", ("lea:addr_im",))
+    step = 0
+    for i in c.loop("kh", ks):
+        for j in c.loop("kw", ks):
+            h = c.idx(("iadd:hw",), h_in + i)
+            w = c.idx(("iadd:hw",), w_in + j)
+            valid = c.pred(("setp:pad",), h >= 0 and w >= 0 and h < H and w < W)
+            v = c.ld("ld:im", "im", im0 + i * W + j, active=valid, addr_tags=("lea:addr_im_elem",))
+            s = c.val(("sel:value",), v if valid else 0.0)
+            c.st("st:col", "col", col0 + step * oh * ow, s)
+            c.addr("col", ("iadd:addr_col",))
+            step += 1
+
+
+@program("forward_maxpool")
+def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
+    size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
+    n = ch * int(p["out_h"]) * int(p["out_w"])
+    idx = _prologue(c, t, n)
+    if idx is None:
+        return
+    oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
+    ow, _ = c.idiv("out_w", W + pad - size, stride, mod=False)
+    oh = c.idx(("iadd:out_hw",), oh + 1)
+    ow = c.idx(("iadd:out_hw",), ow + 1)
+    q, j = c.idiv("ow", idx, ow)
+    q, i = c.idiv("oh", q, oh)
+    b, k = c.idiv("c", q, ch)
+    h_off = c.idx(("iadd:offset",), -(pad // 2))
+    w_off = c.idx(("iadd:offset",), -(pad // 2))
+    out_index = c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b)))
+    hs = c.idx(("imad:window",), i * stride + h_off)
+    ws = c.idx(("imad:window",), j * stride + w_off)
+    mx = c.val(("mov:max_init",), NEG_INF)
+    mi = c.ival(("mov:argmax_init",), -1)
+    for l in c.loop("l", size):
+        for m in c.loop("m", size):
+            cur_h = c.idx(("iadd:cur_hw",), hs + l)
+            cur_w = c.idx(("iadd:cur_hw",), ws + m)
+            index = c.idx(("imad:in_index",), cur_w + W * (cur_h + H * (k + b * ch)))
+            valid = c.pred(("setp:valid",), 0 <= cur_h < H and 0 <= cur_w < W)
+            v = c.ld("ld:in", "in", index, active=valid, addr_tags=("lea:addr_in",))
+            val = c.val(("sel:val",), v if valid else NEG_INF)
+            gt = c.pred(("setp:gt",), bool(val > mx))
+            mi = c.ival(("sel:argmax",), index if gt else mi, old=mi)
+            mx = c.val(("sel:max",), val if gt else mx, old=mx)
+    c.addr("out", ("lea:addr_out",))
+    c.addr("indexes", ("lea:addr_indexes",))
+    c.st("st:out", "out", out_index, mx)
+    c.st("st:indexes", "indexes", out_index, int(mi))
+
+
+@program("forward_avgpool")
+def _avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
+    idx = _prologue(c, t, ch)
+    if idx is None:
+        return
+    b, k = c.idiv("c", idx, ch)
+    oi = c.idx(("imad:out_index",), k + ch * b)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out_zero", "out", oi, F32(0.0))
+    hw = c.idx(("imad:hw",), H * W)
+    c.addr("in", ("lea:addr_in",))
+    acc = F32(0.0)
+    base = H * W * (k + b * ch)
+    with np.errstate(all="ignore"):
+        for i in c.loop("i", hw):
+            x = c.ld("ld:in", "in", base + i)
+            acc = c.val(("fadd:acc",), acc + F32(x), old=acc)
+            c.st("st:out_partial", "out", oi, acc)
+            c.addr("in", ("iadd:addr_in",))
+        d = c.val(("cvt:hw",), F32(hw))
+    y = c.fdiv("out", acc, d)
+    c.st("st:out", "out", oi, y)
+
+
+def _trunc_i32(x: float) -> int:
+    """CUDA's float->int conversion: truncation, saturating, NaN -> 0."""
+    if x != x:
+        return 0
+    if x >= 2**31 - 1:
+        return 2**31 - 1
+    if x <= -(2**31):
+        return -(2**31)
+    return int(x)
+
+
+@program("softmax")
+def _softmax(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    n, temp = int(p["n"]), F32(p.get("temperature", 1.0))
+    if _prologue(c, t, 1) is None:
+        return
+    off = c.idx(("imad:offset",), 0)
+    c.addr("in", ("lea:addr_in",))
+    c.addr("out", ("lea:addr_out",))
+    largest = c.val(("mov:largest_init",), NEG_INF)
+    s = c.val(("mov:sum_init",), 0.0)
+    with np.errstate(all="ignore"):
+        for i in c.loop("max", n):
+            x = c.ld("ld:in_max", "in", off + i)
+            iv = c.ival(("cvt:trunc",), _trunc_i32(float(x)))
+            fv = c.val(("cvt:itof",), F32(iv))
+            gt = c.pred(("setp:gt_largest",), bool(fv > largest))
+            largest = c.val(("sel:largest",), fv if gt else largest, old=largest)
+            c.addr("in", ("iadd:addr_max",))
+        lt = c.fdiv("largest", largest, temp)
+        for i in c.loop("exp", n):
+            x = c.ld("ld:in_exp", "in", off + i)
+            xs = c.fdiv("scaled", x, temp)
+            sh = c.val(("fadd:shifted",), xs - lt)
+            e = c.fexp("shifted", sh)
+            s = c.val(("fadd:sum",), s + e, old=s)
+            c.st("st:exp", "out", off + i, e)
+            c.addr("in", ("iadd:addr_exp",))
+        for i in c.loop("norm", n):
+            e = c.ld("ld:exp", "out", off + i)
+            y = c.fdiv("out", e, s)
+            c.st("st:out", "out", off + i, y)
+            c.addr("out", ("iadd:addr_norm",))
