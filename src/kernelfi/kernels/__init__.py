@@ -1,0 +1,35 @@
+"""The kernel catalogue: Darknet's GPU kernels, each as execution + instruction template +
+register map (SPEC §1–§2, docs/kernels.md).
+
+>>> from kernelfi.kernels import get_kernel
+>>> k = get_kernel("add_bias")
+>>> k.template({"channels": 2, "spatial": 3}).profile().counts["FP32"]
+6
+
+Importing the package registers the twelve kernels of ``kernelfi.types.KERNEL_NAMES``.
+Layering: this package imports only torch, numpy, ``kernelfi.types`` and ``kernelfi._utils``.
+"""
+from __future__ import annotations
+
+from ._base import (
+    BLOCK,
+    EFFECTS,
+    WEIGHT_ROLES,
+    KernelImpl,
+    TagInfo,
+    all_kernels,
+    cuda_gridsize,
+    get_kernel,
+    register_kernel,
+    unregister_kernel,
+)
+from . import activation, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
+from .conv import GEMM_TILE, fused_conv
+from .activation import ACTIVATIONS, activate
+from .softmax import darknet_largest
+
+__all__ = [
+    "ACTIVATIONS", "BLOCK", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
+    "activate", "all_kernels", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
+    "register_kernel", "unregister_kernel",
+]

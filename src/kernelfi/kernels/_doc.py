@@ -1,0 +1,97 @@
+"""Renders the tag and register tables of docs/kernels.md from the kernels themselves.
+
+``python -m kernelfi.kernels._doc`` prints every kernel's tables; paste them into the docs when a
+template changes (tests check that every tag the kernels declare appears in the docs). Counts
+that depend on a size are shown as a formula in it, found by evaluating the template at sizes
+1, 2 and 3 and fitting a quadratic.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from ._base import all_kernels, get_kernel
+
+Params = Callable[[int], Mapping[str, Any]]
+
+#: Per kernel: the size symbol of its loops (None: fixed per-thread counts) and params for it.
+_SIZES: dict[str, tuple[str | None, Params]] = {
+    "fill": (None, lambda v: {"n": 1, "value": 0.0}),
+    "copy": (None, lambda v: {"n": 1, "out_offset": 0}),
+    "add_bias": (None, lambda v: {"channels": 1, "spatial": 1}),
+    "scale_bias": (None, lambda v: {"channels": 1, "spatial": 1}),
+    "normalize": (None, lambda v: {"channels": 1, "spatial": 1, "eps": 1e-5}),
+    "shortcut": (None, lambda v: {"n": 1}),
+    "im2col": ("k", lambda v: {"channels": 1, "height": 9, "width": 9, "ksize": v, "stride": 1, "pad": 0,
+                               "dilation": 1, "out_h": 10 - v, "out_w": 10 - v, "channel_offset": 0,
+                               "group_channels": 1}),
+    "gemm": ("T", lambda v: {"M": 1, "N": 1, "K": 16 * v}),
+    "forward_maxpool": ("s", lambda v: {"channels": 1, "height": 9, "width": 9, "size": v, "stride": 1,
+                                        "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
+    "forward_avgpool": ("S", lambda v: {"channels": 1, "height": 1, "width": v}),
+    "softmax": ("n", lambda v: {"n": v, "temperature": 1.0}),
+}
+_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
+         "|---|---|---|---|---|---|")
+
+
+def _formula(a: int, b: int, c: int, var: str) -> str:
+    parts = []
+    if a:
+        parts.append(f"{'' if a == 1 else a}{var}²")
+    if b:
+        if var == "T" and b % 16 == 0:          # 16 per K tile = once per k
+            parts.append(f"{'' if b == 16 else b // 16}K")
+        else:
+            parts.append(f"{'' if b == 1 else b}{var}")
+    if c or not parts:
+        parts.append(str(c))
+    return " + ".join(parts)
+
+
+def tag_table(name: str) -> str:
+    """The markdown tag table of one kernel (activate_array: every activation, marked)."""
+    k = get_kernel(name)
+    vocab = k.vocabulary()
+    rows: dict[str, list[str]] = {}
+    if name == "activate_array":
+        for act in ("linear", "relu", "leaky", "logistic"):
+            for s in k.template({"n": 1, "activation": act}).slots:
+                rows.setdefault(s.tag, [s.group, s.opcode, str(s.count)]).append(act)
+        lines = [_HEAD]
+        for tag, (group, op, cnt, *acts) in rows.items():
+            only = "" if len(acts) == 4 else f" ({', '.join(acts)})"
+            lines.append(f"| `{tag}` | {group} | {op} | {cnt}{only} | {vocab[tag].effect} | {vocab[tag].meaning} |")
+        return "\n".join(lines)
+    var, params = _SIZES[name]
+    t1, t2, t3 = (k.template(params(v)) for v in (1, 2, 3))
+    c2 = {s.tag: s.count for s in t2.slots}
+    c3 = {s.tag: s.count for s in t3.slots}
+    lines = [_HEAD]
+    for s in t1.slots:
+        y1, y2, y3 = s.count, c2[s.tag], c3[s.tag]
+        a = (y3 - 2 * y2 + y1) // 2
+        b = y2 - y1 - 3 * a
+        c = y1 - a - b
+        cnt = str(y1) if var is None else _formula(a, b, c, var)
+        lines.append(f"| `{s.tag}` | {s.group} | {s.opcode} | {cnt} | {vocab[s.tag].effect} | {vocab[s.tag].meaning} |")
+    return "\n".join(lines)
+
+
+def register_table(name: str, params: Mapping[str, Any]) -> str:
+    """The register map of one kernel for ``params``, as a markdown table."""
+    rm = get_kernel(name).registers(params)
+    lines = [f"allocated: {rm.allocated} (live roles below; the rest hold nothing live)", "",
+             "| register | role | holds the result of | live (fraction of the thread's instructions) |",
+             "|---|---|---|---|"]
+    for r in rm.registers:
+        lines.append(f"| {r.name} | {r.role} | `{r.tag}` | {r.live[0]:.2f} – {r.live[1]:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name in all_kernels():
+        print(f"### {name}\n\n{tag_table(name)}\n")
+
+
+if __name__ == "__main__":
+    main()

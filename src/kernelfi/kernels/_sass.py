@@ -1,0 +1,228 @@
+"""Building blocks of the per-thread instruction templates (SASS as nvcc emits it for sm_50).
+
+A :class:`Stream` collects a thread's instruction slots in program order (a loop body is listed
+once, each slot's ``count`` = trips × instructions per trip) together with each tag's meaning
+and the registers' live intervals. The macros below are the instruction sequences that recur
+across Darknet's kernels, sized once here so every kernel counts them the same way:
+
+==================  ==========================================================  ===================
+macro               what nvcc emits on sm_50 (Maxwell, no fast-math)            per use
+==================  ==========================================================  ===================
+``prologue_1d``     ``(blockIdx.x + blockIdx.y*gridDim.x)*blockDim.x + tid``;   GPR 6, PR 1, NODEST 1
+                    ``if (i >= n) return`` (Darknet's cuda_gridsize kernels)
+``addr``            64-bit address ``base + 4*i`` (low add with carry, high)    GPR 2
+``idiv``            signed 32-bit division by a runtime divisor: I2F.RP,        OTHERS 3, GPR 14, PR 2
+                    MUFU.RCP, F2I.TRUNC, XMAD mul-hi/lo, correction, sign fix
+``imod``            remainder from that quotient: ``n - q*d`` (3 XMAD + IADD)   GPR 4
+``fdiv``            IEEE ``a/b`` (``-prec-div=true``): FCHK, MUFU.RCP,          PR 1, OTHERS 1,
+                    4 FFMA (refine, quotient, residual, correct), slow-path BRA  FP32 4, NODEST 1
+``fsqrt``           IEEE ``sqrtf``: MUFU.RSQ, 3 FMUL/FFMA (Newton, correct)     OTHERS 1, FP32 3
+``fexp``            ``expf``: 4 FFMA/FADD range reduction, RRO + MUFU.EX2       FP32 4, OTHERS 2
+``loop``            counter increment, compare, back-edge branch per trip       GPR 1, PR 1, NODEST 1
+==================  ==========================================================  ===================
+
+These are models of nvcc's output, sized from typical Maxwell SASS, not disassembly of
+Darknet's binary: docs/kernels.md states the approximations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from kernelfi._utils import KernelfiError
+from kernelfi.types import GROUPS, InstrSlot, Register, RegisterMap, REGISTER_ROLES, ThreadTemplate
+
+from ._base import BLOCK, EFFECTS, KernelImpl, TagInfo
+
+
+@dataclass
+class Stream:
+    """A thread's instruction slots in program order, with tag meanings and register lives."""
+
+    slots: list[InstrSlot] = field(default_factory=list)
+    tags: dict[str, TagInfo] = field(default_factory=dict)
+    _regs: list[tuple[str, str, str, str | None, str]] = field(default_factory=list)
+    _loops: list[list[int]] = field(default_factory=list)   # [first slot, end slot, trips]
+
+    def begin_loop(self, trips: int) -> None:
+        """Mark the start of a loop body of ``trips`` trips (nested loops: mark the outermost
+        and give the innermost trip count; per-trip positions are then averages)."""
+        self._loops.append([len(self.slots), -1, max(int(trips), 1)])
+
+    def end_loop(self) -> None:
+        self._loops[-1][1] = len(self.slots)
+
+    def add(self, group: str, opcode: str, tag: str, count: int, effect: str, meaning: str) -> None:
+        """Append one slot; a tag names exactly one slot of a thread, so it must be new."""
+        if group not in GROUPS:
+            raise KernelfiError(f"instruction group '{group}' is not one of {GROUPS}")
+        if effect not in EFFECTS:
+            raise KernelfiError(f"effect '{effect}' is not one of {EFFECTS}")
+        if tag in self.tags:
+            raise KernelfiError(f"tag '{tag}' used twice in one template")
+        if count < 0:
+            raise KernelfiError(f"tag '{tag}': negative count {count}")
+        self.tags[tag] = TagInfo(group, effect, meaning)
+        if count > 0:
+            self.slots.append(InstrSlot(group, opcode, tag, int(count)))
+
+    def reg(self, name: str, role: str, tag: str, first: str | None, last: str) -> None:
+        """A register holding the result of ``tag``, live from the end of slot ``first`` (None:
+        the thread's start) to the end of slot ``last`` (its last reader)."""
+        if role not in REGISTER_ROLES:
+            raise KernelfiError(f"register role '{role}' is not one of {REGISTER_ROLES}")
+        self._regs.append((name, role, tag, first, last))
+
+    # ---------------------------------------------------------------------------- results
+    def template(self, threads: int, block: int) -> ThreadTemplate:
+        return ThreadTemplate(threads=int(threads), block=int(block), slots=tuple(self.slots))
+
+    def _spans(self) -> dict[str, tuple[int, int, int, float]]:
+        """Per tag: (start, end, loop id or -1, end of the slot within one trip as a fraction of
+        the trip). A slot inside a loop body spans the whole loop, because its executions
+        interleave with the rest of the body."""
+        bounds = [0]
+        for sl in self.slots:
+            bounds.append(bounds[-1] + sl.count)
+        spans: dict[str, tuple[int, int, int, float]] = {}
+        for i, sl in enumerate(self.slots):
+            spans[sl.tag] = (bounds[i], bounds[i + 1], -1, 1.0)
+            for li, (first, end, _trips) in enumerate(self._loops):
+                if first <= i < end:
+                    body = max(bounds[end] - bounds[first], 1)
+                    spans[sl.tag] = (bounds[first], bounds[end], li, (bounds[i + 1] - bounds[first]) / body)
+        return spans
+
+    def register_map(self, gprs: int) -> RegisterMap:
+        """The register map: ``gprs`` general registers (ptxas' count) plus the predicates used.
+
+        Live intervals are fractions of the thread's dynamic instruction stream. A value is
+        live from just after its defining slot to the end of its last reading slot; a flip
+        outside that interval is masked (dead or overwritten). Inside loops (whose trips
+        interleave the body's slots): a value read in a loop is live to the loop's end; a value
+        defined and last read within one trip (a loaded operand) is live for its share of each
+        trip, given as an interval of that total length from the loop's start, so that the
+        probability of a flip landing on it is right (which trip it hits is for the engine to
+        draw); a value carried around the back edge is live over the whole loop.
+        """
+        spans = self._spans()
+        total = max(sum(sl.count for sl in self.slots), 1)
+        regs: list[Register] = []
+        for name, role, tag, first, last in self._regs:
+            if (first is not None and first not in spans) or last not in spans:
+                continue  # slot absent for these params (e.g. a zero-trip loop): register unused
+            start = 0
+            if first is not None:
+                lo, hi, loop_id, at = spans[first]
+                start = lo if loop_id >= 0 else hi
+                llo, lhi, last_loop, last_at = spans[last]
+                if loop_id >= 0 and loop_id == last_loop and last_at > at:
+                    # defined and consumed within one trip: live (last_at - at) of each trip
+                    end = lo + max(1, round((last_at - at) * (hi - lo)))
+                    regs.append(Register(name, role, tag, (start / total, end / total)))
+                    continue
+            end = spans[last][1]
+            if end <= start:
+                continue
+            regs.append(Register(name, role, tag, (start / total, end / total)))
+        preds = len({r.name for r in regs if r.role == "predicate"})
+        general = len({r.name for r in regs if r.role != "predicate"})
+        if general > gprs:
+            raise KernelfiError(f"{general} live registers exceed the {gprs} allocated")
+        return RegisterMap(allocated=int(gprs) + preds, registers=tuple(regs))
+
+
+# --------------------------------------------------------------------------------------------
+# Macros
+# --------------------------------------------------------------------------------------------
+def prologue_1d(s: Stream, what: str) -> None:
+    """Global thread id of Darknet's 1-D kernels and the early exit of surplus threads."""
+    s.add("GPR", "S2R", "s2r:index", 3, "index", "reads threadIdx.x, blockIdx.x, blockIdx.y: which "
+          + what + " this thread handles")
+    s.add("GPR", "XMAD", "imad:index", 3, "index",
+          "global thread id (blockIdx.x + blockIdx.y*gridDim.x)*blockDim.x + threadIdx.x = " + what)
+    s.add("PR", "ISETP", "setp:bounds", 1, "predicate",
+          "id < n: a flip makes a working thread exit, leaving its output stale")
+    s.add("NODEST", "EXIT", "bra:exit", 1, "control", "predicated early exit (not taken by working threads)")
+
+
+def addr(s: Stream, buf: str, what: str, count: int = 2) -> None:
+    """64-bit address of a buffer element: low add with carry, high add."""
+    s.add("GPR", "IADD", f"lea:addr_{buf}", count, "address", f"address of {what}")
+
+
+def idiv(s: Stream, q: str, what: str, mod: str | None = None) -> None:
+    """Integer division by a runtime divisor (and optionally the remainder)."""
+    s.add("OTHERS", "I2F", f"cvt:idiv_{q}", 2, "index",
+          f"I2F of the divisor and F2I of its reciprocal, computing {what}")
+    s.add("OTHERS", "MUFU.RCP", f"mufu:idiv_{q}", 1, "index", f"reciprocal estimate of the divisor of {what}")
+    s.add("GPR", "XMAD", f"idiv:{q}", 14, "index", f"quotient {what} (mul-hi, correction, sign fix)")
+    s.add("PR", "ISETP", f"setp:idiv_{q}", 2, "predicate",
+          f"quotient corrections of {what}: a flip leaves it off by one")
+    if mod is not None:
+        s.add("GPR", "XMAD", f"imod:{q}", 4, "index", f"remainder {mod} = n - q*d")
+
+
+def fdiv(s: Stream, v: str, what: str, count: int = 1) -> None:
+    """IEEE float division (``count`` divisions)."""
+    s.add("PR", "FCHK", f"setp:fdiv_{v}", count, "predicate",
+          f"FCHK of {what}: a flip sends normal operands to the (equally exact) slow path or "
+          "special operands down the fast one")
+    s.add("OTHERS", "MUFU.RCP", f"mufu:fdiv_{v}", count, "value", f"reciprocal estimate of the divisor of {what}")
+    s.add("FP32", "FFMA", f"ffma:fdiv_{v}", 4 * count, "value",
+          f"Newton refinement and quotient of {what} (the last FFMA is the quotient)")
+    s.add("NODEST", "BRA", f"bra:fdiv_{v}", count, "control", f"slow-path branch of {what} (not taken)")
+
+
+def fsqrt(s: Stream, v: str, what: str) -> None:
+    """IEEE single-precision square root."""
+    s.add("OTHERS", "MUFU.RSQ", f"mufu:sqrt_{v}", 1, "value", f"reciprocal square root estimate of {what}")
+    s.add("FP32", "FFMA", f"ffma:sqrt_{v}", 3, "value", f"Newton step and rounding correction of sqrt({what})")
+
+
+def fexp(s: Stream, v: str, what: str, count: int = 1) -> None:
+    """``expf`` as nvcc inlines it without fast-math."""
+    s.add("FP32", "FFMA", f"ffma:exp_{v}", 4 * count, "value", f"range reduction of exp({what})")
+    s.add("OTHERS", "MUFU.EX2", f"mufu:exp_{v}", 2 * count, "value", f"RRO + MUFU.EX2 producing exp({what})")
+
+
+def loop(s: Stream, v: str, what: str, trips: int) -> None:
+    """Loop control: counter increment, exit compare, back-edge branch, once per trip."""
+    s.add("GPR", "IADD", f"loop:{v}", trips, "loop_counter",
+          f"loop counter {what}: a corruption ends the loop early (partial result) or runs past it")
+    s.add("PR", "ISETP", f"setp:loop_{v}", trips, "predicate", f"loop test of {what}: a flip exits early or runs one more trip")
+    s.add("NODEST", "BRA", f"bra:loop_{v}", trips, "control", f"back-edge branch of {what}")
+
+
+def epilogue(s: Stream) -> None:
+    s.add("NODEST", "EXIT", "exit:done", 1, "control", "thread exit")
+
+
+class StreamKernel(KernelImpl):
+    """A kernel whose template, register map and vocabulary all come from one :class:`Stream`.
+
+    Subclasses implement ``_stream`` (slots + registers for given params) and ``_threads`` (how
+    many threads do work), and list in ``example_params`` parameter sets that together reach
+    every tag (used by ``vocabulary``).
+    """
+
+    block: ClassVar[int] = BLOCK
+    example_params: ClassVar[tuple[Mapping[str, Any], ...]] = ()
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        raise NotImplementedError
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    def template(self, params: Mapping[str, Any]) -> ThreadTemplate:
+        return self._stream(params).template(self._threads(params), self.block)
+
+    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
+        return self._stream(params).register_map(self.regs_allocated)
+
+    def vocabulary(self) -> Mapping[str, TagInfo]:
+        vocab: dict[str, TagInfo] = {}
+        for p in self.example_params:
+            vocab.update(self._stream(p).tags)
+        return vocab

@@ -1,0 +1,317 @@
+"""The convolution path: ``im2col`` (Darknet's im2col_gpu_kernel), ``gemm`` (cuBLAS SGEMM,
+modelled as a classic shared-memory tiled SGEMM) and ``fused_conv`` (golden-run shortcut).
+
+Lane determinism matters more than speed here: a fault campaign compares each faulty lane with
+a golden lane that may have been computed in another call with another lane count, so a lane's
+GEMM result must not depend on the other lanes. ``gemm`` therefore multiplies lane by lane with
+identically shaped, 64-byte aligned operands (the same BLAS code path for every lane).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from kernelfi._utils import KernelfiError
+from kernelfi.types import Launch
+
+from ._base import BLOCK, get_buf, lane_flat, operand_flat, p_int, put, register_kernel
+from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
+
+Mem = dict[str, torch.Tensor]
+
+#: Edge of the modelled SGEMM thread block / shared-memory tile (16×16 threads, 16×16 tiles).
+GEMM_TILE = 16
+
+
+def _geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
+    g = {k: p_int(params, k, kernel) for k in ("channels", "height", "width", "ksize", "stride", "pad",
+                                                "out_h", "out_w")}
+    g["dilation"] = int(params.get("dilation", 1))
+    g["channel_offset"] = int(params.get("channel_offset", 0))
+    g["group_channels"] = int(params.get("group_channels", g["channels"]))
+    for axis, size in (("out_h", g["height"]), ("out_w", g["width"])):
+        want = (size + 2 * g["pad"] - g["dilation"] * (g["ksize"] - 1) - 1) // g["stride"] + 1
+        if g[axis] != want:
+            raise KernelfiError(f"kernel '{kernel}': {axis}={g[axis]} but the geometry gives {want}")
+    if g["channel_offset"] + g["group_channels"] > g["channels"]:
+        raise KernelfiError(f"kernel '{kernel}': channels {g['channel_offset']}+{g['group_channels']} "
+                            f"exceed the {g['channels']} of the input")
+    return g
+
+
+def _image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Tensor:
+    """The group's input channels as (B, group_channels, H, W) from any lane-shaped buffer."""
+    per = g["channels"] * g["height"] * g["width"]
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] < per:
+        raise KernelfiError(f"kernel '{kernel}': input holds {flat.shape[1]} elements per lane, needs {per}")
+    img = flat[:, :per].reshape(x.shape[0], g["channels"], g["height"], g["width"])
+    return img[:, g["channel_offset"]:g["channel_offset"] + g["group_channels"]]
+
+
+# --------------------------------------------------------------------------------------------
+@register_kernel
+class Im2colKernel(StreamKernel):
+    """``im2col_gpu_kernel``: one thread per (channel, out row, out col) writes ksize² column
+    entries, K index c*ks*ks + kh*ks + kw, N index oh*out_w + ow, zero where the window is in
+    the padding (``F.unfold`` builds exactly this matrix; the tests check it by hand)."""
+
+    name: ClassVar[str] = "im2col"
+    regs_allocated: ClassVar[int] = 22
+    example_params = ({"channels": 1, "height": 3, "width": 3, "ksize": 2, "stride": 1, "pad": 0,
+                       "dilation": 1, "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 1},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        g = _geometry(launch.params, self.name)
+        img = _image(get_buf(mem, launch.reads[0], self.name), g, self.name)
+        cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=g["pad"],
+                        stride=g["stride"])
+        put(mem, launch.writes[0], cols.reshape(cols.shape[0], -1), natural=tuple(cols.shape[1:]))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        group = int(params.get("group_channels", p_int(params, "channels", self.name)))
+        return group * p_int(params, "out_h", self.name) * p_int(params, "out_w", self.name)
+
+    def grid(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
+        n = self._threads(params)
+        return ((n + BLOCK - 1) // BLOCK, 1, 1)   # (num_kernels + BLOCK - 1) / BLOCK, no y folding
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        k = p_int(params, "ksize", self.name)
+        k2 = k * k
+        s = Stream()
+        s.add("GPR", "S2R", "s2r:index", 2, "index", "reads threadIdx.x, blockIdx.x: which column position")
+        s.add("GPR", "XMAD", "imad:index", 1, "index", "index = blockIdx.x*blockDim.x + threadIdx.x")
+        s.add("PR", "ISETP", "setp:bounds", 2, "predicate",
+              "index < n at entry and after the grid stride: a flip skips the position (stale columns) "
+              "or runs a second one out of range")
+        s.add("NODEST", "EXIT", "bra:exit", 1, "control", "predicated early exit (not taken by working threads)")
+        idiv(s, "ow", "index / width_col", mod="w_out = index % width_col")
+        idiv(s, "oh", "channel_in = (index/width_col) / height_col", mod="h_out = (index/width_col) % height_col")
+        s.add("GPR", "XMAD", "imad:hw_in", 4, "index", "h_in = h_out*stride - pad, w_in = w_out*stride - pad")
+        s.add("GPR", "XMAD", "imad:col_offset", 7, "index",
+              "column offset (channel_in*ksize*ksize*height_col + h_out)*width_col + w_out")
+        s.add("GPR", "XMAD", "imad:im_offset", 7, "index", "image offset (channel_in*height + h_in)*width + w_in")
+        addr(s, "col", "data_col_ptr (this thread's first column entry)")
+        addr(s, "im", "data_im_ptr (top-left of the window)")
+        s.begin_loop(k2)
+        s.add("GPR", "IADD", "iadd:hw", 2 * k2, "index", "h = h_in + i, w = w_in + j (padding test inputs)")
+        s.add("PR", "ISETP", "setp:pad", 4 * k2, "predicate",
+              "h >= 0, w >= 0, h < height, w < width: a flip stores 0 for a real pixel or loads at a padding position")
+        s.add("GPR", "IADD", "lea:addr_im_elem", 2 * k2, "address", "address of data_im_ptr[i*width + j]")
+        s.add("LD", "LDG", "ld:im", k2, "value",
+              "one image pixel (issued at padding positions too, predicated off): one column-buffer entry, "
+              "which the GEMM spreads over every output channel at that position")
+        s.add("GPR", "SEL", "sel:value", k2, "value", "pixel or 0 (padding): the column entry stored")
+        s.add("NODEST", "STG", "st:col", k2, "store", "stores the column entry")
+        s.add("GPR", "IADD", "iadd:addr_col", 2 * k2, "address", "data_col_ptr += height_col*width_col (next K row)")
+        loop(s, "kw", "j over the kernel width", k2)
+        loop(s, "kh", "i over the kernel height", k)
+        s.end_loop()
+        s.add("GPR", "XMAD", "imad:grid_stride", 2, "index", "index += blockDim.x*gridDim.x")
+        s.add("NODEST", "BRA", "bra:grid_loop", 1, "control", "grid-stride loop branch (not taken)")
+        epilogue(s)
+        s.reg("r_index", "index", "imad:index", "imad:index", "imad:grid_stride")
+        s.reg("r_w_out", "index", "imod:ow", "imod:ow", "imad:col_offset")
+        s.reg("r_h_out", "index", "imod:oh", "imod:oh", "imad:col_offset")
+        s.reg("r_channel", "index", "idiv:oh", "idiv:oh", "imad:im_offset")
+        s.reg("r_h_in", "index", "imad:hw_in", "imad:hw_in", "setp:loop_kh")
+        s.reg("r_w_in", "index", "imad:hw_in", "imad:hw_in", "setp:loop_kh")
+        s.reg("r_col_off", "index", "imad:col_offset", "imad:col_offset", "lea:addr_col")
+        s.reg("r_im_off", "index", "imad:im_offset", "imad:im_offset", "lea:addr_im")
+        s.reg("r_col_lo", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col")
+        s.reg("r_col_hi", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col")
+        s.reg("r_im_lo", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem")
+        s.reg("r_im_hi", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem")
+        s.reg("r_elem_lo", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
+        s.reg("r_elem_hi", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
+        s.reg("r_hw", "index", "iadd:hw", "iadd:hw", "setp:pad")
+        s.reg("r_value", "data", "ld:im", "ld:im", "st:col")
+        s.reg("r_i", "loop_counter", "loop:kh", "lea:addr_im", "setp:loop_kh")
+        s.reg("r_j", "loop_counter", "loop:kw", "lea:addr_im", "setp:loop_kw")
+        s.reg("r_plane", "constant", "imad:col_offset", "imad:col_offset", "iadd:addr_col")
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        s.reg("p_pad", "predicate", "setp:pad", "setp:pad", "sel:value")
+        s.reg("p_loop", "predicate", "setp:loop_kw", "setp:loop_kw", "bra:loop_kh")
+        return s
+
+
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _no_tf32(device: torch.device) -> Iterator[None]:
+    """Full float32 on CUDA: TF32 tensor cores would round the operands to 10-bit mantissas."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """The operand itself, or a copy when its data is not 64-byte aligned: BLAS kernels may
+    round differently on differently aligned data, and lane slices sit at arbitrary offsets."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _op(flat: torch.Tensor, offset: int, rows: int, cols: int, trans: bool) -> torch.Tensor:
+    """op(X) as (L, rows, cols) viewed from element ``offset`` (X stored row-major)."""
+    block = flat[:, offset:offset + rows * cols]
+    if trans:
+        return block.reshape(flat.shape[0], cols, rows).transpose(1, 2)
+    return block.reshape(flat.shape[0], rows, cols)
+
+
+@register_kernel
+class GemmKernel(StreamKernel):
+    """C[M×N] (at c_offset) += op(A)·op(B): Darknet's ``gemm_gpu`` → ``cublasSgemm`` (alpha =
+    beta = 1).
+
+    The template models a classic shared-memory tiled SGEMM, not cuBLAS' own kernel (see
+    docs/kernels.md): 16×16 threads per block, one C element per thread, per 16-wide K tile one
+    global load of A and one of B per thread into shared memory, a barrier, then per k the two
+    shared loads and one FFMA. The accumulator starts from C (beta = 1), so FP32 = M·N·K FFMA.
+    """
+
+    name: ClassVar[str] = "gemm"
+    regs_allocated: ClassVar[int] = 24
+    block: ClassVar[int] = GEMM_TILE * GEMM_TILE
+    example_params = ({"M": 1, "N": 1, "K": 1, "trans_a": False, "trans_b": False,
+                       "a_offset": 0, "b_offset": 0, "c_offset": 0},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        p = launch.params
+        m, n, k = (p_int(p, key, self.name) for key in ("M", "N", "K"))
+        ta, tb = bool(p.get("trans_a", False)), bool(p.get("trans_b", False))
+        a_off, b_off, c_off = (int(p.get(key, 0)) for key in ("a_offset", "b_offset", "c_offset"))
+        a_name, b_name, c_name = launch.reads[:3]
+        c_flat = lane_flat(mem, c_name, c_off + m * n, self.name)
+        lanes = c_flat.shape[0]
+        a = _op(operand_flat(mem, a_name, 2, lanes, a_off + m * k, self.name), a_off, m, k, ta)
+        b = _op(operand_flat(mem, b_name, 2, lanes, b_off + k * n, self.name), b_off, k, n, tb)
+        c = c_flat[:, c_off:c_off + m * n].reshape(lanes, m, n)
+        with _no_tf32(c.device):
+            shared_a = _aligned(a[0]) if a.shape[0] == 1 else None
+            shared_b = _aligned(b[0]) if b.shape[0] == 1 else None
+            prods = [torch.mm(shared_a if shared_a is not None else _aligned(a[i]),
+                              shared_b if shared_b is not None else _aligned(b[i])) for i in range(lanes)]
+        block = c + torch.stack(prods)
+        if c_off == 0 and m * n == c_flat.shape[1]:
+            new = block.reshape(lanes, m * n)
+        else:
+            new = c_flat.clone()
+            new[:, c_off:c_off + m * n] = block.reshape(lanes, m * n)
+        put(mem, launch.writes[0], new)
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return p_int(params, "M", self.name) * p_int(params, "N", self.name)
+
+    def grid(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
+        m, n = p_int(params, "M", self.name), p_int(params, "N", self.name)
+        return (math.ceil(n / GEMM_TILE), math.ceil(m / GEMM_TILE), 1)
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        k = p_int(params, "K", self.name)
+        t = math.ceil(k / GEMM_TILE)
+        seg = f"{GEMM_TILE} outputs"
+        s = Stream()
+        s.add("GPR", "S2R", "s2r:index", 4, "index", "reads threadIdx.x/y, blockIdx.x/y: which C element")
+        s.add("GPR", "XMAD", "imad:index", 4, "index", "row = by*16 + ty, col = bx*16 + tx")
+        s.add("PR", "ISETP", "setp:bounds", 2, "predicate",
+              "row < M, col < N (guard the C load/store; edge threads still load tiles)")
+        s.add("GPR", "XMAD", "imad:a_offset", 3, "index", "start of this thread's A tile element (row*lda + tx)")
+        s.add("GPR", "XMAD", "imad:b_offset", 3, "index", "start of this thread's B tile element (ty*ldb + col)")
+        s.add("GPR", "XMAD", "imad:c_offset", 3, "index", "C element offset row*ldc + col")
+        s.add("GPR", "XMAD", "imad:smem", 2, "address", "shared-memory offsets (ty*16 + tx store, row/col read bases)")
+        addr(s, "a", "A's tile element")
+        addr(s, "b", "B's tile element")
+        addr(s, "c", "C[row][col]")
+        s.add("LD", "LDG", "ld:c", 1, "value", "C[row][col] read for beta = 1: the accumulator's start (this output)")
+        s.begin_loop(t)
+        s.add("LD", "LDG", "ldg:a_tile", t, "value",
+              f"A[row][k0+tx] into shared memory: one A element as loaded reaches the {seg} of tile row ty "
+              "(a row segment of C) at one k")
+        s.add("LD", "LDG", "ldg:b_tile", t, "value",
+              f"B[k0+ty][col] into shared memory: reaches the {seg} of tile column tx (a column segment of C) at one k")
+        s.add("NODEST", "STS", "sts:a_tile", t, "store", "stores the A element into the shared tile")
+        s.add("NODEST", "STS", "sts:b_tile", t, "store", "stores the B element into the shared tile")
+        s.add("NODEST", "BAR", "bar:tile_loaded", t, "control", "__syncthreads after filling the tiles")
+        s.add("LD", "LDS", "lds:a", k, "value", "As[ty][kk] from shared memory: one product term of this output")
+        s.add("LD", "LDS", "lds:b", k, "value", "Bs[kk][tx] from shared memory: one product term of this output")
+        s.add("FP32", "FFMA", "ffma:acc", k, "value",
+              "acc += a*b: one partial sum of this output; the accumulation continues from it")
+        s.add("NODEST", "BAR", "bar:tile_consumed", t, "control", "__syncthreads before overwriting the tiles")
+        s.add("GPR", "IADD", "iadd:addr_a", 2 * t, "address", "A tile pointer += 16 (next K tile)")
+        s.add("GPR", "IADD", "iadd:addr_b", 2 * t, "address", "B tile pointer += 16*ldb (next K tile)")
+        loop(s, "k_tile", "k0 over the K tiles", t)
+        s.end_loop()
+        s.add("NODEST", "STG", "st:c", 1, "store", "stores the finished C element")
+        epilogue(s)
+        s.reg("r_row", "index", "imad:index", "imad:index", "imad:c_offset")
+        s.reg("r_col", "index", "imad:index", "imad:index", "imad:c_offset")
+        s.reg("r_acc", "accumulator", "ffma:acc", "ld:c", "st:c")
+        s.reg("r_a_lo", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
+        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
+        s.reg("r_b_lo", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
+        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
+        s.reg("r_c_lo", "address", "lea:addr_c", "lea:addr_c", "st:c")
+        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c")
+        s.reg("r_smem_st", "address", "imad:smem", "imad:smem", "sts:b_tile")
+        s.reg("r_smem_a", "address", "imad:smem", "imad:smem", "lds:b")
+        s.reg("r_smem_b", "address", "imad:smem", "imad:smem", "lds:b")
+        s.reg("r_a_tile", "data", "ldg:a_tile", "ldg:a_tile", "sts:a_tile")
+        s.reg("r_b_tile", "data", "ldg:b_tile", "ldg:b_tile", "sts:b_tile")
+        s.reg("r_a", "data", "lds:a", "lds:a", "ffma:acc")
+        s.reg("r_b", "data", "lds:b", "lds:b", "ffma:acc")
+        s.reg("r_k", "loop_counter", "loop:k_tile", "ld:c", "setp:loop_k_tile")
+        s.reg("r_lda16", "constant", "imad:a_offset", "imad:b_offset", "iadd:addr_b")
+        s.reg("p_row", "predicate", "setp:bounds", "setp:bounds", "st:c")
+        s.reg("p_col", "predicate", "setp:bounds", "setp:bounds", "st:c")
+        s.reg("p_loop", "predicate", "setp:loop_k_tile", "setp:loop_k_tile", "bra:loop_k_tile")
+        return s
+
+
+# --------------------------------------------------------------------------------------------
+def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[str, Any],
+               gemm_params: Mapping[str, Any]) -> torch.Tensor:
+    """op(A)·op(B) of an im2col+gemm pair computed as one ``F.conv2d``, shaped (B, M, N).
+
+    Golden runs use it to skip materialising the workspace. It equals the pair's product up to
+    float rounding, not bitwise (the convolution sums in another order), so lanes compared with
+    each other must all come from this path or all from the explicit kernels; it does not add C
+    (the caller accumulates into C at ``c_offset``). ``weights`` is the layer's (filters, K)
+    matrix, or (B, filters, K) when lanes carry their own copies.
+    """
+    g = _geometry(im2col_params, "im2col")
+    m, n, k = (p_int(gemm_params, key, "gemm") for key in ("M", "N", "K"))
+    if bool(gemm_params.get("trans_a", False)) or bool(gemm_params.get("trans_b", False)):
+        raise KernelfiError("fused_conv: transposed operands are not a convolution")
+    ks, cg = g["ksize"], g["group_channels"]
+    if k != cg * ks * ks or n != g["out_h"] * g["out_w"]:
+        raise KernelfiError(f"fused_conv: gemm K={k}, N={n} do not match the im2col geometry "
+                            f"({cg}*{ks}*{ks}, {g['out_h']}*{g['out_w']})")
+    img = _image(x, g, "im2col")
+    lanes = img.shape[0]
+    a_off = int(gemm_params.get("a_offset", 0))
+    w = weights.reshape(1, -1) if weights.dim() == 2 else weights.reshape(weights.shape[0], -1)
+    if w.shape[1] < a_off + m * k:
+        raise KernelfiError(f"fused_conv: weights hold {w.shape[1]} values, need {a_off + m * k}")
+    kern = w[:, a_off:a_off + m * k].reshape(w.shape[0], m, cg, ks, ks)
+    if kern.shape[0] not in (1, lanes):
+        raise KernelfiError(f"fused_conv: per-lane weights have {kern.shape[0]} lanes, the input {lanes}")
+    st, pad, dil = g["stride"], g["pad"], g["dilation"]
+    with _no_tf32(img.device):
+        if kern.shape[0] == 1:
+            y = F.conv2d(img, kern[0], stride=st, padding=pad, dilation=dil)
+        else:  # per-lane weights: one convolution per lane
+            y = torch.cat([F.conv2d(img[i:i + 1], kern[i], stride=st, padding=pad, dilation=dil)
+                           for i in range(lanes)])
+    return y.reshape(lanes, m, n)

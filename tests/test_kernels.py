@@ -1,0 +1,477 @@
+"""Hand-checkable tests of the kernel catalogue (kernelfi.kernels).
+
+Expected outputs are worked out on paper in the comments next to them, not recomputed with the
+code under test. Instruction counts follow the per-thread templates documented in
+docs/kernels.md; each test spells out the sum.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kernelfi._utils import KernelfiError
+from kernelfi.kernels import (
+    EFFECTS, KernelImpl, all_kernels, cuda_gridsize, darknet_largest, fused_conv, get_kernel,
+    register_kernel, unregister_kernel,
+)
+from kernelfi.types import GROUPS, KERNEL_NAMES, REGISTER_ROLES, Launch, ThreadTemplate
+
+NAN, INF = float("nan"), float("inf")
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "kernels.md"
+
+
+def launch(kernel: str, reads: tuple[str, ...], writes: tuple[str, ...], **params: Any) -> Launch:
+    return Launch(index=0, layer=0, layer_type="test", name=f"t.{kernel}", kernel=kernel, reads=reads,
+                  writes=writes, params=params, template=ThreadTemplate(1, 1, ()))
+
+
+def run(kernel: str, mem: dict[str, torch.Tensor], reads: tuple[str, ...], writes: tuple[str, ...],
+        **params: Any) -> dict[str, torch.Tensor]:
+    get_kernel(kernel).run(mem, launch(kernel, reads, writes, **params))
+    return mem
+
+
+def t(*rows: Any) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def counts(kernel: str, **params: Any) -> dict[str, int]:
+    return dict(get_kernel(kernel).template(params).profile().counts)
+
+
+# ------------------------------------------------------------------------------------ registry
+def test_registry_has_the_twelve_kernels() -> None:
+    assert set(all_kernels()) == set(KERNEL_NAMES)
+    for name in KERNEL_NAMES:
+        assert get_kernel(name).name == name
+
+
+def test_unknown_kernel_names_the_kernel_and_the_known_ones() -> None:
+    with pytest.raises(KernelfiError) as err:
+        get_kernel("xyz")
+    assert "'xyz'" in str(err.value) and "known:" in str(err.value) and "im2col" in str(err.value)
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(KernelfiError, match="already registered"):
+        @register_kernel
+        class Again(KernelImpl):
+            name = "fill"
+
+    @register_kernel
+    class Throwaway(KernelImpl):
+        name = "throwaway_test_kernel"
+
+    try:
+        with pytest.raises(KernelfiError):
+            register_kernel(Throwaway)
+    finally:
+        unregister_kernel("throwaway_test_kernel")
+
+
+# ------------------------------------------------------------------------------ elementwise run
+def test_fill_creates_lanes_from_input_and_overwrites() -> None:
+    mem = {"input": torch.ones(2, 1, 2, 2)}
+    run("fill", mem, (), ("o",), n=3, value=0.0)
+    assert mem["o"].shape == (2, 3) and torch.equal(mem["o"], torch.zeros(2, 3))
+    mem["o"] = torch.full((2, 3), 7.0)
+    run("fill", mem, (), ("o",), n=3, value=1.5)
+    assert torch.equal(mem["o"], torch.full((2, 3), 1.5))
+
+
+def test_copy_with_offset_grows_and_keeps_earlier_copies() -> None:
+    mem = {"a": t([1, 2, 3], [4, 5, 6]), "b": t([7, 8], [9, 10])}
+    run("copy", mem, ("a",), ("o",), n=3, out_offset=2)
+    # nothing at 0..1 yet (zeros), a at 2..4
+    assert torch.equal(mem["o"], t([0, 0, 1, 2, 3], [0, 0, 4, 5, 6]))
+    run("copy", mem, ("b",), ("o",), n=2, out_offset=0)
+    assert torch.equal(mem["o"], t([7, 8, 1, 2, 3], [9, 10, 4, 5, 6]))
+
+
+def test_add_bias_two_lanes_shared_and_per_lane_bias() -> None:
+    x = t([[1, 2, 3], [4, 5, 6]], [[-1, -2, -3], [0, 0, 0]])      # (B=2, C=2, spatial=3)
+    mem = {"l.output": x.clone(), "l.biases": t(10, 20)}
+    run("add_bias", mem, ("l.output", "l.biases"), ("l.output",), channels=2, spatial=3)
+    assert torch.equal(mem["l.output"], t([[11, 12, 13], [24, 25, 26]], [[9, 8, 7], [20, 20, 20]]))
+    # a faulty lane's private copy: lane 0 biases (10, 20), lane 1 biases (100, -1)
+    mem = {"l.output": x.clone(), "l.biases": t([10, 20], [100, -1])}
+    run("add_bias", mem, ("l.output", "l.biases"), ("l.output",), channels=2, spatial=3)
+    assert torch.equal(mem["l.output"], t([[11, 12, 13], [24, 25, 26]], [[99, 98, 97], [-1, -1, -1]]))
+
+
+def test_scale_bias_per_channel() -> None:
+    mem = {"l.output": t([[1, 2], [3, 4]]), "l.scales": t(2, -1)}
+    run("scale_bias", mem, ("l.output", "l.scales"), ("l.output",), channels=2, spatial=2)
+    assert torch.equal(mem["l.output"], t([[2, 4], [-3, -4]]))
+
+
+def test_normalize_uses_sqrt_of_var_plus_eps() -> None:
+    mem = {"l.output": t([[1, 3], [5, 9]]), "l.rolling_mean": t(2, 7), "l.rolling_variance": t(4, 1)}
+    run("normalize", mem, ("l.output", "l.rolling_mean", "l.rolling_variance"), ("l.output",),
+        channels=2, spatial=2, eps=0.0)
+    # (1-2)/2, (3-2)/2 ; (5-7)/1, (9-7)/1
+    assert torch.equal(mem["l.output"], t([[-0.5, 0.5], [-2, 2]]))
+    mem = {"l.output": t([[6.0]]), "l.rolling_mean": t(2.0), "l.rolling_variance": t(4.0)}
+    run("normalize", mem, ("l.output", "l.rolling_mean", "l.rolling_variance"), ("l.output",),
+        channels=1, spatial=1, eps=1e-5)
+    assert mem["l.output"].item() == pytest.approx(4 / math.sqrt(4.00001), rel=1e-6)
+
+
+def test_activations_follow_darknet_float_semantics() -> None:
+    x = t([-2.0, 0.0, 3.0, NAN, -INF])
+    mem = run("activate_array", {"o": x.clone()}, ("o",), ("o",), n=5, activation="relu")
+    y = mem["o"][0]
+    # x*(x>0): -2*0 = -0.0 (sign kept), 0, 3, NaN*0 = NaN, -inf*0 = NaN
+    assert y[0].item() == 0.0 and math.copysign(1, y[0].item()) == -1
+    assert y[1].item() == 0.0 and y[2].item() == 3.0 and math.isnan(y[3]) and math.isnan(y[4])
+    mem = run("activate_array", {"o": t([-2.0, 5.0, NAN])}, ("o",), ("o",), n=3, activation="leaky")
+    y = mem["o"][0]
+    # .1f*-2 in float32 = -0.2 rounded to float32
+    assert y[0].item() == torch.tensor(0.1, dtype=torch.float32).item() * -2 and y[1].item() == 5.0
+    assert math.isnan(y[2])
+    mem = run("activate_array", {"o": t([0.0, 100.0])}, ("o",), ("o",), n=2, activation="logistic")
+    assert mem["o"][0, 0].item() == 0.5 and mem["o"][0, 1].item() == 1.0   # 1/(1+0) = 1
+    x = t([1.0, -1.0])
+    mem = {"o": x}
+    run("activate_array", mem, ("o",), ("o",), n=2, activation="linear")
+    assert torch.equal(mem["o"], x) and mem["o"].data_ptr() != x.data_ptr()
+
+
+def test_unknown_activation_raises() -> None:
+    with pytest.raises(KernelfiError, match="mish"):
+        run("activate_array", {"o": t([1.0])}, ("o",), ("o",), n=1, activation="mish")
+    with pytest.raises(KernelfiError, match="mish"):
+        get_kernel("activate_array").template({"n": 1, "activation": "mish"})
+
+
+def test_shortcut_adds_in_place_semantics() -> None:
+    mem = {"s.output": t([1, 2], [3, 4]), "x.output": t([10, 20], [30, 40])}
+    run("shortcut", mem, ("s.output", "x.output"), ("s.output",), n=2)
+    assert torch.equal(mem["s.output"], t([11, 22], [33, 44]))
+
+
+# ------------------------------------------------------------------------------------ conv path
+IMAGE = t([[[1, 2, 3], [4, 5, 6], [7, 8, 9]]])       # 1 channel, 3×3 (without lane dim)
+
+
+def im2col_params(**kw: Any) -> dict[str, Any]:
+    p = dict(channels=1, height=3, width=3, ksize=2, stride=1, pad=0, dilation=1, out_h=2, out_w=2,
+             channel_offset=0, group_channels=1)
+    p.update(kw)
+    return p
+
+
+def test_im2col_1x3x3_ksize2() -> None:
+    mem = run("im2col", {"input": IMAGE.unsqueeze(0)}, ("input",), ("workspace",), **im2col_params())
+    # K row kh*2+kw, N column oh*2+ow: the window at (oh, ow) shifted by (kh, kw)
+    assert torch.equal(mem["workspace"], t([[1, 2, 4, 5],     # (kh,kw)=(0,0)
+                                             [2, 3, 5, 6],     # (0,1)
+                                             [4, 5, 7, 8],     # (1,0)
+                                             [5, 6, 8, 9]]))   # (1,1)
+
+
+def test_im2col_padding_is_zero_and_groups_pick_channels() -> None:
+    # pad 1, stride 2: out (3+2-2)/2+1 = 2, windows start at rows/cols -1 and 1
+    x = torch.stack([IMAGE[0] * 0 - 1, IMAGE[0]]).unsqueeze(0)     # channel 0 all -1, channel 1 = IMAGE
+    mem = run("im2col", {"input": x}, ("input",), ("workspace",),
+              **im2col_params(channels=2, pad=1, stride=2, channel_offset=1, group_channels=1))
+    assert torch.equal(mem["workspace"], t([[0, 0, 0, 5],
+                                             [0, 0, 4, 6],
+                                             [0, 2, 0, 8],
+                                             [1, 3, 7, 9]]))
+
+
+def test_gemm_accumulates_into_c_two_lanes() -> None:
+    a = t([1, 2, 3], [4, 5, 6])                                   # weights 2×3
+    b = torch.stack([t([1, 0], [0, 1], [1, 1]), t([0, 0], [0, 0], [1, 0])])   # workspace per lane 3×2
+    mem = {"l.weights": a, "workspace": b, "l.output": torch.ones(2, 2, 2)}
+    run("gemm", mem, ("l.weights", "workspace", "l.output"), ("l.output",), M=2, N=2, K=3,
+        trans_a=False, trans_b=False, a_offset=0, b_offset=0, c_offset=0)
+    # lane 0: A·B = [[1+3, 2+3], [4+6, 5+6]] = [[4,5],[10,11]], + 1
+    # lane 1: A·B = [[3, 0], [6, 0]], + 1
+    assert torch.equal(mem["l.output"], torch.stack([t([5, 6], [11, 12]), t([4, 1], [7, 1])]))
+
+
+def test_gemm_connected_trans_b_and_per_lane_weights() -> None:
+    x = t([1, 2, 3], [0, 0, 1])                                   # inputs (B=2, K=3)
+    w = t([1, 0, 1], [0, 1, 1])                                   # weights (N=2 outputs, K=3)
+    mem = {"input": x, "fc.weights": w, "fc.output": torch.zeros(2, 2)}
+    p = dict(M=1, N=2, K=3, trans_a=False, trans_b=True, a_offset=0, b_offset=0, c_offset=0)
+    run("gemm", mem, ("input", "fc.weights", "fc.output"), ("fc.output",), **p)
+    # lane 0: [1+3, 2+3]; lane 1: [1, 1]
+    assert torch.equal(mem["fc.output"], t([4, 5], [1, 1]))
+    # lane 1 owns a corrupted copy of the weights (first weight 1 -> 100): its output 0 is unchanged
+    # (x[0] = 0) but lane 0 keeps the shared values
+    w2 = torch.stack([w, t([100, 0, 1], [0, 1, 5])])
+    mem = {"input": x, "fc.weights": w2, "fc.output": torch.zeros(2, 2)}
+    run("gemm", mem, ("input", "fc.weights", "fc.output"), ("fc.output",), **p)
+    assert torch.equal(mem["fc.output"], t([4, 5], [1, 5]))
+
+
+def test_gemm_offsets_for_groups() -> None:
+    # two groups of 1 filter each, K = 2: weights rows g0 = [1, 1], g1 = [2, -1]
+    w = t([1, 1], [2, -1])
+    bmat = t([[1, 2, 3], [10, 20, 30]])                          # B (K=2 × N=3) for one lane
+    mem = {"l.weights": w, "input": torch.cat([torch.zeros(1, 6), bmat.reshape(1, 6)], 1),
+           "l.output": torch.zeros(1, 6)}
+    run("gemm", mem, ("l.weights", "input", "l.output"), ("l.output",), M=1, N=3, K=2,
+        trans_a=False, trans_b=False, a_offset=2, b_offset=6, c_offset=3)
+    # group 1: [2,-1]·B = [2-10, 4-20, 6-30] written at C[3:6]
+    assert torch.equal(mem["l.output"], t([0, 0, 0, -8, -16, -24]))
+
+
+def test_gemm_lane_result_does_not_depend_on_other_lanes() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(32, 75, generator=g)
+    ws = torch.randn(3, 75, 64, generator=g)
+    p = dict(M=32, N=64, K=75, trans_a=False, trans_b=False, a_offset=0, b_offset=0, c_offset=0)
+    many = run("gemm", {"l.weights": w, "workspace": ws, "o": torch.zeros(3, 32 * 64)},
+               ("l.weights", "workspace", "o"), ("o",), **p)["o"]
+    one = run("gemm", {"l.weights": w, "workspace": ws[2:].clone(), "o": torch.zeros(1, 32 * 64)},
+              ("l.weights", "workspace", "o"), ("o",), **p)["o"]
+    assert torch.equal(many[2], one[0])
+
+
+def test_fused_conv_matches_im2col_gemm_up_to_rounding() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 6, 5, generator=g)
+    w = torch.randn(6, 2 * 9, generator=g)                      # 2 groups: 3 filters × (2 ch × 3×3)
+    ip = dict(channels=4, height=6, width=5, ksize=3, stride=2, pad=1, dilation=1, out_h=3, out_w=3,
+              channel_offset=2, group_channels=2)
+    gp = dict(M=3, N=9, K=18, trans_a=False, trans_b=False, a_offset=3 * 18, b_offset=0, c_offset=0)
+    mem = run("im2col", {"input": x}, ("input",), ("workspace",), **ip)
+    mem["o"] = torch.zeros(2, 27)
+    mem["l.weights"] = w
+    run("gemm", mem, ("l.weights", "workspace", "o"), ("o",), **gp)
+    fused = fused_conv(x, w, ip, gp)
+    assert fused.shape == (2, 3, 9)
+    assert torch.allclose(fused.reshape(2, 27), mem["o"], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- pool
+def maxpool(x: torch.Tensor, size: int, stride: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b, c, h, w = x.shape
+    oh, ow = (h + pad - size) // stride + 1, (w + pad - size) // stride + 1
+    mem = run("forward_maxpool", {"in": x}, ("in",), ("o", "i"), channels=c, height=h, width=w,
+              size=size, stride=stride, pad=pad, out_h=oh, out_w=ow)
+    return mem["o"], mem["i"]
+
+
+def test_maxpool_ties_first_wins_and_indexes_are_flat_input_indexes() -> None:
+    x = t([[[1, 3], [3, 2]], [[0, 0], [0, 0]]])                # (1, C=2, 2, 2)
+    out, idx = maxpool(x, 2, 2, 0)
+    # channel 0: 3 at (0,1) (index 1) beats the later 3 at (1,0); channel 1: first 0 at index 4
+    assert torch.equal(out, t([[[3.0]], [[0.0]]]))
+    assert idx.dtype == torch.int32 and idx.tolist() == [[[[1]], [[4]]]]
+
+
+def test_maxpool_nan_never_wins() -> None:
+    x = torch.stack([t([[NAN, 1], [0, -1]]), t([[NAN, NAN], [NAN, NAN]])])   # (B=2, C=1, 2, 2)
+    out, idx = maxpool(x, 2, 2, 0)
+    # lane 0: NaN > -inf is false, 1 wins (index 1); lane 1: nothing beats -inf -> -inf, index -1
+    assert out.reshape(2).tolist() == [1.0, -INF] and idx.reshape(2).tolist() == [1, -1]
+
+
+def test_maxpool_pad_uses_c_division_and_minus_inf_padding() -> None:
+    # size 2, stride 1, pad 1: offset -1/2 = 0 in C (not -1), out (2+1-2)/1+1 = 2;
+    # windows hang over the bottom/right edge, where taps are -inf (so all-negative inputs stay negative)
+    x = t([[-5, -4], [-3, -2]]).reshape(1, 1, 2, 2)
+    out, idx = maxpool(x, 2, 1, 1)
+    # (0,0): max(-5,-4,-3,-2) = -2 @3; (0,1): max(-4,-2) = -2 @3; (1,0): max(-3,-2) = -2 @3; (1,1): -2 @3
+    assert out.reshape(4).tolist() == [-2, -2, -2, -2] and idx.reshape(4).tolist() == [3, 3, 3, 3]
+    x = t([[1, 4], [3, 2]]).reshape(1, 1, 2, 2)
+    out, idx = maxpool(x, 2, 1, 1)
+    # (0,0): 4 @1; (0,1): max(4, 2) = 4 @1; (1,0): max(3, 2) = 3 @2; (1,1): 2 @3
+    assert out.reshape(4).tolist() == [4, 4, 3, 2] and idx.reshape(4).tolist() == [1, 1, 2, 3]
+
+
+def test_maxpool_rejects_inconsistent_out_shape() -> None:
+    with pytest.raises(KernelfiError, match="out_h"):
+        run("forward_maxpool", {"in": torch.zeros(1, 1, 4, 4)}, ("in",), ("o", "i"), channels=1,
+            height=4, width=4, size=2, stride=2, pad=0, out_h=3, out_w=2)
+
+
+def test_avgpool_sums_left_to_right_in_float32() -> None:
+    x = t([[1, 2], [3, 4]], [[1e8, 1], [-1e8, 1]]).unsqueeze(0)  # (1, C=2, 2, 2)
+    mem = run("forward_avgpool", {"in": x}, ("in",), ("o",), channels=2, height=2, width=2)
+    # channel 0: 10/4 = 2.5; channel 1: 1e8+1 rounds to 1e8 in float32, -1e8 -> 0, +1 -> 1, /4 = 0.25
+    assert mem["o"].reshape(2).tolist() == [2.5, 0.25]
+
+
+# -------------------------------------------------------------------------------------- softmax
+def softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return run("softmax", {"in": x}, ("in",), ("o",), n=x.shape[1], temperature=temperature)["o"]
+
+
+def test_softmax_values() -> None:
+    out = softmax(t([1, 1, 1, 1], [0, 0, 5, 5]))
+    # lane 0: all equal -> 1/4 each (exact); lane 1: largest 5, e = (e^-5, e^-5, 1, 1), sum = 2 + 2e^-5
+    assert out[0].tolist() == [0.25] * 4
+    s = 2 + 2 * math.exp(-5)
+    assert out[1].tolist() == pytest.approx([math.exp(-5) / s] * 2 + [1 / s] * 2, rel=1e-6)
+    out = softmax(t([2.0, 0.0]), temperature=2.0)
+    # exp(2/2 - 2/2) = 1, exp(0 - 1) = e^-1
+    assert out[0].tolist() == pytest.approx([1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))])
+
+
+def test_softmax_largest_goes_through_int() -> None:
+    # trunc: 0.5 -> 0, 0.7 -> 0; -0.5 -> -0, -1.7 -> -1; 1e30 saturates at INT_MAX -> 2^31; NaN -> 0
+    assert darknet_largest(t([0.5, 0.7], [-0.5, -1.7], [1e30, 0], [NAN, -3])).tolist() == [0, 0, 2.0 ** 31, 0]
+    out = softmax(t([1e30, 0.0]))
+    # e0 = exp(1e30 - 2^31) = inf, e1 = exp(-2^31) = 0, sum = inf: inf/inf = NaN, 0/inf = 0
+    assert math.isnan(out[0, 0]) and out[0, 1].item() == 0.0
+    out = softmax(t([NAN, 1.0]))
+    assert math.isnan(out[0, 0]) and math.isnan(out[0, 1])
+
+
+# ------------------------------------------------------------------------ no in-place mutation
+@pytest.mark.parametrize("name", ["add_bias", "activate_array", "shortcut", "gemm", "normalize"])
+def test_kernels_never_mutate_their_inputs(name: str) -> None:
+    mem = {"l.output": t([1, -2], [3, 4]), "l.biases": t(1, 2), "l.rolling_mean": t(0, 0),
+           "l.rolling_variance": t(1, 1), "x": t([5, 6], [7, 8]), "l.weights": t([1, 2], [3, 4])}
+    before = {k: v.clone() for k, v in mem.items()}
+    orig = dict(mem)
+    cases: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+        "add_bias": (("l.output", "l.biases"), dict(channels=2, spatial=1)),
+        "activate_array": (("l.output",), dict(n=2, activation="relu")),
+        "shortcut": (("l.output", "x"), dict(n=2)),
+        "gemm": (("l.weights", "x", "l.output"), dict(M=1, N=2, K=1, trans_a=False, trans_b=False,
+                                                     a_offset=0, b_offset=0, c_offset=0)),
+        "normalize": (("l.output", "l.rolling_mean", "l.rolling_variance"), dict(channels=2, spatial=1)),
+    }
+    reads, params = cases[name]
+    run(name, mem, reads, ("l.output",), **params)
+    for k, v in orig.items():
+        assert torch.equal(v, before[k]), k
+    assert not any(mem["l.output"].data_ptr() == v.data_ptr() for k, v in mem.items() if k != "l.output")
+
+
+# ----------------------------------------------------------------------------- instruction counts
+def test_add_bias_counts_channels2_spatial3() -> None:
+    tpl = get_kernel("add_bias").template({"channels": 2, "spatial": 3})
+    assert (tpl.threads, tpl.block) == (6, 512)       # 2 channels × 3 positions
+    # per thread: s2r 4 + imad:index 1 + imad:offset 4 + 2 addresses × 2 = 13 GPR;
+    # ld:out + ld:bias = 2 LD; fadd 1; setp 1; bra:exit + st + exit = 3 NODEST
+    assert counts("add_bias", channels=2, spatial=3) == {
+        "FP32": 6, "LD": 12, "GPR": 78, "PR": 6, "NODEST": 18, "OTHERS": 0}
+    assert get_kernel("add_bias").grid({"channels": 2, "spatial": 3}) == (1, 2, 1)
+
+
+def test_scale_bias_and_fill_and_copy_counts() -> None:
+    assert counts("scale_bias", channels=1, spatial=4) == {
+        "FP32": 4, "LD": 8, "GPR": 52, "PR": 4, "NODEST": 12, "OTHERS": 0}
+    # fill: 6 prologue + 3 offset + 2 address + 1 mov = 12 GPR; setp 1; bra:exit, st, exit
+    assert counts("fill", n=5, value=0.0) == {"FP32": 0, "LD": 0, "GPR": 60, "PR": 5, "NODEST": 15, "OTHERS": 0}
+    # copy: 6 + 3 + 3 + 2 + 2 = 16 GPR; 1 LD
+    assert counts("copy", n=2, out_offset=0) == {"FP32": 0, "LD": 2, "GPR": 32, "PR": 2, "NODEST": 6, "OTHERS": 0}
+
+
+def test_normalize_counts() -> None:
+    # GPR: prologue 6 + idiv 14 + idiv 14 + imod 4 + 3 addresses × 2 = 44
+    # OTHERS: 2 divisions × (I2F, F2I, RCP) + MUFU.RSQ + MUFU.RCP = 8
+    # PR: bounds 1 + 2 × 2 division fixups + FCHK 1 = 6;  LD: x, mean, var = 3
+    # FP32: var+eps 1 + sqrt 3 + x-mean 1 + division 4 = 9;  NODEST: bra:exit, bra:fdiv, st, exit = 4
+    assert counts("normalize", channels=2, spatial=1, eps=1e-5) == {
+        "FP32": 18, "LD": 6, "GPR": 88, "PR": 12, "NODEST": 8, "OTHERS": 16}
+
+
+def test_activate_counts_per_activation() -> None:
+    # common: GPR 6 + 2 = 8, LD 1, PR bounds + switch = 2, NODEST bra:exit + 2 switch + st + exit = 5
+    assert counts("activate_array", n=1, activation="linear") == {
+        "FP32": 0, "LD": 1, "GPR": 8, "PR": 2, "NODEST": 5, "OTHERS": 0}
+    assert counts("activate_array", n=3, activation="relu")["FP32"] == 3 * 2     # FSET + FMUL
+    assert counts("activate_array", n=3, activation="leaky")["FP32"] == 3 * 2    # FMUL + FCMP
+    # logistic: exp 4 FP32 + 2 OTHERS, 1+e 1 FP32, 1/x: FCHK (PR), RCP (OTHERS), 4 FFMA, BRA
+    assert counts("activate_array", n=1, activation="logistic") == {
+        "FP32": 9, "LD": 1, "GPR": 8, "PR": 3, "NODEST": 6, "OTHERS": 3}
+
+
+def test_shortcut_counts() -> None:
+    # GPR: 6 + 4 divisions × (14 + 4) + 15 + 15 + 2 × 2 addresses = 112; OTHERS 4 × 3; PR 1 + 4 × 2
+    assert counts("shortcut", n=2) == {"FP32": 4, "LD": 4, "GPR": 224, "PR": 18, "NODEST": 6, "OTHERS": 24}
+
+
+def test_im2col_counts_ksize2() -> None:
+    tpl = get_kernel("im2col").template(im2col_params())
+    assert tpl.threads == 4                  # 1 channel × 2 × 2 output positions
+    # k = 2, k² = 4. GPR: s2r 2 + imad 1 + 2 × (idiv 14 + imod 4) + hw_in 4 + col 7 + im 7 + 2 × 2 addr
+    #   + per tap (hw 2 + elem addr 2 + sel 1 + col ptr 2 + loop 1) × 4 + loop:kh 2 + grid stride 2 = 97
+    # PR: bounds 2 + 2 × 2 + per tap (4 pad + 1 loop) × 4 + 2 = 28; LD 4; NODEST: exit, 4 st,
+    #   4 loop branches, 2 outer, grid branch, exit = 13; OTHERS 2 × 3 = 6
+    assert counts("im2col", **im2col_params()) == {
+        "FP32": 0, "LD": 16, "GPR": 4 * 97, "PR": 4 * 28, "NODEST": 4 * 13, "OTHERS": 4 * 6}
+
+
+def test_gemm_counts_and_ffma_total() -> None:
+    p = dict(M=2, N=3, K=20, trans_a=False, trans_b=False, a_offset=0, b_offset=0, c_offset=0)
+    tpl = get_kernel("gemm").template(p)
+    assert (tpl.threads, tpl.block) == (6, 256)
+    # K tiles T = ceil(20/16) = 2. Per thread: FFMA 20; LD = ld:c 1 + 2 tile loads × 2 + 2 × 20 shared = 45;
+    # GPR = s2r 4 + index 4 + 3 offsets × 3 + smem 2 + 3 addresses × 2 + per tile (2 + 2 + 1) × 2 = 35;
+    # PR = bounds 2 + loop 2 = 4; NODEST = per tile (2 STS + 2 BAR + BRA) × 2 + st:c + exit = 12
+    assert counts("gemm", **p) == {"FP32": 2 * 3 * 20, "LD": 6 * 45, "GPR": 6 * 35, "PR": 6 * 4,
+                                   "NODEST": 6 * 12, "OTHERS": 0}
+    slots = {s.tag: s for s in tpl.slots}
+    assert slots["ffma:acc"].count == 20 and slots["ldg:a_tile"].count == 2 and slots["lds:b"].count == 20
+
+
+def test_pool_and_softmax_counts() -> None:
+    mp = dict(channels=1, height=2, width=2, size=2, stride=2, pad=0, out_h=1, out_w=1)
+    # s = 2: GPR 6 + 2 × 14 + 4 + 3 × 18 + 2 + 9 + 6 + 2 + per tap (2 + 4 + 2 + 1 + 1 + 1 + 1) × 4 + 2 + 4 = 165
+    # PR 1 + 5 × 2 + per tap (4 + 1 + 1) × 4 + 2 = 37; LD 4; NODEST 1 + 4 + 2 + 2 + 1 = 10; OTHERS 5 × 3
+    assert counts("forward_maxpool", **mp) == {"FP32": 0, "LD": 4, "GPR": 165, "PR": 37, "NODEST": 10, "OTHERS": 15}
+    # avgpool plane S = 4, 3 channels: GPR 6 + 18 + 3 + 2 + 3 + 2 + (2 + 1) × 4 = 46; FP32 4 + 4;
+    # PR 1 + 2 + 4 + 1 = 8; NODEST 1 + 1 + 4 + 4 + 1 + 1 + 1 = 13; OTHERS 3 + 1 + 1 = 5
+    assert counts("forward_avgpool", channels=3, height=2, width=2) == {
+        "FP32": 24, "LD": 12, "GPR": 138, "PR": 24, "NODEST": 39, "OTHERS": 15}
+    # softmax, n = 2, one thread: GPR 15 + 12n = 39, FP32 4 + 14n = 32, LD 3n = 6,
+    # PR 2 + 6n = 14, NODEST 3 + 7n = 17, OTHERS 1 + 6n = 13
+    assert counts("softmax", n=2, temperature=1.0) == {"FP32": 32, "LD": 6, "GPR": 39, "PR": 14, "NODEST": 17, "OTHERS": 13}
+
+
+def test_cuda_gridsize_folds_large_grids() -> None:
+    assert cuda_gridsize(1) == (1, 1, 1) and cuda_gridsize(513) == (2, 1, 1)
+    # 70000 blocks > 65535: x = ceil(sqrt(70000)) = 265, y = ceil(70000/265) = 265
+    assert cuda_gridsize(70000 * 512) == (265, 265, 1)
+
+
+# ------------------------------------------------------------------- tags, registers, and docs
+def test_tags_are_declared_unique_and_documented() -> None:
+    docs = DOCS.read_text()
+    for name, k in all_kernels().items():
+        vocab = k.vocabulary()
+        assert vocab, name
+        for tag, info in vocab.items():
+            assert info.group in GROUPS and info.effect in EFFECTS, (name, tag)
+            assert f"`{tag}`" in docs, f"{name}: tag {tag} missing from docs/kernels.md"
+        for p in k.example_params:  # type: ignore[attr-defined]
+            tpl = k.template(p)
+            tags = [s.tag for s in tpl.slots]
+            assert len(tags) == len(set(tags)), name
+            for s in tpl.slots:
+                assert vocab[s.tag].group == s.group, (name, s.tag)
+        assert f"`{name}`" in docs
+
+
+def test_register_maps_are_consistent() -> None:
+    for name, k in all_kernels().items():
+        for p in k.example_params:  # type: ignore[attr-defined]
+            rm = k.registers(p)
+            tpl_tags = {s.tag for s in k.template(p).slots}
+            preds = {r.name for r in rm.registers if r.role == "predicate"}
+            general = {r.name for r in rm.registers if r.role != "predicate"}
+            assert len(general) <= k.regs_allocated and rm.allocated == k.regs_allocated + len(preds)
+            for r in rm.registers:
+                assert r.role in REGISTER_ROLES and r.tag in tpl_tags, (name, r)
+                assert 0.0 <= r.live[0] < r.live[1] <= 1.0, (name, r)
+            assert any(r.role == "address" for r in rm.registers), name
+
+
+def test_gemm_has_an_accumulator_live_over_the_k_loop() -> None:
+    rm = get_kernel("gemm").registers(dict(M=4, N=4, K=64))
+    acc = [r for r in rm.registers if r.role == "accumulator"]
+    assert len(acc) == 1 and acc[0].tag == "ffma:acc" and acc[0].live[1] - acc[0].live[0] > 0.8
