@@ -121,10 +121,12 @@ def to_records(prep: Prepared, executed: Iterable[Executed]) -> list[InjectionRe
 
 
 Progress = Callable[[int, dict[str, int]], None]
+#: Runs the batches somewhere (a process pool, a Ray cluster) and yields each batch's results.
+Execute = Callable[[Prepared, list[list[PlannedFault]]], Iterable[list[Executed]]]
 
 
 def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = None,
-                 stop_after: int | None = None) -> int:
+                 stop_after: int | None = None, execute: Execute | None = None) -> int:
     """Run (or resume) a campaign into ``db``; returns the campaign id."""
     prep = prepare(config)
     with Store(db) as store:
@@ -140,7 +142,8 @@ def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = No
         if stop_after is not None:
             work = work[:stop_after]
         n_done = len(done)
-        for executed in _execute(prep, work, config.workers):
+        runs = execute(prep, work) if execute is not None else _execute(prep, work, config.workers)
+        for executed in runs:
             records = to_records(prep, executed)
             store.add_results(cid, records)
             n_done += len(records)

@@ -33,8 +33,12 @@ class Executed:
 class Runner:
     """Holds everything shared by the batches of one campaign."""
 
-    def __init__(self, program: Program, golden: Golden, fast: bool = True) -> None:
+    def __init__(self, program: Program, golden: Golden, fast: bool = True, keep_outputs: bool = False) -> None:
         self.program, self.golden, self.fast = program, golden, fast
+        #: with keep_outputs, the final probabilities of each faulty lane of the last batch that
+        #: reached the output (tests check them against values worked out on paper)
+        self.keep_outputs = keep_outputs
+        self.last_outputs: dict[int, torch.Tensor] = {}
         trace = program.trace
         self.trace = trace
         self.live = live_in(trace)
@@ -82,6 +86,7 @@ class Runner:
     # ------------------------------------------------------------------ one batch
     def run(self, batch: list[PlannedFault]) -> list[Executed]:
         t0 = time.perf_counter()
+        self.last_outputs = {}
         trace = self.trace
         layer = trace.launches[batch[0].fault.site.launch].layer
         if any(trace.launches[pf.fault.site.launch].layer != layer for pf in batch):
@@ -104,11 +109,17 @@ class Runner:
         for k, members in by_launch.items():
             lane_faults = [(lane, batch[j].fault, gl[batch[j].fault.input_id]) for j, lane in members]
             overrides[k] = make_override(trace.launches[k], lane_faults, effects, self.memmap, self._per_lane)
-        injected_at = {k: [lane for _, lane in m] for k, m in by_launch.items()}
+        # A fault is Masked when the outputs of the unit it struck equal golden: the kernel itself,
+        # or for a hardened kernel (replicas + voter/checker) the whole protected unit, whose last
+        # launch the hardening transform names in ``check_after``.
+        check_at: dict[int, list[int]] = {}
+        for k, m in by_launch.items():
+            end = int(trace.launches[k].params.get("check_after", k))
+            check_at.setdefault(end, []).extend(lane for _, lane in m)
         differs: dict[int, bool] = {}
 
         def after(launch: Launch, mem: Memory) -> None:
-            for lane in injected_at.get(launch.index, ()):
+            for lane in check_at.get(launch.index, ()):
                 eff = effects[lane]
                 if eff.due:
                     differs[lane] = True
@@ -185,6 +196,8 @@ class Runner:
             glane = next(i for i, (k2, r2) in enumerate(lanes) if k2 == "g" and r2 == pf.fault.input_id)
             eff = effects[n_inputs + ref]
             f, g = out[cur], out[glane]
+            if self.keep_outputs:
+                self.last_outputs[ref] = f.clone()
             flags: tuple[str, ...] = ()
             g1, f1 = int(g.argmax()), int(torch.nan_to_num(f, nan=-math.inf).argmax())
             if not bool(torch.isfinite(f).all()):

@@ -1,0 +1,3 @@
+from kernelfi.cli import main
+
+main()

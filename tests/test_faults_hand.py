@@ -1,0 +1,147 @@
+"""Faults in every kernel of a hand-weighted network, checked against values worked out on paper.
+
+See tests/tiny.py for the network: golden logits [6.5, 6.0], class 0.
+"""
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+import torch
+
+from kernelfi.faults.memmap import MemoryMap
+from kernelfi.types import Fault, Site
+from tests.tiny import launch, rf_site, run_full, site, tiny_program
+
+
+def f32(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
+def probs(logits: list[float]) -> torch.Tensor:
+    t = torch.tensor(logits, dtype=torch.float64)
+    return torch.softmax(t, 0).float()
+
+
+@pytest.fixture(scope="module")
+def prog():
+    return tiny_program()
+
+
+def one(prog, fault: Fault) -> dict:
+    return run_full(prog, [fault])[0]
+
+
+def test_golden_is_worked_out(prog) -> None:
+    from tests.tiny import tiny_input
+    lg, pr = prog.forward(tiny_input())
+    assert lg[0].tolist() == [6.5, 6.0]
+    assert torch.allclose(pr[0], probs([6.5, 6.0]), atol=1e-7)
+
+
+def test_gemm_partial_sum_exponent_flip_is_malfunction(prog) -> None:
+    # pixel 5 (x = 6): the centre tap is reduction step 4; its partial sum is 6.0 (steps 0-3 are 0*x).
+    # 6.0 = 0x40C00000; flipping bit 30 gives 0x00C00000; the remaining steps add 0, the bias 0.5
+    # follows: conv out[5] = 1.76e-38 + 0.5 = 0.5, so the window [1.5, 2.5, 5.5, 0.5] pools to 5.5,
+    # logits [5.5, 6.0]: class 1 -> Malfunction.
+    s = site(prog, "layers.0.gemm", "ffma:acc", thread=5, exec_=4, calls=9)
+    out = one(prog, Fault("iov", s, "single", (30,)))
+    r = out["result"]
+    assert r.outcome == "sdc_malfunction"
+    assert r.original == 6.0 and r.corrupted == f32(0x00C00000)
+    assert (r.golden_top1, r.faulty_top1) == (0, 1)
+    assert torch.allclose(out["probs"], probs([5.5, 6.0]), atol=1e-7)
+    assert r.propagation[0].layer == 0 and r.propagation[0].corrupted == 1
+    assert r.propagation[0].max_abs == pytest.approx(6.0)
+
+
+def test_im2col_entry_under_zero_weight_is_no_malfunction(prog) -> None:
+    # column entry of pixel 5 at tap 0 (x[0][0] = 1) is multiplied by weight 0: the im2col output
+    # is corrupted (SDC) but the GEMM masks it -> No-Malfunction, never Masked.
+    s = site(prog, "layers.0.im2col", "sel:value", thread=5, exec_=0, calls=9)
+    r = one(prog, Fault("iov", s, "single", (0,)))["result"]
+    assert r.outcome == "sdc_no_malfunction"
+    assert r.original == 1.0 and r.corrupted == f32(0x3F800001)
+
+
+def test_fill_value_is_accumulated_by_gemm(prog) -> None:
+    # fill writes 0 to out[5]; bit 30 of 0.0 -> 2.0; the GEMM adds 6, the bias 0.5: 8.5, so the
+    # first window pools 8.5 and the logits become [8.5, 6.0]: same class, other probabilities.
+    s = site(prog, "layers.0.fill", "mov:value", thread=5)
+    out = one(prog, Fault("iov", s, "single", (30,)))
+    assert out["result"].outcome == "sdc_light_malfunction"
+    assert out["result"].corrupted == 2.0
+    assert torch.allclose(out["probs"], probs([8.5, 6.0]), atol=1e-7)
+
+
+def test_add_bias_output_sign_flip(prog) -> None:
+    # out[5] = 6 + 0.5 = 6.5 -> bit 31 -> -6.5: window [1.5, 2.5, 5.5, -6.5] pools 5.5 -> class 1.
+    s = site(prog, "layers.0.add_bias", "fadd:out", thread=5)
+    out = one(prog, Fault("iov", s, "single", (31,)))
+    assert out["result"].outcome == "sdc_malfunction"
+    assert out["result"].corrupted == -6.5
+    assert torch.allclose(out["probs"], probs([5.5, 6.0]), atol=1e-7)
+
+
+def test_maxpool_compare_flip_keeps_smaller_max(prog) -> None:
+    # output 0 scans x+0.5 = 1.5, 2.5, 5.5, 6.5; the 4th compare (6.5 > 5.5) flipped keeps 5.5.
+    s = site(prog, "layers.1.forward_maxpool", "setp:gt", thread=0, exec_=3, calls=4)
+    out = one(prog, Fault("iov", s, "single", (0,)))
+    assert out["result"].outcome == "sdc_malfunction"
+    assert torch.allclose(out["probs"], probs([5.5, 6.0]), atol=1e-7)
+
+
+def test_softmax_sum_exponent_flip_is_nonfinite(prog) -> None:
+    # largest = (float)(int)6.5 = 6; e0 = exp(0.5), e1 = exp(0); the final sum e0 + e1 = 2.6487...
+    # has exponent 0x80: bit 30 is set, flipping it gives exponent 0 -> a tiny sum: e/sum overflows
+    # to inf: non-finite output -> Malfunction, flagged.
+    s = site(prog, "layers.3.softmax", "fadd:sum", thread=0, exec_=1, calls=2)
+    out = one(prog, Fault("iov", s, "single", (30,)))
+    r = out["result"]
+    assert r.outcome == "sdc_malfunction" and "nonfinite" in r.flags
+    assert r.original == pytest.approx(math.exp(0.5) + 1.0, rel=1e-6)
+    assert not torch.isfinite(out["probs"]).all()
+
+
+def test_ioa_store_lands_in_next_layer_bias(prog) -> None:
+    # add_bias of element 0 (1 + 0.5) stored through an address with one bit flipped so that it
+    # lands on layer 2's bias[0]: out[0] keeps its stale 1.0 (not in the max), bias[0] becomes 1.5:
+    # logits [6.5 + 1.5, 6] = [8, 6] -> Light-Malfunction.
+    l = launch(prog, "layers.0.add_bias")
+    mm = MemoryMap.from_trace(prog.trace)
+    a = mm.address("layers.0.output", 0)
+    target = mm.address("layers.2.biases", 0)
+    bit = (a ^ target).bit_length() - 1
+    assert a ^ (1 << bit) == target, "layout changed: no single-bit path"
+    s = site(prog, "layers.0.add_bias", "st:out", thread=0)
+    out = one(prog, Fault("ioa", s, "single", (bit,)))
+    assert out["result"].outcome == "sdc_light_malfunction"
+    assert torch.allclose(out["probs"], probs([8.0, 6.0]), atol=1e-7)
+
+
+def test_ioa_illegal_address_is_due(prog) -> None:
+    s = site(prog, "layers.0.add_bias", "ld:bias", thread=3)
+    r = one(prog, Fault("ioa", s, "single", (31,)))["result"]
+    assert r.outcome == "due" and "crash" in r.flags
+
+
+def test_rf_loop_counter_sign_flip_hangs(prog) -> None:
+    s = rf_site(prog, "layers.1.forward_maxpool", "loop_counter", thread=1)
+    r = one(prog, Fault("rf", s, "single", (31,)))["result"]
+    assert r.outcome == "due" and "hang" in r.flags
+
+
+def test_rf_dead_register_is_masked(prog) -> None:
+    l = launch(prog, "layers.0.add_bias")
+    from kernelfi.faults.registers import rf_registers
+    unused = len(rf_registers(l).registers)  # allocated but holding nothing
+    s = Site(l.index, "GPR", 2, 0, 0, register=unused)
+    r = one(prog, Fault("rf", s, "single", (3,)))["result"]
+    assert r.outcome == "masked"
+
+
+def test_bit_model_none_is_masked_everywhere(prog) -> None:
+    for l in prog.trace.launches:
+        s = Site(l.index, l.template.slots[0].group, 0, 0, 0)
+        assert one(prog, Fault("iov", s, "none"))["result"].outcome == "masked", l.name
