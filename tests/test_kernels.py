@@ -45,7 +45,7 @@ def counts(kernel: str, **params: Any) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------ registry
 def test_registry_has_the_twelve_kernels() -> None:
-    assert set(all_kernels()) == set(KERNEL_NAMES)
+    assert set(KERNEL_NAMES) <= set(all_kernels())  # hardening adds its own kernels
     for name in KERNEL_NAMES:
         assert get_kernel(name).name == name
 

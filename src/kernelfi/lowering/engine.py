@@ -14,6 +14,7 @@ import torch
 
 from kernelfi._utils import KernelfiError
 from kernelfi.kernels import fused_conv, get_kernel
+from kernelfi.lowering.fastpath import Unit, plan_units, run_unit
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -27,6 +28,13 @@ class Program:
 
     trace: Trace
     weights: dict[str, torch.Tensor]
+    _units: dict[int, Unit] | None = None
+
+    @property
+    def units(self) -> dict[int, Unit]:
+        if self._units is None:
+            self._units = plan_units(self.trace)
+        return self._units
 
     def memory(self, x: torch.Tensor) -> Memory:
         """Fresh memory for a batch of inputs (lanes = batch)."""
@@ -51,9 +59,18 @@ class Program:
         launches = self.trace.launches
         stop = len(launches) if stop is None else stop
         overrides = overrides or {}
+        units = self.units if fast else {}
         i = start
         while i < stop:
             launch = launches[i]
+            unit = units.get(i)
+            if (unit is not None and unit.end <= stop and not any(j in overrides for j in range(unit.start, unit.end))
+                    and run_unit(unit, mem)):
+                if after is not None:
+                    for j in range(unit.start, unit.end):
+                        after(launches[j], mem)
+                i = unit.end
+                continue
             if (fast and launch.kernel == "im2col" and i + 1 < stop and i not in overrides
                     and i + 1 not in overrides and launches[i + 1].kernel == "gemm"
                     and launches[i + 1].reads[1] == "workspace"):

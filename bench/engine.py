@@ -1,0 +1,60 @@
+"""Kernel engine vs native PyTorch forward, batch 1, CPU (issue: engine/native <= 1.5x).
+
+Both run in this process, interleaved, with warm-up and medians over repetitions, so the ratio
+is measured side by side. Prints per-model times and ends with
+``engine/native alexnet=R1 resnet50=R2``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from kernelfi.lowering import lower
+from kernelfi.models import load_model
+
+
+def _median_time(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure(name: str, reps: int) -> tuple[float, float, float]:
+    lm = load_model(name)
+    prog = lower(lm.module, lm.info.input_shape, name)
+    x = torch.randn(1, *lm.info.input_shape)
+    native = (lambda: lm.module.logits(x)) if hasattr(lm.module, "logits") else (lambda: lm.module(x))
+    engine = lambda: prog.forward(x)  # noqa: E731
+    with torch.no_grad():
+        for _ in range(3):
+            native(), engine()
+        tn, te = [], []
+        for _ in range(reps):  # interleave so drift hits both alike
+            tn.append(_median_time(native, 1))
+            te.append(_median_time(engine, 1))
+    n, e = statistics.median(tn), statistics.median(te)
+    return n, e, e / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--models", default="alexnet,resnet50")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, CPU")
+    ratios = {}
+    for name in args.models.split(","):
+        n, e, r = measure(name, args.reps)
+        ratios[name] = r
+        print(f"{name:10s} native {1000 * n:8.2f} ms   engine {1000 * e:8.2f} ms   ratio {r:.2f}")
+    print("engine/native " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()

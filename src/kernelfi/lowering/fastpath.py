@@ -1,0 +1,160 @@
+"""Fused fast paths for fault-free stretches of a trace (golden runs and campaign suffixes).
+
+A Darknet conv/connected layer is fill, [im2col], gemm, [normalize, scale_bias], add_bias,
+activate_array. When no fault enters any of them, the layer runs as the primitives a native
+framework would use (one convolution or linear, one batch-norm), keeping Darknet's semantics
+where a fault could tell them apart (ReLU as x*(x>0): -inf -> NaN, NaN stays NaN; max-pool
+never picks NaN); a residual shortcut runs as one add, and a max-pool skips the argmax buffer
+nobody reads. Values equal the kernel-by-kernel path up to float rounding (summation order,
+fused batch-norm); golden and faulty lanes of a batch always share one path, so outcomes
+never depend on it (a test runs campaigns both ways).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernelfi.kernels import fused_conv
+from kernelfi.types import Launch, Trace
+
+Memory = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str                 # "layer" (conv/connected chain), "shortcut" or "maxpool"
+    start: int
+    end: int                  # exclusive
+    launches: tuple[Launch, ...]
+    in_shape: tuple[int, ...] = ()  # per-lane shape of the layer input (1x1 convolutions)
+
+
+def plan_units(trace: Trace) -> dict[int, Unit]:
+    """Fusable launch ranges, keyed by their first launch index."""
+    units: dict[int, Unit] = {}
+    by_layer: dict[int, list[Launch]] = {}
+    for l in trace.launches:
+        by_layer.setdefault(l.layer, []).append(l)
+    for ls in by_layer.values():
+        kinds = [l.kernel for l in ls]
+        if any("check_after" in l.params for l in ls):
+            continue  # hardened units keep their replicas and voters
+        if kinds == ["forward_maxpool"]:
+            units[ls[0].index] = Unit("maxpool", ls[0].index, ls[0].index + 1, tuple(ls))
+            continue
+        if kinds == ["copy", "shortcut", "activate_array"] and ls[0].params.get("out_offset", 0) == 0:
+            units[ls[0].index] = Unit("shortcut", ls[0].index, ls[-1].index + 1, tuple(ls))
+            continue
+        if not kinds or kinds[0] != "fill" or "gemm" not in kinds or kinds.count("gemm") != 1:
+            continue
+        rest = kinds[kinds.index("gemm") + 1:]
+        head = kinds[1:kinds.index("gemm")]
+        if head not in ([], ["im2col"]) or rest not in (["add_bias", "activate_array"],
+                                                        ["normalize", "scale_bias", "add_bias", "activate_array"]):
+            continue
+        gemm = ls[kinds.index("gemm")]
+        shape = trace.buffer(gemm.reads[1]).shape if not head and not gemm.params.get("trans_b") else ()
+        units[ls[0].index] = Unit("layer", ls[0].index, ls[-1].index + 1, tuple(ls), tuple(shape))
+    return units
+
+
+def _shared(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
+    t = mem[name]
+    return t if t.dim() == ndim else None  # a per-lane (faulty) weight copy: no fusion
+
+
+def _relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
+    """Darknet's activations, in place where possible."""
+    if act == "relu":
+        return y.mul_(y > 0)  # x*(x>0): keeps Darknet's NaN for -inf and NaN inputs
+    if act == "leaky":
+        return torch.where(y > 0, y, y * torch.tensor(0.1, dtype=torch.float32))
+    if act == "logistic":
+        one = torch.tensor(1.0, dtype=torch.float32)
+        return one / (one + torch.exp(-y))
+    return y
+
+
+def run_unit(unit: Unit, mem: Memory) -> bool:
+    """Run a fused unit on ``mem``; False when it cannot be fused this time."""
+    if unit.kind == "maxpool":
+        return _maxpool(unit.launches[0], mem)
+    ls = {l.kernel: l for l in unit.launches}
+    if unit.kind == "shortcut":
+        cp, sc = ls["copy"], ls["shortcut"]
+        a, b = mem[cp.reads[0]], mem[sc.reads[1]]
+        y = _relu_like(torch.add(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)),
+                       str(ls["activate_array"].params.get("activation", "linear")))
+        old = mem.get(sc.writes[0])
+        mem[sc.writes[0]] = y.reshape(a.shape) if old is None else y.reshape(old.shape)
+        return True
+    gemm = ls["gemm"]
+    p = gemm.params
+    m, n, k = int(p["M"]), int(p["N"]), int(p["K"])
+    if p.get("a_offset", 0) or p.get("b_offset", 0) or p.get("c_offset", 0) or p.get("trans_a"):
+        return False
+    if float(ls["fill"].params.get("value", 0.0)) != 0.0:
+        return False
+    if p.get("trans_b"):  # connected: input (1 x K) . weights^T
+        w = _shared(mem, gemm.reads[1], 2)
+        if w is None:
+            return False
+        x = mem[gemm.reads[0]].reshape(-1, k)
+        # one GEMV per lane: a batched GEMM's rounding depends on how many rows it gets, and a
+        # lane's result must not depend on which other lanes share its batch (resume, sharding)
+        y = torch.cat([F.linear(x[i:i + 1], w) for i in range(x.shape[0])])
+        channels = n
+    else:
+        w = _shared(mem, gemm.reads[0], 2)
+        if w is None:
+            return False
+        if "im2col" in ls:
+            y = fused_conv(mem[ls["im2col"].reads[0]], w, ls["im2col"].params, p)
+        else:
+            x = mem[gemm.reads[1]]
+            if len(unit.in_shape) == 3:  # 1x1 convolution: the native primitive
+                y = F.conv2d(x.reshape(x.shape[0], *unit.in_shape), w.reshape(m, k, 1, 1))
+            else:
+                y = torch.matmul(w, x.reshape(x.shape[0], k, n))
+        channels = m
+    b = y.shape[0]
+    y = y.reshape(b, channels, -1)
+    bias = _shared(mem, ls["add_bias"].reads[1], 1)
+    if bias is None:
+        return False
+    if "normalize" in ls:
+        nl, sl = ls["normalize"], ls["scale_bias"]
+        mean, var, scale = (_shared(mem, nl.reads[1], 1), _shared(mem, nl.reads[2], 1), _shared(mem, sl.reads[1], 1))
+        if mean is None or var is None or scale is None:
+            return False
+        y = F.batch_norm(y, mean, var, scale, bias, False, 0.0, float(nl.params.get("eps", 1e-5)))
+    else:
+        y = y.add_(bias.view(1, -1, 1)) if y.is_contiguous() else y + bias.view(1, -1, 1)
+    y = _relu_like(y, str(ls["activate_array"].params.get("activation", "linear")))
+    out = gemm.writes[0]
+    old = mem.get(out)
+    shape = tuple(old.shape) if old is not None and old.numel() == y.numel() else None
+    mem[out] = y.reshape(shape) if shape else y.reshape(b, -1)
+    return True
+
+
+def _maxpool(l: Launch, mem: Memory) -> bool:
+    p = l.params
+    c, h, w = int(p["channels"]), int(p["height"]), int(p["width"])
+    size, stride, pad, oh, ow = (int(p[k]) for k in ("size", "stride", "pad", "out_h", "out_w"))
+    x = mem[l.reads[0]]
+    b = x.shape[0]
+    x = x.reshape(b, c, h, w)
+    off = -(pad // 2)
+    top = left = max(0, -off)
+    bottom = max(0, off + (oh - 1) * stride + size - h)
+    right = max(0, off + (ow - 1) * stride + size - w)
+    x = torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN never wins
+    xp = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    r0 = off + top
+    xp = xp[:, :, r0:, r0:] if r0 else xp
+    y = F.max_pool2d(xp, size, stride)[:, :, :oh, :ow]
+    mem[l.writes[0]] = y.contiguous()
+    return True
