@@ -17,7 +17,7 @@ from torch import nn
 __all__ = ["build_empty", "init_random", "RANDOM_INIT_SCHEME"]
 
 #: Recorded in the weights hash: change it whenever the scheme below changes.
-RANDOM_INIT_SCHEME = "he-normal-fan_in/bias0/bn-identity/v1"
+RANDOM_INIT_SCHEME = "he-normal-fan_in/bias0/bn-identity/residual-gamma-1-over-sqrt-blocks/v2"
 
 
 def build_empty(builder: Callable[[], nn.Module]) -> nn.Module:
@@ -57,6 +57,14 @@ def init_random(module: nn.Module, seed: int) -> nn.Module:
                 if t is not None:
                     t.fill_(v)
                     done.add(id(t))
+    # Residual blocks add their branch to the identity: with identity BatchNorm every block
+    # doubles the activation variance and a random ResNet-152's logits overflow float32. Scaling
+    # each block's last BN gamma by 1/sqrt(blocks) keeps the total growth bounded (about e), so
+    # random-weight campaigns see finite, non-saturated probabilities.
+    blocks = [m for m in module.modules() if hasattr(m, "downsample") and (hasattr(m, "bn3") or hasattr(m, "bn2"))]
+    for m in blocks:
+        last = m.bn3 if hasattr(m, "bn3") else m.bn2
+        last.weight.fill_(1.0 / math.sqrt(len(blocks)))
     left = [n for n, t in list(module.named_parameters()) + list(module.named_buffers())
             if id(t) not in done]
     if left:
