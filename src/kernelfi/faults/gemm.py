@@ -208,7 +208,8 @@ class GemmFault:
         off = ((other if which == "b" else r % TILE) * TILE + base) if which == "a" else (base * TILE + c % TILE)
         off2 = corrupt_pattern(off * 4, t.bit_model, t.bits, t.value) if t.kind != "ioa_stale" else 0
         if off2 % 4 or off2 >= 2 * TILE * TILE * 4:
-            raise Crash(f"out-of-range shared-memory access at byte {off2}")
+            kind = "misaligned_address" if off2 % 4 else "shared_out_of_range"
+            raise Crash(f"shared-memory access at byte {off2} outside the block's 2 KiB of tiles", kind)
         e = off2 // 4
         tile, e = divmod(e, TILE * TILE)
         i, j = divmod(e, TILE)

@@ -22,6 +22,7 @@ from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
 from kernelfi.faults.sites import is_store
 from kernelfi.kernels import get_kernel
 from kernelfi.types import Fault, Launch, Mode
+from kernelfi.faults import programs_harden  # noqa: F401
 
 WARP = 32
 
@@ -191,7 +192,7 @@ def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, 
                 else:
                     diffs[key] = reader(*key)  # the store went elsewhere: stale content stays
     except Crash as err:
-        eff.due, eff.flags = "crash", ["illegal_address" if "illegal" in str(err) else "misaligned_address"]
+        eff.due, eff.flags = "crash", [err.kind]
         return
     except Hang:
         eff.due, eff.flags = "hang", ["watchdog"]
@@ -228,7 +229,7 @@ def _write(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch,
         flat[i] = int(value) if t.dtype == torch.int32 else float(value)
         if buf not in launch.writes:
             eff.touched.add(buf)
-        if eff.element < 0 and buf == launch.writes[0]:
+        if eff.element < 0 and buf in launch.writes:
             eff.element = int(i)
             if eff.original is None or launch.kernel in ("fill",):
                 eff.original, eff.corrupted = float(old), float(value)

@@ -19,7 +19,15 @@ ELEM = 4
 
 
 class Crash(Exception):
-    """Illegal or misaligned device address: the kernel aborts (DUE)."""
+    """Illegal or misaligned device address: the kernel aborts (DUE).
+
+    ``kind`` is the flag stored with the injection: ``illegal_address``,
+    ``misaligned_address`` or ``shared_out_of_range``.
+    """
+
+    def __init__(self, message: str, kind: str = "illegal_address") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class MemoryMap:
     def resolve(self, address: int) -> tuple[str, int] | None:
         """(buffer, element) at ``address``; None for alignment padding; Crash if illegal."""
         if address % ELEM:
-            raise Crash(f"misaligned address 0x{address:x}")
+            raise Crash(f"misaligned address 0x{address:x}", "misaligned_address")
         if not BASE <= address < self.end:
             raise Crash(f"illegal address 0x{address:x}")
         i = bisect.bisect_right(self.starts, address) - 1

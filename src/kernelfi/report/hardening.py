@@ -1,0 +1,97 @@
+"""Before/after hardening (seed Fig. 10–15): pair each hardened population with its baseline.
+
+A hardened campaign is paired with the unhardened population of the same model, mode, bit
+model, warp and scope (preferring the same weights and inputs). Its trace has extra kernels (the
+replicas, voters and checks), so kernel axes are the union, baseline kernels first.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import PercentFormatter
+
+from .common import COLORS, ERROR_CATEGORIES, LABELS, TABLE_CATEGORIES
+from .tables import PopulationTables, ReportData
+
+_SAME = ("model", "mode", "bit_model", "warp", "scope")
+_PREFER = ("weights_hash", "input_source")
+
+
+def pairs(data: ReportData) -> list[tuple[PopulationTables, PopulationTables]]:
+    """(baseline, hardened) for every hardened population that has a baseline in the DB."""
+    out = []
+    base = [i for i in data.items if not i.population.hardened]
+    for h in (i for i in data.items if i.population.hardened):
+        hm = h.population.meta
+        same = [b for b in base if all(getattr(b.population.meta, f) == getattr(hm, f) for f in _SAME)]
+        same.sort(key=lambda b: (-sum(getattr(b.population.meta, f) == getattr(hm, f) for f in _PREFER),
+                                 -b.population.n))
+        if same:
+            out.append((same[0], h))
+    return out
+
+
+def plan_text(hardening: object) -> str:
+    """The hardening plan as compact JSON (what the campaign stored)."""
+    return json.dumps(hardening, sort_keys=True, separators=(",", ": "), default=str)
+
+
+def comparison_table(before: PopulationTables, after: PopulationTables) -> pd.DataFrame:
+    """Overall rate per category before and after, with Wilson and Clopper–Pearson intervals."""
+    cols = ["n", "rate", "rate_wilson_low", "rate_wilson_high", "rate_cp_low", "rate_cp_high"]
+    b = before.tables["overall"].set_index("outcome")[cols].add_prefix("before_")
+    a = after.tables["overall"].set_index("outcome")[cols].add_prefix("after_")
+    out = b.join(a).reindex(list(TABLE_CATEGORIES)).reset_index()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["reduction"] = out["before_rate"] / out["after_rate"]
+    out.insert(0, "hardening", plan_text(after.population.meta.hardening))
+    out.insert(0, "after", after.population.label)
+    out.insert(0, "before", before.population.label)
+    return out
+
+
+def _paired(ax, groups: list, labels: list[str], before: pd.DataFrame, after: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    x = np.arange(len(groups))
+    for offset, table, hatch in ((-0.2, before, None), (0.2, after, "///")):
+        bottom = np.zeros(len(groups))
+        for cat in ERROR_CATEGORIES:
+            v = table.reindex(groups)[cat].fillna(0).to_numpy(float) if cat in table else 0 * x
+            ax.bar(x + offset, v, 0.38, bottom=bottom, color=COLORS[cat], hatch=hatch,
+                   edgecolor="white" if hatch else None, linewidth=0)
+            bottom += v
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(axis="y", alpha=0.3)
+
+
+def hardening_figure(before: PopulationTables, after: PopulationTables) -> Figure:
+    """Side by side per kernel (share of all injections, CKV) and per layer (rate given the
+    layer, CLV): left bar of each pair = baseline, right hatched bar = hardened."""
+    def piv(item: PopulationTables, name: str, key: str, value: str) -> pd.DataFrame:
+        return item.tables[name].pivot_table(index=key, columns="outcome", values=value, aggfunc="first")
+
+    kb, ka = piv(before, "kernels", "kernel", "share_of_all"), piv(after, "kernels", "kernel", "share_of_all")
+    order = before.kernel_order + [k for k in after.kernel_order if k not in before.kernel_order]
+    kernels = [k for k in order if k in kb.index or k in ka.index]
+    lb, la = piv(before, "layers", "layer", "rate"), piv(after, "layers", "layer", "rate")
+    layers = sorted(set(lb.index) | set(la.index))
+    fig = Figure(figsize=(max(10, 0.8 * max(len(kernels), len(layers))), 8.6))
+    ax1, ax2 = fig.subplots(2, 1)
+    _paired(ax1, kernels, kernels, kb, ka)
+    ax1.set_ylabel("share of all injections (CKV)")
+    names = {**before.layer_labels, **after.layer_labels}
+    _paired(ax2, layers, [str(names.get(l, l)) for l in layers], lb, la)
+    ax2.set_ylabel(f"{after.population.metric}: rate given the layer (CLV)")
+    handles = [Patch(color=COLORS[c], label=LABELS[c]) for c in ERROR_CATEGORIES]
+    handles += [Patch(facecolor="#999", label="before (left)"),
+                Patch(facecolor="#999", hatch="///", edgecolor="white", label="after (right, hatched)")]
+    fig.legend(handles=handles, fontsize=8, frameon=False, ncols=6, loc="lower center")
+    m = after.population.meta
+    fig.suptitle(f"Before / after hardening: {m.model} {m.mode.upper()} {m.bit_model} scope={m.scope}\n"
+                 f"baseline n={before.population.n}, hardened n={after.population.n}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the legend below, clear of every bar
+    return fig

@@ -1,0 +1,183 @@
+"""The report's sections as HTML, each from tables already computed (no analysis here)."""
+from __future__ import annotations
+
+import math
+from html import escape
+
+import pandas as pd
+
+from .common import LABELS, TABLE_CATEGORIES, interval, pct
+from .figures import Rendered
+from .seed import COMMON_NOTE
+from .html import Cell, figure, num, rate_cell, table
+from .tables import PopulationTables, ReportData
+
+
+def _rate(r: pd.Series, prefix: str = "rate", extra: str = "") -> Cell:
+    return rate_cell(r[prefix], r[f"{prefix}_wilson_low"], r[f"{prefix}_wilson_high"],
+                     r[f"{prefix}_cp_low"], r[f"{prefix}_cp_high"], extra)
+
+
+def campaigns(data: ReportData) -> str:
+    heads = ["id", "model", "mode", "bit model", "warp", "scope", "selection", "seed", "injections",
+             "inputs", "weights (SHA-256, source)", "derating", "tool", "hardening plan", "created"]
+    rows: list[list[Cell]] = []
+    for r in data.campaigns.itertuples():
+        rows.append([str(r.campaign), r.model, r.mode.upper(), r.bit_model, "yes" if r.warp else "no",
+                     r.scope, r.selection, str(r.seed), f"{r.n_done} / {r.n_planned}",
+                     f"{r.n_inputs}: {r.input_source}",
+                     (f'<code class="hash">{escape(r.weights_hash)}</code><br><small>{escape(str(r.weights_source))}</small>', None),
+                     "–" if pd.isna(r.derating) else f"{r.derating:.4f}", r.tool_version,
+                     r.hardening or "none (unhardened)", r.created])
+    return ('<h2 id="campaigns">Campaigns</h2><p class="note">One row per campaign in '
+            f"<code>{escape(data.db)}</code>. Campaigns that sample the same fault population are "
+            "pooled into one <i>population</i> below.</p>" + table(heads, rows, "table-campaigns"))
+
+
+def seed(df: pd.DataFrame) -> str:
+    heads = ["finding", "seed paper", "measured in this database", "agrees", "basis", "why it may differ"]
+    rows: list[list[Cell]] = [[r.finding, r.seed, (escape(r.measured).replace("\n", "<br>"), None), r.agrees,
+                               r.basis, r.why_it_may_differ] for r in df.itertuples()]
+    return ('<h2 id="seed">Seed comparison</h2><p class="note">Each published finding (AlexNet '
+            "study; ResNet study's abstract) beside what this database measured, computed from the "
+            "tables of this report and stated as measured. Nothing in the tool is tuned to match. "
+            "'agrees' is a plain reading of the point estimates, not a test: check the intervals. "
+            f"What every row shares: {escape(COMMON_NOTE)}</p>"
+            + table(heads, rows, "table-seed", [r.agrees if r.agrees != "not tested" else "" for r in df.itertuples()]))
+
+
+def overall(data: ReportData, ci: Rendered) -> str:
+    heads = ["population", "metric", "n"] + [LABELS[c] for c in TABLE_CATEGORIES]
+    rows = []
+    for item in data.items:
+        o = item.tables["overall"].set_index("outcome")
+        cells: list[Cell] = [item.population.label, item.population.metric, num(item.population.n)]
+        for c in TABLE_CATEGORIES:
+            extra = ""
+            if item.population.metric == "AVF" and not math.isnan(o.loc[c, "rate_derated"]):
+                extra = f"derated AVF {pct(o.loc[c, 'rate_derated'])}"
+            cells.append(_rate(o.loc[c], extra=extra))
+        rows.append(cells)
+    return ('<h2 id="overall">Overall rates</h2><p class="note">Rate of each outcome over all '
+            "injections of a population (PVF for IOV/IOA, raw AVF for RF; the derated AVF multiplies "
+            "by the allocated share of the register file). W = Wilson, CP = Clopper–Pearson, "
+            "95%.</p>" + table(heads, rows, "table-overall")
+            + figure(ci, "Dot: estimate; thick bar: Wilson 95%; thin bar: Clopper–Pearson 95%."))
+
+
+def verdicts(df: pd.DataFrame, margin: float) -> str:
+    o = df[df["scope"] == "overall"]
+    rows = [[r.label, LABELS[r.outcome], num(r.n), (pct(r.rate), r.rate), (f"±{100 * r.margin:.2f}%", r.margin),
+             "yes" if r.reached else "no", num(r.needed), num(r.more)] for r in o.itertuples()]
+    k = df[df["scope"] == "kernel"]
+    summary = "".join(
+        f"<li>{escape(lab)}: {int(g['reached'].sum())} of {len(g)} per-kernel rates reached "
+        f"±{100 * margin:.2f}%; the widest needs {int(g['more'].max()):,} more injections "
+        f"({escape(str(g.loc[g['more'].idxmax(), 'group']))}, "
+        f"{LABELS[g.loc[g['more'].idxmax(), 'outcome']]}).</li>"
+        for lab, g in k.groupby("label", sort=False))
+    return (f'<h2 id="verdicts">Sample size</h2><p class="note">Did each rate reach the margin asked '
+            f"for (±{100 * margin:.2f}% at 95%, Wilson half-width)? <i>needed</i> is the number of "
+            "injections whose Wilson interval at the observed rate is that narrow (Leveugle et al. "
+            "plan before a campaign with <code>kernelfi plan-samples</code>); <i>more</i> = needed − n. "
+            "Per-kernel verdicts are in <code>tables/verdicts.csv</code>.</p>"
+            + table(["population", "outcome", "n", "rate", "Wilson half-width", "reached", "needed", "more"],
+                    rows, "table-verdicts") + f"<ul>{summary}</ul>")
+
+
+def fit(df: pd.DataFrame, raw: float, budget: float) -> str:
+    rf = df[df["mode"] == "rf"]
+    rows = [[r.label, LABELS[r.outcome], (f"{pct(r.rate)} {interval(r.rate_wilson_low, r.rate_wilson_high)}", r.rate),
+             num(r.exposed_bits), (f"{r.derating_recomputed:.4f} / {r.derating_stored:.4f}", r.derating_recomputed),
+             num(r.fit, "{:,.2f}"), (f"[{r.fit_low:,.2f}, {r.fit_high:,.2f}]", r.fit_high),
+             r.verdict] for r in rf.itertuples()]
+    pvf = df[df["mode"] != "rf"]
+    prow = [[r.label, LABELS[r.outcome], (f"{pct(r.rate)} {interval(r.rate_wilson_low, r.rate_wilson_high)}", r.rate)]
+            for r in pvf.itertuples()]
+    text = (f'<h2 id="fit">FIT estimate</h2><p class="note">FIT<sub>SDC</sub> = raw FIT per bit × exposed '
+            f"bits × AVF<sub>SDC</sub>, with a raw rate of {raw:g} FIT/Mbit (1 Mbit = 10<sup>6</sup> bits; "
+            f"IEC 61508 quotes 700–1200) against a budget of {budget:g} FIT (ASIL-D: 10). "
+            "<b>Exposed bits</b> = allocated registers × 32 × resident threads per launch "
+            "(resident ≤ 5 SMs × 2048 threads, capped at the 10.5 Mbit register file of the seed's "
+            "GTX 750 Ti), averaged over the inference weighted by each launch's dynamic instructions; "
+            "it pairs with the <i>raw</i> AVF (a flip in an allocated register). Their ratio to the "
+            "whole register file is the campaign's derating (shown recomputed / stored: they should "
+            "agree). The inference is assumed to run back to back (100% duty cycle); only the "
+            "register file is counted. Verdict: <i>meets</i> = whole interval ≤ budget, "
+            "<i>exceeds</i> = whole interval above, else <i>inconclusive</i>.</p>")
+    if rows:
+        text += table(["population", "outcome", "raw AVF (Wilson 95%)", "exposed bits",
+                       "derating recomputed / stored", "FIT", "FIT interval", "verdict"], rows, "table-fit")
+    else:
+        text += "<p>No RF campaign in the database: no FIT estimate.</p>"
+    if prow:
+        text += ("<p class=\"note\">IOV/IOA campaigns measure a PVF: the probability that one corrupted "
+                 "dynamic instruction output ends in the outcome. A FIT would need a raw error rate per "
+                 "executed instruction, which is not known, so only the per-instruction vulnerability "
+                 "is given.</p>" + table(["population", "outcome", "PVF (Wilson 95%)"], prow, "table-pvf"))
+    return text
+
+
+def kernels(item: PopulationTables) -> str:
+    t = item.tables["kernels"]
+    order = [k for k in item.kernel_order if k in set(t["kernel"])]
+    rows = []
+    for k in order:
+        g = t[t["kernel"] == k].set_index("outcome")
+        cells: list[Cell] = [k, num(g["n"].iloc[0])]
+        for c in TABLE_CATEGORIES:
+            r = g.loc[c]
+            cells.append(_rate(r, "share_of_all", f"given the kernel {pct(r['rate'])}"))
+        rows.append(cells)
+    return table(["kernel", "n"] + [LABELS[c] for c in TABLE_CATEGORIES], rows, f"table-kernels-{item.population.key}")
+
+
+def layers(item: PopulationTables) -> str:
+    t = item.tables["layers"]
+    rows = []
+    for l in sorted(set(t["layer"])):
+        g = t[t["layer"] == l].set_index("outcome")
+        rows.append([item.layer_labels.get(l, str(l)), item.layer_names.get(l, ""), num(g["n"].iloc[0])]
+                    + [_rate(g.loc[c]) for c in TABLE_CATEGORIES])
+    return table(["layer", "name", "n"] + [LABELS[c] for c in TABLE_CATEGORIES], rows,
+                 f"table-layers-{item.population.key}")
+
+
+def masking(item: PopulationTables) -> str:
+    t = item.tables["masking"]
+    if t.empty:
+        return "<p>No No-Malfunction SDCs: nothing was masked downstream.</p>"
+    rows = [[item.layer_labels.get(r.injected_layer, str(r.injected_layer)),
+             "none recorded" if r.masked_at < 0 else item.layer_labels.get(r.masked_at, str(r.masked_at)),
+             num(r.count), (pct(r.share), r.share)] for r in t.itertuples()]
+    return ("<p class=\"note\">Where No-Malfunction SDCs die out: the first layer (from the injected one "
+            "on) whose output equals golden.</p>"
+            + table(["injected layer", "masked at layer", "count", "share"], rows, f"table-masking-{item.population.key}"))
+
+
+def bit_fields(item: PopulationTables) -> str:
+    t = item.tables["bit_fields"]
+    if t.empty:
+        return ""
+    rows = []
+    for f in ("sign", "exponent", "mantissa", "other"):
+        g = t[t["field"] == f].set_index("outcome")
+        if not g.empty:
+            rows.append([f, num(g["n"].iloc[0])] + [_rate(g.loc[c]) for c in TABLE_CATEGORIES])
+    return table(["field", "n"] + [LABELS[c] for c in TABLE_CATEGORIES], rows, f"table-bits-{item.population.key}")
+
+
+def hardening(cmp: pd.DataFrame) -> str:
+    rows = []
+    for r in cmp.itertuples():
+        b = rate_cell(r.before_rate, r.before_rate_wilson_low, r.before_rate_wilson_high,
+                      r.before_rate_cp_low, r.before_rate_cp_high)
+        a = rate_cell(r.after_rate, r.after_rate_wilson_low, r.after_rate_wilson_high,
+                      r.after_rate_cp_low, r.after_rate_cp_high)
+        red = ("–" if not math.isfinite(r.reduction) or r.reduction == 0 else
+               f"×{r.reduction:.2f} lower" if r.reduction >= 1 else f"×{1 / r.reduction:.2f} higher")
+        rows.append([LABELS[r.outcome], b, a, red])
+    plan = escape(str(cmp["hardening"].iloc[0]))
+    return (f"<p class=\"note\">{escape(str(cmp['before'].iloc[0]))} (n={int(cmp['before_n'].iloc[0]):,}) → "
+            f"{escape(str(cmp['after'].iloc[0]))} (n={int(cmp['after_n'].iloc[0]):,}); plan <code>{plan}</code></p>"
+            + table(["outcome", "before", "after", "change"], rows))
