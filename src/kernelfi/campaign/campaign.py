@@ -101,12 +101,13 @@ def prepare(config: CampaignConfig) -> Prepared:
 
 
 def batches(planned: list[PlannedFault], trace_layers: dict[int, int], size: int) -> Iterator[list[PlannedFault]]:
-    """Group by injected layer (one batch runs one suffix), in id order within a layer."""
+    """Group by injected layer (one batch runs one suffix), by input within a layer."""
     by_layer: dict[int, list[PlannedFault]] = {}
     for pf in planned:
         by_layer.setdefault(trace_layers[pf.fault.site.launch], []).append(pf)
     for layer in sorted(by_layer):
-        items = by_layer[layer]
+        # same-input faults together: a batch needs one golden lane per distinct input
+        items = sorted(by_layer[layer], key=lambda pf: (pf.fault.input_id, pf.id))
         for s in range(0, len(items), size):
             yield items[s:s + size]
 

@@ -95,10 +95,21 @@ class Runner:
         inputs = sorted({pf.fault.input_id for pf in batch})
         gl = {inp: i for i, inp in enumerate(inputs)}
         lane_input = inputs + [pf.fault.input_id for pf in batch]
-        idx = torch.tensor(lane_input, dtype=torch.long)
+        # The layer's launches before the first struck one run for the golden lanes only; the
+        # faulty lanes get copies (identical by construction, and that prefix is the costly part
+        # of a layer for a fault in add_bias or the activation).
+        span0, _ = self.layer_span[layer]
+        first = min(pf.fault.site.launch for pf in batch)
+        gin = torch.tensor(inputs, dtype=torch.long)
         mem: Memory = dict(self.program.weights)
         for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
-            mem[name] = self.golden.buffers[name].index_select(0, idx)
+            mem[name] = self.golden.buffers[name].index_select(0, gin)
+        with torch.no_grad():
+            self.program.run(mem, span0, first, fast=False)
+        expand = torch.tensor([gl[i] for i in lane_input], dtype=torch.long)
+        for name, t in list(mem.items()):
+            if self._per_lane(name, t):
+                mem[name] = t.index_select(0, expand)
         # lanes: position in the current tensors -> ("g", input) or ("f", batch index)
         lanes: list[tuple[str, int]] = [("g", i) for i in inputs] + [("f", j) for j in range(len(batch))]
         effects: dict[int, LaneEffect] = {}
@@ -134,7 +145,8 @@ class Runner:
                 spec = trace.layers[p]
                 span = self.layer_span.get(spec.index)
                 if span is not None:
-                    self.program.run(mem, span[0], span[1], fast=self.fast, overrides=overrides, after=after)
+                    lo = first if p == pos else span[0]
+                    self.program.run(mem, lo, span[1], fast=self.fast, overrides=overrides, after=after)
                     # lane numbers in overrides/effects refer to the initial lane order; we only
                     # compact after the injected layer, when no override runs any more
                 keep: list[int] = []
@@ -197,7 +209,7 @@ class Runner:
             eff = effects[n_inputs + ref]
             f, g = out[cur], out[glane]
             if self.keep_outputs:
-                self.last_outputs[ref] = f.clone()
+                self.last_outputs[pf.id] = f.clone()
             flags: tuple[str, ...] = ()
             g1, f1 = int(g.argmax()), int(torch.nan_to_num(f, nan=-math.inf).argmax())
             if not bool(torch.isfinite(f).all()):

@@ -1,0 +1,392 @@
+"""The hardening planner: campaign results + measured run time -> a plan under a budget.
+
+``kernelfi harden`` (docs/hardening.md §3-4). Per launch of the unhardened model, the risk is
+the share of *all* injections that end as Malfunction (then Light-Malfunction) in it: with
+uniform site selection, a launch's share is its population share (exact, from the instruction
+profile) times its outcome rate, estimated from its own injections shrunk toward its kernel
+type's rate (few injections land in a small launch). Populations (mode, bit model, scope...)
+are weighted equally, whatever their injection counts. The cost of protecting a unit with a
+technique is the *measured* run time of what the technique adds (replicas, copies, voters,
+checkers; not conditional re-executions), timed in one interleaved loop with the unhardened
+model. A greedy choice by benefit/cost (benefit = Malfunction removed + ``light_weight`` ×
+Light-Malfunction removed, net of the risk the added voters/checkers bring) fills the budget.
+
+Layering: results come through ``kernelfi.store``; the per-launch outcome table is passed in
+by the caller (``kernelfi.analysis.outcome_table``; campaign and analysis are independent
+layers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kernelfi._utils import KernelfiError
+from kernelfi.campaign.golden import Golden
+from kernelfi.campaign.planner import PlannedFault, Planner
+from kernelfi.campaign.runner import Runner
+from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
+from kernelfi.harden import (
+    Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, time_programs, units,
+)
+from kernelfi.lowering import Program
+from kernelfi.store import CampaignMeta, Store
+from kernelfi.types import Trace
+
+OutcomeTable = Callable[..., pd.DataFrame]
+MAL, LIGHT = "sdc_malfunction", "sdc_light_malfunction"
+#: Kernels whose per-injection rates stand in for the voters/checkers a plan adds (they load a
+#: few values, compute one and store it, like these).
+PROXY_KERNELS = ("fill", "copy", "add_bias", "scale_bias", "normalize", "activate_array", "shortcut")
+POP_KEYS = ("model", "weights_hash", "input_source", "mode", "bit_model", "warp", "scope")
+
+
+@dataclass
+class Group:
+    """One population of unhardened campaigns (pooled), with its per-launch risk."""
+
+    meta: CampaignMeta
+    ids: list[int]
+    pop: dict[str, float]            # launch name -> population share
+    total_pop: int
+    mal: dict[str, float]            # launch name -> share of all injections (smoothed)
+    light: dict[str, float]
+    proxy: tuple[float, float]       # (mal, light) rate per injection of an added checker
+    observed: tuple[float, float]    # raw (mal, light) rates of the population
+    rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # its mal/light rows; ``fixed``: clamps that fix one
+    w_total: float = 1.0             # summed weights of all its injections
+
+
+@dataclass
+class Candidate:
+    technique: str
+    key: str                  # unit's primary launch name, or the clamped buffer (range)
+    launches: tuple[str, ...]
+    cost: float               # seconds
+    added: dict[str, float]   # added launch name -> its time (bookkeeping)
+    layer: str = ""
+    bounds: tuple[float, float] | None = None
+
+
+# --------------------------------------------------------------------------------------------
+def select_campaigns(store: Store, ids: Iterable[int] | None) -> list[list[int]]:
+    """Unhardened campaigns grouped by population; all of one model (a KernelfiError otherwise)."""
+    rows = store.campaigns()
+    want = set(ids) if ids else None
+    chosen = [r for r in rows if (want is None or r.id in want)]
+    if want is not None and len(chosen) != len(want):
+        raise KernelfiError(f"{store.path}: no campaign {sorted(want - {r.id for r in chosen})}")
+    hardened = [r.id for r in chosen if r.meta.hardening is not None]
+    if want is not None and hardened:
+        raise KernelfiError(f"campaigns {hardened} ran on a hardened model; plan from unhardened ones")
+    chosen = [r for r in chosen if r.meta.hardening is None and r.n_done > 0]
+    if not chosen:
+        raise KernelfiError(f"{store.path}: no finished unhardened campaign to plan from")
+    models = sorted({r.meta.model for r in chosen})
+    if len(models) > 1:
+        raise KernelfiError(f"{store.path}: campaigns of several models ({', '.join(models)}); pick with --campaign")
+    groups: dict[tuple, list[int]] = {}
+    for r in chosen:
+        groups.setdefault(tuple(getattr(r.meta, k) for k in POP_KEYS), []).append(r.id)
+    return list(groups.values())
+
+
+def smoothed(counts: pd.Series, ns: pd.Series, kernels: pd.Series, alpha: float) -> pd.Series:
+    """Per launch rate (c + α R_kernel) / (n + α), R_kernel = (C_k + α R_all) / (N_k + α)."""
+    total_n = float(ns.sum())
+    r_all = float(counts.sum()) / total_n if total_n else 0.0
+    ck, nk = counts.groupby(kernels).sum(), ns.groupby(kernels).sum()
+    r_k = (ck + alpha * r_all) / (nk + alpha)
+    return (counts + alpha * kernels.map(r_k).fillna(r_all)) / (ns + alpha)
+
+
+def group_risk(store: Store, ids: list[int], trace: Trace, table: pd.DataFrame, alpha: float) -> Group:
+    meta = store.campaign(ids[0]).meta
+    planner = Planner(trace, meta.mode, meta.bit_model, meta.warp, 0, 1, meta.scope)
+    total = int(planner.population)
+    pop = {l.name: float(planner.launch_pop[l.index]) / total for l in trace.launches}
+    base = pd.DataFrame({"launch_name": [l.name for l in trace.launches],
+                         "kernel": [l.kernel for l in trace.launches]})
+    out: dict[str, dict[str, float]] = {}
+    for cat in (MAL, LIGHT):
+        t = table[table["outcome"] == cat][["launch_name", "n", "count"]]
+        d = base.merge(t, on="launch_name", how="left").fillna({"n": 0, "count": 0})
+        rate = smoothed(d["count"].astype(float), d["n"].astype(float), d["kernel"], alpha)
+        out[cat] = {name: pop[name] * float(r) for name, r in zip(d["launch_name"], rate)}
+    n_all = float(table[table["outcome"] == MAL]["n"].sum()) or 1.0
+    obs = tuple(float(table[table["outcome"] == c]["count"].sum()) / n_all for c in (MAL, LIGHT))
+    proxy = []
+    for cat in (MAL, LIGHT):
+        t = table[(table["outcome"] == cat) & table["kernel"].isin(PROXY_KERNELS)]
+        proxy.append(float(t["count"].sum()) / float(t["n"].sum()) if float(t["n"].sum()) else obs[len(proxy)])
+    return Group(meta, ids, pop, total, out[MAL], out[LIGHT], (proxy[0], proxy[1]), obs)  # type: ignore[arg-type]
+
+
+def bounded_rows(store: Store, ids: list[int], bounds: dict[str, tuple[float, float]],
+                 layer_buf: dict[int, str]) -> pd.DataFrame:
+    """Malfunction/Light rows with the set of clamped buffers that would bound them: the
+    corruption a layer's output carries exceeds the layer's whole profiled range (or is not
+    finite), which only out-of-range values can do."""
+    inj = store.injections_frame(ids)
+    inj = inj[inj["outcome"].isin([MAL, LIGHT])][["campaign", "id", "launch_name", "outcome", "weight"]]
+    prop = store.propagation_frame(ids)
+    hits: dict[tuple[int, int], set[str]] = {}
+    for r in prop.itertuples(index=False):
+        buf = layer_buf.get(int(r.layer))
+        if buf is None or buf not in bounds:
+            continue
+        lo, hi = bounds[buf]
+        if not math.isfinite(r.max_abs) or r.max_abs > hi - lo:
+            hits.setdefault((int(r.campaign), int(r.injection)), set()).add(buf)
+    inj = inj.assign(fixed=[hits.get((int(c), int(i)), set()) for c, i in zip(inj["campaign"], inj["id"])])
+    return inj.reset_index(drop=True)
+
+
+def verify_clamps(store: Store, base: Program, groups: list[Group], bounds: dict[str, tuple[float, float]],
+                  x: torch.Tensor, fast: bool, say: Callable[[str], None]) -> None:
+    """Replay each row a clamp might bound on the model with that clamp alone, and keep in
+    ``fixed`` only the clamps that really move it out of its category (Malfunction -> anything
+    else; Light -> neither Light nor Malfunction): bounding a value does not always restore the
+    top-1, least of all near the output."""
+    todo: dict[str, list[tuple[int, int]]] = {}
+    for gi, g in enumerate(groups):
+        for ri, bufs in enumerate(g.rows["fixed"]):
+            for buf in bufs:
+                todo.setdefault(buf, []).append((gi, ri))
+    verified: dict[tuple[int, int], set[str]] = {}
+    layer_of = {buf: layer for layer, buf in layer_outputs(base.trace).items()}
+    for buf, items in sorted(todo.items()):
+        say(f"replaying {len(items)} stored injections with a clamp on {buf} ...")
+        hard = apply_plan(base, Plan(base.trace.model, (Protection("layer", layer_of[buf], "range",
+                                                                   bounds={buf: bounds[buf]}),)))
+        runner = Runner(hard, Golden.compute(hard, x, fast=fast), fast=fast)
+        index = {l.name: l.index for l in hard.trace.launches}
+        batches: dict[int, list[tuple[tuple[int, int], PlannedFault]]] = {}
+        for gi, ri in items:
+            row = groups[gi].rows.iloc[ri]
+            rec = store.injection(int(row["campaign"]), int(row["id"]))
+            f = rec.fault()
+            fault = dataclasses.replace(f, site=dataclasses.replace(f.site, launch=index[rec.launch_name]))
+            layer = hard.trace.launches[fault.site.launch].layer
+            batches.setdefault(layer, []).append(((gi, ri), PlannedFault(len(batches.get(layer, [])), fault, 1.0)))
+        with torch.no_grad():
+            for batch in batches.values():
+                for (key, _), ex in zip(batch, runner.run([pf for _, pf in batch])):
+                    was = groups[key[0]].rows.iloc[key[1]]["outcome"]
+                    now = ex.result.outcome
+                    if (was == MAL and now != MAL) or (was == LIGHT and now not in (MAL, LIGHT)):
+                        verified.setdefault(key, set()).add(buf)
+    for gi, g in enumerate(groups):
+        g.rows["fixed"] = [verified.get((gi, ri), set()) for ri in range(len(g.rows))]
+
+
+# --------------------------------------------------------------------------------------------
+def candidates(base: Program, progs: dict[str, Program], timing: dict[str, Any],
+               bounds: dict[str, tuple[float, float]]) -> list[Candidate]:
+    """(unit, technique) pairs with the measured time of what each adds."""
+    out: list[Candidate] = []
+    layer_names = {s.index: s.name for s in base.trace.layers}
+    for tech, prog in progs.items():
+        added: dict[str, dict[str, float]] = {}
+        for l, t in zip(prog.trace.launches, timing[tech].per_launch):
+            if l.params.get("role", "original") != "original" and not l.params.get("conditional"):
+                added.setdefault(str(l.params["protects"]), {})[l.name] = t
+        if tech == "range":
+            for layer, buf in layer_outputs(base.trace).items():
+                if buf in bounds:
+                    out.append(Candidate("range", buf, (), sum(added.get(buf, {}).values()), added.get(buf, {}),
+                                         layer, bounds[buf]))
+            continue
+        for u in units(base.trace, full_plan(base.trace.model, _kernels(base.trace, tech), tech)):
+            names = tuple(base.trace.launches[i].name for i in u.launches)
+            a = added.get(names[-1], {})
+            out.append(Candidate(tech, names[-1], names, sum(a.values()), a,
+                                 layer_names[base.trace.launches[u.last].layer]))
+    return out
+
+
+def _kernels(trace: Trace, tech: str) -> list[str]:
+    return ["gemm"] if tech == "abft" else sorted({l.kernel for l in trace.launches})
+
+
+def added_pop(prog: Program, group: Group) -> dict[str, float]:
+    """Population (as a share of the unhardened one) of each added injectable launch."""
+    m = group.meta
+    pl = Planner(prog.trace, m.mode, m.bit_model, m.warp, 0, 1, m.scope)
+    out: dict[str, float] = {}
+    for l in prog.trace.launches:
+        if l.params.get("role", "original") not in ("original", "replica", "copy"):
+            out[l.name] = float(pl.launch_pop[l.index]) / group.total_pop
+    return out
+
+
+@dataclass
+class _State:
+    replicated: set[str] = field(default_factory=set)
+    clamped: set[str] = field(default_factory=set)
+
+
+def gain(c: Candidate, groups: list[Group], extra_pop: dict[str, dict[str, float]], st: _State) -> tuple[float, float]:
+    """(Malfunction, Light) share removed by ``c`` given what is already chosen, net of the
+    risk its added launches bring (their population x the proxy rate); averaged over
+    populations. Range gains count the stored injections the clamp would bound (and that no
+    chosen unit or clamp already removes); replication gains the launches' smoothed shares,
+    less the part chosen clamps already bound."""
+    tot = [0.0, 0.0]
+    for gi, g in enumerate(groups):
+        rows = g.rows
+        pop = extra_pop.get(f"{gi}:{c.technique}", {})
+        added = sum(pop.get(n, 0.0) for n in c.added)
+        for k, cat, share in ((0, MAL, g.mal), (1, LIGHT, g.light)):
+            rc = rows[rows["outcome"] == cat] if len(rows) else rows
+            if c.technique == "range":
+                got = 0.0
+                if len(rc):
+                    hit = np.array([c.key in b and not (b & st.clamped) for b in rc["fixed"]], dtype=bool)
+                    keep = rc[hit & ~rc["launch_name"].isin(st.replicated).to_numpy()]
+                    got = float(keep["weight"].sum()) / g.w_total
+            else:
+                got = sum(share.get(n, 0.0) * (1.0 - _cleared(rc, n, st)) for n in c.launches)
+            tot[k] += (got - added * g.proxy[k]) / len(groups)
+    return tot[0], tot[1]
+
+
+def _cleared(rows: pd.DataFrame, launch: str, st: _State) -> float:
+    """Share of a launch's stored rows that chosen clamps already bound."""
+    if not st.clamped or not len(rows):
+        return 0.0
+    mine = rows[rows["launch_name"] == launch]
+    return float(sum(bool(b & st.clamped) for b in mine["fixed"])) / len(mine) if len(mine) else 0.0
+
+
+def choose(cands: list[Candidate], groups: list[Group], extra_pop: dict[str, dict[str, float]], budget_s: float,
+           light_weight: float) -> list[tuple[Candidate, float, float]]:
+    """Greedy by (Malfunction + light_weight × Light) removed per second, within the budget;
+    one technique per unit, one clamp per layer."""
+    st = _State()
+    spent = 0.0
+    chosen: list[tuple[Candidate, float, float]] = []
+    pool = list(cands)
+    while pool:
+        best, best_key = None, (0.0, 0.0)
+        for c in pool:
+            if spent + c.cost > budget_s + 1e-12:
+                continue
+            m, li = gain(c, groups, extra_pop, st)
+            value = m + light_weight * li
+            if value <= 0:
+                continue
+            key = (value / max(c.cost, 1e-9), value)
+            if key > best_key:
+                best, best_key = (c, m, li), key
+        if best is None:
+            break
+        c, m, li = best
+        chosen.append(best)
+        spent += c.cost
+        if c.technique == "range":
+            st.clamped.add(c.key)
+            pool = [p for p in pool if not (p.technique == "range" and p.key == c.key)]
+        else:
+            st.replicated.update(c.launches)
+            pool = [p for p in pool if p.technique == "range" or not set(p.launches) & set(c.launches)]
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, techniques: Iterable[str] = (
+        "tmr", "dmr", "abft", "range"), campaign_ids: Iterable[int] | None = None, reps: int = 10, lanes: int = 32,
+        light_weight: float = 0.01, alpha: float = 2.0, device: str = "cpu", clock: str = "cpu",
+        log: Callable[[str], None] | None = None) -> Plan:
+    """The plan for the DB's unhardened campaigns of one model (see the module docstring)."""
+    say = log or (lambda s: None)
+    techs = [t.strip() for t in techniques if t.strip()]
+    bad = [t for t in techs if t not in ("tmr", "dmr", "abft", "range")]
+    if bad or not techs:
+        raise KernelfiError(f"--techniques: unknown {', '.join(bad) or '(none)'} (known: tmr, dmr, abft, range)")
+    share = parse_budget(budget)
+    with Store(db, create=False) as store:
+        id_groups = select_campaigns(store, list(campaign_ids) if campaign_ids else None)
+        meta = store.campaign(id_groups[0][0]).meta
+        extra = dict(meta.extra)
+        spec = ModelSpec(**{**extra.get("model_spec", {"model": meta.model}), "hardening": None})
+        session = open_session(spec)
+        if session.weights_hash != meta.weights_hash:
+            raise KernelfiError(f"{db}: the campaigns used weights {meta.weights_hash[:12]}, the model now has "
+                                f"{session.weights_hash[:12]}")
+        base = session.program
+        x_all = inputs_tensor(session_inputs(session, extra.get("data"), extra.get("inputs")))
+        fast = bool(extra.get("fast", True))
+        groups = [group_risk(store, ids, base.trace, outcome_table(store, ids, by="launch"), alpha)
+                  for ids in id_groups]
+        bounds = profile_bounds(base, x_all, fast=fast) if "range" in techs else {}
+        layer_buf = {s.index: buf for s in base.trace.layers
+                     for name, buf in layer_outputs(base.trace).items() if name == s.name}
+        for g in groups:
+            g.rows = bounded_rows(store, g.ids, bounds, layer_buf) if bounds else pd.DataFrame()
+            g.w_total = float(store.injections_frame(g.ids)["weight"].sum()) or 1.0
+        if bounds:
+            verify_clamps(store, base, groups, bounds, x_all, fast, say)
+    progs: dict[str, Program] = {}
+    for t in techs:
+        if t == "range":
+            progs[t] = apply_plan(base, Plan(base.trace.model, tuple(
+                Protection("layer", layer, "range", bounds={buf: bounds[buf]})
+                for layer, buf in layer_outputs(base.trace).items() if buf in bounds)))
+        else:
+            progs[t] = apply_plan(base, full_plan(base.trace.model, _kernels(base.trace, t), t))
+    x = x_all[:lanes]
+    say(f"timing the unhardened model and full {', '.join(techs)} on {x.shape[0]} inputs, {reps} repetitions ...")
+    timing = time_programs({"base": base, **progs}, x, reps=reps, fast=fast, device=device, clock=clock)
+    t_base = timing["base"].total
+    cands = candidates(base, progs, timing, bounds)
+    extra_pop = {f"{gi}:{t}": added_pop(p, g) for gi, g in enumerate(groups) for t, p in progs.items()}
+    chosen = choose(cands, groups, extra_pop, share * t_base, light_weight)
+    protect = []
+    for c, m, li in chosen:
+        est = {"malfunction_removed": m, "light_removed": li, "cost_s": c.cost, "overhead": c.cost / t_base}
+        if c.technique == "range":
+            protect.append(Protection("layer", c.layer, "range", bounds={c.key: c.bounds}, extra={"estimate": est}))
+        else:
+            protect.append(Protection("launch", c.key, c.technique, extra={"estimate": est}))
+    plan = Plan(base.trace.model, tuple(protect), budget=share,
+                source_campaigns=tuple(i for ids in id_groups for i in ids))
+    expected = expectation(base, plan, groups, chosen, t_base, x, reps, fast, device, clock)
+    return Plan(plan.model, plan.protect, expected, share, plan.source_campaigns, extra={"planner": {
+        "techniques": techs, "reps": reps, "lanes": int(x.shape[0]), "device": device, "clock": clock, "fast": fast,
+        "light_weight": light_weight, "alpha": alpha, "unhardened_s": t_base,
+        "populations": [{"mode": g.meta.mode, "bit_model": g.meta.bit_model, "scope": g.meta.scope,
+                         "campaigns": g.ids} for g in groups]}})
+
+
+def expectation(base: Program, plan: Plan, groups: list[Group], chosen: list[tuple[Candidate, float, float]],
+                t_base: float, x: torch.Tensor, reps: int, fast: bool, device: str, clock: str) -> dict[str, Any]:
+    """Residual rates in the hardened model's population and the overhead (estimated from the
+    components, and measured on the whole hardened model)."""
+    hard = apply_plan(base, plan)
+    mal_b = float(np.mean([sum(g.mal.values()) for g in groups]))
+    light_b = float(np.mean([sum(g.light.values()) for g in groups]))
+    mal_r = sum(m for _, m, _ in chosen)
+    light_r = sum(li for _, _, li in chosen)
+    growth = []
+    for g in groups:
+        m = g.meta
+        pl = Planner(hard.trace, m.mode, m.bit_model, m.warp, 0, 1, m.scope)
+        growth.append(float(pl.population) / g.total_pop)
+    grow = float(np.mean(growth))
+    cost = sum(c.cost for c, _, _ in chosen)
+    measured = time_programs({"base": base, "plan": hard}, x, reps=reps, fast=fast, device=device, clock=clock)
+    return {
+        "malfunction_before": mal_b, "malfunction_after": max(mal_b - mal_r, 0.0) / grow,
+        "light_before": light_b, "light_after": max(light_b - light_r, 0.0) / grow,
+        "observed_malfunction": float(np.mean([g.observed[0] for g in groups])),
+        "observed_light": float(np.mean([g.observed[1] for g in groups])),
+        "overhead": cost / t_base,
+        "overhead_measured": measured["plan"].total / measured["base"].total - 1.0,
+        "population_growth": grow - 1.0,
+    }
