@@ -34,6 +34,7 @@ from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, se
 from kernelfi.harden import (
     Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, time_programs, units,
 )
+from kernelfi.harden.choice import Candidate, RiskModel, Row, State, choose, residual
 from kernelfi.lowering import Program
 from kernelfi.store import CampaignMeta, Store
 from kernelfi.types import Trace
@@ -60,17 +61,6 @@ class Group:
     observed: tuple[float, float]    # raw (mal, light) rates of the population
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # its mal/light rows; ``fixed``: clamps that fix one
     w_total: float = 1.0             # summed weights of all its injections
-
-
-@dataclass
-class Candidate:
-    technique: str
-    key: str                  # unit's primary launch name, or the clamped buffer (range)
-    launches: tuple[str, ...]
-    cost: float               # seconds
-    added: dict[str, float]   # added launch name -> its time (bookkeeping)
-    layer: str = ""
-    bounds: tuple[float, float] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,13 +189,13 @@ def candidates(base: Program, progs: dict[str, Program], timing: dict[str, Any],
         if tech == "range":
             for layer, buf in layer_outputs(base.trace).items():
                 if buf in bounds:
-                    out.append(Candidate("range", buf, (), sum(added.get(buf, {}).values()), added.get(buf, {}),
-                                         layer, bounds[buf]))
+                    a = added.get(buf, {})
+                    out.append(Candidate("range", buf, (), sum(a.values()), tuple(a), layer, bounds[buf]))
             continue
         for u in units(base.trace, full_plan(base.trace.model, _kernels(base.trace, tech), tech)):
             names = tuple(base.trace.launches[i].name for i in u.launches)
             a = added.get(names[-1], {})
-            out.append(Candidate(tech, names[-1], names, sum(a.values()), a,
+            out.append(Candidate(tech, names[-1], names, sum(a.values()), tuple(a),
                                  layer_names[base.trace.launches[u.last].layer]))
     return out
 
@@ -225,77 +215,15 @@ def added_pop(prog: Program, group: Group) -> dict[str, float]:
     return out
 
 
-@dataclass
-class _State:
-    replicated: set[str] = field(default_factory=set)
-    clamped: set[str] = field(default_factory=set)
-
-
-def gain(c: Candidate, groups: list[Group], extra_pop: dict[str, dict[str, float]], st: _State) -> tuple[float, float]:
-    """(Malfunction, Light) share removed by ``c`` given what is already chosen, net of the
-    risk its added launches bring (their population x the proxy rate); averaged over
-    populations. Range gains count the stored injections the clamp would bound (and that no
-    chosen unit or clamp already removes); replication gains the launches' smoothed shares,
-    less the part chosen clamps already bound."""
-    tot = [0.0, 0.0]
-    for gi, g in enumerate(groups):
-        rows = g.rows
-        pop = extra_pop.get(f"{gi}:{c.technique}", {})
-        added = sum(pop.get(n, 0.0) for n in c.added)
-        for k, cat, share in ((0, MAL, g.mal), (1, LIGHT, g.light)):
-            rc = rows[rows["outcome"] == cat] if len(rows) else rows
-            if c.technique == "range":
-                got = 0.0
-                if len(rc):
-                    hit = np.array([c.key in b and not (b & st.clamped) for b in rc["fixed"]], dtype=bool)
-                    keep = rc[hit & ~rc["launch_name"].isin(st.replicated).to_numpy()]
-                    got = float(keep["weight"].sum()) / g.w_total
-            else:
-                got = sum(share.get(n, 0.0) * (1.0 - _cleared(rc, n, st)) for n in c.launches)
-            tot[k] += (got - added * g.proxy[k]) / len(groups)
-    return tot[0], tot[1]
-
-
-def _cleared(rows: pd.DataFrame, launch: str, st: _State) -> float:
-    """Share of a launch's stored rows that chosen clamps already bound."""
-    if not st.clamped or not len(rows):
-        return 0.0
-    mine = rows[rows["launch_name"] == launch]
-    return float(sum(bool(b & st.clamped) for b in mine["fixed"])) / len(mine) if len(mine) else 0.0
-
-
-def choose(cands: list[Candidate], groups: list[Group], extra_pop: dict[str, dict[str, float]], budget_s: float,
-           light_weight: float) -> list[tuple[Candidate, float, float]]:
-    """Greedy by (Malfunction + light_weight × Light) removed per second, within the budget;
-    one technique per unit, one clamp per layer."""
-    st = _State()
-    spent = 0.0
-    chosen: list[tuple[Candidate, float, float]] = []
-    pool = list(cands)
-    while pool:
-        best, best_key = None, (0.0, 0.0)
-        for c in pool:
-            if spent + c.cost > budget_s + 1e-12:
-                continue
-            m, li = gain(c, groups, extra_pop, st)
-            value = m + light_weight * li
-            if value <= 0:
-                continue
-            key = (value / max(c.cost, 1e-9), value)
-            if key > best_key:
-                best, best_key = (c, m, li), key
-        if best is None:
-            break
-        c, m, li = best
-        chosen.append(best)
-        spent += c.cost
-        if c.technique == "range":
-            st.clamped.add(c.key)
-            pool = [p for p in pool if not (p.technique == "range" and p.key == c.key)]
-        else:
-            st.replicated.update(c.launches)
-            pool = [p for p in pool if p.technique == "range" or not set(p.launches) & set(c.launches)]
-    return chosen
+def risk_model(g: Group, trace: Trace, extra_pop: dict[str, dict[str, float]]) -> RiskModel:
+    """The population's risk in ``harden.choice`` terms."""
+    rows: dict[str, list[Row]] = {"mal": [], "light": []}
+    if len(g.rows):
+        for r in g.rows.itertuples(index=False):
+            rows["mal" if r.outcome == MAL else "light"].append(Row(r.launch_name, float(r.weight) / g.w_total,
+                                                                   frozenset(r.fixed)))
+    return RiskModel({"mal": g.mal, "light": g.light}, {l.name: l.kernel for l in trace.launches}, rows,
+                     {"mal": g.proxy[0], "light": g.proxy[1]}, extra_pop)
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,51 +270,77 @@ def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, te
             progs[t] = apply_plan(base, full_plan(base.trace.model, _kernels(base.trace, t), t))
     x = x_all[:lanes]
     say(f"timing the unhardened model and full {', '.join(techs)} on {x.shape[0]} inputs, {reps} repetitions ...")
-    timing = time_programs({"base": base, **progs}, x, reps=reps, fast=fast, device=device, clock=clock)
+    timing = time_programs({"base": base, "unfused": base, **progs}, x, reps=reps, fast=fast, device=device,
+                           clock=clock, unfused=("unfused",))
     t_base = timing["base"].total
     cands = candidates(base, progs, timing, bounds)
-    extra_pop = {f"{gi}:{t}": added_pop(p, g) for gi, g in enumerate(groups) for t, p in progs.items()}
-    chosen = choose(cands, groups, extra_pop, share * t_base, light_weight)
-    protect = []
-    for c, m, li in chosen:
-        est = {"malfunction_removed": m, "light_removed": li, "cost_s": c.cost, "overhead": c.cost / t_base}
-        if c.technique == "range":
-            protect.append(Protection("layer", c.layer, "range", bounds={c.key: c.bounds}, extra={"estimate": est}))
-        else:
-            protect.append(Protection("launch", c.key, c.technique, extra={"estimate": est}))
-    plan = Plan(base.trace.model, tuple(protect), budget=share,
-                source_campaigns=tuple(i for ids in id_groups for i in ids))
-    expected = expectation(base, plan, groups, chosen, t_base, x, reps, fast, device, clock)
-    return Plan(plan.model, plan.protect, expected, share, plan.source_campaigns, extra={"planner": {
+    models = [risk_model(g, base.trace, {t: added_pop(p, g) for t, p in progs.items()}) for g in groups]
+    chosen, _ = choose(cands, models, share * t_base, light_weight, defusion_penalty(base, timing))
+    sources = tuple(i for ids in id_groups for i in ids)
+    for _ in range(4):  # the components' sum is an estimate: measure the plan, shed the worst buy if over
+        plan = _plan(base, chosen, share, sources, t_base)
+        m = time_programs({"base": base, "plan": apply_plan(base, plan)}, x, reps=reps, fast=fast, device=device,
+                          clock=clock)
+        measured = m["plan"].total / m["base"].total - 1.0
+        if measured <= share or not chosen:
+            break
+        worst = min(chosen, key=lambda t: (t[1] + light_weight * t[2]) / max(t[3], 1e-9))
+        say(f"measured overhead {100 * measured:.2f}% > {100 * share:.2f}%: dropping {worst[0].technique} "
+            f"{worst[0].key}")
+        chosen = [t for t in chosen if t is not worst]
+    expected = expectation(base, plan, groups, models, chosen, t_base, measured)
+    return Plan(plan.model, plan.protect, expected, share, sources, extra={"planner": {
         "techniques": techs, "reps": reps, "lanes": int(x.shape[0]), "device": device, "clock": clock, "fast": fast,
         "light_weight": light_weight, "alpha": alpha, "unhardened_s": t_base,
         "populations": [{"mode": g.meta.mode, "bit_model": g.meta.bit_model, "scope": g.meta.scope,
                          "campaigns": g.ids} for g in groups]}})
 
 
-def expectation(base: Program, plan: Plan, groups: list[Group], chosen: list[tuple[Candidate, float, float]],
-                t_base: float, x: torch.Tensor, reps: int, fast: bool, device: str, clock: str) -> dict[str, Any]:
-    """Residual rates in the hardened model's population and the overhead (estimated from the
-    components, and measured on the whole hardened model)."""
+def defusion_penalty(base: Program, timing: dict[str, Any]) -> dict[str, float]:
+    """Per layer: its kernel-by-kernel time minus its fused time (what a layer loses when a
+    replica or checker stops the engine from fusing it)."""
+    names = {s.index: s.name for s in base.trace.layers}
+    out: dict[str, float] = {}
+    for l, fused, plain in zip(base.trace.launches, timing["base"].per_launch, timing["unfused"].per_launch):
+        out[names[l.layer]] = out.get(names[l.layer], 0.0) + plain - fused
+    return out
+
+
+def _plan(base: Program, chosen: list[tuple[Candidate, float, float, float]], share: float,
+          sources: tuple[int, ...], t_base: float) -> Plan:
+    protect = []
+    for c, m, li, secs in chosen:
+        est = {"malfunction_removed": m, "light_removed": li, "cost_s": secs, "overhead": secs / t_base}
+        if c.technique == "range":
+            protect.append(Protection("layer", c.layer, "range", bounds={c.key: c.bounds}, extra={"estimate": est}))
+        else:
+            protect.append(Protection("launch", c.key, c.technique, extra={"estimate": est}))
+    return Plan(base.trace.model, tuple(protect), budget=share, source_campaigns=sources)
+
+
+def expectation(base: Program, plan: Plan, groups: list[Group], models: list[RiskModel],
+                chosen: list[tuple[Candidate, float, float, float]], t_base: float, measured: float) -> dict[str, Any]:
+    """Residual rates in the hardened model's population (its added launches dilute the rates
+    per injection: ``population_growth``) and the overhead (sum of the components' measured
+    costs, and measured on the whole hardened model)."""
     hard = apply_plan(base, plan)
-    mal_b = float(np.mean([sum(g.mal.values()) for g in groups]))
-    light_b = float(np.mean([sum(g.light.values()) for g in groups]))
-    mal_r = sum(m for _, m, _ in chosen)
-    light_r = sum(li for _, _, li in chosen)
+    st = State()
+    for c, _, _, _ in chosen:
+        st.replicated.update(c.launches) if c.technique != "range" else st.clamped.add(c.key)
+        st.added.extend((c.technique, n) for n in c.added)
+    before, after = residual(models, State()), residual(models, st)
     growth = []
     for g in groups:
         m = g.meta
         pl = Planner(hard.trace, m.mode, m.bit_model, m.warp, 0, 1, m.scope)
         growth.append(float(pl.population) / g.total_pop)
     grow = float(np.mean(growth))
-    cost = sum(c.cost for c, _, _ in chosen)
-    measured = time_programs({"base": base, "plan": hard}, x, reps=reps, fast=fast, device=device, clock=clock)
     return {
-        "malfunction_before": mal_b, "malfunction_after": max(mal_b - mal_r, 0.0) / grow,
-        "light_before": light_b, "light_after": max(light_b - light_r, 0.0) / grow,
+        "malfunction_before": before["mal"], "malfunction_after": after["mal"] / grow,
+        "light_before": before["light"], "light_after": after["light"] / grow,
         "observed_malfunction": float(np.mean([g.observed[0] for g in groups])),
         "observed_light": float(np.mean([g.observed[1] for g in groups])),
-        "overhead": cost / t_base,
-        "overhead_measured": measured["plan"].total / measured["base"].total - 1.0,
+        "overhead": sum(secs for _, _, _, secs in chosen) / t_base,
+        "overhead_measured": measured,
         "population_growth": grow - 1.0,
     }

@@ -5,7 +5,9 @@ import json
 import time
 
 import click
+from click.core import ParameterSource
 
+from kernelfi._utils import KernelfiError
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
 from kernelfi.cli import cli
 from kernelfi.store import Store
@@ -49,22 +51,35 @@ class _Bar:
 @click.option("--scope", type=click.Choice(["all", "sassifi"]), default="all", show_default=True)
 @click.option("--select", "selection", type=click.Choice(["uniform", "kernel", "layer"]), default="uniform",
               show_default=True)
-@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="worker processes (with --executor ray: Ray actors; default one per CPU of the cluster)")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="where injections run: this machine, or a Ray cluster (pip install 'kernelfi[ray]')")
+@click.option("--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:10001)")
 @click.option("--batch", type=int, default=64, show_default=True, help="faulty lanes per batched run")
 @click.option("--hardening", type=click.Path(dir_okay=False), default=None, help="hardening plan (JSON)")
 @click.option("--resume", is_flag=True, help="accepted for clarity: re-running the same command always resumes")
 @click.option("--quiet", is_flag=True)
 def campaign_cmd(model: str, mode: str, bit_model: str, warp: bool, n: int, seed: int, db: str, weights: str | None,
                  num_classes: int | None, seed_weights: int, data: str | None, inputs: int | None, scope: str,
-                 selection: str, workers: int, batch: int, hardening: str | None, resume: bool, quiet: bool) -> None:
+                 selection: str, workers: int, executor: str, address: str | None, batch: int, hardening: str | None,
+                 resume: bool, quiet: bool) -> None:
     """Run (or resume) a fault-injection campaign on MODEL."""
+    execute = None
+    if executor == "ray":
+        from kernelfi.distributed import ray_executor
+
+        explicit = click.get_current_context().get_parameter_source("workers") != ParameterSource.DEFAULT
+        execute = ray_executor(address, workers=workers if explicit else None)
+    elif address is not None:
+        raise KernelfiError("--address needs --executor ray")
     cfg = CampaignConfig(model=ModelSpec(model, weights, num_classes, seed_weights, hardening), mode=mode,
                          bit_model=bit_model, n=n, seed=seed, warp=warp, data=data, inputs=inputs, scope=scope,
                          selection=selection, batch=batch, workers=workers)
     bar = None if quiet else _Bar(n)
     t0 = time.perf_counter()
     try:
-        cid = run_campaign(cfg, db, progress=bar)
+        cid = run_campaign(cfg, db, progress=bar, execute=execute)
     finally:
         if bar is not None:
             bar.close()

@@ -24,6 +24,7 @@ from ._base import (
     unregister_kernel,
 )
 from . import activation, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
+from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import GEMM_TILE, fused_conv
 from .activation import ACTIVATIONS, activate
 from .softmax import darknet_largest

@@ -1,0 +1,55 @@
+"""kernelfi's campaign engine on the IOV site equivalent to a neuron fault.
+
+A neuron fault (site, element, bit, input) becomes an IOV single-bit fault on the instruction
+that produces that element: the ``fadd:out`` instruction of thread ``flat`` in the layer's
+``add_bias`` launch. The faults run through ``Runner`` in batches of one layer
+(``kernelfi.campaign.campaign.batches``, the campaign's own grouping), exactly as a campaign
+runs them: golden-prefix reuse, batched suffix, early stop.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from kernelfi.campaign.campaign import batches
+from kernelfi.campaign.golden import Golden
+from kernelfi.campaign.planner import PlannedFault
+from kernelfi.campaign.runner import Runner
+from kernelfi.lowering import Program
+from kernelfi.types import BitModel, Fault, Mode, Result, Site
+
+from .common import KERNELFI_CATEGORY, NeuronFault, NeuronSite
+
+
+def to_planned(faults: list[NeuronFault], sites: list[NeuronSite]) -> list[PlannedFault]:
+    out = []
+    for f in faults:
+        s = sites[f.site]
+        site = Site(launch=s.launch, group="FP32", thread=f.flat, slot=s.slot, iteration=0)
+        out.append(PlannedFault(f.id, Fault(Mode.IOV.value, site, BitModel.SINGLE.value, (f.bit,), None, False,
+                                            f.input), 1.0))
+    return out
+
+
+class KernelfiPeer:
+    name = "kernelfi"
+
+    def __init__(self, program: Program, x: torch.Tensor, sites: list[NeuronSite], batch: int = 64) -> None:
+        self.program, self.sites, self.batch = program, sites, batch
+        self.golden = Golden.compute(program, x)
+        self.runner = Runner(program, self.golden)
+        self.layer_of = {l.index: l.layer for l in program.trace.launches}
+
+    def run(self, faults: list[NeuronFault]) -> tuple[list[str], float, list[Result]]:
+        """Categories of ``faults`` (in order), seconds, and kernelfi's own results."""
+        planned = to_planned(faults, self.sites)
+        result: dict[int, Result] = {}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for b in batches(planned, self.layer_of, self.batch):
+                for e in self.runner.run(b):
+                    result[e.planned.id] = e.result
+        secs = time.perf_counter() - t0
+        raw = [result[f.id] for f in faults]
+        return [KERNELFI_CATEGORY[r.outcome] for r in raw], secs, raw

@@ -1,0 +1,116 @@
+"""Which launches a plan protects, grouped into *units* (docs/hardening.md §1).
+
+A unit is what one technique replicates or checks as a whole. It is one launch, except that an
+``im2col`` and the ``gemm`` reading its workspace are one unit: the engine may run the pair as
+one fused convolution, and replicating the pair (not the gemm alone) keeps every replica on the
+same arithmetic path, so the voted output stays bit-identical to the unhardened model's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernelfi._utils import KernelfiError
+from kernelfi.types import Launch, Trace
+
+from .plan import REPLICATION, Plan, Protection
+
+
+@dataclass(frozen=True)
+class Unit:
+    technique: str
+    launches: tuple[int, ...]   # indexes into the unhardened trace, consecutive
+
+    @property
+    def last(self) -> int:
+        return self.launches[-1]
+
+
+@dataclass(frozen=True)
+class RangeSite:
+    """A range restriction: clamp ``buffer`` after launch ``after`` (the layer's last)."""
+
+    after: int
+    layer: int
+    buffer: str
+    lo: float
+    hi: float
+
+
+def select(trace: Trace, prot: Protection) -> list[int]:
+    """Launch indexes a protect entry names (a KernelfiError when it names none)."""
+    if prot.target == "launch":
+        ids = [l.index for l in trace.launches if l.name == prot.name]
+    elif prot.target == "kernel":
+        ids = [l.index for l in trace.launches if l.kernel == prot.name]
+    else:
+        layers = {s.index for s in trace.layers if s.name == prot.name or str(s.index) == prot.name}
+        ids = [l.index for l in trace.launches if l.layer in layers]
+    if not ids:
+        raise KernelfiError(f"hardening plan: {prot.target} '{prot.name}' matches no launch of {trace.model}")
+    return ids
+
+
+def conv_pairs(trace: Trace) -> dict[int, int]:
+    """im2col index -> index of the gemm that reads its workspace right after it."""
+    pairs: dict[int, int] = {}
+    ls = trace.launches
+    for i in range(len(ls) - 1):
+        a, b = ls[i], ls[i + 1]
+        if (a.kernel == "im2col" and b.kernel == "gemm" and a.layer == b.layer and a.writes[:1] == ("workspace",)
+                and len(b.reads) > 1 and b.reads[1] == "workspace"):
+            pairs[i] = i + 1
+    return pairs
+
+
+def units(trace: Trace, plan: Plan) -> list[Unit]:
+    """The replication units of a plan, in trace order; the first entry naming a launch wins."""
+    assign: dict[int, tuple[int, str]] = {}
+    pairs = conv_pairs(trace)
+    for rank, prot in enumerate(plan.protect):
+        if prot.technique not in REPLICATION:
+            continue
+        ids = select(trace, prot)
+        if prot.technique == "abft":
+            ids = [i for i in ids if trace.launches[i].kernel == "gemm" or i in pairs]
+            if not ids:
+                raise KernelfiError(f"hardening plan: abft protects gemm launches; {prot.target} '{prot.name}' has none")
+        for i in ids:
+            assign.setdefault(i, (rank, prot.technique))
+    for i, g in pairs.items():  # a conv pair takes the first-listed technique of either member
+        got = [assign[x] for x in (i, g) if x in assign]
+        if got:
+            assign[i] = assign[g] = min(got)
+    out: list[Unit] = []
+    done: set[int] = set()
+    for i in sorted(assign):
+        if i in done:
+            continue
+        members = (i, pairs[i]) if i in pairs else (i,)
+        done.update(members)
+        out.append(Unit(assign[i][1], members))
+    return out
+
+
+def range_sites(trace: Trace, plan: Plan) -> list[RangeSite]:
+    """Where range restriction clamps: after the last launch of each protected layer, on the
+    buffer that launch writes (the layer output). Softmax outputs are never clamped."""
+    sites: dict[int, RangeSite] = {}
+    for prot in plan.protect:
+        if prot.technique != "range":
+            continue
+        layers = sorted({trace.launches[i].layer for i in select(trace, prot)})
+        for layer in layers:
+            ls = trace.layer_launches(layer)
+            last: Launch = ls[-1]
+            if last.kernel == "softmax" or not last.writes:
+                if prot.target != "kernel":
+                    raise KernelfiError(f"hardening plan: range restriction of layer {layer} ({last.name}): "
+                                        "a softmax output is not restricted")
+                continue
+            buf = last.writes[0]
+            if prot.bounds is None or buf not in prot.bounds:
+                raise KernelfiError(f"hardening plan: range entry '{prot.name}' has no bounds for '{buf}' "
+                                    "(kernelfi.harden.profile_bounds computes them)")
+            lo, hi = prot.bounds[buf]
+            sites.setdefault(last.index, RangeSite(last.index, layer, buf, lo, hi))
+    return [sites[k] for k in sorted(sites)]
