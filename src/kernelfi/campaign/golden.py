@@ -32,6 +32,19 @@ def live_in(trace: Trace) -> list[frozenset[str]]:
     return out
 
 
+def live_at_launch(trace: Trace) -> list[frozenset[str]]:
+    """For each launch index i, the non-weight buffers that launches i.. read before writing."""
+    weights = {b.name for b in trace.buffers if b.kind == "weight"}
+    live: set[str] = set()
+    out: list[frozenset[str]] = [frozenset()] * (len(trace.launches) + 1)
+    out[len(trace.launches)] = frozenset()
+    for l in reversed(trace.launches):
+        live -= set(l.writes)
+        live |= {r for r in l.reads if r not in weights}
+        out[l.index] = frozenset(live)
+    return out
+
+
 @dataclass
 class Golden:
     """Per input: every layer-boundary buffer, logits, probabilities and top-1."""
