@@ -61,7 +61,8 @@ def overhead_table(cfg: DemoConfig, plan: Plan) -> dict[str, dict[str, float]]:
     progs = {"unhardened": base, "plan": apply_plan(base, plan),
              "full DMR": apply_plan(base, full_plan(base.trace.model, kernels, "dmr")),
              "full TMR": apply_plan(base, full_plan(base.trace.model, kernels, "tmr"))}
-    timing = time_programs(progs, x, reps=cfg.reps)
+    # thread CPU time with one intra-op thread: steady on a shared machine (docs/hardening.md)
+    timing = time_programs(progs, x, reps=cfg.reps, clock="cpu")
     table: dict[str, dict[str, float]] = {}
     for label, t in timing.items():
         table[label] = {"whole model": t.total, **by_kernel(progs[label].trace, t)}

@@ -7,9 +7,13 @@ profile) times its outcome rate, estimated from its own injections shrunk toward
 type's rate (few injections land in a small launch). Populations (mode, bit model, scope...)
 are weighted equally, whatever their injection counts. The cost of protecting a unit with a
 technique is the *measured* run time of what the technique adds (replicas, copies, voters,
-checkers; not conditional re-executions), timed in one interleaved loop with the unhardened
-model. A greedy choice by benefit/cost (benefit = Malfunction removed + ``light_weight`` ×
-Light-Malfunction removed, net of the risk the added voters/checkers bring) fills the budget.
+checkers, clamps; not conditional re-executions), timed in one interleaved loop with the
+unhardened model, plus the layer's loss of the engine's fused fast path the first time a layer
+gets replicas or checkers. What a clamp fixes is measured by replaying the stored injections it
+might bound on the model with that clamp. The greedy choice (``kernelfi.harden.choice``) by
+benefit/cost (benefit = Malfunction removed + ``light_weight`` × Light-Malfunction removed, net
+of the risk the added voters/checkers bring) fills the budget; the whole hardened model is then
+timed, and the worst buy dropped while the measured overhead exceeds the budget.
 
 Layering: results come through ``kernelfi.store``; the per-launch outcome table is passed in
 by the caller (``kernelfi.analysis.outcome_table``; campaign and analysis are independent
@@ -242,6 +246,9 @@ def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, te
         id_groups = select_campaigns(store, list(campaign_ids) if campaign_ids else None)
         meta = store.campaign(id_groups[0][0]).meta
         extra = dict(meta.extra)
+        inputs = {(store.campaign(ids[0]).meta.input_source, store.campaign(ids[0]).meta.n_inputs) for ids in id_groups}
+        if len(inputs) > 1:
+            raise KernelfiError(f"{db}: the campaigns ran on different inputs; plan from one input set (--campaign)")
         spec = ModelSpec(**{**extra.get("model_spec", {"model": meta.model}), "hardening": None})
         session = open_session(spec)
         if session.weights_hash != meta.weights_hash:

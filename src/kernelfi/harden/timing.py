@@ -32,13 +32,15 @@ from kernelfi.types import Trace
 
 @dataclass(frozen=True)
 class Timing:
-    """Median seconds per launch (aligned with the trace) and of the whole run."""
+    """Median seconds per launch (aligned with the trace) and of the whole run; the minima too
+    (on a shared machine the best run is the least disturbed one)."""
 
     label: str
     device: str
     per_launch: tuple[float, ...]
     total: float
     reps: int
+    total_min: float = 0.0
 
 
 def on_device(program: Program, device: str | torch.device) -> Program:
@@ -127,8 +129,8 @@ def _time(programs: dict[str, Program], x: torch.Tensor, reps: int, warmup: int,
     out: dict[str, Timing] = {}
     for label, runs in samples.items():
         med = tuple(statistics.median(r[i] for r in runs) for i in range(len(runs[0])))
-        total = statistics.median(sum(r) for r in runs)
-        out[label] = Timing(label, str(dev), med, total, reps)
+        totals = [sum(r) for r in runs]
+        out[label] = Timing(label, str(dev), med, statistics.median(totals), reps, min(totals))
     return out
 
 

@@ -104,7 +104,7 @@ class TmrVoteKernel(StreamKernel):
             s.add("LD", "LDG", f"ld:{r}", 1, "value",
                   f"replica {k}'s element: outvoted unless another replica has the same bit wrong")
         s.add("GPR", "LOP3", "lop3:vote", 1, "value",
-              "bitwise majority (a&b)|(a&c)|(b&c) in one LOP3.LUT 0xE8: the voted element itself")
+              "bitwise majority (a AND b) OR (a AND c) OR (b AND c) in one LOP3.LUT 0xE8: the voted element itself")
         addr(s, "out", "out[i]")
         s.add("NODEST", "STG", "st:out", 1, "store", "stores the voted element")
         epilogue(s)
@@ -692,25 +692,32 @@ class AbftCorrectKernel(_AbftKernel):
 
 
 def tag_tables() -> str:
-    """Markdown tag tables of the hardening kernels (for docs/hardening.md), at small sizes."""
+    """Markdown tag tables of the hardening kernels (docs/hardening.md §6), per-thread counts at
+    the sizes named in each heading; tags a template lists with no slot run only on mismatch."""
     from ._doc import _HEAD
 
     sizes: dict[str, Mapping[str, Any]] = {
         "tmr_vote": {"n": 1}, "dmr_compare": {"n": 1}, "range_clamp": {"n": 1, "lo": 0.0, "hi": 1.0},
+        "abft_vectors": {"M": 16, "N": 256, "K": 400, "im2col": {"channels": 16, "height": 16, "width": 16,
+                         "ksize": 5, "stride": 1, "pad": 2, "out_h": 16, "out_w": 16}},
+        "abft_checksum": {"M": 16, "N": 256, "K": 400, "im2col": {"channels": 16, "height": 16, "width": 16,
+                          "ksize": 5, "stride": 1, "pad": 2, "out_h": 16, "out_w": 16}},
+        "abft_check": {"M": 16, "N": 256, "K": 400},
+        "abft_correct": {"M": 16, "N": 256, "K": 400, "im2col": {"channels": 16, "height": 16, "width": 16,
+                         "ksize": 5, "stride": 1, "pad": 2, "out_h": 16, "out_w": 16}},
     }
     out = []
     for name in HARDENING_KERNELS:
         k = get_kernel(name)
+        p = sizes[name]
         vocab = k.vocabulary()
-        ps = [sizes[name]] if name in sizes else list(k.example_params)  # type: ignore[attr-defined]
-        seen: dict[str, str] = {}
-        for p in ps:
-            for sl in k.template(p).slots:
-                seen.setdefault(sl.tag, f"{sl.group} | {sl.opcode}")
-        lines = [f"### `{name}`", "", _HEAD]
+        counts = {sl.tag: (sl.group, sl.opcode, sl.count) for sl in k.template(p).slots}
+        dims = ", ".join(f"{key}={v}" for key, v in p.items() if key in ("M", "N", "K"))
+        lines = [f"#### `{name}`" + (f" ({dims}, virtual B of a 5×5 pad-2 convolution)" if "im2col" in p else
+                                     f" ({dims})" if dims else ""), "", _HEAD]
         for tag, info in vocab.items():
-            grp_op = seen.get(tag, f"{info.group} | –")
-            lines.append(f"| `{tag}` | {grp_op} | {'0 (on mismatch)' if tag not in seen else 'see template'} | "
+            g, op, c = counts.get(tag, (info.group, "–", 0))
+            lines.append(f"| `{tag}` | {g} | {op} | {c if tag in counts else '0 (on mismatch / other case)'} | "
                          f"{info.effect} | {info.meaning} |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
