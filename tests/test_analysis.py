@@ -274,3 +274,10 @@ def test_fit_arithmetic_by_hand() -> None:
     assert g.fit == pytest.approx(0.7e-3 * 4000 * 0.002) and g.verdict == "meets"
     h = fit_estimate((0.004, 0.001, 0.01), exposed_bits=1_000_000, raw_fit_per_mbit=1200.0)
     assert h.verdict == "inconclusive"  # 1.2 .. 12 FIT straddles the 10 FIT ASIL-D budget
+
+
+def test_fit_accepts_interval_round_off_at_zero_count() -> None:
+    # statsmodels' Wilson low bound for 0 of n can come back as ~1e-19 instead of 0
+    from kernelfi.analysis import fit_estimate
+    est = fit_estimate((0.0, 2.168404344971009e-19, 0.0038), exposed_bits=10**6, raw_fit_per_mbit=1000.0)
+    assert est.fit == 0.0 and est.low == 0.0 and est.high > 0

@@ -42,6 +42,12 @@ def fit_estimate(avf_sdc: float | tuple[float, float, float], exposed_bits: int,
                  bits_per_mbit: float = 1e6) -> FitEstimate:
     """FIT_SDC for an AVF (a number, or ``(estimate, low, high)`` to carry its interval)."""
     avf, low, high = (avf_sdc, avf_sdc, avf_sdc) if isinstance(avf_sdc, (int, float)) else avf_sdc
+    # interval routines return e.g. a Wilson low of 2e-19 for a zero count: round-off, not data
+    eps = 1e-12
+    if avf - eps <= low <= avf + eps:
+        low = min(low, avf)
+    if avf - eps <= high <= avf + eps:
+        high = max(high, avf)
     if not 0.0 <= low <= avf <= high <= 1.0:
         raise ValueError(f"AVF must satisfy 0 <= low <= estimate <= high <= 1, got {avf_sdc}")
     if exposed_bits < 0 or raw_fit_per_mbit < 0:

@@ -1,6 +1,8 @@
 """The report's sections as HTML, each from tables already computed (no analysis here)."""
 from __future__ import annotations
 
+import json
+
 import math
 from html import escape
 
@@ -18,6 +20,19 @@ def _rate(r: pd.Series, prefix: str = "rate", extra: str = "") -> Cell:
                      r[f"{prefix}_cp_low"], r[f"{prefix}_cp_high"], extra)
 
 
+def _plan_cell(plan_json: str) -> Cell:
+    """What a campaign's plan protects, in one line each; the full JSON folded away."""
+    if not plan_json:
+        return "none (unhardened)"
+    try:
+        plan = json.loads(plan_json)
+        items = [f"{p.get('technique', '?')}: {p.get('target', '?')} {p.get('name', '?')}" for p in plan.get("protect", [])]
+    except (ValueError, AttributeError, TypeError):
+        items = []
+    head = "<br>".join(escape(i) for i in items) or "hardened"
+    return (f"{head}<details><summary>plan JSON</summary><pre class=\"plan\">{escape(plan_json)}</pre></details>", None)
+
+
 def campaigns(data: ReportData) -> str:
     heads = ["id", "model", "mode", "bit model", "warp", "scope", "selection", "seed", "injections",
              "inputs", "weights (SHA-256, source)", "derating", "tool", "hardening plan", "created"]
@@ -28,7 +43,7 @@ def campaigns(data: ReportData) -> str:
                      f"{r.n_inputs}: {r.input_source}",
                      (f'<code class="hash">{escape(r.weights_hash)}</code><br><small>{escape(str(r.weights_source))}</small>', None),
                      "–" if pd.isna(r.derating) else f"{r.derating:.4f}", r.tool_version,
-                     r.hardening or "none (unhardened)", r.created])
+                     _plan_cell(r.hardening), r.created])
     return ('<h2 id="campaigns">Campaigns</h2><p class="note">One row per campaign in '
             f"<code>{escape(data.db)}</code>. Campaigns that sample the same fault population are "
             "pooled into one <i>population</i> below.</p>" + table(heads, rows, "table-campaigns"))
