@@ -145,3 +145,13 @@ def test_bit_model_none_is_masked_everywhere(prog) -> None:
     for l in prog.trace.launches:
         s = Site(l.index, l.template.slots[0].group, 0, 0, 0)
         assert one(prog, Fault("iov", s, "none"))["result"].outcome == "masked", l.name
+
+
+def test_misdirected_store_keeps_its_bits_across_buffer_types() -> None:
+    import torch as _t
+    from kernelfi.faults.bits import f32_bits
+    from kernelfi.faults.inject import _as_dtype
+    assert _as_dtype(float("inf"), _t.int32) == 0x7F800000
+    assert _as_dtype(-2.0, _t.int32) == f32_bits(-2.0) - (1 << 32)
+    assert _as_dtype(0x3F800000, _t.float32) == 1.0
+    assert _as_dtype(7, _t.int32) == 7 and _as_dtype(1.5, _t.float32) == 1.5

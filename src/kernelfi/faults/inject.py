@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from kernelfi.faults.bits import bits_f32, corrupt_i32, f32_bits
 from kernelfi.faults.gemm import GemmFault, GemmView
 from kernelfi.faults.memmap import Crash, MemoryMap
 from kernelfi.faults.programs import OPERANDS, PROGRAMS
@@ -200,6 +201,15 @@ def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, 
     _write(mem, diffs, lane, launch, eff, per_lane, set() if owned is None else owned)
 
 
+def _as_dtype(value: Any, dtype: torch.dtype) -> int | float:
+    """A stored 32-bit word as the element type of the buffer it landed in: a float stored into
+    an int32 buffer (a misdirected store) keeps its bits, and the other way round."""
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if dtype == torch.int32:
+        return int(value) if is_int else corrupt_i32(f32_bits(float(value)), "none", (), None)
+    return bits_f32(int(value) & 0xFFFFFFFF) if is_int else float(value)
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, np.integer)) or isinstance(b, (int, np.integer)):
         return int(a) == int(b)
@@ -226,7 +236,7 @@ def _write(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch,
         if not 0 <= i < flat.numel():
             continue
         old = flat[i].item()
-        flat[i] = int(value) if t.dtype == torch.int32 else float(value)
+        flat[i] = _as_dtype(value, t.dtype)
         if buf not in launch.writes:
             eff.touched.add(buf)
         if eff.element < 0 and buf in launch.writes:
