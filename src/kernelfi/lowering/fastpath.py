@@ -68,7 +68,11 @@ def _shared(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
 def _relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
     """Darknet's activations, in place where possible."""
     if act == "relu":
-        return y.mul_(y > 0)  # x*(x>0): keeps Darknet's NaN for -inf and NaN inputs
+        # Darknet's x*(x>0) differs from relu only for -inf (-> NaN) and in the sign of zero
+        # outputs; the exact form is used whenever a -inf is present (faulty lanes only)
+        if bool(torch.isneginf(y).any()):
+            return y.mul_((y > 0).to(y.dtype))
+        return torch.relu_(y)
     if act == "leaky":
         return torch.where(y > 0, y, y * torch.tensor(0.1, dtype=torch.float32))
     if act == "logistic":
