@@ -112,3 +112,17 @@ def test_fast_and_kernel_paths_give_the_same_campaign_outcomes(tmp_path) -> None
     differ = [(a, b) for a, b in zip(*outs) if a != b]
     assert all({a, b} <= benign for a, b in differ), differ
     assert len(differ) <= 3
+
+
+def test_linear_fast_path_is_lane_invariant() -> None:
+    """A lane's linear-layer result must not depend on the lanes beside it or its position."""
+    from kernelfi.lowering.fastpath import _lane_invariant_linear
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(300, 700, generator=g) * 0.05
+    rows = torch.randn(150, 700, generator=g)
+    alone = _lane_invariant_linear(rows[:1], w)[0]
+    for b in (2, 7, 64, 65, 150):
+        for pos in (0, b // 2, b - 1):
+            batch = rows[torch.randint(0, 150, (b,), generator=g)].clone()
+            batch[pos] = rows[0]
+            assert torch.equal(_lane_invariant_linear(batch, w)[pos], alone), (b, pos)

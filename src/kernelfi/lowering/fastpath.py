@@ -60,6 +60,26 @@ def plan_units(trace: Trace) -> dict[int, Unit]:
     return units
 
 
+#: Rows per linear-layer GEMM call. A GEMM's rounding depends on how many rows it gets, and a
+#: lane's result must not depend on which other lanes share its batch (resume, sharding), so
+#: every call gets exactly this many rows (zero-padded); with a fixed row count a row's result
+#: does not depend on its position (tests/test_lowering.py). 1 (a GEMV per lane) keeps a
+#: batch-1 inference as fast as the native model; 8 was measured 28% faster on AlexNet
+#: campaigns but makes batch-1 inference twice as slow (bench/engine.py).
+LINEAR_ROWS = 1
+
+
+def _lane_invariant_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    b = x.shape[0]
+    outs = []
+    for s in range(0, b, LINEAR_ROWS):
+        chunk = x[s:s + LINEAR_ROWS]
+        if chunk.shape[0] < LINEAR_ROWS:
+            chunk = torch.cat([chunk, chunk.new_zeros(LINEAR_ROWS - chunk.shape[0], chunk.shape[1])])
+        outs.append(F.linear(chunk, w)[: min(LINEAR_ROWS, b - s)])
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
 def _shared(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
     t = mem[name]
     return t if t.dim() == ndim else None  # a per-lane (faulty) weight copy: no fusion
@@ -106,9 +126,7 @@ def run_unit(unit: Unit, mem: Memory) -> bool:
         if w is None:
             return False
         x = mem[gemm.reads[0]].reshape(-1, k)
-        # one GEMV per lane: a batched GEMM's rounding depends on how many rows it gets, and a
-        # lane's result must not depend on which other lanes share its batch (resume, sharding)
-        y = torch.cat([F.linear(x[i:i + 1], w) for i in range(x.shape[0])])
+        y = _lane_invariant_linear(x, w)
         channels = n
     else:
         w = _shared(mem, gemm.reads[0], 2)
