@@ -74,3 +74,11 @@ def test_replays_match_their_rows(tmp_path: Path) -> None:
         for i in rng.sample(range(40), 7 if cid < 3 else 6):
             stored, again = replay(str(db), i, cid)
             assert stored == again, (cid, i)
+
+
+def test_worker_processes_give_the_same_rows(tmp_path: Path) -> None:
+    a, b = tmp_path / "one.db", tmp_path / "two.db"
+    base = dict(mode="iov", bit_model="single", n=64, seed=11, inputs=16, batch=8)
+    run_campaign(CampaignConfig(ModelSpec("digits-alexnet"), **base), str(a))
+    run_campaign(CampaignConfig(ModelSpec("digits-alexnet"), workers=2, **base), str(b))
+    assert rows(a) == rows(b) and len(rows(a)) == 64
