@@ -5,7 +5,6 @@ the same options always build the same executable model.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +70,6 @@ def session_inputs(session: Session, data: str | None, limit: int | None) -> Inp
     info = session.loaded.info
     source = data if data is not None else (info.default_data or "random")
     return load_inputs(source, info, limit)
-
-
-def plan_hash(plan: dict[str, Any] | None) -> str:
-    return "" if plan is None else hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def inputs_tensor(inputs: InputSet) -> torch.Tensor:

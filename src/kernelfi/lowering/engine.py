@@ -8,7 +8,7 @@ a launch range and an optional per-launch override (how faults enter a kernel).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
@@ -99,15 +99,6 @@ class Program:
         b = x.shape[0]
         return mem[self.trace.logits].reshape(b, -1), mem[self.trace.output].reshape(b, -1)
 
-    def layer_of_buffer(self) -> dict[str, int]:
-        """Which layer writes each activation buffer (for propagation tracking)."""
-        owner: dict[str, int] = {}
-        for launch in self.trace.launches:
-            for w in launch.writes:
-                if w != "workspace":
-                    owner[w] = launch.layer
-        return owner
-
 
 def _accumulate(c: torch.Tensor, conv: torch.Tensor, gemm_params: dict) -> torch.Tensor:
     """C (viewed at c_offset) += the fused convolution's M×N block."""
@@ -120,7 +111,3 @@ def _accumulate(c: torch.Tensor, conv: torch.Tensor, gemm_params: dict) -> torch
     new = flat.clone()
     new[:, off:off + m * n] = block
     return new.reshape(c.shape)
-
-
-def launch_names(trace: Trace) -> Iterable[str]:
-    return (l.name for l in trace.launches)
