@@ -8,7 +8,8 @@ import json
 import click
 
 from kernelfi.cli import cli
-from kernelfi.cli.common import load_program, model_options
+from kernelfi.campaign.session import ModelSpec, open_session
+from kernelfi.cli.common import model_options
 from kernelfi.lowering.profile import profile_dict, profile_rows
 from kernelfi.models import list_models
 from kernelfi.types import GROUPS
@@ -27,7 +28,8 @@ def models_cmd() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def profile_cmd(model: str, weights: str | None, num_classes: int | None, seed: int, fmt: str) -> None:
     """Per-launch and per-layer dynamic instruction profile of MODEL."""
-    program, loaded = load_program(model, weights, num_classes, seed)
+    session = open_session(ModelSpec(model, weights, num_classes, seed))
+    program, loaded = session.program, session.loaded
     if fmt == "json":
         click.echo(json.dumps(profile_dict(program.trace), indent=1))
         return

@@ -1,12 +1,9 @@
-"""Options and loaders shared by several subcommands."""
+"""Options shared by several subcommands."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import click
-
-from kernelfi.lowering import Program, lower
-from kernelfi.models import LoadedModel, load_model
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -17,8 +14,3 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--weights", type=click.Path(), default=None,
                       help=".pth/.pt (weights_only), .safetensors or Darknet .weights")(fn)
     return click.argument("model")(fn)
-
-
-def load_program(model: str, weights: str | None, num_classes: int | None, seed: int) -> tuple[Program, LoadedModel]:
-    loaded = load_model(model, weights=weights, num_classes=num_classes, seed=seed)
-    return lower(loaded.module, loaded.info.input_shape, loaded.info.name), loaded
