@@ -160,8 +160,9 @@ class Runner:
                 if span is not None:
                     lo = first if p == pos else span[0]
                     self.program.run(mem, lo, span[1], fast=self.fast, overrides=overrides, after=after)
-                    # lane numbers in overrides/effects refer to the initial lane order; we only
-                    # compact after the injected layer, when no override runs any more
+                # overrides and effects use the initial lane order: they only run in the struck
+                # layer, before the first compaction below
+                gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}  # input -> golden lane
                 keep: list[int] = []
                 out_name = self.out_buf.get(spec.index)
                 live_next = self.live[p + 1] if p + 1 < len(trace.layers) else frozenset()
@@ -172,7 +173,7 @@ class Runner:
                     pf = batch[ref]
                     orig_lane = len(inputs) + ref
                     eff = effects[orig_lane]
-                    glane = next(i for i, (k2, r2) in enumerate(lanes) if k2 == "g" and r2 == pf.fault.input_id)
+                    glane = gpos[pf.fault.input_id]
                     if eff.due:
                         done[ref] = self._result(Outcome.DUE, eff, pf, (eff.due,))
                         continue
@@ -192,7 +193,7 @@ class Runner:
                 if not needed:
                     lanes = []
                     break
-                if p >= self._last_injected_pos(batch) and len(keep) < len(lanes):
+                if len(keep) < len(lanes):
                     ki = torch.tensor(keep, dtype=torch.long)
                     for name, t in list(mem.items()):
                         if self._per_lane(name, t):
@@ -203,9 +204,6 @@ class Runner:
         secs = (time.perf_counter() - t0) / max(1, len(batch))
         return [Executed(pf, done[j], effects[len(inputs) + j].tag, secs) for j, pf in enumerate(batch)]
 
-    def _last_injected_pos(self, batch: list[PlannedFault]) -> int:
-        return max(self.layer_pos[self.trace.launches[pf.fault.site.launch].layer] for pf in batch)
-
     def _clean(self, mem: Memory, names, lane: int, glane: int) -> bool:
         per_lane_weights = [n for n, t in mem.items() if self.spec.get(n) is not None
                             and self.spec[n].kind == "weight" and self._per_lane(n, t)]
@@ -214,11 +212,12 @@ class Runner:
     def _classify_survivors(self, mem, lanes, batch, effects, n_inputs, done, props) -> None:
         out = mem[self.trace.output]
         out = out.reshape(out.shape[0], -1)
+        gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}
         for cur, (kind, ref) in enumerate(lanes):
             if kind != "f" or ref in done:
                 continue
             pf = batch[ref]
-            glane = next(i for i, (k2, r2) in enumerate(lanes) if k2 == "g" and r2 == pf.fault.input_id)
+            glane = gpos[pf.fault.input_id]
             eff = effects[n_inputs + ref]
             f, g = out[cur], out[glane]
             if self.keep_outputs:
