@@ -11,25 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from kernelfi.lowering import Program
-from kernelfi.types import Launch, Trace
-
-
-def live_in(trace: Trace) -> list[frozenset[str]]:
-    """For each layer position p (index into trace.layers), the non-weight buffers that
-    launches from p on read before writing them: what a run starting at p needs."""
-    launches = trace.launches
-    weights = {b.name for b in trace.buffers if b.kind == "weight"}
-    by_layer: dict[int, list[Launch]] = {}
-    for l in launches:
-        by_layer.setdefault(l.layer, []).append(l)
-    live: set[str] = set()
-    out: list[frozenset[str]] = [frozenset()] * len(trace.layers)
-    for p in range(len(trace.layers) - 1, -1, -1):
-        for l in reversed(by_layer.get(trace.layers[p].index, [])):
-            live -= set(l.writes)
-            live |= {r for r in l.reads if r not in weights}
-        out[p] = frozenset(live)
-    return out
+from kernelfi.types import Trace
 
 
 def live_at_launch(trace: Trace) -> list[frozenset[str]]:
@@ -42,6 +24,23 @@ def live_at_launch(trace: Trace) -> list[frozenset[str]]:
         live -= set(l.writes)
         live |= {r for r in l.reads if r not in weights}
         out[l.index] = frozenset(live)
+    return out
+
+
+def live_in(trace: Trace) -> list[frozenset[str]]:
+    """For each layer position p (index into trace.layers), the non-weight buffers that
+    launches from p on read before writing them: what a run starting at p needs.
+
+    That is the live set at the layer's first launch (for a layer that launches nothing,
+    dropout, at the next launch)."""
+    at = live_at_launch(trace)
+    pos = {spec.index: p for p, spec in enumerate(trace.layers)}
+    out: list[frozenset[str]] = []
+    i = 0
+    for p in range(len(trace.layers)):
+        while i < len(trace.launches) and pos[trace.launches[i].layer] < p:
+            i += 1
+        out.append(at[i])
     return out
 
 
