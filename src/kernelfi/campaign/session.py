@@ -5,14 +5,11 @@ the same options always build the same executable model.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from kernelfi._utils import KernelfiError
 from kernelfi.data import InputSet, load_inputs
 from kernelfi.lowering import Program, lower
 from kernelfi.models import LoadedModel, load_model
@@ -41,28 +38,15 @@ class Session:
         return self.loaded.weights_hash
 
 
-def read_plan(path: str | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    p = Path(path)
-    try:
-        plan = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise KernelfiError(f"{p}: no such hardening plan") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise KernelfiError(f"{p}: not a JSON hardening plan: {err}") from None
-    if not isinstance(plan, dict) or "protect" not in plan:
-        raise KernelfiError(f"{p}: not a kernelfi hardening plan (no 'protect' list)")
-    return plan
-
-
 def open_session(spec: ModelSpec) -> Session:
     loaded = load_model(spec.model, weights=spec.weights, num_classes=spec.num_classes, seed=spec.seed_weights)
     program = lower(loaded.module, loaded.info.input_shape, loaded.info.name)
-    plan = read_plan(spec.hardening)
-    if plan is not None:
-        from kernelfi.harden import apply_plan  # level 2; imported lazily to keep start-up light
-        program = apply_plan(program, plan)
+    plan = None
+    if spec.hardening is not None:
+        from kernelfi.harden import Plan, apply_plan  # level 2; imported lazily to keep start-up light
+        parsed = Plan.load(spec.hardening)  # one-line errors naming the file
+        program = apply_plan(program, parsed)
+        plan = parsed.to_dict()  # what the store records with the campaign
     return Session(spec, loaded, program, plan)
 
 
