@@ -16,7 +16,7 @@ from kernelfi.analysis import outcome_table
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import inputs_tensor, open_session, session_inputs
-from kernelfi.harden import Plan, apply_plan, by_kernel, full_plan, time_programs
+from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
 from kernelfi.report.build import build_report
 from kernelfi.store import Store
 
@@ -57,10 +57,7 @@ def overhead_table(cfg: DemoConfig, plan: Plan) -> dict[str, dict[str, float]]:
     session = open_session(ModelSpec(cfg.model))
     base = session.program
     x = inputs_tensor(session_inputs(session, None, 32))
-    kernels = sorted({l.kernel for l in base.trace.launches})
-    progs = {"unhardened": base, "plan": apply_plan(base, plan),
-             "full DMR": apply_plan(base, full_plan(base.trace.model, kernels, "dmr")),
-             "full TMR": apply_plan(base, full_plan(base.trace.model, kernels, "tmr"))}
+    progs = comparison_programs(base, plan)
     # thread CPU time with one intra-op thread: steady on a shared machine (docs/hardening.md)
     timing = time_programs(progs, x, reps=cfg.reps, clock="cpu")
     table: dict[str, dict[str, float]] = {}

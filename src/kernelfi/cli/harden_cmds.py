@@ -7,7 +7,7 @@ import torch
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
 from kernelfi.cli import cli
-from kernelfi.harden import Plan, apply_plan, by_kernel, full_plan, time_programs
+from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
 from kernelfi.lowering import Program
 
 
@@ -86,12 +86,7 @@ def overhead_cmd(model: str, hardening: str | None, reps: int, weights: str | No
     session = open_session(ModelSpec(model, weights, num_classes, seed_weights))
     base = session.program
     x = inputs_tensor(session_inputs(session, None, lanes))
-    kernels = sorted({l.kernel for l in base.trace.launches})
-    programs: dict[str, Program] = {"unhardened": base}
-    if hardening is not None:
-        programs["plan"] = apply_plan(base, Plan.load(hardening))
-    programs["full DMR"] = apply_plan(base, full_plan(base.trace.model, kernels, "dmr"))
-    programs["full TMR"] = apply_plan(base, full_plan(base.trace.model, kernels, "tmr"))
+    programs = comparison_programs(base, None if hardening is None else Plan.load(hardening))
     devices = ["cpu"] if device == "cpu" else ["cuda"] if device == "cuda" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     click.echo(f"{model}: {x.shape[0]} inputs per run, {reps} repetitions, medians; "

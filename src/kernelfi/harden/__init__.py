@@ -13,11 +13,11 @@ from __future__ import annotations
 from .bounds import layer_outputs, profile_bounds
 from .plan import REPLICATION, TARGETS, TECHNIQUES, Plan, Protection, as_plan, full_plan, parse_budget
 from .timing import Timing, by_kernel, on_device, steps, time_programs
-from .transform import OWN_KEYS, apply_plan, harden_trace
+from .transform import OWN_KEYS, apply_plan, comparison_programs, harden_trace
 from .units import Unit, conv_pairs, range_sites, select, units
 
 __all__ = [
     "OWN_KEYS", "REPLICATION", "TARGETS", "TECHNIQUES", "Plan", "Protection", "Timing", "Unit", "apply_plan",
-    "as_plan", "by_kernel", "conv_pairs", "full_plan", "harden_trace", "layer_outputs", "on_device",
+    "as_plan", "by_kernel", "comparison_programs", "conv_pairs", "full_plan", "harden_trace", "layer_outputs", "on_device",
     "parse_budget", "profile_bounds", "range_sites", "select", "steps", "time_programs", "units",
 ]

@@ -24,7 +24,7 @@ from kernelfi.kernels import get_kernel
 from kernelfi.lowering import Program
 from kernelfi.types import BufferSpec, LayerSpec, Launch, ThreadTemplate, Trace
 
-from .plan import Plan, as_plan
+from .plan import Plan, as_plan, full_plan
 from .units import RangeSite, Unit, range_sites, units
 
 #: Params the transform adds (stripped when a launch's own params are reused elsewhere).
@@ -269,3 +269,14 @@ def harden_trace(trace: Trace, plan: Plan | Mapping[str, Any]) -> Trace:
 def apply_plan(program: Program, plan: Plan | Mapping[str, Any]) -> Program:
     """The hardened program: same weights, hardened trace; ``program`` is left untouched."""
     return Program(harden_trace(program.trace, plan), program.weights)
+
+
+def comparison_programs(base: Program, plan: Plan | Mapping[str, Any] | None = None) -> dict[str, Program]:
+    """The seed's Table 2 columns: unhardened, the plan (when given), full DMR and full TMR."""
+    kernels = sorted({l.kernel for l in base.trace.launches})
+    progs: dict[str, Program] = {"unhardened": base}
+    if plan is not None:
+        progs["plan"] = apply_plan(base, plan)
+    progs["full DMR"] = apply_plan(base, full_plan(base.trace.model, kernels, "dmr"))
+    progs["full TMR"] = apply_plan(base, full_plan(base.trace.model, kernels, "tmr"))
+    return progs
