@@ -15,11 +15,23 @@ from dataclasses import dataclass
 
 import torch
 
+from kernelfi.campaign.cone import Cone, SparseLane
 from kernelfi.campaign.golden import Golden, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
 from kernelfi.lowering import Memory, Program
 from kernelfi.types import Launch, Outcome, Propagation, Result
+
+
+@dataclass
+class _Batch:
+    """What every stage of one batch records into."""
+
+    batch: list[PlannedFault]
+    effects: dict[int, LaneEffect]
+    n_inputs: int                  # golden lanes of the struck layer (effects are keyed after them)
+    done: dict[int, Result]
+    props: dict[int, list[Propagation]]
 
 
 @dataclass
@@ -33,7 +45,8 @@ class Executed:
 class Runner:
     """Holds everything shared by the batches of one campaign."""
 
-    def __init__(self, program: Program, golden: Golden, fast: bool = True, keep_outputs: bool = False) -> None:
+    def __init__(self, program: Program, golden: Golden, fast: bool = True, keep_outputs: bool = False,
+                 cone: bool = True) -> None:
         self.program, self.golden, self.fast = program, golden, fast
         #: with keep_outputs, the final probabilities of each faulty lane of the last batch that
         #: reached the output (tests check them against values worked out on paper)
@@ -52,6 +65,10 @@ class Runner:
                         and trace.buffer(l.writes[0]).kind == "activation"}
         self.spec = {b.name: b for b in trace.buffers}
         self.memmap = MemoryMap.from_trace(trace)
+        #: the receptive-field cone after the struck layer (needs the fused units: fast only)
+        self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone)
+        self._pre_key: tuple[int, int] | None = None
+        self._pre: dict[int, Memory] = {}
 
     # ------------------------------------------------------------------ helpers
     def _per_lane(self, name: str, t: torch.Tensor) -> bool:
@@ -90,6 +107,28 @@ class Runner:
                 return False
         return True
 
+    def _golden_at(self, pos: int, span0: int, first: int, inputs: list[int]) -> Memory:
+        """Golden buffers live at launch ``first`` (inside layer ``pos``), one row per input.
+
+        The layer's launches before the first struck one (fill, im2col, gemm... for a fault in
+        add_bias) are the costly part of a layer; they run once per input and layer position
+        and are kept while batches of that position follow (the campaign sorts batches by layer).
+        Each input runs on its own, so a row never depends on which inputs share a batch."""
+        key = (span0, first)
+        if self._pre_key != key:
+            self._pre_key, self._pre = key, {}
+        need = self.live_launch[first]
+        for inp in inputs:
+            if inp in self._pre:
+                continue
+            mem: Memory = dict(self.program.weights)
+            for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
+                mem[name] = self.golden.buffers[name][inp:inp + 1]
+            with torch.no_grad():
+                self.program.run(mem, span0, first, fast=self.fast)
+            self._pre[inp] = {n: mem[n] for n in need if n in mem and self._per_lane(n, mem[n])}
+        return {n: torch.cat([self._pre[i][n] for i in inputs]) for n in self._pre[inputs[0]]}
+
     # ------------------------------------------------------------------ one batch
     def run(self, batch: list[PlannedFault]) -> list[Executed]:
         t0 = time.perf_counter()
@@ -102,27 +141,17 @@ class Runner:
         inputs = sorted({pf.fault.input_id for pf in batch})
         gl = {inp: i for i, inp in enumerate(inputs)}
         lane_input = inputs + [pf.fault.input_id for pf in batch]
-        # The layer's launches before the first struck one run for the golden lanes only; the
-        # faulty lanes get copies (identical by construction, and that prefix is the costly part
-        # of a layer for a fault in add_bias or the activation).
+        # The layer's launches before the first struck one are golden: every lane starts from
+        # the golden state at that launch (cached per input, ``_golden_at``).
         span0, _ = self.layer_span[layer]
         first = min(pf.fault.site.launch for pf in batch)
-        gin = torch.tensor(inputs, dtype=torch.long)
-        mem: Memory = dict(self.program.weights)
-        for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
-            mem[name] = self.golden.buffers[name].index_select(0, gin)
-        with torch.no_grad():
-            self.program.run(mem, span0, first, fast=False)
+        gmem = self._golden_at(pos, span0, first, inputs)
         expand = torch.tensor([gl[i] for i in lane_input], dtype=torch.long)
-        need = self.live_launch[first]
-        for name, t in list(mem.items()):
-            if self._per_lane(name, t):
-                if name in need:
-                    mem[name] = t.index_select(0, expand)
-                elif name == "input":  # kernels only read its lane count from here on
-                    mem[name] = torch.empty((len(lane_input), 0), dtype=t.dtype)
-                else:
-                    del mem[name]  # dead from here on (e.g. the im2col columns of a struck add_bias)
+        mem: Memory = dict(self.program.weights)
+        for name, t in gmem.items():
+            mem[name] = t.index_select(0, expand)
+        if "input" not in mem:  # kernels only read the input's lane count from here on
+            mem["input"] = torch.empty((len(lane_input), 0), dtype=torch.float32)
         # lanes: position in the current tensors -> ("g", input) or ("f", batch index)
         lanes: list[tuple[str, int]] = [("g", i) for i in inputs] + [("f", j) for j in range(len(batch))]
         effects: dict[int, LaneEffect] = {}
@@ -153,63 +182,117 @@ class Runner:
 
         done: dict[int, Result] = {}
         props: dict[int, list[Propagation]] = {j: [] for j in range(len(batch))}
+        ctx = _Batch(batch, effects, len(inputs), done, props)
         with torch.no_grad():
-            for p in range(pos, len(trace.layers)):
-                spec = trace.layers[p]
-                span = self.layer_span.get(spec.index)
-                if span is not None:
-                    lo = first if p == pos else span[0]
-                    self.program.run(mem, lo, span[1], fast=self.fast, overrides=overrides, after=after)
-                # overrides and effects use the initial lane order: they only run in the struck
-                # layer, before the first compaction below
-                gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}  # input -> golden lane
-                keep: list[int] = []
-                out_name = self.out_buf.get(spec.index)
-                live_next = self.live[p + 1] if p + 1 < len(trace.layers) else frozenset()
-                for cur, (kind, ref) in enumerate(lanes):
-                    if kind == "g":
-                        keep.append(cur)
-                        continue
-                    pf = batch[ref]
-                    orig_lane = len(inputs) + ref
-                    eff = effects[orig_lane]
-                    glane = gpos[pf.fault.input_id]
-                    if eff.due:
-                        done[ref] = self._result(Outcome.DUE, eff, pf, (eff.due,))
-                        continue
-                    if not differs.get(orig_lane, False) and p == pos:
-                        done[ref] = self._result(Outcome.MASKED, eff, pf, ())
-                        continue
-                    if out_name is not None and out_name in mem:
-                        n, ma, mr = self._diff(mem[out_name][cur], mem[out_name][glane])
-                        props[ref].append(Propagation(spec.index, n, mem[out_name][cur].numel(), ma, mr))
-                    if p + 1 < len(trace.layers) and self._clean(mem, live_next, cur, glane):
-                        done[ref] = self._result(Outcome.SDC_NO_MALFUNCTION, eff, pf, (), props[ref])
-                        continue
-                    keep.append(cur)
-                # drop golden lanes nobody needs any more, then compact
-                needed = {batch[r].fault.input_id for k2, r in lanes if k2 == "f" and r not in done}
-                keep = [c for c in keep if lanes[c][0] == "f" or lanes[c][1] in needed]
-                if not needed:
-                    lanes = []
-                    break
-                if len(keep) < len(lanes):
-                    ki = torch.tensor(keep, dtype=torch.long)
-                    for name, t in list(mem.items()):
-                        if self._per_lane(name, t):
-                            mem[name] = t.index_select(0, ki)
-                    lanes = [lanes[c] for c in keep]
+            self.program.run(mem, first, self.layer_span[layer][1], fast=self.fast, overrides=overrides, after=after)
+            lanes = self._retire(pos, mem, lanes, ctx, differs)
             if lanes:
-                self._classify_survivors(mem, lanes, batch, effects, len(inputs), done, props)
+                self._suffix(mem, lanes, pos, ctx)
         secs = (time.perf_counter() - t0) / max(1, len(batch))
         return [Executed(pf, done[j], effects[len(inputs) + j].tag, secs) for j, pf in enumerate(batch)]
+
+    def _retire(self, p: int, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch",
+                differs: dict[int, bool] | None = None) -> list[tuple[str, int]]:
+        """After layer position ``p``: record propagation, retire the lanes whose fate is known,
+        drop golden lanes nobody needs and compact ``mem``; the lanes left ([] when no faulty
+        lane is). ``differs`` is given for the struck layer only (Masked is judged there)."""
+        trace, batch = self.trace, ctx.batch
+        gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}  # input -> golden lane
+        keep: list[int] = []
+        spec = trace.layers[p]
+        out_name = self.out_buf.get(spec.index)
+        live_next = self.live[p + 1] if p + 1 < len(trace.layers) else frozenset()
+        for cur, (kind, ref) in enumerate(lanes):
+            if kind == "g":
+                keep.append(cur)
+                continue
+            pf = batch[ref]
+            orig_lane = ctx.n_inputs + ref
+            eff = ctx.effects[orig_lane]
+            glane = gpos[pf.fault.input_id]
+            if eff.due:
+                ctx.done[ref] = self._result(Outcome.DUE, eff, pf, (eff.due,))
+                continue
+            if differs is not None and not differs.get(orig_lane, False):
+                ctx.done[ref] = self._result(Outcome.MASKED, eff, pf, ())
+                continue
+            if out_name is not None and out_name in mem:
+                n, ma, mr = self._diff(mem[out_name][cur], mem[out_name][glane])
+                ctx.props[ref].append(Propagation(spec.index, n, mem[out_name][cur].numel(), ma, mr))
+            if p + 1 < len(trace.layers) and self._clean(mem, live_next, cur, glane):
+                ctx.done[ref] = self._result(Outcome.SDC_NO_MALFUNCTION, eff, pf, (), ctx.props[ref])
+                continue
+            keep.append(cur)
+        needed = {batch[r].fault.input_id for k2, r in lanes if k2 == "f" and r not in ctx.done}
+        if not needed:
+            return []
+        keep = [c for c in keep if lanes[c][0] == "f" or lanes[c][1] in needed]
+        if len(keep) < len(lanes):
+            ki = torch.tensor(keep, dtype=torch.long)
+            for name, t in list(mem.items()):
+                if self._per_lane(name, t):
+                    mem[name] = t.index_select(0, ki)
+            lanes = [lanes[c] for c in keep]
+        return lanes
+
+    def _suffix(self, mem: Memory, lanes: list[tuple[str, int]], pos: int, ctx: "_Batch") -> None:
+        """The layers after the struck one: rebase the lanes onto the golden cache, walk the
+        cone, run whole what the cone does not cover."""
+        trace = self.trace
+        if pos + 1 >= len(trace.layers):
+            self._classify_survivors(mem, lanes, ctx)
+            return
+        per_lane_weights = any(self.spec.get(n) is not None and self.spec[n].kind == "weight"
+                               and self._per_lane(n, t) for n, t in mem.items())
+        if per_lane_weights:  # a store landed in the weights: those lanes run whole as they are
+            self._dense(mem, lanes, pos + 1, ctx)
+            return
+        gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}
+        sparse: list[SparseLane] = []
+        for cur, (kind, ref) in enumerate(lanes):
+            if kind == "g":
+                continue
+            inp = ctx.batch[ref].fault.input_id
+            ln = self.cone.rebase(mem, cur, gpos[inp], inp, self.live[pos + 1])
+            if ln is None:
+                self._dense(mem, lanes, pos + 1, ctx)
+                return
+            ln.ref = ref
+            sparse.append(ln)
+        clean, dense = self.cone.walk(sparse, pos + 1, self.layer_span, self.out_buf, ctx.props, self._diff)
+        for ln in clean:
+            pf = ctx.batch[ln.ref]
+            ctx.done[ln.ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ln.ref], pf, (),
+                                            ctx.props[ln.ref])
+        for p0 in sorted(dense):
+            group = dense[p0]
+            inputs = sorted({ln.input_id for ln in group})
+            names = self.live[p0] if p0 < len(trace.layers) else frozenset({trace.output})
+            dmem = self.cone.dense_rows(names, group, inputs)
+            dlanes = [("g", i) for i in inputs] + [("f", ln.ref) for ln in group]
+            if p0 < len(trace.layers):
+                self._dense(dmem, dlanes, p0, ctx)
+            else:
+                self._classify_survivors(dmem, dlanes, ctx)
+
+    def _dense(self, mem: Memory, lanes: list[tuple[str, int]], p0: int, ctx: "_Batch") -> None:
+        """Whole tensors from layer position ``p0`` on, faulty lanes beside their golden lanes."""
+        for p in range(p0, len(self.trace.layers)):
+            span = self.layer_span.get(self.trace.layers[p].index)
+            if span is not None:
+                self.program.run(mem, span[0], span[1], fast=self.fast)
+            lanes = self._retire(p, mem, lanes, ctx)
+            if not lanes:
+                return
+        self._classify_survivors(mem, lanes, ctx)
 
     def _clean(self, mem: Memory, names, lane: int, glane: int) -> bool:
         per_lane_weights = [n for n, t in mem.items() if self.spec.get(n) is not None
                             and self.spec[n].kind == "weight" and self._per_lane(n, t)]
         return self._lane_equal(mem, list(names) + per_lane_weights, lane, glane)
 
-    def _classify_survivors(self, mem, lanes, batch, effects, n_inputs, done, props) -> None:
+    def _classify_survivors(self, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch") -> None:
+        batch, effects, n_inputs, done, props = ctx.batch, ctx.effects, ctx.n_inputs, ctx.done, ctx.props
         out = mem[self.trace.output]
         out = out.reshape(out.shape[0], -1)
         gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}

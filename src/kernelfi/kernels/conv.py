@@ -156,6 +156,47 @@ def _no_tf32(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
+#: A campaign runs its faulty lanes and their golden lanes through one linear-layer GEMM, and a
+#: lane's result must not depend on which other lanes share its batch (resume, sharding, lanes
+#: retiring early). CPU SGEMM rounding depends on the row count: on the machines measured
+#: (oneDNN/MKL, AVX2) rows come in groups of ROW_GROUP, and a row's result is the same in every
+#: call whose row count is a multiple of ROW_GROUP, while rows of a partial group (and a 1-row
+#: GEMV) round differently. So batches are zero-padded to a multiple of ROW_GROUP; a one-time
+#: self-check per weight shape and thread count (``_grouped_rows_invariant``) confirms the
+#: property on this machine, and where it fails every lane runs as its own GEMV (exact by
+#: construction, about 10x slower per lane at 64 lanes). A batch of one (plain inference) is a
+#: GEMV: campaigns never run fewer than two lanes (a faulty lane and its golden lane).
+ROW_GROUP = 4
+_CHECK_ROWS = (4, 8, 12, 16, 20, 28, 36, 44, 52, 60, 68, 76)
+_checked: dict[tuple[int, int, int], bool] = {}
+
+
+def _grouped_rows_invariant(w: torch.Tensor) -> bool:
+    key = (w.shape[0], w.shape[1], torch.get_num_threads())
+    ok = _checked.get(key)
+    if ok is None:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(max(_CHECK_ROWS) + ROW_GROUP, w.shape[1], generator=g)
+        ref = F.linear(x, w)
+        ok = all(torch.equal(F.linear(x[:m], w), ref[:m]) for m in _CHECK_ROWS)
+        ok = ok and torch.equal(F.linear(x.flip(0), w), ref.flip(0))  # position within a call
+        _checked[key] = ok
+    return ok
+
+
+def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above)."""
+    b = x.shape[0]
+    if b == 1:
+        return F.linear(x, w)
+    if not _grouped_rows_invariant(w):
+        return torch.cat([F.linear(x[i:i + 1], w) for i in range(b)])
+    pad = -b % ROW_GROUP
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+    return F.linear(x, w)[:b]
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """The operand itself, or a copy when its data is not 64-byte aligned: BLAS kernels may
     round differently on differently aligned data, and lane slices sit at arbitrary offsets."""
@@ -201,9 +242,15 @@ class GemmKernel(StreamKernel):
         with _no_tf32(c.device):
             shared_a = _aligned(a[0]) if a.shape[0] == 1 else None
             shared_b = _aligned(b[0]) if b.shape[0] == 1 else None
-            prods = [torch.mm(shared_a if shared_a is not None else _aligned(a[i]),
-                              shared_b if shared_b is not None else _aligned(b[i])) for i in range(lanes)]
-        block = c + torch.stack(prods)
+            if shared_a is None and shared_b is not None and m == 1 and lanes > 1:
+                # a connected layer: one row per lane against shared weights, as the fused
+                # path computes it (rows_linear), so both paths agree bit for bit
+                prod = rows_linear(a[:, 0, :].contiguous(), shared_b.t()).reshape(lanes, 1, n)
+            else:
+                prod = torch.stack([torch.mm(shared_a if shared_a is not None else _aligned(a[i]),
+                                             shared_b if shared_b is not None else _aligned(b[i]))
+                                    for i in range(lanes)])
+        block = c + prod
         if c_off == 0 and m * n == c_flat.shape[1]:
             new = block.reshape(lanes, m * n)
         else:

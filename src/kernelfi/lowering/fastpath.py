@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernelfi.kernels import fused_conv
+from kernelfi.kernels import fused_conv, rows_linear
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -60,24 +60,8 @@ def plan_units(trace: Trace) -> dict[int, Unit]:
     return units
 
 
-#: Rows per linear-layer GEMM call. A GEMM's rounding depends on how many rows it gets, and a
-#: lane's result must not depend on which other lanes share its batch (resume, sharding), so
-#: every call gets exactly this many rows (zero-padded); with a fixed row count a row's result
-#: does not depend on its position (tests/test_lowering.py). 1 (a GEMV per lane) keeps a
-#: batch-1 inference as fast as the native model; 8 was measured 28% faster on AlexNet
-#: campaigns but makes batch-1 inference twice as slow (bench/engine.py).
-LINEAR_ROWS = 1
-
-
 def _lane_invariant_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    b = x.shape[0]
-    outs = []
-    for s in range(0, b, LINEAR_ROWS):
-        chunk = x[s:s + LINEAR_ROWS]
-        if chunk.shape[0] < LINEAR_ROWS:
-            chunk = torch.cat([chunk, chunk.new_zeros(LINEAR_ROWS - chunk.shape[0], chunk.shape[1])])
-        outs.append(F.linear(chunk, w)[: min(LINEAR_ROWS, b - s)])
-    return torch.cat(outs) if len(outs) > 1 else outs[0]
+    return rows_linear(x, w)
 
 
 def _shared(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
@@ -142,24 +126,37 @@ def run_unit(unit: Unit, mem: Memory) -> bool:
                 y = torch.matmul(w, x.reshape(x.shape[0], k, n))
         channels = m
     b = y.shape[0]
-    y = y.reshape(b, channels, -1)
-    bias = _shared(mem, ls["add_bias"].reads[1], 1)
-    if bias is None:
+    y = epilogue(ls, mem, y.reshape(b, channels, -1))
+    if y is None:
         return False
-    if "normalize" in ls:
-        nl, sl = ls["normalize"], ls["scale_bias"]
-        mean, var, scale = (_shared(mem, nl.reads[1], 1), _shared(mem, nl.reads[2], 1), _shared(mem, sl.reads[1], 1))
-        if mean is None or var is None or scale is None:
-            return False
-        y = F.batch_norm(y, mean, var, scale, bias, False, 0.0, float(nl.params.get("eps", 1e-5)))
-    else:
-        y = y.add_(bias.view(1, -1, 1)) if y.is_contiguous() else y + bias.view(1, -1, 1)
-    y = _relu_like(y, str(ls["activate_array"].params.get("activation", "linear")))
     out = gemm.writes[0]
     old = mem.get(out)
     shape = tuple(old.shape) if old is not None and old.numel() == y.numel() else None
     mem[out] = y.reshape(shape) if shape else y.reshape(b, -1)
     return True
+
+
+def epilogue(ls: dict[str, Launch], mem: Memory, y: torch.Tensor) -> torch.Tensor | None:
+    """Batch-norm (or bias) and activation of a conv/connected layer on ``y`` (lanes, C, N),
+    elementwise; None when a lane carries its own copy of a parameter (no fusion)."""
+    bias = _shared(mem, ls["add_bias"].reads[1], 1)
+    if bias is None:
+        return None
+    if "normalize" in ls:
+        nl, sl = ls["normalize"], ls["scale_bias"]
+        mean, var, scale = (_shared(mem, nl.reads[1], 1), _shared(mem, nl.reads[2], 1), _shared(mem, sl.reads[1], 1))
+        if mean is None or var is None or scale is None:
+            return None
+        y = F.batch_norm(y, mean, var, scale, bias, False, 0.0, float(nl.params.get("eps", 1e-5)))
+    else:
+        y = y.add_(bias.view(1, -1, 1)) if y.is_contiguous() else y + bias.view(1, -1, 1)
+    return _relu_like(y, str(ls["activate_array"].params.get("activation", "linear")))
+
+
+def maxpool_window(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """Darknet's max over windows of an already padded (lanes, C, H, W) block: NaN never wins."""
+    x = torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    return F.max_pool2d(x, size, stride)
 
 
 def _maxpool(l: Launch, mem: Memory) -> bool:
@@ -173,10 +170,9 @@ def _maxpool(l: Launch, mem: Memory) -> bool:
     top = left = max(0, -off)
     bottom = max(0, off + (oh - 1) * stride + size - h)
     right = max(0, off + (ow - 1) * stride + size - w)
-    x = torch.nan_to_num(x, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN never wins
     xp = F.pad(x, (left, right, top, bottom), value=float("-inf"))
     r0 = off + top
     xp = xp[:, :, r0:, r0:] if r0 else xp
-    y = F.max_pool2d(xp, size, stride)[:, :, :oh, :ow]
+    y = maxpool_window(xp, size, stride)[:, :, :oh, :ow]
     mem[l.writes[0]] = y.contiguous()
     return True

@@ -1,0 +1,207 @@
+"""Faulty lanes as golden state plus corrupted patches, walked through the receptive-field cone.
+
+Once the struck layer has run, a faulty lane's state is the golden run's state except in a few
+windows. The unstruck values of a faulty run are the golden run's values (the GPU is
+deterministic), so the lane is *rebased*: it keeps, per live buffer, only the window that holds
+its differences from golden, with the golden cache's values around them. The layers after the
+injection then compute only the window the corruption can reach (``lowering.crop``), batched over
+the lanes of the batch, until the window covers too much of a feature map or a layer the cone
+does not cover comes; from there the lane runs whole, beside a golden lane (``Runner``).
+
+Rebasing happens with the cone on or off, so both give the same rows bit for bit (a test runs
+both): the cone is a way to compute, never a change of model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from kernelfi.lowering import Memory, Program
+from kernelfi.lowering.crop import Box, CropUnit, area, crop_units, fit, gather, union, verify
+from kernelfi.types import Propagation, Trace
+
+#: A lane whose next window would cover more than this share of a feature map runs whole.
+DENSE_SHARE = 0.5
+
+
+@dataclass
+class SparseLane:
+    ref: int                       # index of its fault in the batch
+    input_id: int
+    patches: dict[str, tuple[Box, torch.Tensor]] = field(default_factory=dict)
+
+
+def different(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Elementwise a != g, with NaN equal to NaN (as ``Runner._diff`` counts)."""
+    ne = a != g
+    return ne & ~(torch.isnan(a) & torch.isnan(g))
+
+
+def bbox(mask: torch.Tensor) -> Box | None:
+    """Smallest window holding every True of a (C, H, W) mask."""
+    plane = mask.any(dim=0)
+    rows = torch.nonzero(plane.any(dim=1)).flatten()
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(plane.any(dim=0)).flatten()
+    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+class Cone:
+    """Per campaign: the verified crop units and the golden planes they read."""
+
+    def __init__(self, program: Program, golden_buffers: dict[str, torch.Tensor], live: list[frozenset[str]],
+                 enabled: bool = True) -> None:
+        self.program, self.gold, self.live = program, golden_buffers, live
+        self.trace: Trace = program.trace
+        self.units: dict[int, CropUnit] = {}
+        if enabled:
+            gen = torch.Generator().manual_seed(0)
+            n = next(iter(golden_buffers.values())).shape[0]
+            rows = [0, n - 1, 0]  # three lanes: not the batch size of the golden run
+            mem: Memory = dict(program.weights)
+            with torch.no_grad():
+                self.units = {k: cu for k, cu in crop_units(program).items() if verify(cu, mem, golden_buffers, rows, gen)}
+
+    def plane(self, name: str, inp: int) -> torch.Tensor | None:
+        shape = tuple(self.trace.buffer(name).shape)
+        if len(shape) != 3 or name not in self.gold:
+            return None
+        return self.gold[name][inp].reshape(shape)
+
+    def rebase(self, mem: Memory, cur: int, glane: int, inp: int, names) -> SparseLane | None:
+        """The lane at row ``cur`` of ``mem`` as patches over the golden cache (None: a live
+        buffer that differs is not a feature map the cone can hold)."""
+        lane = SparseLane(-1, inp)
+        for name in names:
+            t = mem.get(name)
+            if t is None:
+                continue
+            f, g = t[cur], t[glane]
+            if torch.equal(f, g):
+                continue
+            plane = self.plane(name, inp)
+            if plane is None:
+                return None
+            f = f.reshape(plane.shape)
+            ne = different(f, g.reshape(plane.shape))
+            box = bbox(ne)
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            vals = torch.where(ne, f, plane)[:, y0:y1, x0:x1].clone()
+            if torch.equal(vals, plane[:, y0:y1, x0:x1]):
+                continue
+            lane.patches[name] = (box, vals)
+        return lane
+
+    def dense_rows(self, names, lanes: list[SparseLane], inputs: list[int]) -> Memory:
+        """Whole tensors for a batch: golden lanes for ``inputs``, then the sparse lanes."""
+        mem: Memory = dict(self.program.weights)
+        idx = torch.tensor(inputs + [ln.input_id for ln in lanes], dtype=torch.long)
+        for name in names:
+            if name not in self.gold:
+                continue
+            t = self.gold[name].index_select(0, idx)
+            for j, ln in enumerate(lanes):
+                patch = ln.patches.get(name)
+                if patch is not None:
+                    (y0, y1, x0, x1), vals = patch
+                    t[len(inputs) + j].view(tuple(self.trace.buffer(name).shape))[:, y0:y1, x0:x1] = vals
+            mem[name] = t
+        mem["input"] = torch.empty((len(idx), 0), dtype=torch.float32)
+        return mem
+
+    def walk(self, lanes: list[SparseLane], start: int, layer_span: dict[int, tuple[int, int]],
+             out_buf: dict[int, str], props: dict[int, list[Propagation]],
+             diff: Callable[[torch.Tensor, torch.Tensor], tuple[int, float, float]]
+             ) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:
+        """Run the lanes from layer position ``start`` while they fit the cone.
+
+        Returns the lanes that came back to golden (No-Malfunction) and, per layer position,
+        the lanes that must run whole from there on."""
+        layers = self.trace.layers
+        clean: list[SparseLane] = []
+        dense: dict[int, list[SparseLane]] = {}
+        active = list(lanes)
+        for p in range(start, len(layers)):
+            if not active:
+                break
+            spec = layers[p]
+            live_next = self.live[p + 1] if p + 1 < len(layers) else frozenset()
+            cu = self.units.get(spec.index)
+            has_launches = spec.index in layer_span
+            step: list[tuple[SparseLane, Box]] = []
+            quiet: list[SparseLane] = []
+            for ln in active:
+                if not has_launches:
+                    quiet.append(ln)
+                    continue
+                if cu is None or p + 1 == len(layers):
+                    dense.setdefault(p, []).append(ln)
+                    continue
+                box = None
+                for n in cu.inputs:
+                    if n in ln.patches:
+                        box = union(box, cu.out_box(ln.patches[n][0]))
+                if box is None:
+                    quiet.append(ln)
+                elif area(box) > DENSE_SHARE * cu.out_chw[1] * cu.out_chw[2]:
+                    dense.setdefault(p, []).append(ln)
+                else:
+                    step.append((ln, box))
+            if step and cu is not None and not self._step(cu, step, out_buf.get(spec.index), props, diff):
+                dense.setdefault(p, []).extend(ln for ln, _ in step)
+                step = []
+            out_name = out_buf.get(spec.index)
+            if out_name is not None and cu is not None:
+                numel = cu.out_chw[0] * cu.out_chw[1] * cu.out_chw[2]
+                for ln in quiet:
+                    props[ln.ref].append(Propagation(spec.index, 0, numel, 0.0, 0.0))
+            active = []
+            for ln in quiet + [ln for ln, _ in step]:
+                ln.patches = {k: v for k, v in ln.patches.items() if k in live_next}
+                (active if ln.patches else clean).append(ln)
+        if active:  # only for a trace whose last layers launch nothing
+            dense.setdefault(len(layers), []).extend(active)
+        return clean, dense
+
+    def _step(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], out_name: str | None,
+              props: dict[int, list[Propagation]], diff) -> bool:
+        """Compute the windows of one unit for its lanes, in one call."""
+        h = max(b[1] - b[0] for _, b in step)
+        w = max(b[3] - b[2] for _, b in step)
+        boxes = [fit(b, h, w, cu.out_chw[1:]) for _, b in step]
+        crops = []
+        for n in cu.inputs:
+            rows = []
+            for (ln, _), box in zip(step, boxes):
+                plane = self.plane(n, ln.input_id)
+                if plane is None:
+                    return False
+                rows.append(gather(plane, cu.in_box(box), cu.pad_value, ln.patches.get(n)))
+            crops.append(torch.stack(rows))
+        with torch.no_grad():
+            out = cu.run(self.program.weights, crops)
+        if out is None:
+            return False
+        numel = cu.out_chw[0] * cu.out_chw[1] * cu.out_chw[2]
+        for j, ((ln, _), box) in enumerate(zip(step, boxes)):
+            gplane = self.plane(cu.output, ln.input_id)
+            assert gplane is not None
+            y0, y1, x0, x1 = box
+            g = gplane[:, y0:y1, x0:x1]
+            f = out[j]
+            ne = different(f, g)
+            tight = bbox(ne)
+            if out_name is not None:
+                n, ma, mr = diff(f, g) if tight is not None else (0, 0.0, 0.0)
+                props[ln.ref].append(Propagation(int(cu.unit.launches[0].layer), n, numel, ma, mr))
+            if tight is None:
+                ln.patches.pop(cu.output, None)
+                continue
+            ty0, ty1, tx0, tx1 = tight
+            ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), f[:, ty0:ty1, tx0:tx1].clone())
+        return True
