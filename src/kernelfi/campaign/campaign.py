@@ -41,6 +41,8 @@ class CampaignConfig:
     batch: int = 64
     workers: int = 1
     fast: bool = True
+    #: compute only the receptive-field cone after the struck layer (same rows as without)
+    cone: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -79,7 +81,7 @@ class Prepared:
             derating=derating(self.session.program.trace) if c.mode == Mode.RF.value else None,
             tool_version=__version__,
             extra={"model_spec": asdict(c.model), "population": self.planner.population, "fast": c.fast,
-                   "data": c.data, "inputs": c.inputs},
+                   "cone": c.cone, "data": c.data, "inputs": c.inputs},
         )
 
     def launch_rows(self) -> list[LaunchRow]:
@@ -96,7 +98,7 @@ def prepare(config: CampaignConfig) -> Prepared:
     golden = Golden.compute(session.program, x, fast=config.fast)
     planner = Planner(session.program.trace, config.mode, config.bit_model, config.warp, config.seed,
                       x.shape[0], config.scope, config.selection)
-    runner = Runner(session.program, golden, fast=config.fast)
+    runner = Runner(session.program, golden, fast=config.fast, cone=config.cone)
     return Prepared(config, session, inputs.source, int(x.shape[0]), golden, planner, runner)
 
 
@@ -202,7 +204,8 @@ def replay(db: str, injection: int, campaign: int | None = None) -> tuple[Inject
     spec = ModelSpec(**extra["model_spec"])
     config = CampaignConfig(model=spec, mode=meta.mode, bit_model=meta.bit_model, n=meta.n_planned, seed=meta.seed,
                             warp=meta.warp, data=extra.get("data"), inputs=extra.get("inputs"), scope=meta.scope,
-                            selection=meta.selection, fast=bool(extra.get("fast", True)))
+                            selection=meta.selection, fast=bool(extra.get("fast", True)),
+                            cone=bool(extra.get("cone", True)))
     prep = prepare(config)
     if prep.session.weights_hash != meta.weights_hash:
         raise KernelfiError(f"{db}: campaign {crow.id} used weights {meta.weights_hash[:12]}, now {prep.session.weights_hash[:12]}")

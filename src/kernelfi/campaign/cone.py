@@ -57,6 +57,8 @@ class Cone:
         self.program, self.gold, self.live = program, golden_buffers, live
         self.trace: Trace = program.trace
         self.units: dict[int, CropUnit] = {}
+        #: windows computed and whole feature maps they stood for (what the cone saved)
+        self.stats = {"windows": 0, "window_elems": 0, "map_elems": 0}
         if enabled:
             gen = torch.Generator().manual_seed(0)
             n = next(iter(golden_buffers.values())).shape[0]
@@ -188,6 +190,9 @@ class Cone:
         if out is None:
             return False
         numel = cu.out_chw[0] * cu.out_chw[1] * cu.out_chw[2]
+        self.stats["windows"] += len(step)
+        self.stats["window_elems"] += out.numel()
+        self.stats["map_elems"] += numel * len(step)
         for j, ((ln, _), box) in enumerate(zip(step, boxes)):
             gplane = self.plane(cu.output, ln.input_id)
             assert gplane is not None

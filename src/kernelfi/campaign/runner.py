@@ -32,6 +32,7 @@ class _Batch:
     n_inputs: int                  # golden lanes of the struck layer (effects are keyed after them)
     done: dict[int, Result]
     props: dict[int, list[Propagation]]
+    lane_weights: tuple[str, ...] = ()  # weights some lane holds its own copy of (an IOA store landed there)
 
 
 @dataclass
@@ -40,6 +41,37 @@ class Executed:
     result: Result
     tag: str
     seconds: float
+
+
+Diff = tuple[int, float, float]
+
+
+def diff_rows(a: torch.Tensor, g: torch.Tensor) -> list[Diff]:
+    """Per row of (rows, N) tensors: (elements differing, largest absolute error, largest
+    relative error), NaN equal to NaN, a NaN error counting as infinite."""
+    rows = a.shape[0]
+    a, g = a.reshape(rows, -1), g.reshape(rows, -1)
+    if a.dtype != torch.float32:
+        n = (a != g).sum(dim=1).tolist()
+        return [(k, float(k > 0), float(k > 0)) for k in n]
+    ne = a != g
+    gn = torch.isnan(g)
+    if bool(gn.any()):  # golden NaNs (rare): NaN in both is not a difference
+        ne &= ~(torch.isnan(a) & gn)
+    counts = ne.sum(dim=1).tolist()
+    if not any(counts):
+        return [(0, 0.0, 0.0)] * rows
+    r, c = ne.nonzero(as_tuple=True)
+    gv = g[r, c].double()
+    d = (a[r, c].double() - gv).abs()
+    rel = d / gv.abs().clamp_min(1e-30)
+    out: list[list[float]] = []
+    for v in (d, rel):
+        bad = torch.zeros(rows, dtype=torch.bool)
+        bad[r[torch.isnan(v)]] = True
+        top = torch.zeros(rows, dtype=torch.float64).scatter_reduce(0, r, torch.nan_to_num(v, nan=0.0), "amax")
+        out.append([math.inf if b else float(t) for b, t in zip(bad.tolist(), top.tolist())])
+    return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
 
 
 class Runner:
@@ -64,6 +96,7 @@ class Runner:
         self.out_buf = {l.layer: l.writes[0] for l in trace.launches if l.writes and l.writes[0] != "workspace"
                         and trace.buffer(l.writes[0]).kind == "activation"}
         self.spec = {b.name: b for b in trace.buffers}
+        self.weight_names = frozenset(b.name for b in trace.buffers if b.kind == "weight")
         self.memmap = MemoryMap.from_trace(trace)
         #: the receptive-field cone after the struck layer (needs the fused units: fast only)
         self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone)
@@ -79,24 +112,7 @@ class Runner:
 
     def _diff(self, a: torch.Tensor, g: torch.Tensor) -> tuple[int, float, float]:
         """(elements differing, largest absolute error, largest relative error); NaN == NaN."""
-        a, g = a.reshape(-1), g.reshape(-1)
-        if torch.equal(a, g):
-            return 0, 0.0, 0.0
-        if a.dtype != torch.float32:
-            n = int((a != g).sum())
-            return n, float(n > 0), float(n > 0)
-        ne = a != g
-        gn = torch.isnan(g)
-        if bool(gn.any()):  # golden NaNs (rare): NaN in both is not a difference
-            ne &= ~(torch.isnan(a) & gn)
-        n = int(ne.sum())
-        if n == 0:
-            return 0, 0.0, 0.0
-        d = (a[ne].double() - g[ne].double()).abs()
-        rel = d / g[ne].double().abs().clamp_min(1e-30)
-        max_abs = float(d.max()) if not torch.isnan(d).any() else math.inf
-        max_rel = float(rel.max()) if not torch.isnan(rel).any() else math.inf
-        return n, max_abs, max_rel
+        return diff_rows(a.reshape(1, -1), g.reshape(1, -1))[0]
 
     def _lane_equal(self, mem: Memory, names, lane: int, glane: int) -> bool:
         for name in names:
@@ -113,20 +129,24 @@ class Runner:
         The layer's launches before the first struck one (fill, im2col, gemm... for a fault in
         add_bias) are the costly part of a layer; they run once per input and layer position
         and are kept while batches of that position follow (the campaign sorts batches by layer).
-        Each input runs on its own, so a row never depends on which inputs share a batch."""
+        A row never depends on which inputs share the run that computes it."""
         key = (span0, first)
         if self._pre_key != key:
             self._pre_key, self._pre = key, {}
         need = self.live_launch[first]
-        for inp in inputs:
-            if inp in self._pre:
-                continue
+        missing = [i for i in inputs if i not in self._pre]
+        if missing:
+            # one run for the missing inputs; never a batch of one (a lone image is convolved
+            # with another algorithm), so a row is the same whichever inputs share the run
+            rows = missing + missing[:1] if len(missing) == 1 else missing
+            idx = torch.tensor(rows, dtype=torch.long)
             mem: Memory = dict(self.program.weights)
             for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
-                mem[name] = self.golden.buffers[name][inp:inp + 1]
+                mem[name] = self.golden.buffers[name].index_select(0, idx)
             with torch.no_grad():
                 self.program.run(mem, span0, first, fast=self.fast)
-            self._pre[inp] = {n: mem[n] for n in need if n in mem and self._per_lane(n, mem[n])}
+            for j, inp in enumerate(missing):
+                self._pre[inp] = {n: mem[n][j:j + 1] for n in need if n in mem and self._per_lane(n, mem[n])}
         return {n: torch.cat([self._pre[i][n] for i in inputs]) for n in self._pre[inputs[0]]}
 
     # ------------------------------------------------------------------ one batch
@@ -185,6 +205,7 @@ class Runner:
         ctx = _Batch(batch, effects, len(inputs), done, props)
         with torch.no_grad():
             self.program.run(mem, first, self.layer_span[layer][1], fast=self.fast, overrides=overrides, after=after)
+            ctx.lane_weights = tuple(n for n in self.weight_names if n in mem and self._per_lane(n, mem[n]))
             lanes = self._retire(pos, mem, lanes, ctx, differs)
             if lanes:
                 self._suffix(mem, lanes, pos, ctx)
@@ -202,27 +223,44 @@ class Runner:
         spec = trace.layers[p]
         out_name = self.out_buf.get(spec.index)
         live_next = self.live[p + 1] if p + 1 < len(trace.layers) else frozenset()
+        live: list[tuple[int, int]] = []  # (current lane, batch index) of the faulty lanes still running
         for cur, (kind, ref) in enumerate(lanes):
             if kind == "g":
                 keep.append(cur)
                 continue
             pf = batch[ref]
-            orig_lane = ctx.n_inputs + ref
-            eff = ctx.effects[orig_lane]
-            glane = gpos[pf.fault.input_id]
+            eff = ctx.effects[ctx.n_inputs + ref]
             if eff.due:
                 ctx.done[ref] = self._result(Outcome.DUE, eff, pf, (eff.due,))
-                continue
-            if differs is not None and not differs.get(orig_lane, False):
+            elif differs is not None and not differs.get(ctx.n_inputs + ref, False):
                 ctx.done[ref] = self._result(Outcome.MASKED, eff, pf, ())
-                continue
+            else:
+                live.append((cur, ref))
+        if live:
+            ci = torch.tensor([c for c, _ in live], dtype=torch.long)
+            gi = torch.tensor([gpos[batch[r].fault.input_id] for _, r in live], dtype=torch.long)
             if out_name is not None and out_name in mem:
-                n, ma, mr = self._diff(mem[out_name][cur], mem[out_name][glane])
-                ctx.props[ref].append(Propagation(spec.index, n, mem[out_name][cur].numel(), ma, mr))
-            if p + 1 < len(trace.layers) and self._clean(mem, live_next, cur, glane):
-                ctx.done[ref] = self._result(Outcome.SDC_NO_MALFUNCTION, eff, pf, (), ctx.props[ref])
-                continue
-            keep.append(cur)
+                t = mem[out_name]
+                numel = t[0].numel()
+                for (_, ref), (n, ma, mr) in zip(live, self._rows(diff_rows, t, ci, gi)):
+                    ctx.props[ref].append(Propagation(spec.index, n, numel, ma, mr))
+            dirty = [True] * len(live)
+            if p + 1 < len(trace.layers):
+                dirty = [False] * len(live)
+                weights = [n for n in ctx.lane_weights if n in mem and self._per_lane(n, mem[n])]
+                for name in list(live_next) + weights:
+                    t = mem.get(name)
+                    if t is None or not self._per_lane(name, t):
+                        continue
+                    ne = self._rows(lambda a, g: (a != g).reshape(a.shape[0], -1).any(dim=1).tolist(), t, ci, gi)
+                    dirty = [x or y for x, y in zip(dirty, ne)]
+            for (cur, ref), d in zip(live, dirty):
+                if d:
+                    keep.append(cur)
+                else:
+                    ctx.done[ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ref],
+                                                 batch[ref], (), ctx.props[ref])
+            keep.sort()
         needed = {batch[r].fault.input_id for k2, r in lanes if k2 == "f" and r not in ctx.done}
         if not needed:
             return []
@@ -242,9 +280,7 @@ class Runner:
         if pos + 1 >= len(trace.layers):
             self._classify_survivors(mem, lanes, ctx)
             return
-        per_lane_weights = any(self.spec.get(n) is not None and self.spec[n].kind == "weight"
-                               and self._per_lane(n, t) for n, t in mem.items())
-        if per_lane_weights:  # a store landed in the weights: those lanes run whole as they are
+        if ctx.lane_weights:  # a store landed in the weights: those lanes run whole as they are
             self._dense(mem, lanes, pos + 1, ctx)
             return
         gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}
@@ -286,10 +322,14 @@ class Runner:
                 return
         self._classify_survivors(mem, lanes, ctx)
 
-    def _clean(self, mem: Memory, names, lane: int, glane: int) -> bool:
-        per_lane_weights = [n for n, t in mem.items() if self.spec.get(n) is not None
-                            and self.spec[n].kind == "weight" and self._per_lane(n, t)]
-        return self._lane_equal(mem, list(names) + per_lane_weights, lane, glane)
+    @staticmethod
+    def _rows(fn, t: torch.Tensor, ci: torch.Tensor, gi: torch.Tensor, chunk: int = 16) -> list:
+        """``fn(faulty rows, their golden rows)`` over lanes ``ci`` of ``t``, a few lanes at a time
+        (the row copies of a large feature map stay small)."""
+        out: list = []
+        for s in range(0, len(ci), chunk):
+            out += fn(t.index_select(0, ci[s:s + chunk]), t.index_select(0, gi[s:s + chunk]))
+        return out
 
     def _classify_survivors(self, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch") -> None:
         batch, effects, n_inputs, done, props = ctx.batch, ctx.effects, ctx.n_inputs, ctx.done, ctx.props
