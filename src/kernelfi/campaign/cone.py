@@ -34,9 +34,12 @@ class SparseLane:
 
 
 def different(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Elementwise a != g, with NaN equal to NaN (as ``Runner._diff`` counts)."""
+    """Elementwise a != g, with NaN equal to NaN (golden NaNs are rare: checked first)."""
     ne = a != g
-    return ne & ~(torch.isnan(a) & torch.isnan(g))
+    gn = torch.isnan(g)
+    if bool(gn.any()):
+        ne &= ~(torch.isnan(a) & gn)
+    return ne
 
 
 def bbox(mask: torch.Tensor) -> Box | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.campaign.cone import Cone, SparseLane
+from kernelfi.campaign.cone import Cone, SparseLane, different
 from kernelfi.campaign.golden import Golden, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
@@ -54,10 +54,7 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor) -> list[Diff]:
     if a.dtype != torch.float32:
         n = (a != g).sum(dim=1).tolist()
         return [(k, float(k > 0), float(k > 0)) for k in n]
-    ne = a != g
-    gn = torch.isnan(g)
-    if bool(gn.any()):  # golden NaNs (rare): NaN in both is not a difference
-        ne &= ~(torch.isnan(a) & gn)
+    ne = different(a, g)
     counts = ne.sum(dim=1).tolist()
     if not any(counts):
         return [(0, 0.0, 0.0)] * rows
