@@ -13,6 +13,7 @@ both): the cone is a way to compute, never a change of model.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +32,8 @@ class SparseLane:
     ref: int                       # index of its fault in the batch
     input_id: int
     patches: dict[str, tuple[Box, torch.Tensor]] = field(default_factory=dict)
+    #: differences in buffers that are no feature map, (flat indices, values): whole tensors only
+    flat: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def different(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -40,6 +43,34 @@ def different(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     if bool(gn.any()):
         ne &= ~(torch.isnan(a) & gn)
     return ne
+
+
+Diff = tuple[int, float, float]
+
+
+def diff_rows(a: torch.Tensor, g: torch.Tensor) -> list[Diff]:
+    """Per row of (rows, N) tensors: (elements differing, largest absolute error, largest
+    relative error), NaN equal to NaN, a NaN error counting as infinite."""
+    rows = a.shape[0]
+    a, g = a.reshape(rows, -1), g.reshape(rows, -1)
+    if a.dtype != torch.float32:
+        n = (a != g).sum(dim=1).tolist()
+        return [(k, float(k > 0), float(k > 0)) for k in n]
+    ne = different(a, g)
+    counts = ne.sum(dim=1).tolist()
+    if not any(counts):
+        return [(0, 0.0, 0.0)] * rows
+    r, c = ne.nonzero(as_tuple=True)
+    gv = g[r, c].double()
+    d = (a[r, c].double() - gv).abs()
+    rel = d / gv.abs().clamp_min(1e-30)
+    out: list[list[float]] = []
+    for v in (d, rel):
+        bad = torch.zeros(rows, dtype=torch.bool)
+        bad[r[torch.isnan(v)]] = True
+        top = torch.zeros(rows, dtype=torch.float64).scatter_reduce(0, r, torch.nan_to_num(v, nan=0.0), "amax")
+        out.append([math.inf if b else float(t) for b, t in zip(bad.tolist(), top.tolist())])
+    return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
 
 
 def bbox(mask: torch.Tensor) -> Box | None:
@@ -76,30 +107,40 @@ class Cone:
             return None
         return self.gold[name][inp].reshape(shape)
 
-    def rebase(self, mem: Memory, cur: int, glane: int, inp: int, names) -> SparseLane | None:
-        """The lane at row ``cur`` of ``mem`` as patches over the golden cache (None: a live
-        buffer that differs is not a feature map the cone can hold)."""
-        lane = SparseLane(-1, inp)
+    def rebase(self, mem: Memory, cur: int, glane: int, ref: int, inp: int, names) -> SparseLane:
+        """The lane at row ``cur`` of ``mem`` as its differences from golden lane ``glane``."""
+        diffs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in names:
             t = mem.get(name)
             if t is None:
                 continue
-            f, g = t[cur], t[glane]
+            f, g = t[cur].reshape(-1), t[glane].reshape(-1)
             if torch.equal(f, g):
                 continue
-            plane = self.plane(name, inp)
-            if plane is None:
-                return None
-            f = f.reshape(plane.shape)
-            ne = different(f, g.reshape(plane.shape))
-            box = bbox(ne)
-            if box is None:
-                continue
-            y0, y1, x0, x1 = box
-            vals = torch.where(ne, f, plane)[:, y0:y1, x0:x1].clone()
-            if torch.equal(vals, plane[:, y0:y1, x0:x1]):
-                continue
-            lane.patches[name] = (box, vals)
+            idx = torch.nonzero(different(f, g)).flatten()
+            if idx.numel():
+                diffs[name] = (idx, f[idx].clone())
+        return self.lane(ref, inp, diffs)
+
+    def lane(self, ref: int, inp: int, diffs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> SparseLane:
+        """A faulty lane from its differences to golden, (flat indices, values) per live buffer:
+        patches laid over the golden cache's feature maps, or, when a buffer that differs is no
+        feature map, the flat differences (the lane then runs whole from the next layer)."""
+        lane = SparseLane(ref, inp)
+        planes = {n: self.plane(n, inp) for n in diffs}
+        if any(p is None for p in planes.values()):
+            lane.flat = dict(diffs)
+            return lane
+        for n, (idx, vals) in diffs.items():
+            plane = planes[n]
+            assert plane is not None
+            _, h, w = plane.shape
+            ys, xs = (idx // w) % h, idx % w
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+            patch = plane[:, y0:y1, x0:x1].clone()
+            patch[idx // (h * w), ys - y0, xs - x0] = vals
+            if not torch.equal(patch, plane[:, y0:y1, x0:x1]):
+                lane.patches[n] = ((y0, y1, x0, x1), patch)
         return lane
 
     def dense_rows(self, names, lanes: list[SparseLane], inputs: list[int]) -> Memory:
@@ -115,6 +156,9 @@ class Cone:
                 if patch is not None:
                     (y0, y1, x0, x1), vals = patch
                     t[len(inputs) + j].view(tuple(self.trace.buffer(name).shape))[:, y0:y1, x0:x1] = vals
+                flat = ln.flat.get(name)
+                if flat is not None:
+                    t[len(inputs) + j].view(-1)[flat[0]] = flat[1]
             mem[name] = t
         mem["input"] = torch.empty((len(idx), 0), dtype=torch.float32)
         return mem

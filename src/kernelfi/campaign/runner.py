@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.campaign.cone import Cone, SparseLane, different
+from kernelfi.campaign.cone import Cone, SparseLane, diff_rows
 from kernelfi.campaign.golden import Golden, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
+from kernelfi.campaign.struck import pointwise_after, run_sparse
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
 from kernelfi.lowering import Memory, Program
 from kernelfi.types import Launch, Outcome, Propagation, Result
@@ -41,34 +42,6 @@ class Executed:
     result: Result
     tag: str
     seconds: float
-
-
-Diff = tuple[int, float, float]
-
-
-def diff_rows(a: torch.Tensor, g: torch.Tensor) -> list[Diff]:
-    """Per row of (rows, N) tensors: (elements differing, largest absolute error, largest
-    relative error), NaN equal to NaN, a NaN error counting as infinite."""
-    rows = a.shape[0]
-    a, g = a.reshape(rows, -1), g.reshape(rows, -1)
-    if a.dtype != torch.float32:
-        n = (a != g).sum(dim=1).tolist()
-        return [(k, float(k > 0), float(k > 0)) for k in n]
-    ne = different(a, g)
-    counts = ne.sum(dim=1).tolist()
-    if not any(counts):
-        return [(0, 0.0, 0.0)] * rows
-    r, c = ne.nonzero(as_tuple=True)
-    gv = g[r, c].double()
-    d = (a[r, c].double() - gv).abs()
-    rel = d / gv.abs().clamp_min(1e-30)
-    out: list[list[float]] = []
-    for v in (d, rel):
-        bad = torch.zeros(rows, dtype=torch.bool)
-        bad[r[torch.isnan(v)]] = True
-        top = torch.zeros(rows, dtype=torch.float64).scatter_reduce(0, r, torch.nan_to_num(v, nan=0.0), "amax")
-        out.append([math.inf if b else float(t) for b, t in zip(bad.tolist(), top.tolist())])
-    return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
 
 
 class Runner:
@@ -97,6 +70,8 @@ class Runner:
         self.memmap = MemoryMap.from_trace(trace)
         #: the receptive-field cone after the struck layer (needs the fused units: fast only)
         self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone)
+        #: the struck layer as golden lanes plus each fault's stores (``struck``); with the cone
+        self.sparse_struck = fast and cone
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
 
@@ -133,10 +108,8 @@ class Runner:
         need = self.live_launch[first]
         missing = [i for i in inputs if i not in self._pre]
         if missing:
-            # one run for the missing inputs; never a batch of one (a lone image is convolved
-            # with another algorithm), so a row is the same whichever inputs share the run
-            rows = missing + missing[:1] if len(missing) == 1 else missing
-            idx = torch.tensor(rows, dtype=torch.long)
+            # one run for the missing inputs (a row does not depend on the rows beside it)
+            idx = torch.tensor(missing, dtype=torch.long)
             mem: Memory = dict(self.program.weights)
             for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
                 mem[name] = self.golden.buffers[name].index_select(0, idx)
@@ -155,6 +128,28 @@ class Runner:
         if any(trace.launches[pf.fault.site.launch].layer != layer for pf in batch):
             raise ValueError("a batch holds faults of one layer")
         pos = self.layer_pos[layer]
+        done: dict[int, Result] = {}
+        tags: dict[int, str] = {}
+        whole = list(range(len(batch)))
+        if self.sparse_struck and pos + 1 < len(trace.layers):
+            end = self.layer_span[layer][1]
+            refs = [j for j, pf in enumerate(batch) if pointwise_after(trace, pf.fault.site.launch, end)]
+            if refs:
+                ctx = _Batch(batch, {}, 0, done, {j: [] for j in refs})
+                with torch.no_grad():
+                    cone_lanes, dense_lanes, fallback = run_sparse(self, ctx, refs, pos, layer)
+                    self._walk(cone_lanes, dense_lanes, pos, ctx)
+                tags.update({j: ctx.effects[j].tag for j in refs})
+                whole = sorted(set(whole) - set(refs) | set(fallback))
+        if whole:
+            for j, (res, tag) in zip(whole, self._run_whole([batch[j] for j in whole], pos, layer)):
+                done[j], tags[j] = res, tag
+        secs = (time.perf_counter() - t0) / max(1, len(batch))
+        return [Executed(pf, done[j], tags[j], secs) for j, pf in enumerate(batch)]
+
+    def _run_whole(self, batch: list[PlannedFault], pos: int, layer: int) -> list[tuple[Result, str]]:
+        """The struck layer on whole faulty lanes beside their golden lanes (any fault, any kernel)."""
+        trace = self.trace
         inputs = sorted({pf.fault.input_id for pf in batch})
         gl = {inp: i for i, inp in enumerate(inputs)}
         lane_input = inputs + [pf.fault.input_id for pf in batch]
@@ -206,8 +201,7 @@ class Runner:
             lanes = self._retire(pos, mem, lanes, ctx, differs)
             if lanes:
                 self._suffix(mem, lanes, pos, ctx)
-        secs = (time.perf_counter() - t0) / max(1, len(batch))
-        return [Executed(pf, done[j], effects[len(inputs) + j].tag, secs) for j, pf in enumerate(batch)]
+        return [(done[j], effects[len(inputs) + j].tag) for j in range(len(batch))]
 
     def _retire(self, p: int, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch",
                 differs: dict[int, bool] | None = None) -> list[tuple[str, int]]:
@@ -277,22 +271,34 @@ class Runner:
         if pos + 1 >= len(trace.layers):
             self._classify_survivors(mem, lanes, ctx)
             return
-        if ctx.lane_weights:  # a store landed in the weights: those lanes run whole as they are
-            self._dense(mem, lanes, pos + 1, ctx)
-            return
         gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}
         sparse: list[SparseLane] = []
+        whole: list[SparseLane] = []
+        own: list[int] = []  # lanes whose stores reached the weights
         for cur, (kind, ref) in enumerate(lanes):
             if kind == "g":
                 continue
+            if ctx.effects[ctx.n_inputs + ref].touched & self.weight_names:
+                own.append(cur)
+                continue
             inp = ctx.batch[ref].fault.input_id
-            ln = self.cone.rebase(mem, cur, gpos[inp], inp, self.live[pos + 1])
-            if ln is None:
-                self._dense(mem, lanes, pos + 1, ctx)
-                return
-            ln.ref = ref
-            sparse.append(ln)
+            ln = self.cone.rebase(mem, cur, gpos[inp], ref, inp, self.live[pos + 1])
+            (whole if ln.flat else sparse).append(ln)
+        if own:  # they run whole as they are, with their own weights, beside their golden lanes
+            need = {ctx.batch[lanes[c][1]].fault.input_id for c in own}
+            keep = [c for c, (k2, r) in enumerate(lanes) if (k2 == "g" and r in need) or c in own]
+            ki = torch.tensor(keep, dtype=torch.long)
+            sub = {n: (t.index_select(0, ki) if self._per_lane(n, t) else t) for n, t in mem.items()}
+            self._dense(sub, [lanes[c] for c in keep], pos + 1, ctx)
+        self._walk(sparse, whole, pos, ctx)
+
+    def _walk(self, sparse: list[SparseLane], whole: list[SparseLane], pos: int, ctx: "_Batch") -> None:
+        """Lanes rebased after layer position ``pos``: through the cone, then whole tensors
+        (``whole`` lanes from the next layer on)."""
+        trace = self.trace
         clean, dense = self.cone.walk(sparse, pos + 1, self.layer_span, self.out_buf, ctx.props, self._diff)
+        if whole:
+            dense.setdefault(pos + 1, []).extend(whole)
         for ln in clean:
             pf = ctx.batch[ln.ref]
             ctx.done[ln.ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ln.ref], pf, (),

@@ -163,13 +163,18 @@ def _gemm_calls(launch: Launch) -> dict[str, int]:
     return out
 
 
-def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
-                fault: Fault, eff: LaneEffect, memmap: MemoryMap,
-                per_lane: Callable[[str, torch.Tensor], bool], owned: set[str] | None = None) -> None:
-    """Replay the struck thread(s) of ``lane`` and write the difference into ``mem``."""
+def fault_writes(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
+                 fault: Fault, eff: LaneEffect, memmap: MemoryMap,
+                 per_lane: Callable[[str, torch.Tensor], bool]) -> list[tuple[str, int, int | float]]:
+    """What the struck thread(s) of ``lane`` leave different from the clean run: (buffer, flat
+    index, value in the buffer's dtype), in address order; ``eff`` records what happened.
+
+    ``mem`` holds the launch's clean outputs (the kernel ran for every lane), ``before`` its
+    inputs and outputs before it ran. Nothing is written: ``apply_fault`` writes the lane, the
+    runner's sparse struck layer lays the writes over a golden lane."""
     if fault.bit_model == "none":
         eff.tag = launch.template.slots[fault.site.slot].tag
-        return
+        return []
     reader = LaneReader(mem, before, lane, per_lane)
     threads = launch.template.threads
     t0 = fault.site.thread
@@ -194,11 +199,30 @@ def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, 
                     diffs[key] = reader(*key)  # the store went elsewhere: stale content stays
     except Crash as err:
         eff.due, eff.flags = "crash", [err.kind]
-        return
+        return []
     except Hang:
         eff.due, eff.flags = "hang", ["watchdog"]
-        return
-    _write(mem, diffs, lane, launch, eff, per_lane, set() if owned is None else owned)
+        return []
+    return _landed(mem, diffs, lane, launch, eff, per_lane)
+
+
+def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
+                fault: Fault, eff: LaneEffect, memmap: MemoryMap,
+                per_lane: Callable[[str, torch.Tensor], bool], owned: set[str] | None = None) -> None:
+    """Replay the struck thread(s) of ``lane`` and write the difference into ``mem``."""
+    writes = fault_writes(launch, mem, before, lane, fault, eff, memmap, per_lane)
+    cloned = set() if owned is None else owned
+    lanes = mem["input"].shape[0]
+    for buf, i, value in writes:
+        t = mem[buf]
+        if buf not in cloned:
+            if not per_lane(buf, t):
+                t = t.unsqueeze(0).expand(lanes, *t.shape).clone()  # this lane now owns a copy
+            else:
+                t = t.clone()
+            mem[buf] = t
+            cloned.add(buf)
+        t[lane].reshape(-1)[i] = value
 
 
 def _as_dtype(value: Any, dtype: torch.dtype) -> int | float:
@@ -216,33 +240,28 @@ def _same(a: Any, b: Any) -> bool:
     return np.float32(a).tobytes() == np.float32(b).tobytes()
 
 
-def _write(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch, eff: LaneEffect,
-           per_lane: Callable[[str, torch.Tensor], bool], cloned: set[str]) -> None:
-    """Write ``diffs`` into ``lane``; ``cloned`` names tensors this launch already owns."""
-    lanes = mem["input"].shape[0]
+def _landed(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch, eff: LaneEffect,
+            per_lane: Callable[[str, torch.Tensor], bool]) -> list[tuple[str, int, int | float]]:
+    """The stores of ``diffs`` that land in memory, as the buffer's dtype; records the first
+    struck output element and its values in ``eff``."""
+    out: list[tuple[str, int, int | float]] = []
     for (buf, i), value in sorted(diffs.items()):
         t = mem.get(buf)
         if t is None:
             eff.flags.append("stray_store") if "stray_store" not in eff.flags else None
             continue
-        if buf not in cloned:
-            if not per_lane(buf, t):
-                t = t.unsqueeze(0).expand(lanes, *t.shape).clone()  # this lane now owns a copy
-            else:
-                t = t.clone()
-            mem[buf] = t
-            cloned.add(buf)
-        flat = t[lane].reshape(-1)
+        flat = (t[lane] if per_lane(buf, t) else t).reshape(-1)
         if not 0 <= i < flat.numel():
             continue
         old = flat[i].item()
-        flat[i] = _as_dtype(value, t.dtype)
+        out.append((buf, int(i), _as_dtype(value, t.dtype)))
         if buf not in launch.writes:
             eff.touched.add(buf)
         if eff.element < 0 and buf in launch.writes:
             eff.element = int(i)
             if eff.original is None or launch.kernel in ("fill",):
                 eff.original, eff.corrupted = float(old), float(value)
+    return out
 
 
 def make_override(launch: Launch, lane_faults: list[tuple[int, Fault, int]], effects: dict[int, LaneEffect],

@@ -25,7 +25,7 @@ from ._base import (
 )
 from . import activation, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
-from .conv import GEMM_TILE, fused_conv, rows_linear
+from .conv import GEMM_TILE, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, activate
 from .softmax import darknet_largest
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch
 
-from ._base import BLOCK, get_buf, lane_flat, operand_flat, p_int, put, register_kernel
+from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
 
 Mem = dict[str, torch.Tensor]
@@ -164,8 +164,8 @@ def _no_tf32(device: torch.device) -> Iterator[None]:
 #: GEMV) round differently. So batches are zero-padded to a multiple of ROW_GROUP; a one-time
 #: self-check per weight shape and thread count (``_grouped_rows_invariant``) confirms the
 #: property on this machine, and where it fails every lane runs as its own GEMV (exact by
-#: construction, about 10x slower per lane at 64 lanes). A batch of one (plain inference) is a
-#: GEMV: campaigns never run fewer than two lanes (a faulty lane and its golden lane).
+#: construction, about 10x slower per lane at 64 lanes). A lone row is padded like any other, so
+#: plain inference of one image, a golden run of one input and a campaign batch all agree.
 ROW_GROUP = 4
 _CHECK_ROWS = (4, 8, 12, 16, 20, 28, 36, 44, 52, 60, 68, 76)
 _checked: dict[tuple[int, int, int], bool] = {}
@@ -187,8 +187,6 @@ def _grouped_rows_invariant(w: torch.Tensor) -> bool:
 def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above)."""
     b = x.shape[0]
-    if b == 1:
-        return F.linear(x, w)
     if not _grouped_rows_invariant(w):
         return torch.cat([F.linear(x[i:i + 1], w) for i in range(b)])
     pad = -b % ROW_GROUP
@@ -242,7 +240,7 @@ class GemmKernel(StreamKernel):
         with _no_tf32(c.device):
             shared_a = _aligned(a[0]) if a.shape[0] == 1 else None
             shared_b = _aligned(b[0]) if b.shape[0] == 1 else None
-            if shared_a is None and shared_b is not None and m == 1 and lanes > 1:
+            if m == 1 and shared_b is not None and not is_weight_name(a_name) and is_weight_name(b_name):
                 # a connected layer: one row per lane against shared weights, as the fused
                 # path computes it (rows_linear), so both paths agree bit for bit
                 prod = rows_linear(a[:, 0, :].contiguous(), shared_b.t()).reshape(lanes, 1, n)
@@ -357,8 +355,20 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     st, pad, dil = g["stride"], g["pad"], g["dilation"]
     with _no_tf32(img.device):
         if kern.shape[0] == 1:
-            y = F.conv2d(img, kern[0], stride=st, padding=pad, dilation=dil)
+            y = lane_conv2d(img, kern[0], stride=st, padding=pad, dilation=dil)
         else:  # per-lane weights: one convolution per lane
-            y = torch.cat([F.conv2d(img[i:i + 1], kern[i], stride=st, padding=pad, dilation=dil)
+            y = torch.cat([lane_conv2d(img[i:i + 1], kern[i], stride=st, padding=pad, dilation=dil)
                            for i in range(lanes)])
     return y.reshape(lanes, m, n)
+
+
+def lane_conv2d(x: torch.Tensor, w: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """``F.conv2d`` whose lanes do not depend on how many share the call.
+
+    oneDNN convolves a batch of one with another algorithm on small feature maps (measured:
+    last-bit differences), while every batch of two or more gives each lane the same result;
+    so a lone lane is convolved twice in one call. Every convolution of the engine (golden
+    runs, the fused path, the cone's windows) goes through here."""
+    if x.shape[0] == 1:
+        return F.conv2d(torch.cat([x, x]), w, **kw)[:1]
+    return F.conv2d(x, w, **kw)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from kernelfi.kernels import lane_conv2d
 from kernelfi.lowering.engine import Program
 from kernelfi.lowering.fastpath import Unit, _relu_like, _shared, epilogue, maxpool_window
 from kernelfi.types import Trace
@@ -88,16 +88,7 @@ class CropUnit:
         return (*self.win_y.inputs(out[0], out[1]), *self.win_x.inputs(out[2], out[3]))
 
     def run(self, mem: Memory, crops: list[torch.Tensor]) -> torch.Tensor | None:
-        """Outputs (lanes, C, h, w) of the window whose padded input crops are ``crops``.
-
-        oneDNN picks another convolution algorithm for a batch of one on small feature maps
-        (measured: rows differ in the last bits), so a lone lane runs twice in one call."""
-        if crops[0].shape[0] == 1:
-            out = self._run([torch.cat([c, c]) for c in crops], mem)
-            return None if out is None else out[:1]
-        return self._run(crops, mem)
-
-    def _run(self, crops: list[torch.Tensor], mem: Memory) -> torch.Tensor | None:
+        """Outputs (lanes, C, h, w) of the window whose padded input crops are ``crops``."""
         ls = {l.kernel: l for l in self.unit.launches}
         if self.kind == "maxpool":
             p = ls["forward_maxpool"].params
@@ -113,7 +104,7 @@ class CropUnit:
         c = self.in_chw[0]
         assert self.win_y is not None and self.win_x is not None
         ks = self.win_y.size
-        y = F.conv2d(crops[0], w.reshape(m, c, ks, ks), stride=self.win_y.stride, dilation=self.win_y.dil)
+        y = lane_conv2d(crops[0], w.reshape(m, c, ks, ks), stride=self.win_y.stride, dilation=self.win_y.dil)
         lanes, _, h, wd = y.shape
         out = epilogue(ls, mem, y.reshape(lanes, m, h * wd))
         return None if out is None else out.reshape(lanes, m, h, wd)

@@ -1,0 +1,205 @@
+"""The struck layer without whole faulty lanes: golden lanes plus each fault's stores.
+
+A fault strikes one launch of its layer. Before that launch every faulty lane is its input's
+golden lane; the launch's replay (``faults.inject.fault_writes``) says exactly which elements
+the struck thread(s) leave different. When the layer's remaining launches are pointwise (bias,
+scale, normalize, activation: element i of the output depends only on element i of the
+inputs), those differences stay where they landed, so lanes of one input whose struck elements
+do not overlap can share one *composite* lane: the launches run once for the composite and
+each element is read back for the lane that owns it. The layer's kernels then run on one
+golden lane per input plus a composite or two, instead of on every faulty lane, and the
+comparisons that judge Masked and No-Malfunction touch only the struck elements.
+
+It yields what the whole-lane run yields, field for field (a test runs both): the Masked test
+follows ``torch.equal`` (NaN unequal to NaN), the propagation diff and the return to golden
+``cone.different`` (NaN equal to NaN), and a golden NaN in a compared row is honoured as the
+whole-row comparisons would. Lanes whose stores reach the weights, or that go beyond what a
+composite can attribute, are handed back to the whole-lane run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from kernelfi.campaign.cone import SparseLane, diff_rows, different
+from kernelfi.faults.inject import LaneEffect, fault_writes
+from kernelfi.kernels import get_kernel
+from kernelfi.lowering import Memory
+from kernelfi.types import Launch, Outcome, Propagation, Trace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kernelfi.campaign.runner import Runner, _Batch
+
+#: kernels whose output element i depends only on element i of their per-lane inputs
+POINTWISE = frozenset({"add_bias", "scale_bias", "normalize", "activate_array"})
+
+Write = tuple[str, int, "int | float"]
+
+
+def pointwise_after(trace: Trace, k: int, end: int) -> bool:
+    """True when launch ``k``'s faults can run sparse: the layer's launches after it are
+    pointwise and the fault is judged at ``k`` itself (not at a hardened unit's checker)."""
+    if int(trace.launches[k].params.get("check_after", k)) != k:
+        return False
+    return all(trace.launches[i].kernel in POINTWISE for i in range(k + 1, end))
+
+
+def composites(claims: list[tuple[int, frozenset[int]]]) -> list[list[int]]:
+    """Group lanes (ref, flat indices they wrote) so no two in a group share an index."""
+    groups: list[tuple[list[int], set[int]]] = []
+    for ref, idx in claims:
+        for refs, taken in groups:
+            if taken.isdisjoint(idx):
+                refs.append(ref)
+                taken |= idx
+                break
+        else:
+            groups.append(([ref], set(idx)))
+    return [refs for refs, _ in groups]
+
+
+@dataclass
+class _Struck:
+    """One launch's faulty lanes: the golden state after the launch and each lane's stores."""
+
+    after: Memory = field(default_factory=dict)
+    writes: dict[int, list[Write]] = field(default_factory=dict)
+
+
+def _differs(writes: list[Write], after: Memory, g: int, names: set[str]) -> bool:
+    """The whole-row ``torch.equal`` test of the struck kernel's outputs, from the stores alone."""
+    for name in names:
+        t = after.get(name)
+        if t is not None and t.is_floating_point() and bool(torch.isnan(t[g]).any()):
+            return True  # torch.equal never holds for a row holding NaN
+    for buf, i, v in writes:
+        t = after[buf]
+        if not bool(t[g].reshape(-1)[i] == torch.tensor(v, dtype=t.dtype)):
+            return True
+    return False
+
+
+def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer: int
+               ) -> tuple[list[SparseLane], list[SparseLane], list[int]]:
+    """Run the struck layer for the faults ``refs`` of ``ctx.batch``.
+
+    Records Masked, DUE and No-Malfunction results in ``ctx``; returns (lanes for the cone,
+    lanes that need whole tensors from the next layer on, refs to run as whole lanes)."""
+    trace, batch = runner.trace, ctx.batch
+    span0, end = runner.layer_span[layer]
+    first = min(batch[j].fault.site.launch for j in refs)
+    inputs = sorted({batch[j].fault.input_id for j in refs})
+    gl = {inp: i for i, inp in enumerate(inputs)}
+    mem: Memory = dict(runner.program.weights)
+    mem.update(runner._golden_at(pos, span0, first, inputs))
+    if "input" not in mem:
+        mem["input"] = torch.empty((len(inputs), 0), dtype=torch.float32)
+    by_launch: dict[int, list[int]] = {}
+    for j in refs:
+        by_launch.setdefault(batch[j].fault.site.launch, []).append(j)
+    struck: dict[int, _Struck] = {}
+
+    def override(k: int):
+        def run(l: Launch, m: Memory) -> None:
+            before = {n: m[n] for n in set(l.writes) | set(l.reads) if n in m}
+            get_kernel(l.kernel).run(m, l)
+            st = struck[k] = _Struck()
+            for j in by_launch[k]:
+                eff = ctx.effects[j] = LaneEffect(golden_lane=gl[batch[j].fault.input_id])
+                st.writes[j] = fault_writes(l, m, before, eff.golden_lane, batch[j].fault, eff, runner.memmap,
+                                            runner._per_lane)
+            st.after = {n: t.clone() for n, t in m.items() if runner._per_lane(n, t)}
+        return run
+
+    with torch.no_grad():
+        runner.program.run(mem, first, end, fast=runner.fast, overrides={k: override(k) for k in by_launch})
+    fallback: list[int] = []
+    live_next = runner.live[pos + 1]
+    spec = trace.layers[pos]
+    out_name = runner.out_buf.get(spec.index)
+    names = [n for n in sorted(live_next | ({out_name} if out_name else set())) if n in mem]
+    gnan = torch.zeros(len(inputs), dtype=torch.bool)  # a golden NaN keeps a lane "dirty" (a != g)
+    for n in live_next:
+        if n in mem and mem[n].is_floating_point():
+            gnan |= torch.isnan(mem[n].reshape(len(inputs), -1)).any(dim=1)
+    cone_lanes: list[SparseLane] = []
+    dense_lanes: list[SparseLane] = []
+    for k, st in sorted(struck.items()):
+        launch = trace.launches[k]
+        claims: dict[int, list[tuple[int, frozenset[int]]]] = {}
+        for j in by_launch[k]:
+            eff, w = ctx.effects[j], st.writes[j]
+            if eff.due:
+                ctx.done[j] = runner._result(Outcome.DUE, eff, batch[j], (eff.due,))
+            elif any(b in runner.weight_names for b, _, _ in w):
+                fallback.append(j)
+            elif not _differs(w, st.after, eff.golden_lane, set(launch.writes) | eff.touched):
+                ctx.done[j] = runner._result(Outcome.MASKED, eff, batch[j], ())
+            else:
+                claims.setdefault(eff.golden_lane, []).append((j, frozenset(i for _, i, _ in w)))
+        for g, group in claims.items():
+            for comp in composites(group):
+                got = _run_composite(runner, st, g, comp, k, end, mem, names)
+                if got is None:
+                    fallback.extend(comp)
+                    continue
+                for j in comp:
+                    _finish(runner, ctx, j, got[j], mem, g, inputs[g], out_name, live_next, bool(gnan[g]),
+                            spec.index, cone_lanes, dense_lanes)
+    return cone_lanes, dense_lanes, fallback
+
+
+def _run_composite(runner: "Runner", st: _Struck, g: int, comp: list[int], k: int, end: int, gold: Memory,
+                   names: list[str]) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None:
+    """Run launches k+1..end-1 on golden lane ``g`` carrying the stores of lanes ``comp``; per
+    lane and buffer, the (flat indices, values) where the result differs from golden. None when
+    a difference has no owner (the launches were not pointwise after all)."""
+    cmem: Memory = dict(runner.program.weights)
+    for n, t in st.after.items():
+        cmem[n] = t[g:g + 1].clone()
+    owner: dict[int, int] = {}
+    for j in comp:
+        for buf, i, v in st.writes[j]:
+            cmem[buf].reshape(-1)[i] = v
+            owner[i] = j
+    cmem["input"] = torch.empty((1, 0), dtype=torch.float32)
+    with torch.no_grad():
+        runner.program.run(cmem, k + 1, end, fast=runner.fast)
+    out: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {j: {} for j in comp}
+    for n in names:
+        f, gv = cmem[n].reshape(-1), gold[n][g].reshape(-1)
+        idx = torch.nonzero(different(f, gv)).flatten()
+        if idx.numel() == 0:
+            continue
+        per: dict[int, list[int]] = {}
+        for i in idx.tolist():
+            j = owner.get(i)
+            if j is None:
+                return None
+            per.setdefault(j, []).append(i)
+        for j, ii in per.items():
+            t = torch.tensor(ii, dtype=torch.long)
+            out[j][n] = (t, f[t].clone())
+    return out
+
+
+def _finish(runner: "Runner", ctx: "_Batch", j: int, diffs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+            gold: Memory, g: int, inp: int, out_name: str | None, live_next, golden_nan: bool, layer: int,
+            cone_lanes: list[SparseLane], dense_lanes: list[SparseLane]) -> None:
+    """Record the struck layer's propagation for lane ``j`` and route it on."""
+    batch = ctx.batch
+    if out_name is not None and out_name in gold:
+        numel = gold[out_name][0].numel()
+        n, ma, mr = 0, 0.0, 0.0
+        if out_name in diffs:
+            idx, vals = diffs[out_name]
+            n, ma, mr = diff_rows(vals.reshape(1, -1), gold[out_name][g].reshape(-1)[idx].reshape(1, -1))[0]
+        ctx.props[j].append(Propagation(layer, n, numel, ma, mr))
+    live = {n: d for n, d in diffs.items() if n in live_next}
+    if not live and not golden_nan:
+        ctx.done[j] = runner._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[j], batch[j], (), ctx.props[j])
+        return
+    lane = runner.cone.lane(j, inp, live)
+    (dense_lanes if lane.flat else cone_lanes).append(lane)
