@@ -48,27 +48,42 @@ def different(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 Diff = tuple[int, float, float]
 
 
-def diff_rows(a: torch.Tensor, g: torch.Tensor) -> list[Diff]:
+def diff_rows(a: torch.Tensor, g: torch.Tensor, ne: torch.Tensor | None = None) -> list[Diff]:
     """Per row of (rows, N) tensors: (elements differing, largest absolute error, largest
-    relative error), NaN equal to NaN, a NaN error counting as infinite."""
+    relative error), NaN equal to NaN, a NaN error counting as infinite. ``g`` may be one row
+    for all; ``ne`` is ``different(a, g)`` when the caller has it."""
     rows = a.shape[0]
-    a, g = a.reshape(rows, -1), g.reshape(rows, -1)
+    a, g = a.reshape(rows, -1), g.reshape(g.shape[0], -1)
     if a.dtype != torch.float32:
         n = (a != g).sum(dim=1).tolist()
         return [(k, float(k > 0), float(k > 0)) for k in n]
-    ne = different(a, g)
+    ne = different(a, g) if ne is None else ne
     counts = ne.sum(dim=1).tolist()
     if not any(counts):
         return [(0, 0.0, 0.0)] * rows
-    r, c = ne.nonzero(as_tuple=True)
-    gv = g[r, c].double()
-    d = (a[r, c].double() - gv).abs()
+    gv = g.double()
+    d = torch.where(ne, (a.double() - gv).abs(), 0.0)
+    out = []
+    rel = torch.where(ne, d / gv.abs().clamp_min(1e-30), 0.0)
+    for v in (d.amax(dim=1), rel.amax(dim=1)):
+        out.append([math.inf if math.isnan(x) else x for x in v.tolist()])
+    return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
+
+
+def diff_segments(f: torch.Tensor, g: torch.Tensor, seg: torch.Tensor, n: int) -> list[Diff]:
+    """``diff_rows`` from the differing elements alone: values ``f`` against golden ``g``,
+    element k belonging to row ``seg[k]`` of ``n``."""
+    counts = torch.bincount(seg, minlength=n).tolist()
+    if not any(counts):
+        return [(0, 0.0, 0.0)] * n
+    gv = g.double()
+    d = (f.double() - gv).abs()
     rel = d / gv.abs().clamp_min(1e-30)
     out: list[list[float]] = []
     for v in (d, rel):
-        bad = torch.zeros(rows, dtype=torch.bool)
-        bad[r[torch.isnan(v)]] = True
-        top = torch.zeros(rows, dtype=torch.float64).scatter_reduce(0, r, torch.nan_to_num(v, nan=0.0), "amax")
+        bad = torch.zeros(n, dtype=torch.bool)
+        bad[seg[torch.isnan(v)]] = True
+        top = torch.zeros(n, dtype=torch.float64).scatter_reduce(0, seg, torch.nan_to_num(v, nan=0.0, posinf=math.inf), "amax")
         out.append([math.inf if b else float(t) for b, t in zip(bad.tolist(), top.tolist())])
     return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.campaign.cone import Cone, SparseLane, diff_rows
-from kernelfi.campaign.golden import Golden, live_at_launch, live_in
+from kernelfi.campaign.cone import Cone, Diff, SparseLane, diff_rows, different
+from kernelfi.campaign.golden import Golden, dense_matches_cache, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.struck import pointwise_after, run_sparse
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
@@ -72,6 +72,10 @@ class Runner:
         self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone)
         #: the struck layer as golden lanes plus each fault's stores (``struck``); with the cone
         self.sparse_struck = fast and cone
+        #: lanes that run whole after the cone compare with the golden cache instead of carrying
+        #: golden lanes, where every layer gives a golden row the cache's values in any batch
+        self.cached_golden = fast and cone and dense_matches_cache(program, golden, self.live, self.layer_span,
+                                                                    self.out_buf)
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
 
@@ -228,23 +232,28 @@ class Runner:
             else:
                 live.append((cur, ref))
         if live:
-            ci = torch.tensor([c for c, _ in live], dtype=torch.long)
-            gi = torch.tensor([gpos[batch[r].fault.input_id] for _, r in live], dtype=torch.long)
-            if out_name is not None and out_name in mem:
-                t = mem[out_name]
-                numel = t[0].numel()
-                for (_, ref), (n, ma, mr) in zip(live, self._rows(diff_rows, t, ci, gi)):
+            # each lane's golden row: its golden lane in the batch, or the golden cache's row
+            refs = [(0, gpos[i]) if i in gpos else (1, i) for i in (batch[r].fault.input_id for _, r in live)]
+            runs = self._runs([c for c, _ in live], refs)
+            dirty = [False] * len(live)
+            has_out = out_name is not None and out_name in mem
+            if has_out:
+                numel = mem[out_name][0].numel()
+                found, dirty = self._scan(mem[out_name], self.golden.buffers.get(out_name), runs, len(live), True)
+                for (_, ref), (n, ma, mr) in zip(live, found):
                     ctx.props[ref].append(Propagation(spec.index, n, numel, ma, mr))
-            dirty = [True] * len(live)
             if p + 1 < len(trace.layers):
-                dirty = [False] * len(live)
+                if out_name not in live_next:
+                    dirty = [False] * len(live)
                 weights = [n for n in ctx.lane_weights if n in mem and self._per_lane(n, mem[n])]
                 for name in list(live_next) + weights:
                     t = mem.get(name)
-                    if t is None or not self._per_lane(name, t):
+                    if t is None or not self._per_lane(name, t) or (has_out and name == out_name):
                         continue
-                    ne = self._rows(lambda a, g: (a != g).reshape(a.shape[0], -1).any(dim=1).tolist(), t, ci, gi)
+                    ne = self._scan(t, self.golden.buffers.get(name), runs, len(live), False)[1]
                     dirty = [x or y for x, y in zip(dirty, ne)]
+            else:
+                dirty = [True] * len(live)
             for (cur, ref), d in zip(live, dirty):
                 if d:
                     keep.append(cur)
@@ -304,8 +313,8 @@ class Runner:
             ctx.done[ln.ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ln.ref], pf, (),
                                             ctx.props[ln.ref])
         for p0 in sorted(dense):
-            group = dense[p0]
-            inputs = sorted({ln.input_id for ln in group})
+            group = sorted(dense[p0], key=lambda ln: ln.input_id)  # lanes of one input side by side
+            inputs = [] if self.cached_golden else sorted({ln.input_id for ln in group})
             names = self.live[p0] if p0 < len(trace.layers) else frozenset({trace.output})
             dmem = self.cone.dense_rows(names, group, inputs)
             dlanes = [("g", i) for i in inputs] + [("f", ln.ref) for ln in group]
@@ -326,13 +335,42 @@ class Runner:
         self._classify_survivors(mem, lanes, ctx)
 
     @staticmethod
-    def _rows(fn, t: torch.Tensor, ci: torch.Tensor, gi: torch.Tensor, chunk: int = 16) -> list:
-        """``fn(faulty rows, their golden rows)`` over lanes ``ci`` of ``t``, a few lanes at a time
-        (the row copies of a large feature map stay small)."""
-        out: list = []
-        for s in range(0, len(ci), chunk):
-            out += fn(t.index_select(0, ci[s:s + chunk]), t.index_select(0, gi[s:s + chunk]))
+    def _runs(ci: list[int], refs: list[tuple[int, int]], chunk: int = 8) -> list[tuple[int, int, int, tuple[int, int]]]:
+        """(position in ``ci``, first lane, end lane, golden row): the faulty lanes ``ci`` as runs
+        of consecutive lanes that share a golden row ((0, lane) of the batch or (1, input) of
+        the golden cache), a few lanes each, so comparisons read row views against one golden
+        row instead of copying rows."""
+        out: list[tuple[int, int, int, tuple[int, int]]] = []
+        s = 0
+        while s < len(ci):
+            e = s + 1
+            while e < len(ci) and e - s < chunk and ci[e] == ci[e - 1] + 1 and refs[e] == refs[s]:
+                e += 1
+            out.append((s, ci[s], ci[s] + e - s, refs[s]))
+            s = e
         return out
+
+    @staticmethod
+    def _scan(t: torch.Tensor, cached: torch.Tensor | None, runs: list[tuple[int, int, int, tuple[int, int]]], n: int,
+              with_diff: bool) -> tuple[list[Diff], list[bool]]:
+        """Per faulty lane: its ``diff_rows`` against its golden row (``with_diff``) and whether
+        any element differs with NaN unequal to NaN (a golden NaN keeps a lane running)."""
+        diffs: list[Diff] = [(0, 0.0, 0.0)] * n
+        dirty = [False] * n
+        for s, c0, c1, (src, g) in runs:
+            gsrc = t if src == 0 else cached
+            assert gsrc is not None, "a lane without its golden lane compares with the golden cache"
+            f, gr = t[c0:c1].reshape(c1 - c0, -1), gsrc[g].reshape(1, -1)
+            if with_diff and t.dtype == torch.float32:
+                ne = different(f, gr)
+                diffs[s:s + c1 - c0] = diff_rows(f, gr, ne)
+                any_ne = (f != gr).any(dim=1) if bool(torch.isnan(gr).any()) else ne.any(dim=1)
+            else:
+                if with_diff:
+                    diffs[s:s + c1 - c0] = diff_rows(f, gr)
+                any_ne = (f != gr).any(dim=1)
+            dirty[s:s + c1 - c0] = any_ne.tolist()
+        return diffs, dirty
 
     def _classify_survivors(self, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch") -> None:
         batch, effects, n_inputs, done, props = ctx.batch, ctx.effects, ctx.n_inputs, ctx.done, ctx.props
@@ -343,9 +381,10 @@ class Runner:
             if kind != "f" or ref in done:
                 continue
             pf = batch[ref]
-            glane = gpos[pf.fault.input_id]
             eff = effects[n_inputs + ref]
-            f, g = out[cur], out[glane]
+            glane = gpos.get(pf.fault.input_id)
+            f = out[cur]
+            g = out[glane] if glane is not None else self.golden.buffers[self.trace.output][pf.fault.input_id].reshape(-1)
             if self.keep_outputs:
                 self.last_outputs[pf.id] = f.clone()
             flags: tuple[str, ...] = ()

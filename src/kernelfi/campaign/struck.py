@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kernelfi.campaign.cone import SparseLane, diff_rows, different
+from kernelfi.campaign.cone import SparseLane, diff_segments, different
 from kernelfi.faults.inject import LaneEffect, fault_writes
 from kernelfi.kernels import get_kernel
 from kernelfi.lowering import Memory
@@ -68,15 +68,19 @@ class _Struck:
     writes: dict[int, list[Write]] = field(default_factory=dict)
 
 
-def _differs(writes: list[Write], after: Memory, g: int, names: set[str]) -> bool:
-    """The whole-row ``torch.equal`` test of the struck kernel's outputs, from the stores alone."""
+def _differs(writes: list[Write], after: Memory, g: int, names: set[str], nan_rows: dict) -> bool:
+    """The whole-row ``torch.equal`` test of the struck kernel's outputs, from the stores alone
+    (Python's float ``!=`` is torch.equal's: NaN unequal to itself, -0.0 equal to 0.0)."""
     for name in names:
         t = after.get(name)
-        if t is not None and t.is_floating_point() and bool(torch.isnan(t[g]).any()):
+        if t is None or not t.is_floating_point():
+            continue
+        if (name, g) not in nan_rows:
+            nan_rows[name, g] = bool(torch.isnan(t[g]).any())
+        if nan_rows[name, g]:
             return True  # torch.equal never holds for a row holding NaN
     for buf, i, v in writes:
-        t = after[buf]
-        if not bool(t[g].reshape(-1)[i] == torch.tensor(v, dtype=t.dtype)):
+        if after[buf][g].reshape(-1)[i].item() != v:
             return True
     return False
 
@@ -124,82 +128,91 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
     for n in live_next:
         if n in mem and mem[n].is_floating_point():
             gnan |= torch.isnan(mem[n].reshape(len(inputs), -1)).any(dim=1)
-    cone_lanes: list[SparseLane] = []
-    dense_lanes: list[SparseLane] = []
+    found: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for k, st in sorted(struck.items()):
         launch = trace.launches[k]
         claims: dict[int, list[tuple[int, frozenset[int]]]] = {}
+        nan_rows: dict = {}
         for j in by_launch[k]:
             eff, w = ctx.effects[j], st.writes[j]
             if eff.due:
                 ctx.done[j] = runner._result(Outcome.DUE, eff, batch[j], (eff.due,))
             elif any(b in runner.weight_names for b, _, _ in w):
                 fallback.append(j)
-            elif not _differs(w, st.after, eff.golden_lane, set(launch.writes) | eff.touched):
+            elif not _differs(w, st.after, eff.golden_lane, set(launch.writes) | eff.touched, nan_rows):
                 ctx.done[j] = runner._result(Outcome.MASKED, eff, batch[j], ())
             else:
                 claims.setdefault(eff.golden_lane, []).append((j, frozenset(i for _, i, _ in w)))
-        for g, group in claims.items():
-            for comp in composites(group):
-                got = _run_composite(runner, st, g, comp, k, end, mem, names)
-                if got is None:
-                    fallback.extend(comp)
-                    continue
-                for j in comp:
-                    _finish(runner, ctx, j, got[j], mem, g, inputs[g], out_name, live_next, bool(gnan[g]),
-                            spec.index, cone_lanes, dense_lanes)
+        comps = [(g, comp) for g, group in claims.items() for comp in composites(group)]
+        if comps:
+            got, lost = _run_composites(runner, st, comps, k, end, mem, names)
+            found.update(got)
+            fallback.extend(lost)
+    cone_lanes: list[SparseLane] = []
+    dense_lanes: list[SparseLane] = []
+    refs_out = sorted(found)
+    diffs = [(0, 0.0, 0.0)] * len(refs_out)
+    if out_name is not None and out_name in mem:
+        numel = mem[out_name][0].numel()
+        parts = [(s, found[j][out_name]) for s, j in enumerate(refs_out) if out_name in found[j]]
+        if parts:
+            gflat = mem[out_name].reshape(len(inputs), -1)
+            f = torch.cat([v for _, (_, v) in parts])
+            g = torch.cat([gflat[gl[batch[refs_out[s]].fault.input_id]][i] for s, (i, _) in parts])
+            seg = torch.cat([torch.full((i.numel(),), s, dtype=torch.long) for s, (i, _) in parts])
+            diffs = diff_segments(f, g, seg, len(refs_out))
+        for j, (n, ma, mr) in zip(refs_out, diffs):
+            ctx.props[j].append(Propagation(spec.index, n, numel, ma, mr))
+    for j in refs_out:
+        inp = batch[j].fault.input_id
+        live = {n: d for n, d in found[j].items() if n in live_next}
+        if not live and not bool(gnan[gl[inp]]):
+            ctx.done[j] = runner._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[j], batch[j], (), ctx.props[j])
+            continue
+        lane = runner.cone.lane(j, inp, live)
+        (dense_lanes if lane.flat else cone_lanes).append(lane)
     return cone_lanes, dense_lanes, fallback
 
 
-def _run_composite(runner: "Runner", st: _Struck, g: int, comp: list[int], k: int, end: int, gold: Memory,
-                   names: list[str]) -> dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] | None:
-    """Run launches k+1..end-1 on golden lane ``g`` carrying the stores of lanes ``comp``; per
-    lane and buffer, the (flat indices, values) where the result differs from golden. None when
-    a difference has no owner (the launches were not pointwise after all)."""
+def _run_composites(runner: "Runner", st: _Struck, comps: list[tuple[int, list[int]]], k: int, end: int,
+                    gold: Memory, names: list[str]
+                    ) -> tuple[dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]], list[int]]:
+    """Run launches k+1..end-1 once for all composites, a composite being golden lane ``g``
+    carrying the stores of its lanes; per lane and buffer, the (flat indices, values) where
+    the result differs from golden. A composite with a difference nobody owns (the launches
+    were not pointwise after all) hands its lanes back."""
+    rows = torch.tensor([g for g, _ in comps], dtype=torch.long)
     cmem: Memory = dict(runner.program.weights)
     for n, t in st.after.items():
-        cmem[n] = t[g:g + 1].clone()
-    owner: dict[int, int] = {}
-    for j in comp:
-        for buf, i, v in st.writes[j]:
-            cmem[buf].reshape(-1)[i] = v
-            owner[i] = j
-    cmem["input"] = torch.empty((1, 0), dtype=torch.float32)
+        cmem[n] = t.index_select(0, rows)
+    owner: list[dict[int, int]] = []
+    for c, (_, comp) in enumerate(comps):
+        own: dict[int, int] = {}
+        for j in comp:
+            for buf, i, v in st.writes[j]:
+                cmem[buf][c].view(-1)[i] = v
+                own[i] = j
+        owner.append(own)
+    cmem["input"] = torch.empty((len(comps), 0), dtype=torch.float32)
     with torch.no_grad():
         runner.program.run(cmem, k + 1, end, fast=runner.fast)
-    out: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {j: {} for j in comp}
+    got: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {j: {} for _, comp in comps for j in comp}
+    lost: set[int] = set()
     for n in names:
-        f, gv = cmem[n].reshape(-1), gold[n][g].reshape(-1)
-        idx = torch.nonzero(different(f, gv)).flatten()
-        if idx.numel() == 0:
-            continue
-        per: dict[int, list[int]] = {}
-        for i in idx.tolist():
-            j = owner.get(i)
+        f = cmem[n].reshape(len(comps), -1)
+        gv = gold[n].index_select(0, rows).reshape(len(comps), -1)
+        cs, idx = different(f, gv).nonzero(as_tuple=True)
+        per: dict[tuple[int, int], list[int]] = {}
+        for c, i in zip(cs.tolist(), idx.tolist()):
+            j = owner[c].get(i)
             if j is None:
-                return None
-            per.setdefault(j, []).append(i)
-        for j, ii in per.items():
+                lost.add(c)
+            else:
+                per.setdefault((c, j), []).append(i)
+        for (c, j), ii in per.items():
             t = torch.tensor(ii, dtype=torch.long)
-            out[j][n] = (t, f[t].clone())
-    return out
-
-
-def _finish(runner: "Runner", ctx: "_Batch", j: int, diffs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-            gold: Memory, g: int, inp: int, out_name: str | None, live_next, golden_nan: bool, layer: int,
-            cone_lanes: list[SparseLane], dense_lanes: list[SparseLane]) -> None:
-    """Record the struck layer's propagation for lane ``j`` and route it on."""
-    batch = ctx.batch
-    if out_name is not None and out_name in gold:
-        numel = gold[out_name][0].numel()
-        n, ma, mr = 0, 0.0, 0.0
-        if out_name in diffs:
-            idx, vals = diffs[out_name]
-            n, ma, mr = diff_rows(vals.reshape(1, -1), gold[out_name][g].reshape(-1)[idx].reshape(1, -1))[0]
-        ctx.props[j].append(Propagation(layer, n, numel, ma, mr))
-    live = {n: d for n, d in diffs.items() if n in live_next}
-    if not live and not golden_nan:
-        ctx.done[j] = runner._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[j], batch[j], (), ctx.props[j])
-        return
-    lane = runner.cone.lane(j, inp, live)
-    (dense_lanes if lane.flat else cone_lanes).append(lane)
+            got[j][n] = (t, f[c][t].clone())
+    back = [j for c in sorted(lost) for j in comps[c][1]]
+    for j in back:
+        got.pop(j, None)
+    return got, back
