@@ -58,3 +58,42 @@ def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode
             prep.runner.run(b)
     st = prep.runner.cone.stats
     assert st["windows"] > 20 and st["window_elems"] < 0.5 * st["map_elems"]
+
+
+def test_composites_never_share_an_element() -> None:
+    from kernelfi.campaign.struck import composites
+    claims = [(0, frozenset({5})), (1, frozenset({7})), (2, frozenset({5, 9})), (3, frozenset({9})),
+              (4, frozenset({1}))]
+    # worked by hand: 2 collides with 0 on element 5 and opens a second composite; 3 and 4 fit the first
+    assert composites(claims) == [[0, 1, 3, 4], [2]]
+
+
+def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
+    from kernelfi.campaign import CampaignConfig, ModelSpec
+    from kernelfi.campaign.campaign import batches, prepare
+    import kernelfi.campaign.runner as runner_mod
+    from kernelfi.campaign.struck import pointwise_after
+    prep = prepare(CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=120, seed=5, inputs=4))
+    trace = prep.session.program.trace
+    kinds = {l.kernel: pointwise_after(trace, l.index, prep.runner.layer_span[l.layer][1]) for l in trace.launches
+             if l.layer == trace.launches[0].layer}
+    assert kinds["add_bias"] and kinds["gemm"] and not kinds["im2col"] and not kinds["fill"]
+    seen: list[int] = []
+    real = runner_mod.run_sparse
+
+    def spy(runner, ctx, refs, pos, layer):
+        seen.extend(refs)
+        return real(runner, ctx, refs, pos, layer)
+
+    runner_mod.run_sparse = spy
+    try:
+        planned = [prep.planner.draw(i) for i in range(120)]
+        layer_of = {l.index: l.layer for l in trace.launches}
+        for b in batches(planned, layer_of, 32):
+            prep.runner.run(b)
+    finally:
+        runner_mod.run_sparse = real
+    eligible = sum(1 for pf in planned if pointwise_after(trace, pf.fault.site.launch,
+                                                          prep.runner.layer_span[layer_of[pf.fault.site.launch]][1])
+                   and prep.runner.layer_pos[layer_of[pf.fault.site.launch]] + 1 < len(trace.layers))
+    assert eligible > 40 and len(seen) == eligible
