@@ -58,21 +58,14 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, ne: torch.Tensor | None = None) 
         n = (a != g).sum(dim=1).tolist()
         return [(k, float(k > 0), float(k > 0)) for k in n]
     ne = different(a, g) if ne is None else ne
-    counts = ne.sum(dim=1).tolist()
-    if not any(counts):
-        return [(0, 0.0, 0.0)] * rows
-    gv = g.double()
-    d = torch.where(ne, (a.double() - gv).abs(), 0.0)
-    out = []
-    rel = torch.where(ne, d / gv.abs().clamp_min(1e-30), 0.0)
-    for v in (d.amax(dim=1), rel.amax(dim=1)):
-        out.append([math.inf if math.isnan(x) else x for x in v.tolist()])
-    return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
+    r, c = ne.nonzero(as_tuple=True)
+    return diff_segments(a[r, c], g[r if g.shape[0] == rows else torch.zeros_like(r), c], r, rows)
 
 
 def diff_segments(f: torch.Tensor, g: torch.Tensor, seg: torch.Tensor, n: int) -> list[Diff]:
-    """``diff_rows`` from the differing elements alone: values ``f`` against golden ``g``,
-    element k belonging to row ``seg[k]`` of ``n``."""
+    """``diff_rows``' figures from the differing elements alone: values ``f`` against golden
+    ``g``, element k belonging to row ``seg[k]`` of ``n`` (rows of any length: the sparse
+    struck layer's lanes hold a few elements each)."""
     counts = torch.bincount(seg, minlength=n).tolist()
     if not any(counts):
         return [(0, 0.0, 0.0)] * n

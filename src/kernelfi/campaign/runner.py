@@ -86,6 +86,11 @@ class Runner:
             return True
         return t.dim() == len(spec.shape) + 1
 
+    def _take(self, mem: Memory, lanes: list[int]) -> Memory:
+        """Lanes ``lanes`` of every per-lane tensor of ``mem`` (weights shared by all stay out)."""
+        idx = torch.tensor(lanes, dtype=torch.long)
+        return {n: t.index_select(0, idx) for n, t in mem.items() if self._per_lane(n, t)}
+
     def _diff(self, a: torch.Tensor, g: torch.Tensor) -> tuple[int, float, float]:
         """(elements differing, largest absolute error, largest relative error); NaN == NaN."""
         return diff_rows(a.reshape(1, -1), g.reshape(1, -1))[0]
@@ -266,10 +271,7 @@ class Runner:
             return []
         keep = [c for c in keep if lanes[c][0] == "f" or lanes[c][1] in needed]
         if len(keep) < len(lanes):
-            ki = torch.tensor(keep, dtype=torch.long)
-            for name, t in list(mem.items()):
-                if self._per_lane(name, t):
-                    mem[name] = t.index_select(0, ki)
+            mem.update(self._take(mem, keep))
             lanes = [lanes[c] for c in keep]
         return lanes
 
@@ -296,9 +298,7 @@ class Runner:
         if own:  # they run whole as they are, with their own weights, beside their golden lanes
             need = {ctx.batch[lanes[c][1]].fault.input_id for c in own}
             keep = [c for c, (k2, r) in enumerate(lanes) if (k2 == "g" and r in need) or c in own]
-            ki = torch.tensor(keep, dtype=torch.long)
-            sub = {n: (t.index_select(0, ki) if self._per_lane(n, t) else t) for n, t in mem.items()}
-            self._dense(sub, [lanes[c] for c in keep], pos + 1, ctx)
+            self._dense({**mem, **self._take(mem, keep)}, [lanes[c] for c in keep], pos + 1, ctx)
         self._walk(sparse, whole, pos, ctx)
 
     def _walk(self, sparse: list[SparseLane], whole: list[SparseLane], pos: int, ctx: "_Batch") -> None:
