@@ -3,6 +3,7 @@ same rows, bit for bit, with the cone on and off."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -97,3 +98,40 @@ def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
                                                           prep.runner.layer_span[layer_of[pf.fault.site.launch]][1])
                    and prep.runner.layer_pos[layer_of[pf.fault.site.launch]] + 1 < len(trace.layers))
     assert eligible > 40 and len(seen) == eligible
+
+
+def test_diff_rows_by_hand() -> None:
+    """Errors are float32 arithmetic; a golden 0 is divided by 1e-30; NaN == NaN; a NaN
+    error is infinite."""
+    from kernelfi.campaign.cone import diff_rows
+
+    g = torch.tensor([[1.0, 2.5, 0.0, -4.0]])
+    a = torch.tensor([[1.0, 2.5, 0.0, -4.0],        # clean
+                      [1.0, 2.0, 0.0, -4.0],        # 0.5 off 2.5: rel 0.2
+                      [1.0, 2.5, 3.0, -6.0],        # 3 off 0 (rel 3e30) and 2 off -4
+                      [float("nan"), 2.5, 0.0, -4.0]])
+    want_rel = float(torch.tensor(3.0) / torch.tensor(1e-30))
+    want = [(0, 0.0, 0.0), (1, 0.5, float(torch.tensor(0.5) / torch.tensor(2.5))), (2, 3.0, want_rel),
+            (1, math.inf, math.inf)]
+    assert diff_rows(a, g) == want
+    assert diff_rows(a, g, finite=True) == want  # whole-row path, same figures
+    gn = torch.tensor([[float("nan"), 2.5, 0.0, -4.0]])
+    assert diff_rows(a[3:], gn) == [(0, 0.0, 0.0)]
+
+
+def test_diff_rows_whole_row_path_equals_the_gathering_one() -> None:
+    """``finite=True`` works on whole rows, the other path gathers the differing elements:
+    the same counts and the same largest errors, bit for bit, on random rows."""
+    from kernelfi.campaign.cone import diff_rows
+
+    gen = torch.Generator().manual_seed(3)
+    for t in range(60):
+        rows, n = 1 + t % 5, 1 + 7 * t
+        g = torch.randn(1, n, generator=gen)
+        g[:, ::3] = 0.0
+        a = g.expand(rows, n).clone()
+        hit = torch.rand(rows, n, generator=gen) < (t % 7) / 6
+        a[hit] += torch.randn(int(hit.sum()), generator=gen) * 10.0 ** (t % 9 - 6)
+        if t % 4 == 0:
+            a[0, -1] = (math.inf, math.nan, 3e38, -math.inf)[t // 4 % 4]
+        assert diff_rows(a, g, finite=True) == diff_rows(a, g, finite=False)

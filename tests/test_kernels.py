@@ -475,3 +475,21 @@ def test_gemm_has_an_accumulator_live_over_the_k_loop() -> None:
     rm = get_kernel("gemm").registers(dict(M=4, N=4, K=64))
     acc = [r for r in rm.registers if r.role == "accumulator"]
     assert len(acc) == 1 and acc[0].tag == "ffma:acc" and acc[0].live[1] - acc[0].live[0] > 0.8
+
+
+def test_row_policy_pads_and_each_row_is_independent_of_its_batch() -> None:
+    """A lane's linear-layer row must not depend on how many lanes share the call (machines
+    differ in how SGEMM rounding depends on the row count: ``_row_policy`` finds the padding
+    that holds here, or none)."""
+    from kernelfi.kernels.conv import ROW_POLICIES, _padded, _row_policy, rows_linear
+
+    assert [_padded(b, (4, 4)) for b in (1, 4, 5, 9)] == [4, 4, 8, 12]
+    assert [_padded(b, (16, 4)) for b in (1, 15, 16, 17)] == [16, 16, 16, 20]
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 700, generator=gen)
+    x = torch.randn(40, 700, generator=gen)
+    full = rows_linear(x, w)
+    for m in (1, 2, 3, 7, 16, 33):
+        assert torch.equal(rows_linear(x[:m], w), full[:m])
+        assert torch.equal(rows_linear(x[m - 1:m], w), full[m - 1:m])
+    assert _row_policy(w) is None or _row_policy(w) in ROW_POLICIES

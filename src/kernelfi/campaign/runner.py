@@ -78,6 +78,7 @@ class Runner:
                                                                     self.out_buf)
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
+        self._finite_rows: dict[tuple[str, int], bool] = {}
 
     # ------------------------------------------------------------------ helpers
     def _per_lane(self, name: str, t: torch.Tensor) -> bool:
@@ -244,7 +245,7 @@ class Runner:
             has_out = out_name is not None and out_name in mem
             if has_out:
                 numel = mem[out_name][0].numel()
-                found, dirty = self._scan(mem[out_name], self.golden.buffers.get(out_name), runs, len(live), True)
+                found, dirty = self._scan(mem[out_name], out_name, runs, len(live), True)
                 for (_, ref), (n, ma, mr) in zip(live, found):
                     ctx.props[ref].append(Propagation(spec.index, n, numel, ma, mr))
             if p + 1 < len(trace.layers):
@@ -255,8 +256,13 @@ class Runner:
                     t = mem.get(name)
                     if t is None or not self._per_lane(name, t) or (has_out and name == out_name):
                         continue
-                    ne = self._scan(t, self.golden.buffers.get(name), runs, len(live), False)[1]
-                    dirty = [x or y for x, y in zip(dirty, ne)]
+                    clean = [i for i, d in enumerate(dirty) if not d]  # a lane dirty anywhere runs on
+                    if not clean:
+                        break
+                    sub = self._runs([live[i][0] for i in clean], [refs[i] for i in clean])
+                    ne = self._scan(t, name, sub, len(clean), False)[1]
+                    for i, x in zip(clean, ne):
+                        dirty[i] = x
             else:
                 dirty = [True] * len(live)
             for (cur, ref), d in zip(live, dirty):
@@ -312,27 +318,62 @@ class Runner:
             pf = ctx.batch[ln.ref]
             ctx.done[ln.ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ln.ref], pf, (),
                                             ctx.props[ln.ref])
+        if self.cached_golden:
+            self._dense_merged(dense, ctx)
+            return
         for p0 in sorted(dense):
             group = sorted(dense[p0], key=lambda ln: ln.input_id)  # lanes of one input side by side
-            inputs = [] if self.cached_golden else sorted({ln.input_id for ln in group})
-            names = self.live[p0] if p0 < len(trace.layers) else frozenset({trace.output})
-            dmem = self.cone.dense_rows(names, group, inputs)
+            inputs = sorted({ln.input_id for ln in group})
+            dmem = self.cone.dense_rows(self._names_at(p0), group, inputs)
             dlanes = [("g", i) for i in inputs] + [("f", ln.ref) for ln in group]
             if p0 < len(trace.layers):
                 self._dense(dmem, dlanes, p0, ctx)
             else:
                 self._classify_survivors(dmem, dlanes, ctx)
 
-    def _dense(self, mem: Memory, lanes: list[tuple[str, int]], p0: int, ctx: "_Batch") -> None:
-        """Whole tensors from layer position ``p0`` on, faulty lanes beside their golden lanes."""
-        for p in range(p0, len(self.trace.layers)):
+    def _names_at(self, p: int) -> frozenset[str]:
+        return self.live[p] if p < len(self.trace.layers) else frozenset({self.trace.output})
+
+    def _dense_merged(self, dense: dict[int, list[SparseLane]], ctx: "_Batch") -> None:
+        """Whole tensors without golden lanes: the lanes that leave the cone at layer position
+        p join those already running whole there, so every later layer runs once for all of
+        them (a big layer's GEMM costs far less per lane in one call of many lanes; every layer
+        gives a lane's row the same values in any batch, ``dense_matches_cache``)."""
+        n_layers = len(self.trace.layers)
+        starts = sorted(dense)
+        mem: Memory = {}
+        lanes: list[tuple[str, int]] = []
+        for i, p0 in enumerate(starts):
+            names = self._names_at(p0)
+            group = sorted(dense[p0], key=lambda ln: ln.input_id)  # lanes of one input side by side
+            dmem = self.cone.dense_rows(names, group, [])
+            if lanes:
+                for n in names:
+                    if n in dmem and n in mem:
+                        dmem[n] = torch.cat([mem[n], dmem[n]])
+                dmem["input"] = torch.empty((len(lanes) + len(group), 0), dtype=torch.float32)
+            mem, lanes = dmem, lanes + [("f", ln.ref) for ln in group]
+            stop = starts[i + 1] if i + 1 < len(starts) else n_layers
+            lanes = self._dense(mem, lanes, p0, ctx, stop)
+        if lanes:
+            self._classify_survivors(mem, lanes, ctx)
+
+    def _dense(self, mem: Memory, lanes: list[tuple[str, int]], p0: int, ctx: "_Batch",
+               stop: int | None = None) -> list[tuple[str, int]]:
+        """Whole tensors from layer position ``p0`` on, faulty lanes beside their golden lanes:
+        to the output (survivors classified), or up to position ``stop`` (the lanes left)."""
+        end = len(self.trace.layers) if stop is None else stop
+        for p in range(p0, end):
             span = self.layer_span.get(self.trace.layers[p].index)
             if span is not None:
                 self.program.run(mem, span[0], span[1], fast=self.fast)
             lanes = self._retire(p, mem, lanes, ctx)
             if not lanes:
-                return
-        self._classify_survivors(mem, lanes, ctx)
+                return []
+        if stop is None:
+            self._classify_survivors(mem, lanes, ctx)
+            return []
+        return lanes
 
     @staticmethod
     def _runs(ci: list[int], refs: list[tuple[int, int]], chunk: int = 8) -> list[tuple[int, int, int, tuple[int, int]]]:
@@ -350,26 +391,33 @@ class Runner:
             s = e
         return out
 
-    @staticmethod
-    def _scan(t: torch.Tensor, cached: torch.Tensor | None, runs: list[tuple[int, int, int, tuple[int, int]]], n: int,
+    def _finite(self, name: str, row: int) -> bool:
+        """Whether the golden cache's row ``row`` of ``name`` holds only finite values (cached:
+        comparisons with it may then skip every NaN and inf case)."""
+        key = (name, row)
+        ok = self._finite_rows.get(key)
+        if ok is None:
+            ok = self._finite_rows[key] = bool(torch.isfinite(self.golden.buffers[name][row]).all())
+        return ok
+
+    def _scan(self, t: torch.Tensor, name: str, runs: list[tuple[int, int, int, tuple[int, int]]], n: int,
               with_diff: bool) -> tuple[list[Diff], list[bool]]:
         """Per faulty lane: its ``diff_rows`` against its golden row (``with_diff``) and whether
         any element differs with NaN unequal to NaN (a golden NaN keeps a lane running)."""
         diffs: list[Diff] = [(0, 0.0, 0.0)] * n
         dirty = [False] * n
+        cached = self.golden.buffers.get(name)
         for s, c0, c1, (src, g) in runs:
             gsrc = t if src == 0 else cached
             assert gsrc is not None, "a lane without its golden lane compares with the golden cache"
             f, gr = t[c0:c1].reshape(c1 - c0, -1), gsrc[g].reshape(1, -1)
-            if with_diff and t.dtype == torch.float32:
-                ne = different(f, gr)
-                diffs[s:s + c1 - c0] = diff_rows(f, gr, ne)
-                any_ne = (f != gr).any(dim=1) if bool(torch.isnan(gr).any()) else ne.any(dim=1)
-            else:
-                if with_diff:
-                    diffs[s:s + c1 - c0] = diff_rows(f, gr)
-                any_ne = (f != gr).any(dim=1)
-            dirty[s:s + c1 - c0] = any_ne.tolist()
+            fin = src == 1 and t.dtype == torch.float32 and self._finite(name, g)
+            if with_diff:
+                diffs[s:s + c1 - c0] = found = diff_rows(f, gr, finite=fin)
+                if fin:  # no golden NaN: differing elements are exactly the unequal ones
+                    dirty[s:s + c1 - c0] = [k > 0 for k, _, _ in found]
+                    continue
+            dirty[s:s + c1 - c0] = [not torch.equal(f[i], gr[0]) for i in range(c1 - c0)]
         return diffs, dirty
 
     def _classify_survivors(self, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch") -> None:

@@ -158,38 +158,51 @@ def _no_tf32(device: torch.device) -> Iterator[None]:
 
 #: A campaign runs its faulty lanes and their golden lanes through one linear-layer GEMM, and a
 #: lane's result must not depend on which other lanes share its batch (resume, sharding, lanes
-#: retiring early). CPU SGEMM rounding depends on the row count: on the machines measured
-#: (oneDNN/MKL, AVX2) rows come in groups of ROW_GROUP, and a row's result is the same in every
-#: call whose row count is a multiple of ROW_GROUP, while rows of a partial group (and a 1-row
-#: GEMV) round differently. So batches are zero-padded to a multiple of ROW_GROUP; a one-time
-#: self-check per weight shape and thread count (``_grouped_rows_invariant``) confirms the
-#: property on this machine, and where it fails every lane runs as its own GEMV (exact by
-#: construction, about 10x slower per lane at 64 lanes). A lone row is padded like any other, so
-#: plain inference of one image, a golden run of one input and a campaign batch all agree.
-ROW_GROUP = 4
-_CHECK_ROWS = (4, 8, 12, 16, 20, 28, 36, 44, 52, 60, 68, 76)
-_checked: dict[tuple[int, int, int], bool] = {}
+#: retiring early). CPU SGEMM rounding depends on the row count, differently per machine: on an
+#: AVX2 AMD EPYC (oneDNN/MKL) rows come in groups of 4 and a row's result is the same in every
+#: call whose row count is a multiple of 4; on an AVX-512 Xeon every call of 16 rows or more
+#: agrees (6 or more for small K) while smaller calls (and a 1-row GEMV) round differently. So a
+#: batch is zero-padded by a *row policy* (at least ``min_rows`` rows, a multiple of ``group``),
+#: the cheapest of ``ROW_POLICIES`` that a one-time self-check per weight shape and thread count
+#: (``_row_policy``) confirms on this machine; where none holds, every lane runs as its own GEMV
+#: (exact by construction, about 10x slower per lane at 64 lanes). A lone row is padded like any
+#: other, so plain inference of one image, a golden run of one input and a campaign batch agree.
+ROW_POLICIES: tuple[tuple[int, int], ...] = ((4, 4), (8, 4), (8, 8), (16, 4), (16, 8), (16, 16), (32, 16), (64, 16))
+_CHECK_MAX = 80
+_checked: dict[tuple[int, int, int], tuple[int, int] | None] = {}
 
 
-def _grouped_rows_invariant(w: torch.Tensor) -> bool:
+def _padded(b: int, policy: tuple[int, int]) -> int:
+    least, group = policy
+    return max(least, b + (-b % group))
+
+
+def _row_policy(w: torch.Tensor) -> tuple[int, int] | None:
+    """The cheapest row policy under which each row's result is the same in every padded call
+    (and at every position within a call), or None."""
     key = (w.shape[0], w.shape[1], torch.get_num_threads())
-    ok = _checked.get(key)
-    if ok is None:
+    if key not in _checked:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(max(_CHECK_ROWS) + ROW_GROUP, w.shape[1], generator=g)
+        x = torch.randn(_CHECK_MAX, w.shape[1], generator=g)
         ref = F.linear(x, w)
-        ok = all(torch.equal(F.linear(x[:m], w), ref[:m]) for m in _CHECK_ROWS)
-        ok = ok and torch.equal(F.linear(x.flip(0), w), ref.flip(0))  # position within a call
-        _checked[key] = ok
-    return ok
+        found = None
+        if torch.equal(F.linear(x.flip(0), w), ref.flip(0)):
+            for pol in ROW_POLICIES:
+                sizes = sorted({_padded(m, pol) for m in range(1, _CHECK_MAX - 3)})
+                if all(torch.equal(F.linear(x[:m], w), ref[:m]) for m in sizes if m < _CHECK_MAX):
+                    found = pol
+                    break
+        _checked[key] = found
+    return _checked[key]
 
 
 def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above)."""
     b = x.shape[0]
-    if not _grouped_rows_invariant(w):
+    pol = _row_policy(w)
+    if pol is None:
         return torch.cat([F.linear(x[i:i + 1], w) for i in range(b)])
-    pad = -b % ROW_GROUP
+    pad = _padded(b, pol) - b
     if pad:
         x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
     return F.linear(x, w)[:b]
