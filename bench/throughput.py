@@ -82,7 +82,7 @@ class ModelResult:
 
 def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str, peers: list[str]) -> ModelResult:
     print(f"\n== {name}: input {'x'.join(map(str, b.shape))}, {b.inputs} {b.data} inputs, N={n}, "
-          f"peer batch {batch}, kernelfi batch 64 per layer")
+          f"peer batch {batch}")
     t0 = time.perf_counter()
     lm = load_model(b.registry, **b.kwargs)
     module = lm.module
@@ -98,7 +98,8 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
 
     t0 = time.perf_counter()
     kf = KernelfiPeer(program, x, sites)
-    print(f"   kernelfi set-up (golden cache): {time.perf_counter() - t0:.1f}s")
+    print(f"   kernelfi set-up (golden cache): {time.perf_counter() - t0:.1f}s; campaign batches of up to {kf.batch} "
+          f"faults of one layer (auto_batch)")
     tools = []
     golden = None
     if peers:

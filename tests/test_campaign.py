@@ -82,3 +82,18 @@ def test_worker_processes_give_the_same_rows(tmp_path: Path) -> None:
     run_campaign(CampaignConfig(ModelSpec("digits-alexnet"), **base), str(a))
     run_campaign(CampaignConfig(ModelSpec("digits-alexnet"), workers=2, **base), str(b))
     assert rows(a) == rows(b) and len(rows(a)) == 64
+
+
+def test_auto_batch_by_hand() -> None:
+    """The tiny network holds at most 32 floats per lane outside the workspace (the input and
+    the conv output, both live at the first fill) and 176 with it (input 16 + conv output 16 +
+    im2col workspace 9x16 at the im2col launch); a lane costs twice that in float32."""
+    from kernelfi.campaign.campaign import AUTO_MAX, auto_batch
+    from tiny import tiny_program
+
+    t = tiny_program().trace
+    assert auto_batch(t, budget=2 * 4 * 32 * 40) == 40
+    assert auto_batch(t, budget=2 * 4 * 32 * 40 - 1) == 39
+    assert auto_batch(t, True, budget=2 * 4 * 176 * 20) == 20
+    assert auto_batch(t, True, budget=2 * 4 * 176 * 20 - 1) == 19
+    assert auto_batch(t, budget=1) == 16 and auto_batch(t, budget=1 << 40) == AUTO_MAX

@@ -135,3 +135,20 @@ def test_diff_rows_whole_row_path_equals_the_gathering_one() -> None:
         if t % 4 == 0:
             a[0, -1] = (math.inf, math.nan, 3e38, -math.inf)[t // 4 % 4]
         assert diff_rows(a, g, finite=True) == diff_rows(a, g, finite=False)
+
+
+def test_struck_layer_in_chunks_gives_the_same_rows(tmp_path, monkeypatch) -> None:
+    """RF faults in the gemm run the struck layer on whole lanes; bounding how many run at once
+    (``Runner.whole_chunk``, here one lane at a time) changes nothing in the results."""
+    import kernelfi.campaign.runner as runner_mod
+    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+    from kernelfi.store import Store
+
+    rows = []
+    for budget in (runner_mod.WHOLE_BUDGET, 1):
+        monkeypatch.setattr(runner_mod, "WHOLE_BUDGET", budget)
+        config = CampaignConfig(ModelSpec("digits-resnet"), "rf", "single", n=80, seed=5, inputs=4)
+        cid = run_campaign(config, str(tmp_path / f"{budget}.db"))
+        with Store(tmp_path / f"{budget}.db") as s:
+            rows.append([repr(dataclasses.replace(s.injection(cid, i), seconds=0.0)) for i in range(80)])
+    assert rows[0] == rows[1]

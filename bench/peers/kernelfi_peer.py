@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from kernelfi.campaign.campaign import batches
+from kernelfi.campaign.campaign import auto_batch, batches
 from kernelfi.campaign.golden import Golden
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.runner import Runner
@@ -35,14 +35,15 @@ def to_planned(faults: list[NeuronFault], sites: list[NeuronSite]) -> list[Plann
 class KernelfiPeer:
     name = "kernelfi"
 
-    def __init__(self, program: Program, x: torch.Tensor, sites: list[NeuronSite], batch: int = 64) -> None:
-        self.program, self.sites, self.batch = program, sites, batch
+    def __init__(self, program: Program, x: torch.Tensor, sites: list[NeuronSite], batch: int = 0) -> None:
+        #: faults per batch: the campaign's own default (``auto_batch``) unless given
+        self.program, self.sites, self.batch = program, sites, batch or auto_batch(program.trace)
         self.golden = Golden.compute(program, x)
         self.runner = Runner(program, self.golden)
         self.layer_of = {l.index: l.layer for l in program.trace.launches}
 
     def plan(self, faults: list[NeuronFault]) -> list[list[PlannedFault]]:
-        """The campaign's batches: one layer per batch, at most ``batch`` faults, id order."""
+        """The campaign's batches: one layer per batch, at most ``self.batch`` faults, id order."""
         return list(batches(to_planned(faults, self.sites), self.layer_of, self.batch))
 
     def run_batch(self, batch: list[PlannedFault]) -> dict[int, Result]:

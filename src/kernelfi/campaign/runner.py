@@ -24,6 +24,10 @@ from kernelfi.lowering import Memory, Program
 from kernelfi.types import Launch, Outcome, Propagation, Result
 
 
+#: Bytes the struck layer's whole lanes may hold at once (``Runner.whole_chunk``)
+WHOLE_BUDGET = 1 << 30
+
+
 @dataclass
 class _Batch:
     """What every stage of one batch records into."""
@@ -79,6 +83,7 @@ class Runner:
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
         self._finite_rows: dict[tuple[str, int], bool] = {}
+        self._whole_chunk: dict[int, int] = {}
 
     # ------------------------------------------------------------------ helpers
     def _per_lane(self, name: str, t: torch.Tensor) -> bool:
@@ -151,11 +156,26 @@ class Runner:
                     self._walk(cone_lanes, dense_lanes, pos, ctx)
                 tags.update({j: ctx.effects[j].tag for j in refs})
                 whole = sorted(set(whole) - set(refs) | set(fallback))
-        if whole:
-            for j, (res, tag) in zip(whole, self._run_whole([batch[j] for j in whole], pos, layer)):
+        step = self.whole_chunk(layer)
+        for s in range(0, len(whole), step):  # whole lanes of the struck layer, a bounded number at once
+            part = whole[s:s + step]
+            for j, (res, tag) in zip(part, self._run_whole([batch[j] for j in part], pos, layer)):
                 done[j], tags[j] = res, tag
         secs = (time.perf_counter() - t0) / max(1, len(batch))
         return [Executed(pf, done[j], tags[j], secs) for j, pf in enumerate(batch)]
+
+    def whole_chunk(self, layer: int) -> int:
+        """Faulty lanes the struck layer runs whole at once: what fits ``WHOLE_BUDGET`` bytes
+        of the per-lane buffers its launches touch, the im2col workspace included (a
+        ResNet-50 layer's workspace is 226 MiB per lane)."""
+        n = self._whole_chunk.get(layer)
+        if n is None:
+            first, end = self.layer_span[layer]
+            names = {b for l in self.trace.launches[first:end] for b in l.reads + l.writes}
+            per_lane = 4 * sum(math.prod(self.spec[b].shape) for b in names
+                               if b in self.spec and self.spec[b].kind != "weight")
+            n = self._whole_chunk[layer] = max(1, WHOLE_BUDGET // max(per_lane, 1))
+        return n
 
     def _run_whole(self, batch: list[PlannedFault], pos: int, layer: int) -> list[tuple[Result, str]]:
         """The struck layer on whole faulty lanes beside their golden lanes (any fault, any kernel)."""

@@ -56,7 +56,8 @@ class _Bar:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="where injections run: this machine, or a Ray cluster (pip install 'kernelfi[ray]')")
 @click.option("--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:10001)")
-@click.option("--batch", type=int, default=64, show_default=True, help="faulty lanes per batched run")
+@click.option("--batch", type=int, default=0, show_default=True,
+              help="faults per batched run (0: as many as fit 1 GiB of lanes, up to 256)")
 @click.option("--hardening", type=click.Path(dir_okay=False), default=None, help="hardening plan (JSON)")
 @click.option("--resume", is_flag=True, help="accepted for clarity: re-running the same command always resumes")
 @click.option("--quiet", is_flag=True)
