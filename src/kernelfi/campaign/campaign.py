@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator
 
 import torch
 

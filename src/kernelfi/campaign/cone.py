@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -97,14 +96,21 @@ def diff_segments(f: torch.Tensor, g: torch.Tensor, seg: torch.Tensor, n: int) -
     return [(k, ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, out[0], out[1])]
 
 
-def bbox(mask: torch.Tensor) -> Box | None:
-    """Smallest window holding every True of a (C, H, W) mask."""
-    plane = mask.any(dim=0)
-    rows = torch.nonzero(plane.any(dim=1)).flatten()
-    if rows.numel() == 0:
-        return None
-    cols = torch.nonzero(plane.any(dim=0)).flatten()
-    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+def bboxes(mask: torch.Tensor) -> list[Box | None]:
+    """Per lane of an (L, C, H, W) mask, the smallest window holding every True (None: none)."""
+    plane = mask.any(dim=1)
+    out: list[Box | None] = []
+    spans = []
+    for hit in (plane.any(dim=2), plane.any(dim=1)):  # (L, H) rows and (L, W) columns hit
+        n = hit.shape[1]
+        h8 = hit.to(torch.uint8)
+        first = h8.argmax(dim=1)
+        last = n - 1 - h8.flip(1).argmax(dim=1)
+        spans.append((hit.any(dim=1).tolist(), first.tolist(), last.tolist()))
+    (any_r, r0, r1), (_, c0, c1) = spans
+    for j, a in enumerate(any_r):
+        out.append((r0[j], r1[j] + 1, c0[j], c1[j] + 1) if a else None)
+    return out
 
 
 class Cone:
@@ -188,9 +194,7 @@ class Cone:
         return mem
 
     def walk(self, lanes: list[SparseLane], start: int, layer_span: dict[int, tuple[int, int]],
-             out_buf: dict[int, str], props: dict[int, list[Propagation]],
-             diff: Callable[[torch.Tensor, torch.Tensor], tuple[int, float, float]]
-             ) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:
+             out_buf: dict[int, str], props: dict[int, list[Propagation]]) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:
         """Run the lanes from layer position ``start`` while they fit the cone.
 
         Returns the lanes that came back to golden (No-Malfunction) and, per layer position,
@@ -225,7 +229,7 @@ class Cone:
                     dense.setdefault(p, []).append(ln)
                 else:
                     step.append((ln, box))
-            if step and cu is not None and not self._step(cu, step, out_buf.get(spec.index), props, diff):
+            if step and cu is not None and not self._step(cu, step, out_buf.get(spec.index), props):
                 dense.setdefault(p, []).extend(ln for ln, _ in step)
                 step = []
             out_name = out_buf.get(spec.index)
@@ -242,7 +246,7 @@ class Cone:
         return clean, dense
 
     def _step(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], out_name: str | None,
-              props: dict[int, list[Propagation]], diff) -> bool:
+              props: dict[int, list[Propagation]]) -> bool:
         """Compute the windows of one unit for its lanes, in one call."""
         h = max(b[1] - b[0] for _, b in step)
         w = max(b[3] - b[2] for _, b in step)
@@ -264,20 +268,24 @@ class Cone:
         self.stats["windows"] += len(step)
         self.stats["window_elems"] += out.numel()
         self.stats["map_elems"] += numel * len(step)
-        for j, ((ln, _), box) in enumerate(zip(step, boxes)):
+        gwin = []
+        for (ln, _), (y0, y1, x0, x1) in zip(step, boxes):
             gplane = self.plane(cu.output, ln.input_id)
             assert gplane is not None
-            y0, y1, x0, x1 = box
-            g = gplane[:, y0:y1, x0:x1]
-            f = out[j]
-            ne = different(f, g)
-            tight = bbox(ne)
-            if out_name is not None:
-                n, ma, mr = diff(f, g) if tight is not None else (0, 0.0, 0.0)
-                props[ln.ref].append(Propagation(int(cu.unit.launches[0].layer), n, numel, ma, mr))
-            if tight is None:
+            gwin.append(gplane[:, y0:y1, x0:x1])
+        g = torch.stack(gwin)
+        finite = bool(torch.isfinite(g).all())
+        tight = bboxes(different(out, g, finite))
+        layer = int(cu.unit.launches[0].layer)
+        if out_name is not None:  # one pass for all lanes: the figures of diff_rows row by row
+            found = diff_rows(out.reshape(len(step), -1), g.reshape(len(step), -1), finite)
+            for (ln, _), (n, ma, mr) in zip(step, found):
+                props[ln.ref].append(Propagation(layer, n, numel, ma, mr))
+        for j, ((ln, _), box) in enumerate(zip(step, boxes)):
+            if tight[j] is None:
                 ln.patches.pop(cu.output, None)
                 continue
-            ty0, ty1, tx0, tx1 = tight
-            ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), f[:, ty0:ty1, tx0:tx1].clone())
+            y0, _, x0, _ = box
+            ty0, ty1, tx0, tx1 = tight[j]
+            ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), out[j, :, ty0:ty1, tx0:tx1].clone())
         return True

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.campaign.cone import Cone, Diff, SparseLane, diff_rows, different
+from kernelfi.campaign.cone import Cone, Diff, SparseLane, diff_rows
 from kernelfi.campaign.golden import Golden, dense_matches_cache, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.struck import pointwise_after, run_sparse
@@ -96,10 +96,6 @@ class Runner:
         """Lanes ``lanes`` of every per-lane tensor of ``mem`` (weights shared by all stay out)."""
         idx = torch.tensor(lanes, dtype=torch.long)
         return {n: t.index_select(0, idx) for n, t in mem.items() if self._per_lane(n, t)}
-
-    def _diff(self, a: torch.Tensor, g: torch.Tensor) -> tuple[int, float, float]:
-        """(elements differing, largest absolute error, largest relative error); NaN == NaN."""
-        return diff_rows(a.reshape(1, -1), g.reshape(1, -1))[0]
 
     def _lane_equal(self, mem: Memory, names, lane: int, glane: int) -> bool:
         for name in names:
@@ -331,7 +327,7 @@ class Runner:
         """Lanes rebased after layer position ``pos``: through the cone, then whole tensors
         (``whole`` lanes from the next layer on)."""
         trace = self.trace
-        clean, dense = self.cone.walk(sparse, pos + 1, self.layer_span, self.out_buf, ctx.props, self._diff)
+        clean, dense = self.cone.walk(sparse, pos + 1, self.layer_span, self.out_buf, ctx.props)
         if whole:
             dense.setdefault(pos + 1, []).extend(whole)
         for ln in clean:
