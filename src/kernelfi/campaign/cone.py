@@ -68,9 +68,10 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, finite: bool = False) -> list[Di
         return [(k, float(k > 0), float(k > 0)) for k in n]
     if finite and a.shape[1] < 2 ** 24:  # float32 sums of ones are exact below 2**24
         d = (a - g).abs_()
-        if bool(torch.isfinite(d.sum(dim=1)).all()):  # a, g and a - g finite: a != g exactly where d > 0
+        top = d.amax(dim=1)  # NaN or inf when any element is
+        if bool(torch.isfinite(top).all()):  # a, g and a - g finite: a != g exactly where d > 0
             counts = torch.sign(d).sum(dim=1).tolist()
-            top_abs = d.amax(dim=1).tolist()
+            top_abs = top.tolist()
             top_rel = d.div_(g.abs().clamp_min(REL_FLOOR)).amax(dim=1).tolist()
             return [(int(k), ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, top_abs, top_rel)]
     r, c = different(a, g, finite).nonzero(as_tuple=True)

@@ -225,16 +225,17 @@ def put(mem: dict[str, torch.Tensor], name: str, flat: torch.Tensor,
     else:
         shape = tuple(flat.shape)
     out = flat.reshape(shape)
-    if any(_shares(out, t) for t in mem.values()):
+    ptr = _storage(out)
+    if ptr is not None and any(_storage(t) == ptr for t in mem.values()):
         out = out.clone()
     mem[name] = out.contiguous()
 
 
-def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _storage(t: torch.Tensor) -> int | None:
     try:
-        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        return t.untyped_storage().data_ptr()
     except RuntimeError:  # tensors without storage (meta): nothing to alias
-        return False
+        return None
 
 
 def f32(value: float, like: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ never depend on it (a test runs campaigns both ways).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -70,7 +71,8 @@ def _relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
     if act == "relu":
         # Darknet's x*(x>0) differs from relu only for -inf (-> NaN) and in the sign of zero
         # outputs; the exact form is used whenever a -inf is present (faulty lanes only)
-        if bool(torch.isneginf(y).any()):
+        low = float(y.amin()) if y.numel() else 0.0  # one read-only pass; NaN when any is NaN
+        if low == -math.inf or (low != low and bool(torch.isneginf(y).any())):
             return y.mul_((y > 0).to(y.dtype))
         return torch.relu_(y)
     if act == "leaky":
