@@ -176,7 +176,7 @@ class Cone:
 
     def dense_rows(self, names, lanes: list[SparseLane], inputs: list[int]) -> Memory:
         """Whole tensors for a batch: golden lanes for ``inputs``, then the sparse lanes."""
-        mem: Memory = dict(self.program.weights)
+        rows: Memory = {}
         idx = torch.tensor(inputs + [ln.input_id for ln in lanes], dtype=torch.long)
         for name in names:
             if name not in self.gold:
@@ -190,9 +190,8 @@ class Cone:
                 flat = ln.flat.get(name)
                 if flat is not None:
                     t[len(inputs) + j].view(-1)[flat[0]] = flat[1]
-            mem[name] = t
-        mem["input"] = torch.empty((len(idx), 0), dtype=torch.float32)
-        return mem
+            rows[name] = t
+        return self.program.lane_memory(rows, len(idx))
 
     def walk(self, lanes: list[SparseLane], start: int, layer_span: dict[int, tuple[int, int]],
              out_buf: dict[int, str], props: dict[int, list[Propagation]]) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:

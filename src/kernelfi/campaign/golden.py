@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.lowering import Memory, Program
+from kernelfi.lowering import Program
 from kernelfi.types import Trace
 
 
@@ -89,11 +89,7 @@ def dense_matches_cache(program: Program, golden: Golden, live: list[frozenset[s
             check = set(after) | ({out_buf[spec.index]} if spec.index in out_buf else set())
             if any(name not in golden.buffers for name in check | set(live[p])):
                 return False
-            mem: Memory = dict(program.weights)
-            for name in live[p]:
-                mem[name] = golden.buffers[name].index_select(0, idx)
-            if "input" not in mem:
-                mem["input"] = torch.empty((len(rows), 0), dtype=torch.float32)
+            mem = program.lane_memory({name: golden.buffers[name].index_select(0, idx) for name in live[p]}, len(rows))
             with torch.no_grad():
                 program.run(mem, span[0], span[1], fast=True)
             for name in check:

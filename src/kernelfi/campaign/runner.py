@@ -185,11 +185,7 @@ class Runner:
         first = min(pf.fault.site.launch for pf in batch)
         gmem = self._golden_at(pos, span0, first, inputs)
         expand = torch.tensor([gl[i] for i in lane_input], dtype=torch.long)
-        mem: Memory = dict(self.program.weights)
-        for name, t in gmem.items():
-            mem[name] = t.index_select(0, expand)
-        if "input" not in mem:  # kernels only read the input's lane count from here on
-            mem["input"] = torch.empty((len(lane_input), 0), dtype=torch.float32)
+        mem = self.program.lane_memory({name: t.index_select(0, expand) for name, t in gmem.items()}, len(lane_input))
         # lanes: position in the current tensors -> ("g", input) or ("f", batch index)
         lanes: list[tuple[str, int]] = [("g", i) for i in inputs] + [("f", j) for j in range(len(batch))]
         effects: dict[int, LaneEffect] = {}
@@ -363,11 +359,9 @@ class Runner:
             names = self._names_at(p0)
             group = sorted(dense[p0], key=lambda ln: ln.input_id)  # lanes of one input side by side
             dmem = self.cone.dense_rows(names, group, [])
-            if lanes:
-                for n in names:
-                    if n in dmem and n in mem:
-                        dmem[n] = torch.cat([mem[n], dmem[n]])
-                dmem["input"] = torch.empty((len(lanes) + len(group), 0), dtype=torch.float32)
+            if lanes:  # the lanes running whole so far, then these
+                dmem = self.program.lane_memory({n: torch.cat([mem[n], dmem[n]]) for n in names if n in dmem},
+                                                len(lanes) + len(group))
             mem, lanes = dmem, lanes + [("f", ln.ref) for ln in group]
             stop = starts[i + 1] if i + 1 < len(starts) else n_layers
             lanes = self._dense(mem, lanes, p0, ctx, stop)

@@ -96,10 +96,7 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
     first = min(batch[j].fault.site.launch for j in refs)
     inputs = sorted({batch[j].fault.input_id for j in refs})
     gl = {inp: i for i, inp in enumerate(inputs)}
-    mem: Memory = dict(runner.program.weights)
-    mem.update(runner._golden_at(pos, span0, first, inputs))
-    if "input" not in mem:
-        mem["input"] = torch.empty((len(inputs), 0), dtype=torch.float32)
+    mem = runner.program.lane_memory(runner._golden_at(pos, span0, first, inputs), len(inputs))
     by_launch: dict[int, list[int]] = {}
     for j in refs:
         by_launch.setdefault(batch[j].fault.site.launch, []).append(j)
@@ -182,9 +179,7 @@ def _run_composites(runner: "Runner", st: _Struck, comps: list[tuple[int, list[i
     the result differs from golden. A composite with a difference nobody owns (the launches
     were not pointwise after all) hands its lanes back."""
     rows = torch.tensor([g for g, _ in comps], dtype=torch.long)
-    cmem: Memory = dict(runner.program.weights)
-    for n, t in st.after.items():
-        cmem[n] = t.index_select(0, rows)
+    cmem = runner.program.lane_memory({n: t.index_select(0, rows) for n, t in st.after.items()}, len(comps))
     owner: list[dict[int, int]] = []
     for c, (_, comp) in enumerate(comps):
         own: dict[int, int] = {}
@@ -193,7 +188,6 @@ def _run_composites(runner: "Runner", st: _Struck, comps: list[tuple[int, list[i
                 cmem[buf][c].view(-1)[i] = v
                 own[i] = j
         owner.append(own)
-    cmem["input"] = torch.empty((len(comps), 0), dtype=torch.float32)
     with torch.no_grad():
         runner.program.run(cmem, k + 1, end, fast=runner.fast)
     got: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {j: {} for _, comp in comps for j in comp}

@@ -46,6 +46,16 @@ class Program:
         mem["input"] = x.to(torch.float32)
         return mem
 
+    def lane_memory(self, buffers: Memory, lanes: int) -> Memory:
+        """Memory for a run that starts mid-trace on ``lanes`` lanes: the weights, the per-lane
+        ``buffers``, and where the input is not among them an empty ``(lanes, 0)`` input, from
+        which kernels take the lane count of the buffers they create."""
+        mem: Memory = dict(self.weights)
+        mem.update(buffers)
+        if "input" not in buffers:
+            mem["input"] = torch.empty((lanes, 0), dtype=torch.float32)
+        return mem
+
     def run(self, mem: Memory, start: int = 0, stop: int | None = None, fast: bool = True,
             overrides: dict[int, Override] | None = None,
             after: Callable[[Launch, Memory], None] | None = None) -> Memory:
