@@ -67,15 +67,29 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, finite: bool = False) -> list[Di
         n = (a != g).sum(dim=1).tolist()
         return [(k, float(k > 0), float(k > 0)) for k in n]
     if finite and a.shape[1] < 2 ** 24:  # float32 sums of ones are exact below 2**24
-        d = (a - g).abs_()
+        d = torch.sub(a, g, out=_scratch(0, a.shape)).abs_()
         top = d.amax(dim=1)  # NaN or inf when any element is
         if bool(torch.isfinite(top).all()):  # a, g and a - g finite: a != g exactly where d > 0
-            counts = torch.sign(d).sum(dim=1).tolist()
+            counts = torch.sign(d, out=_scratch(1, a.shape)).sum(dim=1).tolist()
             top_abs = top.tolist()
             top_rel = d.div_(g.abs().clamp_min(REL_FLOOR)).amax(dim=1).tolist()
             return [(int(k), ma, mr) if k else (0, 0.0, 0.0) for k, ma, mr in zip(counts, top_abs, top_rel)]
     r, c = different(a, g, finite).nonzero(as_tuple=True)
     return diff_segments(a[r, c], g[r if g.shape[0] == rows else torch.zeros_like(r), c], r, rows)
+
+
+_SCRATCH: dict[int, torch.Tensor] = {}
+
+
+def _scratch(slot: int, shape: torch.Size) -> torch.Tensor:
+    """A reused float32 buffer of ``shape``: a fresh tensor of a few dozen MiB per layer and
+    lane run costs more in page faults (the allocator hands big blocks back to the system)
+    than the passes over it."""
+    n = math.prod(shape)
+    t = _SCRATCH.get(slot)
+    if t is None or t.numel() < n:
+        t = _SCRATCH[slot] = torch.empty(n, dtype=torch.float32)
+    return t[:n].view(shape)
 
 
 def diff_segments(f: torch.Tensor, g: torch.Tensor, seg: torch.Tensor, n: int) -> list[Diff]:
