@@ -7,7 +7,6 @@ outcomes depend only on the fault and the input).
 """
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass
@@ -17,7 +16,7 @@ import torch
 
 from kernelfi import __version__
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden, live_at_launch
+from kernelfi.campaign.golden import Golden, lane_numel, live_at_launch
 from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.runner import Executed, Runner
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
@@ -116,10 +115,9 @@ def auto_batch(trace: Trace, workspace: bool = False, budget: int = AUTO_BUDGET)
     call of 16 rows, 0.27 ms in one of 256). The im2col workspace counts only with
     ``workspace`` (the plain path): the fast path never materialises it after the struck
     layer, and the struck layer bounds its own lanes (``Runner.whole_chunk``)."""
-    skip = ("weight",) if workspace else ("weight", "workspace")
-    numel = {b.name: math.prod(b.shape) for b in trace.buffers if b.kind not in skip}
-    live = live_at_launch(trace)
-    peak = max((sum(numel.get(n, 0) for n in live[l.index] | set(l.writes)) for l in trace.launches), default=1)
+    live, sizes = live_at_launch(trace), lane_numel(trace)
+    peak = max((sum(sizes[l.index].get(n, 0) for n in live[l.index] | set(l.writes) if workspace or n != "workspace")
+                for l in trace.launches), default=1)
     return max(16, min(AUTO_MAX, budget // (2 * 4 * max(peak, 1))))
 
 

@@ -8,6 +8,7 @@ the cache itself.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,18 @@ def live_at_launch(trace: Trace) -> list[frozenset[str]]:
         live |= {r for r in l.reads if r not in weights}
         out[l.index] = frozenset(live)
     return out
+
+
+def lane_numel(trace: Trace) -> list[dict[str, int]]:
+    """Per launch index, the per-lane element count of every non-weight buffer as that launch's
+    layer holds it: the shared im2col ``workspace`` is sized for the largest layer, but a layer's
+    im2col writes only its own K x N columns."""
+    base = {b.name: math.prod(b.shape) for b in trace.buffers if b.kind != "weight"}
+    ws: dict[int, int] = {}
+    for l in trace.launches:
+        if l.kernel == "gemm" and "workspace" in l.reads:
+            ws[l.layer] = max(ws.get(l.layer, 0), int(l.params["K"]) * int(l.params["N"]))
+    return [{**base, "workspace": ws.get(l.layer, 0)} for l in trace.launches]
 
 
 def live_in(trace: Trace) -> list[frozenset[str]]:

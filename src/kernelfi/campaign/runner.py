@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from kernelfi.campaign.cone import Cone, Diff, SparseLane, diff_rows
-from kernelfi.campaign.golden import Golden, dense_matches_cache, live_at_launch, live_in
+from kernelfi.campaign.golden import Golden, dense_matches_cache, lane_numel, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.struck import pointwise_after, run_sparse
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
@@ -84,6 +84,7 @@ class Runner:
         self._pre: dict[int, Memory] = {}
         self._finite_rows: dict[tuple[str, int], bool] = {}
         self._whole_chunk: dict[int, int] = {}
+        self._lane_numel = lane_numel(trace)
 
     # ------------------------------------------------------------------ helpers
     def _per_lane(self, name: str, t: torch.Tensor) -> bool:
@@ -167,9 +168,8 @@ class Runner:
         n = self._whole_chunk.get(layer)
         if n is None:
             first, end = self.layer_span[layer]
-            names = {b for l in self.trace.launches[first:end] for b in l.reads + l.writes}
-            per_lane = 4 * sum(math.prod(self.spec[b].shape) for b in names
-                               if b in self.spec and self.spec[b].kind != "weight")
+            size = self._lane_numel[first]
+            per_lane = 4 * sum(size.get(b, 0) for l in self.trace.launches[first:end] for b in {*l.reads, *l.writes})
             n = self._whole_chunk[layer] = max(1, WHOLE_BUDGET // max(per_lane, 1))
         return n
 
