@@ -163,8 +163,8 @@ class Runner:
 
     def whole_chunk(self, layer: int) -> int:
         """Faulty lanes the struck layer runs whole at once: what fits ``WHOLE_BUDGET`` bytes
-        of the per-lane buffers its launches touch, the im2col workspace included (a
-        ResNet-50 layer's workspace is 226 MiB per lane)."""
+        of the per-lane buffers its launches touch, the layer's im2col columns included (the
+        unfused struck layer materialises them: up to 7 MiB per lane on ResNet-50)."""
         n = self._whole_chunk.get(layer)
         if n is None:
             first, end = self.layer_span[layer]
