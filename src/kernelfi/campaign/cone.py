@@ -79,6 +79,8 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, finite: bool = False) -> list[Di
 
 
 _SCRATCH: dict[int, torch.Tensor] = {}
+#: The largest scratch buffer kept between calls (float32 elements: 64 MiB)
+SCRATCH_MAX = 1 << 24
 
 
 def _scratch(slot: int, shape: torch.Size) -> torch.Tensor:
@@ -86,6 +88,8 @@ def _scratch(slot: int, shape: torch.Size) -> torch.Tensor:
     lane run costs more in page faults (the allocator hands big blocks back to the system)
     than the passes over it."""
     n = math.prod(shape)
+    if n > SCRATCH_MAX:  # kept no longer than the call
+        return torch.empty(shape, dtype=torch.float32)
     t = _SCRATCH.get(slot)
     if t is None or t.numel() < n:
         t = _SCRATCH[slot] = torch.empty(n, dtype=torch.float32)
