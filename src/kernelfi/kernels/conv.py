@@ -169,7 +169,7 @@ def _no_tf32(device: torch.device) -> Iterator[None]:
 #: other, so plain inference of one image, a golden run of one input and a campaign batch agree.
 ROW_POLICIES: tuple[tuple[int, int], ...] = ((4, 4), (8, 4), (8, 8), (16, 4), (16, 8), (16, 16), (32, 16), (64, 16))
 _CHECK_MAX = 80
-_checked: dict[tuple[int, int, int], tuple[int, int] | None] = {}
+_checked: dict[tuple[int, int, int, str], tuple[int, int] | None] = {}
 
 
 def _padded(b: int, policy: tuple[int, int]) -> int:
@@ -180,10 +180,10 @@ def _padded(b: int, policy: tuple[int, int]) -> int:
 def _row_policy(w: torch.Tensor) -> tuple[int, int] | None:
     """The cheapest row policy under which each row's result is the same in every padded call
     (and at every position within a call), or None."""
-    key = (w.shape[0], w.shape[1], torch.get_num_threads())
+    key = (w.shape[0], w.shape[1], torch.get_num_threads(), str(w.device))
     if key not in _checked:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(_CHECK_MAX, w.shape[1], generator=g)
+        x = torch.randn(_CHECK_MAX, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
         ref = F.linear(x, w)
         found = None
         if torch.equal(F.linear(x.flip(0), w), ref.flip(0)):
