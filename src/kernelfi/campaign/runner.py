@@ -351,7 +351,6 @@ class Runner:
         p join those already running whole there, so every later layer runs once for all of
         them (a big layer's GEMM costs far less per lane in one call of many lanes; every layer
         gives a lane's row the same values in any batch, ``dense_matches_cache``)."""
-        n_layers = len(self.trace.layers)
         starts = sorted(dense)
         mem: Memory = {}
         lanes: list[tuple[str, int]] = []
@@ -363,10 +362,8 @@ class Runner:
                 dmem = self.program.lane_memory({n: torch.cat([mem[n], dmem[n]]) for n in names if n in dmem},
                                                 len(lanes) + len(group))
             mem, lanes = dmem, lanes + [("f", ln.ref) for ln in group]
-            stop = starts[i + 1] if i + 1 < len(starts) else n_layers
-            lanes = self._dense(mem, lanes, p0, ctx, stop)
-        if lanes:
-            self._classify_survivors(mem, lanes, ctx)
+            # to where the next group joins; the last group runs to the output and is classified
+            lanes = self._dense(mem, lanes, p0, ctx, starts[i + 1] if i + 1 < len(starts) else None)
 
     def _dense(self, mem: Memory, lanes: list[tuple[str, int]], p0: int, ctx: "_Batch",
                stop: int | None = None) -> list[tuple[str, int]]:
