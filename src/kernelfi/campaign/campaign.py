@@ -115,8 +115,8 @@ def auto_batch(trace: Trace, workspace: bool = False, budget: int = AUTO_BUDGET)
     call of 16 rows, 0.27 ms in one of 256). The im2col workspace counts only with
     ``workspace`` (the plain path): the fast path never materialises it after the struck
     layer, and the struck layer bounds its own lanes (``Runner.whole_chunk``)."""
-    live, sizes = live_at_launch(trace), lane_numel(trace)
-    peak = max((sum(sizes[l.index].get(n, 0) for n in live[l.index] | set(l.writes) if workspace or n != "workspace")
+    live, numel = live_at_launch(trace), lane_numel(trace)
+    peak = max((sum(numel(n, l.layer) for n in live[l.index] | set(l.writes) if workspace or n != "workspace")
                 for l in trace.launches), default=1)
     return max(16, min(AUTO_MAX, budget // (2 * 4 * max(peak, 1))))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -30,16 +31,19 @@ def live_at_launch(trace: Trace) -> list[frozenset[str]]:
     return out
 
 
-def lane_numel(trace: Trace) -> list[dict[str, int]]:
-    """Per launch index, the per-lane element count of every non-weight buffer as that launch's
-    layer holds it: the shared im2col ``workspace`` is sized for the largest layer, but a layer's
-    im2col writes only its own K x N columns."""
+def lane_numel(trace: Trace) -> Callable[[str, int], int]:
+    """``numel(buffer, layer)``: the per-lane element count of a non-weight buffer as that layer
+    holds it (0 for weights): the shared im2col ``workspace`` is sized for the largest layer,
+    but a layer's im2col writes only its own K x N columns."""
     base = {b.name: math.prod(b.shape) for b in trace.buffers if b.kind != "weight"}
     ws: dict[int, int] = {}
     for l in trace.launches:
         if l.kernel == "gemm" and "workspace" in l.reads:
             ws[l.layer] = max(ws.get(l.layer, 0), int(l.params["K"]) * int(l.params["N"]))
-    return [{**base, "workspace": ws.get(l.layer, 0)} for l in trace.launches]
+
+    def numel(name: str, layer: int) -> int:
+        return ws.get(layer, 0) if name == "workspace" else base.get(name, 0)
+    return numel
 
 
 def live_in(trace: Trace) -> list[frozenset[str]]:

@@ -168,8 +168,8 @@ class Runner:
         n = self._whole_chunk.get(layer)
         if n is None:
             first, end = self.layer_span[layer]
-            size = self._lane_numel[first]
-            per_lane = 4 * sum(size.get(b, 0) for l in self.trace.launches[first:end] for b in {*l.reads, *l.writes})
+            names = {b for l in self.trace.launches[first:end] for b in (*l.reads, *l.writes)}
+            per_lane = 4 * sum(self._lane_numel(b, layer) for b in names)
             n = self._whole_chunk[layer] = max(1, WHOLE_BUDGET // max(per_lane, 1))
         return n
 
