@@ -2,13 +2,13 @@
 same rows, bit for bit, with the cone on and off."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
 from kernelfi.lowering.crop import Window, fit, gather
+from tiny import campaign_rows
 
 
 def test_window_geometry_by_hand() -> None:
@@ -39,15 +39,12 @@ def test_gather_pads_and_pastes() -> None:
 @pytest.mark.parametrize("model,mode,n", [("digits-alexnet", "iov", 300), ("digits-resnet", "iov", 300),
                                            ("digits-resnet", "rf", 200), ("digits-alexnet", "ioa", 200)])
 def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode: str, n: int) -> None:
-    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+    from kernelfi.campaign import CampaignConfig, ModelSpec
     from kernelfi.campaign.campaign import prepare
-    from kernelfi.store import Store
     rows = []
     for cone in (True, False):
         config = CampaignConfig(ModelSpec(model), mode, "single", n=n, seed=11, inputs=6, cone=cone)
-        cid = run_campaign(config, str(tmp_path / f"{cone}.db"))
-        with Store(tmp_path / f"{cone}.db") as s:
-            rows.append([repr(dataclasses.replace(s.injection(cid, i), seconds=0.0)) for i in range(n)])
+        rows.append(campaign_rows(config, tmp_path / f"{cone}.db"))
     assert rows[0] == rows[1]
     # and the cone did the work: every conv/pool/shortcut unit passed its check, windows ran
     prep = prepare(CampaignConfig(ModelSpec(model), mode, "single", n=n, seed=11, inputs=6))
@@ -100,7 +97,15 @@ def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
     assert eligible > 40 and len(seen) == eligible
 
 
-def test_diff_rows_by_hand() -> None:
+@pytest.fixture
+def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``diff_rows`` without the native library (tests/test_native.py checks that one)."""
+    from kernelfi.campaign import native
+    monkeypatch.setattr(native, "_tried", True)
+    monkeypatch.setattr(native, "_lib", None)
+
+
+def test_diff_rows_by_hand(torch_path: None) -> None:
     """Errors are float32 arithmetic; a golden 0 is divided by 1e-30; NaN == NaN; a NaN
     error is infinite."""
     from kernelfi.campaign.cone import diff_rows
@@ -119,7 +124,7 @@ def test_diff_rows_by_hand() -> None:
     assert diff_rows(a[3:], gn) == [(0, 0.0, 0.0)]
 
 
-def test_diff_rows_whole_row_path_equals_the_gathering_one() -> None:
+def test_diff_rows_whole_row_path_equals_the_gathering_one(torch_path: None) -> None:
     """``finite=True`` works on whole rows, the other path gathers the differing elements:
     the same counts and the same largest errors, bit for bit, on random rows."""
     from kernelfi.campaign.cone import diff_rows
@@ -141,14 +146,11 @@ def test_struck_layer_in_chunks_gives_the_same_rows(tmp_path, monkeypatch) -> No
     """RF faults in the gemm run the struck layer on whole lanes; bounding how many run at once
     (``Runner.whole_chunk``, here one lane at a time) changes nothing in the results."""
     import kernelfi.campaign.runner as runner_mod
-    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
-    from kernelfi.store import Store
+    from kernelfi.campaign import CampaignConfig, ModelSpec
 
     rows = []
     for budget in (runner_mod.WHOLE_BUDGET, 1):
         monkeypatch.setattr(runner_mod, "WHOLE_BUDGET", budget)
         config = CampaignConfig(ModelSpec("digits-resnet"), "rf", "single", n=80, seed=5, inputs=4)
-        cid = run_campaign(config, str(tmp_path / f"{budget}.db"))
-        with Store(tmp_path / f"{budget}.db") as s:
-            rows.append([repr(dataclasses.replace(s.injection(cid, i), seconds=0.0)) for i in range(80)])
+        rows.append(campaign_rows(config, tmp_path / f"{budget}.db"))
     assert rows[0] == rows[1]

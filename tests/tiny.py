@@ -8,6 +8,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import torch
 
 from kernelfi.campaign.golden import Golden
@@ -107,3 +110,14 @@ def run_full(program: Program, faults: list[Fault]) -> list[dict]:
         ex = runner.run([PlannedFault(0, f, 1.0)])[0]
         res.append({"result": ex.result, "probs": runner.last_outputs.get(0)})
     return res
+
+
+def campaign_rows(config, db: Path) -> list[str]:
+    """Run ``config`` into ``db``; its injection rows as text, timings zeroed: campaigns that
+    must agree bit for bit (fast and plain paths, chunked or not) compare these."""
+    from kernelfi.campaign import run_campaign
+    from kernelfi.store import Store
+
+    cid = run_campaign(config, str(db))
+    with Store(db) as s:
+        return [repr(dataclasses.replace(s.injection(cid, i), seconds=0.0)) for i in range(config.n)]

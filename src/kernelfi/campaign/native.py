@@ -1,0 +1,184 @@
+"""One-pass propagation figures in C, compiled on first use (optional, exact).
+
+After every layer a campaign measures, per faulty lane, how many elements differ from golden
+and the largest absolute and relative error (SPEC §3). In torch that is seven or more float32
+passes over every element (subtract, abs, max, sign, sum, divide, max); on ResNet-50 those
+passes cost a third of a campaign. This C loop reads each element once and does the *same*
+IEEE float32 operations per element (``|f - g|``, ``max(|g|, floor)``, one division: no
+contraction, no fast-math), so its figures equal the torch path's bit for bit (a test compares
+them). Maxima are taken on the bit patterns of non-negative floats, which order like the
+floats and put NaN above inf above every finite value, so a NaN error comes out infinite as
+in the torch path; a row whose golden values are not all finite (where NaN must equal NaN) is
+left to the torch path.
+
+The library is built with the machine's C compiler (``cc``, or ``$CC``) into
+``$KERNELFI_CACHE`` (default ``~/.cache/kernelfi``), keyed by the source and the CPU, once per
+machine. No compiler, a failed build or ``KERNELFI_NATIVE=0``: ``diff_rows`` returns None and
+campaigns take the torch path, with the same results.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+
+static inline uint32_t bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+static inline float unbits(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+
+/* Work item w < items is segment w % nseg (of seg elements) of row ai[r] of a against row
+   gi[r] of g, r = w / nseg: the count of |a-g| > 0 and the largest |a-g| and
+   |a-g|/max(|g|, floor) as bit patterns, per item (the caller reduces a row's segments); the
+   count is -1 when g itself is not finite. */
+void kf_diff_rows(const float *a, const int64_t *ai, int64_t sa, const float *g, const int64_t *gi, int64_t sg,
+                  int64_t nrows, int64_t n, int64_t seg, float floor_, int64_t *count, uint32_t *max_abs,
+                  uint32_t *max_rel, int threads) {
+    const int64_t nseg = (n + seg - 1) / seg, items = nrows * nseg;
+    #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+    for (int64_t w = 0; w < items; w++) {
+        const int64_t r = w / nseg, i0 = (w % nseg) * seg, i1 = i0 + seg < n ? i0 + seg : n;
+        const float *x = a + ai[r] * sa, *y = g + gi[r] * sg;
+        int64_t c = 0; uint32_t ma = 0, mr = 0, mg = 0;
+        for (int64_t i = i0; i < i1; i++) {
+            float d = x[i] - y[i];
+            uint32_t db = bits(d) & 0x7fffffffu;          /* |d|: NaN and inf sort above every finite */
+            uint32_t gb = bits(y[i]) & 0x7fffffffu;
+            float ag = unbits(gb);                        /* |g| */
+            float den = ag > floor_ ? ag : floor_;
+            uint32_t qb = bits(d / den) & 0x7fffffffu;    /* |d / den| = |d| / den, rounded once */
+            c += db != 0;
+            ma = db > ma ? db : ma;
+            mr = qb > mr ? qb : mr;
+            mg = gb > mg ? gb : mg;
+        }
+        count[w] = mg >= 0x7f800000u ? -1 : c;  /* -1: a golden NaN or inf, not for this path */
+        max_abs[w] = ma; max_rel[w] = mr;
+    }
+}
+"""
+
+_lock = threading.Lock()
+#: Fewer elements than this per thread run on one thread.
+MIN_ELEMS_PER_THREAD = 1 << 15
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("KERNELFI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "kernelfi")
+    return Path(base)
+
+
+def _cpu_key() -> str:
+    """The CPU's identity: the library is built with -march=native for this machine only."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features")):
+                    flags += line
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def _build() -> ctypes.CDLL | None:
+    if os.environ.get("KERNELFI_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    key = hashlib.sha256((_SOURCE + _cpu_key() + cc).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"diff_rows-{key}.so"
+    try:
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                src, so = Path(tmp) / "diff_rows.c", Path(tmp) / "diff_rows.so"
+                src.write_text(_SOURCE)
+                flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
+                # -ffp-contract=off: no fused multiply-add or other rewriting of the float32 ops
+                # -fopenmp: the library's parallel loop runs on torch's own OpenMP pool (torch
+                # ships libgomp.so.1 and has loaded it; a second pool would fight its spinning
+                # workers for the cores)
+                subprocess.run([cc, *flags, "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-shared", "-fPIC",
+                                "-o", str(so), str(src)],
+                               check=True, capture_output=True, timeout=120)
+                os.replace(so, out)  # atomic: concurrent builders leave one complete library
+        lib = ctypes.CDLL(str(out))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fn = lib.kf_diff_rows
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
+    fn.restype = None
+    return lib
+
+
+def available() -> bool:
+    global _lib, _tried
+    if not _tried:
+        with _lock:
+            if not _tried:
+                _lib = _build()
+                _tried = True
+    return _lib is not None
+
+
+def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] | None = None,
+              g_rows: list[int] | None = None) -> list[tuple[int, float, float] | None] | None:
+    """Per row ``a_rows[r]`` of ``a`` (L, N) against row ``g_rows[r]`` of ``g`` (G, N), float32
+    CPU tensors with unit element stride: (elements differing, largest ``|a - g|``, largest
+    ``|a - g| / max(|g|, floor)``). By default every row of ``a``, against ``g``'s only row or
+    its row of the same index. A NaN error counts as infinite; differing elements are those
+    unequal to golden. None for a row whose golden row holds a NaN or inf (the NaN-equal-NaN
+    cases), and None for all when the library is not available or the layout does not fit:
+    the caller takes the torch path for those."""
+    if a.dtype != torch.float32 or g.dtype != torch.float32 or a.device.type != "cpu" or g.device.type != "cpu":
+        return None
+    if a.dim() != 2 or g.dim() != 2 or g.shape[1] != a.shape[1]:
+        return None
+    n = a.shape[1]
+    if n > 1 and (a.stride(1) != 1 or g.stride(1) != 1):
+        return None
+    ai = list(range(a.shape[0])) if a_rows is None else a_rows
+    gi = ([0] * len(ai) if g.shape[0] == 1 else list(ai)) if g_rows is None else g_rows
+    rows = len(ai)
+    if len(gi) != rows or not rows or not available():
+        return None
+    assert _lib is not None
+    idx = torch.tensor([ai, gi], dtype=torch.int64)
+    if bool((idx[0] >= a.shape[0]).any() or (idx[1] >= g.shape[0]).any() or (idx < 0).any()):
+        raise IndexError("native.diff_rows: row index out of range")
+    threads = max(1, min(torch.get_num_threads(), rows * n // MIN_ELEMS_PER_THREAD))
+    nseg = -(-threads // rows)  # every thread gets work: rows split into segments
+    seg = max(1, -(-n // nseg))
+    nseg = max(1, -(-n // seg))
+    count = torch.empty(rows * nseg, dtype=torch.int64)
+    top = torch.empty(2, rows * nseg, dtype=torch.int32)
+    _lib.kf_diff_rows(a.data_ptr(), idx[0].data_ptr(), a.stride(0), g.data_ptr(), idx[1].data_ptr(), g.stride(0),
+                      rows, n, seg, floor, count.data_ptr(), top[0].data_ptr(), top[1].data_ptr(), threads)
+    bad = count < 0
+    if nseg > 1:  # a row's segments
+        bad = bad.view(rows, nseg).any(dim=1)
+        count = count.view(rows, nseg).sum(dim=1)
+        top = top.view(2, rows, nseg).amax(dim=2)  # non-negative float bit patterns order as ints
+    # a NaN error counts as infinite: NaN bit patterns lie above inf's
+    ma, mr = top.clamp_max_(0x7F800000).view(torch.float32).tolist()
+    return [None if b else (int(k), x, y) if k else (0, 0.0, 0.0)
+            for b, k, x, y in zip(bad.tolist(), count.tolist(), ma, mr)]

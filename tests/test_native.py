@@ -1,0 +1,84 @@
+"""The one-pass C propagation figures (``campaign.native``) against the torch path: the same
+counts and largest errors bit for bit, by hand and on random rows, and campaigns that store
+the same rows with the library and without it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kernelfi.campaign import native
+from kernelfi.campaign.cone import REL_FLOOR, diff_rows
+
+from tiny import campaign_rows
+
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: the torch path only")
+
+
+@needs_native
+def test_native_by_hand() -> None:
+    """Rows against their own golden rows: 0.5 off 2.5 is rel 0.2 (float32 division); 3 off a
+    golden 0 is divided by 1e-30; NaN and inf errors are infinite and their elements differ;
+    a golden NaN leaves the row to the torch path (None)."""
+    g = torch.tensor([[1.0, 2.5, 0.0, -4.0], [1.0, math.nan, 0.0, 0.0]])
+    a = torch.tensor([[1.0, 2.5, 0.0, -4.0],
+                      [1.0, 2.0, 0.0, -4.0],
+                      [1.0, 2.5, 3.0, -6.0],
+                      [math.nan, 2.5, -math.inf, -4.0],
+                      [1.0, math.nan, 0.0, 0.0]])
+    got = native.diff_rows(a, g, REL_FLOOR, [0, 1, 2, 3, 4], [0, 0, 0, 0, 1])
+    assert got == [(0, 0.0, 0.0), (1, 0.5, float(torch.tensor(0.5) / torch.tensor(2.5))),
+                   (2, 3.0, float(torch.tensor(3.0) / torch.tensor(1e-30))), (2, math.inf, math.inf), None]
+    # the same rows picked in another order, the golden row broadcast
+    assert native.diff_rows(a, g[:1], REL_FLOOR, [2, 0]) == [got[2], got[0]]
+
+
+@needs_native
+def test_native_equals_the_torch_path_on_random_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of every length, some errors overflowing float32, golden zeros and denormals, NaN
+    and inf lanes: the native figures equal the torch path's (whole-row and gathering)."""
+    gen = torch.Generator().manual_seed(11)
+    cases = []
+    for t in range(80):
+        rows, n = 1 + t % 6, 1 + 37 * t
+        g = torch.randn(3, n, generator=gen)
+        g[:, ::3] = 0.0
+        g[:, 1::5] *= 1e-38
+        gi = [int(x) for x in torch.randint(0, 3, (rows,), generator=gen)]
+        a = g[gi].clone()
+        hit = torch.rand(rows, n, generator=gen) < (t % 7) / 6
+        a[hit] += torch.randn(int(hit.sum()), generator=gen) * 10.0 ** (t % 11 * 4 - 20)
+        if t % 3 == 0:
+            a[-1, -1] = (math.inf, math.nan, 3e38, -math.inf)[t // 3 % 4]
+        cases.append((a, g, gi, native.diff_rows(a, g, REL_FLOOR, list(range(rows)), gi)))
+    monkeypatch.setattr(native, "_lib", None)
+    for a, g, gi, got in cases:
+        want = [diff_rows(a[i:i + 1], g[k:k + 1], finite=True)[0] for i, k in enumerate(gi)]
+        assert got == want
+        assert got == [diff_rows(a[i:i + 1], g[k:k + 1], finite=False)[0] for i, k in enumerate(gi)]
+
+
+@needs_native
+def test_native_refuses_what_it_cannot_read() -> None:
+    a = torch.zeros(2, 6)
+    assert native.diff_rows(a.double(), a.double(), REL_FLOOR) is None       # not float32
+    assert native.diff_rows(a.t().contiguous().t(), a, REL_FLOOR) is None   # elements 2 apart
+    with pytest.raises(IndexError):
+        native.diff_rows(a, a, REL_FLOOR, [0, 2], [0, 0])
+
+
+def test_campaign_rows_with_and_without_the_library(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An IOV campaign (Darknet non-finite semantics included: bit 30 flips) stores the same
+    rows, propagation figures and all, with the native figures and with the torch path."""
+    from kernelfi.campaign import CampaignConfig, ModelSpec
+
+    rows = []
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(native, "_tried", True)
+            monkeypatch.setattr(native, "_lib", None)
+        config = CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=120, seed=9, inputs=4)
+        rows.append(campaign_rows(config, tmp_path / f"{use}.db"))
+    assert rows[0] == rows[1]
+    assert any("propagation=(Propagation" in r for r in rows[0])
