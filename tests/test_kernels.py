@@ -493,3 +493,43 @@ def test_row_policy_pads_and_each_row_is_independent_of_its_batch() -> None:
         assert torch.equal(rows_linear(x[:m], w), full[:m])
         assert torch.equal(rows_linear(x[m - 1:m], w), full[m - 1:m])
     assert _row_policy(w) is None or _row_policy(w) in ROW_POLICIES
+
+
+def test_conv1x1_by_hand_and_windows_equal_the_whole_map() -> None:
+    """A 1x1 convolution is W (M x K) times each lane's (K x N) pixels; a window of the pixels,
+    padded to the column policy, gives the whole map's columns bit for bit, whatever the K
+    (K = 1024 needs about 129 columns on an AVX-512 Xeon: ``_col_policy`` finds that)."""
+    from kernelfi.kernels import conv1x1
+    from kernelfi.kernels.conv import COL_POLICIES, _col_policy
+
+    w = torch.tensor([[1.0, 2.0], [0.5, -1.0], [0.0, 3.0]])
+    x = torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[0.0, 1.0, 0.0], [1.0, 0.0, -2.0]]])
+    want = torch.tensor([[[9.0, 12.0, 15.0], [-3.5, -4.0, -4.5], [12.0, 15.0, 18.0]],
+                         [[2.0, 1.0, -4.0], [-1.0, 0.5, 2.0], [3.0, 0.0, -6.0]]])
+    assert torch.equal(conv1x1(x, w), want)
+    assert torch.equal(conv1x1(x[:, :, 1:2], w, n_map=3), want[:, :, 1:2])
+    gen = torch.Generator().manual_seed(4)
+    for k, m, n in ((64, 32, 3136), (1024, 64, 196), (300, 40, 49)):
+        w = torch.randn(m, k, generator=gen)
+        x = torch.randn(2, k, n, generator=gen)
+        full = conv1x1(x, w)
+        assert torch.equal(conv1x1(x[1:], w), full[1:])  # a lane alone: the same
+        for a, b in ((0, 1), (5, 9), (n - 40, n), (n // 3, n // 3 + 130), (0, n - 1)):
+            assert torch.equal(conv1x1(x[:, :, a:b].contiguous(), w, n_map=n), full[:, :, a:b])
+        assert _col_policy(w, n) in (*COL_POLICIES, n)
+
+
+def test_fused_strided_1x1_is_im2col_then_gemm() -> None:
+    """ResNet's strided 1x1 shortcut: im2col keeps every second pixel, the GEMM mixes channels;
+    the fused path computes exactly that (worked out by hand on a 2x4x4 input)."""
+    from kernelfi.kernels import fused_conv
+
+    x = torch.arange(32, dtype=torch.float32).reshape(1, 2, 4, 4)
+    w = torch.tensor([[1.0, 0.0], [1.0, -2.0], [0.25, 0.5]])
+    im2col = {"channels": 2, "height": 4, "width": 4, "ksize": 1, "stride": 2, "pad": 0, "dilation": 1,
+              "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 2}
+    gemm = {"M": 3, "N": 4, "K": 2, "trans_a": False, "trans_b": False}
+    got = fused_conv(x, w, im2col, gemm)
+    picked = torch.tensor([[0.0, 2.0, 8.0, 10.0], [16.0, 18.0, 24.0, 26.0]])  # pixels (0,0) (0,2) (2,0) (2,2)
+    want = torch.stack([picked[0], picked[0] - 2 * picked[1], 0.25 * picked[0] + 0.5 * picked[1]])
+    assert torch.equal(got, want.unsqueeze(0))

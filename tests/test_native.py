@@ -82,3 +82,29 @@ def test_campaign_rows_with_and_without_the_library(tmp_path, monkeypatch: pytes
         rows.append(campaign_rows(config, tmp_path / f"{use}.db"))
     assert rows[0] == rows[1]
     assert any("propagation=(Propagation" in r for r in rows[0])
+
+
+@needs_native
+def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cone's one-pass figures and windows equal ``bboxes(different(...))`` and the torch
+    ``diff_rows``, on random blocks with corruptions of every spread, NaN and inf included; a
+    golden inf leaves the step to the torch path."""
+    from kernelfi.campaign.cone import bboxes, different
+
+    gen = torch.Generator().manual_seed(5)
+    for t in range(40):
+        lanes, c, h, w = 1 + t % 4, 1 + t % 5, 1 + t % 9, 1 + (3 * t) % 11
+        g = torch.randn(lanes, c, h, w, generator=gen)
+        a = g.clone()
+        hit = torch.rand(lanes, c, h, w, generator=gen) < (t % 6) / 10
+        a[hit] += torch.randn(int(hit.sum()), generator=gen) * 10.0 ** (t % 7 - 3)
+        if t % 5 == 0:
+            a[0, 0, h - 1, w - 1] = (math.nan, math.inf, -3e38)[t // 5 % 3]
+        got = native.diff_boxes(a, g, REL_FLOOR)
+        assert got is not None
+        monkeypatch.setattr(native, "_lib", None)
+        assert [b for _, b in got] == bboxes(different(a, g, True))
+        assert [d for d, _ in got] == diff_rows(a.reshape(lanes, -1), g.reshape(lanes, -1), True)
+        monkeypatch.undo()
+    g[0, 0, 0, 0] = math.inf
+    assert native.diff_boxes(a, g, REL_FLOOR) is None

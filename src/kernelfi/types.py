@@ -7,6 +7,7 @@ types, kernel names); see ``../shared/SPEC.md``.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -231,10 +232,16 @@ class Trace:
     output: str   # buffer holding the final probabilities
 
     def buffer(self, name: str) -> BufferSpec:
+        return self._buffers_by_name[name]
+
+    @functools.cached_property
+    def _buffers_by_name(self) -> dict[str, BufferSpec]:
+        """Campaigns look buffers up per lane and layer: a dict, built on first use (kept out
+        of the dataclass fields, so equality and hashing are unchanged)."""
+        out: dict[str, BufferSpec] = {}
         for b in self.buffers:
-            if b.name == name:
-                return b
-        raise KeyError(name)
+            out.setdefault(b.name, b)
+        return out
 
     def layer_launches(self, layer: int) -> tuple[Launch, ...]:
         return tuple(l for l in self.launches if l.layer == layer)

@@ -147,6 +147,8 @@ class Cone:
         self.units: dict[int, CropUnit] = {}
         #: windows computed and whole feature maps they stood for (what the cone saved)
         self.stats = {"windows": 0, "window_elems": 0, "map_elems": 0}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._finite: dict[tuple[str, int], bool] = {}
         if enabled:
             gen = torch.Generator().manual_seed(0)
             n = next(iter(golden_buffers.values())).shape[0]
@@ -156,10 +158,21 @@ class Cone:
                 self.units = {k: cu for k, cu in crop_units(program).items() if verify(cu, mem, golden_buffers, rows, gen)}
 
     def plane(self, name: str, inp: int) -> torch.Tensor | None:
-        shape = tuple(self.trace.buffer(name).shape)
+        shape = self._shapes.get(name)
+        if shape is None:
+            shape = self._shapes[name] = tuple(self.trace.buffer(name).shape)
         if len(shape) != 3 or name not in self.gold:
             return None
-        return self.gold[name][inp].reshape(shape)
+        return self.gold[name][inp].view(shape)
+
+    def finite(self, name: str, inp: int) -> bool:
+        """Whether golden plane ``name`` of input ``inp`` holds only finite values (cached: a
+        window of it then needs no NaN handling)."""
+        key = (name, inp)
+        ok = self._finite.get(key)
+        if ok is None:
+            ok = self._finite[key] = bool(torch.isfinite(self.gold[name][inp]).all())
+        return ok
 
     def rebase(self, mem: Memory, cur: int, glane: int, ref: int, inp: int, names) -> SparseLane:
         """The lane at row ``cur`` of ``mem`` as its differences from golden lane ``glane``."""
@@ -276,13 +289,15 @@ class Cone:
         boxes = [fit(b, h, w, cu.out_chw[1:]) for _, b in step]
         crops = []
         for n in cu.inputs:
-            rows = []
-            for (ln, _), box in zip(step, boxes):
-                plane = self.plane(n, ln.input_id)
-                if plane is None:
-                    return False
-                rows.append(gather(plane, cu.in_box(box), cu.pad_value, ln.patches.get(n)))
-            crops.append(torch.stack(rows))
+            planes = [self.plane(n, ln.input_id) for ln, _ in step]
+            if any(p is None for p in planes):
+                return False
+            region = [cu.in_box(box) for box in boxes]
+            ry, rx = region[0][1] - region[0][0], region[0][3] - region[0][2]
+            batch = planes[0].new_empty((len(step), cu.in_chw[0], ry, rx))  # type: ignore[union-attr]
+            for j, ((ln, _), plane) in enumerate(zip(step, planes)):
+                gather(plane, region[j], cu.pad_value, ln.patches.get(n), out=batch[j])  # type: ignore[arg-type]
+            crops.append(batch)
         with torch.no_grad():
             out = cu.run(self.program.weights, crops)
         if out is None:
@@ -291,17 +306,20 @@ class Cone:
         self.stats["windows"] += len(step)
         self.stats["window_elems"] += out.numel()
         self.stats["map_elems"] += numel * len(step)
-        gwin = []
-        for (ln, _), (y0, y1, x0, x1) in zip(step, boxes):
+        g = out.new_empty(out.shape)
+        for j, ((ln, _), (y0, y1, x0, x1)) in enumerate(zip(step, boxes)):
             gplane = self.plane(cu.output, ln.input_id)
             assert gplane is not None
-            gwin.append(gplane[:, y0:y1, x0:x1])
-        g = torch.stack(gwin)
-        finite = bool(torch.isfinite(g).all())
-        tight = bboxes(different(out, g, finite))
+            g[j] = gplane[:, y0:y1, x0:x1]
+        finite = all(self.finite(cu.output, ln.input_id) for ln, _ in step)
         layer = int(cu.unit.launches[0].layer)
-        if out_name is not None:  # one pass for all lanes: the figures of diff_rows row by row
-            found = diff_rows(out.reshape(len(step), -1), g.reshape(len(step), -1), finite)
+        both = native.diff_boxes(out, g, REL_FLOOR) if finite else None  # figures and boxes in one pass
+        if both is not None:
+            found, tight = [d for d, _ in both], [b for _, b in both]
+        else:
+            tight = bboxes(different(out, g, finite))
+            found = diff_rows(out.reshape(len(step), -1), g.reshape(len(step), -1), finite) if out_name else []
+        if out_name is not None:
             for (ln, _), (n, ma, mr) in zip(step, found):
                 props[ln.ref].append(Propagation(layer, n, numel, ma, mr))
         for j, ((ln, _), box) in enumerate(zip(step, boxes)):

@@ -67,6 +67,51 @@ void kf_diff_rows(const float *a, const int64_t *ai, int64_t sa, const float *g,
         max_abs[w] = ma; max_rel[w] = mr;
     }
 }
+
+/* Lanes l < nl of (C, H, W) blocks a and g (contiguous): kf_diff_rows' figures per lane and the
+   smallest window (y0, y1, x0, x1, half-open) holding every element that differs, all channels
+   together; y1 = 0 when none does. count is -1 when g is not finite. */
+void kf_diff_boxes(const float *a, const float *g, int64_t nl, int64_t C, int64_t H, int64_t W, float floor_,
+                   int64_t *count, uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+    for (int64_t l = 0; l < nl; l++) {
+        const float *xl = a + l * C * H * W, *yl = g + l * C * H * W;
+        int64_t c = 0, y0 = H, y1 = -1, x0 = W, x1 = -1;
+        uint32_t ma = 0, mr = 0, mg = 0;
+        for (int64_t ch = 0; ch < C; ch++)
+            for (int64_t r = 0; r < H; r++) {
+                const float *x = xl + (ch * H + r) * W, *y = yl + (ch * H + r) * W;
+                int64_t rc = 0, lo = W, hi = -1;
+                for (int64_t i = 0; i < W; i++) {
+                    float d = x[i] - y[i];
+                    uint32_t db = bits(d) & 0x7fffffffu;
+                    uint32_t gb = bits(y[i]) & 0x7fffffffu;
+                    float ag = unbits(gb);
+                    float den = ag > floor_ ? ag : floor_;
+                    uint32_t qb = bits(d / den) & 0x7fffffffu;
+                    int64_t nz = db != 0;
+                    int64_t l0 = nz ? i : W, h0 = nz ? i : -1;
+                    rc += nz;
+                    lo = l0 < lo ? l0 : lo;
+                    hi = h0 > hi ? h0 : hi;
+                    ma = db > ma ? db : ma;
+                    mr = qb > mr ? qb : mr;
+                    mg = gb > mg ? gb : mg;
+                }
+                if (rc) {
+                    c += rc;
+                    if (r < y0) y0 = r;
+                    if (r > y1) y1 = r;
+                    if (lo < x0) x0 = lo;
+                    if (hi > x1) x1 = hi;
+                }
+            }
+        count[l] = mg >= 0x7f800000u ? -1 : c;
+        max_abs[l] = ma; max_rel[l] = mr;
+        box[4 * l] = c ? y0 : 0; box[4 * l + 1] = c ? y1 + 1 : 0;
+        box[4 * l + 2] = c ? x0 : 0; box[4 * l + 3] = c ? x1 + 1 : 0;
+    }
+}
 """
 
 _lock = threading.Lock()
@@ -127,6 +172,9 @@ def _build() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
     fn.restype = None
+    fb = lib.kf_diff_boxes
+    fb.argtypes = [ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr, ctypes.c_int]
+    fb.restype = None
     return lib
 
 
@@ -182,3 +230,32 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] 
     ma, mr = top.clamp_max_(0x7F800000).view(torch.float32).tolist()
     return [None if b else (int(k), x, y) if k else (0, 0.0, 0.0)
             for b, k, x, y in zip(bad.tolist(), count.tolist(), ma, mr)]
+
+
+Box = tuple[int, int, int, int]
+
+
+def diff_boxes(a: torch.Tensor, g: torch.Tensor, floor: float) -> list[tuple[tuple[int, float, float], Box | None]] | None:
+    """Per lane of (L, C, H, W) blocks ``a`` against ``g``: ``diff_rows``' figures and the
+    smallest window holding every element that differs (None: none), in one pass. None when
+    the library is not available, the layout does not fit, or a golden value is not finite."""
+    if a.dtype != torch.float32 or g.dtype != torch.float32 or a.device.type != "cpu" or g.device.type != "cpu":
+        return None
+    if a.dim() != 4 or a.shape != g.shape or not a.is_contiguous() or not g.is_contiguous() or not available():
+        return None
+    assert _lib is not None
+    nl, c, h, w = a.shape
+    count = torch.empty(nl, dtype=torch.int64)
+    top = torch.empty(2, nl, dtype=torch.int32)
+    box = torch.empty(nl, 4, dtype=torch.int64)
+    threads = max(1, min(torch.get_num_threads(), nl, a.numel() // MIN_ELEMS_PER_THREAD))
+    _lib.kf_diff_boxes(a.data_ptr(), g.data_ptr(), nl, c, h, w, floor, count.data_ptr(), top[0].data_ptr(),
+                       top[1].data_ptr(), box.data_ptr(), threads)
+    counts = count.tolist()
+    if min(counts, default=0) < 0:
+        return None
+    ma, mr = top.clamp_max_(0x7F800000).view(torch.float32).tolist()
+    out: list[tuple[tuple[int, float, float], Box | None]] = []
+    for k, x, y, b in zip(counts, ma, mr, box.tolist()):
+        out.append(((k, x, y), tuple(b)) if k else ((0, 0.0, 0.0), None))  # type: ignore[arg-type]
+    return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.kernels import lane_conv2d
+from kernelfi.kernels import conv1x1, lane_conv2d
 from kernelfi.lowering.engine import Program
 from kernelfi.lowering.fastpath import Unit, _relu_like, _shared, epilogue, maxpool_window
 from kernelfi.types import Trace
@@ -104,7 +104,16 @@ class CropUnit:
         c = self.in_chw[0]
         assert self.win_y is not None and self.win_x is not None
         ks = self.win_y.size
-        y = lane_conv2d(crops[0], w.reshape(m, c, ks, ks), stride=self.win_y.stride, dilation=self.win_y.dil)
+        st = self.win_y.stride
+        if ks == 1 and self.win_y.offset == 0:
+            # the fused path's GEMM per lane (fused_conv, conv1x1), the window padded to the
+            # column policy of the whole output map
+            x = crops[0][:, :, ::st, ::st] if st > 1 else crops[0]
+            lanes, _, h, wd = x.shape
+            y = conv1x1(x.reshape(lanes, c, h * wd), w.reshape(m, c), self.out_chw[1] * self.out_chw[2])
+            y = y.reshape(lanes, m, h, wd)
+        else:
+            y = lane_conv2d(crops[0], w.reshape(m, c, ks, ks), stride=st, dilation=self.win_y.dil)
         lanes, _, h, wd = y.shape
         out = epilogue(ls, mem, y.reshape(lanes, m, h * wd))
         return None if out is None else out.reshape(lanes, m, h, wd)
@@ -180,14 +189,18 @@ def _describe(trace: Trace, unit: Unit) -> CropUnit | None:
 
 
 def gather(plane: torch.Tensor, region: Box, fill: float,
-           patch: tuple[Box, torch.Tensor] | None = None) -> torch.Tensor:
+           patch: tuple[Box, torch.Tensor] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The (C, h, w) window ``region`` of a (C, H, W) plane, padded with ``fill`` outside it,
-    with ``patch`` (its box and values) pasted over the plane first."""
+    with ``patch`` (its box and values) pasted over the plane first; into ``out`` if given."""
     c, hh, ww = plane.shape
     y0, y1, x0, x1 = region
-    out = plane.new_full((c, y1 - y0, x1 - x0), fill)
     iy0, iy1, ix0, ix1 = max(y0, 0), min(y1, hh), max(x0, 0), min(x1, ww)
-    if iy0 < iy1 and ix0 < ix1:
+    inside = iy0 < iy1 and ix0 < ix1
+    if out is None:
+        out = plane.new_empty((c, y1 - y0, x1 - x0))
+    if not inside or (iy0, iy1, ix0, ix1) != (y0, y1, x0, x1):
+        out.fill_(fill)
+    if inside:
         out[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = plane[:, iy0:iy1, ix0:ix1]
     if patch is not None:
         (py0, py1, px0, px1), vals = patch

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernelfi.kernels import fused_conv, lane_conv2d, rows_linear
+from kernelfi.kernels import conv1x1, fused_conv, lane_conv2d, rows_linear
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -118,8 +118,8 @@ def run_unit(unit: Unit, mem: Memory) -> bool:
             y = fused_conv(mem[ls["im2col"].reads[0]], w, ls["im2col"].params, p)
         else:
             x = mem[gemm.reads[1]]
-            if len(unit.in_shape) == 3:  # 1x1 convolution: the native primitive
-                y = lane_conv2d(x.reshape(x.shape[0], *unit.in_shape), w.reshape(m, k, 1, 1))
+            if len(unit.in_shape) == 3:  # 1x1 convolution: a GEMM per lane (as the gemm kernel)
+                y = conv1x1(x.reshape(x.shape[0], k, n), w)
             else:
                 y = torch.matmul(w, x.reshape(x.shape[0], k, n))
         channels = m
