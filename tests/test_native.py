@@ -108,3 +108,22 @@ def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.undo()
     g[0, 0, 0, 0] = math.inf
     assert native.diff_boxes(a, g, REL_FLOOR) is None
+
+
+@needs_native
+def test_gather_equals_crop_gather() -> None:
+    """Windows reaching past every edge (filled), patches partly outside the window, lanes
+    without a patch: the native batch gather writes what ``lowering.crop.gather`` returns."""
+    from kernelfi.lowering.crop import gather
+
+    gen = torch.Generator().manual_seed(8)
+    planes = [torch.randn(3, 6, 7, generator=gen) for _ in range(4)]
+    regions = [(-2, 3, -1, 5), (4, 9, 3, 9), (1, 6, 2, 8), (-3, 2, 5, 11)]  # 5 x 6 windows
+    patches = [((0, 2, 0, 3), torch.randn(3, 2, 3, generator=gen)), None,
+               ((5, 6, 0, 7), torch.randn(3, 1, 7, generator=gen)), ((2, 4, 4, 6), torch.randn(3, 2, 2, generator=gen))]
+    for fill in (0.0, -math.inf):
+        out = torch.full((4, 3, 5, 6), 7.0)
+        assert native.gather(planes, [(r[0], r[2]) for r in regions], fill, patches, out)
+        for j in range(4):
+            assert torch.equal(out[j], gather(planes[j], regions[j], fill, patches[j]))
+    assert not native.gather(planes, [(0, 0)] * 4, 0.0, [None] * 4, torch.empty(4, 3, 5, 6).transpose(2, 3))

@@ -295,8 +295,10 @@ class Cone:
             region = [cu.in_box(box) for box in boxes]
             ry, rx = region[0][1] - region[0][0], region[0][3] - region[0][2]
             batch = planes[0].new_empty((len(step), cu.in_chw[0], ry, rx))  # type: ignore[union-attr]
-            for j, ((ln, _), plane) in enumerate(zip(step, planes)):
-                gather(plane, region[j], cu.pad_value, ln.patches.get(n), out=batch[j])  # type: ignore[arg-type]
+            patches = [ln.patches.get(n) for ln, _ in step]
+            if not native.gather(planes, [(r[0], r[2]) for r in region], cu.pad_value, patches, batch):  # type: ignore[arg-type]
+                for j, plane in enumerate(planes):
+                    gather(plane, region[j], cu.pad_value, patches[j], out=batch[j])  # type: ignore[arg-type]
             crops.append(batch)
         with torch.no_grad():
             out = cu.run(self.program.weights, crops)

@@ -112,6 +112,43 @@ void kf_diff_boxes(const float *a, const float *g, int64_t nl, int64_t C, int64_
         box[4 * l + 2] = c ? x0 : 0; box[4 * l + 3] = c ? x1 + 1 : 0;
     }
 }
+
+/* Lane l < nl: the (C, h, w) window of plane planes[l] (C, H, W) whose top-left corner is
+   (oy[l], ox[l]), fill outside the plane, then patch patches[l] (C, ph, pw at pbox[l] = y0, y1,
+   x0, x1; 0: none) pasted over it: into out (nl, C, h, w). */
+void kf_gather(const int64_t *planes, int64_t nl, int64_t C, int64_t H, int64_t W, const int64_t *oy,
+               const int64_t *ox, int64_t h, int64_t w, float fill, const int64_t *patches, const int64_t *pbox,
+               float *out, int threads) {
+    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if(threads > 1)
+    for (int64_t l = 0; l < nl; l++)
+        for (int64_t c = 0; c < C; c++) {
+            const float *pl = (const float *)planes[l] + c * H * W;
+            float *o = out + (l * C + c) * h * w;
+            const int64_t y0 = oy[l], x0 = ox[l];
+            const int64_t xa = x0 < 0 ? -x0 : 0, xb = W - x0 < w ? W - x0 : w;  /* columns inside */
+            for (int64_t yy = 0; yy < h; yy++) {
+                float *row = o + yy * w;
+                const int64_t y = y0 + yy;
+                if (y < 0 || y >= H || xa >= xb) {
+                    for (int64_t i = 0; i < w; i++) row[i] = fill;
+                    continue;
+                }
+                for (int64_t i = 0; i < xa; i++) row[i] = fill;
+                memcpy(row + xa, pl + y * W + x0 + xa, (size_t)(xb - xa) * sizeof(float));
+                for (int64_t i = xb; i < w; i++) row[i] = fill;
+            }
+            if (patches[l]) {
+                const int64_t py0 = pbox[4 * l], py1 = pbox[4 * l + 1], px0 = pbox[4 * l + 2], px1 = pbox[4 * l + 3];
+                const int64_t ph = py1 - py0, pw = px1 - px0;
+                const float *pp = (const float *)patches[l] + c * ph * pw;
+                const int64_t jy0 = py0 > y0 ? py0 : y0, jy1 = py1 < y0 + h ? py1 : y0 + h;
+                const int64_t jx0 = px0 > x0 ? px0 : x0, jx1 = px1 < x0 + w ? px1 : x0 + w;
+                for (int64_t y = jy0; y < jy1 && jx0 < jx1; y++)
+                    memcpy(o + (y - y0) * w + (jx0 - x0), pp + (y - py0) * pw + (jx0 - px0),
+                           (size_t)(jx1 - jx0) * sizeof(float));
+            }
+        }
+}
 """
 
 _lock = threading.Lock()
@@ -175,6 +212,9 @@ def _build() -> ctypes.CDLL | None:
     fb = lib.kf_diff_boxes
     fb.argtypes = [ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr, ctypes.c_int]
     fb.restype = None
+    fg = lib.kf_gather
+    fg.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
+    fg.restype = None
     return lib
 
 
@@ -259,3 +299,40 @@ def diff_boxes(a: torch.Tensor, g: torch.Tensor, floor: float) -> list[tuple[tup
     for k, x, y, b in zip(counts, ma, mr, box.tolist()):
         out.append(((k, x, y), tuple(b)) if k else ((0, 0.0, 0.0), None))  # type: ignore[arg-type]
     return out
+
+
+def gather(planes: list[torch.Tensor], corners: list[tuple[int, int]], fill: float,
+           patches: list[tuple[Box, torch.Tensor] | None], out: torch.Tensor) -> bool:
+    """``lowering.crop.gather`` for every lane of a cone step in one call: into ``out`` (L, C,
+    h, w) the window of lane l's (C, H, W) plane whose top-left corner is ``corners[l]``
+    (``fill`` outside the plane), with its patch pasted over it. False (nothing written) when
+    the library is not available or a tensor does not fit."""
+    nl = len(planes)
+    if not nl or out.dim() != 4 or out.shape[0] != nl or out.dtype != torch.float32 or not out.is_contiguous():
+        return False
+    c, hh, ww = planes[0].shape
+    if out.shape[1] != c or out.device.type != "cpu":
+        return False
+    for t in planes:
+        if t.shape != planes[0].shape or t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+            return False
+    pbox = [0] * (4 * nl)
+    pptr = [0] * nl
+    for l, patch in enumerate(patches):
+        if patch is None:
+            continue
+        box, vals = patch
+        if vals.dtype != torch.float32 or not vals.is_contiguous() or tuple(vals.shape) != (c, box[1] - box[0], box[3] - box[2]):
+            return False
+        pbox[4 * l:4 * l + 4] = box
+        pptr[l] = vals.data_ptr()
+    if not available():
+        return False
+    assert _lib is not None
+    meta = torch.tensor([[t.data_ptr() for t in planes], [y for y, _ in corners], [x for _, x in corners], pptr],
+                        dtype=torch.int64)
+    boxes = torch.tensor(pbox, dtype=torch.int64)
+    threads = max(1, min(torch.get_num_threads(), out.numel() // MIN_ELEMS_PER_THREAD))
+    _lib.kf_gather(meta[0].data_ptr(), nl, c, hh, ww, meta[1].data_ptr(), meta[2].data_ptr(), out.shape[2],
+                   out.shape[3], fill, meta[3].data_ptr(), boxes.data_ptr(), out.data_ptr(), threads)
+    return True
