@@ -7,7 +7,7 @@ of one input; see ``peers/common.py`` for the pairing with kernelfi's IOV site) 
   batch of B);
 * MRFI: ``FixPositions`` + ``FloatFixedBitFlip``, batched the same way;
 * kernelfi: the equivalent IOV fault (``add_bias``/``fadd:out``), through the campaign Runner
-  in per-layer batches.
+  in the campaign's batches (layer order, a batch spanning consecutive layers).
 
 All three run in this process, interleaved batch by batch (the tool that has injected the
 fewest faults so far runs its next batch), after a warm-up (each tool's golden run at its batch
@@ -119,7 +119,7 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
 
     # Timed phase, interleaved batch by batch: the tool that has injected the fewest faults so
     # far runs its next batch, so load drift on the machine hits all three alike. Every tool keeps
-    # its own batching (peers: chunks of B in id order; kernelfi: the campaign's per-layer batches).
+    # its own batching (peers: chunks of B in id order; kernelfi: the campaign's batches).
     work: dict[str, list] = {t.name: chunks(faults, batch) for t in tools}
     work["kernelfi"] = kf.plan(faults)
     run_item = {t.name: (lambda part, t=t: t.run(x, part, golden)[0]) for t in tools}

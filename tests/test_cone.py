@@ -154,3 +154,40 @@ def test_struck_layer_in_chunks_gives_the_same_rows(tmp_path, monkeypatch) -> No
         config = CampaignConfig(ModelSpec("digits-resnet"), "rf", "single", n=80, seed=5, inputs=4)
         rows.append(campaign_rows(config, tmp_path / f"{budget}.db"))
     assert rows[0] == rows[1]
+
+
+def test_lanes_of_several_layers_share_a_batch() -> None:
+    """A batch spanning several layers (lanes join the walk at their own position) gives each
+    fault the result it gets in a batch of its layer alone."""
+    from kernelfi.campaign import CampaignConfig, ModelSpec
+    from kernelfi.campaign.campaign import batches, prepare
+
+    prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=13, inputs=5))
+    layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
+    planned = [prep.planner.draw(i) for i in range(150)]
+    merged = list(batches(planned, layer_of, 50))
+    assert any(len({layer_of[pf.fault.site.launch] for pf in b}) > 3 for b in merged)
+    with torch.no_grad():
+        got = {e.planned.id: e.result for b in merged for e in prep.runner.run(b)}
+        alone = {}
+        for b in merged:
+            by_layer: dict[int, list] = {}
+            for pf in b:
+                by_layer.setdefault(layer_of[pf.fault.site.launch], []).append(pf)
+            for part in by_layer.values():
+                alone.update({e.planned.id: e.result for e in prep.runner.run(part)})
+    assert {k: repr(v) for k, v in got.items()} == {k: repr(v) for k, v in alone.items()}
+    assert sum(r.outcome != "masked" for r in got.values()) > 50
+
+
+def test_similar_groups_lanes_of_like_boxes() -> None:
+    """Lanes whose boxes would share one window size with little waste go together."""
+    from kernelfi.campaign.cone import SparseLane, similar
+
+    boxes = [(0, 2, 0, 2), (0, 10, 0, 10), (5, 14, 0, 10), (3, 5, 3, 5), (0, 1, 0, 2), (7, 8, 7, 8)]
+    step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
+    groups = [[ln.ref for ln, _ in g] for g in similar(step)]
+    # largest first: 10x10 and 9x10 share a 10x10 window (200 <= 1.25 * 190); a 2x2 would make
+    # it 300 > 1.25 * 194, so it opens a group; the other 2x2 (8 <= 10) and the 1x2 (12 <= 12.5)
+    # join it; the 1x1 would make it 16 > 1.25 * 11
+    assert groups == [[1, 2], [0, 3, 4], [5]]

@@ -2,8 +2,8 @@
 
 A neuron fault (site, element, bit, input) becomes an IOV single-bit fault on the instruction
 that produces that element: the ``fadd:out`` instruction of thread ``flat`` in the layer's
-``add_bias`` launch. The faults run through ``Runner`` in batches of one layer
-(``kernelfi.campaign.campaign.batches``, the campaign's own grouping), exactly as a campaign
+``add_bias`` launch. The faults run through ``Runner`` in the campaign's own batches
+(``kernelfi.campaign.campaign.batches``: layer order, consecutive layers sharing a batch), exactly as a campaign
 runs them: golden-prefix reuse, batched suffix, early stop.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class KernelfiPeer:
         self.layer_of = {l.index: l.layer for l in program.trace.launches}
 
     def plan(self, faults: list[NeuronFault]) -> list[list[PlannedFault]]:
-        """The campaign's batches: one layer per batch, at most ``self.batch`` faults, id order."""
+        """The campaign's batches: layer then input order, at most ``self.batch`` faults each."""
         return list(batches(to_planned(faults, self.sites), self.layer_of, self.batch))
 
     def run_batch(self, batch: list[PlannedFault]) -> dict[int, Result]:

@@ -122,15 +122,13 @@ def auto_batch(trace: Trace, workspace: bool = False, budget: int = AUTO_BUDGET)
 
 
 def batches(planned: list[PlannedFault], trace_layers: dict[int, int], size: int) -> Iterator[list[PlannedFault]]:
-    """Group by injected layer (one batch runs one suffix), by input within a layer."""
-    by_layer: dict[int, list[PlannedFault]] = {}
-    for pf in planned:
-        by_layer.setdefault(trace_layers[pf.fault.site.launch], []).append(pf)
-    for layer in sorted(by_layer):
-        # same-input faults together: a batch needs one golden lane per distinct input
-        items = sorted(by_layer[layer], key=lambda pf: (pf.fault.input_id, pf.id))
-        for s in range(0, len(items), size):
-            yield items[s:s + size]
+    """Batches of ``size`` faults in layer order, by input within a layer: a batch spans a few
+    consecutive layers when each holds few faults (their lanes share the cone steps and
+    whole-tensor layers after the struck ones); same-input faults sit together (a struck layer
+    needs one golden row per distinct input)."""
+    items = sorted(planned, key=lambda pf: (trace_layers[pf.fault.site.launch], pf.fault.input_id, pf.id))
+    for s in range(0, len(items), size):
+        yield items[s:s + size]
 
 
 def to_records(prep: Prepared, executed: Iterable[Executed]) -> list[InjectionRecord]:

@@ -137,6 +137,28 @@ def bboxes(mask: torch.Tensor) -> list[Box | None]:
     return out
 
 
+#: A cone step's lanes share one call with one window size: a group's windows together cover
+#: at most this much more than the lanes' own boxes.
+FIT_SLACK = 1.25
+
+
+def similar(step: list[tuple[SparseLane, Box]]) -> list[list[tuple[SparseLane, Box]]]:
+    """The lanes of a step in groups of like-sized boxes (largest first; a box joins the open
+    group while the group's common window wastes at most ``FIT_SLACK``)."""
+    groups: list[list[tuple[SparseLane, Box]]] = []
+    h = w = own = 0
+    for item in sorted(step, key=lambda it: (-area(it[1]), it[1])):
+        b = item[1]
+        nh, nw = max(h, b[1] - b[0]), max(w, b[3] - b[2])
+        if groups and nh * nw * (len(groups[-1]) + 1) <= FIT_SLACK * (own + area(b)):
+            groups[-1].append(item)
+            h, w, own = nh, nw, own + area(b)
+        else:
+            groups.append([item])
+            h, w, own = b[1] - b[0], b[3] - b[2], area(b)
+    return groups
+
+
 class Cone:
     """Per campaign: the verified crop units and the golden planes they read."""
 
@@ -229,19 +251,24 @@ class Cone:
             rows[name] = t
         return self.program.lane_memory(rows, len(idx))
 
-    def walk(self, lanes: list[SparseLane], start: int, layer_span: dict[int, tuple[int, int]],
+    def walk(self, lanes: dict[int, list[SparseLane]], layer_span: dict[int, tuple[int, int]],
              out_buf: dict[int, str], props: dict[int, list[Propagation]]) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:
-        """Run the lanes from layer position ``start`` while they fit the cone.
+        """Run the lanes, ``lanes[p]`` from layer position p on, while they fit the cone: lanes
+        struck in different layers join at their own position and share the later steps.
 
         Returns the lanes that came back to golden (No-Malfunction) and, per layer position,
         the lanes that must run whole from there on."""
         layers = self.trace.layers
         clean: list[SparseLane] = []
         dense: dict[int, list[SparseLane]] = {}
-        active = list(lanes)
-        for p in range(start, len(layers)):
+        active: list[SparseLane] = []
+        last = max(lanes, default=-1)
+        for p in range(min(lanes, default=len(layers)), len(layers)):
+            active.extend(lanes.get(p, ()))
             if not active:
-                break
+                if p >= last:
+                    break
+                continue
             spec = layers[p]
             live_next = self.live[p + 1] if p + 1 < len(layers) else frozenset()
             cu = self.units.get(spec.index)
@@ -265,9 +292,14 @@ class Cone:
                     dense.setdefault(p, []).append(ln)
                 else:
                     step.append((ln, box))
-            if step and cu is not None and not self._step(cu, step, out_buf.get(spec.index), props):
-                dense.setdefault(p, []).extend(ln for ln, _ in step)
-                step = []
+            if step and cu is not None:
+                ran = []
+                for group in similar(step):  # windows of one call share a size: lanes of like boxes
+                    if self._step(cu, group, out_buf.get(spec.index), props):
+                        ran.extend(group)
+                    else:
+                        dense.setdefault(p, []).extend(ln for ln, _ in group)
+                step = ran
             out_name = out_buf.get(spec.index)
             if out_name is not None and cu is not None:
                 numel = cu.out_chw[0] * cu.out_chw[1] * cu.out_chw[2]

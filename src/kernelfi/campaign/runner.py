@@ -1,7 +1,8 @@
 """Batched execution of injections: many faulty lanes through one run of the suffix.
 
-One batch holds faults of one layer. Lanes 0..g-1 are golden lanes (one per distinct input),
-the rest are faulty lanes. The run starts at the layer from the golden cache, applies each
+A batch holds faults of one layer or of a few consecutive ones; each struck layer runs on its own
+(lanes 0..g-1 golden, one per distinct input, the rest faulty), then the lanes of every struck
+layer walk on together. The run starts at the layer from the golden cache, applies each
 fault inside its kernel (``faults.inject``), and after every layer retires the lanes whose
 fate is known: Masked (the injected kernel's outputs equal golden), DUE (crash/hang), or
 No-Malfunction SDC (every buffer the rest of the run reads equals golden again). Survivors are
@@ -134,31 +135,44 @@ class Runner:
 
     # ------------------------------------------------------------------ one batch
     def run(self, batch: list[PlannedFault]) -> list[Executed]:
+        """Run a batch of faults (of one layer or several): each layer's struck lanes, then one
+        walk in which lanes struck in different layers join at their own position, so later
+        cone steps and whole-tensor layers run once for all of them."""
         t0 = time.perf_counter()
         self.last_outputs = {}
         trace = self.trace
-        layer = trace.launches[batch[0].fault.site.launch].layer
-        if any(trace.launches[pf.fault.site.launch].layer != layer for pf in batch):
-            raise ValueError("a batch holds faults of one layer")
-        pos = self.layer_pos[layer]
+        by_layer: dict[int, list[int]] = {}
+        for j, pf in enumerate(batch):
+            by_layer.setdefault(trace.launches[pf.fault.site.launch].layer, []).append(j)
         done: dict[int, Result] = {}
         tags: dict[int, str] = {}
-        whole = list(range(len(batch)))
-        if self.sparse_struck and pos + 1 < len(trace.layers):
-            end = self.layer_span[layer][1]
-            refs = [j for j, pf in enumerate(batch) if pointwise_after(trace, pf.fault.site.launch, end)]
-            if refs:
-                ctx = _Batch(batch, {}, 0, done, {j: [] for j in refs})
-                with torch.no_grad():
-                    cone_lanes, dense_lanes, fallback = run_sparse(self, ctx, refs, pos, layer)
-                    self._walk(cone_lanes, dense_lanes, pos, ctx)
-                tags.update({j: ctx.effects[j].tag for j in refs})
-                whole = sorted(set(whole) - set(refs) | set(fallback))
-        step = self.whole_chunk(layer)
-        for s in range(0, len(whole), step):  # whole lanes of the struck layer, a bounded number at once
-            part = whole[s:s + step]
-            for j, (res, tag) in zip(part, self._run_whole([batch[j] for j in part], pos, layer)):
-                done[j], tags[j] = res, tag
+        ctx = _Batch(batch, {}, 0, done, {})
+        joiners: dict[int, tuple[list[SparseLane], list[SparseLane]]] = {}  # position p -> lanes from p on
+        whole: dict[int, list[int]] = {}
+        for layer in sorted(by_layer, key=lambda l: self.layer_pos[l]):
+            pos = self.layer_pos[layer]
+            whole[layer] = by_layer[layer]
+            if self.sparse_struck and pos + 1 < len(trace.layers):
+                end = self.layer_span[layer][1]
+                refs = [j for j in by_layer[layer] if pointwise_after(trace, batch[j].fault.site.launch, end)]
+                if refs:
+                    ctx.props.update({j: [] for j in refs})
+                    with torch.no_grad():
+                        cone_lanes, dense_lanes, fallback = run_sparse(self, ctx, refs, pos, layer)
+                    sparse, dense = joiners.setdefault(pos + 1, ([], []))
+                    sparse.extend(cone_lanes)
+                    dense.extend(dense_lanes)
+                    tags.update({j: ctx.effects[j].tag for j in refs})
+                    whole[layer] = sorted(set(by_layer[layer]) - set(refs) | set(fallback))
+        if joiners:
+            with torch.no_grad():
+                self._walk(joiners, ctx)
+        for layer, idx in whole.items():
+            pos, step = self.layer_pos[layer], self.whole_chunk(layer)
+            for s in range(0, len(idx), step):  # whole lanes of the struck layer, a bounded number at once
+                part = idx[s:s + step]
+                for j, (res, tag) in zip(part, self._run_whole([batch[j] for j in part], pos, layer)):
+                    done[j], tags[j] = res, tag
         secs = (time.perf_counter() - t0) / max(1, len(batch))
         return [Executed(pf, done[j], tags[j], secs) for j, pf in enumerate(batch)]
 
@@ -318,15 +332,17 @@ class Runner:
             need = {ctx.batch[lanes[c][1]].fault.input_id for c in own}
             keep = [c for c, (k2, r) in enumerate(lanes) if (k2 == "g" and r in need) or c in own]
             self._dense({**mem, **self._take(mem, keep)}, [lanes[c] for c in keep], pos + 1, ctx)
-        self._walk(sparse, whole, pos, ctx)
+        self._walk({pos + 1: (sparse, whole)}, ctx)
 
-    def _walk(self, sparse: list[SparseLane], whole: list[SparseLane], pos: int, ctx: "_Batch") -> None:
-        """Lanes rebased after layer position ``pos``: through the cone, then whole tensors
-        (``whole`` lanes from the next layer on)."""
+    def _walk(self, lanes: dict[int, tuple[list[SparseLane], list[SparseLane]]], ctx: "_Batch") -> None:
+        """Rebased lanes, ``lanes[p]`` = (cone lanes, lanes needing whole tensors) from layer
+        position p on: through the cone, then whole tensors."""
         trace = self.trace
-        clean, dense = self.cone.walk(sparse, pos + 1, self.layer_span, self.out_buf, ctx.props)
-        if whole:
-            dense.setdefault(pos + 1, []).extend(whole)
+        clean, dense = self.cone.walk({p: sparse for p, (sparse, _) in lanes.items() if sparse}, self.layer_span,
+                                      self.out_buf, ctx.props)
+        for p, (_, whole) in lanes.items():
+            if whole:
+                dense.setdefault(p, []).extend(whole)
         for ln in clean:
             pf = ctx.batch[ln.ref]
             ctx.done[ln.ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ln.ref], pf, (),
