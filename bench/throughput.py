@@ -99,7 +99,7 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
     t0 = time.perf_counter()
     kf = KernelfiPeer(program, x, sites)
     print(f"   kernelfi set-up (golden cache): {time.perf_counter() - t0:.1f}s; campaign batches of up to {kf.batch} "
-          f"faults of one layer (auto_batch)")
+          f"faults in layer order (auto_batch)")
     tools = []
     golden = None
     if peers:
