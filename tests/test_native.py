@@ -86,28 +86,33 @@ def test_campaign_rows_with_and_without_the_library(tmp_path, monkeypatch: pytes
 
 @needs_native
 def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cone's one-pass figures and windows equal ``bboxes(different(...))`` and the torch
-    ``diff_rows``, on random blocks with corruptions of every spread, NaN and inf included; a
-    golden inf leaves the step to the torch path."""
+    """The cone's one-pass figures and windows, read against windows of the golden planes in
+    place, equal ``bboxes(different(...))`` and the torch ``diff_rows`` on the copied windows,
+    on random blocks with corruptions of every spread, NaN and inf included; a golden inf
+    leaves the step to the torch path."""
     from kernelfi.campaign.cone import bboxes, different
 
     gen = torch.Generator().manual_seed(5)
     for t in range(40):
         lanes, c, h, w = 1 + t % 4, 1 + t % 5, 1 + t % 9, 1 + (3 * t) % 11
-        g = torch.randn(lanes, c, h, w, generator=gen)
+        planes = [torch.randn(c, h + 3, w + 2, generator=gen) for _ in range(lanes)]
+        corners = [(int(torch.randint(0, 4, (1,), generator=gen)), int(torch.randint(0, 3, (1,), generator=gen)))
+                   for _ in range(lanes)]
+        g = torch.stack([p[:, y:y + h, x:x + w] for p, (y, x) in zip(planes, corners)])
         a = g.clone()
         hit = torch.rand(lanes, c, h, w, generator=gen) < (t % 6) / 10
         a[hit] += torch.randn(int(hit.sum()), generator=gen) * 10.0 ** (t % 7 - 3)
         if t % 5 == 0:
             a[0, 0, h - 1, w - 1] = (math.nan, math.inf, -3e38)[t // 5 % 3]
-        got = native.diff_boxes(a, g, REL_FLOOR)
+        got = native.diff_boxes(a, planes, corners, REL_FLOOR)
         assert got is not None
         monkeypatch.setattr(native, "_lib", None)
         assert [b for _, b in got] == bboxes(different(a, g, True))
         assert [d for d, _ in got] == diff_rows(a.reshape(lanes, -1), g.reshape(lanes, -1), True)
         monkeypatch.undo()
-    g[0, 0, 0, 0] = math.inf
-    assert native.diff_boxes(a, g, REL_FLOOR) is None
+    planes[0][0, corners[0][0], corners[0][1]] = math.inf
+    assert native.diff_boxes(a, planes, corners, REL_FLOOR) is None
+    assert native.diff_boxes(a, planes, [(4, 0)] * lanes, REL_FLOOR) is None  # the window leaves the plane
 
 
 @needs_native

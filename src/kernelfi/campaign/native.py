@@ -33,6 +33,7 @@ import torch
 _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 
 
 static inline uint32_t bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
@@ -68,44 +69,49 @@ void kf_diff_rows(const float *a, const int64_t *ai, int64_t sa, const float *g,
     }
 }
 
-/* Lanes l < nl of (C, H, W) blocks a and g (contiguous): kf_diff_rows' figures per lane and the
-   smallest window (y0, y1, x0, x1, half-open) holding every element that differs, all channels
-   together; y1 = 0 when none does. count is -1 when g is not finite. */
-void kf_diff_boxes(const float *a, const float *g, int64_t nl, int64_t C, int64_t H, int64_t W, float floor_,
-                   int64_t *count, uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
+/* Lanes l < nl of a (nl, C, h, w), contiguous, against the window of golden plane planes[l]
+   (C, H, W) whose top-left corner is (oy[l], ox[l]) (inside the plane): kf_diff_rows' figures
+   per lane and the smallest window (y0, y1, x0, x1, half-open, in a's coordinates) holding
+   every element that differs, all channels together; y1 = 0 when none does. count is -1 when
+   the golden window is not finite. */
+void kf_diff_window(const float *a, const int64_t *planes, int64_t nl, int64_t C, int64_t H, int64_t W,
+                    const int64_t *oy, const int64_t *ox, int64_t h, int64_t w, float floor_, int64_t *count,
+                    uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
     for (int64_t l = 0; l < nl; l++) {
-        const float *xl = a + l * C * H * W, *yl = g + l * C * H * W;
-        int64_t c = 0, y0 = H, y1 = -1, x0 = W, x1 = -1;
+        unsigned char *hit = (unsigned char *)calloc((size_t)(h * w), 1);
+        const float *xl = a + l * C * h * w, *gl = (const float *)planes[l] + oy[l] * W + ox[l];
+        int64_t c = 0;
         uint32_t ma = 0, mr = 0, mg = 0;
         for (int64_t ch = 0; ch < C; ch++)
-            for (int64_t r = 0; r < H; r++) {
-                const float *x = xl + (ch * H + r) * W, *y = yl + (ch * H + r) * W;
-                int64_t rc = 0, lo = W, hi = -1;
-                for (int64_t i = 0; i < W; i++) {
+            for (int64_t r = 0; r < h; r++) {
+                const float *x = xl + (ch * h + r) * w, *y = gl + ch * H * W + r * W;
+                unsigned char *hr = hit + r * w;
+                for (int64_t i = 0; i < w; i++) {
                     float d = x[i] - y[i];
                     uint32_t db = bits(d) & 0x7fffffffu;
                     uint32_t gb = bits(y[i]) & 0x7fffffffu;
                     float ag = unbits(gb);
                     float den = ag > floor_ ? ag : floor_;
                     uint32_t qb = bits(d / den) & 0x7fffffffu;
-                    int64_t nz = db != 0;
-                    int64_t l0 = nz ? i : W, h0 = nz ? i : -1;
-                    rc += nz;
-                    lo = l0 < lo ? l0 : lo;
-                    hi = h0 > hi ? h0 : hi;
+                    c += db != 0;
+                    hr[i] |= db != 0;
                     ma = db > ma ? db : ma;
                     mr = qb > mr ? qb : mr;
                     mg = gb > mg ? gb : mg;
                 }
-                if (rc) {
-                    c += rc;
-                    if (r < y0) y0 = r;
-                    if (r > y1) y1 = r;
-                    if (lo < x0) x0 = lo;
-                    if (hi > x1) x1 = hi;
-                }
             }
+        int64_t y0 = h, y1 = -1, x0 = w, x1 = -1;
+        if (c)
+            for (int64_t r = 0; r < h; r++)
+                for (int64_t i = 0; i < w; i++)
+                    if (hit[r * w + i]) {
+                        if (r < y0) y0 = r;
+                        y1 = r;
+                        if (i < x0) x0 = i;
+                        if (i > x1) x1 = i;
+                    }
+        free(hit);
         count[l] = mg >= 0x7f800000u ? -1 : c;
         max_abs[l] = ma; max_rel[l] = mr;
         box[4 * l] = c ? y0 : 0; box[4 * l + 1] = c ? y1 + 1 : 0;
@@ -209,8 +215,8 @@ def _build() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
     fn.restype = None
-    fb = lib.kf_diff_boxes
-    fb.argtypes = [ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr, ctypes.c_int]
+    fb = lib.kf_diff_window
+    fb.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr, ctypes.c_int]
     fb.restype = None
     fg = lib.kf_gather
     fg.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
@@ -275,24 +281,36 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] 
 Box = tuple[int, int, int, int]
 
 
-def diff_boxes(a: torch.Tensor, g: torch.Tensor, floor: float) -> list[tuple[tuple[int, float, float], Box | None]] | None:
-    """Per lane of (L, C, H, W) blocks ``a`` against ``g``: ``diff_rows``' figures and the
-    smallest window holding every element that differs (None: none), in one pass. None when
-    the library is not available, the layout does not fit, or a golden value is not finite."""
-    if a.dtype != torch.float32 or g.dtype != torch.float32 or a.device.type != "cpu" or g.device.type != "cpu":
+def diff_boxes(a: torch.Tensor, planes: list[torch.Tensor], corners: list[tuple[int, int]],
+               floor: float) -> list[tuple[tuple[int, float, float], Box | None]] | None:
+    """Per lane l of ``a`` (L, C, h, w) against the h x w window of golden plane ``planes[l]``
+    (C, H, W) at ``corners[l]`` (inside the plane): ``diff_rows``' figures and the smallest
+    window of ``a`` holding every element that differs (None: none), in one pass, without
+    copying the golden windows. None when the library is not available, a tensor does not fit
+    or a golden value is not finite."""
+    if a.dim() != 4 or a.dtype != torch.float32 or not a.is_contiguous() or a.device.type != "cpu":
         return None
-    if a.dim() != 4 or a.shape != g.shape or not a.is_contiguous() or not g.is_contiguous() or not available():
+    nl, c, h, w = a.shape
+    if len(planes) != nl or len(corners) != nl or not nl:
+        return None
+    hh, ww = planes[0].shape[1:]
+    for t, (y, x) in zip(planes, corners):
+        if (t.shape != planes[0].shape or t.shape[0] != c or t.dtype != torch.float32 or not t.is_contiguous()
+                or t.device.type != "cpu" or y < 0 or x < 0 or y + h > hh or x + w > ww):
+            return None
+    if not available():
         return None
     assert _lib is not None
-    nl, c, h, w = a.shape
+    meta = torch.tensor([[t.data_ptr() for t in planes], [y for y, _ in corners], [x for _, x in corners]],
+                        dtype=torch.int64)
     count = torch.empty(nl, dtype=torch.int64)
     top = torch.empty(2, nl, dtype=torch.int32)
     box = torch.empty(nl, 4, dtype=torch.int64)
     threads = max(1, min(torch.get_num_threads(), nl, a.numel() // MIN_ELEMS_PER_THREAD))
-    _lib.kf_diff_boxes(a.data_ptr(), g.data_ptr(), nl, c, h, w, floor, count.data_ptr(), top[0].data_ptr(),
-                       top[1].data_ptr(), box.data_ptr(), threads)
+    _lib.kf_diff_window(a.data_ptr(), meta[0].data_ptr(), nl, c, hh, ww, meta[1].data_ptr(), meta[2].data_ptr(),
+                        h, w, floor, count.data_ptr(), top[0].data_ptr(), top[1].data_ptr(), box.data_ptr(), threads)
     counts = count.tolist()
-    if min(counts, default=0) < 0:
+    if min(counts) < 0:
         return None
     ma, mr = top.clamp_max_(0x7F800000).view(torch.float32).tolist()
     out: list[tuple[tuple[int, float, float], Box | None]] = []
