@@ -43,12 +43,14 @@ def different(a: torch.Tensor, g: torch.Tensor, finite: bool = False) -> torch.T
     """Elementwise a != g, with NaN equal to NaN (golden NaNs are rare: checked first, unless
     the caller knows ``g`` is ``finite``)."""
     ne = a != g
-    if finite:
+    if finite or not has_nan(g):
         return ne
-    gn = torch.isnan(g)
-    if bool(gn.any()):
-        ne &= ~(torch.isnan(a) & gn)
-    return ne
+    return ne & ~(torch.isnan(a) & torch.isnan(g))
+
+
+def has_nan(t: torch.Tensor) -> bool:
+    """Any NaN in ``t``: one read-only pass (``amax`` propagates NaN), no mask."""
+    return t.numel() > 0 and t.is_floating_point() and bool(torch.isnan(t.amax()))
 
 
 Diff = tuple[int, float, float]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kernelfi.campaign.cone import SparseLane, diff_segments, different
+from kernelfi.campaign.cone import SparseLane, diff_segments, different, has_nan
 from kernelfi.faults.inject import LaneEffect, fault_writes
 from kernelfi.kernels import get_kernel
 from kernelfi.lowering import Memory
@@ -76,7 +76,7 @@ def _differs(writes: list[Write], after: Memory, g: int, names: set[str], nan_ro
         if t is None or not t.is_floating_point():
             continue
         if (name, g) not in nan_rows:
-            nan_rows[name, g] = bool(torch.isnan(t[g]).any())
+            nan_rows[name, g] = has_nan(t[g])
         if nan_rows[name, g]:
             return True  # torch.equal never holds for a row holding NaN
     for buf, i, v in writes:
@@ -124,7 +124,9 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
     gnan = torch.zeros(len(inputs), dtype=torch.bool)  # a golden NaN keeps a lane "dirty" (a != g)
     for n in live_next:
         if n in mem and mem[n].is_floating_point():
-            gnan |= torch.isnan(mem[n].reshape(len(inputs), -1)).any(dim=1)
+            rows = mem[n].reshape(len(inputs), -1)
+            if rows.shape[1]:
+                gnan |= torch.isnan(rows.amax(dim=1))  # amax propagates NaN: one pass, no mask
     found: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for k, st in sorted(struck.items()):
         launch = trace.launches[k]
