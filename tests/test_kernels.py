@@ -517,6 +517,13 @@ def test_conv1x1_by_hand_and_windows_equal_the_whole_map() -> None:
         for a, b in ((0, 1), (5, 9), (n - 40, n), (n // 3, n // 3 + 130), (0, n - 1)):
             assert torch.equal(conv1x1(x[:, :, a:b].contiguous(), w, n_map=n), full[:, :, a:b])
         assert _col_policy(w, n) in (*COL_POLICIES, n)
+    # a small map: lanes side by side, several calls for 25 lanes of 49 pixels; each lane as alone
+    w, x = torch.randn(48, 700, generator=gen), torch.randn(25, 700, 49, generator=gen)
+    full = conv1x1(x, w)
+    for i in (0, 10, 24):
+        assert torch.equal(conv1x1(x[i:i + 1], w), full[i:i + 1])
+        assert torch.equal(conv1x1(x[i:i + 1, :, 3:17].contiguous(), w, n_map=49), full[i:i + 1, :, 3:17])
+    assert torch.allclose(full[3], w @ x[3], rtol=1e-5, atol=1e-3)
 
 
 def test_fused_strided_1x1_is_im2col_then_gemm() -> None:

@@ -228,8 +228,8 @@ _col_checked: dict[tuple[int, int, int, int, str], int] = {}
 def _col_sizes(least: int, n: int) -> list[int]:
     """Column counts a policy of ``least`` columns is checked on: all near the bottom, then
     spread up to the whole map."""
-    dense = list(range(least, min(n, least + 64) + 1))
-    step = max(1, (n - least) // 48)
+    dense = list(range(least, min(n, least + 32) + 1))
+    step = max(1, (n - least) // 32)
     return sorted(set(dense + list(range(least, n + 1, step)) + [n - 1, n]) - {0} & set(range(least, n + 1)))
 
 
@@ -245,7 +245,7 @@ def _col_policy(w: torch.Tensor, n: int) -> int:
             if least >= n:
                 break
             if all(torch.equal(_mm_chunked(w, x[:, off:off + m].contiguous()), ref[:, off:off + m])
-                   for m in _col_sizes(least, n) for off in {0, n - m, (n - m) // 2}):
+                   for m in _col_sizes(least, n) for off in {0, n - m}):
                 found = least
                 break
         _col_checked[key] = found
@@ -261,15 +261,24 @@ def _mm_chunked(w: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = Non
     return out
 
 
+#: Maps of fewer pixels than this run the lanes side by side as the columns of one GEMM (a
+#: 7x7 map's GEMM per lane streams the whole weight matrix for 49 columns: half the speed of
+#: one call for all lanes on ResNet-50's layer4), in calls of at most ``CONCAT_COLS`` columns;
+#: their column policy is checked up to that many columns.
+CONCAT_BELOW = 128
+CONCAT_COLS = 512
+
+
 def conv1x1(x: torch.Tensor, w: torch.Tensor, n_map: int | None = None) -> torch.Tensor:
-    """Lanes ``x`` (B, K, N) times ``w`` (M, K): (B, M, N), one GEMM per lane. ``n_map``:
-    the whole map's pixel count when ``x`` holds a window of it (padded to the column policy,
-    so each column equals the whole map's). (Windows of several lanes side by side in one
-    GEMM were no faster here.)"""
+    """Lanes ``x`` (B, K, N) times ``w`` (M, K): (B, M, N). ``n_map``: the whole map's pixel
+    count when ``x`` holds a window of it. One GEMM per lane, a window padded to the column
+    policy (so each column equals the whole map's); below ``CONCAT_BELOW`` pixels, all lanes'
+    columns side by side. (Windows of bigger maps side by side were no faster here.)"""
     b, k, n = x.shape
-    pad = 0
-    if n_map is not None and n < n_map:
-        pad = max(n, min(_col_policy(w, n_map), n_map)) - n
+    n_map = n if n_map is None else max(n, n_map)
+    if n_map < CONCAT_BELOW:
+        return _side_by_side(x, w, n_map)
+    pad = max(n, min(_col_policy(w, n_map), n_map)) - n if n < n_map else 0
     if pad:
         x = torch.cat([x, x.new_zeros(b, k, pad)], dim=2)
     out = x.new_empty(b, w.shape[0], n + pad)
@@ -277,6 +286,25 @@ def conv1x1(x: torch.Tensor, w: torch.Tensor, n_map: int | None = None) -> torch
         for i in range(b):
             _mm_chunked(w, _aligned(x[i]), out=out[i])
     return out[:, :, :n] if pad else out
+
+
+def _side_by_side(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
+    """``conv1x1`` of a small map: lane i's columns at i*N..(i+1)*N of calls of whole lanes, at
+    most ``CONCAT_COLS`` columns and at least the column policy's (zero-padded)."""
+    b, k, n = x.shape
+    least = min(_col_policy(w, CONCAT_COLS), CONCAT_COLS)
+    per = max(1, CONCAT_COLS // n)
+    cols = x.permute(1, 0, 2).reshape(k, b * n)
+    parts = []
+    with _no_tf32(x.device):
+        for s in range(0, b, per):
+            part = cols[:, s * n:min(b, s + per) * n]
+            used = part.shape[1]
+            if used < least:
+                part = torch.cat([part, part.new_zeros(k, least - used)], dim=1)
+            parts.append(_mm_chunked(w, part.contiguous())[:, :used])
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return out.reshape(w.shape[0], b, n).permute(1, 0, 2).contiguous()
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
