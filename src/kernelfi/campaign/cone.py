@@ -360,7 +360,9 @@ class Cone:
             if tight[j] is None:
                 ln.patches.pop(cu.output, None)
                 continue
-            y0, _, x0, _ = box
+            y0, y1, x0, x1 = box
             ty0, ty1, tx0, tx1 = tight[j]
-            ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), out[j, :, ty0:ty1, tx0:tx1].clone())
+            whole = (ty0, ty1, tx0, tx1) == (0, y1 - y0, 0, x1 - x0)  # the step's own tensor: no copy
+            vals = out[j] if whole else out[j, :, ty0:ty1, tx0:tx1].clone()
+            ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), vals)
         return True

@@ -79,28 +79,33 @@ void kf_diff_window(const float *a, const int64_t *planes, int64_t nl, int64_t C
                     uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
     #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
     for (int64_t l = 0; l < nl; l++) {
-        unsigned char *hit = (unsigned char *)calloc((size_t)(h * w), 1);
-        const float *xl = a + l * C * h * w, *gl = (const float *)planes[l] + oy[l] * W + ox[l];
+        const int64_t hw = h * w;
+        unsigned char *hit = (unsigned char *)calloc((size_t)hw, 1);
+        float *gw = (float *)malloc((size_t)hw * sizeof(float));  /* one channel's golden window */
+        const float *xl = a + l * C * hw, *gl = (const float *)planes[l] + oy[l] * W + ox[l];
         int64_t c = 0;
         uint32_t ma = 0, mr = 0, mg = 0;
-        for (int64_t ch = 0; ch < C; ch++)
-            for (int64_t r = 0; r < h; r++) {
-                const float *x = xl + (ch * h + r) * w, *y = gl + ch * H * W + r * W;
-                unsigned char *hr = hit + r * w;
-                for (int64_t i = 0; i < w; i++) {
-                    float d = x[i] - y[i];
-                    uint32_t db = bits(d) & 0x7fffffffu;
-                    uint32_t gb = bits(y[i]) & 0x7fffffffu;
-                    float ag = unbits(gb);
-                    float den = ag > floor_ ? ag : floor_;
-                    uint32_t qb = bits(d / den) & 0x7fffffffu;
-                    c += db != 0;
-                    hr[i] |= db != 0;
-                    ma = db > ma ? db : ma;
-                    mr = qb > mr ? qb : mr;
-                    mg = gb > mg ? gb : mg;
-                }
+        for (int64_t ch = 0; ch < C; ch++) {
+            for (int64_t r = 0; r < h; r++)  /* rows of the plane into one run: the pass below vectorizes */
+                memcpy(gw + r * w, gl + ch * H * W + r * W, (size_t)w * sizeof(float));
+            const float *restrict x = xl + ch * hw;
+            const float *restrict y = gw;
+            unsigned char *restrict hr = hit;
+            for (int64_t i = 0; i < hw; i++) {
+                float d = x[i] - y[i];
+                uint32_t db = bits(d) & 0x7fffffffu;
+                uint32_t gb = bits(y[i]) & 0x7fffffffu;
+                float ag = unbits(gb);
+                float den = ag > floor_ ? ag : floor_;
+                uint32_t qb = bits(d / den) & 0x7fffffffu;
+                c += db != 0;
+                hr[i] |= db != 0;
+                ma = db > ma ? db : ma;
+                mr = qb > mr ? qb : mr;
+                mg = gb > mg ? gb : mg;
             }
+        }
+        free(gw);
         int64_t y0 = h, y1 = -1, x0 = w, x1 = -1;
         if (c)
             for (int64_t r = 0; r < h; r++)
