@@ -294,17 +294,18 @@ def _side_by_side(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
     b, k, n = x.shape
     least = min(_col_policy(w, CONCAT_COLS), CONCAT_COLS)
     per = max(1, CONCAT_COLS // n)
-    cols = x.permute(1, 0, 2).reshape(k, b * n)
-    parts = []
+    m = w.shape[0]
+    out = x.new_empty(b, m, n)
     with _no_tf32(x.device):
         for s in range(0, b, per):
-            part = cols[:, s * n:min(b, s + per) * n]
-            used = part.shape[1]
+            e = min(b, s + per)
+            cols = x[s:e].permute(1, 0, 2).reshape(k, (e - s) * n)  # lane i's pixels at columns i*n..
+            used = cols.shape[1]
             if used < least:
-                part = torch.cat([part, part.new_zeros(k, least - used)], dim=1)
-            parts.append(_mm_chunked(w, part.contiguous())[:, :used])
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return out.reshape(w.shape[0], b, n).permute(1, 0, 2).contiguous()
+                cols = torch.cat([cols, cols.new_zeros(k, least - used)], dim=1)
+            y = _mm_chunked(w, cols.contiguous())[:, :used]
+            out[s:e].copy_(y.view(m, e - s, n).permute(1, 0, 2))
+    return out
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
