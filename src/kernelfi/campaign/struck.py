@@ -101,6 +101,8 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
     for j in refs:
         by_launch.setdefault(batch[j].fault.site.launch, []).append(j)
     struck: dict[int, _Struck] = {}
+    later = {k: {b for l in trace.launches[k + 1:end] for b in (*l.reads, *l.writes)} for k in by_launch}
+    needed = set(runner.live[pos + 1]) | {runner.out_buf.get(trace.layers[pos].index)}
 
     def override(k: int):
         def run(l: Launch, m: Memory) -> None:
@@ -111,7 +113,12 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
                 eff = ctx.effects[j] = LaneEffect(golden_lane=gl[batch[j].fault.input_id])
                 st.writes[j] = fault_writes(l, m, before, eff.golden_lane, batch[j].fault, eff, runner.memmap,
                                             runner._per_lane)
-            st.after = {n: t.clone() for n, t in m.items() if runner._per_lane(n, t)}
+            # what the rest of the layer, the Masked test and the comparisons read: not the dead
+            # buffers (the im2col workspace is up to 7 MiB per input on ResNet-50)
+            keep = set(l.writes) | later[k] | needed
+            for j in by_launch[k]:
+                keep |= ctx.effects[j].touched | {b for b, _, _ in st.writes[j]}
+            st.after = {n: t.clone() for n, t in m.items() if n in keep and runner._per_lane(n, t)}
         return run
 
     with torch.no_grad():
