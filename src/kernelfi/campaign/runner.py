@@ -451,7 +451,7 @@ class Runner:
                      diffs: list[Diff], dirty: list[bool]) -> list[tuple[int, int, int, tuple[int, int]]]:
         """``_scan``'s figures in one native pass per golden source (the batch's golden lanes,
         the golden cache), filled into ``diffs`` and ``dirty``; the runs it could not do (no
-        native library, a NaN or inf in a lane or its golden row) are returned."""
+        native library, a NaN or inf in the golden row) are returned."""
         rest = []
         for src, gsrc in ((0, t), (1, cached)):
             mine = [r for r in runs if r[3][0] == src]
