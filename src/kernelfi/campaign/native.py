@@ -239,6 +239,27 @@ def available() -> bool:
     return _lib is not None
 
 
+def _cpu_f32(t: torch.Tensor, contiguous: bool = True) -> bool:
+    return t.dtype == torch.float32 and t.device.type == "cpu" and (t.is_contiguous() or not contiguous)
+
+
+def _planes_fit(planes: list[torch.Tensor]) -> bool:
+    """Golden planes the C code can read: float32, contiguous, on the CPU, all of one shape."""
+    return all(t.shape == planes[0].shape and _cpu_f32(t) for t in planes)
+
+
+def _threads(elems: int, most: int | None = None) -> int:
+    """torch's thread count, but none with fewer than ``MIN_ELEMS_PER_THREAD`` elements."""
+    n = min(torch.get_num_threads(), elems // MIN_ELEMS_PER_THREAD)
+    return max(1, n if most is None else min(n, most))
+
+
+def _maxima(top: torch.Tensor) -> list[list[float]]:
+    """The largest errors from their bit patterns: a NaN error counts as infinite (NaN bit
+    patterns lie above inf's)."""
+    return top.clamp_max_(0x7F800000).view(torch.float32).tolist()
+
+
 def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] | None = None,
               g_rows: list[int] | None = None) -> list[tuple[int, float, float] | None] | None:
     """Per row ``a_rows[r]`` of ``a`` (L, N) against row ``g_rows[r]`` of ``g`` (G, N), float32
@@ -248,9 +269,7 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] 
     unequal to golden. None for a row whose golden row holds a NaN or inf (the NaN-equal-NaN
     cases), and None for all when the library is not available or the layout does not fit:
     the caller takes the torch path for those."""
-    if a.dtype != torch.float32 or g.dtype != torch.float32 or a.device.type != "cpu" or g.device.type != "cpu":
-        return None
-    if a.dim() != 2 or g.dim() != 2 or g.shape[1] != a.shape[1]:
+    if not _cpu_f32(a, False) or not _cpu_f32(g, False) or a.dim() != 2 or g.dim() != 2 or g.shape[1] != a.shape[1]:
         return None
     n = a.shape[1]
     if n > 1 and (a.stride(1) != 1 or g.stride(1) != 1):
@@ -264,7 +283,7 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] 
     idx = torch.tensor([ai, gi], dtype=torch.int64)
     if bool((idx[0] >= a.shape[0]).any() or (idx[1] >= g.shape[0]).any() or (idx < 0).any()):
         raise IndexError("native.diff_rows: row index out of range")
-    threads = max(1, min(torch.get_num_threads(), rows * n // MIN_ELEMS_PER_THREAD))
+    threads = _threads(rows * n)
     nseg = -(-threads // rows)  # every thread gets work: rows split into segments
     seg = max(1, -(-n // nseg))
     nseg = max(1, -(-n // seg))
@@ -277,8 +296,7 @@ def diff_rows(a: torch.Tensor, g: torch.Tensor, floor: float, a_rows: list[int] 
         bad = bad.view(rows, nseg).any(dim=1)
         count = count.view(rows, nseg).sum(dim=1)
         top = top.view(2, rows, nseg).amax(dim=2)  # non-negative float bit patterns order as ints
-    # a NaN error counts as infinite: NaN bit patterns lie above inf's
-    ma, mr = top.clamp_max_(0x7F800000).view(torch.float32).tolist()
+    ma, mr = _maxima(top)
     return [None if b else (int(k), x, y) if k else (0, 0.0, 0.0)
             for b, k, x, y in zip(bad.tolist(), count.tolist(), ma, mr)]
 
@@ -293,16 +311,12 @@ def diff_boxes(a: torch.Tensor, planes: list[torch.Tensor], corners: list[tuple[
     window of ``a`` holding every element that differs (None: none), in one pass, without
     copying the golden windows. None when the library is not available, a tensor does not fit
     or a golden value is not finite."""
-    if a.dim() != 4 or a.dtype != torch.float32 or not a.is_contiguous() or a.device.type != "cpu":
+    if a.dim() != 4 or not _cpu_f32(a) or len(planes) != a.shape[0] or len(corners) != a.shape[0] or not planes:
         return None
     nl, c, h, w = a.shape
-    if len(planes) != nl or len(corners) != nl or not nl:
+    cc, hh, ww = planes[0].shape
+    if cc != c or not _planes_fit(planes) or any(y < 0 or x < 0 or y + h > hh or x + w > ww for y, x in corners):
         return None
-    hh, ww = planes[0].shape[1:]
-    for t, (y, x) in zip(planes, corners):
-        if (t.shape != planes[0].shape or t.shape[0] != c or t.dtype != torch.float32 or not t.is_contiguous()
-                or t.device.type != "cpu" or y < 0 or x < 0 or y + h > hh or x + w > ww):
-            return None
     if not available():
         return None
     assert _lib is not None
@@ -311,13 +325,13 @@ def diff_boxes(a: torch.Tensor, planes: list[torch.Tensor], corners: list[tuple[
     count = torch.empty(nl, dtype=torch.int64)
     top = torch.empty(2, nl, dtype=torch.int32)
     box = torch.empty(nl, 4, dtype=torch.int64)
-    threads = max(1, min(torch.get_num_threads(), nl, a.numel() // MIN_ELEMS_PER_THREAD))
+    threads = _threads(a.numel(), nl)
     _lib.kf_diff_window(a.data_ptr(), meta[0].data_ptr(), nl, c, hh, ww, meta[1].data_ptr(), meta[2].data_ptr(),
                         h, w, floor, count.data_ptr(), top[0].data_ptr(), top[1].data_ptr(), box.data_ptr(), threads)
     counts = count.tolist()
     if min(counts) < 0:
         return None
-    ma, mr = top.clamp_max_(0x7F800000).view(torch.float32).tolist()
+    ma, mr = _maxima(top)
     out: list[tuple[tuple[int, float, float], Box | None]] = []
     for k, x, y, b in zip(counts, ma, mr, box.tolist()):
         out.append(((k, x, y), tuple(b)) if k else ((0, 0.0, 0.0), None))  # type: ignore[arg-type]
@@ -331,21 +345,18 @@ def gather(planes: list[torch.Tensor], corners: list[tuple[int, int]], fill: flo
     (``fill`` outside the plane), with its patch pasted over it. False (nothing written) when
     the library is not available or a tensor does not fit."""
     nl = len(planes)
-    if not nl or out.dim() != 4 or out.shape[0] != nl or out.dtype != torch.float32 or not out.is_contiguous():
+    if not nl or out.dim() != 4 or out.shape[0] != nl or not _cpu_f32(out) or not _planes_fit(planes):
         return False
     c, hh, ww = planes[0].shape
-    if out.shape[1] != c or out.device.type != "cpu":
+    if out.shape[1] != c:
         return False
-    for t in planes:
-        if t.shape != planes[0].shape or t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
-            return False
     pbox = [0] * (4 * nl)
     pptr = [0] * nl
     for l, patch in enumerate(patches):
         if patch is None:
             continue
         box, vals = patch
-        if vals.dtype != torch.float32 or not vals.is_contiguous() or tuple(vals.shape) != (c, box[1] - box[0], box[3] - box[2]):
+        if not _cpu_f32(vals) or tuple(vals.shape) != (c, box[1] - box[0], box[3] - box[2]):
             return False
         pbox[4 * l:4 * l + 4] = box
         pptr[l] = vals.data_ptr()
@@ -355,7 +366,7 @@ def gather(planes: list[torch.Tensor], corners: list[tuple[int, int]], fill: flo
     meta = torch.tensor([[t.data_ptr() for t in planes], [y for y, _ in corners], [x for _, x in corners], pptr],
                         dtype=torch.int64)
     boxes = torch.tensor(pbox, dtype=torch.int64)
-    threads = max(1, min(torch.get_num_threads(), out.numel() // MIN_ELEMS_PER_THREAD))
+    threads = _threads(out.numel())
     _lib.kf_gather(meta[0].data_ptr(), nl, c, hh, ww, meta[1].data_ptr(), meta[2].data_ptr(), out.shape[2],
                    out.shape[3], fill, meta[3].data_ptr(), boxes.data_ptr(), out.data_ptr(), threads)
     return True

@@ -102,7 +102,8 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
         by_launch.setdefault(batch[j].fault.site.launch, []).append(j)
     struck: dict[int, _Struck] = {}
     later = {k: {b for l in trace.launches[k + 1:end] for b in (*l.reads, *l.writes)} for k in by_launch}
-    needed = set(runner.live[pos + 1]) | {runner.out_buf.get(trace.layers[pos].index)}
+    out_name = runner.out_buf.get(trace.layers[pos].index)
+    needed = set(runner.live[pos + 1]) | ({out_name} if out_name else set())
 
     def override(k: int):
         def run(l: Launch, m: Memory) -> None:
@@ -126,8 +127,7 @@ def run_sparse(runner: "Runner", ctx: "_Batch", refs: list[int], pos: int, layer
     fallback: list[int] = []
     live_next = runner.live[pos + 1]
     spec = trace.layers[pos]
-    out_name = runner.out_buf.get(spec.index)
-    names = [n for n in sorted(live_next | ({out_name} if out_name else set())) if n in mem]
+    names = [n for n in sorted(needed) if n in mem]
     gnan = torch.zeros(len(inputs), dtype=torch.bool)  # a golden NaN keeps a lane "dirty" (a != g)
     for n in live_next:
         if n in mem and mem[n].is_floating_point():
