@@ -230,7 +230,7 @@ def _col_sizes(least: int, n: int) -> list[int]:
     spread up to the whole map."""
     dense = list(range(least, min(n, least + 32) + 1))
     step = max(1, (n - least) // 32)
-    return sorted(set(dense + list(range(least, n + 1, step)) + [n - 1, n]) - {0} & set(range(least, n + 1)))
+    return sorted({m for m in (*dense, *range(least, n + 1, step), n - 1, n) if least <= m <= n})
 
 
 def _col_policy(w: torch.Tensor, n: int) -> int:
