@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kernelfi.campaign import native
 from kernelfi.lowering import Memory, Program
-
-from . import native
 from kernelfi.lowering.crop import Box, CropUnit, area, crop_units, fit, gather, union, verify
 from kernelfi.types import Propagation, Trace
 

@@ -84,7 +84,6 @@ class Runner:
                                                                     self.out_buf)
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
-        self._finite_rows: dict[tuple[str, int], bool] = {}
         self._whole_chunk: dict[int, int] = {}
         self._lane_numel = lane_numel(trace)
 
@@ -416,13 +415,9 @@ class Runner:
         return out
 
     def _finite(self, name: str, row: int) -> bool:
-        """Whether the golden cache's row ``row`` of ``name`` holds only finite values (cached:
-        comparisons with it may then skip every NaN and inf case)."""
-        key = (name, row)
-        ok = self._finite_rows.get(key)
-        if ok is None:
-            ok = self._finite_rows[key] = bool(torch.isfinite(self.golden.buffers[name][row]).all())
-        return ok
+        """Whether the golden cache's row ``row`` of ``name`` holds only finite values
+        (comparisons with it may then skip every NaN and inf case): the cone's cache of it."""
+        return self.cone.finite(name, row)
 
     def _scan(self, t: torch.Tensor, name: str, runs: list[tuple[int, int, int, tuple[int, int]]], n: int,
               with_diff: bool) -> tuple[list[Diff], list[bool]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernelfi.kernels import conv1x1, fused_conv, lane_conv2d, rows_linear
+from kernelfi.kernels import conv1x1, fused_conv, rows_linear
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
