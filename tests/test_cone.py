@@ -191,3 +191,45 @@ def test_similar_groups_lanes_of_like_boxes() -> None:
     # it 300 > 1.25 * 194, so it opens a group; the other 2x2 (8 <= 10) and the 1x2 (12 <= 12.5)
     # join it; the 1x1 would make it 16 > 1.25 * 11
     assert groups == [[1, 2], [0, 3, 4], [5]]
+
+
+def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:
+    """A bottleneck ResNet's stride-1 1x1 convolutions run all lanes' windows side by side as
+    the columns of one GEMM (``Cone._step_cols``), maps of 144 pixels (calls of at most the
+    map's columns) and of 36 or fewer (calls of ``CONCAT_COLS``); every row equals the
+    whole-tensor path's, and the one of the grouped windows."""
+    from kernelfi.campaign.golden import Golden
+    from kernelfi.campaign.planner import PlannedFault
+    from kernelfi.campaign.runner import Runner
+    from kernelfi.lowering import lower
+    from kernelfi.models.architectures import Bottleneck, ResNet
+    from kernelfi.types import BitModel, Fault, Mode, Site
+
+    torch.manual_seed(0)
+    model = ResNet(Bottleneck, [2, 1, 1, 1], num_classes=10, width_per_group=16).eval()
+    program = lower(model, (3, 48, 48), "bottleneck")
+    golden = Golden.compute(program, torch.randn(3, 3, 48, 48))
+    adds = [l for l in program.trace.launches if l.kernel == "add_bias"]
+    gen = torch.Generator().manual_seed(3)
+    planned = []
+    for i in range(160):
+        l = adds[i % len(adds)]
+        slot = next(k for k, s in enumerate(l.template.slots) if s.tag == "fadd:out")
+        site = Site(launch=l.index, group="FP32", thread=int(torch.randint(0, l.template.threads, (1,), generator=gen)),
+                    slot=slot, iteration=0)
+        bit = int(torch.randint(0, 32, (1,), generator=gen))
+        planned.append(PlannedFault(i, Fault(Mode.IOV.value, site, BitModel.SINGLE.value, (bit,), None, False, i % 3),
+                                    1.0))
+    rows = {}
+    for name, cone, cols in (("whole", False, False), ("groups", True, False), ("columns", True, True)):
+        runner = Runner(program, golden, cone=cone)
+        if cone:
+            assert len(runner.cone.cols) >= 6  # every stride-1 1x1 convolution passed its check
+            if not cols:
+                runner.cone.cols = set()
+        with torch.no_grad():
+            rows[name] = {e.planned.id: repr(e.result) for s in range(0, 160, 40) for e in runner.run(planned[s:s + 40])}
+        if cols:
+            assert runner.cone.stats["column_steps"] > 10
+    assert rows["columns"] == rows["groups"] == rows["whole"]
+    assert sum("sdc_" in r for r in rows["whole"].values()) > 60

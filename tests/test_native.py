@@ -132,3 +132,40 @@ def test_gather_equals_crop_gather() -> None:
         for j in range(4):
             assert torch.equal(out[j], gather(planes[j], regions[j], fill, patches[j]))
     assert not native.gather(planes, [(0, 0)] * 4, 0.0, [None] * 4, torch.empty(4, 3, 5, 6).transpose(2, 3))
+
+
+@needs_native
+def test_column_layout_gather_and_figures() -> None:
+    """Lanes side by side as the columns of a (C, P) matrix: each lane's window of its plane
+    (with its patch, partly or wholly covering the window) lands in its own columns row by row,
+    and the figures and tight boxes read from those columns equal the (L, C, h, w) ones."""
+    from kernelfi.lowering.crop import gather
+
+    gen = torch.Generator().manual_seed(9)
+    planes = [torch.randn(4, 7, 6, generator=gen) for _ in range(3)]
+    boxes = [(0, 7, 0, 6), (2, 5, 1, 3), (6, 7, 5, 6)]  # the whole plane, 3 x 2, one pixel
+    patches = [((1, 3, 0, 6), torch.randn(4, 2, 6, generator=gen)), None,
+               ((6, 7, 5, 6), torch.randn(4, 1, 1, generator=gen))]
+    offsets = [0, 42, 48]
+    out = torch.full((4, 50), 7.0)
+    assert native.gather_cols(planes, boxes, offsets, patches, out)
+    for j, (b, o) in enumerate(zip(boxes, offsets)):
+        n = (b[1] - b[0]) * (b[3] - b[2])
+        assert torch.equal(out[:, o:o + n], gather(planes[j], b, 0.0, patches[j]).reshape(4, n))
+    assert not native.gather_cols(planes, boxes, [0, 42, 50], patches, out)  # past the last column
+    # figures against golden planes that hold the gathered values, two elements changed
+    golden = []
+    for p, b, q in zip(planes, boxes, patches):
+        g = p.clone()
+        g[:, b[0]:b[1], b[2]:b[3]] = gather(p, b, 0.0, q)
+        golden.append(g)
+    a = out.clone()
+    a[2, 3] += 1.0         # lane 0: row 0, column 3
+    a[0, 47] = a[0, 47] + 2.0  # lane 1: its last pixel, row 2, column 1
+    got = native.diff_boxes_cols(a, golden, boxes, offsets, REL_FLOOR)
+    assert got is not None
+    assert got[0][1] == (0, 1, 3, 4) and got[0][0][0] == 1
+    assert got[1][1] == (2, 3, 1, 2) and got[1][0][0] == 1
+    assert got[2] == ((0, 0.0, 0.0), None)
+    lane1 = a[:, 42:48].reshape(1, 4, 3, 2).contiguous()
+    assert [got[1]] == native.diff_boxes(lane1, [golden[1]], [(2, 1)], REL_FLOOR)

@@ -20,7 +20,7 @@ import torch
 
 from kernelfi.campaign import native
 from kernelfi.lowering import Memory, Program
-from kernelfi.lowering.crop import Box, CropUnit, area, crop_units, fit, gather, union, verify
+from kernelfi.lowering.crop import Box, CropUnit, area, crop_units, fit, gather, union, verify, verify_cols
 from kernelfi.types import Propagation, Trace
 
 #: A lane whose next window would cover more than this share of a feature map runs whole.
@@ -168,8 +168,10 @@ class Cone:
         self.program, self.gold, self.live = program, golden_buffers, live
         self.trace: Trace = program.trace
         self.units: dict[int, CropUnit] = {}
+        #: units whose lanes' windows run side by side in one GEMM (``CropUnit.columns``, verified)
+        self.cols: set[int] = set()
         #: windows computed and whole feature maps they stood for (what the cone saved)
-        self.stats = {"windows": 0, "window_elems": 0, "map_elems": 0}
+        self.stats = {"windows": 0, "window_elems": 0, "map_elems": 0, "column_steps": 0}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._finite: dict[tuple[str, int], bool] = {}
         if enabled:
@@ -179,6 +181,7 @@ class Cone:
             mem: Memory = dict(program.weights)
             with torch.no_grad():
                 self.units = {k: cu for k, cu in crop_units(program).items() if verify(cu, mem, golden_buffers, rows, gen)}
+                self.cols = {k for k, cu in self.units.items() if verify_cols(cu, mem, golden_buffers, rows, gen)}
 
     def plane(self, name: str, inp: int) -> torch.Tensor | None:
         shape = self._shapes.get(name)
@@ -293,7 +296,11 @@ class Cone:
                     dense.setdefault(p, []).append(ln)
                 else:
                     step.append((ln, box))
-            if step and cu is not None:
+            if step and cu is not None and spec.index in self.cols:
+                if not self._step_cols(cu, step, out_buf.get(spec.index), props):
+                    dense.setdefault(p, []).extend(ln for ln, _ in step)
+                    step = []
+            elif step and cu is not None:
                 ran = []
                 for group in similar(step):  # windows of one call share a size: lanes of like boxes
                     if self._step(cu, group, out_buf.get(spec.index), props):
@@ -364,4 +371,56 @@ class Cone:
             whole = (ty0, ty1, tx0, tx1) == (0, y1 - y0, 0, x1 - x0)  # the step's own tensor: no copy
             vals = out[j] if whole else out[j, :, ty0:ty1, tx0:tx1].clone()
             ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), vals)
+        return True
+
+    def _step_cols(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], out_name: str | None,
+                   props: dict[int, list[Propagation]]) -> bool:
+        """``_step`` for a ``columns`` unit: every lane's own window, side by side as the columns
+        of one GEMM (no common window size, so no lanes split into calls and no padding)."""
+        name = cu.inputs[0]
+        planes = [self.plane(name, ln.input_id) for ln, _ in step]
+        gplanes = [self.plane(cu.output, ln.input_id) for ln, _ in step]
+        if any(p is None for p in planes) or any(p is None for p in gplanes):
+            return False
+        boxes = [b for _, b in step]
+        offsets, p = [], 0
+        for b in boxes:
+            offsets.append(p)
+            p += area(b)
+        x = planes[0].new_empty((cu.in_chw[0], p))  # type: ignore[union-attr]
+        patches = [ln.patches.get(name) for ln, _ in step]
+        if not native.gather_cols(planes, boxes, offsets, patches, x):  # type: ignore[arg-type]
+            for b, o, plane, patch in zip(boxes, offsets, planes, patches):
+                x[:, o:o + area(b)] = gather(plane, b, 0.0, patch).reshape(cu.in_chw[0], -1)  # type: ignore[arg-type]
+        with torch.no_grad():
+            y = cu.run_cols(self.program.weights, x)
+        if y is None:
+            return False
+        m = cu.out_chw[0]
+        numel = m * cu.out_chw[1] * cu.out_chw[2]
+        self.stats["windows"] += len(step)
+        self.stats["column_steps"] += 1
+        self.stats["window_elems"] += y.numel()
+        self.stats["map_elems"] += numel * len(step)
+        finite = all(self.finite(cu.output, ln.input_id) for ln, _ in step)
+        both = native.diff_boxes_cols(y, gplanes, boxes, offsets, REL_FLOOR) if finite else None  # type: ignore[arg-type]
+        wins = [y[:, o:o + area(b)].view(m, b[1] - b[0], b[3] - b[2]) for b, o in zip(boxes, offsets)]
+        if both is None:
+            both = []
+            for win, gp, (y0, y1, x0, x1) in zip(wins, gplanes, boxes):
+                g = gp[:, y0:y1, x0:x1].unsqueeze(0)  # type: ignore[index]
+                a = win.unsqueeze(0)
+                both.append((diff_rows(a.reshape(1, -1), g.reshape(1, -1), finite)[0] if out_name else (0, 0.0, 0.0),
+                             bboxes(different(a, g, finite))[0]))
+        layer = int(cu.unit.launches[0].layer)
+        for (ln, box), win, (found, tight) in zip(step, wins, both):
+            if out_name is not None:
+                n, ma, mr = found
+                props[ln.ref].append(Propagation(layer, n, numel, ma, mr))
+            if tight is None:
+                ln.patches.pop(cu.output, None)
+                continue
+            ty0, ty1, tx0, tx1 = tight
+            ln.patches[cu.output] = ((box[0] + ty0, box[0] + ty1, box[2] + tx0, box[2] + tx1),
+                                     win[:, ty0:ty1, tx0:tx1].clone())
         return True

@@ -69,26 +69,35 @@ void kf_diff_rows(const float *a, const int64_t *ai, int64_t sa, const float *g,
     }
 }
 
-/* Lanes l < nl of a (nl, C, h, w), contiguous, against the window of golden plane planes[l]
-   (C, H, W) whose top-left corner is (oy[l], ox[l]) (inside the plane): kf_diff_rows' figures
-   per lane and the smallest window (y0, y1, x0, x1, half-open, in a's coordinates) holding
+/* A lane's window: geo[6*l..] = golden plane (C, H, W) pointer, top-left corner (oy, ox), size
+   (h, w) and the offset of its channel 0 in the lane data; channel c of the window is the h*w
+   block at offset + c*sc. (Lanes of an (nl, C, h, w) tensor: offset l*C*h*w, sc = h*w; lanes
+   side by side as the columns of a (C, P) matrix: offset = the lane's first column, sc = P.) */
+#define GEO_PLANE(l) ((const float *)geo[6 * (l)])
+#define GEO_OY(l) geo[6 * (l) + 1]
+#define GEO_OX(l) geo[6 * (l) + 2]
+#define GEO_H(l) geo[6 * (l) + 3]
+#define GEO_W(l) geo[6 * (l) + 4]
+#define GEO_OFF(l) geo[6 * (l) + 5]
+
+/* Lanes l < nl of a against their golden windows (inside the plane): kf_diff_rows' figures per
+   lane and the smallest window (y0, y1, x0, x1, half-open, in window coordinates) holding
    every element that differs, all channels together; y1 = 0 when none does. count is -1 when
    the golden window is not finite. */
-void kf_diff_window(const float *a, const int64_t *planes, int64_t nl, int64_t C, int64_t H, int64_t W,
-                    const int64_t *oy, const int64_t *ox, int64_t h, int64_t w, float floor_, int64_t *count,
-                    uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
-    #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+void kf_diff_window(const float *a, const int64_t *geo, int64_t nl, int64_t C, int64_t H, int64_t W, int64_t sc,
+                    float floor_, int64_t *count, uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if(threads > 1)
     for (int64_t l = 0; l < nl; l++) {
-        const int64_t hw = h * w;
+        const int64_t h = GEO_H(l), w = GEO_W(l), hw = h * w;
         unsigned char *hit = (unsigned char *)calloc((size_t)hw, 1);
         float *gw = (float *)malloc((size_t)hw * sizeof(float));  /* one channel's golden window */
-        const float *xl = a + l * C * hw, *gl = (const float *)planes[l] + oy[l] * W + ox[l];
+        const float *xl = a + GEO_OFF(l), *gl = GEO_PLANE(l) + GEO_OY(l) * W + GEO_OX(l);
         int64_t c = 0;
         uint32_t ma = 0, mr = 0, mg = 0;
         for (int64_t ch = 0; ch < C; ch++) {
             for (int64_t r = 0; r < h; r++)  /* rows of the plane into one run: the pass below vectorizes */
                 memcpy(gw + r * w, gl + ch * H * W + r * W, (size_t)w * sizeof(float));
-            const float *restrict x = xl + ch * hw;
+            const float *restrict x = xl + ch * sc;
             const float *restrict y = gw;
             unsigned char *restrict hr = hit;
             for (int64_t i = 0; i < hw; i++) {
@@ -124,39 +133,39 @@ void kf_diff_window(const float *a, const int64_t *planes, int64_t nl, int64_t C
     }
 }
 
-/* Lane l < nl: the (C, h, w) window of plane planes[l] (C, H, W) whose top-left corner is
-   (oy[l], ox[l]), fill outside the plane, then patch patches[l] (C, ph, pw at pbox[l] = y0, y1,
-   x0, x1; 0: none) pasted over it: into out (nl, C, h, w). */
-void kf_gather(const int64_t *planes, int64_t nl, int64_t C, int64_t H, int64_t W, const int64_t *oy,
-               const int64_t *ox, int64_t h, int64_t w, float fill, const int64_t *patches, const int64_t *pbox,
-               float *out, int threads) {
+/* Lane l < nl: its window of its plane (fill outside the plane), then patch patches[l] (C, ph,
+   pw at pbox[l] = y0, y1, x0, x1 in plane coordinates; 0: none) pasted over it, into out at
+   the lane's offset, channel stride sc. */
+void kf_gather(const int64_t *geo, int64_t nl, int64_t C, int64_t H, int64_t W, int64_t sc, float fill,
+               const int64_t *patches, const int64_t *pbox, float *out, int threads) {
     #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if(threads > 1)
     for (int64_t l = 0; l < nl; l++)
         for (int64_t c = 0; c < C; c++) {
-            const float *pl = (const float *)planes[l] + c * H * W;
-            float *o = out + (l * C + c) * h * w;
-            const int64_t y0 = oy[l], x0 = ox[l];
+            const int64_t h = GEO_H(l), w = GEO_W(l);
+            const float *pl = GEO_PLANE(l) + c * H * W;
+            float *o = out + GEO_OFF(l) + c * sc;
+            const int64_t y0 = GEO_OY(l), x0 = GEO_OX(l);
             const int64_t xa = x0 < 0 ? -x0 : 0, xb = W - x0 < w ? W - x0 : w;  /* columns inside */
+            const int64_t py0 = patches[l] ? pbox[4 * l] : 0, py1 = patches[l] ? pbox[4 * l + 1] : 0;
+            const int64_t px0 = pbox[4 * l + 2], px1 = pbox[4 * l + 3], pw = px1 - px0;
+            const int64_t jx0 = px0 > x0 ? px0 : x0, jx1 = px1 < x0 + w ? px1 : x0 + w;
+            const float *pp = patches[l] ? (const float *)patches[l] + c * (py1 - py0) * pw : 0;
             for (int64_t yy = 0; yy < h; yy++) {
                 float *row = o + yy * w;
                 const int64_t y = y0 + yy;
-                if (y < 0 || y >= H || xa >= xb) {
-                    for (int64_t i = 0; i < w; i++) row[i] = fill;
+                if (pp && y >= py0 && y < py1 && jx0 == x0 && jx1 == x0 + w) {  /* the patch covers the row */
+                    memcpy(row, pp + (y - py0) * pw + (x0 - px0), (size_t)w * sizeof(float));
                     continue;
                 }
-                for (int64_t i = 0; i < xa; i++) row[i] = fill;
-                memcpy(row + xa, pl + y * W + x0 + xa, (size_t)(xb - xa) * sizeof(float));
-                for (int64_t i = xb; i < w; i++) row[i] = fill;
-            }
-            if (patches[l]) {
-                const int64_t py0 = pbox[4 * l], py1 = pbox[4 * l + 1], px0 = pbox[4 * l + 2], px1 = pbox[4 * l + 3];
-                const int64_t ph = py1 - py0, pw = px1 - px0;
-                const float *pp = (const float *)patches[l] + c * ph * pw;
-                const int64_t jy0 = py0 > y0 ? py0 : y0, jy1 = py1 < y0 + h ? py1 : y0 + h;
-                const int64_t jx0 = px0 > x0 ? px0 : x0, jx1 = px1 < x0 + w ? px1 : x0 + w;
-                for (int64_t y = jy0; y < jy1 && jx0 < jx1; y++)
-                    memcpy(o + (y - y0) * w + (jx0 - x0), pp + (y - py0) * pw + (jx0 - px0),
-                           (size_t)(jx1 - jx0) * sizeof(float));
+                if (y < 0 || y >= H || xa >= xb) {
+                    for (int64_t i = 0; i < w; i++) row[i] = fill;
+                } else {
+                    for (int64_t i = 0; i < xa; i++) row[i] = fill;
+                    memcpy(row + xa, pl + y * W + x0 + xa, (size_t)(xb - xa) * sizeof(float));
+                    for (int64_t i = xb; i < w; i++) row[i] = fill;
+                }
+                if (pp && y >= py0 && y < py1 && jx0 < jx1)
+                    memcpy(row + (jx0 - x0), pp + (y - py0) * pw + (jx0 - px0), (size_t)(jx1 - jx0) * sizeof(float));
             }
         }
 }
@@ -221,10 +230,10 @@ def _build() -> ctypes.CDLL | None:
     fn.argtypes = [ptr, ptr, i64, ptr, ptr, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
     fn.restype = None
     fb = lib.kf_diff_window
-    fb.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr, ctypes.c_int]
+    fb.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr, ctypes.c_int]
     fb.restype = None
     fg = lib.kf_gather
-    fg.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
+    fg.argtypes = [ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ptr, ptr, ctypes.c_int]
     fg.restype = None
     return lib
 
@@ -311,23 +320,56 @@ def diff_boxes(a: torch.Tensor, planes: list[torch.Tensor], corners: list[tuple[
     window of ``a`` holding every element that differs (None: none), in one pass, without
     copying the golden windows. None when the library is not available, a tensor does not fit
     or a golden value is not finite."""
-    if a.dim() != 4 or not _cpu_f32(a) or len(planes) != a.shape[0] or len(corners) != a.shape[0] or not planes:
+    if a.dim() != 4 or len(corners) != a.shape[0]:
         return None
     nl, c, h, w = a.shape
-    cc, hh, ww = planes[0].shape
-    if cc != c or not _planes_fit(planes) or any(y < 0 or x < 0 or y + h > hh or x + w > ww for y, x in corners):
+    return _diff_windows(a, c, h * w, planes, [(y, x, h, w, l * c * h * w) for l, (y, x) in enumerate(corners)], floor)
+
+
+def diff_boxes_cols(a: torch.Tensor, planes: list[torch.Tensor], boxes: list[Box], offsets: list[int],
+                    floor: float) -> list[tuple[tuple[int, float, float], Box | None]] | None:
+    """``diff_boxes`` for lanes side by side as the columns of ``a`` (C, P): lane l's window
+    ``boxes[l]`` of its plane, row by row, in columns ``offsets[l]`` on."""
+    if a.dim() != 2 or not _cols_fit(a.shape[1], boxes, offsets):
         return None
-    if not available():
+    return _diff_windows(a, a.shape[0], a.shape[1], planes,
+                         [(b[0], b[2], b[1] - b[0], b[3] - b[2], o) for b, o in zip(boxes, offsets)], floor)
+
+
+def _cols_fit(p: int, boxes: list[Box], offsets: list[int]) -> bool:
+    return len(boxes) == len(offsets) and all(0 <= o and o + (b[1] - b[0]) * (b[3] - b[2]) <= p
+                                              for b, o in zip(boxes, offsets))
+
+
+Geo = tuple[int, int, int, int, int]  # a lane's window: corner y, x, size h, w, offset of its channel 0
+
+
+def _geo(planes: list[torch.Tensor], geo: list[Geo], inside: bool) -> torch.Tensor | None:
+    """The C functions' per-lane window table, or None when the lanes do not fit it."""
+    if not planes or len(planes) != len(geo) or not _planes_fit(planes):
+        return None
+    _, hh, ww = planes[0].shape
+    if inside and any(y < 0 or x < 0 or y + h > hh or x + w > ww for y, x, h, w, _ in geo):
+        return None
+    return torch.tensor([(t.data_ptr(), *g) for t, g in zip(planes, geo)], dtype=torch.int64)
+
+
+def _diff_windows(a: torch.Tensor, c: int, sc: int, planes: list[torch.Tensor], geo: list[Geo],
+                  floor: float) -> list[tuple[tuple[int, float, float], Box | None]] | None:
+    if not _cpu_f32(a) or not planes or planes[0].shape[0] != c:
+        return None
+    table = _geo(planes, geo, inside=True)
+    if table is None or not available():
         return None
     assert _lib is not None
-    meta = torch.tensor([[t.data_ptr() for t in planes], [y for y, _ in corners], [x for _, x in corners]],
-                        dtype=torch.int64)
+    nl = len(geo)
+    _, hh, ww = planes[0].shape
     count = torch.empty(nl, dtype=torch.int64)
     top = torch.empty(2, nl, dtype=torch.int32)
     box = torch.empty(nl, 4, dtype=torch.int64)
-    threads = _threads(a.numel(), nl)
-    _lib.kf_diff_window(a.data_ptr(), meta[0].data_ptr(), nl, c, hh, ww, meta[1].data_ptr(), meta[2].data_ptr(),
-                        h, w, floor, count.data_ptr(), top[0].data_ptr(), top[1].data_ptr(), box.data_ptr(), threads)
+    threads = _threads(c * sum(g[2] * g[3] for g in geo), nl)
+    _lib.kf_diff_window(a.data_ptr(), table.data_ptr(), nl, c, hh, ww, sc, floor, count.data_ptr(),
+                        top[0].data_ptr(), top[1].data_ptr(), box.data_ptr(), threads)
     counts = count.tolist()
     if min(counts) < 0:
         return None
@@ -344,12 +386,29 @@ def gather(planes: list[torch.Tensor], corners: list[tuple[int, int]], fill: flo
     h, w) the window of lane l's (C, H, W) plane whose top-left corner is ``corners[l]``
     (``fill`` outside the plane), with its patch pasted over it. False (nothing written) when
     the library is not available or a tensor does not fit."""
-    nl = len(planes)
-    if not nl or out.dim() != 4 or out.shape[0] != nl or not _cpu_f32(out) or not _planes_fit(planes):
+    if out.dim() != 4 or out.shape[0] != len(corners):
         return False
-    c, hh, ww = planes[0].shape
-    if out.shape[1] != c:
+    nl, c, h, w = out.shape
+    return _gather(planes, [(y, x, h, w, l * c * h * w) for l, (y, x) in enumerate(corners)], h * w, fill,
+                   patches, out)
+
+
+def gather_cols(planes: list[torch.Tensor], boxes: list[Box], offsets: list[int],
+                patches: list[tuple[Box, torch.Tensor] | None], out: torch.Tensor) -> bool:
+    """``gather`` for lanes side by side as the columns of ``out`` (C, P): lane l's window
+    ``boxes[l]`` (inside its plane), row by row, in columns ``offsets[l]`` on."""
+    if out.dim() != 2 or not _cols_fit(out.shape[1], boxes, offsets):
         return False
+    return _gather(planes, [(b[0], b[2], b[1] - b[0], b[3] - b[2], o) for b, o in zip(boxes, offsets)],
+                   out.shape[1], 0.0, patches, out)
+
+
+def _gather(planes: list[torch.Tensor], geo: list[Geo], sc: int, fill: float,
+            patches: list[tuple[Box, torch.Tensor] | None], out: torch.Tensor) -> bool:
+    nl = len(geo)
+    if not _cpu_f32(out) or not planes or out.shape[0 if out.dim() == 2 else 1] != planes[0].shape[0]:
+        return False
+    c = planes[0].shape[0]
     pbox = [0] * (4 * nl)
     pptr = [0] * nl
     for l, patch in enumerate(patches):
@@ -360,13 +419,13 @@ def gather(planes: list[torch.Tensor], corners: list[tuple[int, int]], fill: flo
             return False
         pbox[4 * l:4 * l + 4] = box
         pptr[l] = vals.data_ptr()
-    if not available():
+    table = _geo(planes, geo, inside=False)
+    if table is None or not available():
         return False
     assert _lib is not None
-    meta = torch.tensor([[t.data_ptr() for t in planes], [y for y, _ in corners], [x for _, x in corners], pptr],
-                        dtype=torch.int64)
+    _, hh, ww = planes[0].shape
+    ptrs = torch.tensor(pptr, dtype=torch.int64)
     boxes = torch.tensor(pbox, dtype=torch.int64)
-    threads = _threads(out.numel())
-    _lib.kf_gather(meta[0].data_ptr(), nl, c, hh, ww, meta[1].data_ptr(), meta[2].data_ptr(), out.shape[2],
-                   out.shape[3], fill, meta[3].data_ptr(), boxes.data_ptr(), out.data_ptr(), threads)
+    _lib.kf_gather(table.data_ptr(), nl, c, hh, ww, sc, fill, ptrs.data_ptr(), boxes.data_ptr(), out.data_ptr(),
+                   _threads(out.numel()))
     return True

@@ -25,12 +25,12 @@ from ._base import (
 )
 from . import activation, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
-from .conv import GEMM_TILE, conv1x1, fused_conv, lane_conv2d, rows_linear
+from .conv import GEMM_TILE, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, activate
 from .softmax import darknet_largest
 
 __all__ = [
     "ACTIVATIONS", "BLOCK", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
-    "activate", "all_kernels", "conv1x1", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
+    "activate", "all_kernels", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
     "register_kernel", "rows_linear", "unregister_kernel",
 ]

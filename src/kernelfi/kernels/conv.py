@@ -308,6 +308,28 @@ def _side_by_side(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
     return out
 
 
+def conv1x1_cols(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
+    """``conv1x1`` of windows of several lanes side by side: x (K, P) holds every lane's window
+    pixels as columns, w (M, K); (M, P). The columns run in calls that each column's whole-map
+    call agrees with: at most the map's pixel count (``CONCAT_COLS`` below ``CONCAT_BELOW``
+    pixels, where whole maps run side by side too), at least the column policy's (zero-padded)."""
+    k, p = x.shape
+    small = n_map < CONCAT_BELOW
+    cap = CONCAT_COLS if small else n_map
+    least = min(_col_policy(w, CONCAT_COLS if small else n_map), cap)
+    calls = max(1, -(-p // cap))
+    size = -(-p // calls)
+    out = x.new_empty(w.shape[0], p)
+    with _no_tf32(x.device):
+        for s in range(0, p, size):
+            cols = x[:, s:s + size]
+            used = cols.shape[1]
+            if used < least:
+                cols = torch.cat([cols, cols.new_zeros(k, least - used)], dim=1)
+            out[:, s:s + used] = _mm_chunked(w, cols.contiguous())[:, :used]
+    return out
+
+
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """The operand itself, or a copy when its data is not 64-byte aligned: BLAS kernels may
     round differently on differently aligned data, and lane slices sit at arbitrary offsets."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.kernels import conv1x1, lane_conv2d
+from kernelfi.kernels import conv1x1, conv1x1_cols, lane_conv2d
 from kernelfi.lowering.engine import Program
 from kernelfi.lowering.fastpath import Unit, _relu_like, _shared, epilogue, maxpool_window
 from kernelfi.types import Trace
@@ -117,6 +117,26 @@ class CropUnit:
         lanes, _, h, wd = y.shape
         out = epilogue(ls, mem, y.reshape(lanes, m, h * wd))
         return None if out is None else out.reshape(lanes, m, h, wd)
+
+    @property
+    def columns(self) -> bool:
+        """A stride-1 1x1 convolution: each output pixel reads only its own input pixel, so
+        windows of any sizes run side by side as the columns of one GEMM (``run_cols``)."""
+        return (self.kind == "conv" and self.win_y is not None and self.win_x is not None
+                and all((a.size, a.stride, a.offset) == (1, 1, 0) for a in (self.win_y, self.win_x)))
+
+    def run_cols(self, mem: Memory, x: torch.Tensor) -> torch.Tensor | None:
+        """Outputs (M, P) of a ``columns`` unit for input pixels ``x`` (C, P), any lanes' windows
+        side by side."""
+        ls = {l.kernel: l for l in self.unit.launches}
+        gemm = ls["gemm"]
+        w = _shared(mem, gemm.reads[0], 2)
+        if w is None:
+            return None
+        m = int(gemm.params["M"])
+        y = conv1x1_cols(x, w.reshape(m, self.in_chw[0]), self.out_chw[1] * self.out_chw[2])
+        out = epilogue(ls, mem, y.view(1, m, -1))
+        return None if out is None else out.view(m, -1)
 
     @property
     def pad_value(self) -> float:
@@ -246,6 +266,33 @@ def verify(cu: CropUnit, mem: Memory, golden: dict[str, torch.Tensor], rows: lis
         if got is None:
             return False
         want = torch.stack([out[r].reshape(cu.out_chw)[:, box[0]:box[1], box[2]:box[3]] for r in rows])
+        if not torch.equal(torch.nan_to_num(got, nan=0.0), torch.nan_to_num(want, nan=0.0)):
+            return False
+    return True
+
+
+def verify_cols(cu: CropUnit, mem: Memory, golden: dict[str, torch.Tensor], rows: list[int],
+                gen: torch.Generator) -> bool:
+    """Does a ``columns`` unit, run on windows of golden inputs side by side (``run_cols``:
+    windows of several sizes and offsets, together more columns than the map holds), reproduce
+    the golden outputs bit for bit?"""
+    if not cu.columns or cu.output not in golden or cu.inputs[0] not in golden:
+        return False
+    _, oh, ow = cu.out_chw
+    c, m = cu.in_chw[0], cu.out_chw[0]
+    for trial in range(3):
+        boxes = []
+        for r in rows:
+            h, w = (int(torch.randint(1, n + 1, (1,), generator=gen)) for n in (oh, ow))
+            y0, x0 = (int(torch.randint(0, n - k + 1, (1,), generator=gen)) for n, k in ((oh, h), (ow, w)))
+            boxes.append((y0, y0 + h, x0, x0 + w) if trial else (0, oh, 0, ow))
+        x = torch.cat([golden[cu.inputs[0]][r].reshape(cu.in_chw)[:, b[0]:b[1], b[2]:b[3]].reshape(c, -1)
+                       for r, b in zip(rows, boxes)], dim=1)
+        got = cu.run_cols(mem, x)
+        if got is None:
+            return False
+        want = torch.cat([golden[cu.output][r].reshape(cu.out_chw)[:, b[0]:b[1], b[2]:b[3]].reshape(m, -1)
+                          for r, b in zip(rows, boxes)], dim=1)
         if not torch.equal(torch.nan_to_num(got, nan=0.0), torch.nan_to_num(want, nan=0.0)):
             return False
     return True
