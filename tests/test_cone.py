@@ -233,3 +233,31 @@ def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:
             assert runner.cone.stats["column_steps"] > 10
     assert rows["columns"] == rows["groups"] == rows["whole"]
     assert sum("sdc_" in r for r in rows["whole"].values()) > 60
+
+
+def test_struck_layer_from_the_golden_gemm_products() -> None:
+    """The golden run keeps each GEMM's product (``Golden.pre``); a struck layer starts from it
+    instead of recomputing the convolution, with the rows of the recomputing path. A product
+    that differs from what the kernels leave (here by one ulp in one element) is refused."""
+    from kernelfi.campaign import CampaignConfig, ModelSpec
+    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.runner import Runner
+
+    prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=17, inputs=4))
+    runner, golden = prep.runner, prep.runner.golden
+    n_gemm = sum(l.kernel == "gemm" for l in runner.trace.launches)
+    assert len(golden.pre) == n_gemm and len(runner.gemm_cache) >= n_gemm - 1
+    layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
+    planned = [prep.planner.draw(i) for i in range(150)]
+    rows = []
+    for cache in (dict(runner.gemm_cache), {}):
+        runner.gemm_cache = cache
+        runner._pre_key = None
+        with torch.no_grad():
+            rows.append({e.planned.id: repr(e.result) for b in batches(planned, layer_of, 40) for e in runner.run(b)})
+    assert rows[0] == rows[1]
+    assert sum("sdc_" in r for r in rows[0].values()) > 30
+    g = next(iter(golden.pre))
+    golden.pre[g] = golden.pre[g].clone()
+    golden.pre[g][0, 5] = torch.nextafter(golden.pre[g][0, 5], torch.tensor(math.inf))
+    assert g not in Runner(prep.session.program, golden).gemm_cache

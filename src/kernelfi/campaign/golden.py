@@ -9,13 +9,13 @@ the cache itself.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from kernelfi.lowering import Program
-from kernelfi.types import Trace
+from kernelfi.types import Launch, Trace
 
 
 def live_at_launch(trace: Trace) -> list[frozenset[str]]:
@@ -63,6 +63,24 @@ def live_in(trace: Trace) -> list[frozenset[str]]:
     return out
 
 
+#: Bytes of GEMM products the golden run keeps (``Golden.pre``), all inputs together.
+PRE_BUDGET = 512 << 20
+
+
+def pre_choice(trace: Trace, n_inputs: int, budget: int = PRE_BUDGET) -> set[int]:
+    """The GEMM launches whose products the golden run keeps: the costliest per element (largest
+    K) first, while ``budget`` bytes hold them for every input."""
+    out: set[int] = set()
+    used = 0
+    gemms = sorted((l for l in trace.launches if l.kernel == "gemm"), key=lambda l: -int(l.params["K"]))
+    for l in gemms:
+        size = 4 * int(l.params["M"]) * int(l.params["N"]) * n_inputs
+        if used + size <= budget:
+            out.add(l.index)
+            used += size
+    return out
+
+
 @dataclass
 class Golden:
     """Per input: every layer-boundary buffer, logits, probabilities and top-1."""
@@ -70,20 +88,33 @@ class Golden:
     buffers: dict[str, torch.Tensor]  # name -> (n_inputs, *shape)
     probs: torch.Tensor               # (n_inputs, classes)
     top1: torch.Tensor                # (n_inputs,)
+    #: GEMM launch index -> its product (n_inputs, M*N) in the golden run, before the layer's
+    #: batch-norm and bias: a struck layer's golden state after its GEMM, which the run computed
+    #: anyway (``Runner`` checks each against the kernels before it uses it)
+    pre: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
-    def compute(cls, program: Program, x: torch.Tensor, fast: bool = True, batch: int = 64) -> "Golden":
+    def compute(cls, program: Program, x: torch.Tensor, fast: bool = True, batch: int = 64,
+                pre_budget: int = PRE_BUDGET) -> "Golden":
         trace = program.trace
         keep = set().union(*live_in(trace)) | {trace.output, trace.logits, "input"}
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in keep}
+        pre: dict[int, list[torch.Tensor]] = {k: [] for k in (pre_choice(trace, x.shape[0], pre_budget) if fast else ())}
+
+        def tap(gemm: Launch, y: torch.Tensor) -> None:
+            if gemm.index in pre:
+                pre[gemm.index].append(y.reshape(y.shape[0], -1).clone())  # the epilogue may work in place
+
+        n_chunks = 0
         with torch.no_grad():
             for s in range(0, x.shape[0], batch):
-                mem = program.run(program.memory(x[s:s + batch]), fast=fast)
+                mem = program.run(program.memory(x[s:s + batch]), fast=fast, tap=tap)
+                n_chunks += 1
                 for k in keep:
                     chunks[k].append(mem[k])
         bufs = {k: torch.cat(v) for k, v in chunks.items()}
         probs = bufs[trace.output].reshape(x.shape[0], -1)
-        return cls(bufs, probs, probs.argmax(dim=1))
+        return cls(bufs, probs, probs.argmax(dim=1), {k: torch.cat(v) for k, v in pre.items() if len(v) == n_chunks})
 
 
 def dense_matches_cache(program: Program, golden: Golden, live: list[frozenset[str]],

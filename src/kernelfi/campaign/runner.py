@@ -84,6 +84,9 @@ class Runner:
                                                                     self.out_buf)
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
+        #: GEMM launch -> the per-lane shape of its output buffer, for the golden products
+        #: (``Golden.pre``) that equal what the kernels leave there (checked on one input)
+        self.gemm_cache = self._check_pre() if fast else {}
         self._whole_chunk: dict[int, int] = {}
         self._lane_numel = lane_numel(trace)
 
@@ -108,6 +111,29 @@ class Runner:
                 return False
         return True
 
+    def _check_pre(self) -> dict[int, tuple[int, ...]]:
+        """The golden GEMM products a struck layer may start from: those equal, bit for bit, to
+        the C buffer the layer's own launches up to the GEMM leave (run here for one input)."""
+        out: dict[int, tuple[int, ...]] = {}
+        idx = torch.tensor([0], dtype=torch.long)
+        for g, prod in self.golden.pre.items():
+            layer = self.trace.launches[g].layer
+            span0 = self.layer_span[layer][0]
+            c = self.trace.launches[g].writes[0]
+            mem: Memory = dict(self.program.weights)
+            for name in self.live[self.layer_pos[layer]] | {"input"}:
+                mem[name] = self.golden.buffers[name].index_select(0, idx)
+            with torch.no_grad():
+                self.program.run(mem, span0, g + 1, fast=True)
+            if torch.equal(mem[c].reshape(-1), prod[0] + 0.0) and self._restorable(g):
+                out[g] = tuple(mem[c].shape[1:])
+        return out
+
+    def _restorable(self, g: int) -> bool:
+        """Every buffer live after GEMM launch ``g`` but its output is in the golden cache."""
+        c = self.trace.launches[g].writes[0]
+        return all(n in self.golden.buffers for n in self.live_launch[g + 1] if n != c)
+
     def _golden_at(self, pos: int, span0: int, first: int, inputs: list[int]) -> Memory:
         """Golden buffers live at launch ``first`` (inside layer ``pos``), one row per input.
 
@@ -124,10 +150,20 @@ class Runner:
             # one run for the missing inputs (a row does not depend on the rows beside it)
             idx = torch.tensor(missing, dtype=torch.long)
             mem: Memory = dict(self.program.weights)
-            for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
-                mem[name] = self.golden.buffers[name].index_select(0, idx)
+            start = max((g for g in self.gemm_cache if span0 <= g < first), default=-1) + 1
+            if start:  # from the golden run's GEMM product (what the launches before would leave)
+                c = self.trace.launches[start - 1].writes[0]
+                for name in self.live_launch[start] | {"input"}:
+                    if name != c:
+                        mem[name] = self.golden.buffers[name].index_select(0, idx)
+                mem[c] = (self.golden.pre[start - 1].index_select(0, idx) + 0.0).view(len(missing),
+                                                                                      *self.gemm_cache[start - 1])
+            else:
+                start = span0
+                for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
+                    mem[name] = self.golden.buffers[name].index_select(0, idx)
             with torch.no_grad():
-                self.program.run(mem, span0, first, fast=self.fast)
+                self.program.run(mem, start, first, fast=self.fast)
             for j, inp in enumerate(missing):
                 self._pre[inp] = {n: mem[n][j:j + 1] for n in need if n in mem and self._per_lane(n, mem[n])}
         return {n: torch.cat([self._pre[i][n] for i in inputs]) for n in self._pre[inputs[0]]}

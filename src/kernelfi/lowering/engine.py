@@ -14,7 +14,7 @@ import torch
 
 from kernelfi._utils import KernelfiError
 from kernelfi.kernels import fused_conv, get_kernel
-from kernelfi.lowering.fastpath import Unit, plan_units, run_unit
+from kernelfi.lowering.fastpath import Tap, Unit, plan_units, run_unit
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -58,13 +58,14 @@ class Program:
 
     def run(self, mem: Memory, start: int = 0, stop: int | None = None, fast: bool = True,
             overrides: dict[int, Override] | None = None,
-            after: Callable[[Launch, Memory], None] | None = None) -> Memory:
+            after: Callable[[Launch, Memory], None] | None = None, tap: Tap | None = None) -> Memory:
         """Execute launches ``start .. stop-1`` in place on ``mem``.
 
         ``fast`` lets an im2col+gemm pair whose workspace nobody else reads run as one
         convolution (same values up to float rounding); the pair runs explicitly when either
         launch has an override, so faults always see the kernels' real data flow. Golden and
         faulty lanes compared with each other must run with the same ``fast`` setting.
+        ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``).
         """
         launches = self.trace.launches
         stop = len(launches) if stop is None else stop
@@ -75,7 +76,7 @@ class Program:
             launch = launches[i]
             unit = units.get(i)
             if (unit is not None and unit.end <= stop and not any(j in overrides for j in range(unit.start, unit.end))
-                    and run_unit(unit, mem)):
+                    and run_unit(unit, mem, tap)):
                 if after is not None:
                     for j in range(unit.start, unit.end):
                         after(launches[j], mem)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,12 @@ def _relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
     return y
 
 
-def run_unit(unit: Unit, mem: Memory) -> bool:
+#: ``tap(gemm, y)``: called with a conv/connected unit's GEMM launch and its product (lanes,
+#: M, N) before the epilogue consumes it (the golden run keeps some: ``campaign.golden``)
+Tap = Callable[[Launch, torch.Tensor], None]
+
+
+def run_unit(unit: Unit, mem: Memory, tap: Tap | None = None) -> bool:
     """Run a fused unit on ``mem``; False when it cannot be fused this time."""
     if unit.kind == "maxpool":
         return _maxpool(unit.launches[0], mem)
@@ -124,6 +130,8 @@ def run_unit(unit: Unit, mem: Memory) -> bool:
                 y = torch.matmul(w, x.reshape(x.shape[0], k, n))
         channels = m
     b = y.shape[0]
+    if tap is not None:
+        tap(gemm, y)
     y = epilogue(ls, mem, y.reshape(b, channels, -1))
     if y is None:
         return False
