@@ -172,7 +172,7 @@ class Cone:
         self.cols: set[int] = set()
         #: windows computed and whole feature maps they stood for (what the cone saved)
         self.stats = {"windows": 0, "window_elems": 0, "map_elems": 0, "column_steps": 0}
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._planes: dict[tuple[str, int], torch.Tensor | None] = {}
         self._finite: dict[tuple[str, int], bool] = {}
         if enabled:
             gen = torch.Generator().manual_seed(0)
@@ -184,12 +184,13 @@ class Cone:
                 self.cols = {k for k, cu in self.units.items() if verify_cols(cu, mem, golden_buffers, rows, gen)}
 
     def plane(self, name: str, inp: int) -> torch.Tensor | None:
-        shape = self._shapes.get(name)
-        if shape is None:
-            shape = self._shapes[name] = tuple(self.trace.buffer(name).shape)
-        if len(shape) != 3 or name not in self.gold:
-            return None
-        return self.gold[name][inp].view(shape)
+        """Golden buffer ``name`` of input ``inp`` as a (C, H, W) view (None: no feature map)."""
+        key = (name, inp)
+        if key not in self._planes:
+            shape = tuple(self.trace.buffer(name).shape)
+            ok = len(shape) == 3 and name in self.gold
+            self._planes[key] = self.gold[name][inp].view(shape) if ok else None
+        return self._planes[key]
 
     def finite(self, name: str, inp: int) -> bool:
         """Whether golden plane ``name`` of input ``inp`` holds only finite values (cached: a
