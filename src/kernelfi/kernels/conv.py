@@ -294,6 +294,7 @@ def _side_by_side(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
     b, k, n = x.shape
     least = min(_col_policy(w, CONCAT_COLS), CONCAT_COLS)
     per = max(1, CONCAT_COLS // n)
+    per = -(-b // -(-b // per))  # as many calls, lanes spread evenly over them
     m = w.shape[0]
     out = x.new_empty(b, m, n)
     with _no_tf32(x.device):
