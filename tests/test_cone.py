@@ -261,3 +261,18 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     golden.pre[g] = golden.pre[g].clone()
     golden.pre[g][0, 5] = torch.nextafter(golden.pre[g][0, 5], torch.tensor(math.inf))
     assert g not in Runner(prep.session.program, golden).gemm_cache
+
+
+def test_golden_plane_finiteness_by_hand() -> None:
+    """A plane holding NaN, inf or -inf anywhere is not finite (its windows need NaN-aware
+    comparisons); the answer is kept per plane and input."""
+    from kernelfi.campaign.cone import Cone
+
+    cone = Cone.__new__(Cone)
+    for v in (1.0, math.nan, math.inf, -math.inf):
+        t = torch.randn(2, 50)
+        t[1, 7] = v
+        cone.gold, cone._finite = {"a": t}, {}
+        assert cone.finite("a", 0)
+        assert cone.finite("a", 1) == (v == 1.0)
+        assert ("a", 1) in cone._finite
