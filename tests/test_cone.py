@@ -276,3 +276,23 @@ def test_golden_plane_finiteness_by_hand() -> None:
         assert cone.finite("a", 0)
         assert cone.finite("a", 1) == (v == 1.0)
         assert ("a", 1) in cone._finite
+
+
+def test_owned_differences_of_composites_by_hand() -> None:
+    """A composite's differing elements are read at its lanes' indices once one pass counts no
+    other difference; a difference at an index no lane owns (or a golden NaN) leaves it to the
+    whole-row comparison (None)."""
+    from kernelfi.campaign import native
+    from kernelfi.campaign.struck import _owned_diffs
+
+    if not native.available():
+        pytest.skip("no C compiler: the whole-row comparison runs instead")
+    gold = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    f = torch.tensor([[5.0, 9.0, 7.0, 8.0], [1.0, 2.0, 3.0, -4.0]])  # composites of golden rows 1, 0
+    owner = [{1: 10}, {3: 11, 0: 12}]
+    assert _owned_diffs(f, gold, [1, 0], owner) == {(0, 10): [1], (1, 11): [3]}
+    f[0, 2] = math.nan  # a difference nobody owns
+    assert _owned_diffs(f, gold, [1, 0], owner) is None
+    f[0, 2] = 7.0
+    gold[1, 3] = math.nan  # golden NaN: NaN equals NaN only in the whole-row comparison
+    assert _owned_diffs(f, gold, [1, 0], owner) is None
