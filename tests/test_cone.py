@@ -191,6 +191,15 @@ def test_similar_groups_lanes_of_like_boxes() -> None:
     # it 300 > 1.25 * 194, so it opens a group; the other 2x2 (8 <= 10) and the 1x2 (12 <= 12.5)
     # join it; the 1x1 would make it 16 > 1.25 * 11
     assert groups == [[1, 2], [0, 3, 4], [5]]
+    # where a lone lane costs two: the lone 10x10 and 4x4 share a 10x10 window (100 <= 100 + 16:
+    # one call of two 10x10 windows instead of two of two), the 3x5 and 1x1 a 3x5 (15 <= 16);
+    # a lone 9x1 and a lone 1x9 (a 9x9 window: 81 > 18) stay apart
+    boxes = [(0, 4, 0, 4), (0, 10, 0, 10), (5, 8, 0, 5), (7, 8, 7, 8)]
+    step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
+    assert [[ln.ref for ln, _ in g] for g in similar(step)] == [[1], [0], [2], [3]]
+    assert [[ln.ref for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1, 0], [2, 3]]
+    step = [(SparseLane(0, 0), (0, 9, 0, 1)), (SparseLane(1, 0), (0, 1, 0, 9))]
+    assert [[ln.ref for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1], [0]]
 
 
 def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:

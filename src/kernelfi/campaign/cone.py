@@ -143,9 +143,12 @@ def bboxes(mask: torch.Tensor) -> list[Box | None]:
 FIT_SLACK = 1.25
 
 
-def similar(step: list[tuple[SparseLane, Box]]) -> list[list[tuple[SparseLane, Box]]]:
+def similar(step: list[tuple[SparseLane, Box]], lone_doubles: bool = False) -> list[list[tuple[SparseLane, Box]]]:
     """The lanes of a step in groups of like-sized boxes (largest first; a box joins the open
-    group while the group's common window wastes at most ``FIT_SLACK``)."""
+    group while the group's common window wastes at most ``FIT_SLACK``). ``lone_doubles``: a
+    call of one lane costs as much as one of two (``kernels.lane_conv2d`` convolves a lone lane
+    twice), so lone lanes pair up wherever their common window is no bigger than their two
+    boxes together."""
     groups: list[list[tuple[SparseLane, Box]]] = []
     h = w = own = 0
     for item in sorted(step, key=lambda it: (-area(it[1]), it[1])):
@@ -157,7 +160,28 @@ def similar(step: list[tuple[SparseLane, Box]]) -> list[list[tuple[SparseLane, B
         else:
             groups.append([item])
             h, w, own = b[1] - b[0], b[3] - b[2], area(b)
-    return groups
+    if not lone_doubles:
+        return groups
+    out: list[list[tuple[SparseLane, Box]]] = []
+    single: list[tuple[SparseLane, Box]] | None = None
+    for g in groups:
+        if len(g) > 1:
+            out.append(g)
+            continue
+        if single is None:
+            single = g[0]
+            continue
+        (a, b) = single[1], g[0][1]
+        fit_area = max(a[1] - a[0], b[1] - b[0]) * max(a[3] - a[2], b[3] - b[2])
+        if fit_area <= area(a) + area(b):
+            out.append([single, g[0]])
+            single = None
+        else:
+            out.append([single])
+            single = g[0]
+    if single is not None:
+        out.append([single])
+    return out
 
 
 class Cone:
@@ -305,7 +329,8 @@ class Cone:
                     step = []
             elif step and cu is not None:
                 ran = []
-                for group in similar(step):  # windows of one call share a size: lanes of like boxes
+                doubles = cu.kind == "conv" and cu.win_y is not None and cu.win_y.size > 1  # lane_conv2d
+                for group in similar(step, doubles):  # windows of one call share a size: lanes of like boxes
                     if self._step(cu, group, out_buf.get(spec.index), props):
                         ran.extend(group)
                     else:
