@@ -372,13 +372,8 @@ class Cone:
             out = cu.run(self.program.weights, crops)
         if out is None:
             return False
-        numel = cu.out_chw[0] * cu.out_chw[1] * cu.out_chw[2]
-        self.stats["windows"] += len(step)
-        self.stats["window_elems"] += out.numel()
-        self.stats["map_elems"] += numel * len(step)
         gplanes = [self.plane(cu.output, ln.input_id) for ln, _ in step]
         finite = all(self.finite(cu.output, ln.input_id) for ln, _ in step)
-        layer = int(cu.unit.launches[0].layer)
         # figures and tight boxes in one pass against the golden planes, where it is built
         both = native.diff_boxes(out, gplanes, [(b[0], b[2]) for b in boxes], REL_FLOOR) if finite else None  # type: ignore[arg-type]
         if both is not None:
@@ -387,19 +382,31 @@ class Cone:
             g = torch.stack([gp[:, y0:y1, x0:x1] for gp, (y0, y1, x0, x1) in zip(gplanes, boxes)])  # type: ignore[index]
             tight = bboxes(different(out, g, finite))
             found = diff_rows(out.reshape(len(step), -1), g.reshape(len(step), -1), finite) if out_name else []
-        if out_name is not None:
+        self._record(cu, step, boxes, list(out), found if out_name is not None else None, tight, props, own=True)
+        return True
+
+    def _record(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], boxes: list[Box], wins: list[torch.Tensor],
+                found: list[tuple[int, float, float]] | None, tight: list[Box | None],
+                props: dict[int, list[Propagation]], own: bool) -> None:
+        """Each lane's propagation row (``found``: None for a layer without one) and its new
+        patch: the tight box of its window ``wins[j]`` (of ``boxes[j]``). ``own``: a window
+        that is all tight may be kept as it is (it is no view of a shared tensor)."""
+        numel = math.prod(cu.out_chw)
+        self.stats["windows"] += len(step)
+        self.stats["window_elems"] += sum(w.numel() for w in wins)
+        self.stats["map_elems"] += numel * len(step)
+        if found is not None:
+            layer = int(cu.unit.launches[0].layer)
             for (ln, _), (n, ma, mr) in zip(step, found):
                 props[ln.ref].append(Propagation(layer, n, numel, ma, mr))
-        for j, ((ln, _), box) in enumerate(zip(step, boxes)):
-            if tight[j] is None:
+        for (ln, _), box, win, t in zip(step, boxes, wins, tight):
+            if t is None:
                 ln.patches.pop(cu.output, None)
                 continue
-            y0, y1, x0, x1 = box
-            ty0, ty1, tx0, tx1 = tight[j]
-            whole = (ty0, ty1, tx0, tx1) == (0, y1 - y0, 0, x1 - x0)  # the step's own tensor: no copy
-            vals = out[j] if whole else out[j, :, ty0:ty1, tx0:tx1].clone()
-            ln.patches[cu.output] = ((y0 + ty0, y0 + ty1, x0 + tx0, x0 + tx1), vals)
-        return True
+            ty0, ty1, tx0, tx1 = t
+            whole = own and t == (0, box[1] - box[0], 0, box[3] - box[2])
+            ln.patches[cu.output] = ((box[0] + ty0, box[0] + ty1, box[2] + tx0, box[2] + tx1),
+                                     win if whole else win[:, ty0:ty1, tx0:tx1].clone())
 
     def _step_cols(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], out_name: str | None,
                    props: dict[int, list[Propagation]]) -> bool:
@@ -425,11 +432,7 @@ class Cone:
         if y is None:
             return False
         m = cu.out_chw[0]
-        numel = m * cu.out_chw[1] * cu.out_chw[2]
-        self.stats["windows"] += len(step)
         self.stats["column_steps"] += 1
-        self.stats["window_elems"] += y.numel()
-        self.stats["map_elems"] += numel * len(step)
         finite = all(self.finite(cu.output, ln.input_id) for ln, _ in step)
         both = native.diff_boxes_cols(y, gplanes, boxes, offsets, REL_FLOOR) if finite else None  # type: ignore[arg-type]
         wins = [y[:, o:o + area(b)].view(m, b[1] - b[0], b[3] - b[2]) for b, o in zip(boxes, offsets)]
@@ -440,15 +443,6 @@ class Cone:
                 a = win.unsqueeze(0)
                 both.append((diff_rows(a.reshape(1, -1), g.reshape(1, -1), finite)[0] if out_name else (0, 0.0, 0.0),
                              bboxes(different(a, g, finite))[0]))
-        layer = int(cu.unit.launches[0].layer)
-        for (ln, box), win, (found, tight) in zip(step, wins, both):
-            if out_name is not None:
-                n, ma, mr = found
-                props[ln.ref].append(Propagation(layer, n, numel, ma, mr))
-            if tight is None:
-                ln.patches.pop(cu.output, None)
-                continue
-            ty0, ty1, tx0, tx1 = tight
-            ln.patches[cu.output] = ((box[0] + ty0, box[0] + ty1, box[2] + tx0, box[2] + tx1),
-                                     win[:, ty0:ty1, tx0:tx1].clone())
+        self._record(cu, step, boxes, wins, [d for d, _ in both] if out_name is not None else None,
+                     [t for _, t in both], props, own=False)
         return True

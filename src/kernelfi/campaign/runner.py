@@ -120,14 +120,21 @@ class Runner:
             layer = self.trace.launches[g].layer
             span0 = self.layer_span[layer][0]
             c = self.trace.launches[g].writes[0]
-            mem: Memory = dict(self.program.weights)
-            for name in self.live[self.layer_pos[layer]] | {"input"}:
-                mem[name] = self.golden.buffers[name].index_select(0, idx)
+            mem = self._golden_rows(self.live[self.layer_pos[layer]], idx)
             with torch.no_grad():
                 self.program.run(mem, span0, g + 1, fast=True)
             if torch.equal(mem[c].reshape(-1), prod[0] + 0.0) and self._restorable(g):
                 out[g] = tuple(mem[c].shape[1:])
         return out
+
+    def _golden_rows(self, names, idx: torch.Tensor, skip: str | None = None) -> Memory:
+        """The weights and rows ``idx`` of golden buffers ``names`` (and the input: kernels size
+        new buffers by its lanes), but ``skip``."""
+        mem: Memory = dict(self.program.weights)
+        for name in names | {"input"}:
+            if name != skip:
+                mem[name] = self.golden.buffers[name].index_select(0, idx)
+        return mem
 
     def _restorable(self, g: int) -> bool:
         """Every buffer live after GEMM launch ``g`` but its output is in the golden cache."""
@@ -149,19 +156,13 @@ class Runner:
         if missing:
             # one run for the missing inputs (a row does not depend on the rows beside it)
             idx = torch.tensor(missing, dtype=torch.long)
-            mem: Memory = dict(self.program.weights)
-            start = max((g for g in self.gemm_cache if span0 <= g < first), default=-1) + 1
-            if start:  # from the golden run's GEMM product (what the launches before would leave)
-                c = self.trace.launches[start - 1].writes[0]
-                for name in self.live_launch[start] | {"input"}:
-                    if name != c:
-                        mem[name] = self.golden.buffers[name].index_select(0, idx)
-                mem[c] = (self.golden.pre[start - 1].index_select(0, idx) + 0.0).view(len(missing),
-                                                                                      *self.gemm_cache[start - 1])
-            else:
-                start = span0
-                for name in self.live[pos] | {"input"}:  # kernels size new buffers by the input's lanes
-                    mem[name] = self.golden.buffers[name].index_select(0, idx)
+            g = max((g for g in self.gemm_cache if span0 <= g < first), default=None)
+            if g is None:
+                start, mem = span0, self._golden_rows(self.live[pos], idx)
+            else:  # from the golden run's GEMM product (what the launches before would leave)
+                start, c = g + 1, self.trace.launches[g].writes[0]
+                mem = self._golden_rows(self.live_launch[start], idx, skip=c)
+                mem[c] = (self.golden.pre[g].index_select(0, idx) + 0.0).view(len(missing), *self.gemm_cache[g])
             with torch.no_grad():
                 self.program.run(mem, start, first, fast=self.fast)
             for j, inp in enumerate(missing):
