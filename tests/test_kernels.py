@@ -563,3 +563,28 @@ def test_fused_strided_1x1_is_im2col_then_gemm() -> None:
     picked = torch.tensor([[0.0, 2.0, 8.0, 10.0], [16.0, 18.0, 24.0, 26.0]])  # pixels (0,0) (0,2) (2,0) (2,2)
     want = torch.stack([picked[0], picked[0] - 2 * picked[1], 0.25 * picked[0] + 0.5 * picked[1]])
     assert torch.equal(got, want.unsqueeze(0))
+
+
+def test_put_never_stores_an_alias_of_another_buffer() -> None:
+    """A kernel result that is a view of a buffer (or weight) already in the memory is stored
+    as a copy, so corrupting one in place cannot reach the other; a fresh result is stored as
+    it is (no copy), and a result whose storage a third tensor shares outside the memory is
+    still checked and kept."""
+    from kernelfi.kernels._base import put
+
+    a, w = torch.randn(2, 6), torch.randn(3)
+    mem = {"a": a, "conv.weight": w}
+    put(mem, "b", a.reshape(2, 6))
+    put(mem, "c", a[:, :3])
+    put(mem, "d", w.view(1, 3))
+    for name, src in (("b", a), ("c", a), ("d", w)):
+        assert mem[name].untyped_storage().data_ptr() != src.untyped_storage().data_ptr()
+    mem["b"][0, 0] += 1.0
+    assert not torch.equal(mem["b"], a)
+    fresh = torch.randn(2, 6)
+    put(mem, "e", fresh)
+    assert mem["e"].data_ptr() == fresh.data_ptr()
+    other = torch.randn(2, 6)
+    keep = other[:, 1:]  # shares the storage, but is in no buffer of the memory
+    put(mem, "f", other)
+    assert mem["f"].untyped_storage().data_ptr() == keep.untyped_storage().data_ptr()

@@ -16,6 +16,20 @@ from tiny import campaign_rows
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: the torch path only")
 
 
+@pytest.fixture(params=["default", "generic"])
+def build(request: pytest.FixtureRequest):
+    """The library as built for this machine (AVX-512 gathers and window figures where the CPU
+    has them) and its generic C loops (``KERNELFI_NATIVE_GENERIC=1``): both must agree with
+    the torch path. Its own monkeypatch: tests undo theirs inside."""
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "generic":
+            mp.setenv("KERNELFI_NATIVE_GENERIC", "1")
+            mp.setattr(native, "_tried", False)
+            mp.setattr(native, "_lib", None)
+            assert native.available()
+        yield request.param
+
+
 @needs_native
 def test_native_by_hand() -> None:
     """Rows against their own golden rows: 0.5 off 2.5 is rel 0.2 (float32 division); 3 off a
@@ -85,16 +99,17 @@ def test_campaign_rows_with_and_without_the_library(tmp_path, monkeypatch: pytes
 
 
 @needs_native
-def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch, build: str) -> None:
     """The cone's one-pass figures and windows, read against windows of the golden planes in
     place, equal ``bboxes(different(...))`` and the torch ``diff_rows`` on the copied windows,
-    on random blocks with corruptions of every spread, NaN and inf included; a golden inf
-    leaves the step to the torch path."""
+    on random blocks with corruptions of every spread, NaN and inf included, windows from 1 to
+    over 32 columns wide (the AVX-512 loop takes 16 at a time); a golden inf leaves the step
+    to the torch path."""
     from kernelfi.campaign.cone import bboxes, different
 
     gen = torch.Generator().manual_seed(5)
-    for t in range(40):
-        lanes, c, h, w = 1 + t % 4, 1 + t % 5, 1 + t % 9, 1 + (3 * t) % 11
+    for t in range(48):
+        lanes, c, h, w = 1 + t % 4, 1 + t % 5, 1 + t % 9, 1 + (7 * t) % 37
         planes = [torch.randn(c, h + 3, w + 2, generator=gen) for _ in range(lanes)]
         corners = [(int(torch.randint(0, 4, (1,), generator=gen)), int(torch.randint(0, 3, (1,), generator=gen)))
                    for _ in range(lanes)]
@@ -116,7 +131,7 @@ def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch)
 
 
 @needs_native
-def test_gather_equals_crop_gather() -> None:
+def test_gather_equals_crop_gather(build: str) -> None:
     """Windows reaching past every edge (filled), patches partly outside the window, lanes
     without a patch: the native batch gather writes what ``lowering.crop.gather`` returns."""
     from kernelfi.lowering.crop import gather
@@ -135,7 +150,35 @@ def test_gather_equals_crop_gather() -> None:
 
 
 @needs_native
-def test_column_layout_gather_and_figures() -> None:
+def test_gather_of_wide_windows_with_view_patches(build: str) -> None:
+    """Windows 1 to 40 columns wide at corners past every edge, patches that are views of the
+    windows of an earlier step (channel and row strides of the bigger tensor, as the cone keeps
+    them) or column-transposed copies (refused: elements not adjacent): the gather writes what
+    ``lowering.crop.gather`` returns, and each view's values are those of its own elements."""
+    from kernelfi.lowering.crop import gather
+
+    gen = torch.Generator().manual_seed(12)
+    for t in range(30):
+        c, h, w = 1 + t % 4, 1 + t % 6, 1 + (11 * t) % 40
+        planes = [torch.randn(c, 9, 45, generator=gen) for _ in range(3)]
+        corners = [(int(torch.randint(-3, 8, (1,), generator=gen)), int(torch.randint(-5, 43, (1,), generator=gen)))
+                   for _ in range(3)]
+        base = torch.randn(c, 12, 50, generator=gen)  # an earlier step's window output
+        patches = []
+        for j, (y, x) in enumerate(corners):
+            ph, pw = 1 + (t + j) % 5, 1 + (5 * t + j) % 30
+            py, px = y + (t + j) % 4 - 1, x + (3 * t + j) % 7 - 2
+            patches.append(None if (t + j) % 4 == 0 else ((py, py + ph, px, px + pw), base[:, 2:2 + ph, 3:3 + pw]))
+        out = torch.full((3, c, h, w), 7.0)
+        assert native.gather(planes, corners, -1.5, patches, out)
+        for j, (y, x) in enumerate(corners):
+            assert torch.equal(out[j], gather(planes[j], (y, y + h, x, x + w), -1.5, patches[j]))
+    flipped = [((0, 2, 0, 3), torch.randn(c, 3, 2, generator=gen).transpose(1, 2)), None, None]
+    assert not native.gather(planes, corners, 0.0, flipped, torch.empty(3, c, h, w))
+
+
+@needs_native
+def test_column_layout_gather_and_figures(build: str) -> None:
     """Lanes side by side as the columns of a (C, P) matrix: each lane's window of its plane
     (with its patch, partly or wholly covering the window) lands in its own columns row by row,
     and the figures and tight boxes read from those columns equal the (L, C, h, w) ones."""

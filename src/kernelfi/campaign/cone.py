@@ -382,15 +382,15 @@ class Cone:
             g = torch.stack([gp[:, y0:y1, x0:x1] for gp, (y0, y1, x0, x1) in zip(gplanes, boxes)])  # type: ignore[index]
             tight = bboxes(different(out, g, finite))
             found = diff_rows(out.reshape(len(step), -1), g.reshape(len(step), -1), finite) if out_name else []
-        self._record(cu, step, boxes, list(out), found if out_name is not None else None, tight, props, own=True)
+        self._record(cu, step, boxes, list(out), found if out_name is not None else None, tight, props)
         return True
 
     def _record(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], boxes: list[Box], wins: list[torch.Tensor],
                 found: list[tuple[int, float, float]] | None, tight: list[Box | None],
-                props: dict[int, list[Propagation]], own: bool) -> None:
+                props: dict[int, list[Propagation]]) -> None:
         """Each lane's propagation row (``found``: None for a layer without one) and its new
-        patch: the tight box of its window ``wins[j]`` (of ``boxes[j]``). ``own``: a window
-        that is all tight may be kept as it is (it is no view of a shared tensor)."""
+        patch: the tight box of its window ``wins[j]`` (of ``boxes[j]``), a view (patches are
+        read-only; the gathers read them with their strides, so no copy is made)."""
         numel = math.prod(cu.out_chw)
         self.stats["windows"] += len(step)
         self.stats["window_elems"] += sum(w.numel() for w in wins)
@@ -404,9 +404,8 @@ class Cone:
                 ln.patches.pop(cu.output, None)
                 continue
             ty0, ty1, tx0, tx1 = t
-            whole = own and t == (0, box[1] - box[0], 0, box[3] - box[2])
             ln.patches[cu.output] = ((box[0] + ty0, box[0] + ty1, box[2] + tx0, box[2] + tx1),
-                                     win if whole else win[:, ty0:ty1, tx0:tx1].clone())
+                                     win[:, ty0:ty1, tx0:tx1])
 
     def _step_cols(self, cu: CropUnit, step: list[tuple[SparseLane, Box]], out_name: str | None,
                    props: dict[int, list[Propagation]]) -> bool:
@@ -444,5 +443,5 @@ class Cone:
                 both.append((diff_rows(a.reshape(1, -1), g.reshape(1, -1), finite)[0] if out_name else (0, 0.0, 0.0),
                              bboxes(different(a, g, finite))[0]))
         self._record(cu, step, boxes, wins, [d for d, _ in both] if out_name is not None else None,
-                     [t for _, t in both], props, own=False)
+                     [t for _, t in both], props)
         return True

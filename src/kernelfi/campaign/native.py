@@ -11,7 +11,8 @@ floats and put NaN above inf above every finite value, so a NaN error comes out 
 in the torch path; a row whose golden values are not all finite (where NaN must equal NaN) is
 left to the torch path.
 
-The library is built with the machine's C compiler (``cc``, or ``$CC``) into
+The cone's gathers and window figures (``gather``, ``diff_boxes``) are C too. The source is
+``native.c`` beside this file; it is built with the machine's C compiler (``cc``, or ``$CC``) into
 ``$KERNELFI_CACHE`` (default ``~/.cache/kernelfi``), keyed by the source and the CPU, once per
 machine. No compiler, a failed build or ``KERNELFI_NATIVE=0``: ``diff_rows`` returns None and
 campaigns take the torch path, with the same results.
@@ -30,146 +31,8 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = r"""
-#include <stdint.h>
-#include <string.h>
-#include <stdlib.h>
-
-
-static inline uint32_t bits(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
-static inline float unbits(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
-
-/* Work item w < items is segment w % nseg (of seg elements) of row ai[r] of a against row
-   gi[r] of g, r = w / nseg: the count of |a-g| > 0 and the largest |a-g| and
-   |a-g|/max(|g|, floor) as bit patterns, per item (the caller reduces a row's segments); the
-   count is -1 when g itself is not finite. */
-void kf_diff_rows(const float *a, const int64_t *ai, int64_t sa, const float *g, const int64_t *gi, int64_t sg,
-                  int64_t nrows, int64_t n, int64_t seg, float floor_, int64_t *count, uint32_t *max_abs,
-                  uint32_t *max_rel, int threads) {
-    const int64_t nseg = (n + seg - 1) / seg, items = nrows * nseg;
-    #pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
-    for (int64_t w = 0; w < items; w++) {
-        const int64_t r = w / nseg, i0 = (w % nseg) * seg, i1 = i0 + seg < n ? i0 + seg : n;
-        const float *x = a + ai[r] * sa, *y = g + gi[r] * sg;
-        int64_t c = 0; uint32_t ma = 0, mr = 0, mg = 0;
-        for (int64_t i = i0; i < i1; i++) {
-            float d = x[i] - y[i];
-            uint32_t db = bits(d) & 0x7fffffffu;          /* |d|: NaN and inf sort above every finite */
-            uint32_t gb = bits(y[i]) & 0x7fffffffu;
-            float ag = unbits(gb);                        /* |g| */
-            float den = ag > floor_ ? ag : floor_;
-            uint32_t qb = bits(d / den) & 0x7fffffffu;    /* |d / den| = |d| / den, rounded once */
-            c += db != 0;
-            ma = db > ma ? db : ma;
-            mr = qb > mr ? qb : mr;
-            mg = gb > mg ? gb : mg;
-        }
-        count[w] = mg >= 0x7f800000u ? -1 : c;  /* -1: a golden NaN or inf, not for this path */
-        max_abs[w] = ma; max_rel[w] = mr;
-    }
-}
-
-/* A lane's window: geo[6*l..] = golden plane (C, H, W) pointer, top-left corner (oy, ox), size
-   (h, w) and the offset of its channel 0 in the lane data; channel c of the window is the h*w
-   block at offset + c*sc. (Lanes of an (nl, C, h, w) tensor: offset l*C*h*w, sc = h*w; lanes
-   side by side as the columns of a (C, P) matrix: offset = the lane's first column, sc = P.) */
-#define GEO_PLANE(l) ((const float *)geo[6 * (l)])
-#define GEO_OY(l) geo[6 * (l) + 1]
-#define GEO_OX(l) geo[6 * (l) + 2]
-#define GEO_H(l) geo[6 * (l) + 3]
-#define GEO_W(l) geo[6 * (l) + 4]
-#define GEO_OFF(l) geo[6 * (l) + 5]
-
-/* Lanes l < nl of a against their golden windows (inside the plane): kf_diff_rows' figures per
-   lane and the smallest window (y0, y1, x0, x1, half-open, in window coordinates) holding
-   every element that differs, all channels together; y1 = 0 when none does. count is -1 when
-   the golden window is not finite. */
-void kf_diff_window(const float *a, const int64_t *geo, int64_t nl, int64_t C, int64_t H, int64_t W, int64_t sc,
-                    float floor_, int64_t *count, uint32_t *max_abs, uint32_t *max_rel, int64_t *box, int threads) {
-    #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if(threads > 1)
-    for (int64_t l = 0; l < nl; l++) {
-        const int64_t h = GEO_H(l), w = GEO_W(l), hw = h * w;
-        unsigned char *hit = (unsigned char *)calloc((size_t)hw, 1);
-        float *gw = (float *)malloc((size_t)hw * sizeof(float));  /* one channel's golden window */
-        const float *xl = a + GEO_OFF(l), *gl = GEO_PLANE(l) + GEO_OY(l) * W + GEO_OX(l);
-        int64_t c = 0;
-        uint32_t ma = 0, mr = 0, mg = 0;
-        for (int64_t ch = 0; ch < C; ch++) {
-            for (int64_t r = 0; r < h; r++)  /* rows of the plane into one run: the pass below vectorizes */
-                memcpy(gw + r * w, gl + ch * H * W + r * W, (size_t)w * sizeof(float));
-            const float *restrict x = xl + ch * sc;
-            const float *restrict y = gw;
-            unsigned char *restrict hr = hit;
-            for (int64_t i = 0; i < hw; i++) {
-                float d = x[i] - y[i];
-                uint32_t db = bits(d) & 0x7fffffffu;
-                uint32_t gb = bits(y[i]) & 0x7fffffffu;
-                float ag = unbits(gb);
-                float den = ag > floor_ ? ag : floor_;
-                uint32_t qb = bits(d / den) & 0x7fffffffu;
-                c += db != 0;
-                hr[i] |= db != 0;
-                ma = db > ma ? db : ma;
-                mr = qb > mr ? qb : mr;
-                mg = gb > mg ? gb : mg;
-            }
-        }
-        free(gw);
-        int64_t y0 = h, y1 = -1, x0 = w, x1 = -1;
-        if (c)
-            for (int64_t r = 0; r < h; r++)
-                for (int64_t i = 0; i < w; i++)
-                    if (hit[r * w + i]) {
-                        if (r < y0) y0 = r;
-                        y1 = r;
-                        if (i < x0) x0 = i;
-                        if (i > x1) x1 = i;
-                    }
-        free(hit);
-        count[l] = mg >= 0x7f800000u ? -1 : c;
-        max_abs[l] = ma; max_rel[l] = mr;
-        box[4 * l] = c ? y0 : 0; box[4 * l + 1] = c ? y1 + 1 : 0;
-        box[4 * l + 2] = c ? x0 : 0; box[4 * l + 3] = c ? x1 + 1 : 0;
-    }
-}
-
-/* Lane l < nl: its window of its plane (fill outside the plane), then patch patches[l] (C, ph,
-   pw at pbox[l] = y0, y1, x0, x1 in plane coordinates; 0: none) pasted over it, into out at
-   the lane's offset, channel stride sc. */
-void kf_gather(const int64_t *geo, int64_t nl, int64_t C, int64_t H, int64_t W, int64_t sc, float fill,
-               const int64_t *patches, const int64_t *pbox, float *out, int threads) {
-    #pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if(threads > 1)
-    for (int64_t l = 0; l < nl; l++)
-        for (int64_t c = 0; c < C; c++) {
-            const int64_t h = GEO_H(l), w = GEO_W(l);
-            const float *pl = GEO_PLANE(l) + c * H * W;
-            float *o = out + GEO_OFF(l) + c * sc;
-            const int64_t y0 = GEO_OY(l), x0 = GEO_OX(l);
-            const int64_t xa = x0 < 0 ? -x0 : 0, xb = W - x0 < w ? W - x0 : w;  /* columns inside */
-            const int64_t py0 = patches[l] ? pbox[4 * l] : 0, py1 = patches[l] ? pbox[4 * l + 1] : 0;
-            const int64_t px0 = pbox[4 * l + 2], px1 = pbox[4 * l + 3], pw = px1 - px0;
-            const int64_t jx0 = px0 > x0 ? px0 : x0, jx1 = px1 < x0 + w ? px1 : x0 + w;
-            const float *pp = patches[l] ? (const float *)patches[l] + c * (py1 - py0) * pw : 0;
-            for (int64_t yy = 0; yy < h; yy++) {
-                float *row = o + yy * w;
-                const int64_t y = y0 + yy;
-                if (pp && y >= py0 && y < py1 && jx0 == x0 && jx1 == x0 + w) {  /* the patch covers the row */
-                    memcpy(row, pp + (y - py0) * pw + (x0 - px0), (size_t)w * sizeof(float));
-                    continue;
-                }
-                if (y < 0 || y >= H || xa >= xb) {
-                    for (int64_t i = 0; i < w; i++) row[i] = fill;
-                } else {
-                    for (int64_t i = 0; i < xa; i++) row[i] = fill;
-                    memcpy(row + xa, pl + y * W + x0 + xa, (size_t)(xb - xa) * sizeof(float));
-                    for (int64_t i = xb; i < w; i++) row[i] = fill;
-                }
-                if (pp && y >= py0 && y < py1 && jx0 < jx1)
-                    memcpy(row + (jx0 - x0), pp + (y - py0) * pw + (jx0 - px0), (size_t)(jx1 - jx0) * sizeof(float));
-            }
-        }
-}
-"""
+#: The C source (``native.c`` beside this file).
+_SOURCE = (Path(__file__).parent / "native.c").read_text()
 
 _lock = threading.Lock()
 #: Fewer elements than this per thread run on one thread.
@@ -205,7 +68,9 @@ def _build() -> ctypes.CDLL | None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    key = hashlib.sha256((_SOURCE + _cpu_key() + cc).encode()).hexdigest()[:16]
+    # KERNELFI_NATIVE_GENERIC=1: the generic C loops even where AVX-512 is (the tests build both)
+    defines = ["-DKF_GENERIC"] if os.environ.get("KERNELFI_NATIVE_GENERIC", "0") == "1" else []
+    key = hashlib.sha256((_SOURCE + _cpu_key() + cc + " ".join(defines)).encode()).hexdigest()[:16]
     out = _cache_dir() / f"diff_rows-{key}.so"
     try:
         if not out.exists():
@@ -218,8 +83,8 @@ def _build() -> ctypes.CDLL | None:
                 # -fopenmp: the library's parallel loop runs on torch's own OpenMP pool (torch
                 # ships libgomp.so.1 and has loaded it; a second pool would fight its spinning
                 # workers for the cores)
-                subprocess.run([cc, *flags, "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-shared", "-fPIC",
-                                "-o", str(so), str(src)],
+                subprocess.run([cc, *flags, *defines, "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-shared",
+                                "-fPIC", "-o", str(so), str(src)],
                                check=True, capture_output=True, timeout=120)
                 os.replace(so, out)  # atomic: concurrent builders leave one complete library
         lib = ctypes.CDLL(str(out))
@@ -409,15 +274,16 @@ def _gather(planes: list[torch.Tensor], geo: list[Geo], sc: int, fill: float,
     if not _cpu_f32(out) or not planes or out.shape[0 if out.dim() == 2 else 1] != planes[0].shape[0]:
         return False
     c = planes[0].shape[0]
-    pbox = [0] * (4 * nl)
+    pbox = [0] * (6 * nl)
     pptr = [0] * nl
     for l, patch in enumerate(patches):
         if patch is None:
             continue
         box, vals = patch
-        if not _cpu_f32(vals) or tuple(vals.shape) != (c, box[1] - box[0], box[3] - box[2]):
+        if not _cpu_f32(vals, False) or tuple(vals.shape) != (c, box[1] - box[0], box[3] - box[2]) \
+                or (vals.shape[2] > 1 and vals.stride(2) != 1):
             return False
-        pbox[4 * l:4 * l + 4] = box
+        pbox[6 * l:6 * l + 6] = (*box, vals.stride(0), vals.stride(1))
         pptr[l] = vals.data_ptr()
     table = _geo(planes, geo, inside=False)
     if table is None or not available():
