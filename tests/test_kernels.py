@@ -529,8 +529,10 @@ def test_conv1x1_by_hand_and_windows_equal_the_whole_map() -> None:
 def test_conv1x1_columns_of_several_lanes_equal_their_whole_maps() -> None:
     """Windows of several lanes side by side (``conv1x1_cols``) give each pixel the value of its
     lane's whole-map ``conv1x1``: by hand, then on random data with more columns than the map
-    holds (several calls), a big map and a small one (whole maps side by side)."""
+    holds and than ``CONCAT_COLS`` (several calls, wider than the 14x14 map where the wide
+    policy holds), a big map and a small one (whole maps side by side)."""
     from kernelfi.kernels import conv1x1, conv1x1_cols
+    from kernelfi.kernels.conv import CONCAT_COLS, _col_policy
 
     w = torch.tensor([[1.0, -1.0], [2.0, 0.5]])
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, -2.0]])  # three pixels (of two lanes' windows)
@@ -539,14 +541,16 @@ def test_conv1x1_columns_of_several_lanes_equal_their_whole_maps() -> None:
     for k, m, h in ((600, 40, 14), (96, 24, 6)):
         n = h * h
         w = torch.randn(m, k, generator=gen)
-        lanes = torch.randn(3, k, n, generator=gen)
-        full = conv1x1(lanes, w).view(3, m, h, h)
-        boxes = [(0, h, 0, h), (2, 5, 1, 6), (h - 1, h, 0, h)]
+        lanes = torch.randn(5, k, n, generator=gen)
+        full = conv1x1(lanes, w).view(5, m, h, h)
+        boxes = [(0, h, 0, h), (2, 5, 1, 6), (0, h, 0, h), (h - 1, h, 0, h), (0, h, 0, h)]
         cols = torch.cat([lanes[j].view(k, h, h)[:, b[0]:b[1], b[2]:b[3]].reshape(k, -1)
                           for j, b in enumerate(boxes)], dim=1)
         got = conv1x1_cols(cols, w, n)
         want = torch.cat([full[j][:, b[0]:b[1], b[2]:b[3]].reshape(m, -1) for j, b in enumerate(boxes)], dim=1)
-        assert got.shape[1] > n and torch.equal(got, want)
+        assert got.shape[1] > (CONCAT_COLS if n > 128 else n) and torch.equal(got, want)
+    assert _col_policy(torch.randn(40, 600, generator=gen), CONCAT_COLS, also=196) in (2, 4, 8, 16, 32, 64, 128,
+                                                                                       CONCAT_COLS)
 
 
 def test_fused_strided_1x1_is_im2col_then_gemm() -> None:
