@@ -588,6 +588,9 @@ def test_put_never_stores_an_alias_of_another_buffer() -> None:
     fresh = torch.randn(2, 6)
     put(mem, "e", fresh)
     assert mem["e"].data_ptr() == fresh.data_ptr()
+    view = (a + 1.0).reshape(12).reshape(2, 6)  # a view of a temporary: fresh too
+    put(mem, "g", view)
+    assert mem["g"].data_ptr() == view.data_ptr()
     other = torch.randn(2, 6)
     keep = other[:, 1:]  # shares the storage, but is in no buffer of the memory
     put(mem, "f", other)

@@ -225,24 +225,29 @@ def put(mem: dict[str, torch.Tensor], name: str, flat: torch.Tensor,
     else:
         shape = tuple(flat.shape)
     out = flat.reshape(shape)
-    if _shared_storage(out, flat):
+    if _shared_storage(mem, out, flat):
         ptr = _storage(out)
         if ptr is not None and any(_storage(t) == ptr for t in mem.values()):
             out = out.clone()
     mem[name] = out.contiguous()
 
 
-def _shared_storage(out: torch.Tensor, flat: torch.Tensor) -> bool:
-    """Whether a tensor other than ``out`` and ``flat`` may share their storage. A kernel's
-    result is nearly always fresh, and scanning every buffer and weight of the memory for an
-    alias took 90k storage lookups per ResNet-50 bench pass: the storage's reference count
-    (one per tensor on it, one for the storage object asked) settles it first. True (scan)
-    when the count is unavailable."""
+def _shared_storage(mem: dict[str, torch.Tensor], out: torch.Tensor, flat: torch.Tensor) -> bool:
+    """Whether a tensor other than ``out``, ``flat`` and the temporaries they are views of
+    may share their storage. A kernel's result is nearly always fresh, and scanning every
+    buffer and weight of the memory for an alias took 90k storage lookups per ResNet-50 bench
+    pass: the storage's reference count (one per tensor on it, one for the storage object
+    asked) settles it first. A view's base counts as known unless it is in ``mem`` itself.
+    True (scan) when the count is unavailable."""
     count = getattr(torch._C, "_storage_Use_Count", None)
     if count is None or out.device.type == "meta":
         return True
+    bases = {id(b): b for b in (out._base, flat._base) if b is not None}
+    if bases and any(id(v) in bases for v in mem.values()):
+        return True
+    known = {id(out), id(flat), *bases}
     try:
-        return count(out.untyped_storage()._cdata) > (2 if out is flat else 3)
+        return count(out.untyped_storage()._cdata) > len(known) + 1
     except (AttributeError, RuntimeError):
         return True
 
