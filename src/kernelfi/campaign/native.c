@@ -95,16 +95,14 @@ static inline void gather_row(float *row, int64_t w, float fill, const float *sr
                               const float *psrc, int64_t ja, int64_t jb) {
     const __m512 vf = _mm512_set1_ps(fill);
     for (int64_t i0 = 0; i0 < w; i0 += 16) {  /* masked loads never touch the columns outside */
+        const __mmask16 all = span16(0, w - i0), pm = psrc ? span16(ja - i0, jb - i0) : 0;
         __m512 v = vf;
-        if (src) {
-            const __mmask16 m = span16(xa - i0, xb - i0);
+        if (src && (pm & all) != all) {  /* the plane where the patch does not cover the row */
+            const __mmask16 m = span16(xa - i0, xb - i0) & ~pm;
             if (m) v = _mm512_mask_loadu_ps(v, m, src + i0);
         }
-        if (psrc) {
-            const __mmask16 m = span16(ja - i0, jb - i0);
-            if (m) v = _mm512_mask_loadu_ps(v, m, psrc + i0);
-        }
-        _mm512_mask_storeu_ps(row + i0, span16(0, w - i0), v);
+        if (pm) v = _mm512_mask_loadu_ps(v, pm, psrc + i0);
+        _mm512_mask_storeu_ps(row + i0, all, v);
     }
 }
 
@@ -250,9 +248,9 @@ void kf_gather(const int64_t *geo, int64_t nl, int64_t C, int64_t H, int64_t W, 
             const int64_t jx0 = px0 > x0 ? px0 : x0, jx1 = px1 < x0 + w ? px1 : x0 + w;
             const float *pp = patches[l] ? (const float *)patches[l] + c * pb[4] : 0;
             if (c + AHEAD < C && xa < xb)
-                for (int64_t yy = 0; yy < h; yy++) {
+                for (int64_t yy = 0; yy < h; yy++) {  /* the plane rows the patch does not cover */
                     const int64_t y = y0 + yy;
-                    if (y >= 0 && y < H)
+                    if (y >= 0 && y < H && !(pp && y >= py0 && y < py1 && jx0 - x0 <= xa && jx1 - x0 >= xb))
                         prefetch_row(pl + AHEAD * H * W + y * W + x0 + xa, xb - xa);
                 }
             for (int64_t yy = 0; yy < h; yy++) {
