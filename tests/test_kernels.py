@@ -484,15 +484,16 @@ def test_row_policy_pads_and_each_row_is_independent_of_its_batch() -> None:
     from kernelfi.kernels.conv import ROW_POLICIES, _padded, _row_policy, rows_linear
 
     assert [_padded(b, (4, 4)) for b in (1, 4, 5, 9)] == [4, 4, 8, 12]
-    assert [_padded(b, (16, 4)) for b in (1, 15, 16, 17)] == [16, 16, 16, 20]
+    assert [_padded(b, (16, 4)) for b in (1, 15, 16, 17, 79, 80, 129)] == [16, 16, 16, 20, 128, 128, 192]
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(96, 700, generator=gen)
-    x = torch.randn(40, 700, generator=gen)
+    x = torch.randn(300, 700, generator=gen)  # more lanes than a call holds (ROWS_CAP)
     full = rows_linear(x, w)
-    for m in (1, 2, 3, 7, 16, 33):
+    for m in (1, 2, 3, 7, 16, 33, 65, 200, 257, 299):
         assert torch.equal(rows_linear(x[:m], w), full[:m])
         assert torch.equal(rows_linear(x[m - 1:m], w), full[m - 1:m])
-    assert _row_policy(w) is None or _row_policy(w) in ROW_POLICIES
+    pol = _row_policy(w)
+    assert pol is None or (pol[:2] in ROW_POLICIES and pol[2] in (64, 128, 256))
 
 
 def test_conv1x1_by_hand_and_windows_equal_the_whole_map() -> None:
