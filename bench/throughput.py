@@ -20,7 +20,6 @@ Ends with ``speedup_vs_best_peer alexnet=X resnet50=Y agreement=Z%``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import resource
@@ -34,36 +33,12 @@ from importlib.metadata import version
 
 import torch
 
-from kernelfi.data import load_inputs
-from kernelfi.lowering import lower
-from kernelfi.models import load_model
+from kernelfi.campaign.campaign import auto_workers
 
 from peers.common import (CATEGORIES, KERNELFI_CATEGORY, bit_class, chunks, disagreement_cause, draw_faults,
                           neuron_sites, peer_golden, reference_run)
-from peers.kernelfi_peer import KernelfiPeer
-
-
-@dataclass(frozen=True)
-class Bench:
-    registry: str
-    kwargs: dict
-    shape: tuple[int, int, int]
-    data: str
-    inputs: int
-    n_full: int
-    n_quick: int
-    batch_full: int
-    batch_quick: int
-
-
-MODELS: dict[str, Bench] = {
-    # kernelfi's registry AlexNet is torchvision's (224x224 in its metadata); its
-    # AdaptiveAvgPool makes 227x227 give the same 6x6 feature map, and kernelfi lowers it at
-    # 227x227 (the avgpool becomes an identity and disappears from the trace).
-    "alexnet": Bench("alexnet", {"num_classes": 7}, (3, 227, 227), "random", 8, 2048, 256, 64, 64),
-    "resnet50": Bench("resnet50", {}, (3, 224, 224), "random", 4, 512, 64, 64, 64),
-    "digits-alexnet": Bench("digits-alexnet", {}, (1, 32, 32), "digits", 32, 4096, 512, 64, 64),
-}
+from peers.kernelfi_peer import KernelfiPeer, KernelfiPool
+from peers.models import MODELS, Bench, build
 
 
 def rss_mib(who: int = resource.RUSAGE_SELF) -> float:
@@ -80,26 +55,30 @@ class ModelResult:
     causes: Counter
 
 
-def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str, peers: list[str]) -> ModelResult:
+def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str, peers: list[str],
+              workers: int) -> ModelResult:
     print(f"\n== {name}: input {'x'.join(map(str, b.shape))}, {b.inputs} {b.data} inputs, N={n}, "
           f"peer batch {batch}")
     t0 = time.perf_counter()
-    lm = load_model(b.registry, **b.kwargs)
-    module = lm.module
-    program = lower(module, b.shape, name)
-    info = dataclasses.replace(lm.info, input_shape=b.shape)
-    x = load_inputs(b.data, info, b.inputs).x.to(torch.float32).contiguous()
+    built = build(name)
+    module, program, x = built.module, built.program, built.x
     sites = neuron_sites(program, module)
     faults = draw_faults(sites, n, x.shape[0], seed, weighting)
     bn = sum(s.batch_norm for s in sites)
     print(f"   {len(sites)} neuron sites ({bn} conv+BN: peers inject at the BatchNorm2d output = kernelfi's "
-          f"post-BN add_bias); weights: {lm.note}")
+          f"post-BN add_bias); weights: {built.note}")
     print(f"   lowering + inputs + fault draw: {time.perf_counter() - t0:.1f}s")
 
     t0 = time.perf_counter()
-    kf = KernelfiPeer(program, x, sites)
-    print(f"   kernelfi set-up (golden cache): {time.perf_counter() - t0:.1f}s; campaign batches of up to {kf.batch} "
-          f"faults in layer order (auto_batch)")
+    kf: KernelfiPeer | KernelfiPool
+    if workers > 1:
+        kf = KernelfiPool(name, program, sites, workers)
+        how = f"{workers} worker processes (kernelfi campaign --workers {workers}), one engine thread each"
+    else:
+        kf = KernelfiPeer(program, x, sites)
+        how = "in this process, one engine thread"
+    print(f"   kernelfi set-up (golden cache): {time.perf_counter() - t0:.1f}s; {how}; campaign batches of up to "
+          f"{kf.batch} faults in layer order (auto_batch)")
     tools = []
     golden = None
     if peers:
@@ -119,9 +98,10 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
 
     # Timed phase, interleaved batch by batch: the tool that has injected the fewest faults so
     # far runs its next batch, so load drift on the machine hits all three alike. Every tool keeps
-    # its own batching (peers: chunks of B in id order; kernelfi: the campaign's batches).
+    # its own batching (peers: chunks of B in id order; kernelfi: the campaign's batches, one per
+    # worker at a time).
     work: dict[str, list] = {t.name: chunks(faults, batch) for t in tools}
-    work["kernelfi"] = kf.plan(faults)
+    work["kernelfi"] = chunks(kf.plan(faults), max(1, workers))
     run_item = {t.name: (lambda part, t=t: t.run(x, part, golden)[0]) for t in tools}
     out: dict[str, dict[int, object]] = {k: {} for k in work}
     secs = {k: 0.0 for k in work}
@@ -137,11 +117,12 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
         pos[k] += 1
         t0 = time.perf_counter()
         if k == "kernelfi":
-            out[k].update(kf.run_batch(item))
+            out[k].update(kf.run_batches(item))
+            done[k] += sum(len(b) for b in item)
         else:
             out[k].update({f.id: c for f, c in zip(item, run_item[k](item))})
+            done[k] += len(item)
         secs[k] += time.perf_counter() - t0
-        done[k] += len(item)
     raw = [out["kernelfi"][f.id] for f in faults]
     cats: dict[str, list[str]] = {k: [out[k][f.id] for f in faults] for k in order if k != "kernelfi"}
     cats["kernelfi"] = [KERNELFI_CATEGORY[r.outcome] for r in raw]
@@ -149,10 +130,11 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
         print(f"   {k:9s} {n} injections in {secs[k]:7.2f}s  {n / secs[k]:8.2f} inj/s")
     print(f"   peak RSS so far {rss_mib():.0f} MiB")
     print(f"   kernelfi outcomes: {dict(Counter(r.outcome for r in raw))}")
-    cone = kf.runner.cone
-    st = cone.stats
+    units, st = kf.stats()
+    if isinstance(kf, KernelfiPool):
+        kf.close()
     share = st["window_elems"] / st["map_elems"] if st["map_elems"] else 0.0
-    print(f"   kernelfi cone: {len(cone.units)} conv/pool/shortcut units verified crop-exact; {st['windows']} windows "
+    print(f"   kernelfi cone: {units} conv/pool/shortcut units verified crop-exact; {st['windows']} windows "
           f"computed, {100 * share:.1f}% of the elements of the feature maps they stood for")
 
     rate = {k: n / v for k, v in secs.items()}
@@ -190,31 +172,74 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
 R152 = textwrap.dedent("""
     import os, sys, tempfile, time
     from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
-    n = int(sys.argv[1])
+    n, workers = int(sys.argv[1]), int(sys.argv[2])
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         cfg = CampaignConfig(model=ModelSpec("resnet152"), mode="iov", bit_model="single", n=n, seed=1,
-                             data="random", inputs=4)
+                             data="random", inputs=4, workers=workers, batch=-(-n // workers))
         run_campaign(cfg, os.path.join(d, "r152.db"))
-    hwm = -1
-    if os.path.exists("/proc/self/status"):
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    print(f"{time.perf_counter() - t:.1f} {hwm}")
+    print(f"{time.perf_counter() - t:.1f}")
 """)
 
 
-def resnet152_rss(n: int) -> tuple[float, float, float]:
-    """Peak RSS of a kernelfi resnet152 campaign in a child process: (getrusage(RUSAGE_CHILDREN)
-    MiB, the child's own VmHWM MiB or -1, seconds).
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _mem_kib(pid: int) -> tuple[int, int]:
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+@dataclass
+class TreeMem:
+    sum_rss: float    # MiB, peak of the processes' summed RSS (sampled every 50 ms)
+    sum_hwm: float    # MiB, sum of each process's own peak (VmHWM): a bound on the total
+    largest: float    # MiB, getrusage(RUSAGE_CHILDREN): the largest single process
+    processes: int
+    secs: float
+
+
+def resnet152_rss(n: int, workers: int) -> TreeMem:
+    """Memory of a kernelfi resnet152 campaign with ``workers`` worker processes, run in a child
+    process: the campaign's driver and its workers, sampled from /proc (Linux).
 
     On Linux a child's ru_maxrss also counts the address space it had before exec, i.e. this
-    process's RSS at fork; run it while this process is small (first), and cross-check with the
-    child's VmHWM, which belongs to the exec'd image alone."""
-    out = subprocess.run([sys.executable, "-c", R152, str(n)], check=True, capture_output=True, text=True)
-    secs, hwm = out.stdout.strip().splitlines()[-1].split()
-    return rss_mib(resource.RUSAGE_CHILDREN), int(hwm) / 1024.0 if int(hwm) >= 0 else -1.0, float(secs)
+    process's RSS at fork; run it while this process is small (first). The summed figures
+    read each process's own /proc status, which belongs to its exec'd image alone."""
+    child = subprocess.Popen([sys.executable, "-c", R152, str(n), str(workers)], stdout=subprocess.PIPE, text=True)
+    peak_sum, hwm = 0, {}
+    while child.poll() is None:
+        total = 0
+        for p in _tree(child.pid):
+            r, h = _mem_kib(p)
+            total += r
+            hwm[p] = max(hwm.get(p, 0), h)
+        peak_sum = max(peak_sum, total)
+        time.sleep(0.05)
+    out = child.stdout.read() if child.stdout else ""
+    if child.returncode != 0:
+        raise SystemExit(f"resnet152 memory campaign failed (exit {child.returncode})")
+    return TreeMem(peak_sum / 1024.0, sum(hwm.values()) / 1024.0, rss_mib(resource.RUSAGE_CHILDREN),
+                   sum(1 for v in hwm.values() if v > 0), float(out.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -227,6 +252,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--weighting", choices=("layer", "element"), default="layer",
                     help="fault draw: uniform layer then element (PyTorchFI's), or uniform over all neurons")
+    ap.add_argument("--workers", type=int, default=0, help="kernelfi worker processes (0: one per CPU, as "
+                    "kernelfi campaign runs by default; 1: in this process)")
     ap.add_argument("--r152-n", type=int, default=None, help="injections of the resnet152 memory campaign "
                     "(default 20; 10 with --quick: the peak is set by lowering and the golden cache, not by n); 0 skips it")
     args = ap.parse_args()
@@ -251,24 +278,26 @@ def main() -> None:
     for p in peers:
         print(f"   peer {p} {version(p)}")
 
+    workers = args.workers or auto_workers()
     t_all = time.perf_counter()
     r152_n = args.r152_n if args.r152_n is not None else (10 if args.quick else 20)
     r152 = None
     if r152_n > 0:  # first, while this process is small (see resnet152_rss)
         print(f"\n== memory: kernelfi resnet152 campaign (iov single, {r152_n} injections, 4 random inputs, "
-              f"random weights, child process; this process's RSS now {rss_mib():.0f} MiB)")
-        r152 = resnet152_rss(r152_n)
-        peak, hwm, secs = r152
-        ok = "under" if max(peak, hwm) < 4096 else "OVER"
-        print(f"   resnet152 peak RSS {peak:.0f} MiB = {peak / 1024:.2f} GiB (getrusage RUSAGE_CHILDREN; child's own "
-              f"VmHWM {hwm:.0f} MiB), {ok} the 4 GiB target, {secs:.1f}s")
+              f"random weights, {workers} worker process(es), child process; this process's RSS now "
+              f"{rss_mib():.0f} MiB)")
+        r152 = resnet152_rss(r152_n, workers)
+        ok = "under" if max(r152.sum_rss, r152.sum_hwm) < 4096 else "OVER"
+        print(f"   resnet152 campaign RSS, all its processes together: peak {r152.sum_rss / 1024:.2f} GiB sampled, "
+              f"{r152.sum_hwm / 1024:.2f} GiB summing each one's own peak ({r152.processes} processes), {ok} the "
+              f"4 GiB target; largest process {r152.largest / 1024:.2f} GiB; {r152.secs:.1f}s")
 
     results: dict[str, ModelResult] = {}
     for m in models:
         b = MODELS[m]
         n = args.n if args.n is not None else (b.n_quick if args.quick else b.n_full)
         batch = args.batch if args.batch is not None else (b.batch_quick if args.quick else b.batch_full)
-        results[m] = run_model(m, b, n, batch, args.seed, args.weighting, peers)
+        results[m] = run_model(m, b, n, batch, args.seed, args.weighting, peers, workers)
 
     print(f"\nbench peak RSS (this process): {rss_mib():.0f} MiB; total wall {time.perf_counter() - t_all:.1f}s")
 
@@ -279,7 +308,8 @@ def main() -> None:
         sp = f"  speedup vs best peer {r.rate['kernelfi'] / best:.2f}x" if best else ""
         print(f"   {m:15s} N={r.n:5d}  {line}{sp}  agreement {100.0 * r.agree / r.n:.1f}%")
     if r152 is not None:
-        print(f"   resnet152 campaign peak RSS {r152[0] / 1024:.2f} GiB (VmHWM {r152[1] / 1024:.2f} GiB)")
+        print(f"   resnet152 campaign peak RSS {max(r152.sum_rss, r152.sum_hwm) / 1024:.2f} GiB, {workers} worker(s) "
+              f"and driver together (largest process {r152.largest / 1024:.2f} GiB)")
 
     def speed(m: str) -> str:
         r = results.get(m)

@@ -5,10 +5,17 @@ that produces that element: the ``fadd:out`` instruction of thread ``flat`` in t
 ``add_bias`` launch. The faults run through ``Runner`` in the campaign's own batches
 (``kernelfi.campaign.campaign.batches``: layer order, consecutive layers sharing a batch), exactly as a campaign
 runs them: golden-prefix reuse, batched suffix, early stop.
+
+``KernelfiPool`` runs them as ``kernelfi campaign --workers N`` does: N worker processes, each
+with its own model, golden run and runner on one engine thread, taking whole batches. The rows
+are the same as in one process (``kernelfi.campaign.threads``).
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
+from typing import Any
 
 import torch
 
@@ -19,7 +26,8 @@ from kernelfi.campaign.runner import Runner
 from kernelfi.lowering import Program
 from kernelfi.types import BitModel, Fault, Mode, Result, Site
 
-from .common import KERNELFI_CATEGORY, NeuronFault, NeuronSite
+from .common import NeuronFault, NeuronSite, neuron_sites
+from .models import build
 
 
 def to_planned(faults: list[NeuronFault], sites: list[NeuronSite]) -> list[PlannedFault]:
@@ -50,12 +58,79 @@ class KernelfiPeer:
         with torch.no_grad():
             return {e.planned.id: e.result for e in self.runner.run(batch)}
 
-    def run(self, faults: list[NeuronFault]) -> tuple[list[str], float, list[Result]]:
-        """Categories of ``faults`` (in order), seconds, and kernelfi's own results."""
-        result: dict[int, Result] = {}
-        t0 = time.perf_counter()
-        for b in self.plan(faults):
-            result.update(self.run_batch(b))
-        secs = time.perf_counter() - t0
-        raw = [result[f.id] for f in faults]
-        return [KERNELFI_CATEGORY[r.outcome] for r in raw], secs, raw
+    def run_batches(self, batches: list[list[PlannedFault]]) -> dict[int, Result]:
+        out: dict[int, Result] = {}
+        for b in batches:
+            out.update(self.run_batch(b))
+        return out
+
+    def stats(self) -> tuple[int, dict[str, int]]:
+        """Cone units and the cone's counters (windows computed, their elements...)."""
+        return len(self.runner.cone.units), dict(self.runner.cone.stats)
+
+
+_PEER: KernelfiPeer | None = None
+
+
+def _init(name: str, batch: int, ready: Any) -> None:
+    global _PEER
+    try:
+        torch.set_num_threads(1)
+        b = build(name)
+        _PEER = KernelfiPeer(b.program, b.x, neuron_sites(b.program, b.module), batch)
+    except BaseException:
+        with ready.get_lock():
+            ready.value = -(1 << 20)  # the driver stops waiting (the pool would respawn it forever)
+        raise
+    with ready.get_lock():
+        ready.value += 1
+
+
+def _run(batch: list[PlannedFault]) -> tuple[dict[int, Result], int, tuple[int, dict[str, int]]]:
+    assert _PEER is not None
+    return _PEER.run_batch(batch), os.getpid(), _PEER.stats()
+
+
+class KernelfiPool:
+    """``workers`` processes (spawned: each builds the bench model ``name`` itself, as a
+    campaign's workers prepare theirs); ``run_batches`` hands each one whole batch at once."""
+
+    name = "kernelfi"
+
+    def __init__(self, name: str, program: Program, sites: list[NeuronSite], workers: int) -> None:
+        self.program, self.sites, self.workers = program, sites, workers
+        self.batch = auto_batch(program.trace)
+        self.layer_of = {l.index: l.layer for l in program.trace.launches}
+        ctx = mp.get_context("spawn")
+        ready = ctx.Value("i", 0)
+        self.pool = ctx.Pool(workers, initializer=_init, initargs=(name, self.batch, ready))
+        self._stats: dict[int, tuple[int, dict[str, int]]] = {}
+        deadline = time.monotonic() + 900
+        while ready.value < workers:  # every worker's set-up (model, golden run) before timing
+            if ready.value < 0 or time.monotonic() > deadline:
+                self.pool.terminate()
+                raise RuntimeError("a kernelfi worker failed to set up (its traceback is above)" if ready.value < 0
+                                   else f"kernelfi workers not ready after 900 s ({ready.value}/{workers})")
+            time.sleep(0.05)
+
+    plan = KernelfiPeer.plan
+
+    def run_batches(self, batches: list[list[PlannedFault]]) -> dict[int, Result]:
+        out: dict[int, Result] = {}
+        for res, pid, st in self.pool.map(_run, batches, chunksize=1):
+            out.update(res)
+            self._stats[pid] = st
+        return out
+
+    def stats(self) -> tuple[int, dict[str, Any]]:
+        units = max((u for u, _ in self._stats.values()), default=0)
+        total: dict[str, int] = {}
+        for _, st in self._stats.values():
+            for k, v in st.items():
+                total[k] = total.get(k, 0) + v
+        return units, total
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+

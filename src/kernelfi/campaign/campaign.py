@@ -39,6 +39,8 @@ class CampaignConfig:
     selection: str = "uniform"
     #: faults per batched run; 0: as many as ``auto_batch`` fits in memory
     batch: int = 0
+    #: worker processes (0: one per CPU this process may use, ``auto_workers``); rows do not
+    #: depend on it (``kernelfi.campaign.threads``)
     workers: int = 1
     fast: bool = True
     #: compute only the receptive-field cone after the struck layer (same rows as without)
@@ -55,21 +57,34 @@ class CampaignConfig:
             raise KernelfiError(f"unknown bit model '{self.bit_model}' (known: {', '.join(b.value for b in BitModel)})") from None
         if self.n < 1:
             raise KernelfiError(f"-n must be at least 1, got {self.n}")
-        if self.batch < 0 or self.workers < 1:
-            raise KernelfiError("--batch must be 0 (auto) or more, --workers at least 1")
+        if self.batch < 0 or self.workers < 0:
+            raise KernelfiError("--batch and --workers must be 0 (auto) or more")
 
 
 @dataclass
 class Prepared:
-    """A campaign ready to run: session, inputs, golden run, planner, runner."""
+    """A campaign ready to run: session, inputs, planner; the golden run and the runner on
+    first use (a driver whose batches run in worker processes never computes them)."""
 
     config: CampaignConfig
     session: Session
     input_source: str
     n_inputs: int
-    golden: Golden
+    x: torch.Tensor
     planner: Planner
-    runner: Runner
+    _runner: Runner | None = None
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            c = self.config
+            golden = Golden.compute(self.session.program, self.x, fast=c.fast)
+            self._runner = Runner(self.session.program, golden, fast=c.fast, cone=c.cone)
+        return self._runner
+
+    @property
+    def golden(self) -> Golden:
+        return self.runner.golden
 
     def meta(self) -> CampaignMeta:
         c = self.config
@@ -95,11 +110,9 @@ def prepare(config: CampaignConfig) -> Prepared:
     session = open_session(config.model)
     inputs = session_inputs(session, config.data, config.inputs)
     x = inputs_tensor(inputs)
-    golden = Golden.compute(session.program, x, fast=config.fast)
     planner = Planner(session.program.trace, config.mode, config.bit_model, config.warp, config.seed,
                       x.shape[0], config.scope, config.selection)
-    runner = Runner(session.program, golden, fast=config.fast, cone=config.cone)
-    return Prepared(config, session, inputs.source, int(x.shape[0]), golden, planner, runner)
+    return Prepared(config, session, inputs.source, int(x.shape[0]), x, planner)
 
 
 #: What the lanes of one batch may hold in whole tensors (``auto_batch``)
@@ -174,8 +187,17 @@ def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = No
     return cid
 
 
+def auto_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> Iterator[list[Executed]]:
-    if workers <= 1 or len(work) <= 1:
+    workers = min(workers or auto_workers(), len(work))
+    if workers <= 1:
         with torch.no_grad():
             for b in work:
                 yield prep.runner.run(b)
@@ -195,6 +217,7 @@ def _worker_init(config: CampaignConfig) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER = prepare(config)
+    _WORKER.runner  # the golden run, before the first batch arrives
 
 
 def _worker_run(ids: list[int]) -> list[Executed]:

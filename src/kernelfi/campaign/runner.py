@@ -21,6 +21,7 @@ from kernelfi.campaign.cone import REL_FLOOR, Cone, Diff, SparseLane, diff_rows
 from kernelfi.campaign.golden import Golden, dense_matches_cache, lane_numel, live_at_launch, live_in
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.struck import pointwise_after, run_sparse
+from kernelfi.campaign.threads import engine_threads
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
 from kernelfi.lowering import Memory, Program
 from kernelfi.types import Launch, Outcome, Propagation, Result
@@ -53,6 +54,7 @@ class Executed:
 class Runner:
     """Holds everything shared by the batches of one campaign."""
 
+    @engine_threads()
     def __init__(self, program: Program, golden: Golden, fast: bool = True, keep_outputs: bool = False,
                  cone: bool = True) -> None:
         self.program, self.golden, self.fast = program, golden, fast
@@ -170,6 +172,7 @@ class Runner:
         return {n: torch.cat([self._pre[i][n] for i in inputs]) for n in self._pre[inputs[0]]}
 
     # ------------------------------------------------------------------ one batch
+    @engine_threads()
     def run(self, batch: list[PlannedFault]) -> list[Executed]:
         """Run a batch of faults (of one layer or several): each layer's struck lanes, then one
         walk in which lanes struck in different layers join at their own position, so later
