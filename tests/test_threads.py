@@ -87,3 +87,35 @@ def test_golden_chunks_fill_the_same_tensors() -> None:
     with torch.no_grad():
         last = session.program.run(session.program.memory(x[6:7]))[per.output]
     assert torch.equal(one.probs[6:7], last.reshape(1, -1))
+
+
+def test_shared_golden_maps_one_block() -> None:
+    """Computed into shared memory, the run's tensors are views of one block that workers map
+    as it is; a run computed privately is copied into one. Both give the same values, in
+    another process too (a spawned worker reads them through the pickled block)."""
+    import multiprocessing as mp
+
+    from kernelfi.campaign.golden import SharedGolden
+    from kernelfi.campaign.session import ModelSpec, open_session, inputs_tensor, session_inputs
+
+    session = open_session(ModelSpec("digits-alexnet"))
+    x = inputs_tensor(session_inputs(session, None, 5))
+    out = session.program.trace.output
+    private = Golden.compute(session.program, x)
+    shared = Golden.compute(session.program, x, share=True)
+    assert private.block is None and shared.block is not None and shared.block.is_shared()
+    a, b = SharedGolden.of(shared, out), SharedGolden.of(private, out)
+    assert a.flat is shared.block and b.flat.is_shared() and b.flat.numel() == a.flat.numel()
+    for g in (a.golden(), b.golden()):
+        assert g.buffers.keys() == private.buffers.keys() and g.pre.keys() == private.pre.keys()
+        assert all(torch.equal(g.buffers[k], private.buffers[k]) for k in g.buffers)
+        assert all(torch.equal(g.pre[k], private.pre[k]) for k in g.pre)
+        assert torch.equal(g.top1, private.top1)
+    with mp.get_context("spawn").Pool(1) as pool:
+        sums = pool.apply(_sums, (a,))
+    assert sums == _sums(b)
+
+
+def _sums(shared) -> list[float]:  # type: ignore[no-untyped-def]
+    g = shared.golden()
+    return [float(g.buffers[k].double().sum()) for k in sorted(g.buffers)]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kernelfi.campaign.campaign import auto_batch, batches
-from kernelfi.campaign.golden import Golden
+from kernelfi.campaign.golden import Golden, SharedGolden
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.runner import Runner
 from kernelfi.lowering import Program
@@ -43,10 +43,11 @@ def to_planned(faults: list[NeuronFault], sites: list[NeuronSite]) -> list[Plann
 class KernelfiPeer:
     name = "kernelfi"
 
-    def __init__(self, program: Program, x: torch.Tensor, sites: list[NeuronSite], batch: int = 0) -> None:
+    def __init__(self, program: Program, x: torch.Tensor, sites: list[NeuronSite], batch: int = 0,
+                 golden: Golden | None = None) -> None:
         #: faults per batch: the campaign's own default (``auto_batch``) unless given
         self.program, self.sites, self.batch = program, sites, batch or auto_batch(program.trace)
-        self.golden = Golden.compute(program, x)
+        self.golden = golden if golden is not None else Golden.compute(program, x)
         self.runner = Runner(program, self.golden)
         self.layer_of = {l.index: l.layer for l in program.trace.launches}
 
@@ -72,12 +73,12 @@ class KernelfiPeer:
 _PEER: KernelfiPeer | None = None
 
 
-def _init(name: str, batch: int, ready: Any) -> None:
+def _init(name: str, batch: int, shared: SharedGolden, ready: Any) -> None:
     global _PEER
     try:
         torch.set_num_threads(1)
         b = build(name)
-        _PEER = KernelfiPeer(b.program, b.x, neuron_sites(b.program, b.module), batch)
+        _PEER = KernelfiPeer(b.program, b.x, neuron_sites(b.program, b.module), batch, shared.golden())
     except BaseException:
         with ready.get_lock():
             ready.value = -(1 << 20)  # the driver stops waiting (the pool would respawn it forever)
@@ -92,18 +93,20 @@ def _run(batch: list[PlannedFault]) -> tuple[dict[int, Result], int, tuple[int, 
 
 
 class KernelfiPool:
-    """``workers`` processes (spawned: each builds the bench model ``name`` itself, as a
-    campaign's workers prepare theirs); ``run_batches`` hands each one whole batch at once."""
+    """``workers`` processes set up as a campaign's: this process computes the golden run into
+    shared memory, each worker (spawned) builds the bench model ``name`` itself and maps that
+    run; ``run_batches`` hands each worker one whole batch at once."""
 
     name = "kernelfi"
 
-    def __init__(self, name: str, program: Program, sites: list[NeuronSite], workers: int) -> None:
+    def __init__(self, name: str, program: Program, x: torch.Tensor, sites: list[NeuronSite], workers: int) -> None:
         self.program, self.sites, self.workers = program, sites, workers
         self.batch = auto_batch(program.trace)
         self.layer_of = {l.index: l.layer for l in program.trace.launches}
         ctx = mp.get_context("spawn")
         ready = ctx.Value("i", 0)
-        self.pool = ctx.Pool(workers, initializer=_init, initargs=(name, self.batch, ready))
+        shared = SharedGolden.of(Golden.compute(program, x, share=True), program.trace.output)
+        self.pool = ctx.Pool(workers, initializer=_init, initargs=(name, self.batch, shared, ready))
         self._stats: dict[int, tuple[int, dict[str, int]]] = {}
         deadline = time.monotonic() + 900
         while ready.value < workers:  # every worker's set-up (model, golden run) before timing

@@ -16,7 +16,7 @@ import torch
 
 from kernelfi import __version__
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden, lane_numel, live_at_launch
+from kernelfi.campaign.golden import Golden, SharedGolden, golden_numel, lane_numel, live_at_launch
 from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.runner import Executed, Runner
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
@@ -64,7 +64,7 @@ class CampaignConfig:
 @dataclass
 class Prepared:
     """A campaign ready to run: session, inputs, planner; the golden run and the runner on
-    first use (a driver whose batches run in worker processes never computes them)."""
+    first use (a driver whose batches run in worker processes builds no runner)."""
 
     config: CampaignConfig
     session: Session
@@ -72,19 +72,21 @@ class Prepared:
     n_inputs: int
     x: torch.Tensor
     planner: Planner
+    _golden: Golden | None = None
     _runner: Runner | None = None
+
+    @property
+    def golden(self) -> Golden:
+        if self._golden is None:
+            self._golden = Golden.compute(self.session.program, self.x, fast=self.config.fast)
+        return self._golden
 
     @property
     def runner(self) -> Runner:
         if self._runner is None:
             c = self.config
-            golden = Golden.compute(self.session.program, self.x, fast=c.fast)
-            self._runner = Runner(self.session.program, golden, fast=c.fast, cone=c.cone)
+            self._runner = Runner(self.session.program, self.golden, fast=c.fast, cone=c.cone)
         return self._runner
-
-    @property
-    def golden(self) -> Golden:
-        return self.runner.golden
 
     def meta(self) -> CampaignMeta:
         c = self.config
@@ -204,20 +206,41 @@ def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> It
         return
     ctx = mp.get_context("spawn")
     ids = [[pf.id for pf in b] for b in work]
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(prep.config,)) as pool:
+    shared = None
+    trace = prep.session.program.trace
+    if _shm_room(4 * golden_numel(trace, prep.n_inputs, prep.config.fast)):
+        if prep._golden is None:
+            prep._golden = Golden.compute(prep.session.program, prep.x, fast=prep.config.fast, share=True)
+        shared = SharedGolden.of(prep.golden, trace.output)
+        prep._golden = shared.golden()  # the driver keeps the shared copy only
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(prep.config, shared)) as pool:
         for out in pool.imap_unordered(_worker_run, ids):
             yield out
+
+
+def _shm_room(nbytes: int) -> bool:
+    """Room in /dev/shm for the golden run, with a margin? (Containers often mount 64 MiB; a
+    worker touching a page beyond it dies of SIGBUS. Without room, each worker computes its own.)"""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize >= nbytes + nbytes // 4 + (64 << 20)
 
 
 _WORKER: Prepared | None = None
 
 
-def _worker_init(config: CampaignConfig) -> None:
+def _worker_init(config: CampaignConfig, shared: SharedGolden | None) -> None:
+    """Each worker prepares the campaign itself (model, planner) and maps the driver's golden
+    run (one copy in shared memory for all), or computes its own where there was no room."""
     global _WORKER
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER = prepare(config)
-    _WORKER.runner  # the golden run, before the first batch arrives
+    if shared is not None:
+        _WORKER._golden = shared.golden()
+    _WORKER.runner  # the runner's one-time checks, before the first batch arrives
 
 
 def _worker_run(ids: list[int]) -> list[Executed]:
