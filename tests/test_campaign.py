@@ -97,3 +97,18 @@ def test_auto_batch_by_hand() -> None:
     assert auto_batch(t, True, budget=2 * 4 * 176 * 20) == 20
     assert auto_batch(t, True, budget=2 * 4 * 176 * 20 - 1) == 19
     assert auto_batch(t, budget=1) == 16 and auto_batch(t, budget=1 << 40) == AUTO_MAX
+
+
+def test_auto_workers_counts_cpus_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker per CPU of the affinity mask, fewer where the memory available holds fewer
+    (at least one)."""
+    from kernelfi.campaign import campaign as C
+
+    monkeypatch.setattr(C.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(C, "_mem_available", lambda: 10 << 30)
+    assert C.auto_workers() == 6
+    assert C.auto_workers(1 << 30) == 6
+    assert C.auto_workers(3 << 30) == 3  # 10 GiB hold three 3 GiB workers
+    assert C.auto_workers(11 << 30) == 1
+    monkeypatch.setattr(C, "_mem_available", lambda: None)  # no /proc/meminfo: CPUs only
+    assert C.auto_workers(11 << 30) == 6

@@ -189,16 +189,43 @@ def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = No
     return cid
 
 
-def auto_workers() -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+#: What a worker holds besides the model's weights: torch itself and the runner's bookkeeping
+#: (the lanes of a batch are ``AUTO_BUDGET`` at most; ResNet-152's worker peaks at 0.7 GiB)
+WORKER_BASE = 512 << 20
+
+
+def auto_workers(per_worker: int = 0) -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count), fewer
+    where ``per_worker`` bytes each would not fit the memory available now (Linux)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    avail = _mem_available()
+    if per_worker > 0 and avail is not None:
+        n = max(1, min(n, avail // per_worker))
+    return n
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> Iterator[list[Executed]]:
-    workers = min(workers or auto_workers(), len(work))
+    trace = prep.session.program.trace
+    golden_bytes = 4 * golden_numel(trace, prep.n_inputs, prep.config.fast)
+    share = _shm_room(golden_bytes)
+    if not workers:  # one per CPU, as many as the memory holds: weights, lanes, the rest
+        weights = sum(t.numel() * t.element_size() for t in prep.session.program.weights.values())
+        workers = auto_workers(weights + AUTO_BUDGET + WORKER_BASE + (0 if share else golden_bytes))
+    workers = min(workers, len(work))
     if workers <= 1:
         with torch.no_grad():
             for b in work:
@@ -207,8 +234,7 @@ def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> It
     ctx = mp.get_context("spawn")
     ids = [[pf.id for pf in b] for b in work]
     shared = None
-    trace = prep.session.program.trace
-    if _shm_room(4 * golden_numel(trace, prep.n_inputs, prep.config.fast)):
+    if share:
         if prep._golden is None:
             prep._golden = Golden.compute(prep.session.program, prep.x, fast=prep.config.fast, share=True)
         shared = SharedGolden.of(prep.golden, trace.output)

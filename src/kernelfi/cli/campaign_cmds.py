@@ -52,7 +52,8 @@ class _Bar:
 @click.option("--select", "selection", type=click.Choice(["uniform", "kernel", "layer"]), default="uniform",
               show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True,
-              help="worker processes, each on one thread (0: one per CPU; the rows do not depend on it); "
+              help="worker processes, each on one thread (0: one per CPU, as many as the memory holds; "
+                   "the rows do not depend on it); "
                    "with --executor ray: Ray actors (default one per CPU of the cluster)")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="where injections run: this machine, or a Ray cluster (pip install 'kernelfi[ray]')")
