@@ -33,7 +33,7 @@ from importlib.metadata import version
 
 import torch
 
-from kernelfi.campaign.campaign import auto_workers
+from kernelfi.campaign.pool import auto_workers
 
 from peers.common import (CATEGORIES, KERNELFI_CATEGORY, bit_class, chunks, disagreement_cause, draw_faults,
                           neuron_sites, peer_golden, reference_run)

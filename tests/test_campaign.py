@@ -102,7 +102,7 @@ def test_auto_batch_by_hand() -> None:
 def test_auto_workers_counts_cpus_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker per CPU of the affinity mask, fewer where the memory available holds fewer
     (at least one)."""
-    from kernelfi.campaign import campaign as C
+    from kernelfi.campaign import pool as C
 
     monkeypatch.setattr(C.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     monkeypatch.setattr(C, "_mem_available", lambda: 10 << 30)
@@ -112,3 +112,24 @@ def test_auto_workers_counts_cpus_and_memory(monkeypatch: pytest.MonkeyPatch) ->
     assert C.auto_workers(11 << 30) == 1
     monkeypatch.setattr(C, "_mem_available", lambda: None)  # no /proc/meminfo: CPUs only
     assert C.auto_workers(11 << 30) == 6
+
+
+def test_pool_workers_and_driver_give_the_rows_of_one_process() -> None:
+    """Every batch in worker processes (the driver idle), and with the driver working while
+    they start: the same results as one process, fault for fault."""
+    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.pool import execute_local
+
+    cfg = CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=36, seed=4, inputs=6)
+
+    def results(workers: int, driver: bool = True) -> dict[int, str]:
+        prep = prepare(cfg)
+        layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
+        work = list(batches([prep.planner.draw(i) for i in range(cfg.n)], layer_of, 6))
+        out = {e.planned.id: repr(e.result) for b in execute_local(prep, work, workers, driver) for e in b}
+        assert sorted(out) == list(range(cfg.n))
+        return out
+
+    one = results(1)
+    assert results(2, driver=False) == one
+    assert results(2) == one

@@ -119,3 +119,24 @@ def test_shared_golden_maps_one_block() -> None:
 def _sums(shared) -> list[float]:  # type: ignore[no-untyped-def]
     g = shared.golden()
     return [float(g.buffers[k].double().sum()) for k in sorted(g.buffers)]
+
+
+def test_runner_takes_another_runners_checks() -> None:
+    """A runner given another's one-time findings holds the same ones (and rows, in the pool
+    test of test_campaign.py), without verifying again."""
+    from kernelfi.campaign import cone as cone_mod
+    from kernelfi.campaign.session import ModelSpec, open_session, inputs_tensor, session_inputs
+
+    session = open_session(ModelSpec("digits-resnet"))
+    golden = Golden.compute(session.program, inputs_tensor(session_inputs(session, None, 4)))
+    first = Runner(session.program, golden)
+    found = first.checks()
+    assert found.units and found.cached_golden
+    calls = []
+    real = cone_mod.verify
+    cone_mod.verify = lambda *a, **k: calls.append(1) or real(*a, **k)  # type: ignore[assignment]
+    try:
+        again = Runner(session.program, golden, checks=found)
+    finally:
+        cone_mod.verify = real
+    assert again.checks() == found and not calls

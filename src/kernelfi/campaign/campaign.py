@@ -7,8 +7,7 @@ outcomes depend only on the fault and the input).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -16,7 +15,7 @@ import torch
 
 from kernelfi import __version__
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden, SharedGolden, golden_numel, lane_numel, live_at_launch
+from kernelfi.campaign.golden import Golden, lane_numel, live_at_launch
 from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.runner import Executed, Runner
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
@@ -39,7 +38,7 @@ class CampaignConfig:
     selection: str = "uniform"
     #: faults per batched run; 0: as many as ``auto_batch`` fits in memory
     batch: int = 0
-    #: worker processes (0: one per CPU this process may use, ``auto_workers``); rows do not
+    #: worker processes (0: one per CPU, ``pool.auto_workers``); rows do not
     #: depend on it (``kernelfi.campaign.threads``)
     workers: int = 1
     fast: bool = True
@@ -74,6 +73,8 @@ class Prepared:
     planner: Planner
     _golden: Golden | None = None
     _runner: Runner | None = None
+    #: seconds ``prepare`` took (model, lowering, inputs): what each worker process pays again
+    setup_s: float = 0.0
 
     @property
     def golden(self) -> Golden:
@@ -109,12 +110,13 @@ class Prepared:
 
 
 def prepare(config: CampaignConfig) -> Prepared:
+    t0 = time.perf_counter()
     session = open_session(config.model)
     inputs = session_inputs(session, config.data, config.inputs)
     x = inputs_tensor(inputs)
     planner = Planner(session.program.trace, config.mode, config.bit_model, config.warp, config.seed,
                       x.shape[0], config.scope, config.selection)
-    return Prepared(config, session, inputs.source, int(x.shape[0]), x, planner)
+    return Prepared(config, session, inputs.source, int(x.shape[0]), x, planner, setup_s=time.perf_counter() - t0)
 
 
 #: What the lanes of one batch may hold in whole tensors (``auto_batch``)
@@ -189,90 +191,10 @@ def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = No
     return cid
 
 
-#: What a worker holds besides the model's weights: torch itself and the runner's bookkeeping
-#: (the lanes of a batch are ``AUTO_BUDGET`` at most; ResNet-152's worker peaks at 0.7 GiB)
-WORKER_BASE = 512 << 20
-
-
-def auto_workers(per_worker: int = 0) -> int:
-    """The CPUs this process may run on (its affinity mask, not the machine's count), fewer
-    where ``per_worker`` bytes each would not fit the memory available now (Linux)."""
-    try:
-        n = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        n = max(1, os.cpu_count() or 1)
-    avail = _mem_available()
-    if per_worker > 0 and avail is not None:
-        n = max(1, min(n, avail // per_worker))
-    return n
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> Iterator[list[Executed]]:
-    trace = prep.session.program.trace
-    golden_bytes = 4 * golden_numel(trace, prep.n_inputs, prep.config.fast)
-    share = _shm_room(golden_bytes)
-    if not workers:  # one per CPU, as many as the memory holds: weights, lanes, the rest
-        weights = sum(t.numel() * t.element_size() for t in prep.session.program.weights.values())
-        workers = auto_workers(weights + AUTO_BUDGET + WORKER_BASE + (0 if share else golden_bytes))
-    workers = min(workers, len(work))
-    if workers <= 1:
-        with torch.no_grad():
-            for b in work:
-                yield prep.runner.run(b)
-        return
-    ctx = mp.get_context("spawn")
-    ids = [[pf.id for pf in b] for b in work]
-    shared = None
-    if share:
-        if prep._golden is None:
-            prep._golden = Golden.compute(prep.session.program, prep.x, fast=prep.config.fast, share=True)
-        shared = SharedGolden.of(prep.golden, trace.output)
-        prep._golden = shared.golden()  # the driver keeps the shared copy only
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(prep.config, shared)) as pool:
-        for out in pool.imap_unordered(_worker_run, ids):
-            yield out
+    from kernelfi.campaign.pool import execute_local  # the pool's workers import this module
 
-
-def _shm_room(nbytes: int) -> bool:
-    """Room in /dev/shm for the golden run, with a margin? (Containers often mount 64 MiB; a
-    worker touching a page beyond it dies of SIGBUS. Without room, each worker computes its own.)"""
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize >= nbytes + nbytes // 4 + (64 << 20)
-
-
-_WORKER: Prepared | None = None
-
-
-def _worker_init(config: CampaignConfig, shared: SharedGolden | None) -> None:
-    """Each worker prepares the campaign itself (model, planner) and maps the driver's golden
-    run (one copy in shared memory for all), or computes its own where there was no room."""
-    global _WORKER
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = prepare(config)
-    if shared is not None:
-        _WORKER._golden = shared.golden()
-    _WORKER.runner  # the runner's one-time checks, before the first batch arrives
-
-
-def _worker_run(ids: list[int]) -> list[Executed]:
-    assert _WORKER is not None
-    with torch.no_grad():
-        return _WORKER.runner.run([_WORKER.planner.draw(i) for i in ids])
+    return execute_local(prep, work, workers)
 
 
 def replay(db: str, injection: int, campaign: int | None = None) -> tuple[InjectionRecord, InjectionRecord]:

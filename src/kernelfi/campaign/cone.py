@@ -188,7 +188,9 @@ class Cone:
     """Per campaign: the verified crop units and the golden planes they read."""
 
     def __init__(self, program: Program, golden_buffers: dict[str, torch.Tensor], live: list[frozenset[str]],
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, verified: tuple[frozenset[int], frozenset[int]] | None = None) -> None:
+        """``verified``: the (units, column units) another process verified on this machine with
+        the same golden run (``Runner.checks``), instead of verifying again."""
         self.program, self.gold, self.live = program, golden_buffers, live
         self.trace: Trace = program.trace
         self.units: dict[int, CropUnit] = {}
@@ -198,7 +200,10 @@ class Cone:
         self.stats = {"windows": 0, "window_elems": 0, "map_elems": 0, "column_steps": 0}
         self._planes: dict[tuple[str, int], torch.Tensor | None] = {}
         self._finite: dict[tuple[str, int], bool] = {}
-        if enabled:
+        if enabled and verified is not None:
+            self.units = {k: cu for k, cu in crop_units(program).items() if k in verified[0]}
+            self.cols = set(verified[1]) & set(self.units)
+        elif enabled:
             gen = torch.Generator().manual_seed(0)
             n = next(iter(golden_buffers.values())).shape[0]
             rows = [0, n - 1, 0]  # three lanes: not the batch size of the golden run

@@ -51,12 +51,26 @@ class Executed:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Checks:
+    """A runner's one-time findings about this machine's kernels on one program and golden run:
+    the crop units and column units that reproduce the golden run, whether whole layers do in
+    any batch, and the GEMM products a struck layer may start from."""
+
+    units: frozenset[int]
+    cols: frozenset[int]
+    cached_golden: bool
+    gemm_cache: tuple[tuple[int, tuple[int, ...]], ...]
+
+
 class Runner:
     """Holds everything shared by the batches of one campaign."""
 
     @engine_threads()
     def __init__(self, program: Program, golden: Golden, fast: bool = True, keep_outputs: bool = False,
-                 cone: bool = True) -> None:
+                 cone: bool = True, checks: Checks | None = None) -> None:
+        """``checks``: what another runner of the same program and golden run found on this
+        machine (``checks()``; a campaign's workers take the driver's instead of 2-5 s each)."""
         self.program, self.golden, self.fast = program, golden, fast
         #: with keep_outputs, the final probabilities of each faulty lane of the last batch that
         #: reached the output (tests check them against values worked out on paper)
@@ -77,20 +91,26 @@ class Runner:
         self.weight_names = frozenset(b.name for b in trace.buffers if b.kind == "weight")
         self.memmap = MemoryMap.from_trace(trace)
         #: the receptive-field cone after the struck layer (needs the fused units: fast only)
-        self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone)
+        self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone,
+                         verified=(checks.units, checks.cols) if checks else None)
         #: the struck layer as golden lanes plus each fault's stores (``struck``); with the cone
         self.sparse_struck = fast and cone
         #: lanes that run whole after the cone compare with the golden cache instead of carrying
         #: golden lanes, where every layer gives a golden row the cache's values in any batch
-        self.cached_golden = fast and cone and dense_matches_cache(program, golden, self.live, self.layer_span,
-                                                                    self.out_buf)
+        self.cached_golden = fast and cone and (checks.cached_golden if checks else dense_matches_cache(
+            program, golden, self.live, self.layer_span, self.out_buf))
         self._pre_key: tuple[int, int] | None = None
         self._pre: dict[int, Memory] = {}
         #: GEMM launch -> the per-lane shape of its output buffer, for the golden products
         #: (``Golden.pre``) that equal what the kernels leave there (checked on one input)
-        self.gemm_cache = self._check_pre() if fast else {}
+        self.gemm_cache = (dict(checks.gemm_cache) if checks else self._check_pre()) if fast else {}
         self._whole_chunk: dict[int, int] = {}
         self._lane_numel = lane_numel(trace)
+
+    def checks(self) -> Checks:
+        """The one-time checks' findings, for runners in other processes on this machine."""
+        return Checks(frozenset(self.cone.units), frozenset(self.cone.cols), bool(self.cached_golden),
+                      tuple(self.gemm_cache.items()))
 
     # ------------------------------------------------------------------ helpers
     def _per_lane(self, name: str, t: torch.Tensor) -> bool:
