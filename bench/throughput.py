@@ -172,12 +172,15 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
 
 R152 = textwrap.dedent("""
     import os, sys, tempfile, time
-    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+    import functools
+    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign, pool
     n, workers = int(sys.argv[1]), int(sys.argv[2])
+    if workers > 1:  # the workers take every batch, however short the campaign: their memory is measured
+        pool.execute_local = functools.partial(pool.execute_local, driver=False)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         cfg = CampaignConfig(model=ModelSpec("resnet152"), mode="iov", bit_model="single", n=n, seed=1,
-                             data="random", inputs=4, workers=workers, batch=-(-n // workers))
+                             data="random", inputs=4, workers=workers, batch=-(-n // (2 * workers)))
         run_campaign(cfg, os.path.join(d, "r152.db"))
     print(f"{time.perf_counter() - t:.1f}")
 """)
