@@ -63,7 +63,8 @@ class CampaignConfig:
 @dataclass
 class Prepared:
     """A campaign ready to run: session, inputs, planner; the golden run and the runner on
-    first use (a driver whose batches run in worker processes builds no runner)."""
+    first use (``campaign.pool`` puts a shared golden run, or a runner built on the driver's
+    checks, in their place before that)."""
 
     config: CampaignConfig
     session: Session

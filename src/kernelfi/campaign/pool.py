@@ -128,7 +128,7 @@ def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
             if driver and pending and up < workers:  # workers still starting: the driver works meanwhile
                 with torch.no_grad():
                     yield prep.runner.run(pending.popleft())
-            elif running:
+            else:  # waiting for a result or for a worker to come up
                 time.sleep(0.002)
 
 
