@@ -133,3 +133,26 @@ def test_pool_workers_and_driver_give_the_rows_of_one_process() -> None:
     one = results(1)
     assert results(2, driver=False) == one
     assert results(2) == one
+
+
+def test_resuming_a_campaign_of_another_engine_arithmetic_is_refused(tmp_path: Path) -> None:
+    """A campaign started by an engine that ran on all threads (before ``engine_threads`` was
+    recorded) is not resumed with one-thread rows: one clear error, its rows untouched."""
+    import json
+    import sqlite3
+
+    from kernelfi._utils import KernelfiError
+
+    db = tmp_path / "old.db"
+    cfg = CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=30, seed=3, inputs=8, batch=10)
+    run_campaign(cfg, str(db), stop_after=1)
+    before = rows(db)
+    with sqlite3.connect(db) as con:
+        (extra,) = con.execute("SELECT extra FROM campaigns").fetchone()
+        old = json.loads(extra)
+        assert old["engine_threads"] == 1
+        del old["engine_threads"]
+        con.execute("UPDATE campaigns SET extra=?", (json.dumps(old),))
+    with pytest.raises(KernelfiError, match="intra-op threads.*new database"):
+        run_campaign(cfg, str(db))
+    assert rows(db) == before and len(before) == 10

@@ -19,6 +19,7 @@ from kernelfi.campaign.golden import Golden, lane_numel, live_at_launch
 from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.runner import Executed, Runner
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
+from kernelfi.campaign.threads import ENGINE_THREADS
 from kernelfi.faults.registers import derating, rf_registers
 from kernelfi.store import CampaignMeta, InjectionRecord, LaunchRow, LayerRow, Store
 from kernelfi.types import BitModel, Mode, Outcome, Trace
@@ -100,7 +101,7 @@ class Prepared:
             derating=derating(self.session.program.trace) if c.mode == Mode.RF.value else None,
             tool_version=__version__,
             extra={"model_spec": asdict(c.model), "population": self.planner.population, "fast": c.fast,
-                   "cone": c.cone, "data": c.data, "inputs": c.inputs},
+                   "cone": c.cone, "data": c.data, "inputs": c.inputs, "engine_threads": ENGINE_THREADS},
         )
 
     def launch_rows(self) -> list[LaunchRow]:
@@ -170,6 +171,11 @@ def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = No
     with Store(db) as store:
         cid = store.get_or_create_campaign(prep.meta(), prep.launch_rows(), prep.layer_rows())
         done = store.done_ids(cid)
+        threads = store.campaign(cid).meta.extra.get("engine_threads")
+        if done and threads != ENGINE_THREADS:
+            raise KernelfiError(f"{db}: campaign {cid} was run by an engine on {threads or 'all'} intra-op threads; "
+                                f"rows of this version ({ENGINE_THREADS} thread) would differ in the last bits from "
+                                "its stored ones: resume it with the version that started it, or use a new database")
         pending = [i for i in range(config.n) if i not in done]
         counts = {o.value: 0 for o in Outcome} | store.outcome_counts(cid)
         if progress:
