@@ -22,6 +22,7 @@ import torch
 from kernelfi.campaign.campaign import auto_batch, batches
 from kernelfi.campaign.golden import Golden, SharedGolden
 from kernelfi.campaign.planner import PlannedFault
+from kernelfi.campaign.pool import set_up
 from kernelfi.campaign.runner import Runner
 from kernelfi.lowering import Program
 from kernelfi.types import BitModel, Fault, Mode, Result, Site
@@ -74,17 +75,12 @@ _PEER: KernelfiPeer | None = None
 
 
 def _init(name: str, batch: int, shared: SharedGolden, ready: Any) -> None:
-    global _PEER
-    try:
+    def make() -> None:
+        global _PEER
         torch.set_num_threads(1)
         b = build(name)
         _PEER = KernelfiPeer(b.program, b.x, neuron_sites(b.program, b.module), batch, shared.golden())
-    except BaseException:
-        with ready.get_lock():
-            ready.value = -(1 << 20)  # the driver stops waiting (the pool would respawn it forever)
-        raise
-    with ready.get_lock():
-        ready.value += 1
+    set_up(ready, make)
 
 
 def _run(batch: list[PlannedFault]) -> tuple[dict[int, Result], int, tuple[int, dict[str, int]]]:

@@ -105,7 +105,10 @@ def golden_keeps(trace: Trace, n: int, fast: bool, pre_budget: int = PRE_BUDGET)
 
 def golden_numel(trace: Trace, n: int, fast: bool, pre_budget: int = PRE_BUDGET) -> int:
     """Floats the golden run of ``n`` inputs keeps (``golden_keeps``)."""
-    keep, pre = golden_keeps(trace, n, fast, pre_budget)
+    return _kept_numel(trace, n, *golden_keeps(trace, n, fast, pre_budget))
+
+
+def _kept_numel(trace: Trace, n: int, keep: set[str], pre: set[int]) -> int:
     size = {b.name: math.prod(b.shape) for b in trace.buffers}
     gemm = {l.index: int(l.params["M"]) * int(l.params["N"]) for l in trace.launches if l.kernel == "gemm"}
     return n * (sum(size.get(k, 0) for k in keep) + sum(gemm[g] for g in pre))
@@ -138,7 +141,7 @@ class Golden:
         keep, want = golden_keeps(trace, n, fast, pre_budget)
         bufs: dict[str, torch.Tensor] = {}
         pre: dict[int, torch.Tensor] = {}
-        block = torch.empty(golden_numel(trace, n, fast, pre_budget)).share_memory_() if share else None
+        block = torch.empty(_kept_numel(trace, n, keep, want)).share_memory_() if share else None
         used = 0
         s = 0
 

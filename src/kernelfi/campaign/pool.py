@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from multiprocessing.pool import AsyncResult
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -135,25 +135,33 @@ def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
 _WORKER: Prepared | None = None
 
 
-def _worker_init(config: CampaignConfig, shared: SharedGolden | None, checks: Checks, ready: Any) -> None:
-    """Each worker prepares the campaign itself (model, planner) and maps the driver's golden
-    run (one copy in shared memory for all), or computes its own where there was no room; its
-    runner takes the driver's one-time checks (same machine, same golden bits)."""
-    global _WORKER
+def set_up(ready: Any, make: Callable[[], None]) -> None:
+    """A pool worker's initializer body: ``make()``, then count the worker in ``ready``; on
+    failure set ``ready`` to ``FAILED`` (the driver stops waiting) and re-raise."""
     try:
-        torch.set_num_threads(1)
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        _WORKER = prepare(config)
-        if shared is not None:
-            _WORKER._golden = shared.golden()
-        c = config
-        _WORKER._runner = Runner(_WORKER.session.program, _WORKER.golden, fast=c.fast, cone=c.cone, checks=checks)
+        make()
     except BaseException:
         with ready.get_lock():
             ready.value = FAILED
         raise
     with ready.get_lock():
         ready.value += 1
+
+
+def _worker_init(config: CampaignConfig, shared: SharedGolden | None, checks: Checks, ready: Any) -> None:
+    """Each worker prepares the campaign itself (model, planner) and maps the driver's golden
+    run (one copy in shared memory for all), or computes its own where there was no room; its
+    runner takes the driver's one-time checks (same machine, same golden bits)."""
+    def make() -> None:
+        global _WORKER
+        torch.set_num_threads(1)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        _WORKER = prepare(config)
+        if shared is not None:
+            _WORKER._golden = shared.golden()
+        _WORKER._runner = Runner(_WORKER.session.program, _WORKER.golden, fast=config.fast, cone=config.cone,
+                                 checks=checks)
+    set_up(ready, make)
 
 
 def _worker_run(ids: list[int]) -> list[Executed]:
