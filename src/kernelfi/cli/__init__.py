@@ -32,7 +32,7 @@ def main() -> None:
     cli(prog_name="kernelfi")
 
 
-from kernelfi.cli import campaign_cmds, commands, demo_cmd, harden_cmds, report_cmds  # noqa: E402,F401  (register the subcommands)
+from kernelfi.cli import campaign_cmds, commands, demo_cmd, export_cmd, harden_cmds, report_cmds  # noqa: E402,F401  (register the subcommands)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -7,6 +7,7 @@ import torch
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
 from kernelfi.cli import cli
+from kernelfi.cli.export_cmd import overhead_exported
 from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
 from kernelfi.lowering import Program
 
@@ -68,7 +69,9 @@ def _table(programs: dict[str, Program], timing: dict, device: str) -> None:
 
 
 @cli.command("overhead")
-@click.argument("model")
+@click.argument("model", required=False)
+@click.option("--exported", type=click.Path(file_okay=False, exists=True), default=None,
+              help="time an export directory (kernelfi export) natively against the original instead")
 @click.option("--hardening", type=click.Path(dir_okay=False, exists=True), default=None, help="hardening plan (JSON)")
 @click.option("--reps", type=int, default=20, show_default=True, help="repetitions (medians)")
 @click.option("--weights", type=click.Path(), default=None)
@@ -80,9 +83,13 @@ def _table(programs: dict[str, Program], timing: dict, device: str) -> None:
               help="auto: CPU, and CUDA too when available")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="CPU timing: wall-clock, or thread CPU time with one intra-op thread (CUDA: events)")
-def overhead_cmd(model: str, hardening: str | None, reps: int, weights: str | None, num_classes: int | None,
-                 seed_weights: int, lanes: int, explicit: bool, device: str, clock: str) -> None:
+def overhead_cmd(model: str | None, exported: str | None, hardening: str | None, reps: int, weights: str | None,
+                 num_classes: int | None, seed_weights: int, lanes: int, explicit: bool, device: str, clock: str) -> None:
     """Wall-clock of MODEL unhardened, with a plan, full DMR and full TMR (medians, one run)."""
+    if exported is not None:
+        return overhead_exported(exported, reps, lanes, device, clock)
+    if model is None:
+        raise click.UsageError("give MODEL (or --exported DIR)")
     session = open_session(ModelSpec(model, weights, num_classes, seed_weights))
     base = session.program
     x = inputs_tensor(session_inputs(session, None, lanes))

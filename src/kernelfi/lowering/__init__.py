@@ -6,9 +6,9 @@ import torch.nn as nn
 from kernelfi._utils import KernelfiError
 from kernelfi.lowering.build import build_trace
 from kernelfi.lowering.engine import Memory, Override, Program
-from kernelfi.lowering.fx_frontend import layers_from_module
+from kernelfi.lowering.fx_frontend import FxLowered, layers_from_module, lower_fx
 
-__all__ = ["lower", "Program", "Memory", "Override", "build_trace", "layers_from_module"]
+__all__ = ["lower", "Program", "Memory", "Override", "build_trace", "layers_from_module", "lower_fx", "FxLowered"]
 
 
 def lower(module: nn.Module, input_shape: tuple[int, ...], name: str = "model",

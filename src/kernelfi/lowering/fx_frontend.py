@@ -85,6 +85,9 @@ class FxLowering:
         self.vals: dict[fx.Node, _Val] = {}
         self.state: dict[str, torch.Tensor] = {k: v.detach() for k, v in module.state_dict().items()}
         self.names: set[str] = set()
+        #: layer index -> the fx nodes it fuses, in graph order (what the export maps back to modules)
+        self.members: dict[int, list[fx.Node]] = {}
+        self.graph_module: fx.GraphModule | None = None
 
     # ---------------------------------------------------------------- helpers
     def _name(self, base: str) -> str:
@@ -105,6 +108,7 @@ class FxLowering:
                        dict(params or {}), dict(weights or {}), node if open_ else None)
         self.layers.append(layer)
         self.vals[node] = _Val(layer.index, layer.out_shape)
+        self.members[layer.index] = [node]
         return layer
 
     def _val(self, arg: Any, node: fx.Node) -> _Val:
@@ -129,6 +133,7 @@ class FxLowering:
         except Exception as exc:  # fx raises many types for untraceable code
             raise KernelfiError(f"torch.fx cannot trace {type(self.module).__name__}: {exc}") from None
         gm = fx.GraphModule(self.module, graph)
+        self.graph_module = gm
         modules = dict(gm.named_modules())
         out_val: _Val | None = None
         for node in graph.nodes:
@@ -261,6 +266,7 @@ class FxLowering:
         layer.params["batch_normalize"] = True
         layer.params["eps"] = float(mod.eps)
         layer.open_node = node
+        self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
 
     def _activation(self, node: fx.Node, act: str, where: str) -> None:
@@ -276,6 +282,7 @@ class FxLowering:
                 raise KernelfiError(f"fx node {where}: Darknet's leaky activation has slope 0.1, not {slope}")
         layer.params["activation"] = act
         layer.open_node = None if act != "linear" else node
+        self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
 
     def _maxpool(self, node: fx.Node, mod: nn.MaxPool2d, path: str, where: str) -> None:
@@ -379,6 +386,28 @@ class FxLowering:
         # Darknet's shortcut copies its previous layer's output and adds the `from` layer.
         self._add(node, "shortcut", f"{base}.add" if base else "add", (va.layer, vb.layer), va.shape,
                   {"from": vb.layer, "activation": "linear"}, open_=True)
+
+
+@dataclass(frozen=True)
+class FxLowered:
+    """A lowering together with the fx graph it walked: ``members`` maps each layer index to
+    the names of the graph nodes fused into it (a conv, its BatchNorm, its activation), in
+    graph order, so a launch of that layer can be mapped back to the PyTorch op it belongs to
+    (``kernelfi.harden.export``). Nodes that only reshape or pass values on are no member."""
+
+    graph_module: fx.GraphModule
+    layers: tuple[LayerSpec, ...]
+    state: dict[str, torch.Tensor]
+    members: dict[int, tuple[str, ...]]
+
+
+def lower_fx(module: nn.Module, input_shape: tuple[int, ...]) -> FxLowered:
+    """``layers_from_module`` plus the fx graph and the node members of every layer."""
+    low = FxLowering(module, input_shape)
+    layers, state = low.run()
+    assert low.graph_module is not None
+    return FxLowered(low.graph_module, layers, state,
+                     {i: tuple(n.name for n in nodes) for i, nodes in low.members.items()})
 
 
 def layers_from_module(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[tuple[LayerSpec, ...], dict[str, torch.Tensor]]:

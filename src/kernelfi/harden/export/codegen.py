@@ -1,0 +1,333 @@
+"""The exported ``model.py``: Python source a reader can check (docs/export.md §1).
+
+One file: a header saying how to load it, the runtime (``runtime.py`` from its ``BEGIN
+RUNTIME`` line: the techniques), the original model's modules rebuilt from standard
+``torch.nn`` constructors (``Net``, keeping every module path so the state dict keys are the
+original's), and one straight-line ``forward`` per variant, rendered from the model's fx graph:
+``Unhardened`` (no protection), ``Hardened`` (the plan), ``FullDMR`` and ``FullTMR``. A protected
+op reads ``self.hardening.<call>(<op>, <args>)``; a clamp reassigns the layer output.
+
+Modules keep their settings, in-place activations included: the replicating techniques give an
+in-place op a copy of its input for each run (``runtime.run``), so no replica overwrites what
+the next one reads. Functional ops (a residual add, ``torch.relu``) are rendered out of place.
+"""
+from __future__ import annotations
+
+import ast
+import operator
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from kernelfi._utils import KernelfiError
+from kernelfi.lowering import FxLowered
+
+from .mapping import OpHardening, graph_ops
+
+RUNTIME = Path(__file__).with_name("runtime.py")
+#: Class name of each variant in model.py, and what it runs.
+VARIANT_CLASSES: dict[str, tuple[str, str]] = {
+    "none": ("Unhardened", "the original model, no protection"),
+    "plan": ("Hardened", "the hardening plan"),
+    "full-dmr": ("FullDMR", "DMR of every op the trace's kernels map to"),
+    "full-tmr": ("FullTMR", "TMR of every op the trace's kernels map to"),
+}
+_WRAPPERS = {"tmr": "TMR()", "dmr": "DMR()"}
+
+
+def runtime_source() -> str:
+    """The runtime part of model.py: runtime.py from its BEGIN RUNTIME line on."""
+    text = RUNTIME.read_text()
+    return text[text.index("# BEGIN RUNTIME"):]
+
+
+def _module_names() -> set[str]:
+    """Global names of model.py, which forward's local variables must not shadow."""
+    names = {"self", "annotations", "load", "Net", "VARIANTS", "WEIGHTS", "WEIGHTS_SHA256", "MODEL", "INPUT_SHAPE"}
+    names |= {c for c, _ in VARIANT_CLASSES.values()}
+    for stmt in ast.parse(runtime_source()).body:
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in stmt.names}
+        elif isinstance(stmt, ast.Assign):
+            names |= {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+    return names
+
+
+_NAMES = _module_names()
+
+
+def _t(v: Any) -> str:
+    return repr(tuple(v)) if isinstance(v, (tuple, list)) else repr(v)
+
+
+def module_ctor(mod: nn.Module, path: str) -> str:
+    """The standard constructor call that rebuilds ``mod`` (its weights come from the state dict)."""
+    if any(p.dtype != torch.float32 for p in mod.parameters(recurse=False)):
+        raise KernelfiError(f"export: {path} has non-float32 parameters (export float32 models)")
+    if isinstance(mod, nn.Conv2d):
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise KernelfiError(f"export: {path}: only zero padding given as numbers is supported")
+        return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
+                f"stride={_t(mod.stride)}, padding={_t(mod.padding)}, dilation={_t(mod.dilation)}, "
+                f"groups={mod.groups}, bias={mod.bias is not None})")
+    if isinstance(mod, nn.Linear):
+        return f"nn.Linear({mod.in_features}, {mod.out_features}, bias={mod.bias is not None})"
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return (f"nn.{type(mod).__name__}({mod.num_features}, eps={mod.eps!r}, momentum={mod.momentum!r}, "
+                f"affine={mod.affine}, track_running_stats={mod.track_running_stats})")
+    if isinstance(mod, nn.LeakyReLU):
+        return f"nn.LeakyReLU(negative_slope={mod.negative_slope!r}, inplace={mod.inplace})"
+    if isinstance(mod, nn.ReLU):
+        return f"nn.ReLU(inplace={mod.inplace})"
+    if type(mod) in (nn.Sigmoid, nn.Identity):
+        return f"nn.{type(mod).__name__}()"
+    if isinstance(mod, nn.MaxPool2d):
+        return (f"nn.MaxPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
+                f"dilation={_t(mod.dilation)}, ceil_mode={mod.ceil_mode})")
+    if isinstance(mod, nn.AdaptiveAvgPool2d):
+        return f"nn.AdaptiveAvgPool2d({_t(mod.output_size)})"
+    if isinstance(mod, nn.AvgPool2d):
+        return (f"nn.AvgPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
+                f"ceil_mode={mod.ceil_mode}, count_include_pad={mod.count_include_pad}, "
+                f"divisor_override={mod.divisor_override!r})")
+    if isinstance(mod, nn.Dropout):
+        return f"nn.Dropout(p={mod.p!r})"
+    if isinstance(mod, nn.Flatten):
+        return f"nn.Flatten({mod.start_dim}, {mod.end_dim})"
+    if isinstance(mod, nn.Softmax):
+        return f"nn.Softmax(dim={mod.dim!r})"
+    raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
+
+
+# ---------------------------------------------------------------------------------- modules
+def _is_sequence(names: list[str]) -> bool:
+    return names == [str(i) for i in range(len(names))]
+
+
+def _tree(paths: list[str]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for path in paths:
+        node = root
+        for part in path.split("."):
+            node = node.setdefault(part, {})
+    return root
+
+
+def _render_tree(tree: dict[str, Any], prefix: str, modules: dict[str, nn.Module], indent: str) -> str:
+    """One constructor expression for the subtree: a leaf module, a Sequential (children named
+    0..n-1) or a ``container`` (keyword arguments, or a dict where a name is no identifier)."""
+    if not tree:
+        return module_ctor(modules[prefix], prefix)
+    names = list(tree)
+    inner = indent + "    "
+    seq, plain = _is_sequence(names), all(n.isidentifier() for n in names)
+    parts = []
+    for name in names:
+        path = f"{prefix}.{name}" if prefix else name
+        expr = _render_tree(tree[name], path, modules, inner)
+        parts.append(f"{inner}{expr},  # {path}" if seq else f"{inner}{name}={expr}," if plain
+                     else f"{inner}{name!r}: {expr},")
+    if seq:
+        return "nn.Sequential(\n" + "\n".join(parts) + "\n" + indent + ")"
+    if plain:
+        return "container(\n" + "\n".join(parts) + "\n" + indent + ")"
+    return "container(**{\n" + "\n".join(parts) + "\n" + indent + "})"
+
+
+def _access(path: str, tree: dict[str, Any]) -> str:
+    out, node = "self", tree
+    for part in path.split("."):
+        if _is_sequence(list(node)):
+            out += f"[{part}]"
+        elif part.isidentifier():
+            out += f".{part}"
+        else:
+            out = f"getattr({out}, {part!r})"
+        node = node[part]
+    return out
+
+
+# ---------------------------------------------------------------------------------- forward
+def _kind(node: fx.Node) -> str:
+    t = node.target
+    if node.op == "call_method":
+        t = str(t)
+        table = {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid",
+                 "view": "flatten", "reshape": "flatten", "flatten": "flatten", "softmax": "softmax",
+                 "contiguous": "alias", "size": "skip"}
+        if t in table:
+            return table[t]
+    else:
+        fns: list[tuple[tuple[Callable[..., Any], ...], str]] = [
+            ((operator.add, operator.iadd, torch.add), "add"), ((torch.cat,), "cat"),
+            ((F.relu, torch.relu), "relu"), ((torch.sigmoid, F.sigmoid), "sigmoid"),
+            ((F.leaky_relu,), "leaky_relu"), ((F.softmax, torch.softmax), "softmax"),
+            ((torch.flatten,), "flatten"), ((F.dropout,), "alias"), ((getattr, operator.getitem), "skip")]
+        for group, kind in fns:
+            if any(t is f for f in group):
+                return kind
+    raise KernelfiError(f"export: fx node {node.name} ({node.op} {t}) has no rendering")
+
+
+class _Forward:
+    """Renders the graph as straight-line code for one variant."""
+
+    def __init__(self, lowered: FxLowered, tree: dict[str, Any], hardening: OpHardening | None, box: str) -> None:
+        self.gm = lowered.graph_module
+        self.tree = tree
+        self.h = hardening
+        self.box = box
+        self.ops = graph_ops(lowered)
+        self.var: dict[str, str] = {}
+
+    def name(self, node: fx.Node) -> str:
+        v = node.name if node.name not in _NAMES else node.name + "_"
+        self.var[node.name] = v
+        return v
+
+    def arg(self, a: Any) -> str:
+        if isinstance(a, fx.Node):
+            if a.name not in self.var:
+                raise KernelfiError(f"export: fx node {a.name} feeds a tensor op but renders to nothing")
+            return self.var[a.name]
+        if isinstance(a, (tuple, list)):
+            inner = ", ".join(self.arg(x) for x in a)
+            return f"({inner},)" if len(a) == 1 else f"({inner})"
+        if a is None or isinstance(a, (int, float, bool, str)):
+            return repr(a)
+        raise KernelfiError(f"export: argument {a!r} has no rendering")
+
+    def call(self, node: fx.Node) -> tuple[str, list[str]] | None:
+        """(callable, args) of the node; None: nothing to run (an alias or a size query)."""
+        if node.op == "call_module":
+            if node.kwargs:
+                raise KernelfiError(f"export: module call {node.name} with keyword arguments")
+            return _access(str(node.target), self.tree), [self.arg(a) for a in node.args]
+        kind = _kind(node)
+        src = node.args[0] if node.args else None
+        if kind in ("alias", "skip"):
+            return None
+        if kind == "add":
+            if len(node.args) != 2 or node.kwargs:
+                raise KernelfiError(f"export: add {node.name} with more than two operands")
+            return "torch.add", [self.arg(node.args[0]), self.arg(node.args[1])]
+        if kind == "cat":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            return "torch.cat", [self.arg(list(src)), repr(dim)]  # type: ignore[arg-type]
+        if kind in ("relu", "sigmoid"):
+            return f"torch.{kind}", [self.arg(src)]
+        if kind == "leaky_relu":
+            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+            return "F.leaky_relu", [self.arg(src), repr(float(slope))]
+        if kind == "softmax":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            return "torch.softmax", [self.arg(src), repr(1 if dim is None else dim)]
+        return "torch.flatten", [self.arg(src), "1"]  # flatten / view / reshape: per-sample flatten
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.name(node)
+            elif node.op == "output":
+                res = node.args[0]
+                res = res[0] if isinstance(res, (tuple, list)) else res
+                out.append(f"return {self.arg(res)}")
+            else:
+                out.extend(self.node_lines(node))
+        return out
+
+    def node_lines(self, node: fx.Node) -> list[str]:
+        got = self.call(node)
+        if got is None:
+            if _kind(node) == "alias":
+                self.var[node.name] = self.arg(node.args[0])
+            return []
+        fn, args = got
+        v = self.name(node)
+        tech = self.h.replicate.get(node.name) if self.h is not None else None
+        op = self.ops.get(node.name)
+        where = f"  # {tech}: {op.module} ({op.kind})" if tech and op else ""
+        if tech:
+            line = f"{v} = self.{self.box}.{node.name}({fn}, {', '.join(args)}){where}"
+        elif fn == "torch.add":
+            line = f"{v} = {args[0]} + {args[1]}"
+        else:
+            line = f"{v} = {fn}({', '.join(args)})"
+        out = [line]
+        if self.h is not None and node.name in self.h.clamps:
+            lo, hi = self.h.clamps[node.name]
+            out.append(f"{v} = self.{self.box}.{node.name}_range({v})  # range [{lo!r}, {hi!r}] of layer "
+                       f"{op.layer if op else node.name}")
+        return out
+
+    def wrappers(self) -> list[str]:
+        """__init__ lines creating the technique modules of this variant."""
+        if self.h is None or not (self.h.replicate or self.h.clamps):
+            return []
+        lines = [f"self.{self.box} = nn.Module()  # the techniques; the ops stay at their original paths"]
+        for node in self.gm.graph.nodes:
+            tech = self.h.replicate.get(node.name)
+            if tech == "abft":
+                path = str(node.target)
+                cls = "ABFTConv2d" if isinstance(self.gm.get_submodule(path), nn.Conv2d) else "ABFTLinear"
+                lines.append(f"self.{self.box}.add_module({node.name!r}, {cls}({path!r}))")
+            elif tech:
+                lines.append(f"self.{self.box}.add_module({node.name!r}, {_WRAPPERS[tech]})")
+            if node.name in self.h.clamps:
+                lo, hi = self.h.clamps[node.name]
+                lines.append(f"self.{self.box}.add_module({node.name + '_range'!r}, Clamp({lo!r}, {hi!r}))")
+        return lines
+
+
+def _box_name(tree: dict[str, Any]) -> str:
+    name = "hardening"
+    while name in tree:
+        name += "_"
+    return name
+
+
+def generate(lowered: FxLowered, variants: dict[str, OpHardening | None], header: str, constants: dict[str, Any]) -> str:
+    """The whole model.py text."""
+    gm = lowered.graph_module
+    modules = dict(gm.named_modules())
+    paths = list(dict.fromkeys(str(n.target) for n in gm.graph.nodes if n.op == "call_module"))
+    tree = _tree(paths)
+    box = _box_name(tree)
+    body = [f'"""{header}"""', "from __future__ import annotations", "", runtime_source().rstrip(), "", ""]
+    body += [f"{k} = {v!r}" for k, v in constants.items()]
+    body += ["", "", "class Net(HardenedModule):",
+             '    """The original model\'s modules at their original paths (standard torch.nn)."""', "",
+             "    def __init__(self) -> None:", "        super().__init__()"]
+    for name, sub in tree.items():
+        body.append(f"        self.{name} = " + _render_tree(sub, name, modules, "        "))
+    for variant, hardening in variants.items():
+        cls, doc = VARIANT_CLASSES[variant]
+        fwd = _Forward(lowered, tree, hardening, box)
+        code = fwd.lines()
+        body += ["", "", f"class {cls}(Net):", f'    """{doc[0].upper() + doc[1:]}."""', ""]
+        init = fwd.wrappers()
+        if init:
+            body += ["    def __init__(self) -> None:", "        super().__init__()"]
+            body += [f"        {line}" for line in init] + [""]
+        placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+        arg = placeholder.name if placeholder.name not in _NAMES else placeholder.name + "_"
+        body += [f"    def forward(self, {arg}: Tensor) -> Tensor:"] + [f"        {line}" for line in code]
+    body += ["", "", "VARIANTS = {" + ", ".join(f"{v!r}: {VARIANT_CLASSES[v][0]}" for v in variants) + "}", "", "",
+             'def load(directory: str | Path | None = None, variant: str = "plan", device: str | torch.device = "cpu") -> nn.Module:',
+             '    """The exported model, weights loaded (safetensors, sha256 checked), in eval mode on ``device``.',
+             "",
+             f"    ``variant``: {', '.join(repr(v) for v in variants)} (see the classes above); ``directory``: where",
+             '    weights.safetensors lies (default: next to this file)."""',
+             "    if variant not in VARIANTS:",
+             '        raise ValueError(f"variant {variant!r} is not one of {\', \'.join(VARIANTS)}")',
+             "    folder = Path(directory) if directory is not None else Path(__file__).resolve().parent",
+             "    return load_weights(VARIANTS[variant](), folder / WEIGHTS, WEIGHTS_SHA256, device)", ""]
+    return "\n".join(body)
+
