@@ -26,7 +26,7 @@ from kernelfi._utils import KernelfiError
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
 from kernelfi.cli import cli
 from kernelfi.harden import Plan, Protection, profile_bounds
-from kernelfi.harden.export import export_model, flip_bit, load_exported, read_manifest
+from kernelfi.harden.export import LABELS, export_model, flip_bit, load_exported, native_overhead, read_manifest
 from kernelfi.harden.export.runtime import UnrecoverableFault
 
 GOLDEN = [22.5, -5.0]
@@ -258,6 +258,13 @@ def test_a_damaged_weights_file_is_refused_with_one_line(tiny_export: Path, tmp_
     (copy / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(KernelfiError, match="sha256 .* damaged or replaced"):
         load_exported(copy)
+
+
+def test_native_overhead_times_every_variant_against_the_original(digits: tuple[Path, torch.Tensor, Plan]) -> None:
+    _, x, plan = digits
+    res = native_overhead("digits-alexnet", plan, x[:2], reps=1)
+    assert list(res.median_s) == list(LABELS) and all(t > 0 for t in res.median_s.values())
+    assert set(res.to_dict()["overhead"]) == set(LABELS) - {"original"}
 
 
 # ---------------------------------------------------------------------------- CLI

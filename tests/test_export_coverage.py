@@ -15,7 +15,7 @@ from torch import nn
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
 from kernelfi.harden import Plan, Protection, profile_bounds
 from kernelfi.harden.export import export_model, flip_bit, load_exported, measure_coverage
-from kernelfi.harden.export.runtime import ABFTConv2d, ABFTLinear
+from kernelfi.harden.export.runtime import ABFTConv2d, ABFTLinear, same, vote
 
 U = 2.0 ** -24
 
@@ -137,3 +137,24 @@ def test_abft_of_a_linear_layer_without_false_alarms_over_batches() -> None:
         with flip_bit(lin, 3 * 40 + 7, 30):
             got = abft(lin, x)
         assert abft.corrected == 1 and torch.allclose(got, lin(x), rtol=1e-6, atol=1e-6)
+
+
+def test_vote_is_the_bitwise_majority_of_random_patterns() -> None:
+    g = torch.Generator().manual_seed(2)
+    a, b, c = (torch.randint(-2 ** 31, 2 ** 31 - 1, (4096,), generator=g, dtype=torch.int32) for _ in range(3))
+    f = [t.view(torch.float32) for t in (a, b, c)]
+    assert torch.equal(vote(*f).view(torch.int32), (a & b) | (a & c) | (b & c))
+    assert torch.equal(vote(f[0], f[0], f[2]).view(torch.int32), a)   # two equal runs are the majority
+    assert torch.equal(vote(f[0], f[1], f[0]).view(torch.int32), a)
+    assert torch.equal(vote(f[1], f[0], f[0]).view(torch.int32), a)
+
+
+def test_same_sees_every_bit_whatever_the_layout() -> None:
+    x = torch.arange(1, 12, dtype=torch.float32)
+    for view in (x, x[1:], x[1:9], x[:10]):  # odd and even lengths, odd and even offsets
+        assert same(view, view.clone())
+        for i in (0, view.numel() - 1):
+            flipped = view.clone()
+            flipped.view(torch.int32)[i] ^= 1  # the lowest mantissa bit
+            assert not same(view, flipped)
+    assert not same(torch.tensor([0.0, 1.0]), torch.tensor([-0.0, 1.0]))  # signed zeros differ in bits

@@ -32,10 +32,30 @@ def bits(t: Tensor) -> Tensor:
     return t.view(_INT_VIEWS[t.element_size()])
 
 
+def same(a: Tensor, b: Tensor) -> bool:
+    """Bit-for-bit equality, compared eight bytes at a time where the layout allows (twice as
+    fast as element by element on the CPU; NaN payloads and signed zeros count as bits)."""
+    wa, wb = a.reshape(-1), b.reshape(-1)
+    if a.is_contiguous() and b.is_contiguous() and (wa.numel() * wa.element_size()) % 8 == 0:
+        try:
+            return torch.equal(wa.view(torch.int64), wb.view(torch.int64))
+        except RuntimeError:  # a storage offset that is not 8-byte aligned
+            pass
+    return torch.equal(bits(a), bits(b))
+
+
 def vote(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """Bitwise majority ``(a&b)|(a&c)|(b&c)`` of three replicas through their integer views."""
+    """Bitwise majority ``(a&b)|(a&c)|(b&c)`` of three replicas through their integer views,
+    computed as ``(a&b) | (c&(a|b))`` (four passes). On the CPU, where reading a comparison
+    costs no device synchronisation, two identical replicas are the majority already: one
+    comparison pass then replaces the four."""
+    if not a.is_cuda and same(a, b):
+        return a
     ia, ib, ic = bits(a), bits(b), bits(c)
-    return ((ia & ib) | (ia & ic) | (ib & ic)).view(a.dtype)
+    out = ia | ib
+    out &= ic
+    out |= ia & ib
+    return out.view(a.dtype)
 
 
 def run(op: Callable[..., Tensor], args: tuple[Any, ...]) -> Tensor:
@@ -66,10 +86,10 @@ class DMR(nn.Module):
 
     def forward(self, op: Callable[..., Tensor], *args: Any) -> Tensor:
         a, b = run(op, args), run(op, args)
-        ia, ib = bits(a), bits(b)
-        if torch.equal(ia, ib):
+        if same(a, b):
             return a
         self.reexecuted += 1
+        ia, ib = bits(a), bits(b)
         c = run(op, args)
         ic = bits(c)
         differ = ia != ib
