@@ -50,7 +50,7 @@ class BitModel(str, enum.Enum):
 
 
 class Outcome(str, enum.Enum):
-    """Outcome categories of SPEC §3, in the seed's terms."""
+    """Outcome categories (``docs/method.md``, "Outcomes"), in the published studies' terms."""
 
     MASKED = "masked"
     DUE = "due"
@@ -64,6 +64,15 @@ class Outcome(str, enum.Enum):
 
 
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
+#: The one name of each outcome wherever a user reads it (CLI, report, docs); the values above
+#: are the keys of JSON output and database columns.
+OUTCOME_LABELS: dict[str, str] = {
+    Outcome.MASKED.value: "Masked",
+    Outcome.DUE.value: "DUE",
+    Outcome.SDC_NO_MALFUNCTION.value: "SDC No-Malfunction",
+    Outcome.SDC_LIGHT_MALFUNCTION.value: "SDC Light-Malfunction",
+    Outcome.SDC_MALFUNCTION.value: "SDC Malfunction",
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ def digits_meta() -> dict[str, Any]:
 
 @register_model("alexnet", input_shape=IMAGENET_SHAPE, num_classes=1000, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, head="classifier.6.weight",
-                description="torchvision AlexNet (ImageNet shape; num_classes=7 reproduces the "
-                            "seed's Cholec80 surgical-tool setup)")
+                description="torchvision AlexNet (ImageNet shape; --num-classes sets the classifier "
+                            "width: the published AlexNet study classified 7 classes)")
 def _alexnet(num_classes: int) -> nn.Module:
     return AlexNet(num_classes=num_classes)
 
@@ -74,5 +74,5 @@ def _digits_resnet(num_classes: int) -> nn.Module:
 
 
 register_darknet("alexnet-darknet", ASSETS / "alexnet.cfg",
-                 description="Darknet's alexnet.cfg (layers 0-13, as in the seed study), "
-                             "built by kernelfi.models.darknet")
+                 description="Darknet's alexnet.cfg (layers 0-13, the network of the published "
+                             "AlexNet study), built by kernelfi.models.darknet")
