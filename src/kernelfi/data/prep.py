@@ -21,6 +21,8 @@ Three fits (``--fit``), the default chosen by the model:
   float32), centred on a canvas of 0.5 grey at ``((W - w) // 2, (H - h) // 2)``. Chosen as the
   cfg models' default because it is how Darknet itself classifies an image, so a Darknet
   checkpoint sees what it sees in Darknet.
+
+``--resize`` or ``--crop`` without ``--fit`` mean ``--fit crop``, whatever the model's default.
 - ``stretch`` (every other model, the one-channel digits models among them): resize to H x W,
   bilinear, aspect ratio not kept — how the digits models were trained.
 
@@ -132,12 +134,11 @@ class Preparation:
         """``options`` with the model's defaults filled in (``info``: input_shape, mean, std and
         optionally ``fit``/``resize``, as ``kernelfi.models.ModelInfo`` has them)."""
         c, h, w = (int(d) for d in info.input_shape)
-        fit = options.fit or getattr(info, "fit", None) or ("crop" if c == 3 else "stretch")
+        cropping = options.resize is not None or options.crop is not None  # they imply --fit crop
+        fit = options.fit or ("crop" if cropping else None) or getattr(info, "fit", None) or \
+            ("crop" if c == 3 else "stretch")
         if fit not in FITS:
             raise KernelfiError(f"model fit '{fit}' is not one of {', '.join(FITS)}")
-        if fit != "crop" and (options.resize is not None or options.crop is not None):
-            raise KernelfiError(f"--resize and --crop apply to --fit crop; this model's inputs are "
-                                f"prepared by {fit} (give --fit crop to crop them)")
         crop = resize = None
         if fit == "crop":
             crop = options.crop or (h, w)
