@@ -1,5 +1,5 @@
 """The kernel catalogue: Darknet's GPU kernels, each as execution + instruction template +
-register map (SPEC §1–§2, docs/kernels.md).
+register map (docs/method.md §1–§2, docs/kernels.md).
 
 >>> from kernelfi.kernels import get_kernel
 >>> k = get_kernel("add_bias")

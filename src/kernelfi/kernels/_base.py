@@ -1,6 +1,6 @@
 """The kernel base class, the registry and the memory helpers every kernel shares.
 
-A kernel here is one Darknet GPU kernel (SPEC §1) seen three ways: ``run`` computes what it
+A kernel here is one Darknet GPU kernel (docs/method.md §1) seen three ways: ``run`` computes what it
 writes (batched over lanes, Darknet's exact arithmetic), ``template`` says what each CUDA thread
 executes (the dynamic instruction profile SASSIFI would count), and ``registers`` says what the
 thread keeps in registers and when (RF mode). The fault engine maps ``(kernel, tag)`` to a
@@ -100,7 +100,7 @@ def register_kernel(cls: K) -> K:
 
 
 def _ordered() -> list[str]:
-    """Registered names in SPEC order (``KERNEL_NAMES``), any others after them by name."""
+    """Registered names in the order of docs/method.md §1 (``KERNEL_NAMES``), any others after them by name."""
     rank = {n: i for i, n in enumerate(KERNEL_NAMES)}
     return sorted(_REGISTRY, key=lambda n: (rank.get(n, len(rank)), n))
 
@@ -115,7 +115,7 @@ def get_kernel(name: str) -> KernelImpl:
 
 
 def all_kernels() -> dict[str, KernelImpl]:
-    """Name -> kernel, in SPEC order (``kernelfi.types.KERNEL_NAMES``)."""
+    """Name -> kernel, in the order of docs/method.md §1 (``kernelfi.types.KERNEL_NAMES``)."""
     return {n: _REGISTRY[n] for n in _ordered()}
 
 

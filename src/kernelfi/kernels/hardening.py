@@ -1,4 +1,4 @@
-"""Kernels that selective hardening adds to a trace (SPEC §5, docs/hardening.md).
+"""Kernels that selective hardening adds to a trace (docs/method.md §5, docs/hardening.md).
 
 They are kernels like Darknet's: a batched ``run``, a per-thread instruction ``template`` and a
 register map, so a campaign on a hardened model injects into voters and checkers too.

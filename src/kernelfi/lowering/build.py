@@ -1,4 +1,4 @@
-"""LayerSpecs -> the kernel trace Darknet would launch (SPEC §1), plus the weight tensors.
+"""LayerSpecs -> the kernel trace Darknet would launch (docs/method.md §1), plus the weight tensors.
 
 One function per Darknet layer type emits its launches in Darknet's order; buffers are
 allocated in Darknet's order (input, then per layer its weights and outputs, workspace last)

@@ -1,6 +1,6 @@
 """Sample-size verdicts and the FIT estimate, from a population's tables.
 
-FIT needs the number of *exposed bits* (SPEC §4: FIT_SDC = raw FIT/bit × exposed bits × AVF_SDC).
+FIT needs the number of *exposed bits* (docs/method.md §4: FIT_SDC = raw FIT/bit × exposed bits × AVF_SDC).
 For an RF campaign the raw AVF is conditioned on a flip in an *allocated* register (the injector
 picks a live register of a running thread), so the exposed bits are the allocated register-file
 bits, averaged over the inference:
