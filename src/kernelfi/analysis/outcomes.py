@@ -1,7 +1,7 @@
 """Outcome rates per model, kernel (CKV), layer (CLV) or launch, and the PVF/AVF built on them.
 
 Two readings of every count, as docs/method.md §4 asks: ``share_of_all`` (count in the group / all
-injections of the population: the seed's Fig. 4–6, summing to 100% over kernels) and ``rate``
+injections of the population: the AlexNet study's Fig. 4–6, summing to 100% over kernels) and ``rate``
 (count in the group / injections in the group: how vulnerable the kernel is when hit).
 """
 from __future__ import annotations

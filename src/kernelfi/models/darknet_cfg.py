@@ -1,7 +1,7 @@
 """Darknet ``.cfg`` files -> ``LayerSpec`` tuples, with Darknet's own shape arithmetic.
 
 The parser follows pjreddie/darknet's ``read_cfg``/``parse_network_cfg`` closely, because a
-fault-injection campaign is only comparable with the seed studies if the layer numbering, the
+fault-injection campaign is only comparable with the published studies if the layer numbering, the
 output shapes and the padding rules are Darknet's, not PyTorch's.  Where Darknet is lax
 (``atoi("3abc") == 3``, unknown activations silently become ReLU, unknown options are only
 warned about) we refuse instead: a silently different network would make every injection result
