@@ -1,7 +1,6 @@
 """Input preparation (``kernelfi.data.prep``) checked on tiny images against values worked out by hand."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,7 @@ from PIL import Image
 from kernelfi._utils import KernelfiError
 from kernelfi.data import PrepOptions, Preparation, load_inputs
 from kernelfi.data.prep import darknet_resize, default_resize, letterbox
-
-
-@dataclass(frozen=True)
-class Info:
-    input_shape: tuple[int, int, int]
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    default_data: str | None = None
-    fit: str | None = None
-    resize: int | None = None
+from tests.test_data import Info
 
 
 def rgb_4x6() -> Image.Image:

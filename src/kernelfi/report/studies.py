@@ -154,13 +154,20 @@ def softmax_reliable(data: ReportData) -> dict[str, str]:
                 f"special resilience. Compared here: {_compared(basis)}. ")
 
 
-def early_layers(data: ReportData) -> dict[str, str]:
-    measured, hits, basis = [], [], []
+def _picked(data: ReportData, family: str = "alexnet") -> list[tuple[str, PopulationTables]]:
+    """(mode, population) for each mode that has a population of ``family`` (``_pick``)."""
+    out = []
     for mode in MODES:
-        item, _ = _pick(data, "alexnet", mode)
-        if item is None:
-            continue
-        basis.append(item)
+        item, _ = _pick(data, family, mode)
+        if item is not None:
+            out.append((mode, item))
+    return out
+
+
+def early_layers(data: ReportData) -> dict[str, str]:
+    measured, hits = [], []
+    basis = [item for _, item in _picked(data)]
+    for mode, item in _picked(data):
         s = _val(item, "layers", "layer", ("sdc",))
         convs = [l for l, lab in sorted(item.layer_labels.items()) if lab.endswith(" convolutional")][:2]
         top = list(s.index[:2])
@@ -175,12 +182,9 @@ def early_layers(data: ReportData) -> dict[str, str]:
 
 
 def due_vs_sdc(data: ReportData) -> dict[str, str]:
-    measured, hits, basis = [], [], []
-    for mode in MODES:
-        item, _ = _pick(data, "alexnet", mode)
-        if item is None:
-            continue
-        basis.append(item)
+    measured, hits = [], []
+    basis = [item for _, item in _picked(data)]
+    for mode, item in _picked(data):
         o = item.tables["overall"].set_index("outcome")
         due, ml = float(o.loc["due", "rate"]), float(o.loc[["sdc_malfunction", "sdc_light_malfunction"], "rate"].sum())
         measured.append(f"{mode.upper()}: DUE {pct(due)} {interval(o.loc['due', 'rate_wilson_low'], o.loc['due', 'rate_wilson_high'])}"
