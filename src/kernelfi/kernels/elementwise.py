@@ -17,7 +17,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch
 
-from ._base import BLOCK, f32, get_buf, lane_flat, p_int, put, register_kernel, weight_flat
+from ._base import BLOCK, f32, get_buf, lane_flat, p_int, put, ptxas_registers, register_kernel, weight_flat
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fsqrt, idiv, prologue_1d
 
 Mem = dict[str, torch.Tensor]
@@ -48,7 +48,7 @@ class FillKernel(StreamKernel):
     """``fill_kernel``: X[i*INCX] = ALPHA, one thread per element (output <- 0 before GEMM)."""
 
     name: ClassVar[str] = "fill"
-    regs_allocated: ClassVar[int] = 6
+    regs_allocated: ClassVar[int] = ptxas_registers("fill")
     example_params = ({"n": 1, "value": 0.0},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -97,7 +97,7 @@ class CopyKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "copy"
-    regs_allocated: ClassVar[int] = 8
+    regs_allocated: ClassVar[int] = ptxas_registers("copy")
     example_params = ({"n": 1, "out_offset": 0},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -130,12 +130,11 @@ class CopyKernel(StreamKernel):
         addr(s, "out", "Y[i*INCY + OFFY]")
         s.add("NODEST", "STG", "st:out", 1, "store", "stores the element to Y")
         epilogue(s)
+        # ptxas (7 registers): each offset is computed into the low half of the address it forms
         s.reg("r_id", "index", "imad:index", "imad:index", "imad:offset_out")
-        s.reg("r_off_in", "index", "imad:offset_in", "imad:offset_in", "lea:addr_in")
-        s.reg("r_off_out", "index", "imad:offset_out", "imad:offset_out", "lea:addr_out")
-        s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "ld:in")
+        s.reg("r_in_lo", "address", "lea:addr_in", "imad:offset_in", "ld:in")
         s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in")
-        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_lo", "address", "lea:addr_out", "imad:offset_out", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
         s.reg("r_x", "data", "ld:in", "ld:in", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
@@ -150,7 +149,6 @@ class _ChannelKernel(StreamKernel):
     per-channel operand needs no division.
     """
 
-    regs_allocated: ClassVar[int] = 8
     operand: ClassVar[str] = ""   # "bias" / "scale"
     fop: ClassVar[str] = ""       # "fadd" / "fmul"
     opcode: ClassVar[str] = ""
@@ -196,11 +194,11 @@ class _ChannelKernel(StreamKernel):
         s.add("FP32", self.opcode, f"{fop}:out", 1, "value", f"the updated element ({'x + bias' if w == 'bias' else 'x * scale'})")
         s.add("NODEST", "STG", "st:out", 1, "store", "stores the updated element in place")
         epilogue(s)
-        s.reg("r_filter", "index", "s2r:index", "s2r:index", f"lea:addr_{w}")
-        s.reg("r_offset", "index", "imad:index", "imad:index", "lea:addr_out")
-        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        # ptxas (6 registers): the offset and the channel are computed into the low halves of
+        # the addresses they form
+        s.reg("r_out_lo", "address", "lea:addr_out", "imad:index", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg(f"r_{w}_lo", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
+        s.reg(f"r_{w}_lo", "address", f"lea:addr_{w}", "s2r:index", f"ld:{w}")
         s.reg(f"r_{w}_hi", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
         s.reg("r_x", "data", "ld:out", "ld:out", "st:out")
         s.reg(f"r_{w}", "data", f"ld:{w}", f"ld:{w}", f"{fop}:out")
@@ -213,6 +211,7 @@ class AddBiasKernel(_ChannelKernel):
     """``add_bias_kernel``: x += biases[c]."""
 
     name: ClassVar[str] = "add_bias"
+    regs_allocated: ClassVar[int] = ptxas_registers("add_bias")
     operand = "bias"
     fop = "fadd"
     opcode = "FADD"
@@ -227,6 +226,7 @@ class ScaleBiasKernel(_ChannelKernel):
     """``scale_bias_kernel``: x *= scales[c] (batch-norm gamma)."""
 
     name: ClassVar[str] = "scale_bias"
+    regs_allocated: ClassVar[int] = ptxas_registers("scale_bias")
     operand = "scale"
     fop = "fmul"
     opcode = "FMUL"
@@ -245,7 +245,7 @@ class NormalizeKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "normalize"
-    regs_allocated: ClassVar[int] = 12
+    regs_allocated: ClassVar[int] = ptxas_registers("normalize")
     example_params = ({"channels": 1, "spatial": 1, "eps": 1e-5},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -374,7 +374,7 @@ class ShortcutKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "shortcut"
-    regs_allocated: ClassVar[int] = 18
+    regs_allocated: ClassVar[int] = ptxas_registers("shortcut")
     example_params = ({"w1": 1, "h1": 1, "c1": 1, "w2": 1, "h2": 1, "c2": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -424,11 +424,11 @@ class ShortcutKernel(StreamKernel):
         s.reg("r_j", "index", "imod:h", "imod:h", "imad:add_index")
         s.reg("r_k", "index", "imod:c", "imod:c", "imad:add_index")
         s.reg("r_b", "index", "imod:batch", "imod:batch", "imad:add_index")
-        s.reg("r_out_index", "index", "imad:out_index", "imad:out_index", "lea:addr_out")
-        s.reg("r_add_index", "index", "imad:add_index", "imad:add_index", "lea:addr_add")
-        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        # ptxas (15 registers): out_index and add_index are computed into the low halves of
+        # the addresses they form
+        s.reg("r_out_lo", "address", "lea:addr_out", "imad:out_index", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_add_lo", "address", "lea:addr_add", "lea:addr_add", "ld:add")
+        s.reg("r_add_lo", "address", "lea:addr_add", "imad:add_index", "ld:add")
         s.reg("r_add_hi", "address", "lea:addr_add", "lea:addr_add", "ld:add")
         s.reg("r_x", "data", "ld:out", "ld:out", "fmul:out_scaled")
         s.reg("r_add", "data", "ld:add", "ld:add", "ffma:out")
