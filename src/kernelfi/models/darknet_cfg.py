@@ -6,7 +6,9 @@ output shapes and the padding rules are Darknet's, not PyTorch's.  Where Darknet
 (``atoi("3abc") == 3``, unknown activations silently become ReLU, unknown options are only
 warned about) we refuse instead: a silently different network would make every injection result
 meaningless.  Every refusal is a single-line :class:`KernelfiError` naming the file, the line and
-the problem, so the CLI can show it as is.
+the problem, so the CLI can show it as is.  One laxity is kept, because Darknet's own stock cfgs
+rely on it and its meaning is unambiguous: a repeated option keeps its first value (Darknet's
+``option_find`` walks the list from the front), with a one-line :class:`CfgWarning`.
 """
 from __future__ import annotations
 
