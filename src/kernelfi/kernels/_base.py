@@ -8,8 +8,10 @@ concrete corruption through :class:`TagInfo`, so tags are declared, never free t
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
@@ -35,6 +37,27 @@ EFFECTS: tuple[str, ...] = (
 WEIGHT_ROLES: tuple[str, ...] = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
 
 
+#: ``ptxas -v`` for sm_50 on kernelfi's CUDA C renderings (``kernels/cuda/*.cu``), written by
+#: ``scripts/ptxas_registers.py`` (docs/kernels.md §4).
+REGISTERS_FILE: Path = Path(__file__).resolve().parent.parent / "assets" / "registers_sm50.json"
+_PTXAS: dict[str, int] | None = None
+
+
+def ptxas_registers(kernel: str) -> int:
+    """Registers per thread ptxas allocates on sm_50 for ``kernel``'s CUDA C rendering."""
+    global _PTXAS
+    if _PTXAS is None:
+        try:
+            _PTXAS = {str(k): int(v) for k, v in json.loads(REGISTERS_FILE.read_text())["registers"].items()}
+        except (OSError, ValueError, KeyError) as e:
+            raise KernelfiError(f"{REGISTERS_FILE}: cannot read the ptxas register counts ({e})") from None
+    try:
+        return _PTXAS[kernel]
+    except KeyError:
+        raise KernelfiError(f"{REGISTERS_FILE}: no register count for kernel '{kernel}' "
+                            "(run scripts/ptxas_registers.py)") from None
+
+
 @dataclass(frozen=True)
 class TagInfo:
     """What an instruction tag of a kernel stands for.
@@ -56,7 +79,7 @@ class KernelImpl:
     """
 
     name: ClassVar[str] = ""
-    #: Estimated ptxas register count per thread on sm_50 (see docs/kernels.md for the basis).
+    #: Registers per thread on sm_50: ``ptxas_registers(name)`` (gemm: an estimate), docs/kernels.md §4.
     regs_allocated: ClassVar[int] = 0
 
     def run(self, mem: dict[str, torch.Tensor], launch: Launch) -> None:

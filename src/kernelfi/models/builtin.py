@@ -1,4 +1,5 @@
-"""The models kernelfi ships: torchvision AlexNet/ResNets, the digits models, Darknet AlexNet.
+"""The models kernelfi ships: torchvision AlexNet/ResNets, the digits models, Darknet's AlexNet
+and ResNet-50/101/152 (the stock cfgs; the other shipped ResNet/ResNeXt cfgs load by path).
 
 ImageNet models use torchvision's preprocessing constants so torchvision checkpoints see the
 inputs they were trained on. The digits models read their normalisation and accuracy from
@@ -76,3 +77,7 @@ def _digits_resnet(num_classes: int) -> nn.Module:
 register_darknet("alexnet-darknet", ASSETS / "alexnet.cfg",
                  description="Darknet's alexnet.cfg (layers 0-13, the network of the published "
                              "AlexNet study), built by kernelfi.models.darknet")
+for _depth in (50, 101, 152):
+    register_darknet(f"resnet{_depth}-darknet", ASSETS / f"resnet{_depth}.cfg", input_shape=(3, 256, 256),
+                     description=f"Darknet's resnet{_depth}.cfg (256x256, shortcuts without projections, "
+                                 "as in the published ResNet study), built by kernelfi.models.darknet")
