@@ -1,4 +1,4 @@
-"""The closed loop of the seeds, end to end on the embedded digits AlexNet (``kernelfi demo``).
+"""The closed loop of the published studies, end to end on the embedded digits AlexNet (``kernelfi demo``).
 
 baseline RF/IOV/IOA campaigns -> hardening plan within a budget -> verification campaigns on
 the hardened model -> measured overhead (unhardened, plan, full DMR, full TMR) -> HTML report.
@@ -19,6 +19,7 @@ from kernelfi.campaign.session import inputs_tensor, open_session, session_input
 from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
 from kernelfi.report.build import build_report
 from kernelfi.store import Store
+from kernelfi.types import OUTCOME_LABELS, OUTCOMES
 
 MODES = ("rf", "iov", "ioa")
 
@@ -46,9 +47,9 @@ def _campaigns(cfg: DemoConfig, db: Path, plan: Path | None, log: Log) -> dict[s
         with Store(db, create=False) as s:
             counts[mode] = s.outcome_counts(cid)
         c = counts[mode]
-        log(f"  {mode.upper():3s} {'hardened' if plan else 'baseline'}: Malfunction {c.get('sdc_malfunction', 0)}, "
-            f"Light {c.get('sdc_light_malfunction', 0)}, No-Malfunction {c.get('sdc_no_malfunction', 0)}, "
-            f"DUE {c.get('due', 0)}, Masked {c.get('masked', 0)} of {cfg.n} ({time.perf_counter() - t0:.0f}s)")
+        log(f"  {mode.upper():3s} {'hardened' if plan else 'baseline'}: "
+            + ", ".join(f"{OUTCOME_LABELS[o]} {c.get(o, 0)}" for o in reversed(OUTCOMES))
+            + f" of {cfg.n} ({time.perf_counter() - t0:.0f}s)")
     return counts
 
 
@@ -98,7 +99,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> Path:
     mal_b = sum(c.get("sdc_malfunction", 0) for c in before.values()) / (len(MODES) * cfg.n)
     mal_a = sum(c.get("sdc_malfunction", 0) for c in after.values()) / (len(MODES) * cfg.n)
     ovh = table["plan"]["whole model"] / base_t - 1
-    log(f"Malfunction (mean over RF/IOV/IOA): {100 * mal_b:.2f}% -> {100 * mal_a:.2f}% "
+    log(f"{OUTCOME_LABELS['sdc_malfunction']} (mean over RF/IOV/IOA): {100 * mal_b:.2f}% -> {100 * mal_a:.2f}% "
         f"at {100 * ovh:.2f}% measured overhead (full DMR "
         f"{100 * (table['full DMR']['whole model'] / base_t - 1):.1f}%, full TMR "
         f"{100 * (table['full TMR']['whole model'] / base_t - 1):.1f}%)")

@@ -7,9 +7,13 @@ import torch
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
 from kernelfi.cli import cli
+from kernelfi.cli.common import WEIGHTS_HELP
 from kernelfi.cli.export_cmd import overhead_exported
 from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
 from kernelfi.lowering import Program
+from kernelfi.types import OUTCOME_LABELS
+
+MAL, LIGHT = OUTCOME_LABELS["sdc_malfunction"], OUTCOME_LABELS["sdc_light_malfunction"]
 
 
 @cli.command("harden")
@@ -23,7 +27,7 @@ from kernelfi.lowering import Program
 @click.option("--reps", type=int, default=10, show_default=True, help="timing repetitions (medians)")
 @click.option("--lanes", type=int, default=32, show_default=True, help="inputs per timed run")
 @click.option("--light-weight", type=float, default=0.01, show_default=True,
-              help="worth of one Light-Malfunction relative to one Malfunction")
+              help="worth of one SDC Light-Malfunction relative to one SDC Malfunction")
 @click.option("--clock", type=click.Choice(["cpu", "wall"]), default="cpu", show_default=True,
               help="cpu: thread CPU time, one intra-op thread (robust on a shared machine); wall: wall-clock")
 def harden_cmd(db: str, budget: str, techniques: str, campaigns: tuple[int, ...], out: str, reps: int, lanes: int,
@@ -38,10 +42,10 @@ def harden_cmd(db: str, budget: str, techniques: str, campaigns: tuple[int, ...]
     for p in plan.protect:
         est = p.extra.get("estimate", {})
         click.echo(f"  {p.technique:5s} {p.target} {p.name}: {-100 * est.get('malfunction_removed', 0):+.3f}% "
-                   f"Malfunction, {-100 * est.get('light_removed', 0):+.3f}% Light, "
+                   f"{MAL}, {-100 * est.get('light_removed', 0):+.3f}% {LIGHT}, "
                    f"+{100 * est.get('overhead', 0):.2f}% time")
-    click.echo(f"plan {out}: {len(plan.protect)} protections; Malfunction {100 * e['malfunction_before']:.2f}% -> "
-               f"{100 * e['malfunction_after']:.3f}%, Light {100 * e['light_before']:.2f}% -> "
+    click.echo(f"plan {out}: {len(plan.protect)} protections; {MAL} {100 * e['malfunction_before']:.2f}% -> "
+               f"{100 * e['malfunction_after']:.3f}%, {LIGHT} {100 * e['light_before']:.2f}% -> "
                f"{100 * e['light_after']:.3f}%; overhead {100 * e['overhead']:.2f}% estimated, "
                f"{100 * e['overhead_measured']:.2f}% measured (budget {100 * (plan.budget or 0):.1f}%)")
 
@@ -74,10 +78,13 @@ def _table(programs: dict[str, Program], timing: dict, device: str) -> None:
               help="time an export directory (kernelfi export) natively against the original instead")
 @click.option("--hardening", type=click.Path(dir_okay=False, exists=True), default=None, help="hardening plan (JSON)")
 @click.option("--reps", type=int, default=20, show_default=True, help="repetitions (medians)")
-@click.option("--weights", type=click.Path(), default=None)
-@click.option("--num-classes", type=int, default=None)
-@click.option("--seed-weights", type=int, default=0, show_default=True)
-@click.option("--lanes", type=int, default=32, show_default=True, help="inputs per timed run")
+@click.option("--weights", type=click.Path(), default=None, help=WEIGHTS_HELP)
+@click.option("--num-classes", type=int, default=None, help="classifier width of alexnet/resnet*")
+@click.option("--seed-weights", type=int, default=0, show_default=True,
+              help="seed of the random weights used when a model has no trained weights")
+@click.option("--lanes", type=int, default=32, show_default=True,
+              help="inputs per timed run (the model's embedded data, else seeded random inputs: timing does "
+                   "not depend on their values)")
 @click.option("--explicit", is_flag=True, help="run im2col and gemm as separate kernels (no fused convolution)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CPU, and CUDA too when available")
@@ -92,7 +99,7 @@ def overhead_cmd(model: str | None, exported: str | None, hardening: str | None,
         raise click.UsageError("give MODEL (or --exported DIR)")
     session = open_session(ModelSpec(model, weights, num_classes, seed_weights))
     base = session.program
-    x = inputs_tensor(session_inputs(session, None, lanes))
+    x = inputs_tensor(session_inputs(session, session.loaded.info.default_data or "random", lanes))
     programs = comparison_programs(base, None if hardening is None else Plan.load(hardening))
     devices = ["cpu"] if device == "cpu" else ["cuda"] if device == "cuda" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,4 +1,4 @@
-"""Before/after hardening (seed Fig. 10–15): pair each hardened population with its baseline.
+"""Before/after hardening (the AlexNet study's Fig. 10–15): pair each hardened population with its baseline.
 
 A hardened campaign is paired with the unhardened population of the same model, mode, bit
 model, warp and scope (preferring the same weights and inputs). Its trace has extra kernels (the
