@@ -28,6 +28,7 @@ from kernelfi.cli import cli
 from kernelfi.harden import Plan, Protection, profile_bounds
 from kernelfi.harden.export import LABELS, export_model, flip_bit, load_exported, native_overhead, read_manifest
 from kernelfi.harden.export.runtime import UnrecoverableFault
+from tests.tiny import CFG
 
 GOLDEN = [22.5, -5.0]
 
@@ -297,6 +298,7 @@ def test_cli_export_refuses_a_plan_for_another_model_and_a_foreign_directory(tmp
     with pytest.raises(KernelfiError, match="not an export directory"):
         export_model(Tiny().eval(), TINY_PLAN, tmp_path / "busy", input_shape=(1, 3, 3), name="tiny")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
-    r = CliRunner().invoke(cli, ["export", "alexnet-darknet", "--hardening", str(tmp_path / "plan.json"),
-                                 "--out", str(tmp_path / "dk")])
+    (tmp_path / "tiny.cfg").write_text(CFG)  # a Darknet cfg model
+    r = CliRunner().invoke(cli, ["export", str(tmp_path / "tiny.cfg"), "--hardening", str(tmp_path / "plan.json"),
+                                 "--out", str(tmp_path / "dk"), "--data", "random", "--check", "1"])
     assert r.exit_code == 2 and "Darknet cfg models are not exported" in r.output

@@ -9,7 +9,9 @@ op reads ``self.hardening.<call>(<op>, <args>)``; a clamp reassigns the layer ou
 
 Modules keep their settings, in-place activations included: the replicating techniques give an
 in-place op a copy of its input for each run (``runtime.run``), so no replica overwrites what
-the next one reads. Functional ops (a residual add, ``torch.relu``) are rendered out of place.
+the next one reads. A residual add runs in place when its first operand is the fresh output of a
+conv, BatchNorm or pool that nothing else reads (ResNet's ``out += identity``); other functional
+ops run out of place. Each variable is deleted after its last use.
 """
 from __future__ import annotations
 
