@@ -5,7 +5,6 @@ strided, dilated, grouped convolution against an independent float64 im2col comp
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,9 +4,10 @@
 >>> plan = Plan("tiny", (Protection("kernel", "forward_maxpool", "tmr"),))   # doctest: +SKIP
 >>> hardened = apply_plan(program, plan)                                     # doctest: +SKIP
 
-Layering (level 2): imports lowering, kernels, types and _utils only; the planner that reads
-campaign results lives in ``kernelfi.campaign.harden_planner``. docs/hardening.md explains the
-techniques, the plan format and the cost model.
+Layering (level 2): imports lowering, kernels, types and _utils only (``kernelfi.harden.export``,
+which writes a plan out as a plain PyTorch model, imports models too; docs/export.md); the
+planner that reads campaign results lives in ``kernelfi.campaign.harden_planner``.
+docs/hardening.md explains the techniques, the plan format and the cost model.
 """
 from __future__ import annotations
 
