@@ -9,6 +9,7 @@ oversubscribed machine, CPU only); CUDA is wall-clock between synchronisations.
 """
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -90,7 +91,7 @@ def time_exported(directory: str | os.PathLike[str], x: torch.Tensor, *, reps: i
         raise KernelfiError("--clock cpu times CPU threads: use it with --device cpu")
     manifest = read_manifest(directory)
     dev = torch.device(device)
-    base = original if original is not None else original_module(directory)
+    base = original_module(directory) if original is None else copy.deepcopy(original)  # the caller's stays put
     fns: dict[str, Callable[[torch.Tensor], Any]] = {"original": base.to(dev)}
     fns.update({v: load_exported(directory, v, dev) for v in VARIANTS})
     xd = x.to(dev)
