@@ -46,7 +46,9 @@ def open_session(spec: ModelSpec) -> Session:
         from kernelfi.harden import Plan, apply_plan  # level 2; imported lazily to keep start-up light
         parsed = Plan.load(spec.hardening)  # one-line errors naming the file
         program = apply_plan(program, parsed)
-        plan = parsed.to_dict()  # what the store records with the campaign
+        # what the store records with the campaign: the plan without the planner's explanation
+        # of the candidates it left out (bulky, and no part of what the hardened model is)
+        plan = {k: v for k, v in parsed.to_dict().items() if k != "explain"}
     return Session(spec, loaded, program, plan)
 
 

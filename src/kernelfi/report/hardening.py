@@ -1,18 +1,27 @@
-"""Before/after hardening (seed Fig. 10–15): pair each hardened population with its baseline.
+"""Before/after hardening (the AlexNet study's Fig. 10–15 and Table 2): pair each hardened
+population with its baseline.
 
 A hardened campaign is paired with the unhardened population of the same model, mode, bit
 model, warp and scope (preferring the same weights and inputs). Its trace has extra kernels (the
-replicas, voters and checks), so kernel axes are the union, baseline kernels first.
+replicas, voters and checks), so kernel axes are the union, baseline kernels first. The share of
+the baseline's errors the hardened model masks (the ResNet study's 93.38% figure) and the plan's
+modelled Table 2 (kernelfi.gputime, on the GPU the plan was priced on) are here too.
 """
 from __future__ import annotations
 
 import json
+import math
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
+
+from kernelfi.campaign.session import ModelSpec, open_session
+from kernelfi.gputime import get_gpu
+from kernelfi.harden import DEFAULT_COST, OverheadTable, modelled_overhead
 
 from .common import COLORS, ERROR_CATEGORIES, LABELS, TABLE_CATEGORIES
 from .tables import PopulationTables, ReportData
@@ -95,3 +104,58 @@ def hardening_figure(before: PopulationTables, after: PopulationTables) -> Figur
                  f"baseline n={before.population.n}, hardened n={after.population.n}", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the legend below, clear of every bar
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# The ResNet study's "errors masked after hardening" and the plan's modelled Table 2
+# --------------------------------------------------------------------------------------------
+def growth(before: PopulationTables, after: PopulationTables) -> float:
+    """P_after / P_before: how many more fault sites the hardened model offers per inference
+    (its replicas, voters and checkers), from the populations the campaigns recorded; NaN when
+    a campaign predates that record."""
+    pb = before.population.meta.extra.get("population")
+    pa = after.population.meta.extra.get("population")
+    return float(pa) / float(pb) if pb and pa else float("nan")
+
+
+def masked_share(rate_before: float, rate_after: float, grow: float) -> float:
+    """Share of the baseline's errors that the hardened model masks (docs/report.md): errors per
+    inference at the same fault rate per executed instruction are ``rate × P``, so the share is
+    ``1 − rate_after·P_after / (rate_before·P_before)``; NaN without errors before."""
+    if not rate_before or math.isnan(grow):
+        return float("nan")
+    return 1.0 - rate_after * grow / rate_before
+
+
+def masked_table(found: list[tuple[PopulationTables, PopulationTables]]) -> pd.DataFrame:
+    """Per (baseline, hardened) pair: the SDC and Malfunction rates, the population growth and
+    the share of the baseline's SDCs (and Malfunctions) the hardened model masks."""
+    rows = []
+    for b, h in found:
+        ob, oh = b.tables["overall"].set_index("outcome"), h.tables["overall"].set_index("outcome")
+        g = growth(b, h)
+        rows.append({"before": b.population.label, "after": h.population.label, "population_growth": g,
+                     "sdc_before": float(ob.loc["sdc", "rate"]), "sdc_after": float(oh.loc["sdc", "rate"]),
+                     "sdc_masked_share": masked_share(float(ob.loc["sdc", "rate"]), float(oh.loc["sdc", "rate"]), g),
+                     "malfunction_before": float(ob.loc["sdc_malfunction", "rate"]),
+                     "malfunction_after": float(oh.loc["sdc_malfunction", "rate"]),
+                     "malfunction_masked_share": masked_share(float(ob.loc["sdc_malfunction", "rate"]),
+                                                              float(oh.loc["sdc_malfunction", "rate"]), g)})
+    return pd.DataFrame(rows)
+
+
+def plan_gpu(plan: Mapping[str, Any]) -> str:
+    """The GPU a plan was priced on (``planner.cost``), else the AlexNet study's GTX 750 Ti."""
+    cost = str(plan.get("planner", {}).get("cost", DEFAULT_COST)) if isinstance(plan.get("planner"), Mapping) \
+        else DEFAULT_COST
+    return cost[4:] if cost.startswith("gpu:") else DEFAULT_COST[4:]
+
+
+def plan_table2(after: PopulationTables) -> OverheadTable:
+    """The modelled Table 2 of a hardened population's plan, on the GPU it was priced on: the
+    model is rebuilt from the campaign's model spec (a KernelfiError when it cannot be)."""
+    meta = after.population.meta
+    plan = meta.hardening or {}
+    spec = dict(meta.extra.get("model_spec") or {"model": meta.model})
+    session = open_session(ModelSpec(**{**spec, "hardening": None}))
+    return modelled_overhead(session.program, plan, get_gpu(plan_gpu(plan)))
