@@ -307,7 +307,7 @@ def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, te
         m = price({"base": base, "plan": apply_plan(base, plan)})
         whole = m["plan"].total / m["base"].total - 1.0
         whole_min = m["plan"].total_min / m["base"].total_min - 1.0
-        if whole <= share or not chosen:
+        if whole <= share + 1e-9 or not chosen:   # (rounding: GPU-priced components add up exactly)
             break
         worst = min(chosen, key=lambda t: (t[1] + light_weight * t[2]) / max(t[3], 1e-9))
         say(f"{word} overhead {100 * whole:.2f}% > {100 * share:.2f}%: dropping {worst[0].technique} "

@@ -130,12 +130,16 @@ def explain(cands: list[Candidate], models: list[RiskModel], chosen: list[Candid
             m = _gain(models, final, c)
             need = cost(c, final, pen)
             if m["mal"] + light_weight * m["light"] <= 1e-15:
-                status, why = "no_further_gain", "what it removes is already removed by the chosen clamps"
+                status, why = "no_further_gain", (
+                    "what it removes is already removed by the chosen clamps" if c.technique == "range" else
+                    "with the chosen clamps in, what its launches still hold no longer outweighs its added launches' risk")
             else:
                 status = "over_budget"
                 why = (f"costs {1e6 * need:.1f} us, {1e6 * max(left, 0.0):.1f} us of the budget left "
                        f"({1e6 * budget_s:.1f} us)")
-                if secs <= budget_s and chosen:
+                if need <= left:   # only after the final check shed something: the plan is not refilled
+                    why += "; the budget it fits was freed by the final check, after the choice"
+                elif secs <= budget_s and chosen:
                     why += "; it fits the budget alone, which went to more gain per cost"
         dom = next((d for d in same_unit.get(frozenset(c.launches), []) if d is not c
                     and _dominates(alone[id(d)], (g, secs), light_weight)), None) if c.technique != "range" else None
