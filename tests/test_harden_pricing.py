@@ -34,32 +34,41 @@ def _refuse(*args: object, **kwargs: object) -> None:
     raise AssertionError("the GPU-priced planner must not time anything")
 
 
-def test_same_plan_under_different_cpu_load_without_a_timer(db: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def planned(db: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path, str]:
+    """(plan, output) of `harden --explain` run twice: on a quiet machine, then with a core kept
+    busy; the timer and the fused-path penalty raise if the planner reaches them."""
     import kernelfi.campaign.harden_planner as hp
     import kernelfi.harden.pricing as pricing
 
-    monkeypatch.setattr(pricing, "time_programs", _refuse)        # the only timer the planner reaches
-    monkeypatch.setattr(hp, "defusion_penalty", _refuse)          # no fused path to lose on a GPU
-    quiet = harden(db, tmp_path / "quiet.json", "--budget", "5%", "--explain")
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])   # a core kept busy meanwhile
-    try:
-        loaded = harden(db, tmp_path / "loaded.json", "--budget", "5%", "--explain")
-    finally:
-        busy.kill()
-        busy.wait()
-    assert (tmp_path / "quiet.json").read_text() == (tmp_path / "loaded.json").read_text()
+    out = tmp_path_factory.mktemp("planned")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pricing, "time_programs", _refuse)        # the only timer the planner reaches
+        mp.setattr(hp, "defusion_penalty", _refuse)          # no fused path to lose on a GPU
+        quiet = harden(db, out / "quiet.json", "--budget", "5%", "--explain")
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            loaded = harden(db, out / "loaded.json", "--budget", "5%", "--explain")
+        finally:
+            busy.kill()
+            busy.wait()
+    return out / "quiet.json", quiet, out / "loaded.json", loaded
+
+
+def test_same_plan_under_different_cpu_load_without_a_timer(planned: tuple[Path, str, Path, str]) -> None:
+    quiet_plan, quiet, loaded_plan, loaded = planned
+    assert quiet_plan.read_text() == loaded_plan.read_text()
     assert quiet.replace("quiet.json", "plan") == loaded.replace("loaded.json", "plan")
-    plan = Plan.load(tmp_path / "quiet.json")
+    plan = Plan.load(quiet_plan)
     assert plan.extra["planner"]["cost"] == "gpu:gtx750ti" and "reps" not in plan.extra["planner"]
     e = plan.expected
     assert e["overhead_modelled"] <= 0.05 and "overhead_measured" not in e
     assert e["overhead"] == pytest.approx(e["overhead_modelled"], rel=1e-9)   # components add up exactly
 
 
-def test_explain_gives_every_candidate_a_verdict(db: Path, tmp_path: Path) -> None:
-    out = harden(db, tmp_path / "p.json", "--budget", "5%", "--explain")
-    plan = Plan.load(tmp_path / "p.json")
+def test_explain_gives_every_candidate_a_verdict(planned: tuple[Path, str, Path, str], tmp_path: Path) -> None:
+    path, out, _, _ = planned
+    plan = Plan.load(path)
     rows = plan.extra["explain"]
     assert rows and all(r["status"] in STATUSES and r["reason"] for r in rows)
     chosen = {(r["technique"], r["name"]) for r in rows if r["status"] == "chosen"}
@@ -76,12 +85,12 @@ def test_explain_gives_every_candidate_a_verdict(db: Path, tmp_path: Path) -> No
         if r["technique"] != "range" and r["name"] in taken and r["status"] != "chosen":
             assert r["status"] == "covered"
     # the store records the plan without the explanation
-    cid = run_campaign(CampaignConfig(ModelSpec("digits-alexnet", hardening=str(tmp_path / "p.json")), "iov",
+    cid = run_campaign(CampaignConfig(ModelSpec("digits-alexnet", hardening=str(path)), "iov",
                                       "single", n=5, seed=3, inputs=12), str(tmp_path / "v.db"))
     from kernelfi.store import Store
     with Store(tmp_path / "v.db") as s:
         recorded = s.campaign(cid).meta.hardening
-    assert "explain" not in recorded and recorded["protect"] == json.loads((tmp_path / "p.json").read_text())["protect"]
+    assert "explain" not in recorded and recorded["protect"] == json.loads(path.read_text())["protect"]
 
 
 def test_zero_protections_are_explained(db: Path, tmp_path: Path) -> None:
@@ -102,3 +111,41 @@ def test_unknown_cost_is_one_line(db: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["harden", "--db", str(db), "--out", str(tmp_path / "x.json"), "--cost", "cheap"])
     assert res.exit_code == 2 and "is not gpu:NAME or measured" in res.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_report_shows_the_modelled_table2_and_the_masked_share(db: Path, planned: tuple[Path, str, Path, str],
+                                                               tmp_path: Path) -> None:
+    import shutil
+
+    import pandas as pd
+
+    from kernelfi.campaign.session import open_session
+    from kernelfi.gputime import get_gpu
+    from kernelfi.harden import modelled_overhead
+    from kernelfi.report.build import build_report
+    from kernelfi.store import Store
+
+    shutil.copy(planned[0], tmp_path / "p.json")
+    work = tmp_path / "r.db"
+    shutil.copy(db, work)
+    hard = run_campaign(CampaignConfig(ModelSpec("digits-alexnet", hardening=str(tmp_path / "p.json")), "iov",
+                                       "single", n=30, seed=3, inputs=12), str(work))
+    build_report(work, tmp_path / "report")
+    html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    table = modelled_overhead(open_session(ModelSpec("digits-alexnet")).program, Plan.load(tmp_path / "p.json"),
+                              get_gpu("gtx750ti"))
+    assert "Run-time overhead: digits-alexnet, modelled on gpu:gtx750ti" in html
+    assert f"{1000 * table.total['plan']:.4f}" in html and f"{100 * table.overhead('full TMR'):+.2f}%" in html
+    assert "The AlexNet study, Table 2" in html and "2.0049" in html     # its published whole-model TMR ms
+    # the share of the baseline's SDCs masked, by hand from the stored counts and recorded populations
+    with Store(work) as s:
+        base_id = next(r.id for r in s.campaigns() if r.meta.hardening is None)
+        cb, ch = s.outcome_counts(base_id), s.outcome_counts(hard)
+        pb, ph = (s.campaign(i).meta.extra["population"] for i in (base_id, hard))
+    sdc = [sum(v for k, v in c.items() if k.startswith("sdc_")) / sum(c.values()) for c in (cb, ch)]
+    expect = 1.0 - sdc[1] * ph / (sdc[0] * pb)
+    got = pd.read_csv(tmp_path / "report" / "tables" / "hardening_masked.csv")
+    assert got["sdc_masked_share"].iloc[0] == pytest.approx(expect, rel=1e-9)
+    t2 = pd.read_csv(tmp_path / "report" / "tables" / "table2.csv")
+    mine = t2[(t2["source"] == "modelled, gpu:gtx750ti") & (t2["kernel"] == "whole model")].set_index("label")["ms"]
+    assert mine["plan"] == pytest.approx(1000 * table.total["plan"], rel=1e-12)

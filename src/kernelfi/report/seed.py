@@ -13,7 +13,7 @@ import pandas as pd
 from kernelfi.harden import OverheadTable
 
 from .common import interval, pct
-from .hardening import pairs
+from .hardening import growth, masked_share, pairs
 from .tables import PopulationTables, ReportData
 
 MODES: tuple[str, ...] = ("rf", "ioa", "iov")
@@ -211,8 +211,10 @@ def malfunction(data: ReportData, family: str, seed_text: str, masked: bool) -> 
         text = (f"after, {h.population.meta.mode.upper()}: Malfunction {pct(oa.loc['sdc_malfunction', 'rate'])} "
                 f"{interval(oa.loc['sdc_malfunction', 'rate_wilson_low'], oa.loc['sdc_malfunction', 'rate_wilson_high'])}")
         if masked:
+            share = masked_share(float(ob.loc["sdc", "rate"]), float(oa.loc["sdc", "rate"]), growth(b, h))
             text += (f", Masked {pct(oa.loc['masked', 'rate'])}, Masked + No-Malfunction "
-                     f"{pct(oa.loc['masked', 'rate'] + oa.loc['sdc_no_malfunction', 'rate'])}")
+                     f"{pct(oa.loc['masked', 'rate'] + oa.loc['sdc_no_malfunction', 'rate'])}, "
+                     f"baseline SDCs masked per inference {pct(share)}")
         measured.append(text + f" ({_overhead(h.population.meta.hardening)})")
         hits.append(oa.loc["sdc_malfunction", "rate"] < ob.loc["sdc_malfunction", "rate"])
     if before and not hits:
