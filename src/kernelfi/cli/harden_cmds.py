@@ -11,8 +11,7 @@ from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_se
 from kernelfi.cli import cli
 from kernelfi.gputime import GpuSpec, get_gpu, gpus
 from kernelfi.harden import (
-    DEFAULT_COST, OverheadTable, Plan, comparison_programs, modelled_overhead, overhead_table, parse_cost,
-    time_programs,
+    DEFAULT_COST, OverheadTable, Plan, comparison_programs, modelled_overhead, overhead_table, time_programs,
 )
 from kernelfi.lowering import Program
 
@@ -41,7 +40,6 @@ def harden_cmd(db: str, budget: str, techniques: str, campaigns: tuple[int, ...]
     """Choose what to protect, from campaign results and its cost, within an overhead budget."""
     from kernelfi.analysis import outcome_table
 
-    parse_cost(cost)  # a bad --cost fails before the planning work
     plan = plan_hardening(db, budget, outcome_table, techniques.split(","), campaigns or None, reps=reps,
                           lanes=lanes, light_weight=light_weight, clock=clock, cost=cost,
                           log=lambda s: click.echo(s, err=True))
