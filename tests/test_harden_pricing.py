@@ -149,3 +149,10 @@ def test_report_shows_the_modelled_table2_and_the_masked_share(db: Path, planned
     t2 = pd.read_csv(tmp_path / "report" / "tables" / "table2.csv")
     mine = t2[(t2["source"] == "modelled, gpu:gtx750ti") & (t2["kernel"] == "whole model")].set_index("label")["ms"]
     assert mine["plan"] == pytest.approx(1000 * table.total["plan"], rel=1e-12)
+
+
+def test_report_still_imports_without_torch() -> None:
+    """The report rebuilds a model (torch) only to tabulate a plan's overhead, lazily."""
+    code = "import sys, kernelfi.report; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -104,7 +104,7 @@ def _hardening_section(data: ReportData, figs: Path) -> tuple[str, dict[str, pd.
     masked = masked_table(found)
     html.append(sections.masked(masked))
     overheads = []
-    for plan_json, after in {plan_text(h.population.meta.hardening): h for _, h in found}.items():
+    for after in {plan_text(h.population.meta.hardening): h for _, h in found}.values():   # one per plan
         techniques = [f"{p.get('technique')} of {p.get('target')} {p.get('name')}"
                       for p in (after.population.meta.hardening or {}).get("protect", [])]
         try:

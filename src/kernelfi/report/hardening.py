@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -19,12 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
-from kernelfi.campaign.session import ModelSpec, open_session
-from kernelfi.gputime import get_gpu
-from kernelfi.harden import DEFAULT_COST, OverheadTable, modelled_overhead
 
 from .common import COLORS, ERROR_CATEGORIES, LABELS, TABLE_CATEGORIES
 from .tables import PopulationTables, ReportData
+
+if TYPE_CHECKING:   # the model is rebuilt (torch) only when a plan's overhead is tabulated
+    from kernelfi.harden import OverheadTable
 
 _SAME = ("model", "mode", "bit_model", "warp", "scope")
 _PREFER = ("weights_hash", "input_source")
@@ -144,16 +144,24 @@ def masked_table(found: list[tuple[PopulationTables, PopulationTables]]) -> pd.D
     return pd.DataFrame(rows)
 
 
+#: The GPU of a plan priced otherwise (``--cost measured``): the AlexNet study's.
+STUDY_GPU = "gtx750ti"
+
+
 def plan_gpu(plan: Mapping[str, Any]) -> str:
     """The GPU a plan was priced on (``planner.cost``), else the AlexNet study's GTX 750 Ti."""
-    cost = str(plan.get("planner", {}).get("cost", DEFAULT_COST)) if isinstance(plan.get("planner"), Mapping) \
-        else DEFAULT_COST
-    return cost[4:] if cost.startswith("gpu:") else DEFAULT_COST[4:]
+    planner = plan.get("planner")
+    cost = str(planner.get("cost", "")) if isinstance(planner, Mapping) else ""
+    return cost[4:] if cost.startswith("gpu:") else STUDY_GPU
 
 
 def plan_table2(after: PopulationTables) -> OverheadTable:
     """The modelled Table 2 of a hardened population's plan, on the GPU it was priced on: the
     model is rebuilt from the campaign's model spec (a KernelfiError when it cannot be)."""
+    from kernelfi.campaign.session import ModelSpec, open_session
+    from kernelfi.gputime import get_gpu
+    from kernelfi.harden import modelled_overhead
+
     meta = after.population.meta
     plan = meta.hardening or {}
     spec = dict(meta.extra.get("model_spec") or {"model": meta.model})

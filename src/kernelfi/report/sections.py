@@ -5,17 +5,18 @@ import json
 
 import math
 from html import escape
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
-
-from kernelfi.harden import OverheadTable
 
 from .common import LABELS, TABLE_CATEGORIES, interval, pct, slug
 from .figures import Rendered
 from .seed import COMMON_NOTE
 from .html import Cell, figure, num, rate_cell, table
 from .tables import PopulationTables, ReportData
+
+if TYPE_CHECKING:
+    from kernelfi.harden import OverheadTable
 
 
 def _rate(r: pd.Series, prefix: str = "rate", extra: str = "") -> Cell:

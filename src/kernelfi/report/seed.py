@@ -8,13 +8,16 @@ intervals are in the tables below it.
 """
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
-from kernelfi.harden import OverheadTable
+import pandas as pd
 
 from .common import interval, pct
 from .hardening import growth, masked_share, pairs
 from .tables import PopulationTables, ReportData
+
+if TYPE_CHECKING:
+    from kernelfi.harden import OverheadTable
 
 MODES: tuple[str, ...] = ("rf", "ioa", "iov")
 
