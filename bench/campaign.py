@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.models import get_model_info
 from kernelfi.store import Store
 
 
@@ -21,11 +22,14 @@ def main() -> None:
     ap.add_argument("--mode", default="iov")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--data", default=None, help="inputs (default: the model's embedded data, else random)")
     args = ap.parse_args()
+    data = args.data or (None if get_model_info(args.model).default_data else "random")
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "bench.db"
         t0 = time.perf_counter()
-        cid = run_campaign(CampaignConfig(ModelSpec(args.model), args.mode, "single", n=args.n, seed=args.seed), str(db))
+        cid = run_campaign(CampaignConfig(ModelSpec(args.model), args.mode, "single", n=args.n, seed=args.seed,
+                                          data=data), str(db))
         secs = time.perf_counter() - t0
         with Store(db) as s:
             counts = s.outcome_counts(cid)

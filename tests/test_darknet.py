@@ -357,7 +357,6 @@ def test_unknown_section_names_the_line(tmp_path: Path) -> None:
     (("activation=leaky", "activation=ramp"), r"<cfg>:11: .*unsupported option value activation='ramp'"),
     (("[net]", "[crop]"), r"<cfg>:1: .*Darknet layer kernelfi does not support"),
     (("[net]\n", ""), r"<cfg>:1: missing \[net\]"),
-    (("stride=2\n", "stride=2\nstride=3\n"), r"<cfg>:16: duplicate option 'stride'"),
     (("[softmax]", "[softmax]\ngroups=2"), r"<cfg>:22: .*groups=2"),
     (("pad=1", "dilation=2"), r"<cfg>:10: .*unsupported option value dilation=2"),
     (("output=2", "outptu=2"), r"<cfg>:18: \[connected\] unknown option 'outptu'"),
@@ -372,9 +371,15 @@ def test_cfg_errors(edit: tuple[str, str], pattern: str) -> None:
 def test_shape_errors() -> None:
     base = "[net]\nwidth=8\nheight=8\nchannels=2\n[convolutional]\nfilters=4\nsize=1\n" \
            "[maxpool]\nsize=2\nstride=2\npadding=0\n"
+    # Darknet's shortcut_gpu asserts w1/w2 == h1/h2: a 3x8 map onto its 1x4 pooling is refused
+    # (8/4 = 2 but 3/1 = 3); an 8x8 map onto 4x4 is Darknet's strided shortcut, accepted
+    flat = base.replace("height=8", "height=3")
     with pytest.raises(KernelfiError, match=r"<cfg>:13: \[shortcut\] from=0 adds layer 0's output "
-                                            r"\(4, 8, 8\) to layer 1's output \(4, 4, 4\)"):
-        build_layers(parse_cfg(base + "[shortcut]\nfrom=0\n"))
+                                            r"\(4, 3, 8\) to layer 1's output \(4, 1, 4\): the width and "
+                                            r"height ratios differ"):
+        build_layers(parse_cfg(flat + "[shortcut]\nfrom=0\n"))
+    layers, _ = build_layers(parse_cfg(base + "[shortcut]\nfrom=0\n"))
+    assert layers[2].out_shape == (4, 4, 4) and layers[2].params["add_shape"] == (4, 8, 8)
     with pytest.raises(KernelfiError, match=r"<cfg>:13: \[route\] .*different spatial size"):
         build_layers(parse_cfg(base + "[route]\nlayers=-1, 0\n"))
     with pytest.raises(KernelfiError, match=r"does not fit"):

@@ -15,10 +15,14 @@ from kernelfi.data import digits_split, load_inputs, upsample
 
 @dataclass(frozen=True)
 class Info:
+    """What the data layer reads of a model (``kernelfi.data.common.InputInfo``)."""
+
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     default_data: str | None = None
+    fit: str | None = None
+    resize: int | None = None
 
 
 def test_digits_split_is_fixed_and_stratified() -> None:

@@ -148,10 +148,29 @@ def test_unknown_activation_raises() -> None:
         get_kernel("activate_array").template({"n": 1, "activation": "mish"})
 
 
+SAME2 = dict(w1=2, h1=1, c1=1, w2=2, h2=1, c2=1)
+
+
 def test_shortcut_adds_in_place_semantics() -> None:
     mem = {"s.output": t([1, 2], [3, 4]), "x.output": t([10, 20], [30, 40])}
-    run("shortcut", mem, ("s.output", "x.output"), ("s.output",), n=2)
+    run("shortcut", mem, ("s.output", "x.output"), ("s.output",), **SAME2)
     assert torch.equal(mem["s.output"], t([11, 22], [33, 44]))
+
+
+def test_shortcut_mismatched_shapes_by_hand() -> None:
+    # add: 1 channel 4x4 (values 0..15) onto out: 2 channels 2x2 (all 100): stride 4/2 = 2,
+    # minc 1: out channel 0 gets add[0, 2j, 2i] = 0, 2, 8, 10; channel 1 keeps 100
+    mem = {"o": torch.full((1, 8), 100.0), "a": torch.arange(16.0).reshape(1, 16)}
+    run("shortcut", mem, ("o", "a"), ("o",), w1=4, h1=4, c1=1, w2=2, h2=2, c2=2)
+    assert mem["o"][0].tolist() == [100, 102, 108, 110, 100, 100, 100, 100]
+    # the reverse: add 2 channels 2x2 (1..8) onto 1 channel 4x4 (zeros): sample 2, minc 1:
+    # out[0, 2j, 2i] = add[0, j, i] = 1, 2, 3, 4; the rest stays 0; add's channel 1 unused
+    mem = {"o": torch.zeros(1, 16), "a": torch.arange(1.0, 9.0).reshape(1, 8)}
+    run("shortcut", mem, ("o", "a"), ("o",), w1=2, h1=2, c1=2, w2=4, h2=4, c2=1)
+    assert mem["o"][0].tolist() == [1, 0, 2, 0, 0, 0, 0, 0, 3, 0, 4, 0, 0, 0, 0, 0]
+    assert get_kernel("shortcut").template(dict(w1=2, h1=2, c1=2, w2=4, h2=4, c2=1)).threads == 4
+    with pytest.raises(KernelfiError, match="width and height ratios"):
+        get_kernel("shortcut").template(dict(w1=4, h1=3, c1=1, w2=2, h2=1, c2=1))
 
 
 # ------------------------------------------------------------------------------------ conv path
@@ -338,7 +357,7 @@ def test_kernels_never_mutate_their_inputs(name: str) -> None:
     cases: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         "add_bias": (("l.output", "l.biases"), dict(channels=2, spatial=1)),
         "activate_array": (("l.output",), dict(n=2, activation="relu")),
-        "shortcut": (("l.output", "x"), dict(n=2)),
+        "shortcut": (("l.output", "x"), SAME2),
         "gemm": (("l.weights", "x", "l.output"), dict(M=1, N=2, K=1, trans_a=False, trans_b=False,
                                                      a_offset=0, b_offset=0, c_offset=0)),
         "normalize": (("l.output", "l.rolling_mean", "l.rolling_variance"), dict(channels=2, spatial=1)),
@@ -392,7 +411,7 @@ def test_activate_counts_per_activation() -> None:
 
 def test_shortcut_counts() -> None:
     # GPR: 6 + 4 divisions × (14 + 4) + 15 + 15 + 2 × 2 addresses = 112; OTHERS 4 × 3; PR 1 + 4 × 2
-    assert counts("shortcut", n=2) == {"FP32": 4, "LD": 4, "GPR": 224, "PR": 18, "NODEST": 6, "OTHERS": 24}
+    assert counts("shortcut", **SAME2) == {"FP32": 4, "LD": 4, "GPR": 224, "PR": 18, "NODEST": 6, "OTHERS": 24}
 
 
 def test_im2col_counts_ksize2() -> None:

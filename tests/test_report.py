@@ -163,7 +163,7 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ the report
 FIGURES = ["overall_intervals"] + [f"p{i}_{k}" for i in (1, 2, 3)
                                    for k in ("kernels", "layers", "propagation", "bits")] + ["hardening_p3_vs_p2"]
-TABLES = ["campaigns", "seed_comparison", "overall", "kernels", "layers", "propagation", "masking",
+TABLES = ["campaigns", "published_studies", "overall", "kernels", "layers", "propagation", "masking",
           "bits", "bit_fields", "verdicts", "fit", "hardening"]
 
 
@@ -183,7 +183,7 @@ def test_html_has_every_figure_and_table(report: tuple[Path, Path]) -> None:
     assert len(re.findall(r'<img alt="[^"]+" src="data:image/png;base64,', html)) == len(FIGURES)
     for name in FIGURES:
         assert f'id="fig-{name}"' in html
-    ids = ["campaigns", "seed", "overall", "verdicts", "fit", "pvf"]
+    ids = ["campaigns", "studies", "overall", "verdicts", "fit", "pvf"]
     ids += [f"{t}-p{i}" for i in (1, 2, 3) for t in ("kernels", "layers", "masking", "bits")]
     for table_id in ids:
         assert f'<table id="table-{table_id}">' in html
@@ -222,9 +222,9 @@ def test_fit_equals_hand_computation(report: tuple[Path, Path]) -> None:
     assert f"{sdc['fit']:,.2f}" in html_of(out)
 
 
-def test_seed_comparison_is_computed_from_the_rows(report: tuple[Path, Path]) -> None:
+def test_studies_comparison_is_computed_from_the_rows(report: tuple[Path, Path]) -> None:
     db, out = report
-    seed = pd.read_csv(out / "tables" / "seed_comparison.csv")
+    seed = pd.read_csv(out / "tables" / "published_studies.csv")
     assert len(seed) == 6 and set(seed["agrees"]) <= {"yes", "no", "partly", "not tested"}
     top = sql(db, "SELECT kernel, SUM(outcome IN ('sdc_malfunction', 'sdc_light_malfunction')) AS c "
                   "FROM injections WHERE campaign = 2 GROUP BY kernel ORDER BY c DESC, kernel LIMIT 2")
@@ -235,7 +235,7 @@ def test_seed_comparison_is_computed_from_the_rows(report: tuple[Path, Path]) ->
     assert "without gemm" in measured  # scope=all: the SASSIFI-comparable ranking is also given
     after = seed.loc[4, "measured"]
     (k, n), = sql(db, "SELECT SUM(outcome = 'sdc_malfunction'), COUNT(*) FROM injections WHERE campaign = 3")
-    assert f"after, IOV: Malfunction {100 * k / n:.2f}%" in after
+    assert f"after, IOV: SDC Malfunction {100 * k / n:.2f}%" in after
     assert seed.loc[5, "measured"] == "no campaign of this kind in the database"  # no ResNet here
 
 

@@ -29,7 +29,7 @@ from kernelfi.lowering import Program
 
 CATEGORIES = ("none", "light", "malfunction")
 
-#: kernelfi's SPEC §3 outcomes -> output-level category (DUE cannot happen for these faults)
+#: kernelfi's docs/method.md §3 outcomes -> output-level category (DUE cannot happen for these faults)
 KERNELFI_CATEGORY = {
     "masked": "none",
     "sdc_no_malfunction": "none",

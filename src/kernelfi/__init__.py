@@ -1,5 +1,5 @@
 """kernelfi: kernel-level soft-error fault injection for CNNs on GPUs.
 
-See ``../shared/SPEC.md`` (method) and ``docs/`` (design).
+See ``docs/method.md`` (method) and ``docs/`` (design).
 """
 __version__ = "0.1.0"

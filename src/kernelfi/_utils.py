@@ -18,6 +18,11 @@ class KernelfiError(Exception):
     """
 
 
+class KernelfiWarning(UserWarning):
+    """Something the user should know that does not stop the work (a cfg quirk Darknet
+    tolerates). The CLI prints it as one line ``kernelfi: warning: ...`` on stderr."""
+
+
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
     """A generator that depends only on (seed, *keys).
 

@@ -21,8 +21,9 @@ from kernelfi.gputime import get_gpu
 from kernelfi.harden import DEFAULT_COST, OverheadTable, Plan, modelled_overhead, parse_cost
 from kernelfi.report.build import build_report
 from kernelfi.report.hardening import masked_share
-from kernelfi.report.seed import STUDY_OVERHEAD, STUDY_TABLE2
+from kernelfi.report.studies import STUDY_OVERHEAD, STUDY_TABLE2
 from kernelfi.store import Store
+from kernelfi.types import OUTCOME_LABELS, OUTCOMES
 
 MODES = ("rf", "iov", "ioa")
 COLUMNS = ("unhardened", "plan", "full DMR", "full TMR")
@@ -59,9 +60,9 @@ def _campaigns(cfg: DemoConfig, db: Path, plan: Path | None, log: Log) -> dict[s
         with Store(db, create=False) as s:
             runs[mode] = Run(s.outcome_counts(cid), float(s.campaign(cid).meta.extra.get("population", 0.0)))
         c = runs[mode].counts
-        log(f"  {mode.upper():3s} {'hardened' if plan else 'baseline'}: Malfunction {c.get('sdc_malfunction', 0)}, "
-            f"Light-Malfunction {c.get('sdc_light_malfunction', 0)}, No-Malfunction {c.get('sdc_no_malfunction', 0)}, "
-            f"DUE {c.get('due', 0)}, Masked {c.get('masked', 0)} of {cfg.n} ({time.perf_counter() - t0:.0f}s)")
+        log(f"  {mode.upper():3s} {'hardened' if plan else 'baseline'}: "
+            + ", ".join(f"{OUTCOME_LABELS[o]} {c.get(o, 0)}" for o in reversed(OUTCOMES))
+            + f" of {cfg.n} ({time.perf_counter() - t0:.0f}s)")
     return runs
 
 
@@ -123,17 +124,19 @@ def summary(cfg: DemoConfig, before: dict[str, Run], after: dict[str, Run], tabl
     total = len(MODES) * cfg.n
     mal_b = sum(r.counts.get("sdc_malfunction", 0) for r in before.values())
     mal_a = sum(r.counts.get("sdc_malfunction", 0) for r in after.values())
-    shares: dict[str, list[float]] = {"SDCs": [], "Malfunctions": []}
+    shares: dict[str, list[float]] = {"SDCs": [], "SDC Malfunctions": []}
     for mode in MODES:
         grow = after[mode].population / before[mode].population if before[mode].population else float("nan")
-        for name, keep in (("SDCs", lambda k: k.startswith("sdc_")), ("Malfunctions", lambda k: k == "sdc_malfunction")):
+        for name, keep in (("SDCs", lambda k: k.startswith("sdc_")),
+                           ("SDC Malfunctions", lambda k: k == "sdc_malfunction")):
             rates = [sum(v for k, v in r.counts.items() if keep(k)) / cfg.n for r in (before[mode], after[mode])]
             share = masked_share(rates[0], rates[1], grow)
             if share == share:   # NaN: no such error before, nothing to mask
                 shares[name].append(share)
     masked = ", ".join(f"{name} {100 * sum(v) / len(v):.1f}%" for name, v in shares.items() if v)
     techniques = ", ".join(f"{p.technique} of {p.name}" for p in plan.protect) or "nothing"
-    return (f"Malfunction (all modes): {mal_b} of {total} ({100 * mal_b / total:.2f}%) -> {mal_a} of {total} "
+    return (f"{OUTCOME_LABELS['sdc_malfunction']} (all modes): {mal_b} of {total} ({100 * mal_b / total:.2f}%) -> "
+            f"{mal_a} of {total} "
             f"({100 * mal_a / total:.2f}%); masked by the plan per inference (mean over modes): {masked or '-'}; "
             f"plan ({techniques}) {100 * table.overhead('plan'):+.2f}% modelled time on {table.device}, "
             f"full DMR {100 * table.overhead('full DMR'):+.1f}%, full TMR {100 * table.overhead('full TMR'):+.1f}%")

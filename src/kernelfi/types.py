@@ -2,7 +2,7 @@
 
 Nothing here imports torch: the store and the analysis layers use these records too.
 Names follow SASSIFI/NVBitFI (instruction groups, modes, bit-flip models) and Darknet (layer
-types, kernel names); see ``../shared/SPEC.md``.
+types, kernel names); see ``docs/method.md``.
 """
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # --------------------------------------------------------------------------------------------
-# Instruction groups (SPEC §1)
+# Instruction groups (docs/method.md §1)
 # --------------------------------------------------------------------------------------------
 GROUPS: tuple[str, ...] = ("FP32", "LD", "GPR", "PR", "NODEST", "OTHERS")
 #: SASSIFI's composite groups.
 GPPR: tuple[str, ...] = ("FP32", "LD", "GPR", "PR", "OTHERS")  # all but NODEST
 GP: tuple[str, ...] = ("FP32", "LD", "GPR", "OTHERS")  # all but NODEST and PR
 
-#: The kernel vocabulary of SPEC §1 (Darknet's GPU path).
+#: The kernel vocabulary of docs/method.md §1 (Darknet's GPU path).
 KERNEL_NAMES: tuple[str, ...] = (
     "fill", "im2col", "gemm", "add_bias", "normalize", "scale_bias", "activate_array",
     "forward_maxpool", "forward_avgpool", "copy", "shortcut", "softmax",
@@ -32,7 +32,7 @@ LAYER_TYPES: tuple[str, ...] = (
 
 
 class Mode(str, enum.Enum):
-    """SASSIFI injection modes (SPEC §2)."""
+    """SASSIFI injection modes (docs/method.md §2)."""
 
     RF = "rf"    # register file: random bit of a random register at a random instruction
     IOV = "iov"  # instruction output value
@@ -50,7 +50,7 @@ class BitModel(str, enum.Enum):
 
 
 class Outcome(str, enum.Enum):
-    """Outcome categories of SPEC §3, in the seed's terms."""
+    """Outcome categories (``docs/method.md``, "Outcomes"), in the published studies' terms."""
 
     MASKED = "masked"
     DUE = "due"
@@ -64,10 +64,19 @@ class Outcome(str, enum.Enum):
 
 
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
+#: The one name of each outcome wherever a user reads it (CLI, report, docs); the values above
+#: are the keys of JSON output and database columns.
+OUTCOME_LABELS: dict[str, str] = {
+    Outcome.MASKED.value: "Masked",
+    Outcome.DUE.value: "DUE",
+    Outcome.SDC_NO_MALFUNCTION.value: "SDC No-Malfunction",
+    Outcome.SDC_LIGHT_MALFUNCTION.value: "SDC Light-Malfunction",
+    Outcome.SDC_MALFUNCTION.value: "SDC Malfunction",
+}
 
 
 # --------------------------------------------------------------------------------------------
-# Dynamic instruction profiles and per-thread templates (SPEC §1)
+# Dynamic instruction profiles and per-thread templates (docs/method.md §1)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InstrSlot:
@@ -123,7 +132,7 @@ class Profile:
         )
 
 
-#: Register roles for RF mode (SPEC §2).
+#: Register roles for RF mode (docs/method.md §2).
 REGISTER_ROLES: tuple[str, ...] = (
     "data", "accumulator", "address", "index", "loop_counter", "constant", "predicate",
 )
@@ -248,7 +257,7 @@ class Trace:
 
 
 # --------------------------------------------------------------------------------------------
-# Faults and results (SPEC §2-§3)
+# Faults and results (docs/method.md §2-§3)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Site:

@@ -1,4 +1,4 @@
-"""FIT estimate (SPEC §4): failures in time (per 10⁹ device-hours) caused by SDCs.
+"""FIT estimate (docs/method.md §4): failures in time (per 10⁹ device-hours) caused by SDCs.
 
 ``FIT_SDC = raw FIT per bit × exposed bits × AVF_SDC``. The raw rate is a parameter because it
 depends on the process node and altitude (IEC 61508 quotes 700–1200 FIT/Mbit); 1 Mbit is taken

@@ -1,7 +1,7 @@
 """Outcome rates per model, kernel (CKV), layer (CLV) or launch, and the PVF/AVF built on them.
 
-Two readings of every count, as SPEC §4 asks: ``share_of_all`` (count in the group / all
-injections of the population: the seed's Fig. 4–6, summing to 100% over kernels) and ``rate``
+Two readings of every count, as docs/method.md §4 asks: ``share_of_all`` (count in the group / all
+injections of the population: the AlexNet study's Fig. 4–6, summing to 100% over kernels) and ``rate``
 (count in the group / injections in the group: how vulnerable the kernel is when hit).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from kernelfi.types import OUTCOMES
 from ._data import Pool, load
 from ._stats import proportion_columns, weighted_sums
 
-#: Outcome categories reported, the five of SPEC §3 plus their SDC total.
+#: Outcome categories reported, the five of docs/method.md §3 plus their SDC total.
 CATEGORIES: tuple[str, ...] = (*OUTCOMES, "sdc")
 By = Literal["kernel", "layer", "launch"] | None
 

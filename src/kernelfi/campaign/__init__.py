@@ -1,7 +1,13 @@
-"""Campaigns: the planner (seed -> faults) and the batched runner (faults -> outcomes)."""
-from kernelfi.campaign.campaign import CampaignConfig, Prepared, prepare, replay, run_campaign
+"""Campaigns: the planner (seed -> faults) and the batched runner (faults -> outcomes).
+
+``run_campaign`` runs (or resumes) one into a results database; ``prepare`` builds what it
+needs (model, inputs, planner); ``replay`` re-executes one stored injection, and
+``stored_config``/``prepare_stored`` rebuild a stored campaign from its record.
+"""
+from kernelfi.campaign.campaign import CampaignConfig, Prepared, prepare, run_campaign
 from kernelfi.campaign.planner import PlannedFault, Planner
-from kernelfi.campaign.session import ModelSpec, Session, open_session
+from kernelfi.campaign.session import InputSelection, ModelSpec, Session, open_session
+from kernelfi.campaign.stored import prepare_stored, replay, stored_config
 
 __all__ = ["CampaignConfig", "Prepared", "prepare", "replay", "run_campaign", "PlannedFault", "Planner",
-           "ModelSpec", "Session", "open_session"]
+           "ModelSpec", "Session", "open_session", "InputSelection", "prepare_stored", "stored_config"]

@@ -38,7 +38,7 @@ from kernelfi._utils import KernelfiError
 from kernelfi.campaign.golden import Golden
 from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.runner import Runner
-from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
+from kernelfi.campaign.stored import prepare_stored
 from kernelfi.harden import (
     Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, units,
 )
@@ -262,13 +262,9 @@ def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, te
         inputs = {(store.campaign(ids[0]).meta.input_source, store.campaign(ids[0]).meta.n_inputs) for ids in id_groups}
         if len(inputs) > 1:
             raise KernelfiError(f"{db}: the campaigns ran on different inputs; plan from one input set (--campaign)")
-        spec = ModelSpec(**{**extra.get("model_spec", {"model": meta.model}), "hardening": None})
-        session = open_session(spec)
-        if session.weights_hash != meta.weights_hash:
-            raise KernelfiError(f"{db}: the campaigns used weights {meta.weights_hash[:12]}, the model now has "
-                                f"{session.weights_hash[:12]}")
-        base = session.program
-        x_all = inputs_tensor(session_inputs(session, extra.get("data"), extra.get("inputs")))
+        stored = prepare_stored(store.campaign(id_groups[0][0]), db)  # same model, weights and inputs, checked
+        base = stored.session.program
+        x_all = stored.x
         fast = bool(extra.get("fast", True))
         groups = [group_risk(store, ids, base.trace, outcome_table(store, ids, by="launch"), alpha)
                   for ids in id_groups]

@@ -1,7 +1,7 @@
 """One-pass propagation figures in C, compiled on first use (optional, exact).
 
 After every layer a campaign measures, per faulty lane, how many elements differ from golden
-and the largest absolute and relative error (SPEC §3). In torch that is seven or more float32
+and the largest absolute and relative error (docs/method.md §3). In torch that is seven or more float32
 passes over every element (subtract, abs, max, sign, sum, divide, max); on ResNet-50 those
 passes cost a third of a campaign. This C loop reads each element once and does the *same*
 IEEE float32 operations per element (``|f - g|``, ``max(|g|, floor)``, one division: no

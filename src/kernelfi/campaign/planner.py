@@ -1,4 +1,4 @@
-"""Campaign planner: (seed, injection id) -> one fully determined fault (SPEC §2).
+"""Campaign planner: (seed, injection id) -> one fully determined fault (docs/method.md §2).
 
 Every draw for injection ``i`` comes from ``rng_for(seed, i)``, so the plan is the same in any
 order, any process, after any resume. Uniform selection is SASSIFI's: uniform over all the

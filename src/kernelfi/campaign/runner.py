@@ -6,7 +6,7 @@ layer walk on together. The run starts at the layer from the golden cache, appli
 fault inside its kernel (``faults.inject``), and after every layer retires the lanes whose
 fate is known: Masked (the injected kernel's outputs equal golden), DUE (crash/hang), or
 No-Malfunction SDC (every buffer the rest of the run reads equals golden again). Survivors are
-classified at the output (SPEC §3).
+classified at the output (docs/method.md §3).
 """
 from __future__ import annotations
 

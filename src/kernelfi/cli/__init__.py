@@ -1,25 +1,40 @@
 """The ``kernelfi`` command line: thin wrappers over the library (sqlite-utils style).
 
 Every user error is a ``KernelfiError``: printed as one line ``kernelfi: error: ...`` on stderr
-with exit status 2; nothing already stored is touched.
+with exit status 2; nothing already stored is touched. A ``KernelfiWarning`` (a cfg quirk
+Darknet tolerates) is one line ``kernelfi: warning: ...`` on stderr.
 """
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from kernelfi import __version__
-from kernelfi._utils import KernelfiError, one_line
+from kernelfi._utils import KernelfiError, KernelfiWarning, one_line
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """``warnings.showwarning`` for the CLI: a KernelfiWarning is one line on stderr."""
+    if issubclass(category, KernelfiWarning):
+        click.echo(f"kernelfi: warning: {one_line(str(message))}", err=True)
+    else:
+        _PLAIN_SHOW(message, category, filename, lineno, file, line)
+
+
+_PLAIN_SHOW = warnings.showwarning
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except KernelfiError as err:
-            click.echo(f"kernelfi: error: {one_line(str(err))}", err=True)
-            ctx.exit(2)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except KernelfiError as err:
+                click.echo(f"kernelfi: error: {one_line(str(err))}", err=True)
+                ctx.exit(2)
 
 
 @click.group(cls=_Group)

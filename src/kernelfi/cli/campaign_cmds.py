@@ -7,50 +7,60 @@ import time
 import click
 from click.core import ParameterSource
 
+from typing import Any
+
 from kernelfi._utils import KernelfiError
+from kernelfi.analysis import Accuracy, golden_accuracy
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
 from kernelfi.cli import cli
-from kernelfi.store import Store
-from kernelfi.types import OUTCOMES
+from kernelfi.cli.common import data_options, model_options, note, outcome_counts, prep_options
+from kernelfi.store import CampaignRow, Store
+from kernelfi.types import OUTCOME_LABELS, OUTCOMES, BitModel, Mode
 
 
 class _Bar:
-    """tqdm progress with injections/s, ETA and running counts per outcome."""
+    """tqdm progress with injections/s, ETA and running counts per outcome, drawn at its first
+    update (so that argument errors and notes come before any bar)."""
 
     def __init__(self, total: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="inj", dynamic_ncols=True, mininterval=0.5)
+        self.total = total
+        self.bar: Any = None
         self.last = 0
 
     def __call__(self, done: int, counts: dict[str, int]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="inj", dynamic_ncols=True, mininterval=0.5)
         self.bar.update(done - self.last)
         self.last = done
-        short = {"masked": "M", "due": "DUE", "sdc_no_malfunction": "NoMal", "sdc_light_malfunction": "Light",
-                 "sdc_malfunction": "Mal"}
-        self.bar.set_postfix_str(" ".join(f"{short[o]}={counts.get(o, 0)}" for o in OUTCOMES))
+        self.bar.set_postfix_str(", ".join(f"{OUTCOME_LABELS[o]} {counts.get(o, 0)}" for o in OUTCOMES))
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 @cli.command("campaign")
-@click.argument("model")
-@click.option("--mode", type=click.Choice(["rf", "iov", "ioa"]), required=True)
-@click.option("--bit-model", type=click.Choice(["none", "single", "double", "random", "zero"]), default="single",
-              show_default=True)
+@model_options
+@click.option("--mode", type=click.Choice([m.value for m in Mode]), required=True,
+              help="SASSIFI injection mode: rf = a register-file bit, iov = an instruction's output value, "
+                   "ioa = an instruction's output address (docs/method.md)")
+@click.option("--bit-model", type=click.Choice([b.value for b in BitModel]), default="single", show_default=True,
+              help="how the chosen value is corrupted: single or double (adjacent) bit flip, random value, zero; "
+                   "none injects nothing (a control)")
 @click.option("--warp", is_flag=True, help="the same corruption in all 32 threads of the warp")
 @click.option("-n", "n", type=int, required=True, help="number of injections")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="campaign seed: every injection's site and bits follow from (seed, injection id)")
 @click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database (created if missing)")
-@click.option("--weights", type=click.Path(), default=None)
-@click.option("--num-classes", type=int, default=None)
-@click.option("--seed-weights", type=int, default=0, show_default=True)
-@click.option("--data", default=None, help="digits, random, an ImageFolder directory or an .npz file")
-@click.option("--inputs", type=int, default=None, help="use the first N inputs of the data")
-@click.option("--scope", type=click.Choice(["all", "sassifi"]), default="all", show_default=True)
+@data_options
+@click.option("--scope", type=click.Choice(["all", "sassifi"]), default="all", show_default=True,
+              help="kernels injected into: all, or only those SASSIFI can instrument (not cuBLAS's gemm)")
 @click.option("--select", "selection", type=click.Choice(["uniform", "kernel", "layer"]), default="uniform",
-              show_default=True)
+              show_default=True,
+              help="fault-site selection: uniform over all dynamic instructions (SASSIFI's), or the same number "
+                   "of injections per kernel or per layer (rates reweighted to the uniform population)")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="worker processes, each on one thread (0: one per CPU, as many as the memory holds; "
                    "the rows do not depend on it); "
@@ -60,14 +70,18 @@ class _Bar:
 @click.option("--address", default=None, help="Ray cluster address (auto, HOST:PORT, ray://HOST:10001)")
 @click.option("--batch", type=int, default=0, show_default=True,
               help="faults per batched run (0: as many as fit 1 GiB of lanes, up to 256)")
-@click.option("--hardening", type=click.Path(dir_okay=False), default=None, help="hardening plan (JSON)")
+@click.option("--hardening", type=click.Path(dir_okay=False), default=None,
+              help="hardening plan (JSON, from kernelfi harden): inject into the hardened model")
 @click.option("--resume", is_flag=True, help="accepted for clarity: re-running the same command always resumes")
-@click.option("--quiet", is_flag=True)
-def campaign_cmd(model: str, mode: str, bit_model: str, warp: bool, n: int, seed: int, db: str, weights: str | None,
-                 num_classes: int | None, seed_weights: int, data: str | None, inputs: int | None, scope: str,
+@click.option("--quiet", is_flag=True, help="no progress bar (notes and the result line still print)")
+def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int, mode: str,
+                 bit_model: str, warp: bool, n: int, seed: int, db: str, data: str | None, inputs: int | None,
+                 select_inputs: str, fit: str | None, resize: int | None, crop: tuple[int, int] | None,
+                 mean: tuple[float, ...] | None, std: tuple[float, ...] | None, no_normalize: bool, scope: str,
                  selection: str, workers: int, executor: str, address: str | None, batch: int, hardening: str | None,
                  resume: bool, quiet: bool) -> None:
-    """Run (or resume) a fault-injection campaign on MODEL."""
+    """Run (or resume) a fault-injection campaign on MODEL (a registered name, see
+    `kernelfi models`, or a Darknet .cfg path)."""
     execute = None
     if executor == "ray":
         from kernelfi.distributed import ray_executor
@@ -78,51 +92,67 @@ def campaign_cmd(model: str, mode: str, bit_model: str, warp: bool, n: int, seed
         raise KernelfiError("--address needs --executor ray")
     cfg = CampaignConfig(model=ModelSpec(model, weights, num_classes, seed_weights, hardening), mode=mode,
                          bit_model=bit_model, n=n, seed=seed, warp=warp, data=data, inputs=inputs, scope=scope,
-                         selection=selection, batch=batch, workers=workers)
+                         selection=selection, batch=batch, workers=workers,
+                         prep=prep_options(fit, resize, crop, mean, std, no_normalize), select_inputs=select_inputs)
     bar = None if quiet else _Bar(n)
     t0 = time.perf_counter()
     try:
-        cid = run_campaign(cfg, db, progress=bar, execute=execute)
+        cid = run_campaign(cfg, db, progress=bar, execute=execute, notify=note)
     finally:
         if bar is not None:
             bar.close()
     with Store(db, create=False) as store:
         counts = store.outcome_counts(cid)
     secs = time.perf_counter() - t0
-    click.echo(f"campaign {cid} in {db}: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f" ({secs:.1f}s)")
+    click.echo(f"campaign {cid} in {db}: {outcome_counts(counts)} ({secs:.1f}s)")
+
+
+def _campaign_summary(store: Store, row: CampaignRow, acc: Accuracy | None) -> dict[str, Any]:
+    """What ``summary`` says of one campaign (the JSON keys; ``docs/store.md`` lists them)."""
+    m = row.meta
+    files = dict(m.extra.get("files") or {})
+    data = files.get("data", {}).get("path") or m.extra.get("data") or "the model's embedded data"
+    return {"id": row.id, "model": m.model, "mode": m.mode, "bit_model": m.bit_model, "warp": m.warp,
+            "scope": m.scope, "selection": m.selection, "seed": m.seed, "n": row.n_done,
+            "n_planned": m.n_planned, "hardened": m.hardening is not None,
+            "weights": {"source": m.weights_source, "sha256": m.weights_hash},
+            "data": {"source": str(data), "inputs": m.input_source, "n_inputs": m.n_inputs},
+            "golden_accuracy": None if acc is None else acc.to_dict(),
+            "outcomes": {o: store.outcome_counts(row.id).get(o, 0) for o in OUTCOMES}}
 
 
 @cli.command("summary")
-@click.option("--db", type=click.Path(dir_okay=False), required=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for reading; json with the outcome keys masked, due, sdc_no_malfunction, "
+                   "sdc_light_malfunction, sdc_malfunction")
 def summary_cmd(db: str, fmt: str) -> None:
-    """Outcome counts of every campaign in a results database."""
+    """Model, weights, data, golden accuracy and outcome counts of every campaign in a results database."""
     with Store(db, create=False) as store:
         out = []
         for row in store.campaigns():
-            m = row.meta
-            out.append({"id": row.id, "model": m.model, "mode": m.mode, "bit_model": m.bit_model, "warp": m.warp,
-                        "scope": m.scope, "selection": m.selection, "seed": m.seed, "n": row.n_done,
-                        "n_planned": m.n_planned, "hardened": m.hardening is not None,
-                        "outcomes": {o: store.outcome_counts(row.id).get(o, 0) for o in OUTCOMES}})
+            acc = golden_accuracy(store, row.id)
+            out.append((_campaign_summary(store, row, acc), acc))
     if fmt == "json":
-        click.echo(json.dumps({"campaigns": out}, indent=1))
+        click.echo(json.dumps({"campaigns": [c for c, _ in out]}, indent=1))
         return
-    for c in out:
-        n = max(c["n"], 1)
-        parts = ", ".join(f"{k} {v} ({100 * v / n:.1f}%)" for k, v in c["outcomes"].items())
+    for c, acc in out:
         hard = " hardened" if c["hardened"] else ""
         click.echo(f"#{c['id']} {c['model']}{hard} {c['mode']}/{c['bit_model']}{'/warp' if c['warp'] else ''} "
-                   f"scope={c['scope']} n={c['n']}/{c['n_planned']}: {parts}")
+                   f"scope={c['scope']} n={c['n']}/{c['n_planned']}: {outcome_counts(c['outcomes'], c['n'])}")
+        click.echo(f"    weights: {c['weights']['source']} (sha256 {c['weights']['sha256'][:12]})")
+        click.echo(f"    data: {c['data']['source']}: {c['data']['n_inputs']} inputs, {c['data']['inputs']}")
+        click.echo(f"    {acc.describe() if acc is not None else 'golden accuracy: the inputs carry no labels'}")
 
 
 @cli.command("replay")
-@click.option("--db", type=click.Path(dir_okay=False), required=True)
-@click.option("--id", "injection", type=int, required=True)
-@click.option("--campaign", type=int, default=None)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database")
+@click.option("--id", "injection", type=int, required=True, help="injection id (0 .. n-1 of its campaign)")
+@click.option("--campaign", type=int, default=None, help="campaign id (needed when the database holds several)")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for reading; json with the stored and the replayed row")
 def replay_cmd(db: str, injection: int, campaign: int | None, fmt: str) -> None:
-    """Re-execute one stored injection and compare it with its row."""
+    """Re-execute one stored injection and compare it with its row (exit status 1 if they differ)."""
     stored, again = replay(db, injection, campaign)
     same = stored == again
     if fmt == "json":
@@ -136,7 +166,7 @@ def replay_cmd(db: str, injection: int, campaign: int | None, fmt: str) -> None:
         click.echo(f"  site: launch {f.launch} {f.launch_name} (layer {f.layer} {f.layer_type}), group {f.grp}, "
                    f"tag {f.tag}, thread {f.thread}, slot {f.slot}, iteration {f.iteration}, register {f.register}")
         click.echo(f"  fault: bits {list(f.bits)} value {f.value}; element {f.element}: {f.original} -> {f.corrupted}")
-        click.echo(f"  outcome: {f.outcome} flags {list(f.flags)} top1 {f.golden_top1} -> {f.faulty_top1}")
+        click.echo(f"  outcome: {OUTCOME_LABELS[f.outcome]} flags {list(f.flags)} top1 {f.golden_top1} -> {f.faulty_top1}")
         for p in f.propagation:
             click.echo(f"    layer {p.layer}: {p.corrupted}/{p.numel} corrupted, max abs {p.max_abs:.3g}, "
                        f"max rel {p.max_rel:.3g}")

@@ -17,18 +17,20 @@ from kernelfi.types import GROUPS
 
 @cli.command("models")
 def models_cmd() -> None:
-    """List the registered models."""
+    """List the registered models: name, input shape, classes, data, description."""
     for info in list_models():
         shape = "x".join(str(d) for d in info.input_shape)
-        click.echo(f"{info.name:16s} {shape:10s} {info.num_classes:5d} classes  {info.description}")
+        data = f"data: {info.default_data}" if info.default_data else "needs --data"
+        click.echo(f"{info.name:16s} {shape:10s} {info.num_classes:5d} classes  {data:12s}  {info.description}")
 
 
 @cli.command("profile")
 @model_options
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def profile_cmd(model: str, weights: str | None, num_classes: int | None, seed: int, fmt: str) -> None:
-    """Per-launch and per-layer dynamic instruction profile of MODEL."""
-    session = open_session(ModelSpec(model, weights, num_classes, seed))
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="table for reading, csv or json (per launch: instruction counts per group, threads, share)")
+def profile_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int, fmt: str) -> None:
+    """Per-launch and per-layer dynamic instruction profile of MODEL (a registered name or a .cfg path)."""
+    session = open_session(ModelSpec(model, weights, num_classes, seed_weights))
     program, loaded = session.program, session.loaded
     if fmt == "json":
         click.echo(json.dumps(profile_dict(program.trace), indent=1))

@@ -9,11 +9,15 @@ from kernelfi._utils import KernelfiError
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
 from kernelfi.cli import cli
+from kernelfi.cli.common import WEIGHTS_HELP
 from kernelfi.gputime import GpuSpec, get_gpu, gpus
 from kernelfi.harden import (
     DEFAULT_COST, OverheadTable, Plan, comparison_programs, modelled_overhead, overhead_table, time_programs,
 )
 from kernelfi.lowering import Program
+from kernelfi.types import OUTCOME_LABELS
+
+MAL, LIGHT = OUTCOME_LABELS["sdc_malfunction"], OUTCOME_LABELS["sdc_light_malfunction"]
 
 
 @cli.command("harden")
@@ -31,7 +35,7 @@ from kernelfi.lowering import Program
 @click.option("--reps", type=int, default=10, show_default=True, help="timing repetitions (medians; --cost measured)")
 @click.option("--lanes", type=int, default=32, show_default=True, help="inputs per timed run (--cost measured)")
 @click.option("--light-weight", type=float, default=0.01, show_default=True,
-              help="worth of one Light-Malfunction relative to one Malfunction")
+              help="worth of one SDC Light-Malfunction relative to one SDC Malfunction")
 @click.option("--clock", type=click.Choice(["cpu", "wall"]), default="cpu", show_default=True,
               help="--cost measured: cpu (thread CPU time, one intra-op thread: robust on a shared machine) or "
                    "wall (wall-clock)")
@@ -48,13 +52,13 @@ def harden_cmd(db: str, budget: str, techniques: str, campaigns: tuple[int, ...]
     for p in plan.protect:
         est = p.extra.get("estimate", {})
         click.echo(f"  {p.technique:5s} {p.target} {p.name}: {-100 * est.get('malfunction_removed', 0):+.3f}% "
-                   f"Malfunction, {-100 * est.get('light_removed', 0):+.3f}% Light-Malfunction, "
+                   f"{MAL}, {-100 * est.get('light_removed', 0):+.3f}% {LIGHT}, "
                    f"+{100 * est.get('overhead', 0):.2f}% time")
     planner = plan.extra.get("planner", {})
     word, whole = ("modelled on the " + str(planner.get("gpu")), e.get("overhead_modelled")) \
         if "overhead_modelled" in e else ("measured", e.get("overhead_measured"))
-    click.echo(f"plan {out}: {len(plan.protect)} protections; Malfunction {100 * e['malfunction_before']:.2f}% -> "
-               f"{100 * e['malfunction_after']:.3f}%, Light-Malfunction {100 * e['light_before']:.2f}% -> "
+    click.echo(f"plan {out}: {len(plan.protect)} protections; {MAL} {100 * e['malfunction_before']:.2f}% -> "
+               f"{100 * e['malfunction_after']:.3f}%, {LIGHT} {100 * e['light_before']:.2f}% -> "
                f"{100 * e['light_after']:.3f}%; overhead {100 * e['overhead']:.2f}% estimated, "
                f"{100 * (whole or 0):.2f}% {word} (budget {100 * (plan.budget or 0):.1f}%)")
     rows = plan.extra.get("explain", [])
@@ -70,13 +74,13 @@ def harden_cmd(db: str, budget: str, techniques: str, campaigns: tuple[int, ...]
 
 def explain_table(rows: list[dict]) -> str:
     """The plan's ``explain`` rows as a text table: verdict, candidate, gain (± sd), cost, why."""
-    lines = [f"{'verdict':16s} {'technique':9s} {'unit':34s} {'Malfunction removed':>22s} {'Light':>9s} "
+    lines = [f"{'verdict':16s} {'technique':9s} {'unit':34s} {MAL + ' removed':>26s} {LIGHT:>22s} "
              f"{'cost':>10s} {'+time':>8s}  why"]
     for r in rows:
         gain = f"{100 * r['malfunction_removed']:.3f}% ±{100 * r['malfunction_removed_sd']:.3f}"
         why = r["reason"] + (f"; dominated by {r['dominated_by']}" if r.get("dominated_by") else "")
-        lines.append(f"{r['status']:16s} {r['technique']:9s} {r['name'][:34]:34s} {gain:>22s} "
-                     f"{100 * r['light_removed']:8.3f}% {1e6 * r['cost_s']:8.1f}us {100 * r['overhead']:7.2f}%  {why}")
+        lines.append(f"{r['status']:16s} {r['technique']:9s} {r['name'][:34]:34s} {gain:>26s} "
+                     f"{100 * r['light_removed']:21.3f}% {1e6 * r['cost_s']:8.1f}us {100 * r['overhead']:7.2f}%  {why}")
     return "\n".join(lines)
 
 
@@ -119,10 +123,13 @@ def _table(table: OverheadTable, invocations: bool = False) -> None:
               help="model the time on this GPU (`kernelfi gpus`) instead of measuring this machine: the AlexNet "
                    "study's Table 2, the same on every run")
 @click.option("--reps", type=int, default=20, show_default=True, help="repetitions (medians)")
-@click.option("--weights", type=click.Path(), default=None)
-@click.option("--num-classes", type=int, default=None)
-@click.option("--seed-weights", type=int, default=0, show_default=True)
-@click.option("--lanes", type=int, default=32, show_default=True, help="inputs per timed run")
+@click.option("--weights", type=click.Path(), default=None, help=WEIGHTS_HELP)
+@click.option("--num-classes", type=int, default=None, help="classifier width of alexnet/resnet*")
+@click.option("--seed-weights", type=int, default=0, show_default=True,
+              help="seed of the random weights used when a model has no trained weights")
+@click.option("--lanes", type=int, default=32, show_default=True,
+              help="inputs per timed run (the model's embedded data, else seeded random inputs: timing does "
+                   "not depend on their values)")
 @click.option("--explicit", is_flag=True, help="run im2col and gemm as separate kernels (no fused convolution)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CPU, and CUDA too when available")
@@ -157,7 +164,7 @@ def _overhead_measured(session: Session, plan: Plan | None, reps: int, lanes: in
                        clock: str) -> None:
     """Table 2 measured on this machine: one interleaved loop, medians (docs/hardening.md §4)."""
     base = session.program
-    x = inputs_tensor(session_inputs(session, None, lanes))
+    x = inputs_tensor(session_inputs(session, session.loaded.info.default_data or "random", lanes))
     programs = comparison_programs(base, plan)
     devices = ["cpu"] if device == "cpu" else ["cuda"] if device == "cuda" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

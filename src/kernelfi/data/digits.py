@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernelfi._utils import KernelfiError
-from kernelfi.data.common import InputInfo, InputSet, check_limit, model_chw, normalise
+from kernelfi.data.common import InputInfo, InputSet, model_chw, take
+from kernelfi.data.prep import Preparation, PrepOptions, custom_normalisation
 
 __all__ = ["DigitsSplit", "digits_split", "upsample", "load_digits_inputs", "SPLIT_DESCRIPTION"]
 
@@ -67,18 +69,26 @@ def upsample(images: np.ndarray | Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def load_digits_inputs(info: InputInfo, limit: int | None = None) -> InputSet:
-    """The test split, upsampled to the model's H x W, replicated to its channel count and
-    normalised with the model's mean/std."""
-    check_limit(limit)
+def load_digits_inputs(info: InputInfo, limit: int | None = None, prep: Preparation | None = None,
+                       positions: Sequence[int] | None = None) -> InputSet:
+    """The test split (the first ``limit`` images, or those at ``positions``), upsampled to the
+    model's H x W, replicated to its channel count and normalised (the model's mean/std unless
+    ``prep`` says otherwise)."""
     c, h, w = model_chw(info)
     if c not in (1, 3):
         raise KernelfiError(f"digits: grey images cannot feed a {c}-channel model")
+    prep = prep or Preparation.resolve(PrepOptions(), info)
     s = digits_split()
-    n = len(s.y_test) if limit is None else min(int(limit), len(s.y_test))
-    x = upsample(s.x_test[:n], (h, w)).expand(-1, c, -1, -1)
-    ids = [f"digits[{int(i)}]" for i in s.idx_test[:n]]
+    chosen = take(len(s.y_test), limit, positions)
+    idx = np.array(chosen, dtype=np.int64)
+    n = len(chosen)
+    x = upsample(s.x_test[idx], (h, w)).expand(-1, c, -1, -1)
+    ids = [f"digits[{int(i)}]" for i in s.idx_test[idx]]
     source = (f"digits test split ({SPLIT_DESCRIPTION}; {n} of {len(s.y_test)} images, "
-              f"bilinear {h}x{w}, {c} channel{'s' if c > 1 else ''})")
-    return InputSet(normalise(x, info, "digits"), torch.from_numpy(s.y_test[:n].copy()), ids,
-                    source)
+              f"bilinear {h}x{w}, {c} channel{'s' if c > 1 else ''}){custom_normalisation(prep, info)}")
+    notes: tuple[str, ...] = ()
+    if info.default_data != "digits":  # the digits models were trained on exactly this
+        notes = (f"inputs: digits test split, {n} images of 8x8 grey upsampled to {h}x{w}"
+                 f"{' and copied to 3 channels' if c == 3 else ''}; {prep.normalisation()}",)
+    return InputSet(prep.normalise(x), torch.from_numpy(s.y_test[idx].copy()), ids, source,
+                    positions=chosen, notes=notes)

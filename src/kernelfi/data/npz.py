@@ -6,18 +6,23 @@ with ``allow_pickle=False``: an object array in an ``.npz`` is a pickle and coul
 ``x`` may be (N, C, H, W) or (N, H, W, C) (or (N, H, W) for one-channel models) and must
 already have the model's size: resizing tensors silently would hide a mismatch. ``uint8``
 values are pixels 0..255, float values are intensities in [0, 1]; both are then normalised
-with the model's mean/std. An archive holding ``normalized=True`` is used as given.
+with the model's mean/std (or ``--mean``/``--std``, or not at all with ``--no-normalize``). An
+archive holding ``normalized=True`` is used as given (then no normalisation option applies).
+Keys read: ``x`` (required), ``y`` (optional integer labels, one per input), ``normalized``
+(optional boolean).
 """
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from kernelfi._utils import KernelfiError, one_line, sha256_file
-from kernelfi.data.common import InputInfo, InputSet, check_limit, model_chw, normalise
+from kernelfi.data.common import InputInfo, InputSet, model_chw, take
+from kernelfi.data.prep import Preparation, PrepOptions, custom_normalisation
 
 __all__ = ["load_npz"]
 
@@ -38,11 +43,14 @@ def _to_nchw(x: np.ndarray, chw: tuple[int, int, int], name: str) -> np.ndarray:
     raise KernelfiError(f"{name}: x has shape {tuple(x.shape)} but the model expects {want}")
 
 
-def load_npz(path: str | Path, info: InputInfo, limit: int | None = None) -> InputSet:
-    """Read ``x`` (and ``y``) from ``path``, checking shapes against the model's input."""
-    check_limit(limit)
+def load_npz(path: str | Path, info: InputInfo, limit: int | None = None, prep: Preparation | None = None,
+             positions: Sequence[int] | None = None, options: PrepOptions | None = None) -> InputSet:
+    """Read ``x`` (and ``y``) from ``path`` (the first ``limit`` inputs, or those at
+    ``positions``), checking shapes against the model's input. ``options``: what the user
+    asked for, to refuse normalisation options an archive of normalised inputs cannot take."""
     p = Path(path)
     name = p.name
+    prep = prep or Preparation.resolve(PrepOptions(), info)
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -58,22 +66,34 @@ def load_npz(path: str | Path, info: InputInfo, limit: int | None = None) -> Inp
     chw = model_chw(info)
     x = _to_nchw(x, chw, name)
     n_all = x.shape[0]
-    n = n_all if limit is None else min(int(limit), n_all)
+    chosen = take(n_all, limit, positions)
+    idx = np.array(chosen, dtype=np.int64)
+    n = len(chosen)
     y = None
     if "y" in arrays:
         yy = arrays["y"]
         if yy.shape != (n_all,) or not np.issubdtype(yy.dtype, np.integer):
             raise KernelfiError(f"{name}: y must be {n_all} integer labels "
                                 f"(got shape {tuple(yy.shape)}, dtype {yy.dtype})")
-        y = torch.from_numpy(yy[:n].astype(np.int64))
-    xt = torch.from_numpy(np.ascontiguousarray(x[:n]))
+        y = torch.from_numpy(yy[idx].astype(np.int64))
+    xt = torch.from_numpy(np.ascontiguousarray(x[idx]))
     given = bool(arrays.get("normalized", np.array(False)).any())
+    o = options or PrepOptions()
+    if given and (o.mean is not None or o.std is not None or not o.normalize):
+        raise KernelfiError(f"{name}: holds normalized=True inputs, used as given: --mean, --std and "
+                            "--no-normalize do not apply")
     if given:
         xt = xt.to(torch.float32).contiguous()
+        how, done = "as given (normalized)", "used as given (the archive says normalized=True)"
     else:
-        xt = xt.to(torch.float32) / 255.0 if x.dtype == np.uint8 else xt.to(torch.float32)
-        xt = normalise(xt, info, name)
-    ids = [f"{name}[{i}]" for i in range(n)]
-    how = "as given (normalized)" if given else "normalised"
-    source = (f"npz:{p.resolve()} (sha256 {sha256_file(p)[:16]}; {n} of {n_all} inputs, {how})")
-    return InputSet(xt, y, ids, source)
+        scaled = x.dtype == np.uint8
+        xt = xt.to(torch.float32) / 255.0 if scaled else xt.to(torch.float32)
+        xt = prep.normalise(xt)
+        how = "normalised" + custom_normalisation(prep, info).replace(";", ":")
+        done = (f"{'uint8 pixels scaled to [0, 1]' if scaled else f'{x.dtype} values taken as [0, 1] intensities'}, "
+                f"{prep.normalisation()} (an archive holding normalized=True is used as given)")
+    ids = [f"{name}[{i}]" for i in chosen]
+    digest = sha256_file(p)
+    source = f"npz sha256 {digest[:16]} ({n} of {n_all} inputs, {how})"
+    note = f"inputs: {n} of {n_all} from {p.resolve()}: {done}"
+    return InputSet(xt, y, ids, source, positions=chosen, notes=(note,), path=str(p.resolve()), digest=digest)

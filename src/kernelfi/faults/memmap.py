@@ -1,4 +1,4 @@
-"""A simulated device memory map of one inference (SPEC §2, IOA).
+"""A simulated device memory map of one inference (docs/method.md §2, IOA).
 
 Buffers are laid out in the trace's allocation order from a cudaMalloc-like base, each start
 aligned to 256 bytes (cudaMalloc's minimum alignment), 4-byte elements. A corrupted address

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kernelfi.faults.replay import F32, ThreadCtx
+from kernelfi.kernels import shortcut_geometry
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -148,17 +149,19 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("shortcut")
 def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    n = int(p["n"])
-    i = _prologue(c, t, n)
+    g = shortcut_geometry((int(p["c1"]), int(p["h1"]), int(p["w1"])), (int(p["c2"]), int(p["h2"]), int(p["w2"])))
+    assert g is not None  # the kernel refused the launch otherwise
+    i = _prologue(c, t, g["minw"] * g["minh"] * g["minc"])
     if i is None:
         return
-    # same-shape shortcut: minw = n, minh = minc = batch = 1 (the widths of Darknet's kernel)
-    q, col = c.idiv("w", i, n)
-    q, row = c.idiv("h", q, 1)
-    q, ch = c.idiv("c", q, 1)
+    # id -> (i, j, k, b) by remainders, as shortcut_kernel does (batch 1: one inference a lane)
+    q, col = c.idiv("w", i, g["minw"])
+    q, row = c.idiv("h", q, g["minh"])
+    q, ch = c.idiv("c", q, g["minc"])
     _, b = c.idiv("batch", q, 1)
-    oi = c.idx(("imad:out_index",), col + n * (row + (ch + b)))
-    ai = c.idx(("imad:add_index",), col + n * (row + (ch + b)))
+    w1, h1, c1, w2, h2, c2 = (g[k] for k in ("w1", "h1", "c1", "w2", "h2", "c2"))
+    oi = c.idx(("imad:out_index",), col * g["sample"] + w2 * (row * g["sample"] + h2 * (ch + c2 * b)))
+    ai = c.idx(("imad:add_index",), col * g["stride"] + w1 * (row * g["stride"] + h1 * (ch + c1 * b)))
     c.addr("out", ("lea:addr_out",))
     c.addr("add", ("lea:addr_add",))
     o = c.ld("ld:out", "out", oi)

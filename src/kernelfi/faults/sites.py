@@ -1,4 +1,4 @@
-"""Which dynamic instructions each mode can strike (SPEC §2), as counts per launch slot.
+"""Which dynamic instructions each mode can strike (docs/method.md §2), as counts per launch slot.
 
 - IOV: every instruction that writes a register (SASSIFI's GPPR: all groups but NODEST).
 - IOA: memory instructions' addresses (loads and stores) and, for the other register writers,

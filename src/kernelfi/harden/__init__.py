@@ -1,4 +1,4 @@
-"""Selective hardening: plans, trace transforms, range bounds, and their cost (SPEC §5).
+"""Selective hardening: plans, trace transforms, range bounds, and their cost (docs/method.md §5).
 
 >>> from kernelfi.harden import Plan, Protection, apply_plan
 >>> plan = Plan("tiny", (Protection("kernel", "forward_maxpool", "tmr"),))   # doctest: +SKIP

@@ -84,14 +84,14 @@ def _sd(models: list[RiskModel], c: Candidate, gain: float) -> float:
 def _no_gain_reason(models: list[RiskModel], c: Candidate, gain: dict[str, float]) -> str:
     if c.technique == "range":
         rows = [r for m in models for cat in CATS for r in m.rows.get(cat, []) if c.key in r.fixed]
-        return ("no stored Malfunction/Light-Malfunction injection carried a value beyond the layer's profiled "
-                "range, or the replay with this clamp fixed none") if not rows else \
+        return ("no stored SDC Malfunction/SDC Light-Malfunction injection carried a value beyond the layer's "
+                "profiled range, or the replay with this clamp fixed none") if not rows else \
             "the replay fixed only rows whose removal is outweighed by the clamp's own risk"
     share = sum(m.share[cat].get(l, 0.0) for m in models for cat in CATS for l in c.launches)
     if share <= 0:
-        return "its launches hold no expected Malfunction or Light-Malfunction"
+        return "its launches hold no expected SDC Malfunction or SDC Light-Malfunction"
     added = {"tmr": "voters", "dmr": "comparators", "abft": "checkers"}.get(c.technique, "added launches")
-    return f"its {added} add more expected risk ({-gain['mal']:.2e} Malfunction) than its launches hold"
+    return f"its {added} add more expected risk ({-gain['mal']:.2e} SDC Malfunction) than its launches hold"
 
 
 def explain(cands: list[Candidate], models: list[RiskModel], chosen: list[Candidate], dropped: list[Candidate],

@@ -2,7 +2,7 @@
 
 What is timed is this simulator's execution of the kernels (torch on CPU, or on CUDA when the
 tensors live there), not Darknet's CUDA kernels: the overhead of hardening is measured on the
-machine at hand, as SPEC §5 asks, with the same code that campaigns run. Programs compared with
+machine at hand, as docs/method.md §5 asks, with the same code that campaigns run. Programs compared with
 each other are timed in one interleaved loop (rep 1 of every program, then rep 2, ...), so slow
 drifts of the machine hit them alike.
 

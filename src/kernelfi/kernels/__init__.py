@@ -1,5 +1,5 @@
 """The kernel catalogue: Darknet's GPU kernels, each as execution + instruction template +
-register map (SPEC §1–§2, docs/kernels.md).
+register map (docs/method.md §1–§2, docs/kernels.md).
 
 >>> from kernelfi.kernels import get_kernel
 >>> k = get_kernel("add_bias")
@@ -20,6 +20,7 @@ from ._base import (
     all_kernels,
     cuda_gridsize,
     get_kernel,
+    ptxas_registers,
     register_kernel,
     unregister_kernel,
 )
@@ -28,9 +29,10 @@ from . import hardening  # noqa: F401  (registers the selective-hardening kernel
 from .conv import GEMM_TILE, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, activate
 from .softmax import darknet_largest
+from .elementwise import shortcut_geometry, shortcut_indexes
 
 __all__ = [
     "ACTIVATIONS", "BLOCK", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
     "activate", "all_kernels", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
-    "register_kernel", "rows_linear", "unregister_kernel",
+    "ptxas_registers", "register_kernel", "rows_linear", "shortcut_geometry", "shortcut_indexes", "unregister_kernel",
 ]

@@ -1,6 +1,6 @@
 """The kernel base class, the registry and the memory helpers every kernel shares.
 
-A kernel here is one Darknet GPU kernel (SPEC §1) seen three ways: ``run`` computes what it
+A kernel here is one Darknet GPU kernel (docs/method.md §1) seen three ways: ``run`` computes what it
 writes (batched over lanes, Darknet's exact arithmetic), ``template`` says what each CUDA thread
 executes (the dynamic instruction profile SASSIFI would count), and ``registers`` says what the
 thread keeps in registers and when (RF mode). The fault engine maps ``(kernel, tag)`` to a
@@ -8,8 +8,10 @@ concrete corruption through :class:`TagInfo`, so tags are declared, never free t
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
 import torch
@@ -35,6 +37,27 @@ EFFECTS: tuple[str, ...] = (
 WEIGHT_ROLES: tuple[str, ...] = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
 
 
+#: ``ptxas -v`` for sm_50 on kernelfi's CUDA C renderings (``kernels/cuda/*.cu``), written by
+#: ``scripts/ptxas_registers.py`` (docs/kernels.md §4).
+REGISTERS_FILE: Path = Path(__file__).resolve().parent.parent / "assets" / "registers_sm50.json"
+_PTXAS: dict[str, int] | None = None
+
+
+def ptxas_registers(kernel: str) -> int:
+    """Registers per thread ptxas allocates on sm_50 for ``kernel``'s CUDA C rendering."""
+    global _PTXAS
+    if _PTXAS is None:
+        try:
+            _PTXAS = {str(k): int(v) for k, v in json.loads(REGISTERS_FILE.read_text())["registers"].items()}
+        except (OSError, ValueError, KeyError) as e:
+            raise KernelfiError(f"{REGISTERS_FILE}: cannot read the ptxas register counts ({e})") from None
+    try:
+        return _PTXAS[kernel]
+    except KeyError:
+        raise KernelfiError(f"{REGISTERS_FILE}: no register count for kernel '{kernel}' "
+                            "(run scripts/ptxas_registers.py)") from None
+
+
 @dataclass(frozen=True)
 class TagInfo:
     """What an instruction tag of a kernel stands for.
@@ -56,7 +79,7 @@ class KernelImpl:
     """
 
     name: ClassVar[str] = ""
-    #: Estimated ptxas register count per thread on sm_50 (see docs/kernels.md for the basis).
+    #: Registers per thread on sm_50: ``ptxas_registers(name)`` (gemm: an estimate), docs/kernels.md §4.
     regs_allocated: ClassVar[int] = 0
 
     def run(self, mem: dict[str, torch.Tensor], launch: Launch) -> None:
@@ -100,7 +123,7 @@ def register_kernel(cls: K) -> K:
 
 
 def _ordered() -> list[str]:
-    """Registered names in SPEC order (``KERNEL_NAMES``), any others after them by name."""
+    """Registered names in the order of docs/method.md §1 (``KERNEL_NAMES``), any others after them by name."""
     rank = {n: i for i, n in enumerate(KERNEL_NAMES)}
     return sorted(_REGISTRY, key=lambda n: (rank.get(n, len(rank)), n))
 
@@ -115,7 +138,7 @@ def get_kernel(name: str) -> KernelImpl:
 
 
 def all_kernels() -> dict[str, KernelImpl]:
-    """Name -> kernel, in SPEC order (``kernelfi.types.KERNEL_NAMES``)."""
+    """Name -> kernel, in the order of docs/method.md §1 (``kernelfi.types.KERNEL_NAMES``)."""
     return {n: _REGISTRY[n] for n in _ordered()}
 
 

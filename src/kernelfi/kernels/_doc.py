@@ -20,7 +20,7 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "add_bias": (None, lambda v: {"channels": 1, "spatial": 1}),
     "scale_bias": (None, lambda v: {"channels": 1, "spatial": 1}),
     "normalize": (None, lambda v: {"channels": 1, "spatial": 1, "eps": 1e-5}),
-    "shortcut": (None, lambda v: {"n": 1}),
+    "shortcut": (None, lambda v: {"w1": 1, "h1": 1, "c1": 1, "w2": 1, "h2": 1, "c2": 1}),
     "im2col": ("k", lambda v: {"channels": 1, "height": 9, "width": 9, "ksize": v, "stride": 1, "pad": 0,
                                "dilation": 1, "out_h": 10 - v, "out_w": 10 - v, "channel_offset": 0,
                                "group_channels": 1}),

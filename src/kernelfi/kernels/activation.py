@@ -13,7 +13,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch
 
-from ._base import f32, p_int, put, register_kernel
+from ._base import f32, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fexp, prologue_1d
 from .elementwise import update_head
 
@@ -52,7 +52,7 @@ class ActivateArrayKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "activate_array"
-    regs_allocated: ClassVar[int] = 12
+    regs_allocated: ClassVar[int] = ptxas_registers("activate_array")
     example_params = tuple({"n": 1, "activation": a} for a in ACTIVATIONS)
 
     def run(self, mem: Mem, launch: Launch) -> None:

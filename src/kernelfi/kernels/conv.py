@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch
 
-from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, register_kernel
+from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
 
 Mem = dict[str, torch.Tensor]
@@ -61,7 +61,7 @@ class Im2colKernel(StreamKernel):
     the padding (``F.unfold`` builds exactly this matrix; the tests check it by hand)."""
 
     name: ClassVar[str] = "im2col"
-    regs_allocated: ClassVar[int] = 22
+    regs_allocated: ClassVar[int] = ptxas_registers("im2col")
     example_params = ({"channels": 1, "height": 3, "width": 3, "ksize": 2, "stride": 1, "pad": 0,
                        "dilation": 1, "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 1},)
 

@@ -1,5 +1,6 @@
 """Darknet's one-element-per-thread kernels of blas_kernels.cu: fill, copy, add_bias,
-scale_bias, normalize, shortcut (activate_array is in activation.py).
+scale_bias, normalize, shortcut with its host-side geometry (activate_array is in
+activation.py).
 
 Each thread reads one element (plus a per-channel operand), does a few FP32 operations and
 stores one element, so a fault reaches at most one output element unless it corrupts an index
@@ -16,7 +17,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch
 
-from ._base import BLOCK, f32, get_buf, lane_flat, p_int, put, register_kernel, weight_flat
+from ._base import BLOCK, f32, get_buf, lane_flat, p_int, put, ptxas_registers, register_kernel, weight_flat
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fsqrt, idiv, prologue_1d
 
 Mem = dict[str, torch.Tensor]
@@ -47,7 +48,7 @@ class FillKernel(StreamKernel):
     """``fill_kernel``: X[i*INCX] = ALPHA, one thread per element (output <- 0 before GEMM)."""
 
     name: ClassVar[str] = "fill"
-    regs_allocated: ClassVar[int] = 6
+    regs_allocated: ClassVar[int] = ptxas_registers("fill")
     example_params = ({"n": 1, "value": 0.0},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -96,7 +97,7 @@ class CopyKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "copy"
-    regs_allocated: ClassVar[int] = 8
+    regs_allocated: ClassVar[int] = ptxas_registers("copy")
     example_params = ({"n": 1, "out_offset": 0},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -129,12 +130,11 @@ class CopyKernel(StreamKernel):
         addr(s, "out", "Y[i*INCY + OFFY]")
         s.add("NODEST", "STG", "st:out", 1, "store", "stores the element to Y")
         epilogue(s)
+        # ptxas (7 registers): each offset is computed into the low half of the address it forms
         s.reg("r_id", "index", "imad:index", "imad:index", "imad:offset_out")
-        s.reg("r_off_in", "index", "imad:offset_in", "imad:offset_in", "lea:addr_in")
-        s.reg("r_off_out", "index", "imad:offset_out", "imad:offset_out", "lea:addr_out")
-        s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "ld:in")
+        s.reg("r_in_lo", "address", "lea:addr_in", "imad:offset_in", "ld:in")
         s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in")
-        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_lo", "address", "lea:addr_out", "imad:offset_out", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
         s.reg("r_x", "data", "ld:in", "ld:in", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
@@ -149,7 +149,6 @@ class _ChannelKernel(StreamKernel):
     per-channel operand needs no division.
     """
 
-    regs_allocated: ClassVar[int] = 8
     operand: ClassVar[str] = ""   # "bias" / "scale"
     fop: ClassVar[str] = ""       # "fadd" / "fmul"
     opcode: ClassVar[str] = ""
@@ -195,11 +194,11 @@ class _ChannelKernel(StreamKernel):
         s.add("FP32", self.opcode, f"{fop}:out", 1, "value", f"the updated element ({'x + bias' if w == 'bias' else 'x * scale'})")
         s.add("NODEST", "STG", "st:out", 1, "store", "stores the updated element in place")
         epilogue(s)
-        s.reg("r_filter", "index", "s2r:index", "s2r:index", f"lea:addr_{w}")
-        s.reg("r_offset", "index", "imad:index", "imad:index", "lea:addr_out")
-        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        # ptxas (6 registers): the offset and the channel are computed into the low halves of
+        # the addresses they form
+        s.reg("r_out_lo", "address", "lea:addr_out", "imad:index", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg(f"r_{w}_lo", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
+        s.reg(f"r_{w}_lo", "address", f"lea:addr_{w}", "s2r:index", f"ld:{w}")
         s.reg(f"r_{w}_hi", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
         s.reg("r_x", "data", "ld:out", "ld:out", "st:out")
         s.reg(f"r_{w}", "data", f"ld:{w}", f"ld:{w}", f"{fop}:out")
@@ -212,6 +211,7 @@ class AddBiasKernel(_ChannelKernel):
     """``add_bias_kernel``: x += biases[c]."""
 
     name: ClassVar[str] = "add_bias"
+    regs_allocated: ClassVar[int] = ptxas_registers("add_bias")
     operand = "bias"
     fop = "fadd"
     opcode = "FADD"
@@ -226,6 +226,7 @@ class ScaleBiasKernel(_ChannelKernel):
     """``scale_bias_kernel``: x *= scales[c] (batch-norm gamma)."""
 
     name: ClassVar[str] = "scale_bias"
+    regs_allocated: ClassVar[int] = ptxas_registers("scale_bias")
     operand = "scale"
     fop = "fmul"
     opcode = "FMUL"
@@ -244,7 +245,7 @@ class NormalizeKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "normalize"
-    regs_allocated: ClassVar[int] = 12
+    regs_allocated: ClassVar[int] = ptxas_registers("normalize")
     example_params = ({"channels": 1, "spatial": 1, "eps": 1e-5},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -304,32 +305,101 @@ class NormalizeKernel(StreamKernel):
 
 
 # --------------------------------------------------------------------------------------------
+SHAPE_KEYS: tuple[str, ...] = ("w1", "h1", "c1", "w2", "h2", "c2")
+
+
+def shortcut_geometry(add_chw: tuple[int, int, int], out_chw: tuple[int, int, int]) -> dict[str, int] | None:
+    """Darknet's ``shortcut_gpu`` host arithmetic for adding a (C, H, W) map onto another.
+
+    ``w1, h1, c1`` are the added (``from``) layer's sizes, ``w2, h2, c2`` the output's (the
+    layer before the shortcut). One thread per element of the smaller extent in each dimension
+    (``minw x minh x minc``); a larger added map is read every ``stride``-th pixel (``stride =
+    w1/w2``), a larger output written every ``sample``-th (``sample = w2/w1``), both at least 1;
+    only the first ``minc`` channels are added, the others keep the copied input. None where
+    Darknet's asserts (``stride == h1/h2``, ``sample == h2/h1``) would abort the run.
+    """
+    c1, h1, w1 = (int(d) for d in add_chw)
+    c2, h2, w2 = (int(d) for d in out_chw)
+    if min(c1, h1, w1, c2, h2, w2) < 1:
+        return None
+    stride, sample = w1 // w2, w2 // w1
+    if stride != h1 // h2 or sample != h2 // h1:
+        return None
+    return {"w1": w1, "h1": h1, "c1": c1, "w2": w2, "h2": h2, "c2": c2,
+            "minw": min(w1, w2), "minh": min(h1, h2), "minc": min(c1, c2),
+            "stride": max(stride, 1), "sample": max(sample, 1)}
+
+
+def _geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
+    g = shortcut_geometry((p_int(params, "c1", kernel), p_int(params, "h1", kernel), p_int(params, "w1", kernel)),
+                          (p_int(params, "c2", kernel), p_int(params, "h2", kernel), p_int(params, "w2", kernel)))
+    if g is None:
+        raise KernelfiError(f"kernel '{kernel}': add {params['c1']}x{params['h1']}x{params['w1']} onto "
+                            f"{params['c2']}x{params['h2']}x{params['w2']}: Darknet's shortcut_gpu asserts "
+                            "equal width and height ratios")
+    return g
+
+
+_INDEX_CACHE: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def shortcut_indexes(params: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out_index, add_index) per working thread id, as ``shortcut_kernel`` computes them."""
+    g = _geometry(params, "shortcut")
+    key = tuple(g[k] for k in SHAPE_KEYS)
+    hit = _INDEX_CACHE.get(key)
+    if hit is not None:
+        return hit
+    tid = torch.arange(g["minw"] * g["minh"] * g["minc"], dtype=torch.int64)
+    i = tid % g["minw"]
+    j = (tid // g["minw"]) % g["minh"]
+    k = tid // (g["minw"] * g["minh"])           # b = 0: one inference per lane
+    out_index = i * g["sample"] + g["w2"] * (j * g["sample"] + g["h2"] * k)
+    add_index = i * g["stride"] + g["w1"] * (j * g["stride"] + g["h1"] * k)
+    _INDEX_CACHE[key] = (out_index, add_index)
+    return out_index, add_index
+
+
 @register_kernel
 class ShortcutKernel(StreamKernel):
-    """``shortcut_kernel``: out = s1*out + s2*add with s1 = s2 = 1 (residual add).
+    """``shortcut_kernel``: out[out_index] = s1*out[out_index] + s2*add[add_index], s1 = s2 = 1.
 
-    Darknet decomposes the thread id into (w, h, c, batch) with four divisions to support
-    mismatched shapes; with equal shapes (all kernelfi lowers) the result is out + add exactly:
-    FMUL by 1 is exact and the FFMA rounds once.
+    Darknet (``forward_shortcut_layer_gpu``) first copies the previous layer's output into the
+    shortcut's, then this kernel adds the ``from`` layer over the smaller extent of the two
+    shapes (:func:`shortcut_geometry`: strided reads of a larger added map, strided writes into
+    a larger output, the first min(c1, c2) channels). Launch params: ``w1, h1, c1`` (added
+    layer) and ``w2, h2, c2`` (output). Each thread splits its id into (i, j, k, b) by four
+    divisions with remainders. FMUL by 1 is exact and the FFMA rounds once, so the result is
+    ``out + add`` bitwise.
     """
 
     name: ClassVar[str] = "shortcut"
-    regs_allocated: ClassVar[int] = 18
-    example_params = ({"n": 1},)
+    regs_allocated: ClassVar[int] = ptxas_registers("shortcut")
+    example_params = ({"w1": 1, "h1": 1, "c1": 1, "w2": 1, "h2": 1, "c2": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        n = p_int(launch.params, "n", self.name)
+        p = launch.params
+        g = _geometry(p, self.name)
         out = launch.reads[0]
         lanes = get_buf(mem, out, self.name).shape[0]
-        add = lane_flat(mem, launch.reads[1], n, self.name)
+        add = lane_flat(mem, launch.reads[1], g["c1"] * g["h1"] * g["w1"], self.name)
         if add.shape[0] != lanes:
             raise KernelfiError(f"kernel 'shortcut': '{launch.reads[1]}' has {add.shape[0]} lanes, expected {lanes}")
-        update_head(mem, out, n, self.name, lambda x: x + add[:, :n])
+        oi, ai = shortcut_indexes(p)
+        oi, ai = oi.to(add.device), ai.to(add.device)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            y = x.clone()
+            y[:, oi] = x[:, oi] + add[:, ai]
+            return y
+
+        update_head(mem, out, g["c2"] * g["h2"] * g["w2"], self.name, fn)
         if launch.writes and launch.writes[0] != out:
             put(mem, launch.writes[0], mem[out].reshape(lanes, -1).clone())
 
     def _threads(self, params: Mapping[str, Any]) -> int:
-        return p_int(params, "n", self.name)
+        g = _geometry(params, self.name)
+        return g["minw"] * g["minh"] * g["minc"]
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         s = Stream()
@@ -354,11 +424,11 @@ class ShortcutKernel(StreamKernel):
         s.reg("r_j", "index", "imod:h", "imod:h", "imad:add_index")
         s.reg("r_k", "index", "imod:c", "imod:c", "imad:add_index")
         s.reg("r_b", "index", "imod:batch", "imod:batch", "imad:add_index")
-        s.reg("r_out_index", "index", "imad:out_index", "imad:out_index", "lea:addr_out")
-        s.reg("r_add_index", "index", "imad:add_index", "imad:add_index", "lea:addr_add")
-        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        # ptxas (15 registers): out_index and add_index are computed into the low halves of
+        # the addresses they form
+        s.reg("r_out_lo", "address", "lea:addr_out", "imad:out_index", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_add_lo", "address", "lea:addr_add", "lea:addr_add", "ld:add")
+        s.reg("r_add_lo", "address", "lea:addr_add", "imad:add_index", "ld:add")
         s.reg("r_add_hi", "address", "lea:addr_add", "lea:addr_add", "ld:add")
         s.reg("r_x", "data", "ld:out", "ld:out", "fmul:out_scaled")
         s.reg("r_add", "data", "ld:add", "ld:add", "ffma:out")

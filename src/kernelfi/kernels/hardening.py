@@ -1,4 +1,4 @@
-"""Kernels that selective hardening adds to a trace (SPEC §5, docs/hardening.md).
+"""Kernels that selective hardening adds to a trace (docs/method.md §5, docs/hardening.md).
 
 They are kernels like Darknet's: a batched ``run``, a per-thread instruction ``template`` and a
 register map, so a campaign on a hardened model injects into voters and checkers too.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch, ThreadTemplate
 
-from ._base import get_buf, lane_flat, operand_flat, p_int, put, register_kernel
+from ._base import get_buf, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._base import get_kernel, is_weight_name
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop, prologue_1d
 from .conv import _geometry, _image, _no_tf32, _op, fused_conv
@@ -81,7 +81,7 @@ class TmrVoteKernel(StreamKernel):
     """Element-wise bitwise majority of three replicas, one thread per element."""
 
     name: ClassVar[str] = "tmr_vote"
-    regs_allocated: ClassVar[int] = 16
+    regs_allocated: ClassVar[int] = ptxas_registers("tmr_vote")
     example_params = ({"n": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -110,9 +110,10 @@ class TmrVoteKernel(StreamKernel):
         epilogue(s)
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
         for r in ("a", "b", "c"):
-            s.reg(f"r_{r}_lo", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}")
+            # ptxas (11 registers): each replica is loaded into the low half of its address
+            # (LDG R, [R]); a flip there before the load is modelled as a wrong replica value
             s.reg(f"r_{r}_hi", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}")
-            s.reg(f"r_{r}", "data", f"ld:{r}", f"ld:{r}", "lop3:vote")
+            s.reg(f"r_{r}", "data", f"ld:{r}", f"lea:addr_{r}", "lop3:vote")
         s.reg("r_vote", "data", "lop3:vote", "lop3:vote", "st:out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
         s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
@@ -131,7 +132,7 @@ class DmrCompareKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "dmr_compare"
-    regs_allocated: ClassVar[int] = 14
+    regs_allocated: ClassVar[int] = ptxas_registers("dmr_compare")
     example_params = ({"n": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -193,7 +194,7 @@ class RangeClampKernel(StreamKernel):
     """Ranger's range restriction of an activation buffer, in place: x = min(max(x, lo), hi)."""
 
     name: ClassVar[str] = "range_clamp"
-    regs_allocated: ClassVar[int] = 8
+    regs_allocated: ClassVar[int] = ptxas_registers("range_clamp")
     example_params = ({"n": 1, "lo": 0.0, "hi": 1.0},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -353,7 +354,7 @@ class AbftVectorsKernel(_AbftKernel):
     """
 
     name: ClassVar[str] = "abft_vectors"
-    regs_allocated: ClassVar[int] = 20
+    regs_allocated: ClassVar[int] = ptxas_registers("abft_vectors")
 
     def run(self, mem: Mem, launch: Launch) -> None:
         lanes = _lanes(mem, launch, self.name)
@@ -431,7 +432,7 @@ class AbftChecksumKernel(_AbftKernel):
     """
 
     name: ClassVar[str] = "abft_checksum"
-    regs_allocated: ClassVar[int] = 22
+    regs_allocated: ClassVar[int] = ptxas_registers("abft_checksum")
 
     def run(self, mem: Mem, launch: Launch) -> None:
         p = launch.params
@@ -514,7 +515,7 @@ class AbftCheckKernel(StreamKernel):
     not finite). Rows sum N elements and columns M: the template is the average thread."""
 
     name: ClassVar[str] = "abft_check"
-    regs_allocated: ClassVar[int] = 16
+    regs_allocated: ClassVar[int] = ptxas_registers("abft_check")
     example_params = ({"M": 2, "N": 3, "K": 2},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
@@ -619,7 +620,7 @@ class AbftCorrectKernel(_AbftKernel):
     corrected element is bit-identical to golden. The template is the single-element case."""
 
     name: ClassVar[str] = "abft_correct"
-    regs_allocated: ClassVar[int] = 20
+    regs_allocated: ClassVar[int] = ptxas_registers("abft_correct")
 
     def run(self, mem: Mem, launch: Launch) -> None:
         p = launch.params

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kernelfi._utils import KernelfiError
 from kernelfi.types import Launch
 
-from ._base import lane_flat, p_int, put, register_kernel, seq_sum
+from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
 
 Mem = dict[str, torch.Tensor]
@@ -39,7 +39,7 @@ class MaxpoolKernel(StreamKernel):
     """``forward_maxpool_layer_kernel``: one thread per output element, a size×size window."""
 
     name: ClassVar[str] = "forward_maxpool"
-    regs_allocated: ClassVar[int] = 22
+    regs_allocated: ClassVar[int] = ptxas_registers("forward_maxpool")
     example_params = ({"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 0,
                        "out_h": 1, "out_w": 1},)
 
@@ -152,7 +152,7 @@ class AvgpoolKernel(StreamKernel):
     """
 
     name: ClassVar[str] = "forward_avgpool"
-    regs_allocated: ClassVar[int] = 14
+    regs_allocated: ClassVar[int] = ptxas_registers("forward_avgpool")
     example_params = ({"channels": 1, "height": 1, "width": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from kernelfi.types import Launch
 
-from ._base import f32, lane_flat, p_int, put, register_kernel, seq_sum
+from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fexp, loop, prologue_1d
 
 Mem = dict[str, torch.Tensor]
@@ -35,7 +35,7 @@ class SoftmaxKernel(StreamKernel):
     """``softmax_kernel`` launched with one group per inference (cuda_gridsize(batch*groups))."""
 
     name: ClassVar[str] = "softmax"
-    regs_allocated: ClassVar[int] = 18
+    regs_allocated: ClassVar[int] = ptxas_registers("softmax")
     example_params = ({"n": 2, "temperature": 1.0},)
 
     def run(self, mem: Mem, launch: Launch) -> None:

@@ -1,4 +1,4 @@
-"""LayerSpecs -> the kernel trace Darknet would launch (SPEC §1), plus the weight tensors.
+"""LayerSpecs -> the kernel trace Darknet would launch (docs/method.md §1), plus the weight tensors.
 
 One function per Darknet layer type emits its launches in Darknet's order; buffers are
 allocated in Darknet's order (input, then per layer its weights and outputs, workspace last)
@@ -13,10 +13,18 @@ from typing import Any
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import get_kernel
+from kernelfi.kernels import get_kernel, shortcut_geometry
 from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
 
 _WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
+
+
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A layer shape as Darknet's (c, h, w): a flat (F,) output is F x 1 x 1."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) == 3:
+        return dims  # type: ignore[return-value]
+    return (math.prod(dims), 1, 1)
 
 
 @dataclass
@@ -146,7 +154,13 @@ class _Builder:
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out
         self.launch(spec, "copy", (self.buf(a),), (out,), {"n": n, "out_offset": 0})
-        self.launch(spec, "shortcut", (out, self.buf(b)), (out,), {"n": n})
+        # Darknet's shortcut_gpu(batch, w, h, c of the `from` layer, ..., out_w, out_h, out_c)
+        (c1, h1, w1), (c2, h2, w2) = _chw(self.shape(b)), _chw(spec.out_shape)
+        if shortcut_geometry((c1, h1, w1), (c2, h2, w2)) is None:
+            raise KernelfiError(f"layer {spec.index} ({spec.name}): cannot add {(c1, h1, w1)} onto {(c2, h2, w2)} "
+                                "(Darknet's shortcut needs equal width and height ratios)")
+        self.launch(spec, "shortcut", (out, self.buf(b)), (out,),
+                    {"w1": w1, "h1": h1, "c1": c1, "w2": w2, "h2": h2, "c2": c2})
         self.launch(spec, "activate_array", (out,), (out,),
                     {"n": n, "activation": str(spec.params.get("activation", "linear"))})
 

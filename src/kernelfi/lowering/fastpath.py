@@ -46,7 +46,8 @@ def plan_units(trace: Trace) -> dict[int, Unit]:
         if kinds == ["forward_maxpool"]:
             units[ls[0].index] = Unit("maxpool", ls[0].index, ls[0].index + 1, tuple(ls))
             continue
-        if kinds == ["copy", "shortcut", "activate_array"] and ls[0].params.get("out_offset", 0) == 0:
+        if (kinds == ["copy", "shortcut", "activate_array"] and ls[0].params.get("out_offset", 0) == 0
+                and _same_shapes(ls[1].params)):
             units[ls[0].index] = Unit("shortcut", ls[0].index, ls[-1].index + 1, tuple(ls))
             continue
         if not kinds or kinds[0] != "fill" or "gemm" not in kinds or kinds.count("gemm") != 1:
@@ -60,6 +61,11 @@ def plan_units(trace: Trace) -> dict[int, Unit]:
         shape = trace.buffer(gemm.reads[1]).shape if not head and not gemm.params.get("trans_b") else ()
         units[ls[0].index] = Unit("layer", ls[0].index, ls[-1].index + 1, tuple(ls), tuple(shape))
     return units
+
+
+def _same_shapes(p: dict) -> bool:
+    """A shortcut adding equal shapes (one add); a mismatched one runs as its kernels."""
+    return all(p.get(f"{d}1") == p.get(f"{d}2") for d in "whc")
 
 
 def _shared(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:

@@ -1,7 +1,7 @@
 """AlexNet and ResNet with torchvision's exact module structure and state-dict keys.
 
 torchvision cannot be installed here, and users arrive with torchvision checkpoints (ImageNet
-weights, or their own fine-tuned AlexNet such as the seed's 7-class Cholec80 model). Matching
+weights, or their own fine-tuned AlexNet such as the published AlexNet study's 7-class model). Matching
 torchvision's attribute names, layer order and shapes exactly lets those checkpoints load with
 ``strict=True`` and gives lowering the same dotted layer names (``features.0``,
 ``layer1.0.conv1``) users see in torchvision. Forward code mirrors torchvision's
@@ -255,7 +255,7 @@ def resnet34(num_classes: int = 1000) -> ResNet:
 
 
 def resnet50(num_classes: int = 1000) -> ResNet:
-    """ResNet-50 (25.6 M parameters), one of the ResNet seed study's three models."""
+    """ResNet-50 (25.6 M parameters), one of the ResNet study's three models."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
 
 

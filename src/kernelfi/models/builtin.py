@@ -1,4 +1,5 @@
-"""The models kernelfi ships: torchvision AlexNet/ResNets, the digits models, Darknet AlexNet.
+"""The models kernelfi ships: torchvision AlexNet/ResNets, the digits models, Darknet's AlexNet
+and ResNet-50/101/152 (the stock cfgs; the other shipped ResNet/ResNeXt cfgs load by path).
 
 ImageNet models use torchvision's preprocessing constants so torchvision checkpoints see the
 inputs they were trained on. The digits models read their normalisation and accuracy from
@@ -32,8 +33,8 @@ def digits_meta() -> dict[str, Any]:
 
 @register_model("alexnet", input_shape=IMAGENET_SHAPE, num_classes=1000, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, head="classifier.6.weight",
-                description="torchvision AlexNet (ImageNet shape; num_classes=7 reproduces the "
-                            "seed's Cholec80 surgical-tool setup)")
+                description="torchvision AlexNet (ImageNet shape; --num-classes sets the classifier "
+                            "width: the published AlexNet study classified 7 classes)")
 def _alexnet(num_classes: int) -> nn.Module:
     return AlexNet(num_classes=num_classes)
 
@@ -74,5 +75,9 @@ def _digits_resnet(num_classes: int) -> nn.Module:
 
 
 register_darknet("alexnet-darknet", ASSETS / "alexnet.cfg",
-                 description="Darknet's alexnet.cfg (layers 0-13, as in the seed study), "
-                             "built by kernelfi.models.darknet")
+                 description="Darknet's alexnet.cfg (layers 0-13, the network of the published "
+                             "AlexNet study), built by kernelfi.models.darknet")
+for _depth in (50, 101, 152):
+    register_darknet(f"resnet{_depth}-darknet", ASSETS / f"resnet{_depth}.cfg", input_shape=(3, 256, 256),
+                     description=f"Darknet's resnet{_depth}.cfg (256x256, shortcuts without projections, "
+                                 "as in the published ResNet study), built by kernelfi.models.darknet")

@@ -9,6 +9,7 @@ every vulnerability figure meaningless.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -73,9 +74,21 @@ def _load_torch(p: Path) -> Any:
             return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise KernelfiError(f"{p.name}: not a weights-only checkpoint (refusing to unpickle "
-                            f"arbitrary objects): {_reason(e)}") from None
+                            f"arbitrary objects): {_reason(e)}{_advice(e, p)}") from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise KernelfiError(f"{p.name}: cannot read checkpoint: {_reason(e)}") from None
+
+
+def _advice(e: BaseException, p: Path) -> str:
+    """For a file that pickles Python objects (a whole ``torch.save(model)``): how to turn it
+    into a state dict, in one line a user can run on a file they trust."""
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if m is None or not m.group(1).rsplit(".", 1)[-1][:1].isupper():  # a class (a module's model), not a function
+        return ""
+    out = p.with_name(p.stem + "_state.pth")
+    return (f". If it is a whole model saved with torch.save(model) and you trust the file, save its state dict "
+            f"and give that: python -c \"import torch; torch.save(torch.load('{p}', weights_only=False)"
+            f".state_dict(), '{out}')\" (or safetensors.torch.save_file(model.state_dict(), 'x.safetensors'))")
 
 
 def _reason(e: BaseException) -> str:
@@ -84,6 +97,7 @@ def _reason(e: BaseException) -> str:
     for marker in ("WeightsUnpickler error:", "from a trusted source."):
         if marker in msg:  # drop torch's preamble (incl. its advice to load unsafely)
             msg = msg.split(marker, 1)[1]
+    msg = msg.split(" was not an allowed global", 1)[0]  # torch's advice (add_safe_globals) fits no CLI user
     msg = msg.split(" Check the documentation of torch.load", 1)[0].strip() or type(e).__name__
     return msg if len(msg) <= 240 else msg[:237] + "..."
 

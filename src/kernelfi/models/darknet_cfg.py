@@ -1,25 +1,30 @@
 """Darknet ``.cfg`` files -> ``LayerSpec`` tuples, with Darknet's own shape arithmetic.
 
 The parser follows pjreddie/darknet's ``read_cfg``/``parse_network_cfg`` closely, because a
-fault-injection campaign is only comparable with the seed studies if the layer numbering, the
+fault-injection campaign is only comparable with the published studies if the layer numbering, the
 output shapes and the padding rules are Darknet's, not PyTorch's.  Where Darknet is lax
 (``atoi("3abc") == 3``, unknown activations silently become ReLU, unknown options are only
 warned about) we refuse instead: a silently different network would make every injection result
 meaningless.  Every refusal is a single-line :class:`KernelfiError` naming the file, the line and
-the problem, so the CLI can show it as is.
+the problem, so the CLI can show it as is.  One laxity is kept, because Darknet's own stock cfgs
+rely on it and its meaning is unambiguous: a repeated option keeps its first value (Darknet's
+``option_find`` walks the list from the front), with a one-line :class:`CfgWarning`.
 """
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from kernelfi._utils import KernelfiError, one_line
+from kernelfi._utils import KernelfiError, KernelfiWarning, one_line
+from kernelfi.kernels import shortcut_geometry
 from kernelfi.types import LayerSpec
 
 __all__ = [
+    "CfgWarning",
     "Section",
     "parse_cfg",
     "parse_cfg_text",
@@ -82,6 +87,10 @@ _KNOWN_OPTIONS: dict[str, frozenset[str]] = {
     "dropout": frozenset({"probability"}),
     "softmax": frozenset({"groups", "temperature", "spatial", "tree"}),
 }
+
+class CfgWarning(KernelfiWarning):
+    """A cfg that Darknet reads, but not the way its author may have meant (one line)."""
+
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
@@ -176,8 +185,11 @@ def parse_cfg_text(text: str, source: str = "<cfg>") -> list[Section]:
 
     Like Darknet: all whitespace inside a line is removed, lines starting with ``#`` or ``;``
     are comments, the first ``=`` splits key and value.  Unlike Darknet: an inline ``#`` comment
-    is cut off (Darknet relies on ``atoi`` ignoring it), and option lines without ``=``,
-    duplicate options and options before the first section are errors rather than warnings.
+    is cut off (Darknet relies on ``atoi`` ignoring it), and option lines without ``=`` and
+    options before the first section are errors rather than warnings. A duplicate option keeps
+    its first value, as Darknet's ``option_find`` does, with a :class:`CfgWarning` naming the
+    section, the option and the line (Darknet's stock ``resnext101-32x4d.cfg`` repeats
+    ``batch`` and ``subdivisions`` in its [net]).
     """
     sections: list[Section] = []
     # str.splitlines also splits on \x0b, \x1c, ... which Darknet's fgetl does not; Darknet
@@ -219,8 +231,11 @@ def parse_cfg_text(text: str, source: str = "<cfg>") -> list[Section]:
             raise KernelfiError(one_line(f"{source}:{lineno}: option with an empty name {line!r}"))
         sec = sections[-1]
         if key in sec.options:
-            raise KernelfiError(one_line(
-                f"{source}:{lineno}: duplicate option '{key}' in [{sec.header}] (first at line {sec.option_lines[key]})"))
+            # Darknet's option_find walks the section's list from the front: the first wins
+            warnings.warn(CfgWarning(one_line(
+                f"{source}:{lineno}: [{sec.header}] duplicate option '{key}={value}' ignored: Darknet "
+                f"uses the first, {key}={sec.options[key]} at line {sec.option_lines[key]}")), stacklevel=2)
+            continue
         sec.options[key] = value
         sec.option_lines[key] = lineno
     if not sections:
@@ -474,12 +489,12 @@ def _shortcut(sec: Section, index: int, inputs: tuple[int, ...], in_shape: tuple
         if sec.get_float(key, 1.0) != 1.0:
             raise sec.fail(f"unsupported option value {key}={sec.options[key]} (only 1 is supported)", key)
     add_shape = layers[src].out_shape
-    if as_chw(add_shape) != as_chw(in_shape):
+    if shortcut_geometry(as_chw(add_shape), as_chw(in_shape)) is None:
         raise sec.fail(f"from={sec.options['from']} adds layer {src}'s output {tuple(add_shape)} to layer "
-                       f"{index - 1}'s output {tuple(in_shape)}: sizes differ (kernelfi supports "
-                       f"same-size shortcuts only)", "from")
+                       f"{index - 1}'s output {tuple(in_shape)}: the width and height ratios differ "
+                       f"(Darknet's shortcut_gpu asserts they agree)", "from")
     params: dict[str, Any] = {"from": src, "activation": activation, "in_shape": tuple(in_shape),
-                              "line": sec.line}
+                              "add_shape": tuple(add_shape), "line": sec.line}
     return _spec(index, "shortcut", (index - 1, src), in_shape, params)
 
 

@@ -191,8 +191,8 @@ class DarknetNet(nn.Module):
             c, h, w = as_chw(p["in_shape"])
             return x.reshape(batch, c, h * w).sum(dim=2) / float(h * w)
         if layer.type == "shortcut":
-            y = x.reshape(batch, -1) + ins[1].reshape(batch, -1)
-            return activate(y, str(p["activation"]))
+            return activate(_shortcut(x, ins[1], p["in_shape"], p.get("add_shape", p["in_shape"])),
+                            str(p["activation"]))
         if layer.type == "route":
             return torch.cat([t.reshape(batch, *as_chw(t.shape[1:])) for t in ins], dim=1)
         if layer.type == "dropout":
@@ -209,6 +209,23 @@ class DarknetNet(nn.Module):
             y = (y - mean) / torch.sqrt(var + float(layer.params.get("eps", BN_EPS)))
             y = y * self._w(layer, "scales").reshape(shape)
         return y + self._w(layer, "biases").reshape(shape)
+
+
+def _shortcut(x: torch.Tensor, add: torch.Tensor, out_shape: Sequence[int],
+              add_shape: Sequence[int]) -> torch.Tensor:
+    """Darknet's shortcut on mismatched shapes, written as slices: the output starts as a copy
+    of ``x``; over the first min(c1, c2) channels, every ``sample``-th output pixel gets the
+    added map's every ``stride``-th pixel added (stride = w1/w2, sample = w2/w1, at least 1)."""
+    batch = x.shape[0]
+    c2, h2, w2 = as_chw(out_shape)
+    c1, h1, w1 = as_chw(add_shape)
+    y = x.reshape(batch, c2, h2, w2).clone()
+    a = add.reshape(batch, c1, h1, w1)
+    stride, sample = max(w1 // w2, 1), max(w2 // w1, 1)
+    c, h, w = min(c1, c2), min(h1, h2), min(w1, w2)
+    dst = (slice(None), slice(0, c), slice(0, h * sample, sample), slice(0, w * sample, sample))
+    y[dst] = y[dst] + a[:, :c, 0:h * stride:stride, 0:w * stride:stride]
+    return y.reshape(x.shape)
 
 
 def _softmax(x: torch.Tensor, temperature: float) -> torch.Tensor:

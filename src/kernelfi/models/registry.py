@@ -38,7 +38,11 @@ class ModelInfo:
     """What the rest of kernelfi needs to know about a model without building it.
 
     ``mean``/``std`` are per input channel and are applied by ``kernelfi.data`` to inputs in
-    [0, 1]; ``default_data`` is the data source used when the user names none.
+    [0, 1]; ``default_data`` is the data source used when the user names none (``None``: the
+    user must name one). ``fit`` is how images are fit to the input by default
+    (``kernelfi.data.prep``: ``crop``, ``letterbox``, ``stretch``; ``None``: ``crop`` for
+    3-channel models, else ``stretch``), ``resize`` the short side before the centre crop where
+    the model has its own convention (``None``: 256 x crop / 224, torchvision's).
     """
 
     name: str
@@ -48,6 +52,8 @@ class ModelInfo:
     std: tuple[float, ...]
     default_data: str | None = None
     description: str = ""
+    fit: str | None = None
+    resize: int | None = None
 
 
 @dataclass
@@ -89,15 +95,16 @@ def _add(name: str, entry: _Entry) -> None:
 def register_model(name: str, *, input_shape: tuple[int, int, int], num_classes: int,
                    mean: tuple[float, ...], std: tuple[float, ...], description: str,
                    default_data: str | None = None, head: str | None = None,
-                   embedded: str | None = None,
-                   fixed_classes: bool = False) -> Callable[[Builder], Builder]:
+                   embedded: str | None = None, fixed_classes: bool = False,
+                   fit: str | None = None, resize: int | None = None) -> Callable[[Builder], Builder]:
     """Register ``builder(num_classes) -> nn.Module`` under ``name``; duplicates are refused.
 
     ``head`` names the classifier weight, so a checkpoint's class count is read from it when
-    the user gives none (a 7-class Cholec80 AlexNet loads without ``--num-classes``).
+    the user gives none (a 7-class AlexNet checkpoint loads without ``--num-classes``).
+    ``fit``/``resize``: how images are prepared for it by default (``ModelInfo``).
     """
     info = ModelInfo(name, tuple(input_shape), int(num_classes), tuple(mean), tuple(std),  # type: ignore[arg-type]
-                     default_data, description)
+                     default_data, description, fit, resize)
 
     def deco(builder: Builder) -> Builder:
         _add(name, _Entry(info, builder, head, embedded, fixed_classes))
@@ -115,7 +122,8 @@ def register_darknet(name: str, cfg: Path, description: str,
     break ``import kernelfi.models``; ``input_shape``/``num_classes`` stand in until then.
     """
     c = input_shape[0]
-    info = ModelInfo(name, input_shape, num_classes, (0.0,) * c, (1.0,) * c, None, description)
+    info = ModelInfo(name, input_shape, num_classes, (0.0,) * c, (1.0,) * c, None, description,
+                     fit="letterbox")
     _add(name, _Entry(info, darknet_cfg=cfg))
 
 
@@ -246,7 +254,7 @@ def _load_darknet(cfg: Path, info: ModelInfo, weights: str | None, num_classes: 
 def _cfg_info(cfg: Path) -> ModelInfo:
     shape, classes = _cfg_summary(cfg)
     return ModelInfo(str(cfg), shape, classes, (0.0,) * shape[0], (1.0,) * shape[0], None,
-                     f"Darknet cfg {cfg}")
+                     f"Darknet cfg {cfg}", fit="letterbox")
 
 
 def _cfg_summary(cfg: Path) -> tuple[tuple[int, int, int], int]:

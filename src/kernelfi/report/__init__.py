@@ -1,4 +1,4 @@
-"""The HTML/CSV/Parquet report of a results database (issue 4): figures, tables, FIT, seed comparison.
+"""The HTML/CSV/Parquet report of a results database: figures, tables, FIT, the published studies compared.
 
 Level above ``kernelfi.analysis``: it only reads a results database (``kernelfi.store``) and
 calls the analysis library; no torch, no campaign code, so a report builds anywhere.

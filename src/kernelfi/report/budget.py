@@ -1,6 +1,6 @@
 """Sample-size verdicts and the FIT estimate, from a population's tables.
 
-FIT needs the number of *exposed bits* (SPEC §4: FIT_SDC = raw FIT/bit × exposed bits × AVF_SDC).
+FIT needs the number of *exposed bits* (docs/method.md §4: FIT_SDC = raw FIT/bit × exposed bits × AVF_SDC).
 For an RF campaign the raw AVF is conditioned on a flip in an *allocated* register (the injector
 picks a live register of a running thread), so the exposed bits are the allocated register-file
 bits, averaged over the inference:
@@ -10,7 +10,7 @@ bits, averaged over the inference:
 with ``resident_l = min(threads_l, SMS × MAX_THREADS_PER_SM)`` and the weights the launches'
 dynamic instruction counts (time proxies). ``exposed / RF_BITS`` is then exactly the campaign's
 stored derating, so ``raw × exposed = derated AVF × RF_BITS`` — the report shows both as a check.
-The GPU constants are the seed's GTX 750 Ti, the same as ``kernelfi.faults.registers`` uses
+The GPU constants are the AlexNet study's GTX 750 Ti, the same as ``kernelfi.faults.registers`` uses
 (repeated here because the report layer may not import the fault layer).
 IOV/IOA campaigns measure a PVF (per corrupted instruction): turning it into FIT needs a raw
 error rate per executed instruction, which nobody publishes, so the report gives the PVF only.

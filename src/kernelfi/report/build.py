@@ -25,7 +25,7 @@ from .figures import (
 )
 from .hardening import comparison_table, hardening_figure, masked_table, pairs, plan_table2, plan_text
 from .html import figure, page
-from .seed import STUDY_OVERHEAD, STUDY_TABLE2, seed_table, table2_frame
+from .studies import STUDY_OVERHEAD, STUDY_TABLE2, studies_table, table2_frame
 from .tables import PER_POPULATION, ReportData, collect, stacked
 
 
@@ -63,12 +63,12 @@ def _population_section(item, figs: Path) -> str:  # type: ignore[no-untyped-def
             f"{', '.join(map(str, pop.campaigns))}; {pop.n:,} injections; metric {pop.metric}.</p>",
             "<h3>Kernel vulnerability (CKV)</h3>",
             figure(_save(render(f"{key}_kernels", f"Kernel vulnerability, {pop.label}", kernel_figure(item)), figs),
-                   "Bars: each kernel's errors as a share of <i>all</i> injections (the seed's Fig. 4–6; "
+                   "Bars: each kernel's errors as a share of <i>all</i> injections (the AlexNet study's Fig. 4–6; "
                    "with Masked they sum to 100% over kernels). Table: the same share with intervals, and "
                    "the rate given the kernel."),
             sections.kernels(item), "<h3>Layer vulnerability (CLV)</h3>",
             figure(_save(render(f"{key}_layers", f"Layer {pop.metric}, {pop.label}", layer_figure(item)), figs),
-                   "Bars: rate of each outcome given the layer was injected (the seed's Fig. 7–9), with "
+                   "Bars: rate of each outcome given the layer was injected (the AlexNet study's Fig. 7–9), with "
                    "Wilson 95% error bars; n = injections in the layer."),
             sections.layers(item), "<h3>Error propagation</h3>"]
     prop = propagation_figure(item)
@@ -134,25 +134,25 @@ def build_report(db: str | Path, out: str | Path, options: ReportOptions = Repor
                          ignore_index=True)
     fits = pd.concat([fit_table(i, options.raw_fit_per_mbit, options.fit_budget, options.exposed_bits)
                       for i in data.items], ignore_index=True)
-    seed = seed_table(data)
+    studies = studies_table(data)
     ci = _save(render("overall_intervals", "Overall rates with 95% intervals", ci_figure(data)), figs)
     hard_html, hard_tables = _hardening_section(data, figs)
     body = [f'<p class="note">Database <code>{escape(str(db))}</code>, generated '
             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by kernelfi {__version__}. "
             f"Figures are also in <code>figures/</code> (PNG, SVG), every table in <code>tables/</code> "
             f"(CSV, Parquet). How to read each part: <code>docs/report.md</code>.</p>",
-            sections.campaigns(data), sections.seed(seed), sections.overall(data, ci),
+            sections.campaigns(data), sections.studies(studies), sections.overall(data, ci),
             sections.verdicts(verdicts, options.margin),
             sections.fit(fits, options.raw_fit_per_mbit, options.fit_budget)]
     body += [_population_section(i, figs) for i in data.items]
     body.append(hard_html)
-    nav = [("campaigns", "Campaigns"), ("seed", "Seed comparison"), ("overall", "Overall"),
+    nav = [("campaigns", "Campaigns"), ("studies", "Published studies"), ("overall", "Overall"),
            ("verdicts", "Sample size"), ("fit", "FIT")]
     nav += [(i.population.key, i.population.label) for i in data.items] + [("hardening", "Hardening")]
     index = out / "index.html"
     index.write_text(page(f"kernelfi report: {Path(db).name}", nav, body), encoding="utf-8")
     exports = {name: stacked(data, name) for name in PER_POPULATION}
-    exports.update(campaigns=data.campaigns, seed_comparison=seed, verdicts=verdicts, fit=fits, **hard_tables)
+    exports.update(campaigns=data.campaigns, published_studies=studies, verdicts=verdicts, fit=fits, **hard_tables)
     for name, df in exports.items():
         _export(name, df, tabs)
     return index

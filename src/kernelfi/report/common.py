@@ -8,22 +8,18 @@ from __future__ import annotations
 import math
 import re
 
+from kernelfi.types import OUTCOME_LABELS
+
 #: Outcome categories in the order the figures stack them (bottom first); Masked is the rest.
 ERROR_CATEGORIES: tuple[str, ...] = (
     "due", "sdc_malfunction", "sdc_light_malfunction", "sdc_no_malfunction",
 )
-#: Every category a table shows, in the seed's reading order.
+#: Every category a table shows, in the published studies' reading order.
 TABLE_CATEGORIES: tuple[str, ...] = (
     "masked", "due", "sdc_no_malfunction", "sdc_light_malfunction", "sdc_malfunction", "sdc",
 )
-LABELS: dict[str, str] = {
-    "masked": "Masked",
-    "due": "DUE",
-    "sdc_no_malfunction": "No-Malfunction SDC",
-    "sdc_light_malfunction": "Light-Malfunction SDC",
-    "sdc_malfunction": "Malfunction SDC",
-    "sdc": "SDC (all three)",
-}
+#: The outcomes' one name each (``kernelfi.types.OUTCOME_LABELS``), and their SDC total.
+LABELS: dict[str, str] = {**OUTCOME_LABELS, "sdc": "SDC (all three)"}
 COLORS: dict[str, str] = {
     "masked": "#bdbdbd",
     "due": "#7b3294",
@@ -36,7 +32,7 @@ COLORS: dict[str, str] = {
 
 def pct(p: float, digits: int = 2) -> str:
     """A proportion as a percentage: ``0.02667 -> '2.67%'``; tiny non-zero rates get one more
-    decimal (``0.00104 -> '0.104%'``) so the seed's 0.104% stays readable."""
+    decimal (``0.00104 -> '0.104%'``) so the ResNet study's 0.104% stays readable."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"
     value = 100.0 * float(p)

@@ -57,7 +57,7 @@ def _legend(ax, cats=ERROR_CATEGORIES[::-1], **kw) -> None:  # type: ignore[no-u
 
 
 def kernel_figure(item: PopulationTables) -> Figure:
-    """Seed Fig. 4–6: per kernel, stacked share of ALL injections by category (sums over kernels
+    """As the AlexNet study's Fig. 4–6: per kernel, stacked share of ALL injections by category (sums over kernels
     to 100% with Masked, which is left out so the errors stay visible)."""
     pop = item.population
     t = item.tables["kernels"]
@@ -85,8 +85,8 @@ def kernel_figure(item: PopulationTables) -> Figure:
 
 
 def layer_figure(item: PopulationTables) -> Figure:
-    """Seed Fig. 7–9: per layer, the rate given the layer (AVF/PVF) per category, with Wilson
-    95% error bars (the seed had none)."""
+    """As the AlexNet study's Fig. 7–9: per layer, the rate given the layer (AVF/PVF) per category, with Wilson
+    95% error bars (the study had none)."""
     pop = item.population
     t = item.tables["layers"]
     rate = _pivot(t, "layer", "rate")

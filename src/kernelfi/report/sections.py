@@ -11,7 +11,7 @@ import pandas as pd
 
 from .common import LABELS, TABLE_CATEGORIES, interval, pct, slug
 from .figures import Rendered
-from .seed import COMMON_NOTE
+from .studies import COMMON_NOTE
 from .html import Cell, figure, num, rate_cell, table
 from .tables import PopulationTables, ReportData
 
@@ -39,12 +39,13 @@ def _plan_cell(plan_json: str) -> Cell:
 
 def campaigns(data: ReportData) -> str:
     heads = ["id", "model", "mode", "bit model", "warp", "scope", "selection", "seed", "injections",
-             "inputs", "weights (SHA-256, source)", "derating", "tool", "hardening plan", "created"]
+             "inputs", "golden accuracy", "weights (SHA-256, source)", "derating", "tool", "hardening plan", "created"]
     rows: list[list[Cell]] = []
     for r in data.campaigns.itertuples():
         rows.append([str(r.campaign), r.model, r.mode.upper(), r.bit_model, "yes" if r.warp else "no",
                      r.scope, r.selection, str(r.seed), f"{r.n_done} / {r.n_planned}",
-                     f"{r.n_inputs}: {r.input_source}",
+                     (f"{r.n_inputs}: {escape(r.input_source)}<br><small>{escape(r.data)}</small>", None),
+                     r.golden_accuracy,
                      (f'<code class="hash">{escape(r.weights_hash)}</code><br><small>{escape(str(r.weights_source))}</small>', None),
                      "–" if pd.isna(r.derating) else f"{r.derating:.4f}", r.tool_version,
                      _plan_cell(r.hardening), r.created])
@@ -53,16 +54,18 @@ def campaigns(data: ReportData) -> str:
             "pooled into one <i>population</i> below.</p>" + table(heads, rows, "table-campaigns"))
 
 
-def seed(df: pd.DataFrame) -> str:
-    heads = ["finding", "seed paper", "measured in this database", "agrees", "basis", "why it may differ"]
-    rows: list[list[Cell]] = [[r.finding, r.seed, (escape(r.measured).replace("\n", "<br>"), None), r.agrees,
+def studies(df: pd.DataFrame) -> str:
+    heads = ["finding", "published studies", "measured in this database", "agrees", "basis", "why it may differ"]
+    rows: list[list[Cell]] = [[r.finding, r.published, (escape(r.measured).replace("\n", "<br>"), None), r.agrees,
                                r.basis, r.why_it_may_differ] for r in df.itertuples()]
-    return ('<h2 id="seed">Seed comparison</h2><p class="note">Each published finding (AlexNet '
-            "study; ResNet study's abstract) beside what this database measured, computed from the "
-            "tables of this report and stated as measured. Nothing in the tool is tuned to match. "
-            "'agrees' is a plain reading of the point estimates, not a test: check the intervals. "
-            f"What every row shares: {escape(COMMON_NOTE)}</p>"
-            + table(heads, rows, "table-seed", [r.agrees if r.agrees != "not tested" else "" for r in df.itertuples()]))
+    return ('<h2 id="studies">Comparison with the published studies</h2><p class="note">Each finding of the '
+            "published studies (<i>Analyzing the Resilience of Convolutional Neural Networks Implemented on "
+            "GPUs: Alexnet as a Case Study</i>, the AlexNet study; <i>Soft Error Resilience of Deep Residual "
+            "Networks for Object Recognition</i>, the ResNet study, from its abstract) beside what this database "
+            "measured, computed from the tables of this report and stated as measured. Nothing in the tool is "
+            "tuned to match. 'agrees' is a plain reading of the point estimates, not a test: check the "
+            f"intervals. What every row shares: {escape(COMMON_NOTE)}</p>"
+            + table(heads, rows, "table-studies", [r.agrees if r.agrees != "not tested" else "" for r in df.itertuples()]))
 
 
 def overall(data: ReportData, ci: Rendered) -> str:
@@ -117,8 +120,8 @@ def fit(df: pd.DataFrame, raw: float, budget: float) -> str:
             f"bits × AVF<sub>SDC</sub>, with a raw rate of {raw:g} FIT/Mbit (1 Mbit = 10<sup>6</sup> bits; "
             f"IEC 61508 quotes 700–1200) against a budget of {budget:g} FIT (ASIL-D: 10). "
             "<b>Exposed bits</b> = allocated registers × 32 × resident threads per launch "
-            "(resident ≤ 5 SMs × 2048 threads, capped at the 10.5 Mbit register file of the seed's "
-            "GTX 750 Ti), averaged over the inference weighted by each launch's dynamic instructions; "
+            "(resident ≤ 5 SMs × 2048 threads, capped at the 10.5 Mbit register file of the AlexNet "
+            "study's GTX 750 Ti), averaged over the inference weighted by each launch's dynamic instructions; "
             "it pairs with the <i>raw</i> AVF (a flip in an allocated register). Their ratio to the "
             "whole register file is the campaign's derating (shown recomputed / stored: they should "
             "agree). The inference is assumed to run back to back (100% duty cycle); only the "

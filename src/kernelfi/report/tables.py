@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from kernelfi.analysis import (
-    bit_table, masking_table, populations, propagation_table, vulnerability,
+    bit_table, golden_accuracy, masking_table, populations, propagation_table, vulnerability,
 )
 from kernelfi._utils import KernelfiError
 from kernelfi.store import CampaignMeta, Store
@@ -53,6 +53,7 @@ class PopulationTables:
     layer_labels: dict[int, str]  # layer index -> "0 convolutional"
     layer_names: dict[int, str]   # layer index -> model name ("features.0")
     launches: pd.DataFrame
+    layer_sizes: dict[int, int] = field(default_factory=dict)  # layer index -> output elements
 
 
 @dataclass
@@ -116,15 +117,30 @@ def population_tables(store: Store, pop: Population, confidence: float) -> Popul
     layers = store.layers_frame(ids[0])
     labels = {int(r.layer): f"{int(r.layer)} {r.type}" for r in layers.itertuples()}
     names = {int(r.layer): str(r.name) for r in layers.itertuples()}
-    return PopulationTables(pop, tables, kernel_order, labels, names, launches)
+    sizes = {int(r.layer): int(r.numel) for r in layers.itertuples()}
+    return PopulationTables(pop, tables, kernel_order, labels, names, launches, sizes)
 
 
 def campaigns_table(store: Store) -> pd.DataFrame:
-    """Campaign metadata as the report lists it (hardening plan as JSON text)."""
+    """Campaign metadata as the report lists it (hardening plan as JSON text), with where the
+    inputs came from (``data``) and the golden accuracy (``golden_accuracy``: text, and its
+    ``golden_correct``/``golden_inputs`` counts; empty where the inputs carry no labels)."""
     frame = store.campaigns_frame()
     frame["hardening"] = frame["hardening"].map(
         lambda h: "" if h is None or (isinstance(h, float) and pd.isna(h))
         else h if isinstance(h, str) else json.dumps(h, sort_keys=True))
+    data, text, correct, inputs = [], [], [], []
+    for c in store.campaigns():
+        extra = c.meta.extra
+        data.append(str(dict(extra.get("files") or {}).get("data", {}).get("path") or extra.get("data")
+                        or "the model's embedded data"))
+        acc = golden_accuracy(store, c.id)
+        text.append("no labels" if acc is None else acc.describe())
+        correct.append(None if acc is None else acc.correct)
+        inputs.append(None if acc is None else acc.inputs)
+    if len(frame):
+        frame["data"], frame["golden_accuracy"] = data, text
+        frame["golden_correct"], frame["golden_inputs"] = correct, inputs
     return frame
 
 

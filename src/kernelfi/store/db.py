@@ -195,6 +195,24 @@ class Store:
         return self._row_to_campaign(r[:-1], int(r[-1]))
 
     @_guarded
+    def update_extra(self, campaign_id: int, updates: dict[str, Any]) -> None:
+        """Replace top-level entries of a campaign's ``extra`` (bookkeeping only: ``extra`` is
+        not part of the campaign's key, so what it measures cannot change this way). Used to
+        record where a resumed campaign's files are now (``campaign.track_files``)."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            row = con.execute("SELECT extra FROM campaigns WHERE id=?", (campaign_id,)).fetchone()
+            if row is None:
+                raise KernelfiError(f"{self.path}: no campaign {campaign_id}")
+            extra = {**json.loads(row[0]), **updates}
+            con.execute("UPDATE campaigns SET extra=? WHERE id=?", (json.dumps(extra, sort_keys=True), campaign_id))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @_guarded
     def launches(self, campaign_id: int) -> list[LaunchRow]:
         rows = self._con.execute(
             f"""SELECT idx, name, kernel, layer, layer_type, {", ".join(_GROUP_COLS)}, threads,
@@ -230,6 +248,12 @@ class Store:
                 (campaign_id,)):
             counts[outcome] = int(n)
         return counts
+
+    @_guarded
+    def golden_predictions(self, campaign_id: int) -> dict[int, int]:
+        """Input id -> its fault-free top-1 class, for the inputs the stored injections used."""
+        return {int(i): int(p) for i, p in self._con.execute(
+            "SELECT input_id, MIN(golden_top1) FROM injections WHERE campaign=? GROUP BY input_id", (campaign_id,))}
 
     def _launch_index(self, cid: int) -> dict[int, tuple[str, str, int, str]]:
         if cid not in self._launch_cache:

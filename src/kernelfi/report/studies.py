@@ -1,10 +1,14 @@
-"""The seed comparison table: each published finding beside what THIS database measured.
+"""The comparison with the published studies: each finding beside what THIS database measured.
 
-Every "measured" cell is computed from the analysis tables of the populations named in its
-"basis" cell; nothing is tuned, filtered or re-weighted to look like the paper. Where the
-database has no campaign of the right kind the row says so. "agrees" is a plain reading of the
-measured numbers against the claim (yes / partly / no / not tested), not a statistical test; the
-intervals are in the tables below it.
+The published studies are "Analyzing the Resilience of Convolutional Neural Networks Implemented
+on GPUs: Alexnet as a Case Study" (the AlexNet study) and "Soft Error Resilience of Deep Residual
+Networks for Object Recognition" (the ResNet study, IEEE Access 2020). Every "measured" cell is
+computed from the analysis tables of the populations named in its "basis" cell; nothing is
+tuned, filtered or re-weighted to look like the papers. Where the database has no campaign of
+the right kind the row says so, and the "why it may differ" cell describes the models actually
+compared (input size, classes, weights), as the campaigns recorded them. "agrees" is a plain
+reading of the measured numbers against the claim (yes / partly / no / not tested), not a
+statistical test; the intervals are in the tables below it.
 """
 from __future__ import annotations
 
@@ -38,15 +42,44 @@ STUDY_TABLE2: dict[str, tuple[int, float, float, float, float]] = {
 #: Its whole-model overheads as published: the plan (TMR of im2col and add_bias), full DMR, full TMR.
 STUDY_OVERHEAD: dict[str, float] = {"plan": 0.002923, "full DMR": 0.97461, "full TMR": 2.00881}
 #: Said once above the table: the differences every row shares.
-COMMON_NOTE = ("The seed injected ImageNet-size AlexNet (227×227×3) on a GTX 750 Ti with SASSIFI on "
-           "real SASS; this tool executes each kernel as per-thread instruction templates on the "
-           "CPU, on the model and inputs named in the basis column, so instruction counts, "
-           "register maps and classifier margins differ.")
+COMMON_NOTE = ("The AlexNet study injected an ImageNet-size AlexNet (227×227×3 input, 7 classes) on a "
+               "GTX 750 Ti with SASSIFI on real SASS, the ResNet study ResNet-50/101/152 on ImageNet; this "
+               "tool executes each kernel as per-thread instruction templates on the CPU, on the model and "
+               "inputs named in the basis column, so instruction counts, register maps and classifier "
+               "margins differ.")
+
+
+def model_of(item: PopulationTables) -> str:
+    """``digits-alexnet (1×32×32 input, 10 classes, embedded weights)``, from what the campaign
+    recorded (older databases: the class count from the last layer's size)."""
+    meta = item.population.meta
+    shape = meta.extra.get("input_shape")
+    classes = meta.extra.get("num_classes")
+    if classes is None and item.layer_sizes:
+        classes = item.layer_sizes[max(item.layer_sizes)]
+    src = str(meta.weights_source)
+    weights = ("embedded trained weights" if src == "embedded" else "seeded random weights (untrained)"
+               if src.startswith("random") else f"weights {src.replace(chr(92), '/').rsplit('/', 1)[-1]}")
+    parts = ([f"{'×'.join(str(d) for d in shape)} input"] if shape else []) + \
+        ([f"{classes} classes"] if classes else []) + [weights]
+    return f"{meta.model} ({', '.join(parts)})"
+
+
+def _compared(basis: list[PopulationTables]) -> str:
+    """The distinct models of a row's basis, described."""
+    return "; ".join(dict.fromkeys(model_of(i) for i in basis)) or "no campaign of this kind"
+
+
+def _classes(basis: list[PopulationTables]) -> str:
+    found = sorted({str(i.population.meta.extra.get("num_classes") or i.layer_sizes.get(max(i.layer_sizes), ""))
+                    for i in basis if i.layer_sizes})
+    return "/".join(c for c in found if c) or "its"
 
 
 def _pick(data: ReportData, family: str, mode: str) -> tuple[PopulationTables | None, bool]:
     """The unhardened population of ``family`` (substring of the model name) and ``mode`` that
-    best matches the seed's setup: SASSIFI scope, single-bit, not warp-wide, then the largest."""
+    best matches the published study's setup: SASSIFI scope, single-bit, not warp-wide, then
+    the largest."""
     cands = [i for i in data.items if family in i.population.meta.model.lower()
              and i.population.meta.mode == mode and not i.population.hardened]
     if not cands:
@@ -72,9 +105,9 @@ def _agree(hits: list[float]) -> str:
         "partly" if any(h > 0 for h in hits) else "no"
 
 
-def _row(finding: str, seed: str, measured: list[str], hits: list[float],
+def _row(finding: str, published: str, measured: list[str], hits: list[float],
          basis: list[PopulationTables], why: str) -> dict[str, str]:
-    return {"finding": finding, "seed": seed,
+    return {"finding": finding, "published": published,
             "measured": "\n".join(measured) or "no campaign of this kind in the database",
             "agrees": _agree(hits), "basis": _basis(basis), "why_it_may_differ": why}
 
@@ -99,12 +132,12 @@ def top_kernels(data: ReportData) -> dict[str, str]:
         measured.append(text)
         hits.append(len(set(top) & {"im2col", "add_bias"}) / 2)
     why = ("Kernel shares follow how many dynamic instructions each kernel executes, which depends "
-           "on layer sizes (a 32×32 digits model is not a 227×227 AlexNet). ")
+           f"on the layer sizes: compared here, {_compared(basis)}; the study's AlexNet takes 227×227×3. ")
     if fallback:
         why += ("No SASSIFI-scope campaign in the database: measured on scope=all, where gemm "
                 "(cuBLAS, which SASSIFI cannot instrument) is injected too; the ranking without "
                 "gemm is shown in brackets. ")
-    return _row("Top-2 vulnerable kernels (AlexNet, SASSIFI scope), by Malfunction + Light-"
+    return _row("Top-2 vulnerable kernels (AlexNet, SASSIFI scope), by SDC Malfunction + SDC Light-"
                 "Malfunction share of all injections", "im2col and add_bias, in all three modes",
                 measured, hits, basis, why)
 
@@ -138,17 +171,25 @@ def softmax_reliable(data: ReportData) -> dict[str, str]:
         hits.append(not lower)
     return _row("Softmax is the most reliable layer", "no error generated in softmax",
                 measured, hits, basis,
-                "Softmax runs once on a 10-value vector, so it is a tiny part of the fault population "
-                "(the seed's own first reason); a near-zero share needs no special resilience. ")
+                f"Softmax runs once on a {_classes(basis)}-value vector (the study's: 7 values), so it is a tiny "
+                "part of the fault population (the study's own first reason); a near-zero share needs no "
+                f"special resilience. Compared here: {_compared(basis)}. ")
+
+
+def _picked(data: ReportData, family: str = "alexnet") -> list[tuple[str, PopulationTables]]:
+    """(mode, population) for each mode that has a population of ``family`` (``_pick``)."""
+    out = []
+    for mode in MODES:
+        item, _ = _pick(data, family, mode)
+        if item is not None:
+            out.append((mode, item))
+    return out
 
 
 def early_layers(data: ReportData) -> dict[str, str]:
-    measured, hits, basis = [], [], []
-    for mode in MODES:
-        item, _ = _pick(data, "alexnet", mode)
-        if item is None:
-            continue
-        basis.append(item)
+    measured, hits = [], []
+    basis = [item for _, item in _picked(data)]
+    for mode, item in _picked(data):
         s = _val(item, "layers", "layer", ("sdc",))
         convs = [l for l, lab in sorted(item.layer_labels.items()) if lab.endswith(" convolutional")][:2]
         top = list(s.index[:2])
@@ -158,23 +199,21 @@ def early_layers(data: ReportData) -> dict[str, str]:
                 "of all injections)", "layers 0 and 2 (the first two convolutions), IOA and IOV",
                 measured, hits, basis,
                 "Early layers have the largest outputs, hence the most instructions, in both models; "
-                "how much larger depends on the input size. ")
+                f"how much larger depends on the input size: compared here, {_compared(basis)}; the study's "
+                "AlexNet takes 227×227×3. ")
 
 
 def due_vs_sdc(data: ReportData) -> dict[str, str]:
-    measured, hits, basis = [], [], []
-    for mode in MODES:
-        item, _ = _pick(data, "alexnet", mode)
-        if item is None:
-            continue
-        basis.append(item)
+    measured, hits = [], []
+    basis = [item for _, item in _picked(data)]
+    for mode, item in _picked(data):
         o = item.tables["overall"].set_index("outcome")
         due, ml = float(o.loc["due", "rate"]), float(o.loc[["sdc_malfunction", "sdc_light_malfunction"], "rate"].sum())
         measured.append(f"{mode.upper()}: DUE {pct(due)} {interval(o.loc['due', 'rate_wilson_low'], o.loc['due', 'rate_wilson_high'])}"
-                        f" vs Malfunction+Light {pct(ml)}")
+                        f" vs SDC Malfunction + SDC Light-Malfunction {pct(ml)}")
         hits.append(due > ml if mode == "rf" else ml > due)
     return _row("RF injections are DUE-heavy; IOA and IOV are SDC-heavy", "RF: more DUE than "
-                "Malfunction + Light-Malfunction; IOA/IOV: more Malfunction + Light-Malfunction than DUE",
+                "SDC Malfunction + SDC Light-Malfunction; IOA/IOV: more SDC Malfunction + SDC Light-Malfunction than DUE",
                 measured, hits, basis,
                 "RF DUEs come from flipped address registers and loop counters: how many live "
                 "registers hold them is set by each kernel's declared register map, and hangs by the "
@@ -193,7 +232,7 @@ def _overhead(plan: object) -> str:
     return "overhead not recorded in the results database"
 
 
-def malfunction(data: ReportData, family: str, seed_text: str, masked: bool) -> dict[str, str]:
+def malfunction(data: ReportData, family: str, published: str, masked: bool) -> dict[str, str]:
     measured, hits, basis = [], [], []
     before = []
     for mode in MODES:
@@ -211,26 +250,27 @@ def malfunction(data: ReportData, family: str, seed_text: str, masked: bool) -> 
         basis.append(h)
         ob = b.tables["overall"].set_index("outcome")
         oa = h.tables["overall"].set_index("outcome")
-        text = (f"after, {h.population.meta.mode.upper()}: Malfunction {pct(oa.loc['sdc_malfunction', 'rate'])} "
+        text = (f"after, {h.population.meta.mode.upper()}: SDC Malfunction {pct(oa.loc['sdc_malfunction', 'rate'])} "
                 f"{interval(oa.loc['sdc_malfunction', 'rate_wilson_low'], oa.loc['sdc_malfunction', 'rate_wilson_high'])}")
         if masked:
             share = masked_share(float(ob.loc["sdc", "rate"]), float(oa.loc["sdc", "rate"]), growth(b, h))
-            text += (f", Masked {pct(oa.loc['masked', 'rate'])}, Masked + No-Malfunction "
+            text += (f", Masked {pct(oa.loc['masked', 'rate'])}, Masked + SDC No-Malfunction "
                      f"{pct(oa.loc['masked', 'rate'] + oa.loc['sdc_no_malfunction', 'rate'])}, "
                      f"baseline SDCs masked per inference {pct(share)}")
         measured.append(text + f" ({_overhead(h.population.meta.hardening)})")
         hits.append(oa.loc["sdc_malfunction", "rate"] < ob.loc["sdc_malfunction", "rate"])
     if before and not hits:
         measured.append("no hardened campaign of this model in the database")
-    return _row(f"{'AlexNet' if family == 'alexnet' else 'ResNet'}: Malfunction before → after "
-                "selective hardening", seed_text, measured, hits, basis,
-                "Malfunction depends on the classifier's margins and the number of classes (a confident "
-                "10-class digits model vs the seed's ImageNet-trained models), and on which kernels the "
-                "plan protects. 'agrees' only asks whether hardening lowered the rate. ")
+    return _row(f"{'AlexNet' if family == 'alexnet' else 'ResNet'}: SDC Malfunction before → after "
+                "selective hardening", published, measured, hits, basis,
+                "SDC Malfunction depends on the classifier's margins and the number of classes (compared here: "
+                f"{_compared(basis)}; the studies': ImageNet-trained models, the AlexNet study's fine-tuned to "
+                "7 classes), and on which kernels the plan protects. 'agrees' only asks whether hardening "
+                "lowered the rate. ")
 
 
-def seed_table(data: ReportData) -> pd.DataFrame:
-    """One row per published finding: seed value, measured value, agreement, basis, why."""
+def studies_table(data: ReportData) -> pd.DataFrame:
+    """One row per published finding: published value, measured value, agreement, basis, why."""
     return pd.DataFrame([
         top_kernels(data), softmax_reliable(data), early_layers(data), due_vs_sdc(data),
         malfunction(data, "alexnet", "3.7% before → 0.383% after, at 0.29% run-time overhead", False),

@@ -1,0 +1,210 @@
+"""The CUDA C renderings (``kernels/cuda/*.cu``, compiled by ptxas for the register counts)
+compute what the Python kernels compute: each is compiled as host C++ (a shim defines the
+thread indices; each thread of the launch grid runs in turn) and run on small random operands
+against ``get_kernel(name).run``. Skipped without a C++ compiler."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from kernelfi.kernels import BLOCK, cuda_gridsize, get_kernel, shortcut_geometry
+from kernelfi.types import Launch, ThreadTemplate
+
+CUDA = Path(__file__).resolve().parents[1] / "src" / "kernelfi" / "kernels" / "cuda"
+CXX = shutil.which("g++") or shutil.which("c++")
+
+SHIM = """
+#include <math.h>
+struct dim3_ { unsigned x, y, z; };
+static dim3_ threadIdx, blockIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+template <typename F> static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, F f) {
+    gridDim = {gx, gy, gz}; blockDim = {bx, 1, 1};
+    for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x)
+        for (unsigned t = 0; t < bx; ++t) { blockIdx = {x, y, z}; threadIdx = {t, 0, 0}; f(); }
+}
+#define G unsigned gx, unsigned gy, unsigned gz, unsigned bx
+#define L(call) launch(gx, gy, gz, bx, [&] { call; })
+"""
+WRAPPERS = """
+extern "C" {
+void run_fill(G, int n, float v, float *x) { L(fill(n, v, x, 1)); }
+void run_copy(G, int n, const float *x, float *y, int off) { L(copy(n, x, 0, 1, y, off, 1)); }
+void run_add_bias(G, float *o, const float *b, int c, int s) { L(add_bias(o, b, c, s)); }
+void run_scale_bias(G, float *o, const float *b, int c, int s) { L(scale_bias(o, b, c, s)); }
+void run_normalize(G, int n, float *x, const float *m, const float *v, int c, int s, float eps) {
+    L(normalize(n, x, m, v, c, s, eps)); }
+void run_activate_array(G, float *x, int n, int a) { L(activate_array(x, n, a)); }
+void run_shortcut(G, int size, int minw, int minh, int minc, int stride, int sample, int w1, int h1, int c1,
+                  const float *add, int w2, int h2, int c2, float *out) {
+    L(shortcut(size, minw, minh, minc, stride, sample, 1, w1, h1, c1, add, w2, h2, c2, 1.f, 1.f, out)); }
+void run_im2col(G, int n, const float *im, int h, int w, int k, int pad, int stride, int oh, int ow, float *col) {
+    L(im2col(n, im, h, w, k, pad, stride, oh, ow, col)); }
+void run_forward_maxpool(G, int n, int h, int w, int c, int stride, int size, int pad, const float *in,
+                         float *out, int *idx) { L(forward_maxpool(n, h, w, c, stride, size, pad, in, out, idx)); }
+void run_forward_avgpool(G, int n, int w, int h, int c, const float *in, float *out) {
+    L(forward_avgpool(n, w, h, c, in, out)); }
+void run_softmax(G, int n, const float *in, float temp, float *out) { L(softmax(n, 0, 1, in, temp, out)); }
+void run_tmr_vote(G, int n, const unsigned *a, const unsigned *b, const unsigned *c, unsigned *o) {
+    L(tmr_vote(n, a, b, c, o)); }
+void run_dmr_compare(G, int n, const unsigned *a, const unsigned *b, const unsigned *c, unsigned *o) {
+    L(dmr_compare(n, a, b, c, o)); }
+void run_range_clamp(G, int n, float *x, float lo, float hi) { L(range_clamp(n, x, lo, hi)); }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    if CXX is None:
+        pytest.skip("needs a C++ compiler")
+    d = tmp_path_factory.mktemp("cuda")
+    (d / "math_constants.h").write_text("#define CUDART_INF_F INFINITY\n")
+    src = d / "all.cpp"
+    src.write_text(SHIM + "".join(f'#include "{p}"\n' for p in sorted(CUDA.glob("*.cu"))) + WRAPPERS)
+    so = d / "cuda.so"
+    subprocess.run([CXX, "-O1", "-std=c++17", "-shared", "-fPIC", "-x", "c++", f"-I{d}", str(src), "-o", str(so)],
+                   check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(so))
+
+
+def _ptr(a: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+def _grid(n: int) -> tuple[int, int, int, int]:
+    gx, gy, gz = cuda_gridsize(n)
+    return gx, gy, gz, BLOCK
+
+
+def _py(name: str, mem: dict[str, torch.Tensor], reads: tuple[str, ...], writes: tuple[str, ...],
+        **params: Any) -> dict[str, torch.Tensor]:
+    get_kernel(name).run(mem, Launch(0, 0, "t", "t", name, reads, writes, params,
+                                     template=ThreadTemplate(threads=0, block=1, slots=())))
+    return mem
+
+
+RNG = np.random.default_rng(7)
+
+
+def _rand(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _lane(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.copy()).reshape(1, -1)
+
+
+def test_elementwise(lib: ctypes.CDLL) -> None:
+    x = _rand(37)
+    out = np.zeros(37, np.float32)
+    lib.run_fill(*_grid(37), 37, ctypes.c_float(2.5), _ptr(out))
+    assert (out == 2.5).all()
+    y = np.zeros(40, np.float32)
+    lib.run_copy(*_grid(37), 37, _ptr(x), _ptr(y), 3)
+    want = _py("copy", {"x": _lane(x), "y": torch.zeros(1, 40)}, ("x",), ("y",), n=37, out_offset=3)["y"]
+    assert np.array_equal(y, want.numpy().ravel())
+    c, s = 3, 600   # two blocks per channel
+    o, b = _rand(c * s), _rand(c)
+    for name in ("add_bias", "scale_bias"):
+        got = o.copy()
+        getattr(lib, f"run_{name}")((s - 1) // BLOCK + 1, c, 1, BLOCK, _ptr(got), _ptr(b), c, s)
+        want = _py(name, {"o": _lane(o), "l.biases": torch.from_numpy(b)}, ("o", "l.biases"), ("o",),
+                   channels=c, spatial=s)["o"]
+        assert np.array_equal(got, want.numpy().ravel()), name
+    m, v = _rand(c), np.abs(_rand(c)) + 0.5
+    got = o.copy()
+    lib.run_normalize(*_grid(c * s), c * s, _ptr(got), _ptr(m), _ptr(v), c, s, ctypes.c_float(1e-5))
+    want = _py("normalize", {"o": _lane(o), "l.rolling_mean": torch.from_numpy(m),
+                             "l.rolling_variance": torch.from_numpy(v)},
+               ("o", "l.rolling_mean", "l.rolling_variance"), ("o",), channels=c, spatial=s, eps=1e-5)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("act", ["linear", "relu", "leaky", "logistic"])
+def test_activate_array(lib: ctypes.CDLL, act: str) -> None:
+    x = np.concatenate([_rand(50), np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)])
+    got = x.copy()
+    lib.run_activate_array(*_grid(x.size), _ptr(got), x.size, ["linear", "relu", "leaky", "logistic"].index(act))
+    want = _py("activate_array", {"x": _lane(x)}, ("x",), ("x",), n=x.size, activation=act)["x"].numpy().ravel()
+    if act == "logistic":   # expf and torch.exp may differ in the last bit
+        np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    else:
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)) or np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("add, out", [((4, 8, 8), (8, 4, 4)), ((8, 2, 2), (4, 4, 4)), ((3, 5, 5), (3, 5, 5))])
+def test_shortcut(lib: ctypes.CDLL, add: tuple[int, int, int], out: tuple[int, int, int]) -> None:
+    g = shortcut_geometry(add, out)
+    assert g is not None
+    a, o = _rand(int(np.prod(add))), _rand(int(np.prod(out)))
+    size = g["minw"] * g["minh"] * g["minc"]
+    got = o.copy()
+    lib.run_shortcut(*_grid(size), size, g["minw"], g["minh"], g["minc"], g["stride"], g["sample"],
+                     g["w1"], g["h1"], g["c1"], _ptr(a), g["w2"], g["h2"], g["c2"], _ptr(got))
+    p = {k: g[k] for k in ("w1", "h1", "c1", "w2", "h2", "c2")}
+    want = _py("shortcut", {"o": _lane(o), "a": _lane(a)}, ("o", "a"), ("o",), **p)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("k, stride, pad", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
+def test_im2col(lib: ctypes.CDLL, k: int, stride: int, pad: int) -> None:
+    c, h, w = 2, 6, 5
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    im = _rand(c * h * w)
+    col = np.full(c * k * k * oh * ow, 7.0, np.float32)
+    n = c * oh * ow
+    lib.run_im2col((n + BLOCK - 1) // BLOCK, 1, 1, BLOCK, n, _ptr(im), h, w, k, pad, stride, oh, ow, _ptr(col))
+    want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k,
+               stride=stride, pad=pad, dilation=1, out_h=oh, out_w=ow)["col"]
+    assert np.array_equal(col, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("size, stride, pad", [(2, 2, 0), (3, 2, 2), (3, 1, 2)])
+def test_pools(lib: ctypes.CDLL, size: int, stride: int, pad: int) -> None:
+    c, h, w = 3, 7, 6
+    x = np.round(_rand(c * h * w), 0)   # ties: the first of equal maxima is the argmax
+    x[5] = np.nan
+    oh, ow = (h + pad - size) // stride + 1, (w + pad - size) // stride + 1
+    out, idx = np.zeros(c * oh * ow, np.float32), np.zeros(c * oh * ow, np.int32)
+    lib.run_forward_maxpool(*_grid(out.size), out.size, h, w, c, stride, size, pad, _ptr(x), _ptr(out), _ptr(idx))
+    mem = _py("forward_maxpool", {"x": _lane(x)}, ("x",), ("o", "i"), channels=c, height=h, width=w, size=size,
+              stride=stride, pad=pad, out_h=oh, out_w=ow)
+    assert np.array_equal(out, mem["o"].numpy().ravel()) and np.array_equal(idx, mem["i"].numpy().ravel())
+    avg = np.zeros(c, np.float32)
+    lib.run_forward_avgpool(*_grid(c), c, w, h, c, _ptr(x), _ptr(avg))
+    want = _py("forward_avgpool", {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w)["o"]
+    assert np.array_equal(avg, want.numpy().ravel(), equal_nan=True)
+
+
+def test_softmax(lib: ctypes.CDLL) -> None:
+    x = _rand(10) * 4
+    x[3] = 7.9   # the running largest is int(7.9) = 7
+    out = np.zeros(10, np.float32)
+    lib.run_softmax(1, 1, 1, BLOCK, 10, _ptr(x), ctypes.c_float(2.0), _ptr(out))
+    want = _py("softmax", {"x": _lane(x)}, ("x",), ("o",), n=10, temperature=2.0)["o"]
+    np.testing.assert_allclose(out, want.numpy().ravel(), rtol=2e-6)
+
+
+def test_hardening_elementwise(lib: ctypes.CDLL) -> None:
+    a, b, c = (RNG.integers(0, 2**31, 33, dtype=np.int64).astype(np.uint32) for _ in range(3))
+    b[:10] = a[:10]
+    got = np.zeros(33, np.uint32)
+    for name in ("tmr_vote", "dmr_compare"):
+        getattr(lib, f"run_{name}")(*_grid(33), 33, _ptr(a), _ptr(b), _ptr(c), _ptr(got))
+        t = {k: torch.from_numpy(v.view(np.int32).copy()).reshape(1, -1) for k, v in zip("abc", (a, b, c))}
+        want = _py(name, t, ("a", "b", "c"), ("o",), n=33)["o"]
+        assert np.array_equal(got.view(np.int32), want.numpy().ravel()), name
+    x = np.concatenate([_rand(20), np.array([np.nan, -0.0, 5.0], np.float32)])
+    got = x.copy()
+    lib.run_range_clamp(*_grid(x.size), x.size, _ptr(got), ctypes.c_float(-0.5), ctypes.c_float(1.0))
+    want = _py("range_clamp", {"x": _lane(x)}, ("x",), ("x",), n=x.size, lo=-0.5, hi=1.0)["x"]
+    assert np.array_equal(got.view(np.int32), want.numpy().ravel().view(np.int32))
