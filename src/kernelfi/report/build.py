@@ -108,7 +108,7 @@ def _hardening_section(data: ReportData, figs: Path) -> tuple[str, dict[str, pd.
         techniques = [f"{p.get('technique')} of {p.get('target')} {p.get('name')}"
                       for p in (after.population.meta.hardening or {}).get("protect", [])]
         try:
-            t2 = plan_table2(after)
+            t2 = plan_table2(after, data.db)
         except KernelfiError as err:   # weights moved or changed: say so, keep the report
             html.append(f"<p>No modelled overhead for {escape(after.population.label)}: {escape(str(err))}</p>")
             continue

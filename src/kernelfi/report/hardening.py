@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -155,15 +156,16 @@ def plan_gpu(plan: Mapping[str, Any]) -> str:
     return cost[4:] if cost.startswith("gpu:") else STUDY_GPU
 
 
-def plan_table2(after: PopulationTables) -> OverheadTable:
+def plan_table2(after: PopulationTables, db: str | Path) -> OverheadTable:
     """The modelled Table 2 of a hardened population's plan, on the GPU it was priced on: the
-    model is rebuilt from the campaign's model spec (a KernelfiError when it cannot be)."""
-    from kernelfi.campaign.session import ModelSpec, open_session
+    model is rebuilt as the campaign recorded it (``campaign.stored``; a KernelfiError when a
+    file it read has moved or changed)."""
+    from kernelfi.campaign.session import open_session
+    from kernelfi.campaign.stored import stored_config
     from kernelfi.gputime import get_gpu
     from kernelfi.harden import modelled_overhead
 
     meta = after.population.meta
     plan = meta.hardening or {}
-    spec = dict(meta.extra.get("model_spec") or {"model": meta.model})
-    session = open_session(ModelSpec(**{**spec, "hardening": None}))
+    session = open_session(stored_config(meta, db).model)
     return modelled_overhead(session.program, plan, get_gpu(plan_gpu(plan)))
