@@ -1,7 +1,8 @@
 """The closed loop of the published studies, end to end on the embedded digits AlexNet (``kernelfi demo``).
 
-baseline RF/IOV/IOA campaigns -> hardening plan within a budget -> verification campaigns on
-the hardened model -> measured overhead (unhardened, plan, full DMR, full TMR) -> HTML report.
+baseline RF/IOV/IOA campaigns -> hardening plan within a budget of modelled GPU time ->
+verification campaigns on the hardened model -> the AlexNet study's Table 2 in modelled time
+(unhardened, plan, full DMR, full TMR) beside the published one -> HTML report.
 Everything lands in one folder: the results database, the plan, the overhead table, the report.
 """
 from __future__ import annotations
@@ -15,13 +16,17 @@ from typing import Callable
 from kernelfi.analysis import outcome_table
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.campaign.harden_planner import plan_hardening
-from kernelfi.campaign.session import inputs_tensor, open_session, session_inputs
-from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
+from kernelfi.campaign.session import open_session
+from kernelfi.gputime import get_gpu
+from kernelfi.harden import DEFAULT_COST, OverheadTable, Plan, modelled_overhead, parse_cost
 from kernelfi.report.build import build_report
+from kernelfi.report.hardening import masked_share
+from kernelfi.report.studies import STUDY_OVERHEAD, STUDY_TABLE2
 from kernelfi.store import Store
 from kernelfi.types import OUTCOME_LABELS, OUTCOMES
 
 MODES = ("rf", "iov", "ioa")
+COLUMNS = ("unhardened", "plan", "full DMR", "full TMR")
 
 
 @dataclass(frozen=True)
@@ -32,76 +37,106 @@ class DemoConfig:
     seed: int = 1
     budget: str = "5%"
     bit_model: str = "single"
-    reps: int = 15
+    cost: str = DEFAULT_COST
 
 
 Log = Callable[[str], None]
 
 
-def _campaigns(cfg: DemoConfig, db: Path, plan: Path | None, log: Log) -> dict[str, dict[str, int]]:
-    counts = {}
+@dataclass(frozen=True)
+class Run:
+    """One campaign's outcome counts and its population (fault sites of its mode)."""
+
+    counts: dict[str, int]
+    population: float
+
+
+def _campaigns(cfg: DemoConfig, db: Path, plan: Path | None, log: Log) -> dict[str, Run]:
+    runs = {}
     for mode in MODES:
         t0 = time.perf_counter()
         spec = ModelSpec(cfg.model, hardening=None if plan is None else str(plan))
         cid = run_campaign(CampaignConfig(spec, mode, cfg.bit_model, n=cfg.n, seed=cfg.seed), str(db))
         with Store(db, create=False) as s:
-            counts[mode] = s.outcome_counts(cid)
-        c = counts[mode]
+            runs[mode] = Run(s.outcome_counts(cid), float(s.campaign(cid).meta.extra.get("population", 0.0)))
+        c = runs[mode].counts
         log(f"  {mode.upper():3s} {'hardened' if plan else 'baseline'}: "
             + ", ".join(f"{OUTCOME_LABELS[o]} {c.get(o, 0)}" for o in reversed(OUTCOMES))
             + f" of {cfg.n} ({time.perf_counter() - t0:.0f}s)")
-    return counts
+    return runs
 
 
-def overhead_table(cfg: DemoConfig, plan: Plan) -> dict[str, dict[str, float]]:
-    """Median seconds per kernel type and for the whole model: unhardened, plan, full DMR/TMR."""
-    session = open_session(ModelSpec(cfg.model))
-    base = session.program
-    x = inputs_tensor(session_inputs(session, None, 32))
-    progs = comparison_programs(base, plan)
-    # thread CPU time with one intra-op thread: steady on a shared machine (docs/hardening.md)
-    timing = time_programs(progs, x, reps=cfg.reps, clock="cpu")
-    table: dict[str, dict[str, float]] = {}
-    for label, t in timing.items():
-        table[label] = {"whole model": t.total, **by_kernel(progs[label].trace, t)}
-    return table
+def table_lines(ours: OverheadTable) -> list[str]:
+    """The modelled Table 2 beside the AlexNet study's published one, as text."""
+    head = f"{'':16s}{'calls':>6s}" + "".join(f"{c:>13s}" for c in COLUMNS)
+    lines = [f"modelled: {ours.model} on {ours.device} (ms)", head]
+    for k in ours.kernels:
+        lines.append(f"{k:16s}{ours.invocations.get(k, 0):6d}"
+                     + "".join(f"{1000 * ours.seconds[c][k]:13.4f}" for c in COLUMNS))
+    lines.append(f"{'whole model':16s}{1:6d}" + "".join(f"{1000 * ours.total[c]:13.4f}" for c in COLUMNS))
+    lines.append(f"{'overhead':22s}{'':13s}" + "".join(f"{100 * ours.overhead(c):+12.2f}%" for c in COLUMNS[1:]))
+    lines += ["the AlexNet study, Table 2 (its AlexNet on a GTX 750 Ti, ms, as published)", head]
+    for k, v in STUDY_TABLE2.items():
+        lines.append(f"{k:16s}{v[0]:6d}" + "".join(f"{x:13.4f}" for x in v[1:]))
+    lines.append(f"{'overhead':22s}{'':13s}" + "".join(f"{100 * STUDY_OVERHEAD[c]:+12.2f}%" for c in COLUMNS[1:]))
+    return lines
 
 
 def run_demo(cfg: DemoConfig, log: Log = print) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     db, plan_path = out / "results.db", out / "plan.json"
+    cost = parse_cost(cfg.cost)
+    gpu = cost.gpu or get_gpu(DEFAULT_COST[4:])
     t0 = time.perf_counter()
     log(f"[1/5] baseline campaigns on {cfg.model}: {cfg.n} {cfg.bit_model}-bit injections per mode -> {db}")
     before = _campaigns(cfg, db, None, log)
-    log(f"[2/5] hardening plan within a {cfg.budget} overhead budget -> {plan_path}")
+    log(f"[2/5] hardening plan within a {cfg.budget} overhead budget ({cost.label}) -> {plan_path}")
     with Store(db, create=False) as s:
         base_ids = [r.id for r in s.campaigns() if r.meta.hardening is None and r.meta.model == cfg.model]
-    plan = plan_hardening(str(db), cfg.budget, outcome_table, campaign_ids=base_ids, log=lambda m: log("  " + m))
+    plan = plan_hardening(str(db), cfg.budget, outcome_table, campaign_ids=base_ids, cost=cfg.cost,
+                          log=lambda m: log("  " + m))
     plan.save(plan_path)
     for p in plan.protect:
         log(f"  protect {p.target} {p.name} with {p.technique}")
+    counts = plan.extra.get("planner", {}).get("candidates", {})
+    log(f"  weighed {sum(counts.values())} candidates: " + ", ".join(f"{n} {k.replace('_', ' ')}"
+                                                                   for k, n in counts.items()))
     log("[3/5] verification campaigns on the hardened model")
     after = _campaigns(cfg, db, plan_path, log)
-    log("[4/5] overhead, measured side by side (medians)")
-    table = overhead_table(cfg, plan)
-    base_t = table["unhardened"]["whole model"]
-    lines = [f"{'':14s}" + "".join(f"{k:>14s}" for k in table)]
-    for kernel in table["unhardened"]:
-        lines.append(f"{kernel:14s}" + "".join(f"{1000 * table[k].get(kernel, 0.0):12.3f}ms" for k in table))
-    lines.append("overhead      " + "".join(f"{100 * (table[k]['whole model'] / base_t - 1):13.2f}%" for k in table))
+    log(f"[4/5] overhead, modelled on the {gpu.name} (the AlexNet study's Table 2)")
+    table = modelled_overhead(open_session(ModelSpec(cfg.model)).program, Plan.load(plan_path), gpu)
+    lines = table_lines(table)
     (out / "overhead.txt").write_text("\n".join(lines) + "\n")
-    (out / "overhead.json").write_text(json.dumps(table, indent=1))
-    for l in lines:
-        log("  " + l)
+    (out / "overhead.json").write_text(json.dumps(table.to_dict(), indent=1))
+    for line in lines:
+        log("  " + line)
     log("[5/5] report")
     index = build_report(db, out / "report")
-    mal_b = sum(c.get("sdc_malfunction", 0) for c in before.values()) / (len(MODES) * cfg.n)
-    mal_a = sum(c.get("sdc_malfunction", 0) for c in after.values()) / (len(MODES) * cfg.n)
-    ovh = table["plan"]["whole model"] / base_t - 1
-    log(f"{OUTCOME_LABELS['sdc_malfunction']} (mean over RF/IOV/IOA): {100 * mal_b:.2f}% -> {100 * mal_a:.2f}% "
-        f"at {100 * ovh:.2f}% measured overhead (full DMR "
-        f"{100 * (table['full DMR']['whole model'] / base_t - 1):.1f}%, full TMR "
-        f"{100 * (table['full TMR']['whole model'] / base_t - 1):.1f}%)")
+    log(summary(cfg, before, after, table, plan))
     log(f"done in {time.perf_counter() - t0:.0f}s; report: {index.resolve()}")
     return index
+
+
+def summary(cfg: DemoConfig, before: dict[str, Run], after: dict[str, Run], table: OverheadTable, plan: Plan) -> str:
+    """The demo's last line: Malfunction before -> after, the errors the plan masks (the ResNet
+    study's figure, docs/report.md), the modelled overheads."""
+    total = len(MODES) * cfg.n
+    mal_b = sum(r.counts.get("sdc_malfunction", 0) for r in before.values())
+    mal_a = sum(r.counts.get("sdc_malfunction", 0) for r in after.values())
+    shares: dict[str, list[float]] = {"SDCs": [], "SDC Malfunctions": []}
+    for mode in MODES:
+        grow = after[mode].population / before[mode].population if before[mode].population else float("nan")
+        for name, keep in (("SDCs", lambda k: k.startswith("sdc_")),
+                           ("SDC Malfunctions", lambda k: k == "sdc_malfunction")):
+            rates = [sum(v for k, v in r.counts.items() if keep(k)) / cfg.n for r in (before[mode], after[mode])]
+            share = masked_share(rates[0], rates[1], grow)
+            if share == share:   # NaN: no such error before, nothing to mask
+                shares[name].append(share)
+    masked = ", ".join(f"{name} {100 * sum(v) / len(v):.1f}%" for name, v in shares.items() if v)
+    techniques = ", ".join(f"{p.technique} of {p.name}" for p in plan.protect) or "nothing"
+    return (f"{OUTCOME_LABELS['sdc_malfunction']} (all modes): {mal_b} of {total} ({100 * mal_b / total:.2f}%) -> "
+            f"{mal_a} of {total} "
+            f"({100 * mal_a / total:.2f}%); masked by the plan per inference (mean over modes): {masked or '-'}; "
+            f"plan ({techniques}) {100 * table.overhead('plan'):+.2f}% modelled time on {table.device}, "
+            f"full DMR {100 * table.overhead('full DMR'):+.1f}%, full TMR {100 * table.overhead('full TMR'):+.1f}%")

@@ -1,4 +1,4 @@
-"""The hardening planner: campaign results + measured run time -> a plan under a budget.
+"""The hardening planner: campaign results + a cost (modelled GPU time) -> a plan under a budget.
 
 ``kernelfi harden`` (docs/hardening.md §3-4). Per launch of the unhardened model, the risk is
 the share of *all* injections that end as Malfunction (then Light-Malfunction) in it: with
@@ -6,14 +6,18 @@ uniform site selection, a launch's share is its population share (exact, from th
 profile) times its outcome rate, estimated from its own injections shrunk toward its kernel
 type's rate (few injections land in a small launch). Populations (mode, bit model, scope...)
 are weighted equally, whatever their injection counts. The cost of protecting a unit with a
-technique is the *measured* run time of what the technique adds (replicas, copies, voters,
-checkers, clamps; not conditional re-executions), timed in one interleaved loop with the
-unhardened model, plus the layer's loss of the engine's fused fast path the first time a layer
-gets replicas or checkers. What a clamp fixes is measured by replaying the stored injections it
-might bound on the model with that clamp. The greedy choice (``kernelfi.harden.choice``) by
-benefit/cost (benefit = Malfunction removed + ``light_weight`` × Light-Malfunction removed, net
-of the risk the added voters/checkers bring) fills the budget; the whole hardened model is then
-timed, and the worst buy dropped while the measured overhead exceeds the budget.
+technique is the time of what the technique adds (replicas, copies, voters, checkers, clamps;
+not conditional re-executions): by default its *modelled* time on a GPU (``--cost gpu:NAME``,
+``kernelfi.gputime``: a pure function of the trace, so a plan is a pure function of the
+campaigns, the budget and the GPU), or, with ``--cost measured``, this machine's time of the
+simulator, timed in one interleaved loop, plus the layer's loss of the engine's fused fast path
+the first time a layer gets replicas or checkers. What a clamp fixes is measured by replaying
+the stored injections it might bound on the model with that clamp. The greedy choice
+(``kernelfi.harden.choice``) by benefit/cost (benefit = Malfunction removed + ``light_weight`` ×
+Light-Malfunction removed, net of the risk the added voters/checkers bring) fills the budget;
+the whole hardened model is then priced the same way, and the worst buy dropped while its
+overhead exceeds the budget. Every candidate weighed gets a verdict (``kernelfi.harden.explain``),
+stored in the plan under ``explain``.
 
 Layering: results come through ``kernelfi.store``; the per-launch outcome table is passed in
 by the caller (``kernelfi.analysis.outcome_table``; campaign and analysis are independent
@@ -36,9 +40,11 @@ from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.runner import Runner
 from kernelfi.campaign.stored import prepare_stored
 from kernelfi.harden import (
-    Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, time_programs, units,
+    Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, units,
 )
 from kernelfi.harden.choice import Candidate, RiskModel, Row, State, choose, residual
+from kernelfi.harden.explain import explain, summary
+from kernelfi.harden.pricing import DEFAULT_COST, Pricer, parse_cost
 from kernelfi.lowering import Program
 from kernelfi.store import CampaignMeta, Store
 from kernelfi.types import Trace
@@ -61,6 +67,7 @@ class Group:
     total_pop: int
     mal: dict[str, float]            # launch name -> share of all injections (smoothed)
     light: dict[str, float]
+    var: dict[str, dict[str, float]]  # "mal"/"light" -> launch name -> variance of its share
     proxy: tuple[float, float]       # (mal, light) rate per injection of an added checker
     observed: tuple[float, float]    # raw (mal, light) rates of the population
     rows: pd.DataFrame = field(default_factory=pd.DataFrame)  # its mal/light rows; ``fixed``: clamps that fix one
@@ -107,18 +114,22 @@ def group_risk(store: Store, ids: list[int], trace: Trace, table: pd.DataFrame, 
     base = pd.DataFrame({"launch_name": [l.name for l in trace.launches],
                          "kernel": [l.kernel for l in trace.launches]})
     out: dict[str, dict[str, float]] = {}
-    for cat in (MAL, LIGHT):
+    var: dict[str, dict[str, float]] = {}
+    for cat, short in ((MAL, "mal"), (LIGHT, "light")):
         t = table[table["outcome"] == cat][["launch_name", "n", "count"]]
         d = base.merge(t, on="launch_name", how="left").fillna({"n": 0, "count": 0})
         rate = smoothed(d["count"].astype(float), d["n"].astype(float), d["kernel"], alpha)
         out[cat] = {name: pop[name] * float(r) for name, r in zip(d["launch_name"], rate)}
+        # the smoothed rate as a Beta posterior of n + alpha observations (harden.explain)
+        var[short] = {name: pop[name] ** 2 * float(r) * (1.0 - float(r)) / (float(n) + alpha + 1.0)
+                      for name, r, n in zip(d["launch_name"], rate, d["n"])}
     n_all = float(table[table["outcome"] == MAL]["n"].sum()) or 1.0
     obs = tuple(float(table[table["outcome"] == c]["count"].sum()) / n_all for c in (MAL, LIGHT))
     proxy = []
     for cat in (MAL, LIGHT):
         t = table[(table["outcome"] == cat) & table["kernel"].isin(PROXY_KERNELS)]
         proxy.append(float(t["count"].sum()) / float(t["n"].sum()) if float(t["n"].sum()) else obs[len(proxy)])
-    return Group(meta, ids, pop, total, out[MAL], out[LIGHT], (proxy[0], proxy[1]), obs)  # type: ignore[arg-type]
+    return Group(meta, ids, pop, total, out[MAL], out[LIGHT], var, (proxy[0], proxy[1]), obs)  # type: ignore[arg-type]
 
 
 def bounded_rows(store: Store, ids: list[int], bounds: dict[str, tuple[float, float]],
@@ -182,7 +193,7 @@ def verify_clamps(store: Store, base: Program, groups: list[Group], bounds: dict
 # --------------------------------------------------------------------------------------------
 def candidates(base: Program, progs: dict[str, Program], timing: dict[str, Any],
                bounds: dict[str, tuple[float, float]]) -> list[Candidate]:
-    """(unit, technique) pairs with the measured time of what each adds."""
+    """(unit, technique) pairs with the time (modelled or measured) of what each adds."""
     out: list[Candidate] = []
     layer_names = {s.index: s.name for s in base.trace.layers}
     for tech, prog in progs.items():
@@ -227,21 +238,23 @@ def risk_model(g: Group, trace: Trace, extra_pop: dict[str, dict[str, float]]) -
             rows["mal" if r.outcome == MAL else "light"].append(Row(r.launch_name, float(r.weight) / g.w_total,
                                                                    frozenset(r.fixed)))
     return RiskModel({"mal": g.mal, "light": g.light}, {l.name: l.kernel for l in trace.launches}, rows,
-                     {"mal": g.proxy[0], "light": g.proxy[1]}, extra_pop)
+                     {"mal": g.proxy[0], "light": g.proxy[1]}, extra_pop, g.var)
 
 
 # --------------------------------------------------------------------------------------------
 def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, techniques: Iterable[str] = (
         "tmr", "dmr", "abft", "range"), campaign_ids: Iterable[int] | None = None, reps: int = 10, lanes: int = 32,
         light_weight: float = 0.01, alpha: float = 2.0, device: str = "cpu", clock: str = "cpu",
-        log: Callable[[str], None] | None = None) -> Plan:
-    """The plan for the DB's unhardened campaigns of one model (see the module docstring)."""
+        log: Callable[[str], None] | None = None, cost: str = DEFAULT_COST) -> Plan:
+    """The plan for the DB's unhardened campaigns of one model (see the module docstring).
+    ``reps``, ``lanes``, ``device`` and ``clock`` matter only with ``cost="measured"``."""
     say = log or (lambda s: None)
     techs = [t.strip() for t in techniques if t.strip()]
     bad = [t for t in techs if t not in ("tmr", "dmr", "abft", "range")]
     if bad or not techs:
         raise KernelfiError(f"--techniques: unknown {', '.join(bad) or '(none)'} (known: tmr, dmr, abft, range)")
     share = parse_budget(budget)
+    pricing = parse_cost(cost)
     with Store(db, create=False) as store:
         id_groups = select_campaigns(store, list(campaign_ids) if campaign_ids else None)
         meta = store.campaign(id_groups[0][0]).meta
@@ -272,33 +285,49 @@ def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, te
         else:
             progs[t] = apply_plan(base, full_plan(base.trace.model, _kernels(base.trace, t), t))
     x = x_all[:lanes]
-    say(f"timing the unhardened model and full {', '.join(techs)} on {x.shape[0]} inputs, {reps} repetitions ...")
-    timing = time_programs({"base": base, "unfused": base, **progs}, x, reps=reps, fast=fast, device=device,
-                           clock=clock, unfused=("unfused",))
+    price = Pricer(pricing, x, reps, fast, device, clock)
+    say(f"modelling the unhardened model and full {', '.join(techs)} on the {pricing.gpu.name} ..."
+        if pricing.gpu is not None else
+        f"timing the unhardened model and full {', '.join(techs)} on {x.shape[0]} inputs, {reps} repetitions ...")
+    timing = price({"base": base, "unfused": base, **progs}, unfused=("unfused",))
     t_base = timing["base"].total
     cands = candidates(base, progs, timing, bounds)
     models = [risk_model(g, base.trace, {t: added_pop(p, g) for t, p in progs.items()}) for g in groups]
-    chosen, _ = choose(cands, models, share * t_base, light_weight, defusion_penalty(base, timing))
+    penalty = defusion_penalty(base, timing) if "unfused" in timing else {}
+    chosen, _ = choose(cands, models, share * t_base, light_weight, penalty)
+    dropped: list[Candidate] = []
     sources = tuple(i for ids in id_groups for i in ids)
-    while True:  # the components' sum is an estimate: measure the plan, shed the worst buy while over
+    word = "modelled" if pricing.gpu is not None else "measured"
+    while True:  # the components' sum is an estimate: price the plan, shed the worst buy while over
         plan = _plan(base, chosen, share, sources, t_base)
-        m = time_programs({"base": base, "plan": apply_plan(base, plan)}, x, reps=reps, fast=fast, device=device,
-                          clock=clock)
-        measured = m["plan"].total / m["base"].total - 1.0
-        measured_min = m["plan"].total_min / m["base"].total_min - 1.0
-        if measured <= share or not chosen:
+        m = price({"base": base, "plan": apply_plan(base, plan)})
+        whole = m["plan"].total / m["base"].total - 1.0
+        whole_min = m["plan"].total_min / m["base"].total_min - 1.0
+        if whole <= share + 1e-9 or not chosen:   # (rounding: GPU-priced components add up exactly)
             break
         worst = min(chosen, key=lambda t: (t[1] + light_weight * t[2]) / max(t[3], 1e-9))
-        say(f"measured overhead {100 * measured:.2f}% > {100 * share:.2f}%: dropping {worst[0].technique} "
+        say(f"{word} overhead {100 * whole:.2f}% > {100 * share:.2f}%: dropping {worst[0].technique} "
             f"{worst[0].key}")
+        dropped.append(worst[0])
         chosen = [t for t in chosen if t is not worst]
-    expected = expectation(base, plan, groups, models, chosen, t_base, measured)
-    expected["overhead_measured_fastest"] = measured_min
-    return Plan(plan.model, plan.protect, expected, share, sources, extra={"planner": {
-        "techniques": techs, "reps": reps, "lanes": int(x.shape[0]), "device": device, "clock": clock, "fast": fast,
-        "light_weight": light_weight, "alpha": alpha, "unhardened_s": t_base,
-        "populations": [{"mode": g.meta.mode, "bit_model": g.meta.bit_model, "scope": g.meta.scope,
-                         "campaigns": g.ids} for g in groups]}})
+    expected = expectation(base, plan, groups, models, chosen, t_base, whole)
+    if pricing.gpu is not None:
+        expected["overhead_modelled"] = expected.pop("overhead_measured")
+    else:
+        expected["overhead_measured_fastest"] = whole_min
+    verdicts = explain(cands, models, [c for c, *_ in chosen], dropped, share * t_base, light_weight, penalty,
+                       f" (the whole plan at {100 * whole:.2f}% {word})" if dropped else "")
+    planner: dict[str, Any] = {"techniques": techs, "cost": pricing.label, "fast": fast, "light_weight": light_weight,
+                               "alpha": alpha, "unhardened_s": t_base, "candidates": summary(verdicts),
+                               "populations": [{"mode": g.meta.mode, "bit_model": g.meta.bit_model,
+                                                "scope": g.meta.scope, "campaigns": g.ids} for g in groups]}
+    if pricing.gpu is not None:
+        planner["gpu"] = pricing.gpu.name
+    else:
+        planner.update(reps=reps, lanes=int(x.shape[0]), device=device, clock=clock)
+    ranked = sorted(verdicts, key=lambda v: -(v.malfunction_removed + light_weight * v.light_removed))
+    return Plan(plan.model, plan.protect, expected, share, sources, extra={
+        "planner": planner, "explain": [v.to_dict(t_base) for v in ranked]})
 
 
 def defusion_penalty(base: Program, timing: dict[str, Any]) -> dict[str, float]:
@@ -326,8 +355,9 @@ def _plan(base: Program, chosen: list[tuple[Candidate, float, float, float]], sh
 def expectation(base: Program, plan: Plan, groups: list[Group], models: list[RiskModel],
                 chosen: list[tuple[Candidate, float, float, float]], t_base: float, measured: float) -> dict[str, Any]:
     """Residual rates in the hardened model's population (its added launches dilute the rates
-    per injection: ``population_growth``) and the overhead (sum of the components' measured
-    costs, and measured on the whole hardened model)."""
+    per injection: ``population_growth``) and the overhead (sum of the components' costs, and
+    the whole hardened model priced against the original: ``overhead_measured``, which the
+    caller renames ``overhead_modelled`` under GPU pricing)."""
     hard = apply_plan(base, plan)
     st = State()
     for c, _, _, _ in chosen:

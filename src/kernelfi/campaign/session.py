@@ -88,7 +88,9 @@ def open_session(spec: ModelSpec, plan: Mapping[str, Any] | None = None) -> Sess
         from kernelfi.harden import Plan, apply_plan  # level 2; imported lazily to keep start-up light
         parsed = Plan.from_dict(dict(plan)) if plan is not None else Plan.load(spec.hardening)  # type: ignore[arg-type]
         program = apply_plan(program, parsed)
-        stored = parsed.to_dict()  # what the store records with the campaign
+        # what the store records with the campaign: the plan without the planner's explanation
+        # of the candidates it left out (bulky, and no part of what the hardened model is)
+        stored = {k: v for k, v in parsed.to_dict().items() if k != "explain"}
     return Session(spec, loaded, program, stored)
 
 

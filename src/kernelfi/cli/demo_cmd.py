@@ -5,6 +5,7 @@ import click
 
 from kernelfi.cli import cli
 from kernelfi.demo import DemoConfig, run_demo
+from kernelfi.harden import DEFAULT_COST
 
 
 @cli.command("demo")
@@ -14,6 +15,8 @@ from kernelfi.demo import DemoConfig, run_demo
 @click.option("--budget", default="5%", show_default=True, help="run-time overhead budget of the hardening plan")
 @click.option("--model", default="digits-alexnet", show_default=True,
               help="a model with embedded weights and data (digits-alexnet or digits-resnet)")
-def demo_cmd(out: str, n: int, seed: int, budget: str, model: str) -> None:
+@click.option("--cost", default=DEFAULT_COST, show_default=True,
+              help="how the plan prices a protection: gpu:NAME (modelled GPU time, `kernelfi gpus`) or measured")
+def demo_cmd(out: str, n: int, seed: int, budget: str, model: str, cost: str) -> None:
     """Baseline campaigns, a hardening plan, verification campaigns, overhead and the report."""
-    run_demo(DemoConfig(out=out, model=model, n=n, seed=seed, budget=budget), log=click.echo)
+    run_demo(DemoConfig(out=out, model=model, n=n, seed=seed, budget=budget, cost=cost), log=click.echo)

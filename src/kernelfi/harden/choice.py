@@ -39,6 +39,7 @@ class RiskModel:
     rows: dict[str, list[Row]]                # cat -> rows
     proxy: dict[str, float]                   # cat -> rate per injection of an added launch
     added_pop: dict[str, dict[str, float]] = field(default_factory=dict)  # technique -> added launch -> pop
+    var: dict[str, dict[str, float]] = field(default_factory=dict)        # cat -> launch -> variance of share
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ def residual(models: list[RiskModel], st: State) -> dict[str, float]:
     return out
 
 
-def _with(st: State, c: Candidate) -> State:
+def with_candidate(st: State, c: Candidate) -> State:
+    """The state after also taking ``c``."""
     new = State(set(st.replicated), set(st.clamped), list(st.added), set(st.defused))
     if c.technique == "range":
         new.clamped.add(c.key)
@@ -134,7 +136,7 @@ def choose(cands: list[Candidate], models: list[RiskModel], budget_s: float, lig
             secs = cost(c, st, pen)
             if spent + secs > budget_s + 1e-12:
                 continue
-            after = residual(models, _with(st, c))
+            after = residual(models, with_candidate(st, c))
             dm, dl = now["mal"] - after["mal"], now["light"] - after["light"]
             value = dm + light_weight * dl
             if value <= 1e-15:
@@ -146,7 +148,7 @@ def choose(cands: list[Candidate], models: list[RiskModel], budget_s: float, lig
             break
         c, dm, dl, after, secs = best
         chosen.append((c, dm, dl, secs))
-        st, now, spent = _with(st, c), after, spent + secs
+        st, now, spent = with_candidate(st, c), after, spent + secs
         pool = [p for p in pool if p is not c and not (p.technique == "range" and p.key in st.clamped)
                 and (p.technique == "range" or not set(p.launches) & st.replicated)]
     return chosen, st

@@ -272,7 +272,7 @@ def apply_plan(program: Program, plan: Plan | Mapping[str, Any]) -> Program:
 
 
 def comparison_programs(base: Program, plan: Plan | Mapping[str, Any] | None = None) -> dict[str, Program]:
-    """The seed's Table 2 columns: unhardened, the plan (when given), full DMR and full TMR."""
+    """The AlexNet study's Table 2 columns: unhardened, the plan (when given), full DMR and full TMR."""
     kernels = sorted({l.kernel for l in base.trace.launches})
     progs: dict[str, Program] = {"unhardened": base}
     if plan is not None:

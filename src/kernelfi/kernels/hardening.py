@@ -693,7 +693,7 @@ class AbftCorrectKernel(_AbftKernel):
 
 
 def tag_tables() -> str:
-    """Markdown tag tables of the hardening kernels (docs/hardening.md §6), per-thread counts at
+    """Markdown tag tables of the hardening kernels (docs/hardening.md §8), per-thread counts at
     the sizes named in each heading; tags a template lists with no slot run only on mismatch."""
     from ._doc import _HEAD
 

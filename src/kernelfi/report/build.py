@@ -23,9 +23,9 @@ from .budget import fit_table, verdict_table
 from .figures import (
     Rendered, bit_figure, ci_figure, kernel_figure, layer_figure, propagation_figure, render,
 )
-from .hardening import comparison_table, hardening_figure, pairs
+from .hardening import comparison_table, hardening_figure, masked_table, pairs, plan_table2, plan_text
 from .html import figure, page
-from .studies import studies_table
+from .studies import STUDY_OVERHEAD, STUDY_TABLE2, studies_table, table2_frame
 from .tables import PER_POPULATION, ReportData, collect, stacked
 
 
@@ -85,7 +85,7 @@ def _population_section(item, figs: Path) -> str:  # type: ignore[no-untyped-def
     return "".join(html)
 
 
-def _hardening_section(data: ReportData, figs: Path) -> tuple[str, pd.DataFrame]:
+def _hardening_section(data: ReportData, figs: Path) -> tuple[str, dict[str, pd.DataFrame]]:
     found = pairs(data)
     html = ['<h2 id="hardening">Before / after hardening</h2>']
     tables = []
@@ -101,7 +101,22 @@ def _hardening_section(data: ReportData, figs: Path) -> tuple[str, pd.DataFrame]
                            "(bottom, rate given the layer): left bar baseline, right hatched bar hardened "
                            "(the AlexNet study's Fig. 10–15)."))
         html.append(sections.hardening(cmp))
-    return "".join(html), (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())
+    masked = masked_table(found)
+    html.append(sections.masked(masked))
+    overheads = []
+    for after in {plan_text(h.population.meta.hardening): h for _, h in found}.values():   # one per plan
+        techniques = [f"{p.get('technique')} of {p.get('target')} {p.get('name')}"
+                      for p in (after.population.meta.hardening or {}).get("protect", [])]
+        try:
+            t2 = plan_table2(after, data.db)
+        except KernelfiError as err:   # weights moved or changed: say so, keep the report
+            html.append(f"<p>No modelled overhead for {escape(after.population.label)}: {escape(str(err))}</p>")
+            continue
+        overheads.append(t2)
+        html.append(sections.table2(t2, STUDY_TABLE2, STUDY_OVERHEAD, techniques))
+    out = {"hardening": pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
+           "hardening_masked": masked, "table2": table2_frame(overheads)}
+    return "".join(html), out
 
 
 def build_report(db: str | Path, out: str | Path, options: ReportOptions = ReportOptions()) -> Path:
@@ -121,7 +136,7 @@ def build_report(db: str | Path, out: str | Path, options: ReportOptions = Repor
                       for i in data.items], ignore_index=True)
     studies = studies_table(data)
     ci = _save(render("overall_intervals", "Overall rates with 95% intervals", ci_figure(data)), figs)
-    hard_html, hard = _hardening_section(data, figs)
+    hard_html, hard_tables = _hardening_section(data, figs)
     body = [f'<p class="note">Database <code>{escape(str(db))}</code>, generated '
             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by kernelfi {__version__}. "
             f"Figures are also in <code>figures/</code> (PNG, SVG), every table in <code>tables/</code> "
@@ -137,7 +152,7 @@ def build_report(db: str | Path, out: str | Path, options: ReportOptions = Repor
     index = out / "index.html"
     index.write_text(page(f"kernelfi report: {Path(db).name}", nav, body), encoding="utf-8")
     exports = {name: stacked(data, name) for name in PER_POPULATION}
-    exports.update(campaigns=data.campaigns, published_studies=studies, verdicts=verdicts, fit=fits, hardening=hard)
+    exports.update(campaigns=data.campaigns, published_studies=studies, verdicts=verdicts, fit=fits, **hard_tables)
     for name, df in exports.items():
         _export(name, df, tabs)
     return index

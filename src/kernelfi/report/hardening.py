@@ -1,12 +1,18 @@
-"""Before/after hardening (the AlexNet study's Fig. 10–15): pair each hardened population with its baseline.
+"""Before/after hardening (the AlexNet study's Fig. 10–15 and Table 2): pair each hardened
+population with its baseline.
 
 A hardened campaign is paired with the unhardened population of the same model, mode, bit
 model, warp and scope (preferring the same weights and inputs). Its trace has extra kernels (the
-replicas, voters and checks), so kernel axes are the union, baseline kernels first.
+replicas, voters and checks), so kernel axes are the union, baseline kernels first. The share of
+the baseline's errors the hardened model masks (the ResNet study's 93.38% figure) and the plan's
+modelled Table 2 (kernelfi.gputime, on the GPU the plan was priced on) are here too.
 """
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -14,8 +20,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
+
 from .common import COLORS, ERROR_CATEGORIES, LABELS, TABLE_CATEGORIES
 from .tables import PopulationTables, ReportData
+
+if TYPE_CHECKING:   # the model is rebuilt (torch) only when a plan's overhead is tabulated
+    from kernelfi.harden import OverheadTable
 
 _SAME = ("model", "mode", "bit_model", "warp", "scope")
 _PREFER = ("weights_hash", "input_source")
@@ -95,3 +105,67 @@ def hardening_figure(before: PopulationTables, after: PopulationTables) -> Figur
                  f"baseline n={before.population.n}, hardened n={after.population.n}", fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))  # room for the legend below, clear of every bar
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# The ResNet study's "errors masked after hardening" and the plan's modelled Table 2
+# --------------------------------------------------------------------------------------------
+def growth(before: PopulationTables, after: PopulationTables) -> float:
+    """P_after / P_before: how many more fault sites the hardened model offers per inference
+    (its replicas, voters and checkers), from the populations the campaigns recorded; NaN when
+    a campaign predates that record."""
+    pb = before.population.meta.extra.get("population")
+    pa = after.population.meta.extra.get("population")
+    return float(pa) / float(pb) if pb and pa else float("nan")
+
+
+def masked_share(rate_before: float, rate_after: float, grow: float) -> float:
+    """Share of the baseline's errors that the hardened model masks (docs/report.md): errors per
+    inference at the same fault rate per executed instruction are ``rate × P``, so the share is
+    ``1 − rate_after·P_after / (rate_before·P_before)``; NaN without errors before."""
+    if not rate_before or math.isnan(grow):
+        return float("nan")
+    return 1.0 - rate_after * grow / rate_before
+
+
+def masked_table(found: list[tuple[PopulationTables, PopulationTables]]) -> pd.DataFrame:
+    """Per (baseline, hardened) pair: the SDC and Malfunction rates, the population growth and
+    the share of the baseline's SDCs (and Malfunctions) the hardened model masks."""
+    rows = []
+    for b, h in found:
+        ob, oh = b.tables["overall"].set_index("outcome"), h.tables["overall"].set_index("outcome")
+        g = growth(b, h)
+        rows.append({"before": b.population.label, "after": h.population.label, "population_growth": g,
+                     "sdc_before": float(ob.loc["sdc", "rate"]), "sdc_after": float(oh.loc["sdc", "rate"]),
+                     "sdc_masked_share": masked_share(float(ob.loc["sdc", "rate"]), float(oh.loc["sdc", "rate"]), g),
+                     "malfunction_before": float(ob.loc["sdc_malfunction", "rate"]),
+                     "malfunction_after": float(oh.loc["sdc_malfunction", "rate"]),
+                     "malfunction_masked_share": masked_share(float(ob.loc["sdc_malfunction", "rate"]),
+                                                              float(oh.loc["sdc_malfunction", "rate"]), g)})
+    return pd.DataFrame(rows)
+
+
+#: The GPU of a plan priced otherwise (``--cost measured``): the AlexNet study's.
+STUDY_GPU = "gtx750ti"
+
+
+def plan_gpu(plan: Mapping[str, Any]) -> str:
+    """The GPU a plan was priced on (``planner.cost``), else the AlexNet study's GTX 750 Ti."""
+    planner = plan.get("planner")
+    cost = str(planner.get("cost", "")) if isinstance(planner, Mapping) else ""
+    return cost[4:] if cost.startswith("gpu:") else STUDY_GPU
+
+
+def plan_table2(after: PopulationTables, db: str | Path) -> OverheadTable:
+    """The modelled Table 2 of a hardened population's plan, on the GPU it was priced on: the
+    model is rebuilt as the campaign recorded it (``campaign.stored``; a KernelfiError when a
+    file it read has moved or changed)."""
+    from kernelfi.campaign.session import open_session
+    from kernelfi.campaign.stored import stored_config
+    from kernelfi.gputime import get_gpu
+    from kernelfi.harden import modelled_overhead
+
+    meta = after.population.meta
+    plan = meta.hardening or {}
+    session = open_session(stored_config(meta, db).model)
+    return modelled_overhead(session.program, plan, get_gpu(plan_gpu(plan)))

@@ -5,14 +5,18 @@ import json
 
 import math
 from html import escape
+from typing import TYPE_CHECKING, Mapping
 
 import pandas as pd
 
-from .common import LABELS, TABLE_CATEGORIES, interval, pct
+from .common import LABELS, TABLE_CATEGORIES, interval, pct, slug
 from .figures import Rendered
 from .studies import COMMON_NOTE
 from .html import Cell, figure, num, rate_cell, table
 from .tables import PopulationTables, ReportData
+
+if TYPE_CHECKING:
+    from kernelfi.harden import OverheadTable
 
 
 def _rate(r: pd.Series, prefix: str = "rate", extra: str = "") -> Cell:
@@ -199,3 +203,44 @@ def hardening(cmp: pd.DataFrame) -> str:
     return (f"<p class=\"note\">{escape(str(cmp['before'].iloc[0]))} (n={int(cmp['before_n'].iloc[0]):,}) → "
             f"{escape(str(cmp['after'].iloc[0]))} (n={int(cmp['after_n'].iloc[0]):,}); plan <code>{plan}</code></p>"
             + table(["outcome", "before", "after", "change"], rows))
+
+
+def masked(frame: pd.DataFrame) -> str:
+    """The share of the baseline's errors each hardened population masks (docs/report.md)."""
+    if frame.empty:
+        return ""
+    rows = [[escape(r.before), escape(r.after), num(r.population_growth, "×{:.4f}"),
+             (f"{pct(r.sdc_before)} → {pct(r.sdc_after)}", r.sdc_after), (pct(r.sdc_masked_share), r.sdc_masked_share),
+             (f"{pct(r.malfunction_before)} → {pct(r.malfunction_after)}", r.malfunction_after),
+             (pct(r.malfunction_masked_share), r.malfunction_masked_share)] for r in frame.itertuples()]
+    return ("<h3>Errors masked after hardening</h3><p class=\"note\">The ResNet study's \"93.38% of the injected "
+            "errors masked\", defined here as the share of the baseline's SDCs (and of its Malfunctions) that the "
+            "hardened model masks per inference, at the same fault rate per executed instruction: 1 − rate after × "
+            "P<sub>after</sub>/P<sub>before</sub> / rate before, where P is the mode's number of fault sites (the "
+            "hardened model's replicas and voters add sites). Rates are per injection, from the overall tables.</p>"
+            + table(["baseline", "hardened", "sites P_after/P_before", "SDC before → after", "SDCs masked",
+                     "Malfunction before → after", "Malfunctions masked"], rows, "table-masked"))
+
+
+def table2(ours: OverheadTable, study: Mapping[str, tuple[int, float, float, float, float]],
+           study_overhead: Mapping[str, float], techniques: list[str]) -> str:
+    """A plan's modelled Table 2 beside the AlexNet study's published one."""
+    labs = ("unhardened", "plan", "full DMR", "full TMR")
+    rows: list[list[Cell]] = []
+    for k in ours.kernels:
+        rows.append([k, num(ours.invocations.get(k, 0))]
+                    + [num(1000 * ours.seconds[lab][k], "{:.4f}") for lab in labs if lab in ours.labels])
+    rows.append(["whole model", "1"] + [num(1000 * ours.total[lab], "{:.4f}") for lab in labs if lab in ours.labels])
+    rows.append(["overhead", ""] + [("–" if lab == "unhardened" else f"{100 * ours.overhead(lab):+.2f}%", None)
+                                    for lab in labs if lab in ours.labels])
+    srows: list[list[Cell]] = [[k, num(v[0])] + [num(x, "{:.4f}") for x in v[1:]] for k, v in study.items()]
+    srows.append(["overhead", "", "–"] + [f"+{100 * study_overhead[lab]:.2f}%" for lab in labs[1:]])
+    heads = ["kernel", "invocations"] + [f"{lab} (ms)" for lab in labs]
+    return (f"<h3>Run-time overhead: {escape(ours.model)}, modelled on {escape(ours.device)}</h3>"
+            f"<p class=\"note\">Plan: {escape('; '.join(techniques)) or 'nothing protected'}. Modelled time per "
+            "kernel type (kernelfi.gputime, docs/hardening.md \"GPU time model\"; hardening launches charged to the "
+            "kernel type they protect; conditional re-executions not run), beside the AlexNet study's published "
+            "Table 2 (its own AlexNet on a GTX 750 Ti; no gemm row there: cuBLAS is not instrumented).</p>"
+            + table(heads[:2] + [h for h, lab in zip(heads[2:], labs) if lab in ours.labels], rows,
+                    f"table-table2-{slug(ours.model)}")
+            + "<p class=\"note\">The AlexNet study, Table 2 (as published):</p>" + table(heads, srows, "table-table2-study"))
