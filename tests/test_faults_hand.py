@@ -155,3 +155,45 @@ def test_misdirected_store_keeps_its_bits_across_buffer_types() -> None:
     assert _as_dtype(-2.0, _t.int32) == f32_bits(-2.0) - (1 << 32)
     assert _as_dtype(0x3F800000, _t.float32) == 1.0
     assert _as_dtype(7, _t.int32) == 7 and _as_dtype(1.5, _t.float32) == 1.5
+    # a 32-bit register holds only the low 32 bits of an index computed past int32
+    assert _as_dtype((1 << 40) + 7, _t.int32) == 7 and _as_dtype((1 << 31) + 1, _t.int32) == -(1 << 31) + 1
+
+
+def test_maxpool_window_index_flip_stores_minus_inf_over_the_argmax(prog) -> None:
+    # Issue 17 (IOV, digits-alexnet seed 11 injection 1363 crashed with OverflowError): bit 6 of
+    # thread 0's column j = idx % ow (imod:ow) gives j = 64, so out_index = 64 and the window
+    # starts at column 128: every tap is outside the 4x4 map, the max stays -inf, the argmax -1.
+    # layers.1.output (4 floats) is padded to 256 bytes, so out[64] is layers.1.indexes[0] and
+    # indexes[64] is layers.2.weights[0]. The thread leaves: out[0] its stale content (not written before
+    # in this inference, it reads back as the kernel's clean output, 6.5), indexes[0] the word of
+    # -inf (0xFF800000 as int32) instead of the argmax 5, and layers.2.weights[0] the word of -1
+    # (0xFFFFFFFF: a NaN). The NaN weight makes logit 0 NaN: Malfunction, non-finite.
+    from kernelfi.faults.inject import LaneEffect, fault_writes
+    from tests.tiny import tiny_input
+    s = site(prog, "layers.1.forward_maxpool", "imod:ow", thread=0)
+    fault = Fault("iov", s, "single", (6,))
+    l = launch(prog, "layers.1.forward_maxpool")
+    mem = {"layers.0.output": tiny_input() + 0.5}
+    for b in prog.trace.buffers:
+        if b.kind == "weight":
+            mem[b.name] = torch.zeros(b.shape)
+    before = {n: mem[n] for n in set(l.reads) | set(l.writes) if n in mem}  # as the engine's override
+    from kernelfi.kernels import get_kernel
+    get_kernel(l.kernel).run(mem, l)
+    assert mem["layers.1.indexes"].reshape(-1)[0].item() == 5
+    eff = LaneEffect(golden_lane=0)
+    writes = fault_writes(l, mem, before, 0, fault, eff, MemoryMap.from_trace(prog.trace),
+                          lambda n, t: t.dim() == 4)
+    assert eff.due is None and eff.tag == "imod:ow"
+    assert [(b, i) for b, i, _ in writes] == [("layers.1.indexes", 0), ("layers.1.output", 0),
+                                              ("layers.2.weights", 0)]
+    vals = {b: v for b, _, v in writes}
+    assert vals["layers.1.indexes"] == f32_bits_signed(0xFF800000) and vals["layers.1.output"] == 6.5
+    assert math.isnan(vals["layers.2.weights"])
+    r = one(prog, fault)["result"]
+    assert r.outcome == "sdc_malfunction" and "nonfinite" in r.flags
+    assert (r.original, r.corrupted) == (0.0, 64.0)
+
+
+def f32_bits_signed(u: int) -> int:
+    return u - (1 << 32) if u >= 1 << 31 else u

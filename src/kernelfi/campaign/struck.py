@@ -190,20 +190,21 @@ def _run_composites(runner: "Runner", st: _Struck, comps: list[tuple[int, list[i
     were not pointwise after all) hands its lanes back."""
     rows = torch.tensor([g for g, _ in comps], dtype=torch.long)
     cmem = runner.program.lane_memory({n: t.index_select(0, rows) for n, t in st.after.items()}, len(comps))
-    owner: list[dict[int, int]] = []
+    stores: list[dict[str, dict[int, int]]] = []  # per composite: buffer -> flat index -> lane
     for c, (_, comp) in enumerate(comps):
-        own: dict[int, int] = {}
+        own: dict[str, dict[int, int]] = {}
         for j in comp:
             for buf, i, v in st.writes[j]:
                 cmem[buf][c].view(-1)[i] = v
-                own[i] = j
-        owner.append(own)
+                own.setdefault(buf, {})[i] = j
+        stores.append(own)
     with torch.no_grad():
         runner.program.run(cmem, k + 1, end, fast=runner.fast)
     got: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {j: {} for _, comp in comps for j in comp}
     lost: set[int] = set()
     for n in names:
         f = cmem[n].reshape(len(comps), -1)
+        owner = [_owners(own, f.shape[1], cmem) for own in stores]
         per = _owned_diffs(f, gold[n].reshape(gold[n].shape[0], -1), rows.tolist(), owner)
         if per is None:  # a golden NaN, no library, or a difference nobody owns: the whole comparison
             per = {}
@@ -222,6 +223,19 @@ def _run_composites(runner: "Runner", st: _Struck, comps: list[tuple[int, list[i
     for j in back:
         got.pop(j, None)
     return got, back
+
+
+def _owners(own: dict[str, dict[int, int]], numel: int, cmem: Memory) -> dict[int, int]:
+    """Which lane of a composite owns element i of a buffer of ``numel`` elements per lane: the
+    lane that stored at index i into a buffer of that size (the launches after the struck one
+    are pointwise, so a store reaches element i of their outputs only). A store that went to a
+    buffer of another size (the im2col workspace, a stray store into another layer's buffer)
+    owns nothing here: its index is not an element of this buffer."""
+    out: dict[int, int] = {}
+    for buf, idx in own.items():
+        if cmem[buf][0].numel() == numel:
+            out.update(idx)
+    return out
 
 
 def _owned_diffs(f: torch.Tensor, gold: torch.Tensor, rows: list[int], owner: list[dict[int, int]]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kernelfi.faults.bits import bits_f32, corrupt_i32, f32_bits
+from kernelfi.faults.bits import bits_f32, signed32, word32
 from kernelfi.faults.gemm import GemmFault, GemmView
 from kernelfi.faults.memmap import Crash, MemoryMap
 from kernelfi.faults.programs import OPERANDS, PROGRAMS
@@ -228,16 +228,16 @@ def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, 
 def _as_dtype(value: Any, dtype: torch.dtype) -> int | float:
     """A stored 32-bit word as the element type of the buffer it landed in: a float stored into
     an int32 buffer (a misdirected store) keeps its bits, and the other way round."""
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if dtype == torch.int32:
-        return int(value) if is_int else corrupt_i32(f32_bits(float(value)), "none", (), None)
-    return bits_f32(int(value) & 0xFFFFFFFF) if is_int else float(value)
+        return signed32(word32(value))
+    return float(value) if isinstance(value, (float, np.floating)) else bits_f32(word32(value))
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, np.integer)) or isinstance(b, (int, np.integer)):
-        return int(a) == int(b)
-    return np.float32(a).tobytes() == np.float32(b).tobytes()
+    """Do two stores leave the same word in memory? Memory holds words, not types: a corrupted
+    index can send a float store over an int32 element (a max-pool's -inf over its argmax), and
+    what lands there is the float's bit pattern."""
+    return word32(a) == word32(b)
 
 
 def _landed(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch, eff: LaneEffect,
