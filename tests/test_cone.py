@@ -59,7 +59,7 @@ def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode
 
 
 def test_composites_never_share_an_element() -> None:
-    from kernelfi.campaign.struck import composites
+    from kernelfi.execution.struck import composites
     claims = [(0, frozenset({5})), (1, frozenset({7})), (2, frozenset({5, 9})), (3, frozenset({9})),
               (4, frozenset({1}))]
     # worked by hand: 2 collides with 0 on element 5 and opens a second composite; 3 and 4 fit the first
@@ -69,8 +69,8 @@ def test_composites_never_share_an_element() -> None:
 def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
     from kernelfi.campaign import CampaignConfig, ModelSpec
     from kernelfi.campaign.campaign import batches, prepare
-    import kernelfi.campaign.runner as runner_mod
-    from kernelfi.campaign.struck import pointwise_after
+    import kernelfi.execution.runner as runner_mod
+    from kernelfi.execution.struck import pointwise_after
     prep = prepare(CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=120, seed=5, inputs=4))
     trace = prep.session.program.trace
     kinds = {l.kernel: pointwise_after(trace, l.index, prep.runner.layer_span[l.layer][1]) for l in trace.launches
@@ -100,7 +100,7 @@ def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
 @pytest.fixture
 def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """``diff_rows`` without the native library (tests/test_native.py checks that one)."""
-    from kernelfi.campaign import native
+    from kernelfi.execution import native
     monkeypatch.setattr(native, "_tried", True)
     monkeypatch.setattr(native, "_lib", None)
 
@@ -108,7 +108,7 @@ def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_diff_rows_by_hand(torch_path: None) -> None:
     """Errors are float32 arithmetic; a golden 0 is divided by 1e-30; NaN == NaN; a NaN
     error is infinite."""
-    from kernelfi.campaign.cone import diff_rows
+    from kernelfi.execution.cone import diff_rows
 
     g = torch.tensor([[1.0, 2.5, 0.0, -4.0]])
     a = torch.tensor([[1.0, 2.5, 0.0, -4.0],        # clean
@@ -127,7 +127,7 @@ def test_diff_rows_by_hand(torch_path: None) -> None:
 def test_diff_rows_whole_row_path_equals_the_gathering_one(torch_path: None) -> None:
     """``finite=True`` works on whole rows, the other path gathers the differing elements:
     the same counts and the same largest errors, bit for bit, on random rows."""
-    from kernelfi.campaign.cone import diff_rows
+    from kernelfi.execution.cone import diff_rows
 
     gen = torch.Generator().manual_seed(3)
     for t in range(60):
@@ -145,7 +145,7 @@ def test_diff_rows_whole_row_path_equals_the_gathering_one(torch_path: None) -> 
 def test_struck_layer_in_chunks_gives_the_same_rows(tmp_path, monkeypatch) -> None:
     """RF faults in the gemm run the struck layer on whole lanes; bounding how many run at once
     (``Runner.whole_chunk``, here one lane at a time) changes nothing in the results."""
-    import kernelfi.campaign.runner as runner_mod
+    import kernelfi.execution.runner as runner_mod
     from kernelfi.campaign import CampaignConfig, ModelSpec
 
     rows = []
@@ -182,7 +182,7 @@ def test_lanes_of_several_layers_share_a_batch() -> None:
 
 def test_similar_groups_lanes_of_like_boxes() -> None:
     """Lanes whose boxes would share one window size with little waste go together."""
-    from kernelfi.campaign.cone import SparseLane, similar
+    from kernelfi.execution.cone import SparseLane, similar
 
     boxes = [(0, 2, 0, 2), (0, 10, 0, 10), (5, 14, 0, 10), (3, 5, 3, 5), (0, 1, 0, 2), (7, 8, 7, 8)]
     step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
@@ -207,9 +207,9 @@ def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:
     the columns of one GEMM (``Cone._step_cols``), maps of 144 pixels (calls of at most the
     map's columns) and of 36 or fewer (calls of ``CONCAT_COLS``); every row equals the
     whole-tensor path's, and the one of the grouped windows."""
-    from kernelfi.campaign.golden import Golden
+    from kernelfi.execution.golden import Golden
     from kernelfi.campaign.planner import PlannedFault
-    from kernelfi.campaign.runner import Runner
+    from kernelfi.execution.runner import Runner
     from kernelfi.lowering import lower
     from kernelfi.models.architectures import Bottleneck, ResNet
     from kernelfi.types import BitModel, Fault, Mode, Site
@@ -250,7 +250,7 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     that differs from what the kernels leave (here by one ulp in one element) is refused."""
     from kernelfi.campaign import CampaignConfig, ModelSpec
     from kernelfi.campaign.campaign import batches, prepare
-    from kernelfi.campaign.runner import Runner
+    from kernelfi.execution.runner import Runner
 
     prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=17, inputs=4))
     runner, golden = prep.runner, prep.runner.golden
@@ -275,7 +275,7 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
 def test_golden_plane_finiteness_by_hand() -> None:
     """A plane holding NaN, inf or -inf anywhere is not finite (its windows need NaN-aware
     comparisons); the answer is kept per plane and input."""
-    from kernelfi.campaign.cone import Cone
+    from kernelfi.execution.cone import Cone
 
     cone = Cone.__new__(Cone)
     for v in (1.0, math.nan, math.inf, -math.inf):
@@ -291,8 +291,8 @@ def test_owned_differences_of_composites_by_hand() -> None:
     """A composite's differing elements are read at its lanes' indices once one pass counts no
     other difference; a difference at an index no lane owns (or a golden NaN) leaves it to the
     whole-row comparison (None)."""
-    from kernelfi.campaign import native
-    from kernelfi.campaign.struck import _owned_diffs
+    from kernelfi.execution import native
+    from kernelfi.execution.struck import _owned_diffs
 
     if not native.available():
         pytest.skip("no C compiler: the whole-row comparison runs instead")

@@ -13,9 +13,9 @@ import torch
 
 from kernelfi.campaign import CampaignConfig, ModelSpec
 from kernelfi.campaign.campaign import prepare, to_records
-from kernelfi.campaign.golden import Golden
+from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import Planner
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.faults.memmap import MemoryMap
 from kernelfi.faults.registers import rf_registers
 from kernelfi.lowering import lower
@@ -107,7 +107,7 @@ def test_ioa_stray_stores_of_one_composite_on_a_global_pool_model() -> None:
 def test_composite_owners_are_per_buffer_size() -> None:
     # lane 10 stored into out[2] (8 elements per lane) and into the workspace at 14484; lane 11
     # into out[5]: in out, lane 10 owns 2 alone; in a 20000-element buffer, only 14484 is its.
-    from kernelfi.campaign.struck import _owners
+    from kernelfi.execution.struck import _owners
     cmem = {"out": torch.zeros(1, 8), "workspace": torch.zeros(1, 20000)}
     own = {"out": {2: 10, 5: 11}, "workspace": {14484: 10}}
     assert _owners(own, 8, cmem) == {2: 10, 5: 11}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from kernelfi.campaign.golden import Golden
+from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.faults.registers import rf_registers
 from kernelfi.lowering import Program, lower
 from kernelfi.models.darknet import DarknetNet, build_layers, parse_cfg_text

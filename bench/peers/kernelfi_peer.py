@@ -8,7 +8,7 @@ runs them: golden-prefix reuse, batched suffix, early stop.
 
 ``KernelfiPool`` runs them as ``kernelfi campaign --workers N`` does: N worker processes, each
 with its own model, golden run and runner on one engine thread, taking whole batches. The rows
-are the same as in one process (``kernelfi.campaign.threads``).
+are the same as in one process (``kernelfi.execution.threads``).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from kernelfi.campaign.campaign import auto_batch, batches
-from kernelfi.campaign.golden import Golden, SharedGolden
+from kernelfi.execution.golden import Golden, SharedGolden
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.pool import set_up
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.lowering import Program
 from kernelfi.types import BitModel, Fault, Mode, Result, Site
 

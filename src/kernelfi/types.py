@@ -282,6 +282,16 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class PlannedFault:
+    """One injection of a campaign: its id, its fault and its sampling weight (1.0 for uniform
+    selection). The planner draws it; the execution engine runs it; the store keeps its row."""
+
+    id: int
+    fault: Fault
+    weight: float
+
+
+@dataclass(frozen=True)
 class Propagation:
     """How far the corruption reached in one downstream layer's output."""
 

@@ -15,11 +15,11 @@ import torch
 
 from kernelfi import __version__
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden, lane_numel, live_at_launch
+from kernelfi.execution.golden import Golden, lane_numel, live_at_launch
 from kernelfi.campaign.planner import PlannedFault, Planner
-from kernelfi.campaign.runner import Executed, Runner
+from kernelfi.execution.runner import Executed, Runner
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
-from kernelfi.campaign.threads import ENGINE_THREADS
+from kernelfi.execution.threads import ENGINE_THREADS
 from kernelfi.faults.registers import derating, rf_registers
 from kernelfi.store import CampaignMeta, InjectionRecord, LaunchRow, LayerRow, Store
 from kernelfi.types import BitModel, Mode, Outcome, Trace
@@ -40,7 +40,7 @@ class CampaignConfig:
     #: faults per batched run; 0: as many as ``auto_batch`` fits in memory
     batch: int = 0
     #: worker processes (0: one per CPU, ``pool.auto_workers``); rows do not
-    #: depend on it (``kernelfi.campaign.threads``)
+    #: depend on it (``kernelfi.execution.threads``)
     workers: int = 1
     fast: bool = True
     #: compute only the receptive-field cone after the struck layer (same rows as without)

@@ -21,9 +21,9 @@ import torch
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.campaign import AUTO_BUDGET, CampaignConfig, Prepared, prepare
-from kernelfi.campaign.golden import Golden, SharedGolden, golden_numel
+from kernelfi.execution.golden import Golden, SharedGolden, golden_numel
 from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.runner import Checks, Executed, Runner
+from kernelfi.execution.runner import Checks, Executed, Runner
 
 #: What a worker holds besides the model's weights: torch itself and the runner's bookkeeping
 #: (the lanes of a batch are ``AUTO_BUDGET`` at most; ResNet-152's worker peaks at 0.7 GiB)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernelfi.campaign import native
+from kernelfi.execution import native
 from kernelfi.lowering import Memory, Program
 from kernelfi.lowering.crop import Box, CropUnit, area, crop_units, fit, gather, union, verify, verify_cols
 from kernelfi.types import Propagation, Trace

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.campaign import native
-from kernelfi.campaign.cone import REL_FLOOR, Cone, Diff, SparseLane, diff_rows
-from kernelfi.campaign.golden import Golden, dense_matches_cache, lane_numel, live_at_launch, live_in
-from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.struck import pointwise_after, run_sparse
-from kernelfi.campaign.threads import engine_threads
+from kernelfi.execution import native
+from kernelfi.execution.cone import REL_FLOOR, Cone, Diff, SparseLane, diff_rows
+from kernelfi.execution.golden import Golden, dense_matches_cache, lane_numel, live_at_launch, live_in
+from kernelfi.execution.struck import pointwise_after, run_sparse
+from kernelfi.execution.threads import engine_threads
 from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
 from kernelfi.lowering import Memory, Program
-from kernelfi.types import Launch, Outcome, Propagation, Result
+from kernelfi.types import Launch, Outcome, PlannedFault, Propagation, Result
 
 
 #: Bytes the struck layer's whole lanes may hold at once (``Runner.whole_chunk``)

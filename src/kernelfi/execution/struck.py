@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kernelfi.campaign import native
-from kernelfi.campaign.cone import REL_FLOOR, SparseLane, diff_segments, different, has_nan
+from kernelfi.execution import native
+from kernelfi.execution.cone import REL_FLOOR, SparseLane, diff_segments, different, has_nan
 from kernelfi.faults.inject import LaneEffect, fault_writes
 from kernelfi.kernels import get_kernel
 from kernelfi.lowering import Memory
 from kernelfi.types import Launch, Outcome, Propagation, Trace
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kernelfi.campaign.runner import Runner, _Batch
+    from kernelfi.execution.runner import Runner, _Batch
 
 #: kernels whose output element i depends only on element i of their per-lane inputs
 POINTWISE = frozenset({"add_bias", "scale_bias", "normalize", "activate_array"})
