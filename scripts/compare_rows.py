@@ -9,7 +9,8 @@ SASSIFI scope, the engine without the cone and without the fused fast path, and 
 a hardened digits-alexnet (TMR, DMR, ABFT and range restriction). ``--quick`` leaves out
 AlexNet and ResNet-50. ``compare`` reads both databases with sqlite alone (no kernelfi import)
 and compares every column of every campaign, launch, layer, injection and propagation row, but
-the times (``campaigns.created``, ``injections.seconds``); floats bit for bit. Exit status 1
+the times (``campaigns.created``, ``injections.seconds``) and the path of the plan file;
+floats bit for bit. Exit status 1
 when a row differs or is missing.
 """
 from __future__ import annotations
@@ -75,6 +76,17 @@ def run(db: str, quick: bool) -> None:
         print(f"{model} {mode} n {n} seed {seed} {options or ''}: {time.perf_counter() - t0:.1f} s", flush=True)
 
 
+def _value(table: str, column: str, v: object) -> object:
+    """A stored value as compared: the hardening plan's path is where ``run`` wrote it (its
+    content is the ``hardening`` column)."""
+    if (table, column) == ("campaigns", "extra") and isinstance(v, str):
+        extra = json.loads(v)
+        if (extra.get("model_spec") or {}).get("hardening"):
+            extra["model_spec"]["hardening"] = "<plan>"
+        return json.dumps(extra, sort_keys=True)
+    return v
+
+
 def _same(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return struct.pack("<d", a) == struct.pack("<d", b)
@@ -102,6 +114,8 @@ def compare(a: str, b: str) -> int:
             bad += 1
             continue
         check = [i for i, c in enumerate(cols) if (table, c) not in SKIP]
+        ra = {k: tuple(_value(table, c, v) for c, v in zip(cols, r)) for k, r in ra.items()}
+        rb = {k: tuple(_value(table, c, v) for c, v in zip(cols, r)) for k, r in rb.items()}
         differ = [k for k in ra if k in rb and not all(_same(ra[k][i], rb[k][i]) for i in check)]
         only_a, only_b = sorted(set(ra) - set(rb)), sorted(set(rb) - set(ra))
         bad += len(differ) + len(only_a) + len(only_b)

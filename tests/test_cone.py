@@ -69,31 +69,28 @@ def test_composites_never_share_an_element() -> None:
 def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
     from kernelfi.campaign import CampaignConfig, ModelSpec
     from kernelfi.campaign.campaign import batches, prepare
-    import kernelfi.execution.runner as runner_mod
     from kernelfi.execution.struck import pointwise_after
     prep = prepare(CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=120, seed=5, inputs=4))
     trace = prep.session.program.trace
-    kinds = {l.kernel: pointwise_after(trace, l.index, prep.runner.layer_span[l.layer][1]) for l in trace.launches
+    layout = prep.runner.layout
+    kinds = {l.kernel: pointwise_after(trace, l.index, layout.layer_span[l.layer][1]) for l in trace.launches
              if l.layer == trace.launches[0].layer}
     assert kinds["add_bias"] and kinds["gemm"] and not kinds["im2col"] and not kinds["fill"]
     seen: list[int] = []
-    real = runner_mod.run_sparse
+    real = prep.runner.struck.run
 
-    def spy(runner, ctx, refs, pos, layer):
-        seen.extend(refs)
-        return real(runner, ctx, refs, pos, layer)
+    def spy(state, refs, layer):
+        seen.extend(state.faults[j].id for j in refs)
+        return real(state, refs, layer)
 
-    runner_mod.run_sparse = spy
-    try:
-        planned = [prep.planner.draw(i) for i in range(120)]
-        layer_of = {l.index: l.layer for l in trace.launches}
-        for b in batches(planned, layer_of, 32):
-            prep.runner.run(b)
-    finally:
-        runner_mod.run_sparse = real
+    prep.runner.struck.run = spy  # type: ignore[method-assign]
+    planned = [prep.planner.draw(i) for i in range(120)]
+    layer_of = {l.index: l.layer for l in trace.launches}
+    for b in batches(planned, layer_of, 32):
+        prep.runner.run(b)
     eligible = sum(1 for pf in planned if pointwise_after(trace, pf.fault.site.launch,
-                                                          prep.runner.layer_span[layer_of[pf.fault.site.launch]][1])
-                   and prep.runner.layer_pos[layer_of[pf.fault.site.launch]] + 1 < len(trace.layers))
+                                                          layout.layer_span[layer_of[pf.fault.site.launch]][1])
+                   and layout.layer_pos[layer_of[pf.fault.site.launch]] + 1 < len(trace.layers))
     assert eligible > 40 and len(seen) == eligible
 
 
@@ -186,7 +183,7 @@ def test_similar_groups_lanes_of_like_boxes() -> None:
 
     boxes = [(0, 2, 0, 2), (0, 10, 0, 10), (5, 14, 0, 10), (3, 5, 3, 5), (0, 1, 0, 2), (7, 8, 7, 8)]
     step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
-    groups = [[ln.ref for ln, _ in g] for g in similar(step)]
+    groups = [[ln.fault for ln, _ in g] for g in similar(step)]
     # largest first: 10x10 and 9x10 share a 10x10 window (200 <= 1.25 * 190); a 2x2 would make
     # it 300 > 1.25 * 194, so it opens a group; the other 2x2 (8 <= 10) and the 1x2 (12 <= 12.5)
     # join it; the 1x1 would make it 16 > 1.25 * 11
@@ -196,10 +193,10 @@ def test_similar_groups_lanes_of_like_boxes() -> None:
     # a lone 9x1 and a lone 1x9 (a 9x9 window: 81 > 18) stay apart
     boxes = [(0, 4, 0, 4), (0, 10, 0, 10), (5, 8, 0, 5), (7, 8, 7, 8)]
     step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
-    assert [[ln.ref for ln, _ in g] for g in similar(step)] == [[1], [0], [2], [3]]
-    assert [[ln.ref for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1, 0], [2, 3]]
+    assert [[ln.fault for ln, _ in g] for g in similar(step)] == [[1], [0], [2], [3]]
+    assert [[ln.fault for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1, 0], [2, 3]]
     step = [(SparseLane(0, 0), (0, 9, 0, 1)), (SparseLane(1, 0), (0, 1, 0, 9))]
-    assert [[ln.ref for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1], [0]]
+    assert [[ln.fault for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1], [0]]
 
 
 def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:
@@ -255,13 +252,13 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=17, inputs=4))
     runner, golden = prep.runner, prep.runner.golden
     n_gemm = sum(l.kernel == "gemm" for l in runner.trace.launches)
-    assert len(golden.pre) == n_gemm and len(runner.gemm_cache) >= n_gemm - 1
+    assert len(golden.pre) == n_gemm and len(runner.starts.gemm_cache) >= n_gemm - 1
     layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
     planned = [prep.planner.draw(i) for i in range(150)]
     rows = []
-    for cache in (dict(runner.gemm_cache), {}):
-        runner.gemm_cache = cache
-        runner._pre_key = None
+    for cache in (dict(runner.starts.gemm_cache), {}):
+        runner.starts.gemm_cache = cache
+        runner.starts.clear()
         with torch.no_grad():
             rows.append({e.planned.id: repr(e.result) for b in batches(planned, layer_of, 40) for e in runner.run(b)})
     assert rows[0] == rows[1]
@@ -269,7 +266,7 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     g = next(iter(golden.pre))
     golden.pre[g] = golden.pre[g].clone()
     golden.pre[g][0, 5] = torch.nextafter(golden.pre[g][0, 5], torch.tensor(math.inf))
-    assert g not in Runner(prep.session.program, golden).gemm_cache
+    assert g not in Runner(prep.session.program, golden).starts.gemm_cache
 
 
 def test_golden_plane_finiteness_by_hand() -> None:

@@ -10,8 +10,11 @@ programs, faults and golden runs, never campaigns, stores or plans. What it offe
 - ``engine_threads`` / ``ENGINE_THREADS`` (``threads``): every engine computation on one
   intra-op thread, so rows do not depend on how a campaign is run.
 
-Inside: the struck layer without whole faulty lanes (``struck``), the receptive-field cone
-after it (``cone``) and the C loops both use (``native``, ``native.c``).
+Inside: a batch's rows and findings as named types (``lanes``: ``GoldenLane``/``FaultyLane``,
+``GoldenRow``, ``LaneRun``, ``BatchState``), the trace facts every stage looks up (``layout``),
+the golden state a struck layer starts from (``starts``), the struck layer without whole
+faulty lanes (``struck``), the receptive-field cone after it (``cone``), whole-tensor lanes
+against their golden rows (``compare``) and the C loops they use (``native``, ``native.c``).
 """
 from kernelfi.execution.golden import Golden, SharedGolden, golden_numel, lane_numel, live_at_launch
 from kernelfi.execution.runner import Checks, Executed, Runner

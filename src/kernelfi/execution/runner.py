@@ -1,45 +1,44 @@
 """Batched execution of injections: many faulty lanes through one run of the suffix.
 
 A batch holds faults of one layer or of a few consecutive ones; each struck layer runs on its own
-(lanes 0..g-1 golden, one per distinct input, the rest faulty), then the lanes of every struck
+(golden rows, one per distinct input, then the faulty lanes), then the lanes of every struck
 layer walk on together. The run starts at the layer from the golden cache, applies each
 fault inside its kernel (``faults.inject``), and after every layer retires the lanes whose
 fate is known: Masked (the injected kernel's outputs equal golden), DUE (crash/hang), or
 No-Malfunction SDC (every buffer the rest of the run reads equals golden again). Survivors are
 classified at the output (SPEC §3).
+
+The stages: ``struck`` (the struck layer as golden rows plus each fault's stores, for faults
+with only pointwise launches after theirs), the whole-lane struck layer here (any fault), the
+receptive-field cone after it (``cone``), whole tensors where the cone does not reach
+(``compare`` judges them). Every stage records into one ``BatchState``, keyed by the fault's
+index in the batch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterable, NamedTuple
 
 import torch
 
-from kernelfi.execution import native
-from kernelfi.execution.cone import REL_FLOOR, Cone, Diff, SparseLane, diff_rows
-from kernelfi.execution.golden import Golden, dense_matches_cache, lane_numel, live_at_launch, live_in
-from kernelfi.execution.struck import pointwise_after, run_sparse
+from kernelfi.execution.compare import lane_runs, scan
+from kernelfi.execution.cone import Cone, Diff, SparseLane
+from kernelfi.execution.golden import Golden, dense_matches_cache, lane_numel
+from kernelfi.execution.lanes import BatchState, FaultyLane, GoldenLane, GoldenRow, GoldenSource, Lane, golden_rows
+from kernelfi.execution.layout import Layout
+from kernelfi.execution.starts import StruckStarts
+from kernelfi.execution.struck import StruckLayer, pointwise_after
 from kernelfi.execution.threads import engine_threads
-from kernelfi.faults.inject import LaneEffect, MemoryMap, make_override
+from kernelfi.faults.inject import LaneEffect, make_override
 from kernelfi.lowering import Memory, Program
 from kernelfi.types import Launch, Outcome, PlannedFault, Propagation, Result
 
 
 #: Bytes the struck layer's whole lanes may hold at once (``Runner.whole_chunk``)
 WHOLE_BUDGET = 1 << 30
-
-
-@dataclass
-class _Batch:
-    """What every stage of one batch records into."""
-
-    batch: list[PlannedFault]
-    effects: dict[int, LaneEffect]
-    n_inputs: int                  # golden lanes of the struck layer (effects are keyed after them)
-    done: dict[int, Result]
-    props: dict[int, list[Propagation]]
-    lane_weights: tuple[str, ...] = ()  # weights some lane holds its own copy of (an IOA store landed there)
 
 
 @dataclass
@@ -62,6 +61,14 @@ class Checks:
     gemm_cache: tuple[tuple[int, tuple[int, ...]], ...]
 
 
+class Joining(NamedTuple):
+    """Lanes that walk on from one layer position after their struck layer: through the cone,
+    or on whole tensors (a difference in a buffer that is no feature map)."""
+
+    cone: list[SparseLane]
+    whole: list[SparseLane]
+
+
 class Runner:
     """Holds everything shared by the batches of one campaign."""
 
@@ -72,123 +79,30 @@ class Runner:
         machine (``checks()``; a campaign's workers take the driver's instead of 2-5 s each)."""
         self.program, self.golden, self.fast = program, golden, fast
         #: with keep_outputs, the final probabilities of each faulty lane of the last batch that
-        #: reached the output (tests check them against values worked out on paper)
+        #: reached the output, by injection id (tests check them against values worked out on paper)
         self.keep_outputs = keep_outputs
         self.last_outputs: dict[int, torch.Tensor] = {}
-        trace = program.trace
-        self.trace = trace
-        self.live = live_in(trace)
-        self.live_launch = live_at_launch(trace)
-        self.layer_pos = {spec.index: p for p, spec in enumerate(trace.layers)}
-        self.layer_span: dict[int, tuple[int, int]] = {}
-        for l in trace.launches:
-            s, e = self.layer_span.get(l.layer, (l.index, l.index + 1))
-            self.layer_span[l.layer] = (min(s, l.index), max(e, l.index + 1))
-        self.out_buf = {l.layer: l.writes[0] for l in trace.launches if l.writes and l.writes[0] != "workspace"
-                        and trace.buffer(l.writes[0]).kind == "activation"}
-        self.spec = {b.name: b for b in trace.buffers}
-        self.weight_names = frozenset(b.name for b in trace.buffers if b.kind == "weight")
-        self.memmap = MemoryMap.from_trace(trace)
+        self.trace = program.trace
+        self.layout = layout = Layout(program.trace)
         #: the receptive-field cone after the struck layer (needs the fused units: fast only)
-        self.cone = Cone(program, golden.buffers, self.live, enabled=fast and cone,
+        self.cone = Cone(program, golden.buffers, layout.live, enabled=fast and cone,
                          verified=(checks.units, checks.cols) if checks else None)
         #: the struck layer as golden lanes plus each fault's stores (``struck``); with the cone
         self.sparse_struck = fast and cone
         #: lanes that run whole after the cone compare with the golden cache instead of carrying
         #: golden lanes, where every layer gives a golden row the cache's values in any batch
         self.cached_golden = fast and cone and (checks.cached_golden if checks else dense_matches_cache(
-            program, golden, self.live, self.layer_span, self.out_buf))
-        self._pre_key: tuple[int, int] | None = None
-        self._pre: dict[int, Memory] = {}
-        #: GEMM launch -> the per-lane shape of its output buffer, for the golden products
-        #: (``Golden.pre``) that equal what the kernels leave there (checked on one input)
-        self.gemm_cache = (dict(checks.gemm_cache) if checks else self._check_pre()) if fast else {}
+            program, golden, layout.live, layout.layer_span, layout.out_buf))
+        #: the golden state each struck layer starts from (and the GEMM products it may use)
+        self.starts = StruckStarts(program, golden, layout, fast, dict(checks.gemm_cache) if checks else None)
+        self.struck = StruckLayer(program, layout, self.starts, self.cone, fast)
         self._whole_chunk: dict[int, int] = {}
-        self._lane_numel = lane_numel(trace)
+        self._lane_numel = lane_numel(program.trace)
 
     def checks(self) -> Checks:
         """The one-time checks' findings, for runners in other processes on this machine."""
         return Checks(frozenset(self.cone.units), frozenset(self.cone.cols), bool(self.cached_golden),
-                      tuple(self.gemm_cache.items()))
-
-    # ------------------------------------------------------------------ helpers
-    def _per_lane(self, name: str, t: torch.Tensor) -> bool:
-        spec = self.spec.get(name)
-        if spec is None or spec.kind != "weight":
-            return True
-        return t.dim() == len(spec.shape) + 1
-
-    def _take(self, mem: Memory, lanes: list[int]) -> Memory:
-        """Lanes ``lanes`` of every per-lane tensor of ``mem`` (weights shared by all stay out)."""
-        idx = torch.tensor(lanes, dtype=torch.long)
-        return {n: t.index_select(0, idx) for n, t in mem.items() if self._per_lane(n, t)}
-
-    def _lane_equal(self, mem: Memory, names, lane: int, glane: int) -> bool:
-        for name in names:
-            t = mem.get(name)
-            if t is None or not self._per_lane(name, t):
-                continue
-            if not torch.equal(t[lane], t[glane]):
-                return False
-        return True
-
-    def _check_pre(self) -> dict[int, tuple[int, ...]]:
-        """The golden GEMM products a struck layer may start from: those equal, bit for bit, to
-        the C buffer the layer's own launches up to the GEMM leave (run here for one input)."""
-        out: dict[int, tuple[int, ...]] = {}
-        idx = torch.tensor([0], dtype=torch.long)
-        for g, prod in self.golden.pre.items():
-            layer = self.trace.launches[g].layer
-            span0 = self.layer_span[layer][0]
-            c = self.trace.launches[g].writes[0]
-            mem = self._golden_rows(self.live[self.layer_pos[layer]], idx)
-            with torch.no_grad():
-                self.program.run(mem, span0, g + 1, fast=True)
-            if torch.equal(mem[c].reshape(-1), prod[0] + 0.0) and self._restorable(g):
-                out[g] = tuple(mem[c].shape[1:])
-        return out
-
-    def _golden_rows(self, names, idx: torch.Tensor, skip: str | None = None) -> Memory:
-        """The weights and rows ``idx`` of golden buffers ``names`` (and the input: kernels size
-        new buffers by its lanes), but ``skip``."""
-        mem: Memory = dict(self.program.weights)
-        for name in names | {"input"}:
-            if name != skip:
-                mem[name] = self.golden.buffers[name].index_select(0, idx)
-        return mem
-
-    def _restorable(self, g: int) -> bool:
-        """Every buffer live after GEMM launch ``g`` but its output is in the golden cache."""
-        c = self.trace.launches[g].writes[0]
-        return all(n in self.golden.buffers for n in self.live_launch[g + 1] if n != c)
-
-    def _golden_at(self, pos: int, span0: int, first: int, inputs: list[int]) -> Memory:
-        """Golden buffers live at launch ``first`` (inside layer ``pos``), one row per input.
-
-        The layer's launches before the first struck one (fill, im2col, gemm... for a fault in
-        add_bias) are the costly part of a layer; they run once per input and layer position
-        and are kept while batches of that position follow (the campaign sorts batches by layer).
-        A row never depends on which inputs share the run that computes it."""
-        key = (span0, first)
-        if self._pre_key != key:
-            self._pre_key, self._pre = key, {}
-        need = self.live_launch[first]
-        missing = [i for i in inputs if i not in self._pre]
-        if missing:
-            # one run for the missing inputs (a row does not depend on the rows beside it)
-            idx = torch.tensor(missing, dtype=torch.long)
-            g = max((g for g in self.gemm_cache if span0 <= g < first), default=None)
-            if g is None:
-                start, mem = span0, self._golden_rows(self.live[pos], idx)
-            else:  # from the golden run's GEMM product (what the launches before would leave)
-                start, c = g + 1, self.trace.launches[g].writes[0]
-                mem = self._golden_rows(self.live_launch[start], idx, skip=c)
-                mem[c] = (self.golden.pre[g].index_select(0, idx) + 0.0).view(len(missing), *self.gemm_cache[g])
-            with torch.no_grad():
-                self.program.run(mem, start, first, fast=self.fast)
-            for j, inp in enumerate(missing):
-                self._pre[inp] = {n: mem[n][j:j + 1] for n in need if n in mem and self._per_lane(n, mem[n])}
-        return {n: torch.cat([self._pre[i][n] for i in inputs]) for n in self._pre[inputs[0]]}
+                      tuple(self.starts.gemm_cache.items()))
 
     # ------------------------------------------------------------------ one batch
     @engine_threads()
@@ -196,43 +110,38 @@ class Runner:
         """Run a batch of faults (of one layer or several): each layer's struck lanes, then one
         walk in which lanes struck in different layers join at their own position, so later
         cone steps and whole-tensor layers run once for all of them."""
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         self.last_outputs = {}
-        trace = self.trace
+        layout, trace = self.layout, self.trace
+        state = BatchState(batch, self.golden.top1)
         by_layer: dict[int, list[int]] = {}
         for j, pf in enumerate(batch):
             by_layer.setdefault(trace.launches[pf.fault.site.launch].layer, []).append(j)
-        done: dict[int, Result] = {}
-        tags: dict[int, str] = {}
-        ctx = _Batch(batch, {}, 0, done, {})
-        joiners: dict[int, tuple[list[SparseLane], list[SparseLane]]] = {}  # position p -> lanes from p on
-        whole: dict[int, list[int]] = {}
-        for layer in sorted(by_layer, key=lambda l: self.layer_pos[l]):
-            pos = self.layer_pos[layer]
+        joining: dict[int, Joining] = {}  # layer position -> the lanes that walk on from there
+        whole: dict[int, list[int]] = {}  # layer -> its faults that run the struck layer on whole lanes
+        for layer in sorted(by_layer, key=lambda index: layout.layer_pos[index]):
+            pos = layout.layer_pos[layer]
             whole[layer] = by_layer[layer]
             if self.sparse_struck and pos + 1 < len(trace.layers):
-                end = self.layer_span[layer][1]
+                end = layout.layer_span[layer][1]
                 refs = [j for j in by_layer[layer] if pointwise_after(trace, batch[j].fault.site.launch, end)]
                 if refs:
-                    ctx.props.update({j: [] for j in refs})
+                    state.propagation.update({j: [] for j in refs})
                     with torch.no_grad():
-                        cone_lanes, dense_lanes, fallback = run_sparse(self, ctx, refs, pos, layer)
-                    sparse, dense = joiners.setdefault(pos + 1, ([], []))
-                    sparse.extend(cone_lanes)
-                    dense.extend(dense_lanes)
-                    tags.update({j: ctx.effects[j].tag for j in refs})
-                    whole[layer] = sorted(set(by_layer[layer]) - set(refs) | set(fallback))
-        if joiners:
+                        handed = self.struck.run(state, refs, layer)
+                    joiner = joining.setdefault(pos + 1, Joining([], []))
+                    joiner.cone.extend(handed.cone)
+                    joiner.whole.extend(handed.whole)
+                    whole[layer] = sorted(set(by_layer[layer]) - set(refs) | set(handed.fallback))
+        if joining:
             with torch.no_grad():
-                self._walk(joiners, ctx)
-        for layer, idx in whole.items():
-            pos, step = self.layer_pos[layer], self.whole_chunk(layer)
-            for s in range(0, len(idx), step):  # whole lanes of the struck layer, a bounded number at once
-                part = idx[s:s + step]
-                for j, (res, tag) in zip(part, self._run_whole([batch[j] for j in part], pos, layer)):
-                    done[j], tags[j] = res, tag
-        secs = (time.perf_counter() - t0) / max(1, len(batch))
-        return [Executed(pf, done[j], tags[j], secs) for j, pf in enumerate(batch)]
+                self._walk(joining, state)
+        for layer, refs in whole.items():
+            step = self.whole_chunk(layer)
+            for s in range(0, len(refs), step):  # whole lanes of the struck layer, a bounded number at once
+                self._run_whole(state, refs[s:s + step], layer)
+        seconds = (time.perf_counter() - started) / max(1, len(batch))
+        return [Executed(pf, state.results[j], state.effects[j].tag, seconds) for j, pf in enumerate(batch)]
 
     def whole_chunk(self, layer: int) -> int:
         """Faulty lanes the struck layer runs whole at once: what fits ``WHOLE_BUDGET`` bytes
@@ -240,328 +149,252 @@ class Runner:
         unfused struck layer materialises them: up to 7 MiB per lane on ResNet-50)."""
         n = self._whole_chunk.get(layer)
         if n is None:
-            first, end = self.layer_span[layer]
-            names = {b for l in self.trace.launches[first:end] for b in (*l.reads, *l.writes)}
+            first, end = self.layout.layer_span[layer]
+            names = {b for launch in self.trace.launches[first:end] for b in (*launch.reads, *launch.writes)}
             per_lane = 4 * sum(self._lane_numel(b, layer) for b in names)
             n = self._whole_chunk[layer] = max(1, WHOLE_BUDGET // max(per_lane, 1))
         return n
 
-    def _run_whole(self, batch: list[PlannedFault], pos: int, layer: int) -> list[tuple[Result, str]]:
-        """The struck layer on whole faulty lanes beside their golden lanes (any fault, any kernel)."""
-        trace = self.trace
-        inputs = sorted({pf.fault.input_id for pf in batch})
-        gl = {inp: i for i, inp in enumerate(inputs)}
-        lane_input = inputs + [pf.fault.input_id for pf in batch]
+    def _run_whole(self, state: BatchState, refs: list[int], layer: int) -> None:
+        """The struck layer ``layer`` on whole faulty lanes for the faults ``refs``, beside
+        their golden lanes (any fault, any kernel), and on from there."""
+        layout, trace = self.layout, self.trace
+        faults = [state.faults[j].fault for j in refs]
+        inputs = sorted({fault.input_id for fault in faults})
+        golden_row = {inp: row for row, inp in enumerate(inputs)}
+        lane_input = inputs + [fault.input_id for fault in faults]
         # The layer's launches before the first struck one are golden: every lane starts from
-        # the golden state at that launch (cached per input, ``_golden_at``).
-        span0, _ = self.layer_span[layer]
-        first = min(pf.fault.site.launch for pf in batch)
-        gmem = self._golden_at(pos, span0, first, inputs)
-        expand = torch.tensor([gl[i] for i in lane_input], dtype=torch.long)
-        mem = self.program.lane_memory({name: t.index_select(0, expand) for name, t in gmem.items()}, len(lane_input))
-        # lanes: position in the current tensors -> ("g", input) or ("f", batch index)
-        lanes: list[tuple[str, int]] = [("g", i) for i in inputs] + [("f", j) for j in range(len(batch))]
-        effects: dict[int, LaneEffect] = {}
+        # the golden state at that launch (``StruckStarts``).
+        first = min(fault.site.launch for fault in faults)
+        start = self.starts.at(layer, first, inputs)
+        expand = torch.tensor([golden_row[i] for i in lane_input], dtype=torch.long)
+        mem = self.program.lane_memory({name: t.index_select(0, expand) for name, t in start.items()}, len(lane_input))
+        lanes: list[Lane] = [GoldenLane(i) for i in inputs] + [FaultyLane(j) for j in refs]
+        row_of = {j: len(inputs) + s for s, j in enumerate(refs)}  # a fault's row in ``mem``
+        row_effects: dict[int, LaneEffect] = {}  # the injection override records by row
+        by_launch: dict[int, list[int]] = {}
+        for j, fault in zip(refs, faults):
+            by_launch.setdefault(fault.site.launch, []).append(j)
         overrides = {}
-        by_launch: dict[int, list[tuple[int, int]]] = {}
-        for j, pf in enumerate(batch):
-            by_launch.setdefault(pf.fault.site.launch, []).append((j, len(inputs) + j))
         for k, members in by_launch.items():
-            lane_faults = [(lane, batch[j].fault, gl[batch[j].fault.input_id]) for j, lane in members]
-            overrides[k] = make_override(trace.launches[k], lane_faults, effects, self.memmap, self._per_lane)
+            lane_faults = [(row_of[j], state.faults[j].fault, golden_row[state.input_of(j)]) for j in members]
+            overrides[k] = make_override(trace.launches[k], lane_faults, row_effects, layout.memmap, layout.per_lane)
         # A fault is Masked when the outputs of the unit it struck equal golden: the kernel itself,
         # or for a hardened kernel (replicas + voter/checker) the whole protected unit, whose last
         # launch the hardening transform names in ``check_after``.
-        check_at: dict[int, list[int]] = {}
-        for k, m in by_launch.items():
+        check_at: dict[int, list[int]] = {}  # launch -> the rows judged after it
+        for k, members in by_launch.items():
             end = int(trace.launches[k].params.get("check_after", k))
-            check_at.setdefault(end, []).extend(lane for _, lane in m)
-        differs: dict[int, bool] = {}
+            check_at.setdefault(end, []).extend(row_of[j] for j in members)
+        differs: dict[int, bool] = {}  # row -> its unit's outputs differ from golden
 
         def after(launch: Launch, mem: Memory) -> None:
-            for lane in check_at.get(launch.index, ()):
-                eff = effects[lane]
-                if eff.due:
-                    differs[lane] = True
+            for row in check_at.get(launch.index, ()):
+                effect = row_effects[row]
+                if effect.due:
+                    differs[row] = True
                     continue
-                names = set(launch.writes) | set(eff.touched)
-                differs[lane] = not self._lane_equal(mem, names, lane, eff.golden_lane)
+                names = set(launch.writes) | set(effect.touched)
+                differs[row] = not self._lane_equal(mem, names, row, effect.golden_lane)
 
-        done: dict[int, Result] = {}
-        props: dict[int, list[Propagation]] = {j: [] for j in range(len(batch))}
-        ctx = _Batch(batch, effects, len(inputs), done, props)
+        state.propagation.update({j: [] for j in refs})
         with torch.no_grad():
-            self.program.run(mem, first, self.layer_span[layer][1], fast=self.fast, overrides=overrides, after=after)
-            ctx.lane_weights = tuple(n for n in self.weight_names if n in mem and self._per_lane(n, mem[n]))
-            lanes = self._retire(pos, mem, lanes, ctx, differs)
+            self.program.run(mem, first, layout.layer_span[layer][1], fast=self.fast, overrides=overrides,
+                             after=after)
+            state.effects.update({j: row_effects[row_of[j]] for j in refs})
+            pos = layout.layer_pos[layer]
+            lanes = self._retire(pos, mem, lanes, state, {j: differs.get(row_of[j], False) for j in refs})
             if lanes:
-                self._suffix(mem, lanes, pos, ctx)
-        return [(done[j], effects[len(inputs) + j].tag) for j in range(len(batch))]
+                self._suffix(mem, lanes, pos, state)
 
-    def _retire(self, p: int, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch",
-                differs: dict[int, bool] | None = None) -> list[tuple[str, int]]:
-        """After layer position ``p``: record propagation, retire the lanes whose fate is known,
-        drop golden lanes nobody needs and compact ``mem``; the lanes left ([] when no faulty
-        lane is). ``differs`` is given for the struck layer only (Masked is judged there)."""
-        trace, batch = self.trace, ctx.batch
-        gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}  # input -> golden lane
-        keep: list[int] = []
-        spec = trace.layers[p]
-        out_name = self.out_buf.get(spec.index)
-        live_next = self.live[p + 1] if p + 1 < len(trace.layers) else frozenset()
-        live: list[tuple[int, int]] = []  # (current lane, batch index) of the faulty lanes still running
-        for cur, (kind, ref) in enumerate(lanes):
-            if kind == "g":
-                keep.append(cur)
+    def _lane_equal(self, mem: Memory, names: Iterable[str], row: int, golden_row: int) -> bool:
+        for name in names:
+            t = mem.get(name)
+            if t is None or not self.layout.per_lane(name, t):
                 continue
-            pf = batch[ref]
-            eff = ctx.effects[ctx.n_inputs + ref]
-            if eff.due:
-                ctx.done[ref] = self._result(Outcome.DUE, eff, pf, (eff.due,))
-            elif differs is not None and not differs.get(ctx.n_inputs + ref, False):
-                ctx.done[ref] = self._result(Outcome.MASKED, eff, pf, ())
+            if not torch.equal(t[row], t[golden_row]):
+                return False
+        return True
+
+    def _retire(self, pos: int, mem: Memory, lanes: list[Lane], state: BatchState,
+                differs: dict[int, bool] | None = None) -> list[Lane]:
+        """After layer position ``pos``: record propagation, retire the lanes whose fate is known,
+        drop golden lanes nobody needs and compact ``mem``; the lanes left ([] when no faulty
+        lane is). ``differs`` (by fault) is given for the struck layer only (Masked is judged there)."""
+        layout, trace = self.layout, self.trace
+        golden_row = golden_rows(lanes)
+        keep: list[int] = []
+        spec = trace.layers[pos]
+        out_name = layout.out_buf.get(spec.index)
+        live_next = layout.live[pos + 1] if pos + 1 < len(trace.layers) else frozenset()
+        running: list[tuple[int, int]] = []  # (row, fault) of the faulty lanes still running
+        for row, lane in enumerate(lanes):
+            if isinstance(lane, GoldenLane):
+                keep.append(row)
+                continue
+            effect = state.effects[lane.fault]
+            if effect.due:
+                state.finish(lane.fault, Outcome.DUE, (effect.due,))
+            elif differs is not None and not differs.get(lane.fault, False):
+                state.finish(lane.fault, Outcome.MASKED)
             else:
-                live.append((cur, ref))
-        if live:
+                running.append((row, lane.fault))
+        if running:
             # each lane's golden row: its golden lane in the batch, or the golden cache's row
-            refs = [(0, gpos[i]) if i in gpos else (1, i) for i in (batch[r].fault.input_id for _, r in live)]
-            runs = self._runs([c for c, _ in live], refs)
-            dirty = [False] * len(live)
+            golden = [GoldenRow(GoldenSource.BATCH, golden_row[i]) if i in golden_row else GoldenRow(GoldenSource.CACHE, i)
+                      for i in (state.input_of(j) for _, j in running)]
+            runs = lane_runs([row for row, _ in running], golden)
+            dirty = [False] * len(running)
             has_out = out_name is not None and out_name in mem
             if has_out:
                 numel = mem[out_name][0].numel()
-                found, dirty = self._scan(mem[out_name], out_name, runs, len(live), True)
-                for (_, ref), (n, ma, mr) in zip(live, found):
-                    ctx.props[ref].append(Propagation(spec.index, n, numel, ma, mr))
-            if p + 1 < len(trace.layers):
+                found, dirty = self._scan(mem[out_name], out_name, runs, len(running), True)
+                for (_, j), (corrupted, max_abs, max_rel) in zip(running, found):
+                    state.propagation[j].append(Propagation(spec.index, corrupted, numel, max_abs, max_rel))
+            if pos + 1 < len(trace.layers):
                 if out_name not in live_next:
-                    dirty = [False] * len(live)
-                weights = [n for n in ctx.lane_weights if n in mem and self._per_lane(n, mem[n])]
-                for name in list(live_next) + weights:
+                    dirty = [False] * len(running)
+                for name in list(live_next) + layout.lane_weights(mem):
                     t = mem.get(name)
-                    if t is None or not self._per_lane(name, t) or (has_out and name == out_name):
+                    if t is None or not layout.per_lane(name, t) or (has_out and name == out_name):
                         continue
                     clean = [i for i, d in enumerate(dirty) if not d]  # a lane dirty anywhere runs on
                     if not clean:
                         break
-                    sub = self._runs([live[i][0] for i in clean], [refs[i] for i in clean])
-                    ne = self._scan(t, name, sub, len(clean), False)[1]
-                    for i, x in zip(clean, ne):
-                        dirty[i] = x
+                    sub = lane_runs([running[i][0] for i in clean], [golden[i] for i in clean])
+                    differ = self._scan(t, name, sub, len(clean), False)[1]
+                    for i, d in zip(clean, differ):
+                        dirty[i] = d
             else:
-                dirty = [True] * len(live)
-            for (cur, ref), d in zip(live, dirty):
+                dirty = [True] * len(running)
+            for (row, j), d in zip(running, dirty):
                 if d:
-                    keep.append(cur)
+                    keep.append(row)
                 else:
-                    ctx.done[ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ref],
-                                                 batch[ref], (), ctx.props[ref])
+                    state.finish(j, Outcome.SDC_NO_MALFUNCTION, propagated=True)
             keep.sort()
-        needed = {batch[r].fault.input_id for k2, r in lanes if k2 == "f" and r not in ctx.done}
+        needed = {state.input_of(lane.fault) for lane in lanes
+                  if isinstance(lane, FaultyLane) and lane.fault not in state.results}
         if not needed:
             return []
-        keep = [c for c in keep if lanes[c][0] == "f" or lanes[c][1] in needed]
+        keep = [row for row, lane in ((row, lanes[row]) for row in keep)
+                if isinstance(lane, FaultyLane) or lane.input_id in needed]
         if len(keep) < len(lanes):
-            mem.update(self._take(mem, keep))
-            lanes = [lanes[c] for c in keep]
+            mem.update(layout.take(mem, keep))
+            lanes = [lanes[row] for row in keep]
         return lanes
 
-    def _suffix(self, mem: Memory, lanes: list[tuple[str, int]], pos: int, ctx: "_Batch") -> None:
+    def _scan(self, t: torch.Tensor, name: str, runs, n: int, with_diff: bool) -> tuple[list[Diff], list[bool]]:
+        return scan(t, self.golden.buffers.get(name), runs, n, with_diff, functools.partial(self.cone.finite, name))
+
+    def _suffix(self, mem: Memory, lanes: list[Lane], pos: int, state: BatchState) -> None:
         """The layers after the struck one: rebase the lanes onto the golden cache, walk the
         cone, run whole what the cone does not cover."""
-        trace = self.trace
+        layout, trace = self.layout, self.trace
         if pos + 1 >= len(trace.layers):
-            self._classify_survivors(mem, lanes, ctx)
+            self._classify_survivors(mem, lanes, state)
             return
-        gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}
+        golden_row = golden_rows(lanes)
         sparse: list[SparseLane] = []
         whole: list[SparseLane] = []
-        own: list[int] = []  # lanes whose stores reached the weights
-        for cur, (kind, ref) in enumerate(lanes):
-            if kind == "g":
+        own: list[int] = []  # rows of the lanes whose stores reached the weights
+        for row, lane in enumerate(lanes):
+            if isinstance(lane, GoldenLane):
                 continue
-            if ctx.effects[ctx.n_inputs + ref].touched & self.weight_names:
-                own.append(cur)
+            if state.effects[lane.fault].touched & layout.weight_names:
+                own.append(row)
                 continue
-            inp = ctx.batch[ref].fault.input_id
-            ln = self.cone.rebase(mem, cur, gpos[inp], ref, inp, self.live[pos + 1])
-            (whole if ln.flat else sparse).append(ln)
+            inp = state.input_of(lane.fault)
+            rebased = self.cone.rebase(mem, row, golden_row[inp], lane.fault, inp, layout.live[pos + 1])
+            (whole if rebased.flat else sparse).append(rebased)
         if own:  # they run whole as they are, with their own weights, beside their golden lanes
-            need = {ctx.batch[lanes[c][1]].fault.input_id for c in own}
-            keep = [c for c, (k2, r) in enumerate(lanes) if (k2 == "g" and r in need) or c in own]
-            self._dense({**mem, **self._take(mem, keep)}, [lanes[c] for c in keep], pos + 1, ctx)
-        self._walk({pos + 1: (sparse, whole)}, ctx)
+            need = {state.input_of(lane.fault) for lane in (lanes[row] for row in own) if isinstance(lane, FaultyLane)}
+            keep = [row for row, lane in enumerate(lanes)
+                    if (isinstance(lane, GoldenLane) and lane.input_id in need) or row in own]
+            self._dense({**mem, **layout.take(mem, keep)}, [lanes[row] for row in keep], pos + 1, state)
+        self._walk({pos + 1: Joining(sparse, whole)}, state)
 
-    def _walk(self, lanes: dict[int, tuple[list[SparseLane], list[SparseLane]]], ctx: "_Batch") -> None:
-        """Rebased lanes, ``lanes[p]`` = (cone lanes, lanes needing whole tensors) from layer
-        position p on: through the cone, then whole tensors."""
-        trace = self.trace
-        clean, dense = self.cone.walk({p: sparse for p, (sparse, _) in lanes.items() if sparse}, self.layer_span,
-                                      self.out_buf, ctx.props)
-        for p, (_, whole) in lanes.items():
-            if whole:
-                dense.setdefault(p, []).extend(whole)
-        for ln in clean:
-            pf = ctx.batch[ln.ref]
-            ctx.done[ln.ref] = self._result(Outcome.SDC_NO_MALFUNCTION, ctx.effects[ctx.n_inputs + ln.ref], pf, (),
-                                            ctx.props[ln.ref])
+    def _walk(self, joining: dict[int, Joining], state: BatchState) -> None:
+        """Rebased lanes, ``joining[p]`` from layer position p on: through the cone, then whole tensors."""
+        layout = self.layout
+        clean, dense = self.cone.walk({p: lanes.cone for p, lanes in joining.items() if lanes.cone},
+                                      layout.layer_span, layout.out_buf, state.propagation)
+        for p, lanes in joining.items():
+            if lanes.whole:
+                dense.setdefault(p, []).extend(lanes.whole)
+        for lane in clean:
+            state.finish(lane.fault, Outcome.SDC_NO_MALFUNCTION, propagated=True)
         if self.cached_golden:
-            self._dense_merged(dense, ctx)
+            self._dense_merged(dense, state)
             return
         for p0 in sorted(dense):
-            group = sorted(dense[p0], key=lambda ln: ln.input_id)  # lanes of one input side by side
-            inputs = sorted({ln.input_id for ln in group})
-            dmem = self.cone.dense_rows(self._names_at(p0), group, inputs)
-            dlanes = [("g", i) for i in inputs] + [("f", ln.ref) for ln in group]
-            if p0 < len(trace.layers):
-                self._dense(dmem, dlanes, p0, ctx)
+            group = sorted(dense[p0], key=lambda lane: lane.input_id)  # lanes of one input side by side
+            inputs = sorted({lane.input_id for lane in group})
+            dmem = self.cone.dense_rows(layout.names_at(p0), group, inputs)
+            dlanes: list[Lane] = [GoldenLane(i) for i in inputs] + [FaultyLane(lane.fault) for lane in group]
+            if p0 < len(self.trace.layers):
+                self._dense(dmem, dlanes, p0, state)
             else:
-                self._classify_survivors(dmem, dlanes, ctx)
+                self._classify_survivors(dmem, dlanes, state)
 
-    def _names_at(self, p: int) -> frozenset[str]:
-        return self.live[p] if p < len(self.trace.layers) else frozenset({self.trace.output})
-
-    def _dense_merged(self, dense: dict[int, list[SparseLane]], ctx: "_Batch") -> None:
+    def _dense_merged(self, dense: dict[int, list[SparseLane]], state: BatchState) -> None:
         """Whole tensors without golden lanes: the lanes that leave the cone at layer position
         p join those already running whole there, so every later layer runs once for all of
         them (a big layer's GEMM costs far less per lane in one call of many lanes; every layer
         gives a lane's row the same values in any batch, ``dense_matches_cache``)."""
         starts = sorted(dense)
         mem: Memory = {}
-        lanes: list[tuple[str, int]] = []
+        lanes: list[Lane] = []
         for i, p0 in enumerate(starts):
-            names = self._names_at(p0)
-            group = sorted(dense[p0], key=lambda ln: ln.input_id)  # lanes of one input side by side
+            names = self.layout.names_at(p0)
+            group = sorted(dense[p0], key=lambda lane: lane.input_id)  # lanes of one input side by side
             dmem = self.cone.dense_rows(names, group, [])
             if lanes:  # the lanes running whole so far, then these
                 dmem = self.program.lane_memory({n: torch.cat([mem[n], dmem[n]]) for n in names if n in dmem},
                                                 len(lanes) + len(group))
-            mem, lanes = dmem, lanes + [("f", ln.ref) for ln in group]
+            mem, lanes = dmem, lanes + [FaultyLane(lane.fault) for lane in group]
             # to where the next group joins; the last group runs to the output and is classified
-            lanes = self._dense(mem, lanes, p0, ctx, starts[i + 1] if i + 1 < len(starts) else None)
+            lanes = self._dense(mem, lanes, p0, state, starts[i + 1] if i + 1 < len(starts) else None)
 
-    def _dense(self, mem: Memory, lanes: list[tuple[str, int]], p0: int, ctx: "_Batch",
-               stop: int | None = None) -> list[tuple[str, int]]:
+    def _dense(self, mem: Memory, lanes: list[Lane], p0: int, state: BatchState, stop: int | None = None) -> list[Lane]:
         """Whole tensors from layer position ``p0`` on, faulty lanes beside their golden lanes:
         to the output (survivors classified), or up to position ``stop`` (the lanes left)."""
         end = len(self.trace.layers) if stop is None else stop
         for p in range(p0, end):
-            span = self.layer_span.get(self.trace.layers[p].index)
+            span = self.layout.layer_span.get(self.trace.layers[p].index)
             if span is not None:
                 self.program.run(mem, span[0], span[1], fast=self.fast)
-            lanes = self._retire(p, mem, lanes, ctx)
+            lanes = self._retire(p, mem, lanes, state)
             if not lanes:
                 return []
         if stop is None:
-            self._classify_survivors(mem, lanes, ctx)
+            self._classify_survivors(mem, lanes, state)
             return []
         return lanes
 
-    @staticmethod
-    def _runs(ci: list[int], refs: list[tuple[int, int]], chunk: int = 8) -> list[tuple[int, int, int, tuple[int, int]]]:
-        """(position in ``ci``, first lane, end lane, golden row): the faulty lanes ``ci`` as runs
-        of consecutive lanes that share a golden row ((0, lane) of the batch or (1, input) of
-        the golden cache), a few lanes each, so comparisons read row views against one golden
-        row instead of copying rows."""
-        out: list[tuple[int, int, int, tuple[int, int]]] = []
-        s = 0
-        while s < len(ci):
-            e = s + 1
-            while e < len(ci) and e - s < chunk and ci[e] == ci[e - 1] + 1 and refs[e] == refs[s]:
-                e += 1
-            out.append((s, ci[s], ci[s] + e - s, refs[s]))
-            s = e
-        return out
-
-    def _finite(self, name: str, row: int) -> bool:
-        """Whether the golden cache's row ``row`` of ``name`` holds only finite values
-        (comparisons with it may then skip every NaN and inf case): the cone's cache of it."""
-        return self.cone.finite(name, row)
-
-    def _scan(self, t: torch.Tensor, name: str, runs: list[tuple[int, int, int, tuple[int, int]]], n: int,
-              with_diff: bool) -> tuple[list[Diff], list[bool]]:
-        """Per faulty lane: its ``diff_rows`` against its golden row (``with_diff``) and whether
-        any element differs with NaN unequal to NaN (a golden NaN keeps a lane running)."""
-        diffs: list[Diff] = [(0, 0.0, 0.0)] * n
-        dirty = [False] * n
-        cached = self.golden.buffers.get(name)
-        if with_diff and t.dtype == torch.float32:
-            runs = self._scan_native(t, cached, runs, diffs, dirty)
-        for s, c0, c1, (src, g) in runs:
-            gsrc = t if src == 0 else cached
-            assert gsrc is not None, "a lane without its golden lane compares with the golden cache"
-            f, gr = t[c0:c1].reshape(c1 - c0, -1), gsrc[g].reshape(1, -1)
-            fin = src == 1 and t.dtype == torch.float32 and self._finite(name, g)
-            if with_diff:
-                diffs[s:s + c1 - c0] = found = diff_rows(f, gr, finite=fin)
-                if fin:  # no golden NaN: differing elements are exactly the unequal ones
-                    dirty[s:s + c1 - c0] = [k > 0 for k, _, _ in found]
-                    continue
-            dirty[s:s + c1 - c0] = [not torch.equal(f[i], gr[0]) for i in range(c1 - c0)]
-        return diffs, dirty
-
-    @staticmethod
-    def _scan_native(t: torch.Tensor, cached: torch.Tensor | None, runs: list[tuple[int, int, int, tuple[int, int]]],
-                     diffs: list[Diff], dirty: list[bool]) -> list[tuple[int, int, int, tuple[int, int]]]:
-        """``_scan``'s figures in one native pass per golden source (the batch's golden lanes,
-        the golden cache), filled into ``diffs`` and ``dirty``; the runs it could not do (no
-        native library, a NaN or inf in the golden row) are returned."""
-        rest = []
-        for src, gsrc in ((0, t), (1, cached)):
-            mine = [r for r in runs if r[3][0] == src]
-            if not mine:
-                continue
-            found = None if gsrc is None else native.diff_rows(
-                t.reshape(t.shape[0], -1), gsrc.reshape(gsrc.shape[0], -1), REL_FLOOR,
-                [c for _, c0, c1, _ in mine for c in range(c0, c1)],
-                [g for _, c0, c1, (_, g) in mine for _ in range(c0, c1)])
-            if found is None:
-                rest.extend(mine)
-                continue
-            k = 0
-            for r in mine:
-                s, c0, c1, _ = r
-                part = found[k:k + c1 - c0]
-                k += c1 - c0
-                if any(d is None for d in part):
-                    rest.append(r)
-                    continue
-                diffs[s:s + c1 - c0] = part  # type: ignore[assignment]
-                # golden rows finite: a lane differs exactly where an element is unequal (NaN too)
-                dirty[s:s + c1 - c0] = [d[0] > 0 for d in part]  # type: ignore[index]
-        return sorted(rest)
-
-    def _classify_survivors(self, mem: Memory, lanes: list[tuple[str, int]], ctx: "_Batch") -> None:
-        batch, effects, n_inputs, done, props = ctx.batch, ctx.effects, ctx.n_inputs, ctx.done, ctx.props
+    def _classify_survivors(self, mem: Memory, lanes: list[Lane], state: BatchState) -> None:
         out = mem[self.trace.output]
         out = out.reshape(out.shape[0], -1)
-        gpos = {r: c for c, (k2, r) in enumerate(lanes) if k2 == "g"}
-        for cur, (kind, ref) in enumerate(lanes):
-            if kind != "f" or ref in done:
+        golden_row = golden_rows(lanes)
+        for row, lane in enumerate(lanes):
+            if not isinstance(lane, FaultyLane) or lane.fault in state.results:
                 continue
-            pf = batch[ref]
-            eff = effects[n_inputs + ref]
-            glane = gpos.get(pf.fault.input_id)
-            f = out[cur]
-            g = out[glane] if glane is not None else self.golden.buffers[self.trace.output][pf.fault.input_id].reshape(-1)
+            pf = state.faults[lane.fault]
+            glane = golden_row.get(pf.fault.input_id)
+            faulty = out[row]
+            golden = out[glane] if glane is not None else self.golden.buffers[self.trace.output][pf.fault.input_id].reshape(-1)
             if self.keep_outputs:
-                self.last_outputs[pf.id] = f.clone()
+                self.last_outputs[pf.id] = faulty.clone()
             flags: tuple[str, ...] = ()
-            g1, f1 = int(g.argmax()), int(torch.nan_to_num(f, nan=-math.inf).argmax())
-            if not bool(torch.isfinite(f).all()):
+            golden_top1 = int(golden.argmax())
+            faulty_top1 = int(torch.nan_to_num(faulty, nan=-math.inf).argmax())
+            if not bool(torch.isfinite(faulty).all()):
                 outcome, flags = Outcome.SDC_MALFUNCTION, ("nonfinite",)
-            elif torch.equal(f, g):
+            elif torch.equal(faulty, golden):
                 outcome = Outcome.SDC_NO_MALFUNCTION
-            elif f1 != g1:
+            elif faulty_top1 != golden_top1:
                 outcome = Outcome.SDC_MALFUNCTION
             else:
                 outcome = Outcome.SDC_LIGHT_MALFUNCTION
-            done[ref] = self._result(outcome, eff, pf, flags, props[ref], g1, f1)
+            state.finish(lane.fault, outcome, flags, propagated=True, top1=(golden_top1, faulty_top1))
 
-    def _result(self, outcome: Outcome, eff: LaneEffect, pf: PlannedFault, flags: tuple[str, ...],
-                props: list[Propagation] | None = None, g1: int | None = None, f1: int | None = None) -> Result:
-        golden_top1 = int(self.golden.top1[pf.fault.input_id]) if g1 is None else g1
-        return Result(outcome=outcome.value, element=eff.element, original=eff.original, corrupted=eff.corrupted,
-                      flags=tuple(eff.flags) + tuple(f for f in flags if f not in eff.flags),
-                      propagation=tuple(props or ()), golden_top1=golden_top1,
-                      faulty_top1=golden_top1 if f1 is None else f1)
