@@ -40,7 +40,7 @@ def test_gather_pads_and_pastes() -> None:
                                            ("digits-resnet", "rf", 200), ("digits-alexnet", "ioa", 200)])
 def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode: str, n: int) -> None:
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import prepare
+    from kernelfi.campaign.prepared import prepare
     rows = []
     for cone in (True, False):
         config = CampaignConfig(ModelSpec(model), mode, "single", n=n, seed=11, inputs=6, cone=cone)
@@ -49,7 +49,7 @@ def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode
     # and the cone did the work: every conv/pool/shortcut unit passed its check, windows ran
     prep = prepare(CampaignConfig(ModelSpec(model), mode, "single", n=n, seed=11, inputs=6))
     assert len(prep.runner.cone.units) >= 8
-    from kernelfi.campaign.campaign import batches
+    from kernelfi.campaign.batches import batches
     layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
     with torch.no_grad():
         for b in batches([prep.planner.draw(i) for i in range(n)], layer_of, 64):
@@ -68,7 +68,8 @@ def test_composites_never_share_an_element() -> None:
 
 def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
     from kernelfi.execution.struck import pointwise_after
     prep = prepare(CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=120, seed=5, inputs=4))
     trace = prep.session.program.trace
@@ -157,7 +158,8 @@ def test_lanes_of_several_layers_share_a_batch() -> None:
     """A batch spanning several layers (lanes join the walk at their own position) gives each
     fault the result it gets in a batch of its layer alone."""
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
 
     prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=13, inputs=5))
     layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
@@ -246,7 +248,8 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     instead of recomputing the convolution, with the rows of the recomputing path. A product
     that differs from what the kernels leave (here by one ulp in one element) is refused."""
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
     from kernelfi.execution.runner import Runner
 
     prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=17, inputs=4))

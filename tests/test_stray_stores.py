@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from kernelfi.campaign import CampaignConfig, ModelSpec
-from kernelfi.campaign.campaign import prepare, to_records
+from kernelfi.campaign.campaign import to_records
+from kernelfi.campaign.prepared import prepare
 from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import Planner
 from kernelfi.execution.runner import Runner

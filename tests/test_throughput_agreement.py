@@ -22,7 +22,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from kernelfi.campaign.campaign import batches
+from kernelfi.campaign.batches import batches
 from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.execution.runner import Runner

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from kernelfi.campaign.campaign import auto_batch, batches
+from kernelfi.campaign.batches import auto_batch, batches
 from kernelfi.execution.golden import Golden, SharedGolden
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.pool import set_up
