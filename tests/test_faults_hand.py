@@ -12,7 +12,7 @@ import torch
 
 from kernelfi.faults.memmap import MemoryMap
 from kernelfi.types import Fault, Site
-from tests.tiny import launch, rf_site, run_full, site, tiny_program
+from tests.tiny import launch, rf_site, rf_site_of, run_full, site, tiny_program
 
 
 def f32(bits: int) -> float:
@@ -197,3 +197,45 @@ def test_maxpool_window_index_flip_stores_minus_inf_over_the_argmax(prog) -> Non
 
 def f32_bits_signed(u: int) -> int:
     return u - (1 << 32) if u >= 1 << 31 else u
+
+
+def _address_register(prog, launch_name: str, tag: str, half) -> int:
+    from kernelfi.faults.registers import rf_registers
+    regs = rf_registers(launch(prog, launch_name)).registers
+    return next(i for i, r in enumerate(regs) if r.tag == tag and r.half == half)
+
+
+def test_rf_flip_in_each_half_of_an_address_register(prog) -> None:
+    """The register map says which word of the bias pointer a register holds. Bit 2 of the low
+    word moves the load 4 bytes on, into the alignment padding after the one-element bias
+    (reads 0): out[5] = 6 + 0 = 6, the window [1.5, 2.5, 5.5, 6] pools 6, logits [6, 6]: a tie
+    keeps class 0 -> Light-Malfunction. Bit 2 of the high word moves it 2**34 bytes on, past
+    every allocation: illegal address -> DUE."""
+    from kernelfi.types import AddressHalf
+
+    name, tag = "layers.0.add_bias", "lea:addr_bias"
+    for half, want in ((AddressHalf.LOW, "sdc_light_malfunction"), (AddressHalf.HIGH, "due")):
+        reg = _address_register(prog, name, tag, half)
+        s = rf_site_of(prog, name, reg, thread=5)
+        out = one(prog, Fault("rf", s, "single", (2,)))
+        assert out["result"].outcome == want, half
+        if half == AddressHalf.LOW:
+            assert torch.allclose(out["probs"], probs([6.0, 6.0]), atol=1e-7)
+        else:
+            assert "illegal_address" in out["result"].flags
+
+
+def test_iov_flip_in_each_half_of_an_address_computation(prog) -> None:
+    """``lea:addr_bias`` computes the 64-bit bias pointer in two instructions (the slot says
+    ``halves``): the first writes the low word, the second the high word. The same flips as
+    above: bit 2 of the low word reads the padding (Light-Malfunction), of the high word an
+    illegal address (DUE)."""
+    import dataclasses
+
+    s = site(prog, "layers.0.add_bias", "lea:addr_bias", thread=5)
+    assert launch(prog, "layers.0.add_bias").template.slots[s.slot].halves
+    low = one(prog, Fault("iov", s, "single", (2,)))
+    high = one(prog, Fault("iov", dataclasses.replace(s, iteration=1), "single", (2,)))
+    assert low["result"].outcome == "sdc_light_malfunction"
+    assert torch.allclose(low["probs"], probs([6.0, 6.0]), atol=1e-7)
+    assert high["result"].outcome == "due" and "illegal_address" in high["result"].flags

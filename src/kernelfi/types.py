@@ -76,12 +76,16 @@ class InstrSlot:
     ``count`` is how many times one thread executes it (loop trips included). ``tag`` names
     what the instruction computes in terms the fault model understands, e.g. ``"ld:bias"``,
     ``"fadd:out"``, ``"ffma:acc"``, ``"st:out"``, ``"iadd:index"``; ``docs/kernels.md`` lists them.
+    ``halves``: the slot computes 64-bit addresses, each execution as instructions that write
+    the low 32 bits, then as many that write the high 32 bits (a fault in the second half of an
+    execution's instructions strikes the high word, ``AddressHalf.HIGH``).
     """
 
     group: str
     opcode: str
     tag: str
     count: int = 1
+    halves: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,27 @@ class Profile:
         )
 
 
+class RegisterRole(str, enum.Enum):
+    """What a register holds, for RF mode (SPEC §2)."""
+
+    DATA = "data"
+    ACCUMULATOR = "accumulator"
+    ADDRESS = "address"
+    INDEX = "index"
+    LOOP_COUNTER = "loop_counter"
+    CONSTANT = "constant"
+    PREDICATE = "predicate"
+
+
 #: Register roles for RF mode (SPEC §2).
-REGISTER_ROLES: tuple[str, ...] = (
-    "data", "accumulator", "address", "index", "loop_counter", "constant", "predicate",
-)
+REGISTER_ROLES: tuple[str, ...] = tuple(r.value for r in RegisterRole)
+
+
+class AddressHalf(enum.IntEnum):
+    """Which 32-bit word of a 64-bit address a register (or an instruction) holds."""
+
+    LOW = 0
+    HIGH = 1
 
 
 @dataclass(frozen=True)
@@ -136,12 +157,23 @@ class Register:
     ``live`` is the interval, as fractions [start, end) of the thread's dynamic instruction
     stream, during which the value is still to be read; a flip outside it is masked (dead or
     about to be overwritten). ``tag`` ties the register to the instruction tags it feeds.
+    ``half``: for an address register, which word of a 64-bit address it holds (a 32-bit
+    address, a shared-memory offset, is ``LOW``); None for every other role.
     """
 
     name: str
-    role: str
+    role: RegisterRole
     tag: str
     live: tuple[float, float] = (0.0, 1.0)
+    half: AddressHalf | None = None
+
+    def __post_init__(self) -> None:
+        role = RegisterRole(self.role)
+        object.__setattr__(self, "role", role)
+        if role is RegisterRole.ADDRESS:
+            object.__setattr__(self, "half", AddressHalf.LOW if self.half is None else AddressHalf(self.half))
+        elif self.half is not None:
+            raise ValueError(f"register {self.name}: only an address register holds a half of an address")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from kernelfi.faults.registers import rf_registers
 from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
 from kernelfi.faults.sites import is_store
 from kernelfi.kernels import get_kernel
-from kernelfi.types import Fault, Launch, Mode
+from kernelfi.types import AddressHalf, Fault, Launch, Mode
 from kernelfi.faults import programs_harden  # noqa: F401
 
 WARP = 32
@@ -95,15 +95,16 @@ def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | Non
         if n == 0:
             return None
         ex = min(n - 1, int((frac - lo) / max(hi - lo, 1e-12) * n))
-        half = 1 if reg.name.endswith("_hi") else 0
-        return Target(reg.tag, ex, "iov", fault.bit_model, fault.bits, fault.value, half)
+        return Target(reg.tag, ex, "iov", fault.bit_model, fault.bits, fault.value,
+                      AddressHalf.LOW if reg.half is None else reg.half)
     slot = slots[site.slot]
     n = calls.get(slot.tag, 0)
     if n == 0:
         return None
     per = max(1, slot.count // n)
     ex = min(n - 1, site.iteration // per)
-    half = 1 if per > 1 and (site.iteration % per) >= per // 2 and slot.tag.startswith(("lea:", "iadd:addr")) else 0
+    # an execution of a 64-bit address computation: its low word's instructions, then its high word's
+    half = AddressHalf.HIGH if slot.halves and per > 1 and (site.iteration % per) >= per // 2 else AddressHalf.LOW
     kind = "iov" if fault.mode == Mode.IOV.value else "ioa"
     return Target(slot.tag, ex, kind, fault.bit_model, fault.bits, fault.value, half)
 

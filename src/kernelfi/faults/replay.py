@@ -24,6 +24,7 @@ import numpy as np
 
 from kernelfi.faults.bits import corrupt_f32, corrupt_i32, corrupt_pattern
 from kernelfi.faults.memmap import Crash, MemoryMap
+from kernelfi.types import AddressHalf
 
 F32 = np.float32
 #: Loop trips past the intended count that count as a hang (the GPU watchdog kills the kernel).
@@ -44,7 +45,7 @@ class Target:
     bit_model: str
     bits: tuple[int, ...] = ()
     value: int | None = None
-    half: int = 0  # which 32-bit half of a 64-bit address register
+    half: AddressHalf = AddressHalf.LOW  # which 32-bit word of a 64-bit address register
 
 
 Reader = Callable[[str, int], Any]  # (buffer, element) -> value before the kernel
@@ -229,9 +230,9 @@ def _corrupt_any(v: Any, t: Target) -> Any:
 
 
 def _corrupt_address(a: int, t: Target, low_only: bool = False) -> int:
-    half = 0 if low_only else t.half
+    half = AddressHalf.LOW if low_only else t.half
     lo, hi = a & 0xFFFFFFFF, (a >> 32) & 0xFFFFFFFF
-    if half == 0:
+    if half == AddressHalf.LOW:
         lo = corrupt_pattern(lo, t.bit_model, t.bits, t.value)
     else:
         hi = corrupt_pattern(hi, t.bit_model, t.bits, t.value)

@@ -84,7 +84,7 @@ def register_table(name: str, params: Mapping[str, Any]) -> str:
              "| register | role | holds the result of | live (fraction of the thread's instructions) |",
              "|---|---|---|---|"]
     for r in rm.registers:
-        lines.append(f"| {r.name} | {r.role} | `{r.tag}` | {r.live[0]:.2f} – {r.live[1]:.2f} |")
+        lines.append(f"| {r.name} | {r.role.value} | `{r.tag}` | {r.live[0]:.2f} – {r.live[1]:.2f} |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
@@ -102,13 +102,14 @@ class Im2colKernel(StreamKernel):
         s.add("GPR", "IADD", "iadd:hw", 2 * k2, "index", "h = h_in + i, w = w_in + j (padding test inputs)")
         s.add("PR", "ISETP", "setp:pad", 4 * k2, "predicate",
               "h >= 0, w >= 0, h < height, w < width: a flip stores 0 for a real pixel or loads at a padding position")
-        s.add("GPR", "IADD", "lea:addr_im_elem", 2 * k2, "address", "address of data_im_ptr[i*width + j]")
+        s.add("GPR", "IADD", "lea:addr_im_elem", 2 * k2, "address", "address of data_im_ptr[i*width + j]", halves=True)
         s.add("LD", "LDG", "ld:im", k2, "value",
               "one image pixel (issued at padding positions too, predicated off): one column-buffer entry, "
               "which the GEMM spreads over every output channel at that position")
         s.add("GPR", "SEL", "sel:value", k2, "value", "pixel or 0 (padding): the column entry stored")
         s.add("NODEST", "STG", "st:col", k2, "store", "stores the column entry")
-        s.add("GPR", "IADD", "iadd:addr_col", 2 * k2, "address", "data_col_ptr += height_col*width_col (next K row)")
+        s.add("GPR", "IADD", "iadd:addr_col", 2 * k2, "address", "data_col_ptr += height_col*width_col (next K row)",
+              halves=True)
         loop(s, "kw", "j over the kernel width", k2)
         loop(s, "kh", "i over the kernel height", k)
         s.end_loop()
@@ -124,11 +125,11 @@ class Im2colKernel(StreamKernel):
         s.reg("r_col_off", "index", "imad:col_offset", "imad:col_offset", "lea:addr_col")
         s.reg("r_im_off", "index", "imad:im_offset", "imad:im_offset", "lea:addr_im")
         s.reg("r_col_lo", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col")
-        s.reg("r_col_hi", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col")
+        s.reg("r_col_hi", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col", half=AddressHalf.HIGH)
         s.reg("r_im_lo", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem")
-        s.reg("r_im_hi", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem")
+        s.reg("r_im_hi", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem", half=AddressHalf.HIGH)
         s.reg("r_elem_lo", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
-        s.reg("r_elem_hi", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
+        s.reg("r_elem_hi", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im", half=AddressHalf.HIGH)
         s.reg("r_hw", "index", "iadd:hw", "iadd:hw", "setp:pad")
         s.reg("r_value", "data", "ld:im", "ld:im", "st:col")
         s.reg("r_i", "loop_counter", "loop:kh", "lea:addr_im", "setp:loop_kh")
@@ -463,8 +464,8 @@ class GemmKernel(StreamKernel):
         s.add("FP32", "FFMA", "ffma:acc", k, "value",
               "acc += a*b: one partial sum of this output; the accumulation continues from it")
         s.add("NODEST", "BAR", "bar:tile_consumed", t, "control", "__syncthreads before overwriting the tiles")
-        s.add("GPR", "IADD", "iadd:addr_a", 2 * t, "address", "A tile pointer += 16 (next K tile)")
-        s.add("GPR", "IADD", "iadd:addr_b", 2 * t, "address", "B tile pointer += 16*ldb (next K tile)")
+        s.add("GPR", "IADD", "iadd:addr_a", 2 * t, "address", "A tile pointer += 16 (next K tile)", halves=True)
+        s.add("GPR", "IADD", "iadd:addr_b", 2 * t, "address", "B tile pointer += 16*ldb (next K tile)", halves=True)
         loop(s, "k_tile", "k0 over the K tiles", t)
         s.end_loop()
         s.add("NODEST", "STG", "st:c", 1, "store", "stores the finished C element")
@@ -473,11 +474,11 @@ class GemmKernel(StreamKernel):
         s.reg("r_col", "index", "imad:index", "imad:index", "imad:c_offset")
         s.reg("r_acc", "accumulator", "ffma:acc", "ld:c", "st:c")
         s.reg("r_a_lo", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
-        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
+        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a", half=AddressHalf.HIGH)
         s.reg("r_b_lo", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
-        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
+        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b", half=AddressHalf.HIGH)
         s.reg("r_c_lo", "address", "lea:addr_c", "lea:addr_c", "st:c")
-        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c")
+        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c", half=AddressHalf.HIGH)
         s.reg("r_smem_st", "address", "imad:smem", "imad:smem", "sts:b_tile")
         s.reg("r_smem_a", "address", "imad:smem", "imad:smem", "lds:b")
         s.reg("r_smem_b", "address", "imad:smem", "imad:smem", "lds:b")

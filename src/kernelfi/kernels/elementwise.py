@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import BLOCK, f32, get_buf, lane_flat, p_int, put, register_kernel, weight_flat
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fsqrt, idiv, prologue_1d
@@ -80,7 +80,7 @@ class FillKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "imad:offset")
         s.reg("r_off", "index", "imad:offset", "imad:offset", "lea:addr_out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_value", "data", "mov:value", "mov:value", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         return s
@@ -133,9 +133,9 @@ class CopyKernel(StreamKernel):
         s.reg("r_off_in", "index", "imad:offset_in", "imad:offset_in", "lea:addr_in")
         s.reg("r_off_out", "index", "imad:offset_out", "imad:offset_out", "lea:addr_out")
         s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "ld:in")
-        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:in", "ld:in", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         return s
@@ -198,9 +198,9 @@ class _ChannelKernel(StreamKernel):
         s.reg("r_filter", "index", "s2r:index", "s2r:index", f"lea:addr_{w}")
         s.reg("r_offset", "index", "imad:index", "imad:index", "lea:addr_out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg(f"r_{w}_lo", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
-        s.reg(f"r_{w}_hi", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
+        s.reg(f"r_{w}_hi", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:out", "ld:out", "st:out")
         s.reg(f"r_{w}", "data", f"ld:{w}", f"ld:{w}", f"{fop}:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
@@ -289,9 +289,9 @@ class NormalizeKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
         s.reg("r_f", "index", "imod:channel", "imod:channel", "lea:addr_var")
         s.reg("r_x_lo", "address", "lea:addr_x", "lea:addr_x", "st:x")
-        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x")
+        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x", half=AddressHalf.HIGH)
         s.reg("r_stat_lo", "address", "lea:addr_mean", "lea:addr_mean", "ld:var")
-        s.reg("r_stat_hi", "address", "lea:addr_mean", "lea:addr_mean", "ld:var")
+        s.reg("r_stat_hi", "address", "lea:addr_mean", "lea:addr_mean", "ld:var", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:x", "ld:x", "fadd:centered")
         s.reg("r_mean", "data", "ld:mean", "ld:mean", "fadd:centered")
         s.reg("r_var", "data", "ld:var", "ld:var", "ffma:sqrt_std")
@@ -357,9 +357,9 @@ class ShortcutKernel(StreamKernel):
         s.reg("r_out_index", "index", "imad:out_index", "imad:out_index", "lea:addr_out")
         s.reg("r_add_index", "index", "imad:add_index", "imad:add_index", "lea:addr_add")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_add_lo", "address", "lea:addr_add", "lea:addr_add", "ld:add")
-        s.reg("r_add_hi", "address", "lea:addr_add", "lea:addr_add", "ld:add")
+        s.reg("r_add_hi", "address", "lea:addr_add", "lea:addr_add", "ld:add", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:out", "ld:out", "fmul:out_scaled")
         s.reg("r_add", "data", "ld:add", "ld:add", "ffma:out")
         s.reg("r_scaled", "data", "fmul:out_scaled", "fmul:out_scaled", "ffma:out")
