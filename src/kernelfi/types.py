@@ -234,6 +234,9 @@ class Launch:
 
     ``name`` is stable and dotted (``<layer name>.<kernel>[.<k>]``), never a positional
     counter, so results stay comparable when a model gains a layer elsewhere.
+    ``check_after``: the launch after which a fault in this one is judged Masked or not, where
+    that is not this launch itself: the last launch of the hardened unit it belongs to (the
+    voter or checker whose outputs must equal golden, ``harden.transform``).
     """
 
     index: int
@@ -245,10 +248,16 @@ class Launch:
     writes: tuple[str, ...]
     params: Mapping[str, Any]
     template: ThreadTemplate
+    check_after: int | None = None
 
     @property
     def profile(self) -> Profile:
         return self.template.profile()
+
+    @property
+    def judged_at(self) -> int:
+        """The launch whose outputs decide whether a fault in this one was Masked."""
+        return self.index if self.check_after is None else self.check_after
 
 
 @dataclass(frozen=True)

@@ -181,11 +181,10 @@ class Runner:
             overrides[k] = make_override(trace.launches[k], lane_faults, row_effects, layout.memmap, layout.per_lane)
         # A fault is Masked when the outputs of the unit it struck equal golden: the kernel itself,
         # or for a hardened kernel (replicas + voter/checker) the whole protected unit, whose last
-        # launch the hardening transform names in ``check_after``.
+        # launch the hardening transform names in ``Launch.check_after``.
         check_at: dict[int, list[int]] = {}  # launch -> the rows judged after it
         for k, members in by_launch.items():
-            end = int(trace.launches[k].params.get("check_after", k))
-            check_at.setdefault(end, []).extend(row_of[j] for j in members)
+            check_at.setdefault(trace.launches[k].judged_at, []).extend(row_of[j] for j in members)
         differs: dict[int, bool] = {}  # row -> its unit's outputs differ from golden
 
         def after(launch: Launch, mem: Memory) -> None:

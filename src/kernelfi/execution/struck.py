@@ -44,7 +44,7 @@ Differences = dict[str, tuple[torch.Tensor, torch.Tensor]]
 def pointwise_after(trace: Trace, k: int, end: int) -> bool:
     """True when launch ``k``'s faults can run sparse: the layer's launches after it are
     pointwise and the fault is judged at ``k`` itself (not at a hardened unit's checker)."""
-    if int(trace.launches[k].params.get("check_after", k)) != k:
+    if trace.launches[k].judged_at != k:
         return False
     return all(trace.launches[i].kernel in POINTWISE for i in range(k + 1, end))
 

@@ -41,7 +41,7 @@ def plan_units(trace: Trace) -> dict[int, Unit]:
         by_layer.setdefault(l.layer, []).append(l)
     for ls in by_layer.values():
         kinds = [l.kernel for l in ls]
-        if any("check_after" in l.params for l in ls):
+        if any(l.check_after is not None for l in ls):
             continue  # hardened units keep their replicas and voters
         if kinds == ["forward_maxpool"]:
             units[ls[0].index] = Unit("maxpool", ls[0].index, ls[0].index + 1, tuple(ls))
