@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from kernelfi.faults.bits import bits_f32, signed32, word32
+from kernelfi.faults import gemm
 from kernelfi.faults.gemm import GemmFault, GemmView
 from kernelfi.faults.memmap import Crash, MemoryMap
 from kernelfi.faults.programs import OPERANDS, PROGRAMS
 from kernelfi.faults.registers import rf_registers
 from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
-from kernelfi.faults.sites import is_store
 from kernelfi.kernels import get_kernel
 from kernelfi.types import AddressHalf, Fault, Launch, Mode
 from kernelfi.faults import programs_harden  # noqa: F401
@@ -120,15 +120,14 @@ def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader
     if launch.kernel == "gemm":
         names = (launch.reads[0], launch.reads[1], launch.writes[0])
         view = GemmView(dict(launch.params), names, reader, memmap, reader.gather)
-        calls = _gemm_calls(launch)
-        target = _target(fault, launch, calls)
+        target = _target(fault, launch, gemm.calls(int(launch.params["K"]), launch.template.slots))
         if target is None:
             return {}, {}
         eff.tag = target.tag
-        g = GemmFault(view, target, thread, golden_out)
-        w = g.writes(target.tag, target.exec)
-        if g.original is not None:
-            eff.original, eff.corrupted = g.original, g.corrupted
+        struck = GemmFault(view, target, thread, golden_out)
+        w = struck.writes(target.tag, target.exec)
+        if struck.original is not None:
+            eff.original, eff.corrupted = struck.original, struck.corrupted
         clean = {k: (F32(golden_out(*divmod(k[1] - view.co, view.N))) if k[0] == view.C and 0 <= k[1] - view.co < view.M * view.N
                      else reader(*k)) for k in w}
         return clean, w
@@ -145,23 +144,6 @@ def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader
     if faulty.original is not None and eff.original is None:
         eff.original, eff.corrupted = faulty.original, faulty.corrupted
     return clean.overlay, faulty.overlay
-
-
-def _gemm_calls(launch: Launch) -> dict[str, int]:
-    """Logical executions per gemm tag (per K step, per tile, or once)."""
-    k = int(launch.params["K"])
-    t = -(-k // 16)
-    out = {s.tag: 1 for s in launch.template.slots}
-    for tag in ("lds:a", "lds:b", "ffma:acc"):
-        out[tag] = k
-    for tag in ("ldg:a_tile", "ldg:b_tile", "iadd:addr_a", "iadd:addr_b", "loop:k_tile", "setp:loop_k_tile"):
-        out[tag] = t
-    for s in launch.template.slots:
-        if s.group == "NODEST" and not is_store(s):
-            out[s.tag] = 0  # branches, barriers, exits: nothing to corrupt
-        if s.tag.startswith("sts:"):
-            out[s.tag] = 0  # shared stores: their corruption is the tile loads'
-    return out
 
 
 def fault_writes(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,

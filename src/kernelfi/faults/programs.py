@@ -30,6 +30,15 @@ OPERANDS: dict[str, dict[str, tuple[str, int]]] = {
     "softmax": {"in": ("r", 0), "out": ("w", 0)},
 }
 NEG_INF = F32(-np.inf)
+#: Template tags a thread program never executes, with what a fault there does (counted as
+#: Masked): the one place such a tag is declared; every other tag a fault can strike is
+#: executed by some thread (tests/test_fault_effects.py).
+NOT_REPLAYED: dict[tuple[str, str], str] = {
+    ("im2col", "imad:grid_stride"): (
+        "the grid-stride increment after the thread's one element (threads = elements): the loop exits; a "
+        "corrupted index that lands on another element rewrites that element's columns with the values they "
+        "hold, a negative one would run out of bounds (not modelled)"),
+}
 
 
 def program(name: str) -> Callable[[Program], Program]:
