@@ -7,32 +7,10 @@ from __future__ import annotations
 
 import sys
 
-import click
+from kernelfi.cli.app import cli, main
+from kernelfi.cli import campaign_cmds, commands, demo_cmd, harden_cmds, report_cmds  # noqa: F401  (they register on cli)
 
-from kernelfi import __version__
-from kernelfi._utils import KernelfiError, one_line
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except KernelfiError as err:
-            click.echo(f"kernelfi: error: {one_line(str(err))}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_Group)
-@click.version_option(__version__, prog_name="kernelfi")
-def cli() -> None:
-    """Kernel-level soft-error fault injection for CNNs on GPUs."""
-
-
-def main() -> None:
-    cli(prog_name="kernelfi")
-
-
-from kernelfi.cli import campaign_cmds, commands, demo_cmd, harden_cmds, report_cmds  # noqa: E402,F401  (register the subcommands)
+__all__ = ["cli", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

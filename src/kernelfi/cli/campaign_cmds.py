@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.store import Store
 from kernelfi.types import OUTCOMES
 

@@ -6,7 +6,7 @@ import torch
 
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.harden import Plan, by_kernel, comparison_programs, time_programs
 from kernelfi.lowering import Program
 

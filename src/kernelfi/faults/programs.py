@@ -50,14 +50,16 @@ def program(name: str) -> Callable[[Program], Program]:
     return deco
 
 
-def _prologue(c: ThreadCtx, t: int, n: int) -> int | None:
+def prologue(c: ThreadCtx, t: int, n: int) -> int | None:
+    """Darknet's 1-D thread id and its early exit: the element thread ``t`` handles, or None
+    for a surplus thread (``kernels._sass.prologue_1d``)."""
     i = c.idx(("s2r:index", "imad:index"), t)
     return i if c.pred(("setp:bounds",), i < n) else None
 
 
 @program("fill")
 def _fill(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     off = c.idx(("imad:offset",), i)
@@ -68,7 +70,7 @@ def _fill(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("copy")
 def _copy(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     oi = c.idx(("imad:offset_in",), i)
@@ -109,7 +111,7 @@ def _scale_bias(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("normalize")
 def _normalize(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, sp = int(p["channels"]), int(p["spatial"])
-    i = _prologue(c, t, ch * sp)
+    i = prologue(c, t, ch * sp)
     if i is None:
         return
     q, _ = c.idiv("spatial", i, sp, mod=False)
@@ -130,7 +132,7 @@ def _normalize(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("activate_array")
 def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     c.addr("x", ("lea:addr_x",))
@@ -158,7 +160,7 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("shortcut")
 def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     n = int(p["n"])
-    i = _prologue(c, t, n)
+    i = prologue(c, t, n)
     if i is None:
         return
     # same-shape shortcut: minw = n, minh = minc = batch = 1 (the widths of Darknet's kernel)
@@ -183,7 +185,7 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     H, W, ks = int(p["height"]), int(p["width"]), int(p["ksize"])
     stride, pad, oh, ow = int(p["stride"]), int(p["pad"]), int(p["out_h"]), int(p["out_w"])
     c0, cg = int(p.get("channel_offset", 0)), int(p.get("group_channels", p["channels"]))
-    i0 = _prologue(c, t, cg * oh * ow)
+    i0 = prologue(c, t, cg * oh * ow)
     if i0 is None:
         return
     q, w_out = c.idiv("ow", i0, ow)
@@ -212,7 +214,7 @@ def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
     n = ch * int(p["out_h"]) * int(p["out_w"])
-    idx = _prologue(c, t, n)
+    idx = prologue(c, t, n)
     if idx is None:
         return
     oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
@@ -249,7 +251,7 @@ def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("forward_avgpool")
 def _avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
-    idx = _prologue(c, t, ch)
+    idx = prologue(c, t, ch)
     if idx is None:
         return
     b, k = c.idiv("c", idx, ch)
@@ -285,7 +287,7 @@ def _trunc_i32(x: float) -> int:
 @program("softmax")
 def _softmax(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     n, temp = int(p["n"]), F32(p.get("temperature", 1.0))
-    if _prologue(c, t, 1) is None:
+    if prologue(c, t, 1) is None:
         return
     off = c.idx(("imad:offset",), 0)
     c.addr("in", ("lea:addr_in",))

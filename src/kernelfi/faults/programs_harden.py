@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kernelfi.faults.bits import bits_f32, signed32, word32
-from kernelfi.faults.programs import OPERANDS, _prologue, program
+from kernelfi.faults.programs import OPERANDS, prologue, program
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels.hardening import col_gamma, row_gamma
 
@@ -39,7 +39,7 @@ def _result(c: ThreadCtx, tag: str, bits: int, p: Mapping[str, Any]) -> Any:
 
 @program("tmr_vote")
 def _tmr_vote(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     i += int(p.get("offset", 0))  # a host-side pointer offset: no instruction
@@ -53,7 +53,7 @@ def _tmr_vote(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("dmr_compare")
 def _dmr_compare(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     i += int(p.get("offset", 0))
@@ -72,7 +72,7 @@ def _dmr_compare(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("range_clamp")
 def _range_clamp(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     lo, hi = F32(p["lo"]), F32(p["hi"])
@@ -126,7 +126,7 @@ def _b_elem(c: ThreadCtx, p: Mapping[str, Any], k: int, n: int, tap: tuple[int, 
 @program("abft_vectors")
 def _abft_vectors(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     m, n, kk = _dims(p)
-    k = _prologue(c, t, kk)
+    k = prologue(c, t, kk)
     if k is None:
         return
     tap = None
@@ -154,7 +154,7 @@ def _abft_vectors(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("abft_checksum")
 def _abft_checksum(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     m, n, kk = _dims(p)
-    t0 = _prologue(c, t, m + n)
+    t0 = prologue(c, t, m + n)
     if t0 is None:
         return
     row = c.pred(("setp:side",), t0 < m)
@@ -187,7 +187,7 @@ def _abft_checksum(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _abft_check(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     m, n, _ = _dims(p)
     co = int(p.get("c_offset", 0))
-    t0 = _prologue(c, t, m + n)
+    t0 = prologue(c, t, m + n)
     if t0 is None:
         return
     row = c.pred(("setp:side",), t0 < m)
@@ -212,7 +212,7 @@ def _abft_correct(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     """The single-element correction (the hardened trace never injects here: zero golden
     instructions); a multi-element pattern is the batched run's full recomputation."""
     m, n, kk = _dims(p)
-    if _prologue(c, t, 1) is None:
+    if prologue(c, t, 1) is None:
         return
     rows: list[int] = []
     cols: list[int] = []

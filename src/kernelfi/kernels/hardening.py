@@ -30,7 +30,7 @@ from kernelfi.types import AddressHalf, Launch, ThreadTemplate
 from ._base import get_buf, lane_flat, operand_flat, p_int, put, register_kernel
 from ._base import get_kernel, is_weight_name
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop, prologue_1d
-from .conv import _geometry, _image, _no_tf32, _op, fused_conv
+from .conv import fused_conv, gemm_operand, group_image, im2col_geometry, no_tf32
 from .elementwise import lanes_for_new
 
 Mem = dict[str, torch.Tensor]
@@ -256,7 +256,7 @@ def a_matrix(mem: Mem, launch: Launch, lanes: int, kernel: str) -> torch.Tensor:
     p = launch.params
     m, _, k = gemm_dims(p, kernel)
     off = int(p.get("a_offset", 0))
-    return _op(operand_flat(mem, launch.reads[0], 2, lanes, off + m * k, kernel), off, m, k, bool(p.get("trans_a")))
+    return gemm_operand(operand_flat(mem, launch.reads[0], 2, lanes, off + m * k, kernel), off, m, k, bool(p.get("trans_a")))
 
 
 def b_matrix(mem: Mem, launch: Launch, lanes: int, kernel: str) -> torch.Tensor:
@@ -266,14 +266,14 @@ def b_matrix(mem: Mem, launch: Launch, lanes: int, kernel: str) -> torch.Tensor:
     _, n, k = gemm_dims(p, kernel)
     geo = p.get("im2col")
     if geo:
-        g = _geometry(geo, kernel)
-        img = _image(get_buf(mem, launch.reads[1], kernel), g, kernel)
+        g = im2col_geometry(geo, kernel)
+        img = group_image(get_buf(mem, launch.reads[1], kernel), g, kernel)
         cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=g["pad"], stride=g["stride"])
         if tuple(cols.shape[1:]) != (k, n):
             raise KernelfiError(f"{kernel}: im2col of the image gives {tuple(cols.shape[1:])}, the gemm needs {(k, n)}")
         return cols
     off = int(p.get("b_offset", 0))
-    return _op(operand_flat(mem, launch.reads[1], 2, lanes, off + k * n, kernel), off, k, n, bool(p.get("trans_b")))
+    return gemm_operand(operand_flat(mem, launch.reads[1], 2, lanes, off + k * n, kernel), off, k, n, bool(p.get("trans_b")))
 
 
 def c_block(mem: Mem, name: str, params: Mapping[str, Any], kernel: str) -> torch.Tensor:
@@ -285,8 +285,8 @@ def c_block(mem: Mem, name: str, params: Mapping[str, Any], kernel: str) -> torc
 
 
 def _virtual_image(mem: Mem, launch: Launch, kernel: str) -> tuple[torch.Tensor, dict[str, int]]:
-    g = _geometry(launch.params["im2col"], kernel)
-    return _image(get_buf(mem, launch.reads[1], kernel), g, kernel), g
+    g = im2col_geometry(launch.params["im2col"], kernel)
+    return group_image(get_buf(mem, launch.reads[1], kernel), g, kernel), g
 
 
 def virtual_row_sums(img: torch.Tensor, g: Mapping[str, int]) -> torch.Tensor:
@@ -297,7 +297,7 @@ def virtual_row_sums(img: torch.Tensor, g: Mapping[str, int]) -> torch.Tensor:
     p = g["pad"]
     xp = F.pad(img, (p, p, p, p)).reshape(lanes * ch, 1, h + 2 * p, w + 2 * p)
     ones = torch.ones(1, 1, g["out_h"], g["out_w"], dtype=img.dtype, device=img.device)
-    with _no_tf32(img.device):
+    with no_tf32(img.device):
         s = F.conv2d(xp, ones, stride=g["dilation"], dilation=g["stride"])
     ks = g["ksize"]
     return s[:, :, :ks, :ks].reshape(lanes, ch * ks * ks)
@@ -314,7 +314,7 @@ def virtual_col_sums(img: torch.Tensor, vec: torch.Tensor, g: Mapping[str, int])
     lanes, ch, h, w = img.shape
     ks = g["ksize"]
     geo = {"stride": g["stride"], "padding": g["pad"], "dilation": g["dilation"]}
-    with _no_tf32(img.device):
+    with no_tf32(img.device):
         if vec.shape[0] == 1:   # shared weights (the usual case): one single-filter convolution
             return F.conv2d(img, vec.reshape(1, ch, ks, ks), **geo).reshape(lanes, -1)
         wts = vec.reshape(lanes, ch, ks, ks)
@@ -440,7 +440,7 @@ class AbftChecksumKernel(_AbftKernel):
         m, n, k = gemm_dims(p, self.name)
         vec = lane_flat(mem, launch.reads[2], 4 * k, self.name)
         be, be_abs, ea, ea_abs = (vec[:, i * k:(i + 1) * k] for i in range(4))
-        with _no_tf32(a.device):
+        with no_tf32(a.device):
             rows = torch.matmul(a, be.unsqueeze(2)).squeeze(2)
             rtol = torch.matmul(a.abs(), be_abs.unsqueeze(2)).squeeze(2) * row_gamma(p, self.name)
             if p.get("im2col"):
@@ -695,7 +695,7 @@ class AbftCorrectKernel(_AbftKernel):
 def tag_tables() -> str:
     """Markdown tag tables of the hardening kernels (docs/hardening.md §6), per-thread counts at
     the sizes named in each heading; tags a template lists with no slot run only on mismatch."""
-    from ._doc import _HEAD
+    from ._doc import TAG_TABLE_HEAD
 
     sizes: dict[str, Mapping[str, Any]] = {
         "tmr_vote": {"n": 1}, "dmr_compare": {"n": 1}, "range_clamp": {"n": 1, "lo": 0.0, "hi": 1.0},
@@ -715,7 +715,7 @@ def tag_tables() -> str:
         counts = {sl.tag: (sl.group, sl.opcode, sl.count) for sl in k.template(p).slots}
         dims = ", ".join(f"{key}={v}" for key, v in p.items() if key in ("M", "N", "K"))
         lines = [f"#### `{name}`" + (f" ({dims}, virtual B of a 5×5 pad-2 convolution)" if "im2col" in p else
-                                     f" ({dims})" if dims else ""), "", _HEAD]
+                                     f" ({dims})" if dims else ""), "", TAG_TABLE_HEAD]
         for tag, info in vocab.items():
             g, op, c = counts.get(tag, (info.group, "–", 0))
             lines.append(f"| `{tag}` | {g} | {op} | {c if tag in counts else '0 (on mismatch / other case)'} | "
