@@ -1,6 +1,6 @@
 """A campaign's batches on this machine: the driver process and a pool of worker processes.
 
-Every process runs the engine on one intra-op thread (``campaign.threads``), so the rows do
+Every process runs the engine on one intra-op thread (``execution.threads``), so the rows do
 not depend on how many there are. The driver computes the golden run once, into shared
 memory that the workers map (``execution.SharedGolden``), where ``/dev/shm`` has room. Workers
 take a while to start (each imports torch, loads and lowers the model), so the driver runs the

@@ -86,7 +86,7 @@ def relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
 
 
 #: ``tap(gemm, y)``: called with a conv/connected unit's GEMM launch and its product (lanes,
-#: M, N) before the epilogue consumes it (the golden run keeps some: ``campaign.golden``)
+#: M, N) before the epilogue consumes it (the golden run keeps some: ``execution.golden``)
 Tap = Callable[[Launch, torch.Tensor], None]
 
 
