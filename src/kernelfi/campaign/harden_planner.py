@@ -31,10 +31,9 @@ import pandas as pd
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import PlannedFault, Planner
-from kernelfi.execution.runner import Runner
 from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, session_inputs
+from kernelfi.execution import Golden, Runner
 from kernelfi.harden import (
     Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, time_programs, units,
 )

@@ -27,7 +27,9 @@ import torch
 from kernelfi.execution.compare import lane_runs, scan
 from kernelfi.execution.cone import Cone, Diff, SparseLane
 from kernelfi.execution.golden import Golden, dense_matches_cache, lane_numel
-from kernelfi.execution.lanes import BatchState, FaultyLane, GoldenLane, GoldenRow, GoldenSource, Lane, golden_rows
+from kernelfi.execution.lanes import (
+    BatchState, FaultyLane, GoldenLane, GoldenRow, GoldenSource, Lane, LaneRun, golden_rows,
+)
 from kernelfi.execution.layout import Layout
 from kernelfi.execution.starts import StruckStarts
 from kernelfi.execution.struck import StruckLayer, pointwise_after
@@ -43,6 +45,9 @@ WHOLE_BUDGET = 1 << 30
 
 @dataclass
 class Executed:
+    """One fault's outcome: the planned fault, its result, the tag it struck ("" where it struck
+    nothing live) and the batch's seconds per fault."""
+
     planned: PlannedFault
     result: Result
     tag: str
@@ -283,7 +288,8 @@ class Runner:
             lanes = [lanes[row] for row in keep]
         return lanes
 
-    def _scan(self, t: torch.Tensor, name: str, runs, n: int, with_diff: bool) -> tuple[list[Diff], list[bool]]:
+    def _scan(self, t: torch.Tensor, name: str, runs: list[LaneRun], n: int, with_diff: bool
+              ) -> tuple[list[Diff], list[bool]]:
         return scan(t, self.golden.buffers.get(name), runs, n, with_diff, functools.partial(self.cone.finite, name))
 
     def _suffix(self, mem: Memory, lanes: list[Lane], pos: int, state: BatchState) -> None:
