@@ -172,16 +172,16 @@ def run_model(name: str, b: Bench, n: int, batch: int, seed: int, weighting: str
 
 R152 = textwrap.dedent("""
     import os, sys, tempfile, time
-    import functools
-    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign, pool
+    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+    from kernelfi.campaign.pool import execute_local
     n, workers = int(sys.argv[1]), int(sys.argv[2])
-    if workers > 1:  # the workers take every batch, however short the campaign: their memory is measured
-        pool.execute_local = functools.partial(pool.execute_local, driver=False)
+    # the workers take every batch, however short the campaign: their memory is measured
+    execute = (lambda prep, work: execute_local(prep, work, workers, driver=False)) if workers > 1 else None
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         cfg = CampaignConfig(model=ModelSpec("resnet152"), mode="iov", bit_model="single", n=n, seed=1,
                              data="random", inputs=4, workers=workers, batch=-(-n // (2 * workers)))
-        run_campaign(cfg, os.path.join(d, "r152.db"))
+        run_campaign(cfg, os.path.join(d, "r152.db"), execute=execute)
     print(f"{time.perf_counter() - t:.1f}")
 """)
 

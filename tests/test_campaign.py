@@ -88,7 +88,7 @@ def test_auto_batch_by_hand() -> None:
     """The tiny network holds at most 32 floats per lane outside the workspace (the input and
     the conv output, both live at the first fill) and 176 with it (input 16 + conv output 16 +
     im2col workspace 9x16 at the im2col launch); a lane costs twice that in float32."""
-    from kernelfi.campaign.campaign import AUTO_MAX, auto_batch
+    from kernelfi.campaign.batches import AUTO_MAX, auto_batch
     from tiny import tiny_program
 
     t = tiny_program().trace
@@ -117,7 +117,8 @@ def test_auto_workers_counts_cpus_and_memory(monkeypatch: pytest.MonkeyPatch) ->
 def test_pool_workers_and_driver_give_the_rows_of_one_process() -> None:
     """Every batch in worker processes (the driver idle), and with the driver working while
     they start: the same results as one process, fault for fault."""
-    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
     from kernelfi.campaign.pool import execute_local
 
     cfg = CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=36, seed=4, inputs=6)
@@ -133,6 +134,30 @@ def test_pool_workers_and_driver_give_the_rows_of_one_process() -> None:
     one = results(1)
     assert results(2, driver=False) == one
     assert results(2) == one
+
+
+def test_prepared_shares_its_golden_run_and_checks_explicitly() -> None:
+    """The driver computes its golden run into shared memory and reads that copy only; a worker
+    maps it and builds its runner on the driver's checks. Sharing after the runner is built,
+    or taking the driver's run after computing its own, is refused (no silent second copy)."""
+    from kernelfi.campaign.prepared import prepare
+
+    cfg = CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=4, seed=1, inputs=3)
+    driver = prepare(cfg)
+    shared = driver.share_golden()
+    assert driver.golden.block is shared.flat
+    checks = driver.runner.checks()
+    assert driver.runner.golden is driver.golden
+    with pytest.raises(RuntimeError, match="runner is built"):
+        driver.share_golden()
+    worker = prepare(cfg)
+    worker.use_shared(shared, checks)
+    assert worker.golden.block is shared.flat and worker.runner.checks() == checks
+    with pytest.raises(RuntimeError, match="own golden run"):
+        worker.use_shared(shared, checks)
+    alone = prepare(cfg)
+    alone.use_shared(None, checks)  # no room to share: its own run, the driver's checks
+    assert alone.golden.block is None and alone.runner.checks() == checks
 
 
 def test_resuming_a_campaign_of_another_engine_arithmetic_is_refused(tmp_path: Path) -> None:

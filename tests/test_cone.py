@@ -40,7 +40,7 @@ def test_gather_pads_and_pastes() -> None:
                                            ("digits-resnet", "rf", 200), ("digits-alexnet", "ioa", 200)])
 def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode: str, n: int) -> None:
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import prepare
+    from kernelfi.campaign.prepared import prepare
     rows = []
     for cone in (True, False):
         config = CampaignConfig(ModelSpec(model), mode, "single", n=n, seed=11, inputs=6, cone=cone)
@@ -49,7 +49,7 @@ def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode
     # and the cone did the work: every conv/pool/shortcut unit passed its check, windows ran
     prep = prepare(CampaignConfig(ModelSpec(model), mode, "single", n=n, seed=11, inputs=6))
     assert len(prep.runner.cone.units) >= 8
-    from kernelfi.campaign.campaign import batches
+    from kernelfi.campaign.batches import batches
     layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
     with torch.no_grad():
         for b in batches([prep.planner.draw(i) for i in range(n)], layer_of, 64):
@@ -59,7 +59,7 @@ def test_cone_gives_the_rows_of_the_whole_tensor_path(tmp_path, model: str, mode
 
 
 def test_composites_never_share_an_element() -> None:
-    from kernelfi.campaign.struck import composites
+    from kernelfi.execution.struck import composites
     claims = [(0, frozenset({5})), (1, frozenset({7})), (2, frozenset({5, 9})), (3, frozenset({9})),
               (4, frozenset({1}))]
     # worked by hand: 2 collides with 0 on element 5 and opens a second composite; 3 and 4 fit the first
@@ -68,39 +68,37 @@ def test_composites_never_share_an_element() -> None:
 
 def test_sparse_struck_layer_takes_the_pointwise_faults() -> None:
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import batches, prepare
-    import kernelfi.campaign.runner as runner_mod
-    from kernelfi.campaign.struck import pointwise_after
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
+    from kernelfi.execution.struck import pointwise_after
     prep = prepare(CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=120, seed=5, inputs=4))
     trace = prep.session.program.trace
-    kinds = {l.kernel: pointwise_after(trace, l.index, prep.runner.layer_span[l.layer][1]) for l in trace.launches
+    layout = prep.runner.layout
+    kinds = {l.kernel: pointwise_after(trace, l.index, layout.layer_span[l.layer][1]) for l in trace.launches
              if l.layer == trace.launches[0].layer}
     assert kinds["add_bias"] and kinds["gemm"] and not kinds["im2col"] and not kinds["fill"]
     seen: list[int] = []
-    real = runner_mod.run_sparse
+    real = prep.runner.struck.run
 
-    def spy(runner, ctx, refs, pos, layer):
-        seen.extend(refs)
-        return real(runner, ctx, refs, pos, layer)
+    def spy(state, refs, layer):
+        seen.extend(state.faults[j].id for j in refs)
+        return real(state, refs, layer)
 
-    runner_mod.run_sparse = spy
-    try:
-        planned = [prep.planner.draw(i) for i in range(120)]
-        layer_of = {l.index: l.layer for l in trace.launches}
-        for b in batches(planned, layer_of, 32):
-            prep.runner.run(b)
-    finally:
-        runner_mod.run_sparse = real
+    prep.runner.struck.run = spy  # type: ignore[method-assign]
+    planned = [prep.planner.draw(i) for i in range(120)]
+    layer_of = {l.index: l.layer for l in trace.launches}
+    for b in batches(planned, layer_of, 32):
+        prep.runner.run(b)
     eligible = sum(1 for pf in planned if pointwise_after(trace, pf.fault.site.launch,
-                                                          prep.runner.layer_span[layer_of[pf.fault.site.launch]][1])
-                   and prep.runner.layer_pos[layer_of[pf.fault.site.launch]] + 1 < len(trace.layers))
+                                                          layout.layer_span[layer_of[pf.fault.site.launch]][1])
+                   and layout.layer_pos[layer_of[pf.fault.site.launch]] + 1 < len(trace.layers))
     assert eligible > 40 and len(seen) == eligible
 
 
 @pytest.fixture
 def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """``diff_rows`` without the native library (tests/test_native.py checks that one)."""
-    from kernelfi.campaign import native
+    from kernelfi.execution import native
     monkeypatch.setattr(native, "_tried", True)
     monkeypatch.setattr(native, "_lib", None)
 
@@ -108,7 +106,7 @@ def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_diff_rows_by_hand(torch_path: None) -> None:
     """Errors are float32 arithmetic; a golden 0 is divided by 1e-30; NaN == NaN; a NaN
     error is infinite."""
-    from kernelfi.campaign.cone import diff_rows
+    from kernelfi.execution.cone import diff_rows
 
     g = torch.tensor([[1.0, 2.5, 0.0, -4.0]])
     a = torch.tensor([[1.0, 2.5, 0.0, -4.0],        # clean
@@ -127,7 +125,7 @@ def test_diff_rows_by_hand(torch_path: None) -> None:
 def test_diff_rows_whole_row_path_equals_the_gathering_one(torch_path: None) -> None:
     """``finite=True`` works on whole rows, the other path gathers the differing elements:
     the same counts and the same largest errors, bit for bit, on random rows."""
-    from kernelfi.campaign.cone import diff_rows
+    from kernelfi.execution.cone import diff_rows
 
     gen = torch.Generator().manual_seed(3)
     for t in range(60):
@@ -145,7 +143,7 @@ def test_diff_rows_whole_row_path_equals_the_gathering_one(torch_path: None) -> 
 def test_struck_layer_in_chunks_gives_the_same_rows(tmp_path, monkeypatch) -> None:
     """RF faults in the gemm run the struck layer on whole lanes; bounding how many run at once
     (``Runner.whole_chunk``, here one lane at a time) changes nothing in the results."""
-    import kernelfi.campaign.runner as runner_mod
+    import kernelfi.execution.runner as runner_mod
     from kernelfi.campaign import CampaignConfig, ModelSpec
 
     rows = []
@@ -160,7 +158,8 @@ def test_lanes_of_several_layers_share_a_batch() -> None:
     """A batch spanning several layers (lanes join the walk at their own position) gives each
     fault the result it gets in a batch of its layer alone."""
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import batches, prepare
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
 
     prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=13, inputs=5))
     layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
@@ -182,11 +181,11 @@ def test_lanes_of_several_layers_share_a_batch() -> None:
 
 def test_similar_groups_lanes_of_like_boxes() -> None:
     """Lanes whose boxes would share one window size with little waste go together."""
-    from kernelfi.campaign.cone import SparseLane, similar
+    from kernelfi.execution.cone import SparseLane, similar
 
     boxes = [(0, 2, 0, 2), (0, 10, 0, 10), (5, 14, 0, 10), (3, 5, 3, 5), (0, 1, 0, 2), (7, 8, 7, 8)]
     step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
-    groups = [[ln.ref for ln, _ in g] for g in similar(step)]
+    groups = [[ln.fault for ln, _ in g] for g in similar(step)]
     # largest first: 10x10 and 9x10 share a 10x10 window (200 <= 1.25 * 190); a 2x2 would make
     # it 300 > 1.25 * 194, so it opens a group; the other 2x2 (8 <= 10) and the 1x2 (12 <= 12.5)
     # join it; the 1x1 would make it 16 > 1.25 * 11
@@ -196,10 +195,10 @@ def test_similar_groups_lanes_of_like_boxes() -> None:
     # a lone 9x1 and a lone 1x9 (a 9x9 window: 81 > 18) stay apart
     boxes = [(0, 4, 0, 4), (0, 10, 0, 10), (5, 8, 0, 5), (7, 8, 7, 8)]
     step = [(SparseLane(i, 0), b) for i, b in enumerate(boxes)]
-    assert [[ln.ref for ln, _ in g] for g in similar(step)] == [[1], [0], [2], [3]]
-    assert [[ln.ref for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1, 0], [2, 3]]
+    assert [[ln.fault for ln, _ in g] for g in similar(step)] == [[1], [0], [2], [3]]
+    assert [[ln.fault for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1, 0], [2, 3]]
     step = [(SparseLane(0, 0), (0, 9, 0, 1)), (SparseLane(1, 0), (0, 1, 0, 9))]
-    assert [[ln.ref for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1], [0]]
+    assert [[ln.fault for ln, _ in g] for g in similar(step, lone_doubles=True)] == [[1], [0]]
 
 
 def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:
@@ -207,9 +206,9 @@ def test_column_steps_give_the_rows_of_the_whole_tensor_path() -> None:
     the columns of one GEMM (``Cone._step_cols``), maps of 144 pixels (calls of at most the
     map's columns) and of 36 or fewer (calls of ``CONCAT_COLS``); every row equals the
     whole-tensor path's, and the one of the grouped windows."""
-    from kernelfi.campaign.golden import Golden
+    from kernelfi.execution.golden import Golden
     from kernelfi.campaign.planner import PlannedFault
-    from kernelfi.campaign.runner import Runner
+    from kernelfi.execution.runner import Runner
     from kernelfi.lowering import lower
     from kernelfi.models.architectures import Bottleneck, ResNet
     from kernelfi.types import BitModel, Fault, Mode, Site
@@ -249,19 +248,20 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     instead of recomputing the convolution, with the rows of the recomputing path. A product
     that differs from what the kernels leave (here by one ulp in one element) is refused."""
     from kernelfi.campaign import CampaignConfig, ModelSpec
-    from kernelfi.campaign.campaign import batches, prepare
-    from kernelfi.campaign.runner import Runner
+    from kernelfi.campaign.batches import batches
+    from kernelfi.campaign.prepared import prepare
+    from kernelfi.execution.runner import Runner
 
     prep = prepare(CampaignConfig(ModelSpec("digits-resnet"), "iov", "single", n=150, seed=17, inputs=4))
     runner, golden = prep.runner, prep.runner.golden
     n_gemm = sum(l.kernel == "gemm" for l in runner.trace.launches)
-    assert len(golden.pre) == n_gemm and len(runner.gemm_cache) >= n_gemm - 1
+    assert len(golden.pre) == n_gemm and len(runner.starts.gemm_cache) >= n_gemm - 1
     layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
     planned = [prep.planner.draw(i) for i in range(150)]
     rows = []
-    for cache in (dict(runner.gemm_cache), {}):
-        runner.gemm_cache = cache
-        runner._pre_key = None
+    for cache in (dict(runner.starts.gemm_cache), {}):
+        runner.starts.gemm_cache = cache
+        runner.starts.clear()
         with torch.no_grad():
             rows.append({e.planned.id: repr(e.result) for b in batches(planned, layer_of, 40) for e in runner.run(b)})
     assert rows[0] == rows[1]
@@ -269,13 +269,13 @@ def test_struck_layer_from_the_golden_gemm_products() -> None:
     g = next(iter(golden.pre))
     golden.pre[g] = golden.pre[g].clone()
     golden.pre[g][0, 5] = torch.nextafter(golden.pre[g][0, 5], torch.tensor(math.inf))
-    assert g not in Runner(prep.session.program, golden).gemm_cache
+    assert g not in Runner(prep.session.program, golden).starts.gemm_cache
 
 
 def test_golden_plane_finiteness_by_hand() -> None:
     """A plane holding NaN, inf or -inf anywhere is not finite (its windows need NaN-aware
     comparisons); the answer is kept per plane and input."""
-    from kernelfi.campaign.cone import Cone
+    from kernelfi.execution.cone import Cone
 
     cone = Cone.__new__(Cone)
     for v in (1.0, math.nan, math.inf, -math.inf):
@@ -291,8 +291,8 @@ def test_owned_differences_of_composites_by_hand() -> None:
     """A composite's differing elements are read at its lanes' indices once one pass counts no
     other difference; a difference at an index no lane owns (or a golden NaN) leaves it to the
     whole-row comparison (None)."""
-    from kernelfi.campaign import native
-    from kernelfi.campaign.struck import _owned_diffs
+    from kernelfi.execution import native
+    from kernelfi.execution.struck import _owned_diffs
 
     if not native.available():
         pytest.skip("no C compiler: the whole-row comparison runs instead")

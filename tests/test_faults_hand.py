@@ -12,7 +12,7 @@ import torch
 
 from kernelfi.faults.memmap import MemoryMap
 from kernelfi.types import Fault, Site
-from tests.tiny import launch, rf_site, run_full, site, tiny_program
+from tests.tiny import launch, rf_site, rf_site_of, run_full, site, tiny_program
 
 
 def f32(bits: int) -> float:
@@ -155,3 +155,87 @@ def test_misdirected_store_keeps_its_bits_across_buffer_types() -> None:
     assert _as_dtype(-2.0, _t.int32) == f32_bits(-2.0) - (1 << 32)
     assert _as_dtype(0x3F800000, _t.float32) == 1.0
     assert _as_dtype(7, _t.int32) == 7 and _as_dtype(1.5, _t.float32) == 1.5
+    # a 32-bit register holds only the low 32 bits of an index computed past int32
+    assert _as_dtype((1 << 40) + 7, _t.int32) == 7 and _as_dtype((1 << 31) + 1, _t.int32) == -(1 << 31) + 1
+
+
+def test_maxpool_window_index_flip_stores_minus_inf_over_the_argmax(prog) -> None:
+    # Issue 17 (IOV, digits-alexnet seed 11 injection 1363 crashed with OverflowError): bit 6 of
+    # thread 0's column j = idx % ow (imod:ow) gives j = 64, so out_index = 64 and the window
+    # starts at column 128: every tap is outside the 4x4 map, the max stays -inf, the argmax -1.
+    # layers.1.output (4 floats) is padded to 256 bytes, so out[64] is layers.1.indexes[0] and
+    # indexes[64] is layers.2.weights[0]. The thread leaves: out[0] its stale content (not written before
+    # in this inference, it reads back as the kernel's clean output, 6.5), indexes[0] the word of
+    # -inf (0xFF800000 as int32) instead of the argmax 5, and layers.2.weights[0] the word of -1
+    # (0xFFFFFFFF: a NaN). The NaN weight makes logit 0 NaN: Malfunction, non-finite.
+    from kernelfi.faults.inject import LaneEffect, fault_writes
+    from tests.tiny import tiny_input
+    s = site(prog, "layers.1.forward_maxpool", "imod:ow", thread=0)
+    fault = Fault("iov", s, "single", (6,))
+    l = launch(prog, "layers.1.forward_maxpool")
+    mem = {"layers.0.output": tiny_input() + 0.5}
+    for b in prog.trace.buffers:
+        if b.kind == "weight":
+            mem[b.name] = torch.zeros(b.shape)
+    before = {n: mem[n] for n in set(l.reads) | set(l.writes) if n in mem}  # as the engine's override
+    from kernelfi.kernels import get_kernel
+    get_kernel(l.kernel).run(mem, l)
+    assert mem["layers.1.indexes"].reshape(-1)[0].item() == 5
+    eff = LaneEffect(golden_lane=0)
+    writes = fault_writes(l, mem, before, 0, fault, eff, MemoryMap.from_trace(prog.trace),
+                          lambda n, t: t.dim() == 4)
+    assert eff.due is None and eff.tag == "imod:ow"
+    assert [(b, i) for b, i, _ in writes] == [("layers.1.indexes", 0), ("layers.1.output", 0),
+                                              ("layers.2.weights", 0)]
+    vals = {b: v for b, _, v in writes}
+    assert vals["layers.1.indexes"] == f32_bits_signed(0xFF800000) and vals["layers.1.output"] == 6.5
+    assert math.isnan(vals["layers.2.weights"])
+    r = one(prog, fault)["result"]
+    assert r.outcome == "sdc_malfunction" and "nonfinite" in r.flags
+    assert (r.original, r.corrupted) == (0.0, 64.0)
+
+
+def f32_bits_signed(u: int) -> int:
+    return u - (1 << 32) if u >= 1 << 31 else u
+
+
+def _address_register(prog, launch_name: str, tag: str, half) -> int:
+    from kernelfi.faults.registers import rf_registers
+    regs = rf_registers(launch(prog, launch_name)).registers
+    return next(i for i, r in enumerate(regs) if r.tag == tag and r.half == half)
+
+
+def test_rf_flip_in_each_half_of_an_address_register(prog) -> None:
+    """The register map says which word of the bias pointer a register holds. Bit 2 of the low
+    word moves the load 4 bytes on, into the alignment padding after the one-element bias
+    (reads 0): out[5] = 6 + 0 = 6, the window [1.5, 2.5, 5.5, 6] pools 6, logits [6, 6]: a tie
+    keeps class 0 -> Light-Malfunction. Bit 2 of the high word moves it 2**34 bytes on, past
+    every allocation: illegal address -> DUE."""
+    from kernelfi.types import AddressHalf
+
+    name, tag = "layers.0.add_bias", "lea:addr_bias"
+    for half, want in ((AddressHalf.LOW, "sdc_light_malfunction"), (AddressHalf.HIGH, "due")):
+        reg = _address_register(prog, name, tag, half)
+        s = rf_site_of(prog, name, reg, thread=5)
+        out = one(prog, Fault("rf", s, "single", (2,)))
+        assert out["result"].outcome == want, half
+        if half == AddressHalf.LOW:
+            assert torch.allclose(out["probs"], probs([6.0, 6.0]), atol=1e-7)
+        else:
+            assert "illegal_address" in out["result"].flags
+
+
+def test_iov_flip_in_each_half_of_an_address_computation(prog) -> None:
+    """``lea:addr_bias`` computes the 64-bit bias pointer in two instructions (the slot says
+    ``halves``): the first writes the low word, the second the high word. The same flips as
+    above: bit 2 of the low word reads the padding (Light-Malfunction), of the high word an
+    illegal address (DUE)."""
+    import dataclasses
+
+    s = site(prog, "layers.0.add_bias", "lea:addr_bias", thread=5)
+    assert launch(prog, "layers.0.add_bias").template.slots[s.slot].halves
+    low = one(prog, Fault("iov", s, "single", (2,)))
+    high = one(prog, Fault("iov", dataclasses.replace(s, iteration=1), "single", (2,)))
+    assert low["result"].outcome == "sdc_light_malfunction"
+    assert torch.allclose(low["probs"], probs([6.0, 6.0]), atol=1e-7)
+    assert high["result"].outcome == "due" and "illegal_address" in high["result"].flags

@@ -490,6 +490,32 @@ def test_register_maps_are_consistent() -> None:
             assert any(r.role == "address" for r in rm.registers), name
 
 
+def test_address_halves_are_data_on_the_register_map() -> None:
+    """A 64-bit pointer is a pair: every register holding a high word has a low-word partner
+    fed by the same tag, or the low word lives in the register its load writes (``LDG R, [R]``,
+    as ptxas allocates tmr_vote's replicas: a data register live from the same instruction as
+    the high word, its load's tag), and every slot that computes 64-bit addresses (``halves``) has an even
+    number of instructions (low words, then high words). A register
+    of another role holds no half; an address register holds the low word unless it says so."""
+    from kernelfi.types import AddressHalf, Register
+
+    for name, k in all_kernels().items():
+        for p in k.example_params:  # type: ignore[attr-defined]
+            regs = k.registers(p).registers
+            for r in regs:
+                assert (r.half is not None) == (r.role == "address"), (name, r)
+                if r.half == AddressHalf.HIGH:
+                    load = [s for s in regs if s.role == "data" and s.live[0] == r.live[0]]
+                    assert any(o.half == AddressHalf.LOW and o.tag == r.tag for o in regs) or load, (name, r)
+                # a map entry named as a high word that does not say so would be read as a low one
+                assert r.name.endswith("_hi") == (r.half == AddressHalf.HIGH), (name, r)
+            for slot in k.template(p).slots:
+                assert not slot.halves or slot.count % 2 == 0, (name, slot)
+    assert Register("r_x", "address", "lea:addr_x").half == AddressHalf.LOW
+    with pytest.raises(ValueError):
+        Register("r_x", "data", "ld:x", half=AddressHalf.HIGH)
+
+
 def test_gemm_has_an_accumulator_live_over_the_k_loop() -> None:
     rm = get_kernel("gemm").registers(dict(M=4, N=4, K=64))
     acc = [r for r in rm.registers if r.role == "accumulator"]

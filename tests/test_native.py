@@ -1,4 +1,4 @@
-"""The one-pass C propagation figures (``campaign.native``) against the torch path: the same
+"""The one-pass C propagation figures (``execution.native``) against the torch path: the same
 counts and largest errors bit for bit, by hand and on random rows, and campaigns that store
 the same rows with the library and without it."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from kernelfi.campaign import native
-from kernelfi.campaign.cone import REL_FLOOR, diff_rows
+from kernelfi.execution import native
+from kernelfi.execution.cone import REL_FLOOR, diff_rows
 
 from tiny import campaign_rows
 
@@ -105,7 +105,7 @@ def test_diff_boxes_equals_bboxes_and_diff_rows(monkeypatch: pytest.MonkeyPatch,
     on random blocks with corruptions of every spread, NaN and inf included, windows from 1 to
     over 32 columns wide (the AVX-512 loop takes 16 at a time); a golden inf leaves the step
     to the torch path."""
-    from kernelfi.campaign.cone import bboxes, different
+    from kernelfi.execution.cone import bboxes, different
 
     gen = torch.Generator().manual_seed(5)
     for t in range(48):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernelfi.campaign.golden import Golden
+from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import Planner
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.lowering import lower
 
 
@@ -64,7 +64,7 @@ def test_rows_do_not_depend_on_the_thread_count() -> None:
 def test_golden_chunks_fill_the_same_tensors() -> None:
     """The golden run in chunks of one input and of 64 gives the same buffers and GEMM products,
     each input's in its own row (a wrong offset or a lost chunk would show)."""
-    from kernelfi.campaign import golden as G
+    from kernelfi.execution import golden as G
     from kernelfi.campaign.session import ModelSpec, open_session, inputs_tensor, session_inputs
 
     session = open_session(ModelSpec("digits-alexnet"))
@@ -95,7 +95,7 @@ def test_shared_golden_maps_one_block() -> None:
     another process too (a spawned worker reads them through the pickled block)."""
     import multiprocessing as mp
 
-    from kernelfi.campaign.golden import SharedGolden
+    from kernelfi.execution.golden import SharedGolden
     from kernelfi.campaign.session import ModelSpec, open_session, inputs_tensor, session_inputs
 
     session = open_session(ModelSpec("digits-alexnet"))
@@ -124,7 +124,7 @@ def _sums(shared) -> list[float]:  # type: ignore[no-untyped-def]
 def test_runner_takes_another_runners_checks() -> None:
     """A runner given another's one-time findings holds the same ones (and rows, in the pool
     test of test_campaign.py), without verifying again."""
-    from kernelfi.campaign import cone as cone_mod
+    from kernelfi.execution import cone as cone_mod
     from kernelfi.campaign.session import ModelSpec, open_session, inputs_tensor, session_inputs
 
     session = open_session(ModelSpec("digits-resnet"))

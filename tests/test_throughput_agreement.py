@@ -22,10 +22,10 @@ from collections import Counter
 import numpy as np
 import torch
 
-from kernelfi.campaign.campaign import batches
-from kernelfi.campaign.golden import Golden
+from kernelfi.campaign.batches import batches
+from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.data import load_inputs
 from kernelfi.lowering import lower
 from kernelfi.models import load_model

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from kernelfi.campaign.golden import Golden
+from kernelfi.execution.golden import Golden
 from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.faults.registers import rf_registers
 from kernelfi.lowering import Program, lower
 from kernelfi.models.darknet import DarknetNet, build_layers, parse_cfg_text
@@ -76,9 +76,14 @@ def site(program: Program, launch_name: str, tag: str, thread: int, exec_: int =
 
 def rf_site(program: Program, launch_name: str, role: str, thread: int) -> Site:
     """An RF site on the first register of ``role``, at a time inside its live interval."""
+    regs = rf_registers(launch(program, launch_name)).registers
+    return rf_site_of(program, launch_name, next(i for i, reg in enumerate(regs) if reg.role == role), thread)
+
+
+def rf_site_of(program: Program, launch_name: str, r: int, thread: int) -> Site:
+    """An RF site on register ``r`` of the launch's map, at a time inside its live interval."""
     l = launch(program, launch_name)
     regs = rf_registers(l).registers
-    r = next(i for i, reg in enumerate(regs) if reg.role == role)
     lo, hi = regs[r].live
     total = sum(s.count for s in l.template.slots)
     pos = int((lo + (hi - lo) * 0.01) * total) + 1

@@ -3,12 +3,12 @@
 A neuron fault (site, element, bit, input) becomes an IOV single-bit fault on the instruction
 that produces that element: the ``fadd:out`` instruction of thread ``flat`` in the layer's
 ``add_bias`` launch. The faults run through ``Runner`` in the campaign's own batches
-(``kernelfi.campaign.campaign.batches``: layer order, consecutive layers sharing a batch), exactly as a campaign
+(``kernelfi.campaign.batches``: layer order, consecutive layers sharing a batch), exactly as a campaign
 runs them: golden-prefix reuse, batched suffix, early stop.
 
 ``KernelfiPool`` runs them as ``kernelfi campaign --workers N`` does: N worker processes, each
 with its own model, golden run and runner on one engine thread, taking whole batches. The rows
-are the same as in one process (``kernelfi.campaign.threads``).
+are the same as in one process (``kernelfi.execution.threads``).
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from kernelfi.campaign.campaign import auto_batch, batches
-from kernelfi.campaign.golden import Golden, SharedGolden
+from kernelfi.campaign.batches import auto_batch, batches
+from kernelfi.execution.golden import Golden, SharedGolden
 from kernelfi.campaign.planner import PlannedFault
 from kernelfi.campaign.pool import set_up
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution.runner import Runner
 from kernelfi.lowering import Program
 from kernelfi.types import BitModel, Fault, Mode, Result, Site
 

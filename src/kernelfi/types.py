@@ -85,12 +85,16 @@ class InstrSlot:
     ``count`` is how many times one thread executes it (loop trips included). ``tag`` names
     what the instruction computes in terms the fault model understands, e.g. ``"ld:bias"``,
     ``"fadd:out"``, ``"ffma:acc"``, ``"st:out"``, ``"iadd:index"``; ``docs/kernels.md`` lists them.
+    ``halves``: the slot computes 64-bit addresses, each execution as instructions that write
+    the low 32 bits, then as many that write the high 32 bits (a fault in the second half of an
+    execution's instructions strikes the high word, ``AddressHalf.HIGH``).
     """
 
     group: str
     opcode: str
     tag: str
     count: int = 1
+    halves: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,27 @@ class Profile:
         )
 
 
+class RegisterRole(str, enum.Enum):
+    """What a register holds, for RF mode (docs/method.md §2)."""
+
+    DATA = "data"
+    ACCUMULATOR = "accumulator"
+    ADDRESS = "address"
+    INDEX = "index"
+    LOOP_COUNTER = "loop_counter"
+    CONSTANT = "constant"
+    PREDICATE = "predicate"
+
+
 #: Register roles for RF mode (docs/method.md §2).
-REGISTER_ROLES: tuple[str, ...] = (
-    "data", "accumulator", "address", "index", "loop_counter", "constant", "predicate",
-)
+REGISTER_ROLES: tuple[str, ...] = tuple(r.value for r in RegisterRole)
+
+
+class AddressHalf(enum.IntEnum):
+    """Which 32-bit word of a 64-bit address a register (or an instruction) holds."""
+
+    LOW = 0
+    HIGH = 1
 
 
 @dataclass(frozen=True)
@@ -145,12 +166,23 @@ class Register:
     ``live`` is the interval, as fractions [start, end) of the thread's dynamic instruction
     stream, during which the value is still to be read; a flip outside it is masked (dead or
     about to be overwritten). ``tag`` ties the register to the instruction tags it feeds.
+    ``half``: for an address register, which word of a 64-bit address it holds (a 32-bit
+    address, a shared-memory offset, is ``LOW``); None for every other role.
     """
 
     name: str
-    role: str
+    role: RegisterRole
     tag: str
     live: tuple[float, float] = (0.0, 1.0)
+    half: AddressHalf | None = None
+
+    def __post_init__(self) -> None:
+        role = RegisterRole(self.role)
+        object.__setattr__(self, "role", role)
+        if role is RegisterRole.ADDRESS:
+            object.__setattr__(self, "half", AddressHalf.LOW if self.half is None else AddressHalf(self.half))
+        elif self.half is not None:
+            raise ValueError(f"register {self.name}: only an address register holds a half of an address")
 
 
 @dataclass(frozen=True)
@@ -211,6 +243,9 @@ class Launch:
 
     ``name`` is stable and dotted (``<layer name>.<kernel>[.<k>]``), never a positional
     counter, so results stay comparable when a model gains a layer elsewhere.
+    ``check_after``: the launch after which a fault in this one is judged Masked or not, where
+    that is not this launch itself: the last launch of the hardened unit it belongs to (the
+    voter or checker whose outputs must equal golden, ``harden.transform``).
     """
 
     index: int
@@ -222,10 +257,16 @@ class Launch:
     writes: tuple[str, ...]
     params: Mapping[str, Any]
     template: ThreadTemplate
+    check_after: int | None = None
 
     @property
     def profile(self) -> Profile:
         return self.template.profile()
+
+    @property
+    def judged_at(self) -> int:
+        """The launch whose outputs decide whether a fault in this one was Masked."""
+        return self.index if self.check_after is None else self.check_after
 
 
 @dataclass(frozen=True)
@@ -288,6 +329,16 @@ class Fault:
     value: int | None = None  # random-value model: the raw 32-bit pattern written
     warp: bool = False
     input_id: int = 0
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    """One injection of a campaign: its id, its fault and its sampling weight (1.0 for uniform
+    selection). The planner draws it; the execution engine runs it; the store keeps its row."""
+
+    id: int
+    fault: Fault
+    weight: float
 
 
 @dataclass(frozen=True)

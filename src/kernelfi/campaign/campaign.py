@@ -7,217 +7,19 @@ outcomes depend only on the fault and the input).
 """
 from __future__ import annotations
 
-import dataclasses
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable
 
-import torch
-
-from kernelfi import __version__
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden, lane_numel, live_at_launch
-from kernelfi.campaign.planner import PlannedFault, Planner
-from kernelfi.campaign.runner import Executed, Runner
-from kernelfi.campaign.session import (
-    SELECT_RULES, InputSelection, ModelSpec, Session, check_data, correct_inputs, inputs_tensor, open_session,
-    session_inputs,
-)
-from kernelfi.campaign.threads import ENGINE_THREADS
-from kernelfi.data import InputSet, PrepOptions
-from kernelfi.faults.registers import derating, rf_registers
-from kernelfi.files import RecordedFile
-from kernelfi.models import get_model_info
-from kernelfi.store import CampaignMeta, CampaignRow, InjectionRecord, LaunchRow, LayerRow, Store
-from kernelfi.types import BitModel, Mode, Outcome, Trace
-
-
-@dataclass(frozen=True)
-class CampaignConfig:
-    model: ModelSpec
-    mode: str
-    bit_model: str
-    n: int
-    seed: int
-    warp: bool = False
-    data: str | None = None
-    inputs: int | None = None  # keep the first N inputs of the data set (of those the rule keeps)
-    scope: str = "all"
-    selection: str = "uniform"
-    #: faults per batched run; 0: as many as ``auto_batch`` fits in memory
-    batch: int = 0
-    #: worker processes (0: one per CPU, ``pool.auto_workers``); rows do not
-    #: depend on it (``kernelfi.campaign.threads``)
-    workers: int = 1
-    fast: bool = True
-    #: compute only the receptive-field cone after the struck layer (same rows as without)
-    cone: bool = True
-    #: how images become inputs (``kernelfi.data.prep``; ``None`` fields: the model's defaults)
-    prep: PrepOptions = field(default_factory=PrepOptions)
-    #: which inputs of the data to keep: "all", or "correct" (those the model classifies correctly)
-    select_inputs: str = "all"
-    #: the inputs a rule kept, filled by ``prepare`` (workers and replay load exactly these)
-    chosen: InputSelection | None = None
-    #: a hardening plan as stored with a campaign, used instead of reading ``model.hardening``
-    plan: Mapping[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            Mode(self.mode)
-        except ValueError:
-            raise KernelfiError(f"unknown mode '{self.mode}' (known: rf, iov, ioa)") from None
-        try:
-            BitModel(self.bit_model)
-        except ValueError:
-            raise KernelfiError(f"unknown bit model '{self.bit_model}' (known: {', '.join(b.value for b in BitModel)})") from None
-        if self.n < 1:
-            raise KernelfiError(f"-n must be at least 1, got {self.n}")
-        if self.batch < 0 or self.workers < 0:
-            raise KernelfiError("--batch and --workers must be 0 (auto) or more")
-        if self.inputs is not None and self.inputs < 1:
-            raise KernelfiError(f"--inputs must be at least 1, got {self.inputs}")
-        if self.select_inputs not in SELECT_RULES:
-            raise KernelfiError(f"--select-inputs: unknown rule '{self.select_inputs}' (known: {', '.join(SELECT_RULES)})")
-
-
-@dataclass
-class Prepared:
-    """A campaign ready to run: session, inputs, planner; the golden run and the runner on
-    first use (``campaign.pool`` puts a shared golden run, or a runner built on the driver's
-    checks, in their place before that). ``config`` is the campaign's config with the inputs a
-    rule chose filled in (``CampaignConfig.chosen``): what workers prepare again."""
-
-    config: CampaignConfig
-    session: Session
-    input_source: str
-    n_inputs: int
-    x: torch.Tensor
-    planner: Planner
-    _golden: Golden | None = None
-    _runner: Runner | None = None
-    #: seconds ``prepare`` took (model, lowering, inputs): what each worker process pays again
-    setup_s: float = 0.0
-    #: the inputs as loaded (labels, data-set positions, file and digest)
-    inputs: InputSet | None = None
-    #: one line for each default or conversion that changes what is measured
-    notes: tuple[str, ...] = ()
-
-    @property
-    def golden(self) -> Golden:
-        if self._golden is None:
-            self._golden = Golden.compute(self.session.program, self.x, fast=self.config.fast)
-        return self._golden
-
-    @property
-    def runner(self) -> Runner:
-        if self._runner is None:
-            c = self.config
-            self._runner = Runner(self.session.program, self.golden, fast=c.fast, cone=c.cone)
-        return self._runner
-
-    def files(self) -> dict[str, RecordedFile]:
-        """Every file the campaign read (``kernelfi.files``): cfg, weights, plan, data."""
-        out = self.session.spec.files()
-        loaded = self.session.loaded
-        if "weights" in out:  # the registry hashed it already
-            out["weights"] = dataclasses.replace(out["weights"], sha256=loaded.weights_hash)
-        if self.inputs is not None and self.inputs.path is not None:
-            out["data"] = RecordedFile(self.inputs.path, self.inputs.digest, "data")
-        return out
-
-    def meta(self) -> CampaignMeta:
-        c = self.config
-        info = self.session.loaded.info
-        files = self.files()
-        labels = None if self.inputs is None or self.inputs.y is None else [int(v) for v in self.inputs.y.tolist()]
-        data = files["data"].path if "data" in files else c.data
-        return CampaignMeta(
-            model=info.name, mode=c.mode, bit_model=c.bit_model, seed=c.seed, n_planned=c.n,
-            weights_hash=self.session.weights_hash, weights_source=_source(self.session.loaded.weights_source, files),
-            input_source=self.input_source, n_inputs=self.n_inputs, warp=c.warp, scope=c.scope,
-            selection=c.selection, hardening=self.session.plan,
-            derating=derating(self.session.program.trace) if c.mode == Mode.RF.value else None,
-            tool_version=__version__,
-            extra={"model_spec": asdict(c.model.absolute()), "population": self.planner.population, "fast": c.fast,
-                   "cone": c.cone, "data": data, "inputs": c.inputs, "engine_threads": ENGINE_THREADS,
-                   "prep": c.prep.to_dict(), "select_inputs": c.select_inputs,
-                   "chosen": None if c.chosen is None else c.chosen.to_dict(), "labels": labels,
-                   "files": {role: f.to_dict() for role, f in files.items()},
-                   "input_shape": list(info.input_shape), "num_classes": info.num_classes},
-        )
-
-    def launch_rows(self) -> list[LaunchRow]:
-        return [LaunchRow.from_launch(l, rf_registers(l).allocated) for l in self.session.program.trace.launches]
-
-    def layer_rows(self) -> list[LayerRow]:
-        return [LayerRow.from_spec(s) for s in self.session.program.trace.layers]
-
-
-def _source(weights_source: str, files: Mapping[str, RecordedFile]) -> str:
-    """The weights' source as the campaign records it: the absolute path of a weights file."""
-    return files["weights"].path if "weights" in files else str(weights_source)
-
-
-def prepare(config: CampaignConfig) -> Prepared:
-    """Build the model, load and prepare the inputs (keeping those ``select_inputs`` asks for),
-    and plan the faults; no golden run yet."""
-    t0 = time.perf_counter()
-    check_data(get_model_info(config.model.model), config.data)  # before the model is built: a quick error
-    session = open_session(config.model, config.plan)
-    notes = list(session.notes)
-    chosen = config.chosen
-    if chosen is not None:
-        inputs = session_inputs(session, config.data, None, config.prep, positions=chosen.positions)
-    elif config.select_inputs == "correct":
-        inputs, chosen = correct_inputs(session, config.data, config.inputs, config.prep, config.fast)
-        config = dataclasses.replace(config, chosen=chosen)
-        short = config.inputs is not None and len(chosen.positions) < config.inputs
-        notes.append(f"inputs: {chosen.describe()} kept (--select-inputs correct)"
-                     + (f"; fewer than the {config.inputs} asked for: the data hold no more" if short else ""))
-    else:
-        inputs = session_inputs(session, config.data, config.inputs, config.prep)
-    source = inputs.source + ("" if chosen is None else f"; {chosen.describe()}")
-    x = inputs_tensor(inputs)
-    planner = Planner(session.program.trace, config.mode, config.bit_model, config.warp, config.seed,
-                      x.shape[0], config.scope, config.selection)
-    return Prepared(config, session, source, int(x.shape[0]), x, planner, setup_s=time.perf_counter() - t0,
-                    inputs=inputs, notes=(*notes, *inputs.notes))
-
-
-#: What the lanes of one batch may hold in whole tensors (``auto_batch``)
-AUTO_BUDGET = 2 ** 30
-AUTO_MAX = 256
-
-
-def auto_batch(trace: Trace, workspace: bool = False, budget: int = AUTO_BUDGET) -> int:
-    """Faults per batch: as many lanes as fit ``budget`` bytes where the trace holds the most
-    per-lane data at once (live buffers and the launch's own writes, twice over for the
-    kernels' temporaries), between 16 and ``AUTO_MAX``. More lanes per run make each big
-    layer's GEMM cheaper per lane (AlexNet's 9216x4096 connected layer: 0.85 ms a row in a
-    call of 16 rows, 0.27 ms in one of 256). The im2col workspace counts only with
-    ``workspace`` (the plain path): the fast path never materialises it after the struck
-    layer, and the struck layer bounds its own lanes (``Runner.whole_chunk``)."""
-    live, numel = live_at_launch(trace), lane_numel(trace)
-    peak = max((sum(numel(n, l.layer) for n in live[l.index] | set(l.writes) if workspace or n != "workspace")
-                for l in trace.launches), default=1)
-    return max(16, min(AUTO_MAX, budget // (2 * 4 * max(peak, 1))))
-
-
-def batches(planned: list[PlannedFault], trace_layers: dict[int, int], size: int) -> Iterator[list[PlannedFault]]:
-    """Batches of ``size`` faults in layer order, by input within a layer: a batch spans a few
-    consecutive layers when each holds few faults (their lanes share the cone steps and
-    whole-tensor layers after the struck ones); same-input faults sit together (a struck layer
-    needs one golden row per distinct input)."""
-    items = sorted(planned, key=lambda pf: (trace_layers[pf.fault.site.launch], pf.fault.input_id, pf.id))
-    for s in range(0, len(items), size):
-        yield items[s:s + size]
+from kernelfi.campaign.batches import auto_batch, batches
+from kernelfi.campaign.pool import execute_local
+from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
+from kernelfi.execution import ENGINE_THREADS, Executed
+from kernelfi.store import CampaignMeta, CampaignRow, InjectionRecord, Store
+from kernelfi.types import Outcome, PlannedFault
 
 
 def to_records(prep: Prepared, executed: Iterable[Executed]) -> list[InjectionRecord]:
-    rows = prep.launch_rows_cache if hasattr(prep, "launch_rows_cache") else None
-    if rows is None:
-        rows = prep.launch_rows()
-        prep.launch_rows_cache = rows  # type: ignore[attr-defined]
+    rows = prep.launch_rows()
     return [InjectionRecord.build(e.planned.id, e.planned.fault, e.result, rows[e.planned.fault.site.launch],
                                   tag=e.tag, weight=e.planned.weight, seconds=e.seconds) for e in executed]
 
@@ -260,7 +62,7 @@ def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = No
         if stop_after is not None:
             work = work[:stop_after]
         n_done = len(done)
-        runs = execute(prep, work) if execute is not None else _execute(prep, work, prep.config.workers)
+        runs = execute(prep, work) if execute is not None else execute_local(prep, work, prep.config.workers)
         for executed in runs:
             records = to_records(prep, executed)
             store.add_results(cid, records)
@@ -306,9 +108,3 @@ def track_files(store: Store, before: list[CampaignRow], cid: int, meta: Campaig
                 lines.append(f"{f['path']}: the {role} file changed since campaign {r.id} (sha256 {then['sha256'][:12]} "
                              f"then, {f['sha256'][:12]} now): this is a new campaign, {cid}")
     return lines
-
-
-def _execute(prep: Prepared, work: list[list[PlannedFault]], workers: int) -> Iterator[list[Executed]]:
-    from kernelfi.campaign.pool import execute_local  # the pool's workers import this module
-
-    return execute_local(prep, work, workers)

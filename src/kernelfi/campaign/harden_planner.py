@@ -35,10 +35,9 @@ import pandas as pd
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden
 from kernelfi.campaign.planner import PlannedFault, Planner
-from kernelfi.campaign.runner import Runner
 from kernelfi.campaign.stored import prepare_stored
+from kernelfi.execution import Golden, Runner
 from kernelfi.harden import (
     Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, units,
 )

@@ -8,27 +8,18 @@ population (population share / sample share of its stratum).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from kernelfi._utils import KernelfiError, rng_for
 from kernelfi.faults.bits import draw_bits
 from kernelfi.faults.registers import rf_registers
 from kernelfi.faults.sites import slot_population
-from kernelfi.types import BitModel, Fault, Mode, Site, Trace
+from kernelfi.types import BitModel, Fault, Mode, PlannedFault, Site, Trace
 
 SCOPES = ("all", "sassifi")
 SELECTIONS = ("uniform", "kernel", "layer")
 #: Kernels SASSIFI cannot instrument (closed-source library code: cuBLAS SGEMM).
 LIBRARY_KERNELS = frozenset({"gemm"})
-
-
-@dataclass(frozen=True)
-class PlannedFault:
-    id: int
-    fault: Fault
-    weight: float  # sampling weight (1.0 for uniform selection)
 
 
 class Planner:

@@ -1,8 +1,8 @@
 """A campaign's batches on this machine: the driver process and a pool of worker processes.
 
-Every process runs the engine on one intra-op thread (``campaign.threads``), so the rows do
+Every process runs the engine on one intra-op thread (``execution.threads``), so the rows do
 not depend on how many there are. The driver computes the golden run once, into shared
-memory that the workers map (``golden.SharedGolden``), where ``/dev/shm`` has room. Workers
+memory that the workers map (``execution.SharedGolden``), where ``/dev/shm`` has room. Workers
 take a while to start (each imports torch, loads and lowers the model), so the driver runs the
 first batch itself and starts a pool only where the rest would take a few workers' starts
 (``START_PAYOFF``); then it keeps running batches until the workers are up and hands them
@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterator
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.campaign import AUTO_BUDGET, CampaignConfig, Prepared, prepare
-from kernelfi.campaign.golden import Golden, SharedGolden, golden_numel
-from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.runner import Checks, Executed, Runner
+from kernelfi.campaign.batches import AUTO_BUDGET
+from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
+from kernelfi.execution import Checks, Executed, SharedGolden, golden_numel
+from kernelfi.types import PlannedFault
 
 #: What a worker holds besides the model's weights: torch itself and the runner's bookkeeping
 #: (the lanes of a batch are ``AUTO_BUDGET`` at most; ResNet-152's worker peaks at 0.7 GiB)
@@ -91,12 +91,7 @@ def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
             for b in work:
                 yield prep.runner.run(b)
         return
-    shared = None
-    if share:
-        if prep._golden is None:
-            prep._golden = Golden.compute(prep.session.program, prep.x, fast=prep.config.fast, share=True)
-        shared = SharedGolden.of(prep.golden, trace.output)
-        prep._golden = shared.golden()  # the driver keeps the shared copy only
+    shared = prep.share_golden() if share else None  # the driver keeps the shared copy only
     pending = deque(work)
     t0 = time.perf_counter()
     checks = prep.runner.checks()  # the workers take these instead of checking again
@@ -157,10 +152,7 @@ def _worker_init(config: CampaignConfig, shared: SharedGolden | None, checks: Ch
         torch.set_num_threads(1)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         _WORKER = prepare(config)
-        if shared is not None:
-            _WORKER._golden = shared.golden()
-        _WORKER._runner = Runner(_WORKER.session.program, _WORKER.golden, fast=config.fast, cone=config.cone,
-                                 checks=checks)
+        _WORKER.use_shared(shared, checks)
     set_up(ready, make)
 
 

@@ -13,8 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import golden_chunk
-from kernelfi.campaign.threads import engine_threads
+from kernelfi.execution import engine_threads, golden_chunk
 from kernelfi.data import InputSet, PrepOptions, load_inputs
 from kernelfi.files import RecordedFile
 from kernelfi.lowering import Program, lower

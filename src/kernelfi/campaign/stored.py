@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.campaign import CampaignConfig, Prepared, prepare, to_records
+from kernelfi.campaign.campaign import to_records
+from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
 from kernelfi.campaign.session import InputSelection, ModelSpec
 from kernelfi.data import PrepOptions
 from kernelfi.files import RecordedFile

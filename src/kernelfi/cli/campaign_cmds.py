@@ -12,7 +12,7 @@ from typing import Any
 from kernelfi._utils import KernelfiError
 from kernelfi.analysis import Accuracy, golden_accuracy
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.cli.common import data_options, model_options, note, outcome_counts, prep_options
 from kernelfi.store import CampaignRow, Store
 from kernelfi.types import OUTCOME_LABELS, OUTCOMES, BitModel, Mode

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.campaign.session import ModelSpec, open_session
 from kernelfi.cli.common import model_options
 from kernelfi.lowering.profile import profile_dict, profile_rows

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.demo import DemoConfig, run_demo
 from kernelfi.harden import DEFAULT_COST
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 import torch
 
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.cli.common import model_options
 from kernelfi.data import load_inputs
 from kernelfi.harden.export import LABELS, export_model, read_manifest, time_exported

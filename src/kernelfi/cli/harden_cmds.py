@@ -8,7 +8,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 from kernelfi.cli.common import WEIGHTS_HELP
 from kernelfi.cli.export_cmd import overhead_exported
 from kernelfi.gputime import GpuSpec, get_gpu, gpus

@@ -5,7 +5,7 @@ import click
 
 from kernelfi._utils import KernelfiError
 from kernelfi.analysis import sample_size
-from kernelfi.cli import cli
+from kernelfi.cli.app import cli
 
 
 @cli.command("plan-samples")

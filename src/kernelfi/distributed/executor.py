@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign import Prepared
 from kernelfi.campaign.planner import PlannedFault
-from kernelfi.campaign.runner import Executed
+from kernelfi.execution import Executed
 from kernelfi.distributed._ray import actor_errors, require_ray
 from kernelfi.distributed.worker import ShardWorker
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from kernelfi.campaign import CampaignConfig, Prepared, prepare
-from kernelfi.campaign.runner import Executed
+from kernelfi.execution import Executed
 
 
 class ShardWorker:

@@ -7,6 +7,7 @@ exactly 2**128 -> inf and a flip of bit 31 exactly negates. Values are carried a
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,21 @@ def f32_bits(x: float) -> int:
 def bits_f32(u: int) -> float:
     """float32 whose raw bits are ``u`` (as a Python float, exact)."""
     return float(struct.unpack("<f", struct.pack("<I", int(u) & 0xFFFFFFFF))[0])
+
+
+def word32(v: Any) -> int:
+    """The 32-bit word a register holding ``v`` stores (unsigned): an int32's two's-complement
+    bits (an index wider than 32 bits keeps its low 32, as the register does), a float32's
+    IEEE-754 bits, read as they are (no round trip through a double)."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v) & 0xFFFFFFFF
+    return int(np.float32(v).view(np.uint32))
+
+
+def signed32(u: int) -> int:
+    """The int32 whose bits are the low 32 of ``u``."""
+    u = int(u) & 0xFFFFFFFF
+    return u - (1 << 32) if u >= 1 << 31 else u
 
 
 def corrupt_pattern(u: int, bit_model: str, bits: tuple[int, ...], value: int | None, width: int = 32) -> int:
@@ -53,8 +69,7 @@ def corrupt_f32(x: float, bit_model: str, bits: tuple[int, ...], value: int | No
 
 def corrupt_i32(x: int, bit_model: str, bits: tuple[int, ...], value: int | None) -> int:
     """A signed 32-bit integer (index, address offset, counter) after the bit model."""
-    u = corrupt_pattern(int(x) & 0xFFFFFFFF, bit_model, bits, value)
-    return u - (1 << 32) if u >= 1 << 31 else u
+    return signed32(corrupt_pattern(int(x) & 0xFFFFFFFF, bit_model, bits, value))
 
 
 def corrupt_tensor(t: torch.Tensor, bit_model: str, bits: tuple[int, ...], value: int | None) -> torch.Tensor:

@@ -14,15 +14,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kernelfi.faults.bits import bits_f32, corrupt_i32, f32_bits
+from kernelfi.faults.bits import bits_f32, signed32, word32
+from kernelfi.faults import gemm
 from kernelfi.faults.gemm import GemmFault, GemmView
 from kernelfi.faults.memmap import Crash, MemoryMap
 from kernelfi.faults.programs import OPERANDS, PROGRAMS
 from kernelfi.faults.registers import rf_registers
 from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
-from kernelfi.faults.sites import is_store
 from kernelfi.kernels import get_kernel
-from kernelfi.types import Fault, Launch, Mode
+from kernelfi.types import AddressHalf, Fault, Launch, Mode
 from kernelfi.faults import programs_harden  # noqa: F401
 
 WARP = 32
@@ -95,15 +95,16 @@ def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | Non
         if n == 0:
             return None
         ex = min(n - 1, int((frac - lo) / max(hi - lo, 1e-12) * n))
-        half = 1 if reg.name.endswith("_hi") else 0
-        return Target(reg.tag, ex, "iov", fault.bit_model, fault.bits, fault.value, half)
+        return Target(reg.tag, ex, "iov", fault.bit_model, fault.bits, fault.value,
+                      AddressHalf.LOW if reg.half is None else reg.half)
     slot = slots[site.slot]
     n = calls.get(slot.tag, 0)
     if n == 0:
         return None
     per = max(1, slot.count // n)
     ex = min(n - 1, site.iteration // per)
-    half = 1 if per > 1 and (site.iteration % per) >= per // 2 and slot.tag.startswith(("lea:", "iadd:addr")) else 0
+    # an execution of a 64-bit address computation: its low word's instructions, then its high word's
+    half = AddressHalf.HIGH if slot.halves and per > 1 and (site.iteration % per) >= per // 2 else AddressHalf.LOW
     kind = "iov" if fault.mode == Mode.IOV.value else "ioa"
     return Target(slot.tag, ex, kind, fault.bit_model, fault.bits, fault.value, half)
 
@@ -119,15 +120,14 @@ def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader
     if launch.kernel == "gemm":
         names = (launch.reads[0], launch.reads[1], launch.writes[0])
         view = GemmView(dict(launch.params), names, reader, memmap, reader.gather)
-        calls = _gemm_calls(launch)
-        target = _target(fault, launch, calls)
+        target = _target(fault, launch, gemm.calls(int(launch.params["K"]), launch.template.slots))
         if target is None:
             return {}, {}
         eff.tag = target.tag
-        g = GemmFault(view, target, thread, golden_out)
-        w = g.writes(target.tag, target.exec)
-        if g.original is not None:
-            eff.original, eff.corrupted = g.original, g.corrupted
+        struck = GemmFault(view, target, thread, golden_out)
+        w = struck.writes(target.tag, target.exec)
+        if struck.original is not None:
+            eff.original, eff.corrupted = struck.original, struck.corrupted
         clean = {k: (F32(golden_out(*divmod(k[1] - view.co, view.N))) if k[0] == view.C and 0 <= k[1] - view.co < view.M * view.N
                      else reader(*k)) for k in w}
         return clean, w
@@ -144,23 +144,6 @@ def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader
     if faulty.original is not None and eff.original is None:
         eff.original, eff.corrupted = faulty.original, faulty.corrupted
     return clean.overlay, faulty.overlay
-
-
-def _gemm_calls(launch: Launch) -> dict[str, int]:
-    """Logical executions per gemm tag (per K step, per tile, or once)."""
-    k = int(launch.params["K"])
-    t = -(-k // 16)
-    out = {s.tag: 1 for s in launch.template.slots}
-    for tag in ("lds:a", "lds:b", "ffma:acc"):
-        out[tag] = k
-    for tag in ("ldg:a_tile", "ldg:b_tile", "iadd:addr_a", "iadd:addr_b", "loop:k_tile", "setp:loop_k_tile"):
-        out[tag] = t
-    for s in launch.template.slots:
-        if s.group == "NODEST" and not is_store(s):
-            out[s.tag] = 0  # branches, barriers, exits: nothing to corrupt
-        if s.tag.startswith("sts:"):
-            out[s.tag] = 0  # shared stores: their corruption is the tile loads'
-    return out
 
 
 def fault_writes(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
@@ -228,16 +211,16 @@ def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, 
 def _as_dtype(value: Any, dtype: torch.dtype) -> int | float:
     """A stored 32-bit word as the element type of the buffer it landed in: a float stored into
     an int32 buffer (a misdirected store) keeps its bits, and the other way round."""
-    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if dtype == torch.int32:
-        return int(value) if is_int else corrupt_i32(f32_bits(float(value)), "none", (), None)
-    return bits_f32(int(value) & 0xFFFFFFFF) if is_int else float(value)
+        return signed32(word32(value))
+    return float(value) if isinstance(value, (float, np.floating)) else bits_f32(word32(value))
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, np.integer)) or isinstance(b, (int, np.integer)):
-        return int(a) == int(b)
-    return np.float32(a).tobytes() == np.float32(b).tobytes()
+    """Do two stores leave the same word in memory? Memory holds words, not types: a corrupted
+    index can send a float store over an int32 element (a max-pool's -inf over its argmax), and
+    what lands there is the float's bit pattern."""
+    return word32(a) == word32(b)
 
 
 def _landed(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch, eff: LaneEffect,

@@ -31,6 +31,15 @@ OPERANDS: dict[str, dict[str, tuple[str, int]]] = {
     "softmax": {"in": ("r", 0), "out": ("w", 0)},
 }
 NEG_INF = F32(-np.inf)
+#: Template tags a thread program never executes, with what a fault there does (counted as
+#: Masked): the one place such a tag is declared; every other tag a fault can strike is
+#: executed by some thread (tests/test_fault_effects.py).
+NOT_REPLAYED: dict[tuple[str, str], str] = {
+    ("im2col", "imad:grid_stride"): (
+        "the grid-stride increment after the thread's one element (threads = elements): the loop exits; a "
+        "corrupted index that lands on another element rewrites that element's columns with the values they "
+        "hold, a negative one would run out of bounds (not modelled)"),
+}
 
 
 def program(name: str) -> Callable[[Program], Program]:
@@ -42,14 +51,16 @@ def program(name: str) -> Callable[[Program], Program]:
     return deco
 
 
-def _prologue(c: ThreadCtx, t: int, n: int) -> int | None:
+def prologue(c: ThreadCtx, t: int, n: int) -> int | None:
+    """Darknet's 1-D thread id and its early exit: the element thread ``t`` handles, or None
+    for a surplus thread (``kernels._sass.prologue_1d``)."""
     i = c.idx(("s2r:index", "imad:index"), t)
     return i if c.pred(("setp:bounds",), i < n) else None
 
 
 @program("fill")
 def _fill(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     off = c.idx(("imad:offset",), i)
@@ -60,7 +71,7 @@ def _fill(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("copy")
 def _copy(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     oi = c.idx(("imad:offset_in",), i)
@@ -101,7 +112,7 @@ def _scale_bias(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("normalize")
 def _normalize(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, sp = int(p["channels"]), int(p["spatial"])
-    i = _prologue(c, t, ch * sp)
+    i = prologue(c, t, ch * sp)
     if i is None:
         return
     q, _ = c.idiv("spatial", i, sp, mod=False)
@@ -122,7 +133,7 @@ def _normalize(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("activate_array")
 def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     c.addr("x", ("lea:addr_x",))
@@ -151,7 +162,7 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     g = shortcut_geometry((int(p["c1"]), int(p["h1"]), int(p["w1"])), (int(p["c2"]), int(p["h2"]), int(p["w2"])))
     assert g is not None  # the kernel refused the launch otherwise
-    i = _prologue(c, t, g["minw"] * g["minh"] * g["minc"])
+    i = prologue(c, t, g["minw"] * g["minh"] * g["minc"])
     if i is None:
         return
     # id -> (i, j, k, b) by remainders, as shortcut_kernel does (batch 1: one inference a lane)
@@ -177,7 +188,7 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     H, W, ks = int(p["height"]), int(p["width"]), int(p["ksize"])
     stride, pad, oh, ow = int(p["stride"]), int(p["pad"]), int(p["out_h"]), int(p["out_w"])
     c0, cg = int(p.get("channel_offset", 0)), int(p.get("group_channels", p["channels"]))
-    i0 = _prologue(c, t, cg * oh * ow)
+    i0 = prologue(c, t, cg * oh * ow)
     if i0 is None:
         return
     q, w_out = c.idiv("ow", i0, ow)
@@ -206,7 +217,7 @@ def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
     n = ch * int(p["out_h"]) * int(p["out_w"])
-    idx = _prologue(c, t, n)
+    idx = prologue(c, t, n)
     if idx is None:
         return
     oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
@@ -243,7 +254,7 @@ def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("forward_avgpool")
 def _avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
-    idx = _prologue(c, t, ch)
+    idx = prologue(c, t, ch)
     if idx is None:
         return
     b, k = c.idiv("c", idx, ch)
@@ -279,7 +290,7 @@ def _trunc_i32(x: float) -> int:
 @program("softmax")
 def _softmax(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     n, temp = int(p["n"]), F32(p.get("temperature", 1.0))
-    if _prologue(c, t, 1) is None:
+    if prologue(c, t, 1) is None:
         return
     off = c.idx(("imad:offset",), 0)
     c.addr("in", ("lea:addr_in",))

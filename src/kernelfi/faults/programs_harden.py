@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kernelfi.faults.bits import bits_f32, f32_bits
-from kernelfi.faults.programs import OPERANDS, _prologue, program
+from kernelfi.faults.bits import bits_f32, signed32, word32
+from kernelfi.faults.programs import OPERANDS, prologue, program
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels.hardening import col_gamma, row_gamma
 
@@ -29,35 +29,23 @@ OPERANDS.update({
 })
 
 
-def _u32(v: Any) -> int:
-    """Raw 32 bits of a loaded element (int32 buffers load as ints, float32 as np.float32)."""
-    if isinstance(v, (int, np.integer)):
-        return int(v) & 0xFFFFFFFF
-    return f32_bits(float(v))
-
-
-def _signed(u: int) -> int:
-    u &= 0xFFFFFFFF
-    return u - (1 << 32) if u >= 1 << 31 else u
-
-
 def _result(c: ThreadCtx, tag: str, bits: int, p: Mapping[str, Any]) -> Any:
     """The instruction result ``tag`` (a 32-bit pattern) as the element to store, in the
     buffer's type: a float32 register corrupts (and reports) as a float, an int32 as an int."""
     if str(p.get("dtype", "float32")) == "int32":
-        return c.ival((tag,), _signed(bits))
+        return c.ival((tag,), signed32(bits))
     return c.val((tag,), F32(bits_f32(bits)))
 
 
 @program("tmr_vote")
 def _tmr_vote(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     i += int(p.get("offset", 0))  # a host-side pointer offset: no instruction
     for r in ("a", "b", "c"):
         c.addr(r, (f"lea:addr_{r}",))
-    ua, ub, uc = (_u32(c.ld(f"ld:{r}", r, i)) for r in ("a", "b", "c"))
+    ua, ub, uc = (word32(c.ld(f"ld:{r}", r, i)) for r in ("a", "b", "c"))
     m = _result(c, "lop3:vote", (ua & ub) | (ua & uc) | (ub & uc), p)
     c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, m)
@@ -65,18 +53,18 @@ def _tmr_vote(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("dmr_compare")
 def _dmr_compare(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     i += int(p.get("offset", 0))
     c.addr("a", ("lea:addr_a",))
     c.addr("b", ("lea:addr_b",))
-    ua, ub = _u32(c.ld("ld:a", "a", i)), _u32(c.ld("ld:b", "b", i))
+    ua, ub = word32(c.ld("ld:a", "a", i)), word32(c.ld("ld:b", "b", i))
     if c.pred(("setp:eq",), ua == ub):
         v = ua
     else:  # mismatch: the re-executed element
         c.addr("c", ("lea:addr_c",))
-        v = _u32(c.ld("ld:c", "c", i))
+        v = word32(c.ld("ld:c", "c", i))
     m = _result(c, "sel:out", v, p)
     c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, m)
@@ -84,7 +72,7 @@ def _dmr_compare(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 
 @program("range_clamp")
 def _range_clamp(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    i = _prologue(c, t, int(p["n"]))
+    i = prologue(c, t, int(p["n"]))
     if i is None:
         return
     lo, hi = F32(p["lo"]), F32(p["hi"])
@@ -138,7 +126,7 @@ def _b_elem(c: ThreadCtx, p: Mapping[str, Any], k: int, n: int, tap: tuple[int, 
 @program("abft_vectors")
 def _abft_vectors(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     m, n, kk = _dims(p)
-    k = _prologue(c, t, kk)
+    k = prologue(c, t, kk)
     if k is None:
         return
     tap = None
@@ -166,7 +154,7 @@ def _abft_vectors(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 @program("abft_checksum")
 def _abft_checksum(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     m, n, kk = _dims(p)
-    t0 = _prologue(c, t, m + n)
+    t0 = prologue(c, t, m + n)
     if t0 is None:
         return
     row = c.pred(("setp:side",), t0 < m)
@@ -199,7 +187,7 @@ def _abft_checksum(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _abft_check(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     m, n, _ = _dims(p)
     co = int(p.get("c_offset", 0))
-    t0 = _prologue(c, t, m + n)
+    t0 = prologue(c, t, m + n)
     if t0 is None:
         return
     row = c.pred(("setp:side",), t0 < m)
@@ -224,13 +212,13 @@ def _abft_correct(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     """The single-element correction (the hardened trace never injects here: zero golden
     instructions); a multi-element pattern is the batched run's full recomputation."""
     m, n, kk = _dims(p)
-    if _prologue(c, t, 1) is None:
+    if prologue(c, t, 1) is None:
         return
     rows: list[int] = []
     cols: list[int] = []
     for f in c.loop("f", m + n):
         flag = c.ld("ld:flag", "flags", f, addr_tags=("lea:addr_flags",))
-        if int(flag):
+        if word32(flag):  # a nonzero word (a misdirected load may bring a float, inf included)
             (rows if f < m else cols).append(c.idx(("sel:where",), f if f < m else f - m))
     if len(rows) != 1 or len(cols) != 1:
         return

@@ -24,6 +24,7 @@ import numpy as np
 
 from kernelfi.faults.bits import corrupt_f32, corrupt_i32, corrupt_pattern
 from kernelfi.faults.memmap import Crash, MemoryMap
+from kernelfi.types import AddressHalf
 
 F32 = np.float32
 #: Loop trips past the intended count that count as a hang (the GPU watchdog kills the kernel).
@@ -44,7 +45,7 @@ class Target:
     bit_model: str
     bits: tuple[int, ...] = ()
     value: int | None = None
-    half: int = 0  # which 32-bit half of a 64-bit address register
+    half: AddressHalf = AddressHalf.LOW  # which 32-bit word of a 64-bit address register
 
 
 Reader = Callable[[str, int], Any]  # (buffer, element) -> value before the kernel
@@ -121,7 +122,7 @@ class ThreadCtx:
     def _addr_corrupter(self) -> Callable[[int], int]:
         t = self.target
         if t.kind == "iov":
-            return lambda a, t=t: _corrupt_address(a, t)
+            return lambda a, t=t: corrupt_address(a, t)
         return lambda a: 0  # the address register kept stale content: a null pointer
 
     def addr(self, name: str, tags: tuple[str, ...]) -> None:
@@ -137,7 +138,7 @@ class ThreadCtx:
             if f is not None:
                 a = f(a)
         if hit and self.target.kind == "ioa":
-            a2 = _corrupt_address(a, self.target, low_only=True)
+            a2 = corrupt_address(a, self.target, low_only=True)
             self._note(float(a), float(a2))
             a = a2
         return self.memmap.resolve(a)
@@ -228,10 +229,12 @@ def _corrupt_any(v: Any, t: Target) -> Any:
     return F32(corrupt_f32(float(v), t.bit_model, t.bits, t.value))
 
 
-def _corrupt_address(a: int, t: Target, low_only: bool = False) -> int:
-    half = 0 if low_only else t.half
+def corrupt_address(a: int, t: Target, low_only: bool = False) -> int:
+    """Address ``a`` with the fault's bits applied to the word ``t.half`` names (the low word
+    with ``low_only``: a load or store's own 32-bit offset)."""
+    half = AddressHalf.LOW if low_only else t.half
     lo, hi = a & 0xFFFFFFFF, (a >> 32) & 0xFFFFFFFF
-    if half == 0:
+    if half == AddressHalf.LOW:
         lo = corrupt_pattern(lo, t.bit_model, t.bits, t.value)
     else:
         hi = corrupt_pattern(hi, t.bit_model, t.bits, t.value)

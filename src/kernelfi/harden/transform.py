@@ -6,9 +6,9 @@ the unhardened part of the IOA memory map keeps its addresses) over the same wei
 Every launch a technique adds or owns carries, in its params:
 ``hardening`` (tmr/dmr/abft/range), ``role`` (original, copy, replica, vote, compare, vectors,
 checksum, check, correct, clamp), ``protects`` (the unit's primary launch, or the clamped
-buffer), ``origin`` (the kernel type its run time is charged to in overhead tables) and
-``check_after`` (the launch whose outputs decide whether a fault in it was Masked: the runner
-compares the unit's final outputs with golden there). Launches that run only on a mismatch
+buffer) and ``origin`` (the kernel type its run time is charged to in overhead tables); and
+its ``Launch.check_after`` field names the launch whose outputs decide whether a fault in it
+was Masked (the runner compares the unit's final outputs with golden there). Launches that run only on a mismatch
 (DMR's re-execution, ABFT's correction) also carry ``conditional: True`` and a zero-thread
 template: they execute in the simulation but count no golden instructions, so no fault is
 injected into them and fault-free timing skips them.
@@ -28,7 +28,7 @@ from .plan import Plan, as_plan, full_plan
 from .units import RangeSite, Unit, range_sites, units
 
 #: Params the transform adds (stripped when a launch's own params are reused elsewhere).
-OWN_KEYS: tuple[str, ...] = ("hardening", "role", "protects", "origin", "check_after", "conditional")
+OWN_KEYS: tuple[str, ...] = ("hardening", "role", "protects", "origin", "conditional")
 
 
 @dataclass
@@ -218,13 +218,10 @@ class _Builder:
                 final[e.group] = i
         launches = []
         for i, e in enumerate(self.out):
-            p = dict(e.params)
-            if e.own_check:
-                p["check_after"] = i
-            elif e.group >= 0:
-                p["check_after"] = final[e.group]
+            check_after = i if e.own_check else final[e.group] if e.group >= 0 else None
             launches.append(Launch(index=i, layer=e.base.layer, layer_type=e.base.layer_type, name=e.name,
-                                   kernel=e.kernel, reads=e.reads, writes=e.writes, params=p, template=e.template))
+                                   kernel=e.kernel, reads=e.reads, writes=e.writes, params=dict(e.params),
+                                   template=e.template, check_after=check_after))
         names = [l.name for l in launches]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})

@@ -30,7 +30,7 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "forward_avgpool": ("S", lambda v: {"channels": 1, "height": 1, "width": v}),
     "softmax": ("n", lambda v: {"n": v, "temperature": 1.0}),
 }
-_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
+TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")
 
 
@@ -57,7 +57,7 @@ def tag_table(name: str) -> str:
         for act in ("linear", "relu", "leaky", "logistic"):
             for s in k.template({"n": 1, "activation": act}).slots:
                 rows.setdefault(s.tag, [s.group, s.opcode, str(s.count)]).append(act)
-        lines = [_HEAD]
+        lines = [TAG_TABLE_HEAD]
         for tag, (group, op, cnt, *acts) in rows.items():
             only = "" if len(acts) == 4 else f" ({', '.join(acts)})"
             lines.append(f"| `{tag}` | {group} | {op} | {cnt}{only} | {vocab[tag].effect} | {vocab[tag].meaning} |")
@@ -66,7 +66,7 @@ def tag_table(name: str) -> str:
     t1, t2, t3 = (k.template(params(v)) for v in (1, 2, 3))
     c2 = {s.tag: s.count for s in t2.slots}
     c3 = {s.tag: s.count for s in t3.slots}
-    lines = [_HEAD]
+    lines = [TAG_TABLE_HEAD]
     for s in t1.slots:
         y1, y2, y3 = s.count, c2[s.tag], c3[s.tag]
         a = (y3 - 2 * y2 + y1) // 2
@@ -84,7 +84,7 @@ def register_table(name: str, params: Mapping[str, Any]) -> str:
              "| register | role | holds the result of | live (fraction of the thread's instructions) |",
              "|---|---|---|---|"]
     for r in rm.registers:
-        lines.append(f"| {r.name} | {r.role} | `{r.tag}` | {r.live[0]:.2f} – {r.live[1]:.2f} |")
+        lines.append(f"| {r.name} | {r.role.value} | `{r.tag}` | {r.live[0]:.2f} – {r.live[1]:.2f} |")
     return "\n".join(lines)
 
 

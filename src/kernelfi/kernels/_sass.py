@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import GROUPS, InstrSlot, Register, RegisterMap, REGISTER_ROLES, ThreadTemplate
+from kernelfi.types import (
+    GROUPS, REGISTER_ROLES, AddressHalf, InstrSlot, Register, RegisterMap, RegisterRole, ThreadTemplate,
+)
 
 from ._base import BLOCK, EFFECTS, KernelImpl, TagInfo
 
@@ -41,7 +43,7 @@ class Stream:
 
     slots: list[InstrSlot] = field(default_factory=list)
     tags: dict[str, TagInfo] = field(default_factory=dict)
-    _regs: list[tuple[str, str, str, str | None, str]] = field(default_factory=list)
+    _regs: list[tuple[str, RegisterRole, str, str | None, str, AddressHalf | None]] = field(default_factory=list)
     _loops: list[list[int]] = field(default_factory=list)   # [first slot, end slot, trips]
 
     def begin_loop(self, trips: int) -> None:
@@ -52,8 +54,11 @@ class Stream:
     def end_loop(self) -> None:
         self._loops[-1][1] = len(self.slots)
 
-    def add(self, group: str, opcode: str, tag: str, count: int, effect: str, meaning: str) -> None:
-        """Append one slot; a tag names exactly one slot of a thread, so it must be new."""
+    def add(self, group: str, opcode: str, tag: str, count: int, effect: str, meaning: str,
+            halves: bool = False) -> None:
+        """Append one slot; a tag names exactly one slot of a thread, so it must be new.
+        ``halves``: the slot computes 64-bit addresses, low word then high word
+        (``InstrSlot.halves``)."""
         if group not in GROUPS:
             raise KernelfiError(f"instruction group '{group}' is not one of {GROUPS}")
         if effect not in EFFECTS:
@@ -64,14 +69,18 @@ class Stream:
             raise KernelfiError(f"tag '{tag}': negative count {count}")
         self.tags[tag] = TagInfo(group, effect, meaning)
         if count > 0:
-            self.slots.append(InstrSlot(group, opcode, tag, int(count)))
+            self.slots.append(InstrSlot(group, opcode, tag, int(count), halves))
 
-    def reg(self, name: str, role: str, tag: str, first: str | None, last: str) -> None:
+    def reg(self, name: str, role: str, tag: str, first: str | None, last: str,
+            half: AddressHalf | None = None) -> None:
         """A register holding the result of ``tag``, live from the end of slot ``first`` (None:
-        the thread's start) to the end of slot ``last`` (its last reader)."""
+        the thread's start) to the end of slot ``last`` (its last reader). ``half``: for an
+        address register, the word of a 64-bit address it holds (default ``LOW``)."""
         if role not in REGISTER_ROLES:
             raise KernelfiError(f"register role '{role}' is not one of {REGISTER_ROLES}")
-        self._regs.append((name, role, tag, first, last))
+        if half is not None and role != RegisterRole.ADDRESS:
+            raise KernelfiError(f"register '{name}': a {role} register holds no half of an address")
+        self._regs.append((name, RegisterRole(role), tag, first, last, half))
 
     # ---------------------------------------------------------------------------- results
     def template(self, threads: int, block: int) -> ThreadTemplate:
@@ -108,7 +117,7 @@ class Stream:
         spans = self._spans()
         total = max(sum(sl.count for sl in self.slots), 1)
         regs: list[Register] = []
-        for name, role, tag, first, last in self._regs:
+        for name, role, tag, first, last, half in self._regs:
             if (first is not None and first not in spans) or last not in spans:
                 continue  # slot absent for these params (e.g. a zero-trip loop): register unused
             start = 0
@@ -119,14 +128,14 @@ class Stream:
                 if loop_id >= 0 and loop_id == last_loop and last_at > at:
                     # defined and consumed within one trip: live (last_at - at) of each trip
                     end = lo + max(1, round((last_at - at) * (hi - lo)))
-                    regs.append(Register(name, role, tag, (start / total, end / total)))
+                    regs.append(Register(name, role, tag, (start / total, end / total), half))
                     continue
             end = spans[last][1]
             if end <= start:
                 continue
-            regs.append(Register(name, role, tag, (start / total, end / total)))
-        preds = len({r.name for r in regs if r.role == "predicate"})
-        general = len({r.name for r in regs if r.role != "predicate"})
+            regs.append(Register(name, role, tag, (start / total, end / total), half))
+        preds = len({r.name for r in regs if r.role is RegisterRole.PREDICATE})
+        general = len({r.name for r in regs if r.role is not RegisterRole.PREDICATE})
         if general > gprs:
             raise KernelfiError(f"{general} live registers exceed the {gprs} allocated")
         return RegisterMap(allocated=int(gprs) + preds, registers=tuple(regs))
@@ -148,7 +157,7 @@ def prologue_1d(s: Stream, what: str) -> None:
 
 def addr(s: Stream, buf: str, what: str, count: int = 2) -> None:
     """64-bit address of a buffer element: low add with carry, high add."""
-    s.add("GPR", "IADD", f"lea:addr_{buf}", count, "address", f"address of {what}")
+    s.add("GPR", "IADD", f"lea:addr_{buf}", count, "address", f"address of {what}", halves=True)
 
 
 def idiv(s: Stream, q: str, what: str, mod: str | None = None) -> None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fexp, prologue_1d
@@ -94,7 +94,7 @@ class ActivateArrayKernel(StreamKernel):
         epilogue(s)
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
         s.reg("r_x_lo", "address", "lea:addr_x", "lea:addr_x", "st:x")
-        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x")
+        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:x", "ld:x", last if a != "linear" else "st:x")
         if a != "linear":
             s.reg("r_out", "data", last, last, "st:x")

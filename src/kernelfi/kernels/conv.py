@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
@@ -27,7 +27,8 @@ Mem = dict[str, torch.Tensor]
 GEMM_TILE = 16
 
 
-def _geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
+def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
+    """An im2col launch's geometry from its params, checked (one line naming ``kernel``)."""
     g = {k: p_int(params, k, kernel) for k in ("channels", "height", "width", "ksize", "stride", "pad",
                                                 "out_h", "out_w")}
     g["dilation"] = int(params.get("dilation", 1))
@@ -43,7 +44,7 @@ def _geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
     return g
 
 
-def _image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Tensor:
+def group_image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Tensor:
     """The group's input channels as (B, group_channels, H, W) from any lane-shaped buffer."""
     per = g["channels"] * g["height"] * g["width"]
     flat = x.reshape(x.shape[0], -1)
@@ -66,8 +67,8 @@ class Im2colKernel(StreamKernel):
                        "dilation": 1, "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        g = _geometry(launch.params, self.name)
-        img = _image(get_buf(mem, launch.reads[0], self.name), g, self.name)
+        g = im2col_geometry(launch.params, self.name)
+        img = group_image(get_buf(mem, launch.reads[0], self.name), g, self.name)
         cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=g["pad"],
                         stride=g["stride"])
         put(mem, launch.writes[0], cols.reshape(cols.shape[0], -1), natural=tuple(cols.shape[1:]))
@@ -102,13 +103,14 @@ class Im2colKernel(StreamKernel):
         s.add("GPR", "IADD", "iadd:hw", 2 * k2, "index", "h = h_in + i, w = w_in + j (padding test inputs)")
         s.add("PR", "ISETP", "setp:pad", 4 * k2, "predicate",
               "h >= 0, w >= 0, h < height, w < width: a flip stores 0 for a real pixel or loads at a padding position")
-        s.add("GPR", "IADD", "lea:addr_im_elem", 2 * k2, "address", "address of data_im_ptr[i*width + j]")
+        s.add("GPR", "IADD", "lea:addr_im_elem", 2 * k2, "address", "address of data_im_ptr[i*width + j]", halves=True)
         s.add("LD", "LDG", "ld:im", k2, "value",
               "one image pixel (issued at padding positions too, predicated off): one column-buffer entry, "
               "which the GEMM spreads over every output channel at that position")
         s.add("GPR", "SEL", "sel:value", k2, "value", "pixel or 0 (padding): the column entry stored")
         s.add("NODEST", "STG", "st:col", k2, "store", "stores the column entry")
-        s.add("GPR", "IADD", "iadd:addr_col", 2 * k2, "address", "data_col_ptr += height_col*width_col (next K row)")
+        s.add("GPR", "IADD", "iadd:addr_col", 2 * k2, "address", "data_col_ptr += height_col*width_col (next K row)",
+              halves=True)
         loop(s, "kw", "j over the kernel width", k2)
         loop(s, "kh", "i over the kernel height", k)
         s.end_loop()
@@ -124,11 +126,11 @@ class Im2colKernel(StreamKernel):
         s.reg("r_col_off", "index", "imad:col_offset", "imad:col_offset", "lea:addr_col")
         s.reg("r_im_off", "index", "imad:im_offset", "imad:im_offset", "lea:addr_im")
         s.reg("r_col_lo", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col")
-        s.reg("r_col_hi", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col")
+        s.reg("r_col_hi", "address", "lea:addr_col", "lea:addr_col", "iadd:addr_col", half=AddressHalf.HIGH)
         s.reg("r_im_lo", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem")
-        s.reg("r_im_hi", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem")
+        s.reg("r_im_hi", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem", half=AddressHalf.HIGH)
         s.reg("r_elem_lo", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
-        s.reg("r_elem_hi", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
+        s.reg("r_elem_hi", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im", half=AddressHalf.HIGH)
         s.reg("r_hw", "index", "iadd:hw", "iadd:hw", "setp:pad")
         s.reg("r_value", "data", "ld:im", "ld:im", "st:col")
         s.reg("r_i", "loop_counter", "loop:kh", "lea:addr_im", "setp:loop_kh")
@@ -142,7 +144,7 @@ class Im2colKernel(StreamKernel):
 
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _no_tf32(device: torch.device) -> Iterator[None]:
+def no_tf32(device: torch.device) -> Iterator[None]:
     """Full float32 on CUDA: TF32 tensor cores would round the operands to 10-bit mantissas."""
     if device.type != "cuda":
         yield
@@ -307,7 +309,7 @@ def conv1x1(x: torch.Tensor, w: torch.Tensor, n_map: int | None = None) -> torch
     if pad:
         x = torch.cat([x, x.new_zeros(b, k, pad)], dim=2)
     out = x.new_empty(b, w.shape[0], n + pad)
-    with _no_tf32(x.device):
+    with no_tf32(x.device):
         for i in range(b):
             _mm_chunked(w, _aligned(x[i]), out=out[i])
     return out[:, :, :n] if pad else out
@@ -322,7 +324,7 @@ def _side_by_side(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
     per = -(-b // -(-b // per))  # as many calls, lanes spread evenly over them
     m = w.shape[0]
     out = x.new_empty(b, m, n)
-    with _no_tf32(x.device):
+    with no_tf32(x.device):
         for s in range(0, b, per):
             e = min(b, s + per)
             cols = x[s:e].permute(1, 0, 2).reshape(k, (e - s) * n)  # lane i's pixels at columns i*n..
@@ -354,7 +356,7 @@ def conv1x1_cols(x: torch.Tensor, w: torch.Tensor, n_map: int) -> torch.Tensor:
     calls = max(1, -(-p // cap))
     size = -(-p // calls)
     out = x.new_empty(w.shape[0], p)
-    with _no_tf32(x.device):
+    with no_tf32(x.device):
         for s in range(0, p, size):
             cols = x[:, s:s + size]
             used = cols.shape[1]
@@ -370,7 +372,7 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if t.data_ptr() % 64 == 0 else t.clone()
 
 
-def _op(flat: torch.Tensor, offset: int, rows: int, cols: int, trans: bool) -> torch.Tensor:
+def gemm_operand(flat: torch.Tensor, offset: int, rows: int, cols: int, trans: bool) -> torch.Tensor:
     """op(X) as (L, rows, cols) viewed from element ``offset`` (X stored row-major)."""
     block = flat[:, offset:offset + rows * cols]
     if trans:
@@ -403,10 +405,10 @@ class GemmKernel(StreamKernel):
         a_name, b_name, c_name = launch.reads[:3]
         c_flat = lane_flat(mem, c_name, c_off + m * n, self.name)
         lanes = c_flat.shape[0]
-        a = _op(operand_flat(mem, a_name, 2, lanes, a_off + m * k, self.name), a_off, m, k, ta)
-        b = _op(operand_flat(mem, b_name, 2, lanes, b_off + k * n, self.name), b_off, k, n, tb)
+        a = gemm_operand(operand_flat(mem, a_name, 2, lanes, a_off + m * k, self.name), a_off, m, k, ta)
+        b = gemm_operand(operand_flat(mem, b_name, 2, lanes, b_off + k * n, self.name), b_off, k, n, tb)
         c = c_flat[:, c_off:c_off + m * n].reshape(lanes, m, n)
-        with _no_tf32(c.device):
+        with no_tf32(c.device):
             shared_a = _aligned(a[0]) if a.shape[0] == 1 else None
             shared_b = _aligned(b[0]) if b.shape[0] == 1 else None
             if m == 1 and shared_b is not None and not is_weight_name(a_name) and is_weight_name(b_name):
@@ -463,8 +465,8 @@ class GemmKernel(StreamKernel):
         s.add("FP32", "FFMA", "ffma:acc", k, "value",
               "acc += a*b: one partial sum of this output; the accumulation continues from it")
         s.add("NODEST", "BAR", "bar:tile_consumed", t, "control", "__syncthreads before overwriting the tiles")
-        s.add("GPR", "IADD", "iadd:addr_a", 2 * t, "address", "A tile pointer += 16 (next K tile)")
-        s.add("GPR", "IADD", "iadd:addr_b", 2 * t, "address", "B tile pointer += 16*ldb (next K tile)")
+        s.add("GPR", "IADD", "iadd:addr_a", 2 * t, "address", "A tile pointer += 16 (next K tile)", halves=True)
+        s.add("GPR", "IADD", "iadd:addr_b", 2 * t, "address", "B tile pointer += 16*ldb (next K tile)", halves=True)
         loop(s, "k_tile", "k0 over the K tiles", t)
         s.end_loop()
         s.add("NODEST", "STG", "st:c", 1, "store", "stores the finished C element")
@@ -473,11 +475,11 @@ class GemmKernel(StreamKernel):
         s.reg("r_col", "index", "imad:index", "imad:index", "imad:c_offset")
         s.reg("r_acc", "accumulator", "ffma:acc", "ld:c", "st:c")
         s.reg("r_a_lo", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
-        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
+        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a", half=AddressHalf.HIGH)
         s.reg("r_b_lo", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
-        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
+        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b", half=AddressHalf.HIGH)
         s.reg("r_c_lo", "address", "lea:addr_c", "lea:addr_c", "st:c")
-        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c")
+        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c", half=AddressHalf.HIGH)
         s.reg("r_smem_st", "address", "imad:smem", "imad:smem", "sts:b_tile")
         s.reg("r_smem_a", "address", "imad:smem", "imad:smem", "lds:b")
         s.reg("r_smem_b", "address", "imad:smem", "imad:smem", "lds:b")
@@ -504,7 +506,7 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     (the caller accumulates into C at ``c_offset``). ``weights`` is the layer's (filters, K)
     matrix, or (B, filters, K) when lanes carry their own copies.
     """
-    g = _geometry(im2col_params, "im2col")
+    g = im2col_geometry(im2col_params, "im2col")
     m, n, k = (p_int(gemm_params, key, "gemm") for key in ("M", "N", "K"))
     if bool(gemm_params.get("trans_a", False)) or bool(gemm_params.get("trans_b", False)):
         raise KernelfiError("fused_conv: transposed operands are not a convolution")
@@ -512,7 +514,7 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     if k != cg * ks * ks or n != g["out_h"] * g["out_w"]:
         raise KernelfiError(f"fused_conv: gemm K={k}, N={n} do not match the im2col geometry "
                             f"({cg}*{ks}*{ks}, {g['out_h']}*{g['out_w']})")
-    img = _image(x, g, "im2col")
+    img = group_image(x, g, "im2col")
     lanes = img.shape[0]
     a_off = int(gemm_params.get("a_offset", 0))
     w = weights.reshape(1, -1) if weights.dim() == 2 else weights.reshape(weights.shape[0], -1)
@@ -527,7 +529,7 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
         # the GEMM per lane, as for the stride-1 ones
         cols = img[:, :, ::st, ::st] if st > 1 else img
         return conv1x1(cols.reshape(lanes, cg, n), kern[0].reshape(m, cg))
-    with _no_tf32(img.device):
+    with no_tf32(img.device):
         if kern.shape[0] == 1:
             y = lane_conv2d(img, kern[0], stride=st, padding=pad, dilation=dil)
         else:  # per-lane weights: one convolution per lane

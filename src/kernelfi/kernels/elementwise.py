@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import BLOCK, f32, get_buf, lane_flat, p_int, put, ptxas_registers, register_kernel, weight_flat
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fsqrt, idiv, prologue_1d
@@ -81,7 +81,7 @@ class FillKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "imad:offset")
         s.reg("r_off", "index", "imad:offset", "imad:offset", "lea:addr_out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_value", "data", "mov:value", "mov:value", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         return s
@@ -133,9 +133,9 @@ class CopyKernel(StreamKernel):
         # ptxas (7 registers): each offset is computed into the low half of the address it forms
         s.reg("r_id", "index", "imad:index", "imad:index", "imad:offset_out")
         s.reg("r_in_lo", "address", "lea:addr_in", "imad:offset_in", "ld:in")
-        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
         s.reg("r_out_lo", "address", "lea:addr_out", "imad:offset_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:in", "ld:in", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         return s
@@ -197,9 +197,9 @@ class _ChannelKernel(StreamKernel):
         # ptxas (6 registers): the offset and the channel are computed into the low halves of
         # the addresses they form
         s.reg("r_out_lo", "address", "lea:addr_out", "imad:index", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg(f"r_{w}_lo", "address", f"lea:addr_{w}", "s2r:index", f"ld:{w}")
-        s.reg(f"r_{w}_hi", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}")
+        s.reg(f"r_{w}_hi", "address", f"lea:addr_{w}", f"lea:addr_{w}", f"ld:{w}", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:out", "ld:out", "st:out")
         s.reg(f"r_{w}", "data", f"ld:{w}", f"ld:{w}", f"{fop}:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
@@ -290,9 +290,9 @@ class NormalizeKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
         s.reg("r_f", "index", "imod:channel", "imod:channel", "lea:addr_var")
         s.reg("r_x_lo", "address", "lea:addr_x", "lea:addr_x", "st:x")
-        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x")
+        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x", half=AddressHalf.HIGH)
         s.reg("r_stat_lo", "address", "lea:addr_mean", "lea:addr_mean", "ld:var")
-        s.reg("r_stat_hi", "address", "lea:addr_mean", "lea:addr_mean", "ld:var")
+        s.reg("r_stat_hi", "address", "lea:addr_mean", "lea:addr_mean", "ld:var", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:x", "ld:x", "fadd:centered")
         s.reg("r_mean", "data", "ld:mean", "ld:mean", "fadd:centered")
         s.reg("r_var", "data", "ld:var", "ld:var", "ffma:sqrt_std")
@@ -427,9 +427,9 @@ class ShortcutKernel(StreamKernel):
         # ptxas (15 registers): out_index and add_index are computed into the low halves of
         # the addresses they form
         s.reg("r_out_lo", "address", "lea:addr_out", "imad:out_index", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_add_lo", "address", "lea:addr_add", "imad:add_index", "ld:add")
-        s.reg("r_add_hi", "address", "lea:addr_add", "lea:addr_add", "ld:add")
+        s.reg("r_add_hi", "address", "lea:addr_add", "lea:addr_add", "ld:add", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:out", "ld:out", "fmul:out_scaled")
         s.reg("r_add", "data", "ld:add", "ld:add", "ffma:out")
         s.reg("r_scaled", "data", "fmul:out_scaled", "fmul:out_scaled", "ffma:out")

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch, ThreadTemplate
+from kernelfi.types import AddressHalf, Launch, ThreadTemplate
 
 from ._base import get_buf, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._base import get_kernel, is_weight_name
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop, prologue_1d
-from .conv import _geometry, _image, _no_tf32, _op, fused_conv
+from .conv import fused_conv, gemm_operand, group_image, im2col_geometry, no_tf32
 from .elementwise import lanes_for_new
 
 Mem = dict[str, torch.Tensor]
@@ -112,11 +112,11 @@ class TmrVoteKernel(StreamKernel):
         for r in ("a", "b", "c"):
             # ptxas (11 registers): each replica is loaded into the low half of its address
             # (LDG R, [R]); a flip there before the load is modelled as a wrong replica value
-            s.reg(f"r_{r}_hi", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}")
+            s.reg(f"r_{r}_hi", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}", half=AddressHalf.HIGH)
             s.reg(f"r_{r}", "data", f"ld:{r}", f"lea:addr_{r}", "lop3:vote")
         s.reg("r_vote", "data", "lop3:vote", "lop3:vote", "st:out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         return s
 
@@ -168,12 +168,12 @@ class DmrCompareKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
         for r in ("a", "b"):
             s.reg(f"r_{r}_lo", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}")
-            s.reg(f"r_{r}_hi", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}")
+            s.reg(f"r_{r}_hi", "address", f"lea:addr_{r}", f"lea:addr_{r}", f"ld:{r}", half=AddressHalf.HIGH)
         s.reg("r_a", "data", "ld:a", "ld:a", "sel:out")
         s.reg("r_b", "data", "ld:b", "ld:b", "setp:eq")
         s.reg("r_out", "data", "sel:out", "sel:out", "st:out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_eq", "predicate", "setp:eq", "setp:eq", "sel:out")
         return s
@@ -217,7 +217,7 @@ class RangeClampKernel(StreamKernel):
         epilogue(s)
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
         s.reg("r_x_lo", "address", "lea:addr_x", "lea:addr_x", "st:x")
-        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x")
+        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:x", "ld:x", "fmnmx:lo")
         s.reg("r_low", "data", "fmnmx:lo", "fmnmx:lo", "fmnmx:hi")
         s.reg("r_out", "data", "fmnmx:hi", "fmnmx:hi", "st:x")
@@ -257,7 +257,7 @@ def a_matrix(mem: Mem, launch: Launch, lanes: int, kernel: str) -> torch.Tensor:
     p = launch.params
     m, _, k = gemm_dims(p, kernel)
     off = int(p.get("a_offset", 0))
-    return _op(operand_flat(mem, launch.reads[0], 2, lanes, off + m * k, kernel), off, m, k, bool(p.get("trans_a")))
+    return gemm_operand(operand_flat(mem, launch.reads[0], 2, lanes, off + m * k, kernel), off, m, k, bool(p.get("trans_a")))
 
 
 def b_matrix(mem: Mem, launch: Launch, lanes: int, kernel: str) -> torch.Tensor:
@@ -267,14 +267,14 @@ def b_matrix(mem: Mem, launch: Launch, lanes: int, kernel: str) -> torch.Tensor:
     _, n, k = gemm_dims(p, kernel)
     geo = p.get("im2col")
     if geo:
-        g = _geometry(geo, kernel)
-        img = _image(get_buf(mem, launch.reads[1], kernel), g, kernel)
+        g = im2col_geometry(geo, kernel)
+        img = group_image(get_buf(mem, launch.reads[1], kernel), g, kernel)
         cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=g["pad"], stride=g["stride"])
         if tuple(cols.shape[1:]) != (k, n):
             raise KernelfiError(f"{kernel}: im2col of the image gives {tuple(cols.shape[1:])}, the gemm needs {(k, n)}")
         return cols
     off = int(p.get("b_offset", 0))
-    return _op(operand_flat(mem, launch.reads[1], 2, lanes, off + k * n, kernel), off, k, n, bool(p.get("trans_b")))
+    return gemm_operand(operand_flat(mem, launch.reads[1], 2, lanes, off + k * n, kernel), off, k, n, bool(p.get("trans_b")))
 
 
 def c_block(mem: Mem, name: str, params: Mapping[str, Any], kernel: str) -> torch.Tensor:
@@ -286,8 +286,8 @@ def c_block(mem: Mem, name: str, params: Mapping[str, Any], kernel: str) -> torc
 
 
 def _virtual_image(mem: Mem, launch: Launch, kernel: str) -> tuple[torch.Tensor, dict[str, int]]:
-    g = _geometry(launch.params["im2col"], kernel)
-    return _image(get_buf(mem, launch.reads[1], kernel), g, kernel), g
+    g = im2col_geometry(launch.params["im2col"], kernel)
+    return group_image(get_buf(mem, launch.reads[1], kernel), g, kernel), g
 
 
 def virtual_row_sums(img: torch.Tensor, g: Mapping[str, int]) -> torch.Tensor:
@@ -298,7 +298,7 @@ def virtual_row_sums(img: torch.Tensor, g: Mapping[str, int]) -> torch.Tensor:
     p = g["pad"]
     xp = F.pad(img, (p, p, p, p)).reshape(lanes * ch, 1, h + 2 * p, w + 2 * p)
     ones = torch.ones(1, 1, g["out_h"], g["out_w"], dtype=img.dtype, device=img.device)
-    with _no_tf32(img.device):
+    with no_tf32(img.device):
         s = F.conv2d(xp, ones, stride=g["dilation"], dilation=g["stride"])
     ks = g["ksize"]
     return s[:, :, :ks, :ks].reshape(lanes, ch * ks * ks)
@@ -315,7 +315,7 @@ def virtual_col_sums(img: torch.Tensor, vec: torch.Tensor, g: Mapping[str, int])
     lanes, ch, h, w = img.shape
     ks = g["ksize"]
     geo = {"stride": g["stride"], "padding": g["pad"], "dilation": g["dilation"]}
-    with _no_tf32(img.device):
+    with no_tf32(img.device):
         if vec.shape[0] == 1:   # shared weights (the usual case): one single-filter convolution
             return F.conv2d(img, vec.reshape(1, ch, ks, ks), **geo).reshape(lanes, -1)
         wts = vec.reshape(lanes, ch, ks, ks)
@@ -383,7 +383,7 @@ class AbftVectorsKernel(_AbftKernel):
         s.add("GPR", "MOV", "mov:acc_init", 4, "value", "the four running sums = 0")
         s.begin_loop(n)
         self._b_access(s, params, "b", n, "B[k][n]")
-        s.add("GPR", "IADD", "lea:addr_b", 2 * n, "address", "address of B[k][n]")
+        s.add("GPR", "IADD", "lea:addr_b", 2 * n, "address", "address of B[k][n]", halves=True)
         s.add("LD", "LDG", "ld:b", n, "value", "B[k][n]: one term of (Be)[k] and of (|B|e)[k]")
         s.add("FP32", "FADD", "fadd:be", n, "value", "(Be)[k] += B[k][n]: one partial sum of the row checksum vector")
         s.add("FP32", "FADD", "fadd:be_abs", n, "value", "(|B|e)[k] += |B[k][n]|: a tolerance term")
@@ -391,7 +391,7 @@ class AbftVectorsKernel(_AbftKernel):
         s.end_loop()
         s.begin_loop(m)
         s.add("GPR", "XMAD", "imad:a_index", m, "index", "A[m][k]'s element index")
-        s.add("GPR", "IADD", "lea:addr_a", 2 * m, "address", "address of A[m][k]")
+        s.add("GPR", "IADD", "lea:addr_a", 2 * m, "address", "address of A[m][k]", halves=True)
         s.add("LD", "LDG", "ld:a", m, "value", "A[m][k]: one term of (eᵀA)[k] and of (eᵀ|A|)[k]")
         s.add("FP32", "FADD", "fadd:ea", m, "value", "(eᵀA)[k] += A[m][k]: one partial sum of the column checksum vector")
         s.add("FP32", "FADD", "fadd:ea_abs", m, "value", "(eᵀ|A|)[k] += |A[m][k]|: a tolerance term")
@@ -403,20 +403,20 @@ class AbftVectorsKernel(_AbftKernel):
         s.reg("r_k", "index", "imad:index", "imad:index", "imad:a_index")
         s.reg("r_b_index", "index", "imad:b_index", "imad:b_index", "lea:addr_b")
         s.reg("r_b_lo", "address", "lea:addr_b", "lea:addr_b", "ld:b")
-        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "ld:b")
+        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "ld:b", half=AddressHalf.HIGH)
         s.reg("r_b", "data", "ld:b", "ld:b", "fadd:be_abs")
         s.reg("r_be", "accumulator", "fadd:be", "mov:acc_init", "st:vec")
         s.reg("r_be_abs", "accumulator", "fadd:be_abs", "mov:acc_init", "st:vec")
         s.reg("r_a_index", "index", "imad:a_index", "imad:a_index", "lea:addr_a")
         s.reg("r_a_lo", "address", "lea:addr_a", "lea:addr_a", "ld:a")
-        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "ld:a")
+        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "ld:a", half=AddressHalf.HIGH)
         s.reg("r_a", "data", "ld:a", "ld:a", "fadd:ea_abs")
         s.reg("r_ea", "accumulator", "fadd:ea", "fadd:ea", "st:vec")
         s.reg("r_ea_abs", "accumulator", "fadd:ea_abs", "fadd:ea_abs", "st:vec")
         s.reg("r_n", "loop_counter", "loop:n", "mov:acc_init", "setp:loop_n")
         s.reg("r_m", "loop_counter", "loop:m", "loop:m", "setp:loop_m")
         s.reg("r_vec_lo", "address", "lea:addr_vec", "lea:addr_vec", "st:vec")
-        s.reg("r_vec_hi", "address", "lea:addr_vec", "lea:addr_vec", "st:vec")
+        s.reg("r_vec_hi", "address", "lea:addr_vec", "lea:addr_vec", "st:vec", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_loop", "predicate", "setp:loop_n", "setp:loop_n", "bra:loop_n")
         return s
@@ -441,7 +441,7 @@ class AbftChecksumKernel(_AbftKernel):
         m, n, k = gemm_dims(p, self.name)
         vec = lane_flat(mem, launch.reads[2], 4 * k, self.name)
         be, be_abs, ea, ea_abs = (vec[:, i * k:(i + 1) * k] for i in range(4))
-        with _no_tf32(a.device):
+        with no_tf32(a.device):
             rows = torch.matmul(a, be.unsqueeze(2)).squeeze(2)
             rtol = torch.matmul(a.abs(), be_abs.unsqueeze(2)).squeeze(2) * row_gamma(p, self.name)
             if p.get("im2col"):
@@ -469,9 +469,10 @@ class AbftChecksumKernel(_AbftKernel):
         s.add("GPR", "MOV", "mov:acc_init", 2, "value", "expected sum and magnitude sum = 0")
         s.begin_loop(k)
         self._b_access(s, params, "mat", k, "A[t][k] (row thread) or B[k][j] (column thread)")
-        s.add("GPR", "IADD", "lea:addr_mat", 2 * k, "address", "address of A[t][k] or B[k][j]")
+        s.add("GPR", "IADD", "lea:addr_mat", 2 * k, "address", "address of A[t][k] or B[k][j]", halves=True)
         s.add("LD", "LDG", "ld:mat", k, "value", "A[t][k] or B[k][j]: one term of the expected sum")
-        s.add("GPR", "IADD", "lea:addr_vec", 2 * k, "address", "address of the checksum vector entries of k")
+        s.add("GPR", "IADD", "lea:addr_vec", 2 * k, "address", "address of the checksum vector entries of k",
+              halves=True)
         s.add("LD", "LDG", "ld:vec", k, "value", "(Be)[k] or (eᵀA)[k]: one term of the expected sum")
         s.add("LD", "LDG", "ld:vec_abs", k, "value", "(|B|e)[k] or (eᵀ|A|)[k]: one tolerance term")
         s.add("FP32", "FFMA", "ffma:exp", k, "value", "expected sum += mat*vec: one partial sum")
@@ -485,9 +486,9 @@ class AbftChecksumKernel(_AbftKernel):
         s.reg("r_t", "index", "imad:index", "imad:index", "lea:addr_sums")
         s.reg("r_index", "index", "imad:mat_index", "imad:mat_index", "lea:addr_mat")
         s.reg("r_mat_lo", "address", "lea:addr_mat", "lea:addr_mat", "ld:mat")
-        s.reg("r_mat_hi", "address", "lea:addr_mat", "lea:addr_mat", "ld:mat")
+        s.reg("r_mat_hi", "address", "lea:addr_mat", "lea:addr_mat", "ld:mat", half=AddressHalf.HIGH)
         s.reg("r_vec_lo", "address", "lea:addr_vec", "lea:addr_vec", "ld:vec_abs")
-        s.reg("r_vec_hi", "address", "lea:addr_vec", "lea:addr_vec", "ld:vec_abs")
+        s.reg("r_vec_hi", "address", "lea:addr_vec", "lea:addr_vec", "ld:vec_abs", half=AddressHalf.HIGH)
         s.reg("r_mat", "data", "ld:mat", "ld:mat", "ffma:tol")
         s.reg("r_vec", "data", "ld:vec", "ld:vec", "ffma:exp")
         s.reg("r_vec_abs", "data", "ld:vec_abs", "ld:vec_abs", "ffma:tol")
@@ -495,7 +496,7 @@ class AbftChecksumKernel(_AbftKernel):
         s.reg("r_tol", "accumulator", "ffma:tol", "mov:acc_init", "fmul:tol")
         s.reg("r_k", "loop_counter", "loop:k", "mov:acc_init", "setp:loop_k")
         s.reg("r_sums_lo", "address", "lea:addr_sums", "lea:addr_sums", "st:sums")
-        s.reg("r_sums_hi", "address", "lea:addr_sums", "lea:addr_sums", "st:sums")
+        s.reg("r_sums_hi", "address", "lea:addr_sums", "lea:addr_sums", "st:sums", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_side", "predicate", "setp:side", "setp:side", "setp:loop_k")
         s.reg("p_loop", "predicate", "setp:loop_k", "setp:loop_k", "bra:loop_k")
@@ -540,7 +541,7 @@ class AbftCheckKernel(StreamKernel):
         s.add("GPR", "MOV", "mov:sum_init", 1, "value", "actual sum = 0")
         s.begin_loop(e)
         s.add("GPR", "XMAD", "imad:c_index", e, "index", "C element index (t*N + n or m*N + j)")
-        s.add("GPR", "IADD", "lea:addr_c", 2 * e, "address", "address of the C element")
+        s.add("GPR", "IADD", "lea:addr_c", 2 * e, "address", "address of the C element", halves=True)
         s.add("LD", "LDG", "ld:c", e, "value", "one C element of the row or column")
         s.add("FP32", "FADD", "fadd:sum", e, "value", "actual sum += C element: one partial sum")
         loop(s, "e", "e along the row or column", e)
@@ -559,18 +560,18 @@ class AbftCheckKernel(StreamKernel):
         s.reg("r_t", "index", "imad:index", "imad:index", "lea:addr_flags")
         s.reg("r_c_index", "index", "imad:c_index", "imad:c_index", "lea:addr_c")
         s.reg("r_c_lo", "address", "lea:addr_c", "lea:addr_c", "ld:c")
-        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "ld:c")
+        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "ld:c", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:c", "ld:c", "fadd:sum")
         s.reg("r_sum", "accumulator", "fadd:sum", "mov:sum_init", "fadd:diff")
         s.reg("r_e", "loop_counter", "loop:e", "mov:sum_init", "setp:loop_e")
         s.reg("r_sums_lo", "address", "lea:addr_sums", "lea:addr_sums", "ld:tol")
-        s.reg("r_sums_hi", "address", "lea:addr_sums", "lea:addr_sums", "ld:tol")
+        s.reg("r_sums_hi", "address", "lea:addr_sums", "lea:addr_sums", "ld:tol", half=AddressHalf.HIGH)
         s.reg("r_exp", "data", "ld:exp", "ld:exp", "fadd:diff")
         s.reg("r_tol", "data", "ld:tol", "ld:tol", "setp:within")
         s.reg("r_diff", "data", "fadd:diff", "fadd:diff", "setp:within")
         s.reg("r_flag", "data", "sel:flag", "sel:flag", "st:flag")
         s.reg("r_flags_lo", "address", "lea:addr_flags", "lea:addr_flags", "st:flag")
-        s.reg("r_flags_hi", "address", "lea:addr_flags", "lea:addr_flags", "st:flag")
+        s.reg("r_flags_hi", "address", "lea:addr_flags", "lea:addr_flags", "st:flag", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_side", "predicate", "setp:side", "setp:side", "setp:loop_e")
         s.reg("p_loop", "predicate", "setp:loop_e", "setp:loop_e", "bra:loop_e")
@@ -656,7 +657,7 @@ class AbftCorrectKernel(_AbftKernel):
         s = Stream()
         prologue_1d(s, "the correcting thread")
         s.begin_loop(m + n)
-        s.add("GPR", "IADD", "lea:addr_flags", 2 * (m + n), "address", "address of one mismatch flag")
+        s.add("GPR", "IADD", "lea:addr_flags", 2 * (m + n), "address", "address of one mismatch flag", halves=True)
         s.add("LD", "LDG", "ld:flag", m + n, "value", "one mismatch flag (locating the row and the column)")
         s.add("GPR", "SEL", "sel:where", m + n, "index", "remembers the flagged row r / column c")
         loop(s, "f", "f over the flags", m + n)
@@ -665,7 +666,7 @@ class AbftCorrectKernel(_AbftKernel):
         s.begin_loop(k)
         self._b_access(s, params, "b", k, "B[k][c]")
         s.add("GPR", "XMAD", "imad:a_index", k, "index", "A[r][k]'s element index")
-        s.add("GPR", "IADD", "lea:addr_ab", 4 * k, "address", "addresses of A[r][k] and B[k][c]")
+        s.add("GPR", "IADD", "lea:addr_ab", 4 * k, "address", "addresses of A[r][k] and B[k][c]", halves=True)
         s.add("LD", "LDG", "ld:a", k, "value", "A[r][k]: one product term of the recomputed element")
         s.add("LD", "LDG", "ld:b", k, "value", "B[k][c]: one product term of the recomputed element")
         s.add("FP32", "FFMA", "ffma:acc", k, "value", "acc += A[r][k]*B[k][c]: one partial sum of the corrected element")
@@ -675,18 +676,18 @@ class AbftCorrectKernel(_AbftKernel):
         s.add("NODEST", "STG", "st:c", 1, "store", "stores the corrected element")
         epilogue(s)
         s.reg("r_flags_lo", "address", "lea:addr_flags", "lea:addr_flags", "ld:flag")
-        s.reg("r_flags_hi", "address", "lea:addr_flags", "lea:addr_flags", "ld:flag")
+        s.reg("r_flags_hi", "address", "lea:addr_flags", "lea:addr_flags", "ld:flag", half=AddressHalf.HIGH)
         s.reg("r_flag", "data", "ld:flag", "ld:flag", "sel:where")
         s.reg("r_row", "index", "sel:where", "sel:where", "imad:a_index")
         s.reg("r_col", "index", "sel:where", "sel:where", "imad:b_index")
         s.reg("r_ab_lo", "address", "lea:addr_ab", "lea:addr_ab", "ld:b")
-        s.reg("r_ab_hi", "address", "lea:addr_ab", "lea:addr_ab", "ld:b")
+        s.reg("r_ab_hi", "address", "lea:addr_ab", "lea:addr_ab", "ld:b", half=AddressHalf.HIGH)
         s.reg("r_a", "data", "ld:a", "ld:a", "ffma:acc")
         s.reg("r_b", "data", "ld:b", "ld:b", "ffma:acc")
         s.reg("r_acc", "accumulator", "ffma:acc", "mov:acc_init", "st:c")
         s.reg("r_k", "loop_counter", "loop:k", "mov:acc_init", "setp:loop_k")
         s.reg("r_c_lo", "address", "lea:addr_c", "lea:addr_c", "st:c")
-        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c")
+        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_loop", "predicate", "setp:loop_k", "setp:loop_k", "bra:loop_k")
         return s
@@ -695,7 +696,7 @@ class AbftCorrectKernel(_AbftKernel):
 def tag_tables() -> str:
     """Markdown tag tables of the hardening kernels (docs/hardening.md §8), per-thread counts at
     the sizes named in each heading; tags a template lists with no slot run only on mismatch."""
-    from ._doc import _HEAD
+    from ._doc import TAG_TABLE_HEAD
 
     sizes: dict[str, Mapping[str, Any]] = {
         "tmr_vote": {"n": 1}, "dmr_compare": {"n": 1}, "range_clamp": {"n": 1, "lo": 0.0, "hi": 1.0},
@@ -715,7 +716,7 @@ def tag_tables() -> str:
         counts = {sl.tag: (sl.group, sl.opcode, sl.count) for sl in k.template(p).slots}
         dims = ", ".join(f"{key}={v}" for key, v in p.items() if key in ("M", "N", "K"))
         lines = [f"#### `{name}`" + (f" ({dims}, virtual B of a 5×5 pad-2 convolution)" if "im2col" in p else
-                                     f" ({dims})" if dims else ""), "", _HEAD]
+                                     f" ({dims})" if dims else ""), "", TAG_TABLE_HEAD]
         for tag, info in vocab.items():
             g, op, c = counts.get(tag, (info.group, "–", 0))
             lines.append(f"| `{tag}` | {g} | {op} | {c if tag in counts else '0 (on mismatch / other case)'} | "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
@@ -126,14 +126,14 @@ class MaxpoolKernel(StreamKernel):
         s.reg("r_cur", "index", "iadd:cur_hw", "iadd:cur_hw", "setp:valid")
         s.reg("r_index", "index", "imad:in_index", "imad:in_index", "sel:argmax")
         s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "ld:in")
-        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
         s.reg("r_val", "data", "sel:val", "sel:val", "sel:max")
         s.reg("r_max", "accumulator", "sel:max", "mov:max_init", "st:out")
         s.reg("r_argmax", "accumulator", "sel:argmax", "mov:argmax_init", "st:indexes")
         s.reg("r_l", "loop_counter", "loop:l", "mov:argmax_init", "setp:loop_l")
         s.reg("r_m", "loop_counter", "loop:m", "mov:argmax_init", "setp:loop_m")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_valid", "predicate", "setp:valid", "setp:valid", "sel:val")
         s.reg("p_gt", "predicate", "setp:gt", "setp:gt", "sel:max")
@@ -181,7 +181,7 @@ class AvgpoolKernel(StreamKernel):
         s.add("FP32", "FADD", "fadd:acc", plane, "value",
               "output += input[i]: one partial sum of this channel's output; the sum continues from it")
         s.add("NODEST", "STG", "st:out_partial", plane, "store", "stores the running sum (output may alias input)")
-        s.add("GPR", "IADD", "iadd:addr_in", 2 * plane, "address", "input pointer += 1")
+        s.add("GPR", "IADD", "iadd:addr_in", 2 * plane, "address", "input pointer += 1", halves=True)
         loop(s, "i", "i over the plane", plane)
         s.end_loop()
         s.add("OTHERS", "I2F", "cvt:hw", 1, "value", "(float)(w*h), the divisor")
@@ -193,10 +193,10 @@ class AvgpoolKernel(StreamKernel):
         s.reg("r_b", "index", "idiv:c", "idiv:c", "imad:out_index")
         s.reg("r_out_index", "index", "imad:out_index", "imad:out_index", "lea:addr_out")
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
         s.reg("r_hw", "constant", "imad:hw", "imad:hw", "cvt:hw")
         s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "iadd:addr_in")
-        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "iadd:addr_in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "iadd:addr_in", half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:in", "ld:in", "fadd:acc")
         s.reg("r_acc", "accumulator", "fadd:acc", "st:out_zero", "ffma:fdiv_out")
         s.reg("r_i", "loop_counter", "loop:i", "lea:addr_in", "setp:loop_i")

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from kernelfi.types import Launch
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fexp, loop, prologue_1d
@@ -67,7 +67,7 @@ class SoftmaxKernel(StreamKernel):
         s.add("OTHERS", "I2F", "cvt:itof", n, "value", "val converted back to float for the compare")
         s.add("PR", "FSETP", "setp:gt_largest", n, "predicate", "val > largest: a flip keeps or takes the wrong max")
         s.add("GPR", "SEL", "sel:largest", n, "value", "largest = (val > largest) ? val : largest (the max)")
-        s.add("GPR", "IADD", "iadd:addr_max", 2 * n, "address", "input pointer of pass 1")
+        s.add("GPR", "IADD", "iadd:addr_max", 2 * n, "address", "input pointer of pass 1", halves=True)
         loop(s, "max", "i of pass 1 (largest)", n)
         s.end_loop()
         fdiv(s, "largest", "largest/temp (hoisted)")
@@ -79,7 +79,7 @@ class SoftmaxKernel(StreamKernel):
         fexp(s, "shifted", "the shifted score", count=n)
         s.add("FP32", "FADD", "fadd:sum", n, "value", "sum += e: one partial sum; the sum continues from it")
         s.add("NODEST", "STG", "st:exp", n, "store", "output[i] = e")
-        s.add("GPR", "IADD", "iadd:addr_exp", 4 * n, "address", "input and output pointers of pass 2")
+        s.add("GPR", "IADD", "iadd:addr_exp", 4 * n, "address", "input and output pointers of pass 2", halves=True)
         loop(s, "exp", "i of pass 2 (exponentials)", n)
         s.end_loop()
         # pass 3: normalise
@@ -87,18 +87,18 @@ class SoftmaxKernel(StreamKernel):
         s.add("LD", "LDG", "ld:exp", n, "value", "output[i] (= e) read back for the division")
         fdiv(s, "out", "output[i] / sum, one probability", count=n)
         s.add("NODEST", "STG", "st:out", n, "store", "stores one probability")
-        s.add("GPR", "IADD", "iadd:addr_norm", 2 * n, "address", "output pointer of pass 3")
+        s.add("GPR", "IADD", "iadd:addr_norm", 2 * n, "address", "output pointer of pass 3", halves=True)
         loop(s, "norm", "i of pass 3 (division)", n)
         s.end_loop()
         epilogue(s)
         s.reg("r_id", "index", "imad:index", "imad:index", "imad:offset")
         s.reg("r_offset", "index", "imad:offset", "imad:offset", "lea:addr_out")
         s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "iadd:addr_exp")
-        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "iadd:addr_exp")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "iadd:addr_exp", half=AddressHalf.HIGH)
         s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "iadd:addr_norm")
-        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "iadd:addr_norm")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "iadd:addr_norm", half=AddressHalf.HIGH)
         s.reg("r_ptr_lo", "address", "iadd:addr_max", "lea:addr_out", "iadd:addr_norm")
-        s.reg("r_ptr_hi", "address", "iadd:addr_max", "lea:addr_out", "iadd:addr_norm")
+        s.reg("r_ptr_hi", "address", "iadd:addr_max", "lea:addr_out", "iadd:addr_norm", half=AddressHalf.HIGH)
         s.reg("r_largest", "accumulator", "sel:largest", "mov:largest_init", "ffma:fdiv_largest")
         s.reg("r_shift", "data", "ffma:fdiv_largest", "ffma:fdiv_largest", "fadd:shifted")
         s.reg("r_sum", "accumulator", "fadd:sum", "mov:sum_init", "ffma:fdiv_out")

@@ -19,7 +19,7 @@ import torch
 
 from kernelfi.kernels import conv1x1, conv1x1_cols, lane_conv2d
 from kernelfi.lowering.engine import Program
-from kernelfi.lowering.fastpath import Unit, _relu_like, _shared, epilogue, maxpool_window
+from kernelfi.lowering.fastpath import Unit, relu_like, shared_weight, epilogue, maxpool_window
 from kernelfi.types import Trace
 
 Box = tuple[int, int, int, int]
@@ -97,7 +97,7 @@ class CropUnit:
             y = torch.add(crops[0], crops[1])
             return _act(y, str(ls["activate_array"].params.get("activation", "linear")))
         gemm = ls["gemm"]
-        w = _shared(mem, gemm.reads[0], 2)
+        w = shared_weight(mem, gemm.reads[0], 2)
         if w is None:
             return None
         m = int(gemm.params["M"])
@@ -130,7 +130,7 @@ class CropUnit:
         side by side."""
         ls = {l.kernel: l for l in self.unit.launches}
         gemm = ls["gemm"]
-        w = _shared(mem, gemm.reads[0], 2)
+        w = shared_weight(mem, gemm.reads[0], 2)
         if w is None:
             return None
         m = int(gemm.params["M"])
@@ -145,7 +145,7 @@ class CropUnit:
 
 def _act(y: torch.Tensor, act: str) -> torch.Tensor:
     lanes = y.shape[0]
-    return _relu_like(y.reshape(lanes, y.shape[1], -1), act).reshape(y.shape)
+    return relu_like(y.reshape(lanes, y.shape[1], -1), act).reshape(y.shape)
 
 
 def crop_units(program: Program) -> dict[int, CropUnit]:

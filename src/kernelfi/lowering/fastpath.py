@@ -41,7 +41,7 @@ def plan_units(trace: Trace) -> dict[int, Unit]:
         by_layer.setdefault(l.layer, []).append(l)
     for ls in by_layer.values():
         kinds = [l.kernel for l in ls]
-        if any("check_after" in l.params for l in ls):
+        if any(l.check_after is not None for l in ls):
             continue  # hardened units keep their replicas and voters
         if kinds == ["forward_maxpool"]:
             units[ls[0].index] = Unit("maxpool", ls[0].index, ls[0].index + 1, tuple(ls))
@@ -68,12 +68,13 @@ def _same_shapes(p: dict) -> bool:
     return all(p.get(f"{d}1") == p.get(f"{d}2") for d in "whc")
 
 
-def _shared(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
+def shared_weight(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
+    """Weight ``name`` as shared by every lane (``ndim`` dimensions), or None."""
     t = mem[name]
     return t if t.dim() == ndim else None  # a per-lane (faulty) weight copy: no fusion
 
 
-def _relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
+def relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
     """Darknet's activations, in place where possible."""
     if act == "relu":
         # Darknet's x*(x>0) differs from relu only for -inf (-> NaN) and in the sign of zero
@@ -91,7 +92,7 @@ def _relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
 
 
 #: ``tap(gemm, y)``: called with a conv/connected unit's GEMM launch and its product (lanes,
-#: M, N) before the epilogue consumes it (the golden run keeps some: ``campaign.golden``)
+#: M, N) before the epilogue consumes it (the golden run keeps some: ``execution.golden``)
 Tap = Callable[[Launch, torch.Tensor], None]
 
 
@@ -103,7 +104,7 @@ def run_unit(unit: Unit, mem: Memory, tap: Tap | None = None) -> bool:
     if unit.kind == "shortcut":
         cp, sc = ls["copy"], ls["shortcut"]
         a, b = mem[cp.reads[0]], mem[sc.reads[1]]
-        y = _relu_like(torch.add(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)),
+        y = relu_like(torch.add(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)),
                        str(ls["activate_array"].params.get("activation", "linear")))
         old = mem.get(sc.writes[0])
         mem[sc.writes[0]] = y.reshape(a.shape) if old is None else y.reshape(old.shape)
@@ -116,14 +117,14 @@ def run_unit(unit: Unit, mem: Memory, tap: Tap | None = None) -> bool:
     if float(ls["fill"].params.get("value", 0.0)) != 0.0:
         return False
     if p.get("trans_b"):  # connected: input (1 x K) . weights^T
-        w = _shared(mem, gemm.reads[1], 2)
+        w = shared_weight(mem, gemm.reads[1], 2)
         if w is None:
             return False
         x = mem[gemm.reads[0]].reshape(-1, k)
         y = rows_linear(x, w)
         channels = n
     else:
-        w = _shared(mem, gemm.reads[0], 2)
+        w = shared_weight(mem, gemm.reads[0], 2)
         if w is None:
             return False
         if "im2col" in ls:
@@ -151,18 +152,18 @@ def run_unit(unit: Unit, mem: Memory, tap: Tap | None = None) -> bool:
 def epilogue(ls: dict[str, Launch], mem: Memory, y: torch.Tensor) -> torch.Tensor | None:
     """Batch-norm (or bias) and activation of a conv/connected layer on ``y`` (lanes, C, N),
     elementwise; None when a lane carries its own copy of a parameter (no fusion)."""
-    bias = _shared(mem, ls["add_bias"].reads[1], 1)
+    bias = shared_weight(mem, ls["add_bias"].reads[1], 1)
     if bias is None:
         return None
     if "normalize" in ls:
         nl, sl = ls["normalize"], ls["scale_bias"]
-        mean, var, scale = (_shared(mem, nl.reads[1], 1), _shared(mem, nl.reads[2], 1), _shared(mem, sl.reads[1], 1))
+        mean, var, scale = (shared_weight(mem, nl.reads[1], 1), shared_weight(mem, nl.reads[2], 1), shared_weight(mem, sl.reads[1], 1))
         if mean is None or var is None or scale is None:
             return None
         y = F.batch_norm(y, mean, var, scale, bias, False, 0.0, float(nl.params.get("eps", 1e-5)))
     else:
         y = y.add_(bias.view(1, -1, 1)) if y.is_contiguous() else y + bias.view(1, -1, 1)
-    return _relu_like(y, str(ls["activate_array"].params.get("activation", "linear")))
+    return relu_like(y, str(ls["activate_array"].params.get("activation", "linear")))
 
 
 def maxpool_window(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:

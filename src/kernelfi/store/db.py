@@ -143,7 +143,7 @@ class Store:
                input_source, n_inputs, seed, mode, bit_model, warp, scope, selection, n_planned,
                hardening, derating, tool_version, extra)
                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-            (key, schema._now(), meta.model, meta.weights_hash, meta.weights_source,
+            (key, schema.now_utc(), meta.model, meta.weights_hash, meta.weights_source,
              meta.input_source, int(meta.n_inputs), int(meta.seed), meta.mode, meta.bit_model,
              int(meta.warp), meta.scope, meta.selection, int(meta.n_planned),
              None if meta.hardening is None else json.dumps(meta.hardening, sort_keys=True),

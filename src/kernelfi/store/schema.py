@@ -129,7 +129,8 @@ def latest_version() -> int:
     return max(m.version for m in MIGRATIONS)
 
 
-def _now() -> str:
+def now_utc() -> str:
+    """The time a row is written, as the store records it (UTC, ISO 8601, seconds)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -223,7 +224,7 @@ def migrate(con: sqlite3.Connection) -> list[int]:
             for stmt in m.statements:
                 con.execute(stmt)
             con.execute("INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                        (m.version, m.name, _now()))
+                        (m.version, m.name, now_utc()))
             con.execute(f"PRAGMA user_version={int(m.version)}")
             con.execute(f"PRAGMA application_id={APPLICATION_ID}")
             con.execute("COMMIT")

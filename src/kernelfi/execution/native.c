@@ -1,4 +1,4 @@
-/* kernelfi's one-pass propagation figures and cone gathers (campaign/native.py builds this file
+/* kernelfi's one-pass propagation figures and cone gathers (execution/native.py builds this file
    with the machine's compiler: -O3 -march=native -ffp-contract=off -fno-fast-math -fopenmp).
 
    Every float operation is the torch path's, one IEEE float32 operation at a time, so the

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.threads import engine_threads
+from kernelfi.execution.threads import engine_threads
 from kernelfi.lowering import Program
 from kernelfi.types import Launch, Trace
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernelfi.campaign import native
+from kernelfi.execution import native
 from kernelfi.lowering import Memory, Program
 from kernelfi.lowering.crop import Box, CropUnit, area, crop_units, fit, gather, union, verify, verify_cols
 from kernelfi.types import Propagation, Trace
@@ -31,7 +31,7 @@ REL_FLOOR = 1e-30
 
 @dataclass
 class SparseLane:
-    ref: int                       # index of its fault in the batch
+    fault: int                     # index of its fault in the batch (``BatchState``'s key)
     input_id: int
     patches: dict[str, tuple[Box, torch.Tensor]] = field(default_factory=dict)
     #: differences in buffers that are no feature map, (flat indices, values): whole tensors only
@@ -232,26 +232,27 @@ class Cone:
             ok = self._finite[key] = t.numel() == 0 or bool(torch.isfinite(torch.stack([t.amax(), t.amin()])).all())
         return ok
 
-    def rebase(self, mem: Memory, cur: int, glane: int, ref: int, inp: int, names) -> SparseLane:
-        """The lane at row ``cur`` of ``mem`` as its differences from golden lane ``glane``."""
+    def rebase(self, mem: Memory, row: int, golden_row: int, fault: int, input_id: int, names) -> SparseLane:
+        """Fault ``fault``'s lane at row ``row`` of ``mem`` as its differences from the golden lane
+        at row ``golden_row``, in buffers ``names``."""
         diffs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in names:
             t = mem.get(name)
             if t is None:
                 continue
-            f, g = t[cur].reshape(-1), t[glane].reshape(-1)
+            f, g = t[row].reshape(-1), t[golden_row].reshape(-1)
             if torch.equal(f, g):
                 continue
             idx = torch.nonzero(different(f, g)).flatten()
             if idx.numel():
                 diffs[name] = (idx, f[idx].clone())
-        return self.lane(ref, inp, diffs)
+        return self.lane(fault, input_id, diffs)
 
-    def lane(self, ref: int, inp: int, diffs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> SparseLane:
+    def lane(self, fault: int, inp: int, diffs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> SparseLane:
         """A faulty lane from its differences to golden, (flat indices, values) per live buffer:
         patches laid over the golden cache's feature maps, or, when a buffer that differs is no
         feature map, the flat differences (the lane then runs whole from the next layer)."""
-        lane = SparseLane(ref, inp)
+        lane = SparseLane(fault, inp)
         planes = {n: self.plane(n, inp) for n in diffs}
         if any(p is None for p in planes.values()):
             lane.flat = dict(diffs)
@@ -288,7 +289,8 @@ class Cone:
         return self.program.lane_memory(rows, len(idx))
 
     def walk(self, lanes: dict[int, list[SparseLane]], layer_span: dict[int, tuple[int, int]],
-             out_buf: dict[int, str], props: dict[int, list[Propagation]]) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:
+             out_buf: dict[int, str], propagation: dict[int, list[Propagation]]
+             ) -> tuple[list[SparseLane], dict[int, list[SparseLane]]]:
         """Run the lanes, ``lanes[p]`` from layer position p on, while they fit the cone: lanes
         struck in different layers join at their own position and share the later steps.
 
@@ -299,57 +301,57 @@ class Cone:
         dense: dict[int, list[SparseLane]] = {}
         active: list[SparseLane] = []
         last = max(lanes, default=-1)
-        for p in range(min(lanes, default=len(layers)), len(layers)):
-            active.extend(lanes.get(p, ()))
+        for pos in range(min(lanes, default=len(layers)), len(layers)):
+            active.extend(lanes.get(pos, ()))
             if not active:
-                if p >= last:
+                if pos >= last:
                     break
                 continue
-            spec = layers[p]
-            live_next = self.live[p + 1] if p + 1 < len(layers) else frozenset()
-            cu = self.units.get(spec.index)
+            spec = layers[pos]
+            live_next = self.live[pos + 1] if pos + 1 < len(layers) else frozenset()
+            unit = self.units.get(spec.index)
             has_launches = spec.index in layer_span
             step: list[tuple[SparseLane, Box]] = []
             quiet: list[SparseLane] = []
-            for ln in active:
+            for lane in active:
                 if not has_launches:
-                    quiet.append(ln)
+                    quiet.append(lane)
                     continue
-                if cu is None or p + 1 == len(layers):
-                    dense.setdefault(p, []).append(ln)
+                if unit is None or pos + 1 == len(layers):
+                    dense.setdefault(pos, []).append(lane)
                     continue
                 box = None
-                for n in cu.inputs:
-                    if n in ln.patches:
-                        box = union(box, cu.out_box(ln.patches[n][0]))
+                for n in unit.inputs:
+                    if n in lane.patches:
+                        box = union(box, unit.out_box(lane.patches[n][0]))
                 if box is None:
-                    quiet.append(ln)
-                elif area(box) > DENSE_SHARE * cu.out_chw[1] * cu.out_chw[2]:
-                    dense.setdefault(p, []).append(ln)
+                    quiet.append(lane)
+                elif area(box) > DENSE_SHARE * unit.out_chw[1] * unit.out_chw[2]:
+                    dense.setdefault(pos, []).append(lane)
                 else:
-                    step.append((ln, box))
-            if step and cu is not None and spec.index in self.cols:
-                if not self._step_cols(cu, step, out_buf.get(spec.index), props):
-                    dense.setdefault(p, []).extend(ln for ln, _ in step)
+                    step.append((lane, box))
+            if step and unit is not None and spec.index in self.cols:
+                if not self._step_cols(unit, step, out_buf.get(spec.index), propagation):
+                    dense.setdefault(pos, []).extend(lane for lane, _ in step)
                     step = []
-            elif step and cu is not None:
+            elif step and unit is not None:
                 ran = []
-                doubles = cu.kind == "conv" and cu.win_y is not None and cu.win_y.size > 1  # lane_conv2d
+                doubles = unit.kind == "conv" and unit.win_y is not None and unit.win_y.size > 1  # lane_conv2d
                 for group in similar(step, doubles):  # windows of one call share a size: lanes of like boxes
-                    if self._step(cu, group, out_buf.get(spec.index), props):
+                    if self._step(unit, group, out_buf.get(spec.index), propagation):
                         ran.extend(group)
                     else:
-                        dense.setdefault(p, []).extend(ln for ln, _ in group)
+                        dense.setdefault(pos, []).extend(lane for lane, _ in group)
                 step = ran
             out_name = out_buf.get(spec.index)
-            if out_name is not None and cu is not None:
-                numel = cu.out_chw[0] * cu.out_chw[1] * cu.out_chw[2]
-                for ln in quiet:
-                    props[ln.ref].append(Propagation(spec.index, 0, numel, 0.0, 0.0))
+            if out_name is not None and unit is not None:
+                numel = unit.out_chw[0] * unit.out_chw[1] * unit.out_chw[2]
+                for lane in quiet:
+                    propagation[lane.fault].append(Propagation(spec.index, 0, numel, 0.0, 0.0))
             active = []
-            for ln in quiet + [ln for ln, _ in step]:
-                ln.patches = {k: v for k, v in ln.patches.items() if k in live_next}
-                (active if ln.patches else clean).append(ln)
+            for lane in quiet + [lane for lane, _ in step]:
+                lane.patches = {k: v for k, v in lane.patches.items() if k in live_next}
+                (active if lane.patches else clean).append(lane)
         if active:  # only for a trace whose last layers launch nothing
             dense.setdefault(len(layers), []).extend(active)
         return clean, dense
@@ -384,9 +386,9 @@ class Cone:
         if both is not None:
             found, tight = [d for d, _ in both], [b for _, b in both]
         else:
-            g = torch.stack([gp[:, y0:y1, x0:x1] for gp, (y0, y1, x0, x1) in zip(gplanes, boxes)])  # type: ignore[index]
-            tight = bboxes(different(out, g, finite))
-            found = diff_rows(out.reshape(len(step), -1), g.reshape(len(step), -1), finite) if out_name else []
+            golden = torch.stack([plane[:, y0:y1, x0:x1] for plane, (y0, y1, x0, x1) in zip(gplanes, boxes)])  # type: ignore[index]
+            tight = bboxes(different(out, golden, finite))
+            found = diff_rows(out.reshape(len(step), -1), golden.reshape(len(step), -1), finite) if out_name else []
         self._record(cu, step, boxes, list(out), found if out_name is not None else None, tight, props)
         return True
 
@@ -402,8 +404,8 @@ class Cone:
         self.stats["map_elems"] += numel * len(step)
         if found is not None:
             layer = int(cu.unit.launches[0].layer)
-            for (ln, _), (n, ma, mr) in zip(step, found):
-                props[ln.ref].append(Propagation(layer, n, numel, ma, mr))
+            for (ln, _), (corrupted, max_abs, max_rel) in zip(step, found):
+                props[ln.fault].append(Propagation(layer, corrupted, numel, max_abs, max_rel))
         for (ln, _), box, win, t in zip(step, boxes, wins, tight):
             if t is None:
                 ln.patches.pop(cu.output, None)
@@ -442,11 +444,11 @@ class Cone:
         wins = [y[:, o:o + area(b)].view(m, b[1] - b[0], b[3] - b[2]) for b, o in zip(boxes, offsets)]
         if both is None:
             both = []
-            for win, gp, (y0, y1, x0, x1) in zip(wins, gplanes, boxes):
-                g = gp[:, y0:y1, x0:x1].unsqueeze(0)  # type: ignore[index]
+            for win, plane, (y0, y1, x0, x1) in zip(wins, gplanes, boxes):
+                golden = plane[:, y0:y1, x0:x1].unsqueeze(0)  # type: ignore[index]
                 a = win.unsqueeze(0)
-                both.append((diff_rows(a.reshape(1, -1), g.reshape(1, -1), finite)[0] if out_name else (0, 0.0, 0.0),
-                             bboxes(different(a, g, finite))[0]))
+                both.append((diff_rows(a.reshape(1, -1), golden.reshape(1, -1), finite)[0] if out_name else (0, 0.0, 0.0),
+                             bboxes(different(a, golden, finite))[0]))
         self._record(cu, step, boxes, wins, [d for d, _ in both] if out_name is not None else None,
                      [t for _, t in both], props)
         return True

@@ -1,0 +1,96 @@
+"""The golden state a struck layer's lanes start from, per input and launch.
+
+A fault strikes one launch of its layer; every lane of the layer starts from the golden state at
+the batch's first struck launch. The layer's launches before it (fill, im2col, gemm... for a
+fault in add_bias) are the costly part of a layer: they run once per input and start, and their
+result is kept while batches of that start follow (the campaign sorts batches by layer). Where
+the golden run kept a GEMM's product (``Golden.pre``) and that product equals, bit for bit, what
+the layer's own launches leave (checked once, on one input), the run starts after the GEMM.
+A row never depends on which inputs share the run that computes it.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernelfi.execution.golden import Golden
+from kernelfi.execution.layout import Layout
+from kernelfi.lowering import Memory, Program
+
+
+class StruckStarts:
+    """Golden states at struck launches, kept for the latest (layer start, launch)."""
+
+    def __init__(self, program: Program, golden: Golden, layout: Layout, fast: bool,
+                 gemm_cache: dict[int, tuple[int, ...]] | None = None) -> None:
+        """``gemm_cache``: the GEMM products another runner found usable on this machine
+        (``Checks.gemm_cache``), instead of checking them again."""
+        self.program, self.golden, self.layout, self.fast = program, golden, layout, fast
+        self._key: tuple[int, int] | None = None
+        self._rows: dict[int, Memory] = {}  # input -> its golden state at ``_key``
+        #: GEMM launch -> the per-lane shape of its output buffer, for the golden products
+        #: that equal what the kernels leave there
+        self.gemm_cache: dict[int, tuple[int, ...]] = (
+            (gemm_cache if gemm_cache is not None else self._check_products()) if fast else {})
+
+    def clear(self) -> None:
+        """Forget the kept states (the next call recomputes them)."""
+        self._key, self._rows = None, {}
+
+    def at(self, layer: int, first: int, inputs: list[int]) -> Memory:
+        """The per-lane golden buffers live at launch ``first`` of layer ``layer``, one row per
+        input of ``inputs`` in that order."""
+        start = self.layout.layer_span[layer][0]
+        key = (start, first)
+        if self._key != key:
+            self._key, self._rows = key, {}
+        missing = [i for i in inputs if i not in self._rows]
+        if missing:
+            self._compute(layer, start, first, missing)
+        return {n: torch.cat([self._rows[i][n] for i in inputs]) for n in self._rows[inputs[0]]}
+
+    def _compute(self, layer: int, start: int, first: int, inputs: list[int]) -> None:
+        """One run for ``inputs`` from the layer's start (or from a kept GEMM product) to ``first``."""
+        layout, trace = self.layout, self.layout.trace
+        idx = torch.tensor(inputs, dtype=torch.long)
+        gemm = max((g for g in self.gemm_cache if start <= g < first), default=None)
+        if gemm is None:
+            begin, mem = start, self._golden_rows(layout.live[layout.layer_pos[layer]], idx)
+        else:  # from the golden run's GEMM product (what the launches before would leave)
+            begin, product = gemm + 1, trace.launches[gemm].writes[0]
+            mem = self._golden_rows(layout.live_launch[begin], idx, skip=product)
+            mem[product] = (self.golden.pre[gemm].index_select(0, idx) + 0.0).view(len(inputs), *self.gemm_cache[gemm])
+        with torch.no_grad():
+            self.program.run(mem, begin, first, fast=self.fast)
+        need = layout.live_launch[first]
+        for row, inp in enumerate(inputs):
+            self._rows[inp] = {n: mem[n][row:row + 1] for n in need if n in mem and layout.per_lane(n, mem[n])}
+
+    def _golden_rows(self, names: frozenset[str], idx: torch.Tensor, skip: str | None = None) -> Memory:
+        """The weights and rows ``idx`` of golden buffers ``names`` (and the input: kernels size
+        new buffers by its lanes), but ``skip``."""
+        mem: Memory = dict(self.program.weights)
+        for name in names | {"input"}:
+            if name != skip:
+                mem[name] = self.golden.buffers[name].index_select(0, idx)
+        return mem
+
+    def _check_products(self) -> dict[int, tuple[int, ...]]:
+        """The golden GEMM products a struck layer may start from: those equal, bit for bit, to
+        the C buffer the layer's own launches up to the GEMM leave (run here for one input)."""
+        layout, trace = self.layout, self.layout.trace
+        out: dict[int, tuple[int, ...]] = {}
+        idx = torch.tensor([0], dtype=torch.long)
+        for gemm, product in self.golden.pre.items():
+            layer = trace.launches[gemm].layer
+            c = trace.launches[gemm].writes[0]
+            mem = self._golden_rows(layout.live[layout.layer_pos[layer]], idx)
+            with torch.no_grad():
+                self.program.run(mem, layout.layer_span[layer][0], gemm + 1, fast=True)
+            if torch.equal(mem[c].reshape(-1), product[0] + 0.0) and self._restorable(gemm):
+                out[gemm] = tuple(mem[c].shape[1:])
+        return out
+
+    def _restorable(self, gemm: int) -> bool:
+        """Every buffer live after GEMM launch ``gemm`` but its output is in the golden cache."""
+        c = self.layout.trace.launches[gemm].writes[0]
+        return all(n in self.golden.buffers for n in self.layout.live_launch[gemm + 1] if n != c)
