@@ -239,3 +239,21 @@ def test_iov_flip_in_each_half_of_an_address_computation(prog) -> None:
     assert low["result"].outcome == "sdc_light_malfunction"
     assert torch.allclose(low["probs"], probs([6.0, 6.0]), atol=1e-7)
     assert high["result"].outcome == "due" and "illegal_address" in high["result"].flags
+
+
+def test_index_arithmetic_wraps_at_32_bits_as_the_gpu_s(prog) -> None:
+    # Thread 0 of the max-pool: q = idx / ow (idiv:ow) is 0; bit 31 makes it -2**31. The column
+    # j = idx - q*ow = 2**32 is 0 in a 32-bit register, so the window starts at column 0 as it
+    # should; the row and channel come out as before (i = 0, k = 0) and the output index
+    # j + ow*(i + oh*(k + channels*b)) = 0 - 2**32 is 0 again: the fault is Masked on a GPU.
+    # With unbounded integers the window started at column 2**33: every tap invalid, the max
+    # -inf, a non-finite Malfunction.
+    s = site(prog, "layers.1.forward_maxpool", "idiv:ow", thread=0)
+    r = one(prog, Fault("iov", s, "single", (31,)))["result"]
+    assert (r.original, r.corrupted) == (0.0, -2.0 ** 31)
+    assert r.outcome == "masked"
+
+
+def test_integer_division_truncates_toward_zero_as_in_cuda() -> None:
+    from kernelfi._utils import c_div
+    assert [c_div(-1, 2), c_div(-7, 2), c_div(7, -2), c_div(7, 2), c_div(-8, 2)] == [0, -3, -3, 3, -4]

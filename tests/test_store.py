@@ -58,8 +58,8 @@ def db(tmp_path: Path) -> Path:
 def test_schema_and_migrations_are_recorded(db: Path) -> None:
     with Store(db) as s:
         con = s.connection
-        assert s.schema_version() == latest_version() == 1
-        assert [r[:2] for r in con.execute("SELECT * FROM migrations")] == [(1, "initial")]
+        assert s.schema_version() == latest_version() == 2
+        assert [r[:2] for r in con.execute("SELECT * FROM migrations")] == [(1, "initial"), (2, "tool_errors")]
         assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
@@ -70,13 +70,13 @@ def test_schema_and_migrations_are_recorded(db: Path) -> None:
 
 def test_new_migration_is_applied_once_and_recorded(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Store(db).close()
-    step = Migration(2, "campaign notes", ("ALTER TABLE campaigns ADD COLUMN note TEXT",))
+    step = Migration(3, "campaign notes", ("ALTER TABLE campaigns ADD COLUMN note TEXT",))
     monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, step])
     for _ in range(2):
         with Store(db) as s:
-            assert s.schema_version() == 2
+            assert s.schema_version() == 3
             rows = s.connection.execute("SELECT version, name FROM migrations").fetchall()
-            assert rows == [(1, "initial"), (2, "campaign notes")]
+            assert rows == [(1, "initial"), (2, "tool_errors"), (3, "campaign notes")]
 
 
 def test_newer_schema_is_refused(db: Path) -> None:
@@ -253,3 +253,58 @@ def test_kill_9_leaves_only_whole_batches_and_resume_completes(db: Path) -> None
         assert c.n_done == BATCH * N_BATCHES and s.missing_ids(c.id) == []
         r = s.injection(c.id, 4321)
         assert r.outcome == "masked" and len(r.propagation) == 2 and r.propagation[1].max_abs == 4321.0
+
+
+def _v1(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database as version 1 of the schema wrote it, holding a campaign and 20 rows."""
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        with Store(db) as s:
+            assert s.schema_version() == 1
+            cid = s.get_or_create_campaign(meta(), LAUNCHES, LAYERS)
+            s.add_results(cid, [rec(i) for i in range(20)])
+
+
+def test_a_version_1_database_opens_migrated_with_its_rows(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _v1(db, monkeypatch)
+    with Store(db, readonly=True) as s:  # read-only: no migration, no tool errors to show
+        assert s.schema_version() == 1 and s.tool_errors(1) == [] and s.campaigns()[0].n_tool_errors == 0
+        assert len(s.tool_errors_frame()) == 0
+    with Store(db) as s:
+        assert s.schema_version() == 2
+        assert [s.injection(1, i) for i in range(20)] == [rec(i) for i in range(20)]
+        assert s.tool_errors(1) == [] and s.check() == []
+
+
+def test_a_failing_migration_leaves_the_file_as_it_was(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _v1(db, monkeypatch)
+    before = db.read_bytes()
+    broken = Migration(2, "broken", ("CREATE TABLE half (a INTEGER)", "INSERT INTO no_such_table VALUES (1)"))
+    monkeypatch.setattr(schema, "MIGRATIONS", [schema.MIGRATIONS[0], broken])
+    with pytest.raises(KernelfiError) as e:
+        Store(db)
+    assert str(e.value).startswith(f"{db}: ") and "no_such_table" in str(e.value) and "\n" not in str(e.value)
+    assert db.read_bytes() == before
+    with Store(db, readonly=True) as s:
+        con = s.connection
+        assert s.schema_version() == 1
+        assert [r[0] for r in con.execute("SELECT version FROM migrations")] == [1]
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name='half'").fetchone()[0] == 0
+        assert [s.injection(1, i) for i in range(20)] == [rec(i) for i in range(20)]
+
+
+def test_tool_error_rows_round_trip_and_give_way_to_the_injection(db: Path) -> None:
+    from kernelfi.store import ToolErrorRecord
+    with Store(db) as s:
+        cid = s.get_or_create_campaign(meta(), LAUNCHES, LAYERS)
+        err = ToolErrorRecord.build(7, rec(7).fault(), "ValueError: boom", "Traceback ...", replay="kernelfi replay --id 7")
+        assert s.add_results(cid, [rec(1), err]) == 2
+        assert s.add_results(cid, [err]) == 0  # the same tool error again (a resume that failed again)
+        assert s.tool_errors(cid) == [err] and s.done_ids(cid) == {1}  # a tool error is retried on resume
+        frame = s.tool_errors_frame()
+        assert frame[["id", "launch_name", "kernel", "error"]].values.tolist() == [[7, LAUNCHES[1].name,
+                                                                                   LAUNCHES[1].kernel, "ValueError: boom"]]
+        assert s.add_results(cid, [rec(7)]) == 1  # it ran this time: the row replaces the tool error
+        assert s.tool_errors(cid) == [] and s.done_ids(cid) == {1, 7}
+        assert s.add_results(cid, [err]) == 0  # an id with its row never becomes a tool error
+        assert s.tool_errors(cid) == []

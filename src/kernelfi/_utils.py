@@ -5,6 +5,7 @@ Kept free of torch so that the store and analysis layers can import it.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,38 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def c_div(a: int, b: int) -> int:
+    """C's (and CUDA's) integer division: it truncates toward zero, where Python's ``//``
+    floors (-1 / 2 is 0 in C, -1 in Python). Darknet's shape formulas and a GPU thread's
+    index arithmetic both divide so."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
 def one_line(msg: str) -> str:
     """Collapse whitespace so an error message stays on one terminal line."""
     return " ".join(str(msg).split())
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, what could never fit this machine's memory (``what`` names
+    it: "random: 100000000000 inputs of 3x227x227 floats"): one line, not an allocator's
+    traceback minutes later."""
+    mem = physical_memory()
+    if mem is not None and nbytes > mem:
+        raise KernelfiError(f"{what}: {_size(nbytes)} needed, more than this machine's {_size(mem)} of memory")
+
+
+def _size(n: int) -> str:
+    for unit, k in (("TiB", 40), ("GiB", 30), ("MiB", 20)):
+        if n >= 1 << k:
+            return f"{n / (1 << k):,.1f} {unit}"
+    return f"{n:,} bytes"

@@ -7,71 +7,132 @@ outcomes depend only on the fault and the input).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import itertools
+import os
+from typing import Callable, Iterable, Iterator
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.batches import auto_batch, batches
+from kernelfi.campaign.isolate import Done, ToolError
 from kernelfi.campaign.pool import execute_local
 from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
-from kernelfi.execution import ENGINE_THREADS, Executed
-from kernelfi.store import CampaignMeta, CampaignRow, InjectionRecord, Store
+from kernelfi.execution import ENGINE_THREADS
+from kernelfi.store import CampaignMeta, CampaignRow, InjectionRecord, Store, ToolErrorRecord
 from kernelfi.types import Outcome, PlannedFault
 
 
-def to_records(prep: Prepared, executed: Iterable[Executed]) -> list[InjectionRecord]:
+def to_records(prep: Prepared, executed: Iterable[Done], replay: str = "") -> list[InjectionRecord | ToolErrorRecord]:
+    """Store rows of a batch's results; a tool error's row carries ``replay`` with its id
+    appended (the command that re-runs that one injection)."""
     rows = prep.launch_rows()
-    return [InjectionRecord.build(e.planned.id, e.planned.fault, e.result, rows[e.planned.fault.site.launch],
-                                  tag=e.tag, weight=e.planned.weight, seconds=e.seconds) for e in executed]
+    out: list[InjectionRecord | ToolErrorRecord] = []
+    for e in executed:
+        pf = e.planned
+        if isinstance(e, ToolError):
+            out.append(ToolErrorRecord.build(pf.id, pf.fault, e.error, e.traceback, weight=pf.weight,
+                                             replay=f"{replay} --id {pf.id}" if replay else ""))
+        else:
+            out.append(InjectionRecord.build(pf.id, pf.fault, e.result, rows[pf.fault.site.launch], tag=e.tag,
+                                             weight=pf.weight, seconds=e.seconds))
+    return out
 
 
 Progress = Callable[[int, dict[str, int]], None]
-#: Runs the batches somewhere (a process pool, a Ray cluster) and yields each batch's results.
-Execute = Callable[[Prepared, list[list[PlannedFault]]], Iterable[list[Executed]]]
+#: Runs the batches somewhere (a process pool, a Ray cluster) and yields each batch's results
+#: (``isolate.run_batch``: a fault the tool fails on is a ``ToolError``, not an exception).
+Execute = Callable[[Prepared, list[list[PlannedFault]]], Iterable[list[Done]]]
+
+
+#: Injection ids drawn and sorted into batches at a time (``pending_work``): a campaign of any
+#: size holds this many planned faults at most (drawing them takes a few seconds), and one of
+#: up to this many injections is batched exactly as a whole list of its faults would be
+PLAN_CHUNK = 1 << 16
+
+
+def pending_work(prep: Prepared, pending: Iterable[int], size: int,
+                 chunk: int | None = None) -> Iterator[list[list[PlannedFault]]]:
+    """The batches of the ids ``pending`` (ascending), drawn lazily ``chunk`` ids at a time, one
+    list of batches per chunk (what an executor runs at once): the fault of id i is
+    ``planner.draw(i)`` whatever the chunking, and no list of all ids is ever made
+    (``-n 10**12`` starts at once)."""
+    layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
+    ids, chunk = iter(pending), chunk or PLAN_CHUNK
+    while True:
+        part = [prep.planner.draw(i) for i in itertools.islice(ids, chunk)]
+        if not part:
+            return
+        yield list(batches(part, layer_of, size))
 
 
 def run_campaign(config: CampaignConfig, db: str, progress: Progress | None = None,
                  stop_after: int | None = None, execute: Execute | None = None,
                  notify: Callable[[str], None] | None = None) -> int:
-    """Run (or resume) a campaign into ``db``; returns the campaign id. ``notify`` gets one line
-    for each default or conversion that changes what is measured (``Prepared.notes``) and for
-    each recorded file that moved or changed since a campaign of the same command, before the
-    first ``progress`` call."""
+    """Run (or resume) a campaign into ``db``; returns the campaign id.
+
+    ``notify`` gets one line for each default or conversion that changes what is measured
+    (``Prepared.notes``) and for each recorded file that moved or changed since a campaign of
+    the same command, before the first ``progress`` call. An existing file is checked first
+    (``Store.verify``: a damaged one is refused before a byte is written). A new campaign whose
+    run fails before its first row is stored leaves no row behind. Faults the tool fails on are
+    stored as tool errors and the campaign goes on."""
     prep = prepare(config)
     say = notify or (lambda line: None)
     for note in prep.notes:
         say(f"note: {note}")
+    if os.path.exists(db) and os.path.getsize(db) > 0:  # checked before anything (a migration) writes
+        with Store(db, create=False, readonly=True) as existing:
+            existing.verify()
     with Store(db) as store:
         meta = prep.meta()
         before = store.campaigns()
+        new = not store.has_campaign(meta.key)
         cid = store.get_or_create_campaign(meta, prep.launch_rows(), prep.layer_rows())
-        for line in track_files(store, before, cid, meta):
-            say(f"note: {line}")
-        done = store.done_ids(cid)
-        threads = store.campaign(cid).meta.extra.get("engine_threads")
-        if done and threads != ENGINE_THREADS:
-            raise KernelfiError(f"{db}: campaign {cid} was run by an engine on {threads or 'all'} intra-op threads; "
-                                f"rows of this version ({ENGINE_THREADS} thread) would differ in the last bits from "
-                                "its stored ones: resume it with the version that started it, or use a new database")
-        pending = [i for i in range(config.n) if i not in done]
-        counts = {o.value: 0 for o in Outcome} | store.outcome_counts(cid)
-        if progress:
-            progress(len(done), counts)
-        planned = [prep.planner.draw(i) for i in pending]
-        layer_of = {l.index: l.layer for l in prep.session.program.trace.launches}
-        work = list(batches(planned, layer_of, config.batch or auto_batch(prep.session.program.trace, not config.fast)))
-        if stop_after is not None:
-            work = work[:stop_after]
-        n_done = len(done)
-        runs = execute(prep, work) if execute is not None else execute_local(prep, work, prep.config.workers)
+        stored = False
+        try:
+            for line in track_files(store, before, cid, meta):
+                say(f"note: {line}")
+            stored = _run_into(store, cid, prep, db, progress, stop_after, execute)
+        finally:
+            if new and not stored:
+                store.drop_empty_campaign(cid)
+    return cid
+
+
+def _run_into(store: Store, cid: int, prep: Prepared, db: str, progress: Progress | None,
+              stop_after: int | None, execute: Execute | None) -> bool:
+    """The campaign's pending batches into ``store``; whether any row was stored."""
+    config = prep.config
+    done = store.done_ids(cid)
+    threads = store.campaign(cid).meta.extra.get("engine_threads")
+    if done and threads != ENGINE_THREADS:
+        raise KernelfiError(f"{db}: campaign {cid} was run by an engine on {threads or 'all'} intra-op threads; "
+                            f"rows of this version ({ENGINE_THREADS} thread) would differ in the last bits from "
+                            "its stored ones: resume it with the version that started it, or use a new database")
+    counts = {o.value: 0 for o in Outcome} | store.outcome_counts(cid)
+    if progress:
+        progress(len(done), counts)
+    pending = (i for i in range(config.n) if i not in done)
+    size = config.batch or auto_batch(prep.session.program.trace, not config.fast)
+    n_done, stored = len(done), bool(done)
+    again = f"kernelfi replay --db {db} --campaign {cid}"
+    left = stop_after
+    for work in pending_work(prep, pending, size):
+        if left is not None:
+            work, left = work[:left], left - min(left, len(work))
+        runs = execute(prep, work) if execute is not None else execute_local(prep, work, config.workers)
         for executed in runs:
-            records = to_records(prep, executed)
+            records = to_records(prep, executed, again)
             store.add_results(cid, records)
+            stored = True
             n_done += len(records)
             for r in records:
-                counts[r.outcome] = counts.get(r.outcome, 0) + 1
+                key = "tool_error" if isinstance(r, ToolErrorRecord) else r.outcome
+                counts[key] = counts.get(key, 0) + 1
             if progress:
                 progress(n_done, counts)
-    return cid
+        if left == 0:
+            break
+    return stored
 
 
 #: Fields two campaigns share when they come from the same command (all of ``KEY_FIELDS`` but

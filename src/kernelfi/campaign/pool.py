@@ -24,6 +24,7 @@ from kernelfi.campaign.batches import AUTO_BUDGET
 from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
 from kernelfi.execution import Checks, Executed, SharedGolden, golden_numel
 from kernelfi.types import PlannedFault
+from kernelfi.campaign.isolate import Done, run_batch
 
 #: What a worker holds besides the model's weights: torch itself and the runner's bookkeeping
 #: (the lanes of a batch are ``AUTO_BUDGET`` at most; ResNet-152's worker peaks at 0.7 GiB)
@@ -74,7 +75,7 @@ def _shm_room(nbytes: int) -> bool:
 
 
 def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
-                  driver: bool = True) -> Iterator[list[Executed]]:
+                  driver: bool = True) -> Iterator[list[Done]]:
     """Yield each batch's results as it finishes (in any order). ``workers`` 0: one per CPU,
     as many as the memory holds (weights, lanes, the rest; the golden run too where it is not
     shared); never more than there are batches. ``driver``: run batches here while the
@@ -87,9 +88,8 @@ def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
         workers = auto_workers(weights + AUTO_BUDGET + WORKER_BASE + (0 if share else golden_bytes))
     workers = min(workers, len(work))
     if workers <= 1:
-        with torch.no_grad():
-            for b in work:
-                yield prep.runner.run(b)
+        for b in work:
+            yield run_batch(prep.runner, b)
         return
     shared = prep.share_golden() if share else None  # the driver keeps the shared copy only
     pending = deque(work)
@@ -98,14 +98,12 @@ def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
     start = WORKER_START_S + prep.setup_s + (0.0 if share else time.perf_counter() - t0)
     if driver:
         t0 = time.perf_counter()
-        with torch.no_grad():
-            done = prep.runner.run(pending.popleft())
+        done = run_batch(prep.runner, pending.popleft())
         first = time.perf_counter() - t0  # early layers' faults and first-call checks: on the high side
         yield done
         if first * len(pending) < START_PAYOFF * start:
-            with torch.no_grad():  # over before workers would be up and paid off: no pool
-                while pending:
-                    yield prep.runner.run(pending.popleft())
+            while pending:  # over before workers would be up and paid off: no pool
+                yield run_batch(prep.runner, pending.popleft())
             return
     ctx = mp.get_context("spawn")
     ready = ctx.Value("i", 0)
@@ -121,8 +119,7 @@ def execute_local(prep: Prepared, work: list[list[PlannedFault]], workers: int,
             while pending and len(running) < up:  # a batch for every free worker
                 running.append(pool.apply_async(_worker_run, ([pf.id for pf in pending.popleft()],)))
             if driver and pending and up < workers:  # workers still starting: the driver works meanwhile
-                with torch.no_grad():
-                    yield prep.runner.run(pending.popleft())
+                yield run_batch(prep.runner, pending.popleft())
             else:  # waiting for a result or for a worker to come up
                 time.sleep(0.002)
 
@@ -156,7 +153,6 @@ def _worker_init(config: CampaignConfig, shared: SharedGolden | None, checks: Ch
     set_up(ready, make)
 
 
-def _worker_run(ids: list[int]) -> list[Executed]:
+def _worker_run(ids: list[int]) -> list[Done]:
     assert _WORKER is not None
-    with torch.no_grad():
-        return _WORKER.runner.run([_WORKER.planner.draw(i) for i in ids])
+    return run_batch(_WORKER.runner, [_WORKER.planner.draw(i) for i in ids])

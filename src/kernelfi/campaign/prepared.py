@@ -9,6 +9,7 @@ workers (``share_golden``) and each worker maps it and takes the driver's one-ti
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
@@ -16,14 +17,14 @@ from typing import Any, Mapping
 import torch
 
 from kernelfi import __version__
-from kernelfi._utils import KernelfiError
+from kernelfi._utils import KernelfiError, check_fits
 from kernelfi.campaign.planner import Planner
 from kernelfi.campaign.session import (
     SELECT_RULES, InputSelection, ModelSpec, Session, check_data, correct_inputs, inputs_tensor, open_session,
     session_inputs,
 )
 from kernelfi.data import InputSet, PrepOptions
-from kernelfi.execution import ENGINE_THREADS, Checks, Golden, Runner, SharedGolden
+from kernelfi.execution import ENGINE_THREADS, Checks, Golden, Runner, SharedGolden, golden_numel
 from kernelfi.faults.registers import derating, rf_registers
 from kernelfi.files import RecordedFile
 from kernelfi.models import get_model_info
@@ -71,6 +72,11 @@ class CampaignConfig:
             raise KernelfiError(f"unknown bit model '{self.bit_model}' (known: {', '.join(b.value for b in BitModel)})") from None
         if self.n < 1:
             raise KernelfiError(f"-n must be at least 1, got {self.n}")
+        if self.n >= 2**63:
+            raise KernelfiError(f"-n {self.n} does not fit the results database (at most 2**63 - 1 injections)")
+        if not -(2**63) <= self.seed < 2**63:
+            raise KernelfiError(f"--seed {self.seed} does not fit in a signed 64-bit integer "
+                                "(-9223372036854775808 .. 9223372036854775807)")
         if self.batch < 0 or self.workers < 0:
             raise KernelfiError("--batch and --workers must be 0 (auto) or more")
         if self.inputs is not None and self.inputs < 1:
@@ -204,12 +210,21 @@ def prepare(config: CampaignConfig) -> Prepared:
         notes.append(f"inputs: {chosen.describe()} kept (--select-inputs correct)"
                      + (f"; fewer than the {config.inputs} asked for: the data hold no more" if short else ""))
     else:
+        if config.inputs is not None and (config.data or session.loaded.info.default_data) == "random":
+            check_golden(session, config.inputs, config.fast)  # before the inputs are drawn
         inputs = session_inputs(session, config.data, config.inputs, config.prep)
     source = inputs.source + ("" if chosen is None else f"; {chosen.describe()}")
     x = inputs_tensor(inputs)
+    check_golden(session, int(x.shape[0]), config.fast)
     planner = Planner(session.program.trace, config.mode, config.bit_model, config.warp, config.seed,
                       x.shape[0], config.scope, config.selection)
     return Prepared(config, session, source, int(x.shape[0]), x, planner, setup_s=time.perf_counter() - t0,
                     inputs=inputs, notes=(*notes, *inputs.notes))
 
 
+def check_golden(session: Session, n: int, fast: bool) -> None:
+    """Refuse inputs whose golden run (and the inputs themselves, twice while they are
+    normalised) could never fit this machine's memory, before computing any of it."""
+    per_input = 4 * math.prod(session.loaded.info.input_shape)
+    check_fits(4 * golden_numel(session.program.trace, n, fast) + 2 * n * per_input,
+               f"the golden run of {n:,} inputs through {session.loaded.info.name}")

@@ -20,11 +20,12 @@ import torch
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.campaign import to_records
+from kernelfi.campaign.isolate import run_batch
 from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
 from kernelfi.campaign.session import InputSelection, ModelSpec
 from kernelfi.data import PrepOptions
 from kernelfi.files import RecordedFile
-from kernelfi.store import CampaignMeta, CampaignRow, InjectionRecord, Store
+from kernelfi.store import CampaignMeta, CampaignRow, InjectionRecord, Store, ToolErrorRecord
 
 __all__ = ["stored_config", "prepare_stored", "replay"]
 
@@ -82,9 +83,13 @@ def prepare_stored(row: CampaignRow, db: str | Path, **changes: Any) -> Prepared
     return prep
 
 
-def replay(db: str, injection: int, campaign: int | None = None) -> tuple[InjectionRecord, InjectionRecord]:
-    """Re-execute one stored injection; returns (stored, replayed)."""
-    with Store(db, create=False) as store:
+def replay(db: str, injection: int, campaign: int | None = None
+           ) -> tuple[InjectionRecord | ToolErrorRecord, InjectionRecord | ToolErrorRecord]:
+    """Re-execute one stored injection; returns (stored, replayed). Either is a
+    ``ToolErrorRecord`` where the tool failed on the fault (when it was stored, or now). The
+    database is opened read-only and checked first (``Store.verify``)."""
+    with Store(db, create=False, readonly=True) as store:
+        store.verify()
         rows = store.campaigns()
         if not rows:
             raise KernelfiError(f"{db}: no campaigns")
@@ -94,9 +99,12 @@ def replay(db: str, injection: int, campaign: int | None = None) -> tuple[Inject
             crow = rows[0]
         else:
             crow = store.campaign(campaign)
-        stored = store.injection(crow.id, injection)
+        errors = {e.id: e for e in store.tool_errors(crow.id)}
+        stored: InjectionRecord | ToolErrorRecord = errors[injection] if injection in errors else \
+            store.injection(crow.id, injection)
     prep = prepare_stored(crow, db)
-    with torch.no_grad():
-        ex = prep.runner.run([prep.planner.draw(injection)])
-    rec = to_records(prep, ex)[0]
-    return stored, dataclasses.replace(rec, seconds=stored.seconds)
+    again = run_batch(prep.runner, [prep.planner.draw(injection)])
+    rec = to_records(prep, again, f"kernelfi replay --db {db} --campaign {crow.id}")[0]
+    if isinstance(rec, InjectionRecord) and isinstance(stored, InjectionRecord):
+        rec = dataclasses.replace(rec, seconds=stored.seconds)
+    return stored, rec

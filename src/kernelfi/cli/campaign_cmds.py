@@ -13,8 +13,10 @@ from kernelfi._utils import KernelfiError
 from kernelfi.analysis import Accuracy, golden_accuracy
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
 from kernelfi.cli.app import cli
-from kernelfi.cli.common import data_options, model_options, note, outcome_counts, prep_options
-from kernelfi.store import CampaignRow, Store
+from kernelfi.cli.common import (
+    TOOL_ERROR_EXIT, data_options, model_options, note, outcome_counts, prep_options, tool_errors_exit,
+)
+from kernelfi.store import CampaignRow, InjectionRecord, Store, ToolErrorRecord
 from kernelfi.types import OUTCOME_LABELS, OUTCOMES, BitModel, Mode
 
 
@@ -34,7 +36,10 @@ class _Bar:
             self.bar = tqdm(total=self.total, unit="inj", dynamic_ncols=True, mininterval=0.5)
         self.bar.update(done - self.last)
         self.last = done
-        self.bar.set_postfix_str(", ".join(f"{OUTCOME_LABELS[o]} {counts.get(o, 0)}" for o in OUTCOMES))
+        text = ", ".join(f"{OUTCOME_LABELS[o]} {counts.get(o, 0)}" for o in OUTCOMES)
+        if counts.get("tool_error"):
+            text += f", TOOL ERRORS {counts['tool_error']}"
+        self.bar.set_postfix_str(text)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -101,10 +106,13 @@ def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_
     finally:
         if bar is not None:
             bar.close()
-    with Store(db, create=False) as store:
+    with Store(db, create=False, readonly=True) as store:
         counts = store.outcome_counts(cid)
+        errors = store.tool_errors(cid)
     secs = time.perf_counter() - t0
     click.echo(f"campaign {cid} in {db}: {outcome_counts(counts)} ({secs:.1f}s)")
+    if errors:
+        tool_errors_exit({cid: errors})
 
 
 def _campaign_summary(store: Store, row: CampaignRow, acc: Accuracy | None) -> dict[str, Any]:
@@ -118,41 +126,52 @@ def _campaign_summary(store: Store, row: CampaignRow, acc: Accuracy | None) -> d
             "weights": {"source": m.weights_source, "sha256": m.weights_hash},
             "data": {"source": str(data), "inputs": m.input_source, "n_inputs": m.n_inputs},
             "golden_accuracy": None if acc is None else acc.to_dict(),
-            "outcomes": {o: store.outcome_counts(row.id).get(o, 0) for o in OUTCOMES}}
+            "outcomes": {o: store.outcome_counts(row.id).get(o, 0) for o in OUTCOMES},
+            "tool_errors": row.n_tool_errors}
 
 
 @cli.command("summary")
-@click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database")
+@click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database (read, never written)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text for reading; json with the outcome keys masked, due, sdc_no_malfunction, "
                    "sdc_light_malfunction, sdc_malfunction")
 def summary_cmd(db: str, fmt: str) -> None:
-    """Model, weights, data, golden accuracy and outcome counts of every campaign in a results database."""
-    with Store(db, create=False) as store:
+    """Model, weights, data, golden accuracy and outcome counts of every campaign in a results
+    database (exit status 3 if the tool failed on some faults: their tool errors are listed, and
+    counted in no rate)."""
+    errors: dict[int, list[ToolErrorRecord]] = {}
+    with Store(db, create=False, readonly=True) as store:
+        store.verify()
         out = []
         for row in store.campaigns():
+            if row.n_tool_errors:
+                errors[row.id] = store.tool_errors(row.id)
             acc = golden_accuracy(store, row.id)
             out.append((_campaign_summary(store, row, acc), acc))
     if fmt == "json":
         click.echo(json.dumps({"campaigns": [c for c, _ in out]}, indent=1))
-        return
-    for c, acc in out:
-        hard = " hardened" if c["hardened"] else ""
-        click.echo(f"#{c['id']} {c['model']}{hard} {c['mode']}/{c['bit_model']}{'/warp' if c['warp'] else ''} "
-                   f"scope={c['scope']} n={c['n']}/{c['n_planned']}: {outcome_counts(c['outcomes'], c['n'])}")
-        click.echo(f"    weights: {c['weights']['source']} (sha256 {c['weights']['sha256'][:12]})")
-        click.echo(f"    data: {c['data']['source']}: {c['data']['n_inputs']} inputs, {c['data']['inputs']}")
-        click.echo(f"    {acc.describe() if acc is not None else 'golden accuracy: the inputs carry no labels'}")
+    else:
+        for c, acc in out:
+            hard = " hardened" if c["hardened"] else ""
+            errs = f"; TOOL ERRORS {c['tool_errors']} (not in the rates)" if c["tool_errors"] else ""
+            click.echo(f"#{c['id']} {c['model']}{hard} {c['mode']}/{c['bit_model']}{'/warp' if c['warp'] else ''} "
+                       f"scope={c['scope']} n={c['n']}/{c['n_planned']}: {outcome_counts(c['outcomes'], c['n'])}{errs}")
+            click.echo(f"    weights: {c['weights']['source']} (sha256 {c['weights']['sha256'][:12]})")
+            click.echo(f"    data: {c['data']['source']}: {c['data']['n_inputs']} inputs, {c['data']['inputs']}")
+            click.echo(f"    {acc.describe() if acc is not None else 'golden accuracy: the inputs carry no labels'}")
+    if errors:
+        tool_errors_exit(errors)
 
 
 @cli.command("replay")
-@click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database")
+@click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database (read, never written)")
 @click.option("--id", "injection", type=int, required=True, help="injection id (0 .. n-1 of its campaign)")
 @click.option("--campaign", type=int, default=None, help="campaign id (needed when the database holds several)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text for reading; json with the stored and the replayed row")
 def replay_cmd(db: str, injection: int, campaign: int | None, fmt: str) -> None:
-    """Re-execute one stored injection and compare it with its row (exit status 1 if they differ)."""
+    """Re-execute one stored injection and compare it with its row (exit status 1 if they
+    differ, 3 if the tool fails on the fault)."""
     stored, again = replay(db, injection, campaign)
     same = stored == again
     if fmt == "json":
@@ -160,6 +179,12 @@ def replay_cmd(db: str, injection: int, campaign: int | None, fmt: str) -> None:
 
         click.echo(json.dumps({"stored": asdict(stored), "replayed": asdict(again), "match": same}, indent=1,
                               default=str))
+    elif isinstance(again, ToolErrorRecord):
+        click.echo(f"injection {again.id}: {again.mode}/{again.bit_model} input {again.input_id}, launch "
+                   f"{again.launch}, thread {again.thread}, slot {again.slot}, iteration {again.iteration}, "
+                   f"register {again.register}, bits {list(again.bits)}")
+        click.echo(f"  the tool failed on it: {again.error}")
+        click.echo(again.traceback.rstrip())
     else:
         f = again
         click.echo(f"injection {f.id}: {f.mode}/{f.bit_model}{'/warp' if f.warp else ''} input {f.input_id}")
@@ -170,6 +195,12 @@ def replay_cmd(db: str, injection: int, campaign: int | None, fmt: str) -> None:
         for p in f.propagation:
             click.echo(f"    layer {p.layer}: {p.corrupted}/{p.numel} corrupted, max abs {p.max_abs:.3g}, "
                        f"max rel {p.max_rel:.3g}")
-        click.echo("  matches the stored row" if same else "  DIFFERS from the stored row")
-    if not same:
+        if isinstance(stored, ToolErrorRecord):
+            click.echo(f"  stored as a tool error ({stored.error}, kernelfi {stored.tool_version}); it runs now: "
+                       "resume the campaign to store its row")
+        else:
+            click.echo("  matches the stored row" if same else "  DIFFERS from the stored row")
+    if isinstance(again, ToolErrorRecord):
+        raise SystemExit(TOOL_ERROR_EXIT)
+    if not same and isinstance(stored, InjectionRecord):
         raise SystemExit(1)

@@ -15,13 +15,29 @@ For a command added anywhere in ``kernelfi.cli``:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import click
 
 from kernelfi.campaign.session import SELECT_RULES
 from kernelfi.data import FITS, PrepOptions
+from kernelfi.store import ToolErrorRecord
 from kernelfi.types import OUTCOME_LABELS, OUTCOMES
+#: exit status of a command whose campaigns hold tool errors (2 is a user error, 1 a replay
+#: that differs from its row)
+TOOL_ERROR_EXIT = 3
+
+
+def tool_errors_exit(errors: Mapping[int, Sequence[ToolErrorRecord]]) -> None:
+    """Say loudly, on stderr, that the tool failed on some faults, and exit ``TOOL_ERROR_EXIT``."""
+    for cid, errs in errors.items():
+        first = errs[0]
+        again = first.replay or f"kernelfi replay --campaign {cid} --id {first.id}"
+        click.echo(f"kernelfi: error: the tool failed on {len(errs)} fault{'s' * (len(errs) != 1)} of campaign "
+                   f"{cid} (tool errors: not results, in no rate); first, injection {first.id}: {first.error}; "
+                   f"re-run it: {again}", err=True)
+    raise SystemExit(TOOL_ERROR_EXIT)
+
 
 F = Callable[..., Any]
 

@@ -6,6 +6,8 @@ import click
 from kernelfi._utils import KernelfiError
 from kernelfi.analysis import sample_size
 from kernelfi.cli.app import cli
+from kernelfi.cli.common import tool_errors_exit
+from kernelfi.store import Store
 
 
 @cli.command("plan-samples")
@@ -40,7 +42,8 @@ def plan_samples_cmd(margin: float, confidence: float, p: float, population: int
               help="RF exposed bits for FIT (default: allocated registers x 32 x resident threads)")
 def report_cmd(db: str, out: str, raw_fit_per_mbit: float, fit_budget: float, margin: float,
                exposed_bits: float | None) -> None:
-    """Write OUT/index.html (self-contained) with figures/ and tables/ for every campaign in DB."""
+    """Write OUT/index.html (self-contained) with figures/ and tables/ for every campaign in DB
+    (exit status 3 if the tool failed on some faults: the report lists them first)."""
     from kernelfi.report import ReportOptions, build_report  # matplotlib loads only when asked
 
     if not 0.0 < margin < 1.0:
@@ -50,3 +53,7 @@ def report_cmd(db: str, out: str, raw_fit_per_mbit: float, fit_budget: float, ma
     index = build_report(db, out, ReportOptions(raw_fit_per_mbit, fit_budget, margin,
                                                 exposed_bits=exposed_bits))
     click.echo(str(index))
+    with Store(db, create=False, readonly=True) as store:
+        errors = {c.id: store.tool_errors(c.id) for c in store.campaigns() if c.n_tool_errors}
+    if errors:
+        tool_errors_exit(errors)

@@ -13,14 +13,14 @@ from typing import Sequence
 
 import torch
 
-from kernelfi._utils import KernelfiError
-from kernelfi.data.common import InputInfo, InputSet, model_chw, take
+from kernelfi._utils import KernelfiError, check_fits
+from kernelfi.data.common import InputInfo, InputSet, check_limit, model_chw, take
 from kernelfi.data.digits import digits_split, load_digits_inputs, upsample
 from kernelfi.data.images import load_image_folder
 from kernelfi.data.npz import load_npz
 from kernelfi.data.prep import FITS, Preparation, PrepOptions, custom_normalisation
 
-__all__ = ["InputSet", "InputInfo", "load_inputs", "digits_split", "upsample", "SOURCES",
+__all__ = ["InputSet", "InputInfo", "load_inputs", "check_finite", "digits_split", "upsample", "SOURCES",
            "RANDOM_DEFAULT_COUNT", "FITS", "PrepOptions", "Preparation"]
 
 SOURCES: tuple[str, ...] = ("digits", "random", "<directory>", "<file.npz>")
@@ -37,6 +37,24 @@ def load_inputs(source: str | None, info: InputInfo, limit: int | None = None,
     ``options`` prepare them (``kernelfi.data.prep``; fit, resize and crop apply to image
     folders only).
     """
+    return check_finite(_load(source, info, limit, options, positions))
+
+
+def check_finite(inputs: InputSet) -> InputSet:
+    """Inputs must be finite: a NaN or inf pixel would make every outcome of its lane
+    meaningless (and a golden NaN is not a fault's doing). One line naming the first."""
+    bad = ~torch.isfinite(inputs.x.reshape(len(inputs), -1))
+    if bool(bad.any()):
+        rows = bad.any(dim=1).nonzero().flatten()
+        first = int(rows[0])
+        raise KernelfiError(f"{inputs.ids[first]}: input holds {int(bad[first].sum())} NaN or infinite values "
+                            f"({len(rows)} of {len(inputs)} inputs do); inputs must be finite")
+    return inputs
+
+
+def _load(source: str | None, info: InputInfo, limit: int | None, options: PrepOptions | None,
+          positions: Sequence[int] | None) -> InputSet:
+    check_limit(limit)
     options = options or PrepOptions()
     if source is None:
         source = info.default_data
@@ -74,6 +92,7 @@ def _random_inputs(info: InputInfo, limit: int | None, prep: Preparation,
     c, h, w = model_chw(info)
     n_all = (max(positions) + 1 if positions else 0) if positions is not None else \
         (RANDOM_DEFAULT_COUNT if limit is None else int(limit))
+    check_fits(4 * n_all * c * h * w, f"random: {n_all:,} inputs of {c}x{h}x{w} floats")
     chosen = take(n_all, limit, positions)
     g = torch.Generator().manual_seed(RANDOM_SEED)
     x = torch.rand((n_all, c, h, w), generator=g, dtype=torch.float32)[chosen]

@@ -52,6 +52,14 @@ def load_npz(path: str | Path, info: InputInfo, limit: int | None = None, prep: 
     name = p.name
     prep = prep or Preparation.resolve(PrepOptions(), info)
     try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise KernelfiError(f"{name}: cannot read: {e.strerror}") from None
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.savez writes a zip archive
+        raise KernelfiError(f"{name}: not an .npz archive (a zip of .npy arrays, as np.savez writes; "
+                            f"this file starts with {head!r})")
+    try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:  # object arrays need pickle

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign import Prepared
 from kernelfi.campaign.planner import PlannedFault
-from kernelfi.execution import Executed
+from kernelfi.campaign.isolate import Done
 from kernelfi.distributed._ray import actor_errors, require_ray
 from kernelfi.distributed.worker import ShardWorker
 
@@ -126,7 +126,7 @@ class RayExecutor:
         return [s.info["pid"] for s in self._slots if s.state == "alive" and "pid" in s.info]
 
     # ------------------------------------------------------------------ run
-    def __call__(self, prep: Prepared, work: list[list[PlannedFault]]) -> Iterator[list[Executed]]:
+    def __call__(self, prep: Prepared, work: list[list[PlannedFault]]) -> Iterator[list[Done]]:
         if not work:  # resumed campaign with nothing left: do not start Ray for nothing
             return
         ray = self.ray

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from kernelfi.campaign import CampaignConfig, Prepared, prepare
-from kernelfi.execution import Executed
+from kernelfi.campaign.isolate import Done, run_batch
 
 
 class ShardWorker:
@@ -41,8 +41,8 @@ class ShardWorker:
             out["n_inputs"] = self.prep.n_inputs
         return out
 
-    def run(self, ids: list[int]) -> list[Executed]:
-        """Execute one batch (ids of one layer, as ``campaign.batches`` grouped them)."""
+    def run(self, ids: list[int]) -> list[Done]:
+        """Execute one batch (ids of one layer, as ``campaign.batches`` grouped them); a fault
+        the tool fails on comes back as a ``ToolError`` (``campaign.isolate``)."""
         assert self.prep is not None, self.error
-        with torch.no_grad():
-            return self.prep.runner.run([self.prep.planner.draw(i) for i in ids])
+        return run_batch(self.prep.runner, [self.prep.planner.draw(i) for i in ids])

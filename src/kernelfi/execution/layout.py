@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from kernelfi.execution.golden import live_at_launch, live_in
+from kernelfi.faults.inject import Reach
 from kernelfi.faults.memmap import MemoryMap
 from kernelfi.lowering import Memory
 from kernelfi.types import BufferSpec, Trace
@@ -38,6 +39,12 @@ class Layout:
         self.spec: dict[str, BufferSpec] = {b.name: b for b in trace.buffers}
         self.weight_names = frozenset(b.name for b in trace.buffers if b.kind == "weight")
         self.memmap = MemoryMap.from_trace(trace)
+        #: per launch index: the buffers a faulty thread's loads and stores reach (``inject.Reach``):
+        #: what is live at the launch or after it, its own outputs, the weights, whatever the batch holds
+        at = self.live_launch
+        self.reach: list[Reach] = [Reach(at[l.index] | set(l.writes) | self.weight_names,
+                                         at[l.index] | at[l.index + 1] | set(l.writes) | self.weight_names)
+                                   for l in trace.launches]
 
     def per_lane(self, name: str, t: torch.Tensor) -> bool:
         """Whether ``t`` (buffer ``name`` in a batch's memory) has a lane dimension: every

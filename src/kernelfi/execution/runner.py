@@ -183,7 +183,8 @@ class Runner:
         overrides = {}
         for k, members in by_launch.items():
             lane_faults = [(row_of[j], state.faults[j].fault, golden_row[state.input_of(j)]) for j in members]
-            overrides[k] = make_override(trace.launches[k], lane_faults, row_effects, layout.memmap, layout.per_lane)
+            overrides[k] = make_override(trace.launches[k], lane_faults, row_effects, layout.memmap, layout.per_lane,
+                                         layout.reach[k])
         # A fault is Masked when the outputs of the unit it struck equal golden: the kernel itself,
         # or for a hardened kernel (replicas + voter/checker) the whole protected unit, whose last
         # launch the hardening transform names in ``Launch.check_after``.

@@ -132,7 +132,7 @@ class StruckLayer:
                 for j in by_launch[k]:
                     effect = state.effects[j] = LaneEffect(golden_lane=golden_row[faults[j].fault.input_id])
                     record.writes[j] = fault_writes(launch, m, before, effect.golden_lane, faults[j].fault, effect,
-                                                   layout.memmap, layout.per_lane)
+                                                   layout.memmap, layout.per_lane, layout.reach[k])
                 # what the rest of the layer, the Masked test and the comparisons read: not the dead
                 # buffers (the im2col workspace is up to 7 MiB per input on ResNet-50)
                 keep = set(launch.writes) | later[k] | needed

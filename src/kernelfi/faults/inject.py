@@ -9,7 +9,7 @@ kept their stale content. A crash or hang marks the lane DUE.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +26,20 @@ from kernelfi.types import AddressHalf, Fault, Launch, Mode
 from kernelfi.faults import programs_harden  # noqa: F401
 
 WARP = 32
+
+
+class Reach(NamedTuple):
+    """Which buffers a faulty thread of one launch can reach, whatever else the run holds.
+
+    A load outside ``loads`` (a buffer nothing reads from this launch on: an earlier layer's
+    consumed output, the im2col columns after their GEMM, the input after the first layer) reads
+    0, as a buffer never written in this inference does; a store outside ``stores`` (neither
+    this launch nor a later one reads it) has no effect and is flagged ``stray_store``. Without
+    it, what a fault did would depend on which buffers the batch's other faults kept in memory
+    (a batch that starts at a layer's GEMM holds its im2col columns until the layer ends)."""
+
+    loads: frozenset[str]
+    stores: frozenset[str]
 
 
 @dataclass
@@ -46,13 +60,14 @@ class LaneReader:
     """Pre-kernel values of one lane: the kernel's inputs and its outputs before it ran."""
 
     def __init__(self, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
-                 per_lane: Callable[[str, torch.Tensor], bool]) -> None:
+                 per_lane: Callable[[str, torch.Tensor], bool], loads: frozenset[str] | None = None) -> None:
         self.mem, self.before, self.lane, self.per_lane = mem, before, lane, per_lane
+        self.loads = loads
         self._flat: dict[str, torch.Tensor | None] = {}
 
     def flat(self, buf: str) -> torch.Tensor | None:
         if buf not in self._flat:
-            t = self.before.get(buf, self.mem.get(buf))
+            t = self.before.get(buf, self.mem.get(buf)) if self.loads is None or buf in self.loads else None
             if t is None:
                 self._flat[buf] = None
             else:
@@ -148,7 +163,8 @@ def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader
 
 def fault_writes(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
                  fault: Fault, eff: LaneEffect, memmap: MemoryMap,
-                 per_lane: Callable[[str, torch.Tensor], bool]) -> list[tuple[str, int, int | float]]:
+                 per_lane: Callable[[str, torch.Tensor], bool], reach: Reach | None = None
+                 ) -> list[tuple[str, int, int | float]]:
     """What the struck thread(s) of ``lane`` leave different from the clean run: (buffer, flat
     index, value in the buffer's dtype), in address order; ``eff`` records what happened.
 
@@ -158,7 +174,7 @@ def fault_writes(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str,
     if fault.bit_model == "none":
         eff.tag = launch.template.slots[fault.site.slot].tag
         return []
-    reader = LaneReader(mem, before, lane, per_lane)
+    reader = LaneReader(mem, before, lane, per_lane, None if reach is None else reach.loads)
     threads = launch.template.threads
     t0 = fault.site.thread
     group = range(t0 - t0 % WARP, min(threads, t0 - t0 % WARP + WARP)) if fault.warp else [t0]
@@ -186,14 +202,15 @@ def fault_writes(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str,
     except Hang:
         eff.due, eff.flags = "hang", ["watchdog"]
         return []
-    return _landed(mem, diffs, lane, launch, eff, per_lane)
+    return _landed(mem, diffs, lane, launch, eff, per_lane, None if reach is None else reach.stores)
 
 
 def apply_fault(launch: Launch, mem: dict[str, torch.Tensor], before: dict[str, torch.Tensor], lane: int,
                 fault: Fault, eff: LaneEffect, memmap: MemoryMap,
-                per_lane: Callable[[str, torch.Tensor], bool], owned: set[str] | None = None) -> None:
+                per_lane: Callable[[str, torch.Tensor], bool], owned: set[str] | None = None,
+                reach: Reach | None = None) -> None:
     """Replay the struck thread(s) of ``lane`` and write the difference into ``mem``."""
-    writes = fault_writes(launch, mem, before, lane, fault, eff, memmap, per_lane)
+    writes = fault_writes(launch, mem, before, lane, fault, eff, memmap, per_lane, reach)
     cloned = set() if owned is None else owned
     lanes = mem["input"].shape[0]
     for buf, i, value in writes:
@@ -224,18 +241,20 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _landed(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch, eff: LaneEffect,
-            per_lane: Callable[[str, torch.Tensor], bool]) -> list[tuple[str, int, int | float]]:
+            per_lane: Callable[[str, torch.Tensor], bool], stores: frozenset[str] | None = None
+            ) -> list[tuple[str, int, int | float]]:
     """The stores of ``diffs`` that land in memory, as the buffer's dtype; records the first
-    struck output element and its values in ``eff``."""
+    struck output element and its values in ``eff``. A store into a buffer outside ``stores``
+    has no effect (``stray_store``)."""
     out: list[tuple[str, int, int | float]] = []
     for (buf, i), value in sorted(diffs.items()):
-        t = mem.get(buf)
-        if t is None:
+        t = mem.get(buf) if stores is None or buf in stores else None
+        flat = None if t is None else (t[lane] if per_lane(buf, t) else t).reshape(-1)
+        if flat is None:
             eff.flags.append("stray_store") if "stray_store" not in eff.flags else None
             continue
-        flat = (t[lane] if per_lane(buf, t) else t).reshape(-1)
         if not 0 <= i < flat.numel():
-            continue
+            continue  # beyond what the run holds of a live buffer (a layer's im2col columns)
         old = flat[i].item()
         out.append((buf, int(i), _as_dtype(value, t.dtype)))
         if buf not in launch.writes:
@@ -248,7 +267,8 @@ def _landed(mem: dict[str, torch.Tensor], diffs: dict, lane: int, launch: Launch
 
 
 def make_override(launch: Launch, lane_faults: list[tuple[int, Fault, int]], effects: dict[int, LaneEffect],
-                  memmap: MemoryMap, per_lane: Callable[[str, torch.Tensor], bool]) -> Callable:
+                  memmap: MemoryMap, per_lane: Callable[[str, torch.Tensor], bool],
+                  reach: Reach | None = None) -> Callable:
     """An engine override that runs ``launch`` and injects ``(lane, fault, golden lane)``s."""
 
     def override(l: Launch, mem: dict[str, torch.Tensor]) -> None:
@@ -259,6 +279,6 @@ def make_override(launch: Launch, lane_faults: list[tuple[int, Fault, int]], eff
         for lane, fault, glane in lane_faults:
             eff = LaneEffect(golden_lane=glane)
             effects[lane] = eff
-            apply_fault(l, mem, before, lane, fault, eff, memmap, per_lane, owned)
+            apply_fault(l, mem, before, lane, fault, eff, memmap, per_lane, owned, reach)
 
     return override

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from kernelfi.faults.bits import corrupt_f32, corrupt_i32, corrupt_pattern
+from kernelfi._utils import c_div
+from kernelfi.faults.bits import corrupt_f32, corrupt_i32, corrupt_pattern, signed32
 from kernelfi.faults.memmap import Crash, MemoryMap
 from kernelfi.types import AddressHalf
 
@@ -83,7 +84,7 @@ class ThreadCtx:
 
     # ------------------------------------------------------------------ register writers
     def idx(self, tags: tuple[str, ...], i: int) -> int:
-        i = int(i)
+        i = signed32(int(i))  # a 32-bit register: IMAD/IADD wrap (a corrupted index times a stride)
         if self._hit(tags):
             t = self.target
             new = corrupt_i32(i, t.bit_model, t.bits, t.value) if t.kind == "iov" else 0
@@ -106,7 +107,7 @@ class ThreadCtx:
             new = corrupt_i32(int(v), t.bit_model, t.bits, t.value) if t.kind == "iov" else int(old)
             self._note(v, new)
             return new
-        return int(v)
+        return signed32(int(v))
 
     def pred(self, tags: tuple[str, ...], b: bool) -> bool:
         b = bool(b)
@@ -190,7 +191,7 @@ class ThreadCtx:
 
     # ------------------------------------------------------------------ inlined sequences
     def idiv(self, name: str, a: int, d: int, mod: bool = True) -> tuple[int, int]:
-        q = a // d if d else 0
+        q = c_div(a, d) if d else 0  # CUDA divides ints toward zero
         q = self.idx((f"cvt:idiv_{name}", f"mufu:idiv_{name}", f"idiv:{name}"), q)
         if self.pred((f"setp:idiv_{name}",), False):
             q += 1  # a flipped correction test leaves the quotient off by one

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
-from kernelfi._utils import KernelfiError
+from kernelfi._utils import KernelfiError, c_div
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
@@ -35,13 +35,33 @@ def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
     g["channel_offset"] = int(params.get("channel_offset", 0))
     g["group_channels"] = int(params.get("group_channels", g["channels"]))
     for axis, size in (("out_h", g["height"]), ("out_w", g["width"])):
-        want = (size + 2 * g["pad"] - g["dilation"] * (g["ksize"] - 1) - 1) // g["stride"] + 1
+        want = c_div(size + 2 * g["pad"] - g["dilation"] * (g["ksize"] - 1) - 1, g["stride"]) + 1
         if g[axis] != want:
             raise KernelfiError(f"kernel '{kernel}': {axis}={g[axis]} but the geometry gives {want}")
     if g["channel_offset"] + g["group_channels"] > g["channels"]:
         raise KernelfiError(f"kernel '{kernel}': channels {g['channel_offset']}+{g['group_channels']} "
                             f"exceed the {g['channels']} of the input")
     return g
+
+
+def _beyond(g: Mapping[str, int]) -> tuple[int, int]:
+    """Rows and columns a window reads past the padded input's bottom and right edge: only
+    where the kernel is wider than the padded input and Darknet's C division still gives an
+    output (its im2col reads zeros there; ``F.unfold`` and ``F.conv2d`` would refuse)."""
+    span = g["dilation"] * (g["ksize"] - 1) + 1
+    return tuple(max(0, (g[o] - 1) * g["stride"] + span - (g[d] + 2 * g["pad"]))  # type: ignore[return-value]
+                 for o, d in (("out_h", "height"), ("out_w", "width")))
+
+
+def _edge_padded(img: torch.Tensor, g: Mapping[str, int]) -> tuple[torch.Tensor, int]:
+    """(image, padding) for ``F.unfold``/``F.conv2d``: the image itself where every window fits
+    the padded input (the usual case, unchanged), else zero-padded on every side and past the
+    bottom/right edge as Darknet's im2col reads it, with padding 0."""
+    bh, bw = _beyond(g)
+    if not (bh or bw):
+        return img, g["pad"]
+    p = g["pad"]
+    return F.pad(img, (p, p + bw, p, p + bh)), 0
 
 
 def group_image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Tensor:
@@ -68,8 +88,8 @@ class Im2colKernel(StreamKernel):
 
     def run(self, mem: Mem, launch: Launch) -> None:
         g = im2col_geometry(launch.params, self.name)
-        img = group_image(get_buf(mem, launch.reads[0], self.name), g, self.name)
-        cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=g["pad"],
+        img, pad = _edge_padded(group_image(get_buf(mem, launch.reads[0], self.name), g, self.name), g)
+        cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=pad,
                         stride=g["stride"])
         put(mem, launch.writes[0], cols.reshape(cols.shape[0], -1), natural=tuple(cols.shape[1:]))
 
@@ -523,7 +543,8 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     kern = w[:, a_off:a_off + m * k].reshape(w.shape[0], m, cg, ks, ks)
     if kern.shape[0] not in (1, lanes):
         raise KernelfiError(f"fused_conv: per-lane weights have {kern.shape[0]} lanes, the input {lanes}")
-    st, pad, dil = g["stride"], g["pad"], g["dilation"]
+    img, pad = _edge_padded(img, g)
+    st, dil = g["stride"], g["dilation"]
     if ks == 1 and pad == 0 and kern.shape[0] == 1:
         # a 1x1 convolution (ResNet's strided shortcut): im2col picks every st-th pixel, then
         # the GEMM per lane, as for the stride-1 ones

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 import torch.nn.functional as F
 
-from kernelfi._utils import KernelfiError
+from kernelfi._utils import KernelfiError, c_div
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
@@ -27,8 +27,8 @@ def _maxpool_geometry(params: Mapping[str, Any]) -> tuple[int, ...]:
     kn = "forward_maxpool"
     c, h, w, size, stride, pad, oh, ow = (p_int(params, k, kn) for k in (
         "channels", "height", "width", "size", "stride", "pad", "out_h", "out_w"))
-    for axis, got, want in (("out_h", oh, (h + pad - size) // stride + 1),
-                            ("out_w", ow, (w + pad - size) // stride + 1)):
+    for axis, got, want in (("out_h", oh, c_div(h + pad - size, stride) + 1),
+                            ("out_w", ow, c_div(w + pad - size, stride) + 1)):
         if got != want:
             raise KernelfiError(f"kernel '{kn}': {axis}={got} but Darknet's (in + pad - size)/stride + 1 gives {want}")
     return c, h, w, size, stride, pad, oh, ow

@@ -45,6 +45,15 @@ class _Builder:
     def shape(self, layer: int) -> tuple[int, ...]:
         return self.input_shape if layer < 0 else self.layers[layer].out_shape
 
+    def chw(self, layer: int) -> tuple[int, int, int]:
+        """A layer's output as the (C, H, W) map a convolution or pool reads: a connected
+        layer's F outputs are an F x 1 x 1 map, as Darknet sets its out_h = out_w = 1."""
+        shape = self.shape(layer)
+        if len(shape) == 1:
+            return int(shape[0]), 1, 1
+        c, h, w = shape
+        return int(c), int(h), int(w)
+
     def alloc(self, name: str, shape: tuple[int, ...], kind: str, dtype: str = "float32") -> str:
         self.buffers.append(BufferSpec(name, tuple(int(d) for d in shape), kind, dtype))
         return name
@@ -90,7 +99,7 @@ class _Builder:
     def convolutional(self, spec: LayerSpec) -> None:
         p = spec.params
         src = spec.inputs[0]
-        c, h, w = self.shape(src)
+        c, h, w = self.chw(src)
         filters, size, stride = int(p["filters"]), int(p["size"]), int(p["stride"])
         pad, groups, dil = int(p["pad"]), int(p.get("groups", 1)), int(p.get("dilation", 1))
         _, oh, ow = spec.out_shape
@@ -132,7 +141,7 @@ class _Builder:
 
     def maxpool(self, spec: LayerSpec) -> None:
         p = spec.params
-        c, h, w = self.shape(spec.inputs[0])
+        c, h, w = self.chw(spec.inputs[0])
         _, oh, ow = spec.out_shape
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         idx = self.alloc(f"{spec.name}.indexes", spec.out_shape, "index", "int32")
@@ -142,7 +151,7 @@ class _Builder:
                      "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow})
 
     def avgpool(self, spec: LayerSpec) -> None:
-        c, h, w = self.shape(spec.inputs[0])
+        c, h, w = self.chw(spec.inputs[0])
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out
         self.launch(spec, "forward_avgpool", (self.buf(spec.inputs[0]),), (out,),

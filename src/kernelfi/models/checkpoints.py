@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kernelfi._utils import KernelfiError, one_line
 
-__all__ = ["load_state", "apply_state", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIXES"]
+__all__ = ["load_state", "apply_state", "check_weight", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIXES"]
 
 TORCH_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES: tuple[str, ...] = (".safetensors",)
@@ -148,12 +148,30 @@ def apply_state(module: nn.Module, state: Mapping[str, Tensor], path: str | Path
         problems.append(f"shape mismatch {_few(mismatched)}")
     if problems:
         raise KernelfiError(f"{name}: checkpoint does not match the model: " + "; ".join(problems))
+    for k in own:
+        if k in state:
+            check_weight(name, k, state[k], own[k])
     full = dict(state)
     for k in own:
         if k not in full:  # only num_batches_tracked can get here
             full[k] = torch.zeros_like(own[k]) if own[k].device.type != "meta" else torch.tensor(0)
     with torch.no_grad():
         module.load_state_dict(full, strict=True)
+
+
+def check_weight(name: str, key: str, t: Tensor, want: Tensor | None = None) -> None:
+    """A weight must be floating point where the model's is (``want``; any float without one)
+    and finite: an int32 tensor would be converted silently, a NaN makes every row meaningless."""
+    floating = want is None or want.is_floating_point()
+    if floating and not t.is_floating_point():
+        raise KernelfiError(f"{name}: {key} holds {str(t.dtype).replace('torch.', '')} values, not floating-point "
+                            "weights")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            first = int(bad.reshape(-1).nonzero()[0])
+            raise KernelfiError(f"{name}: {key} holds {int(bad.sum()):,} NaN or infinite values (first: element "
+                                f"{first} = {t.reshape(-1)[first].item()}); weights must be finite")
 
 
 def _few(keys: list[str]) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from kernelfi._utils import KernelfiError, KernelfiWarning, one_line
+from kernelfi._utils import KernelfiError, KernelfiWarning, c_div, one_line
 from kernelfi.kernels import shortcut_geometry
 from kernelfi.types import LayerSpec
 
@@ -265,12 +265,6 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-def _c_div(a: int, b: int) -> int:
-    """C's integer division (truncates toward zero), which Darknet's shape formulas use."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
 def _activation(sec: Section, default: str) -> str:
     act = sec.get_str("activation", default)
     if act not in ACTIVATIONS:
@@ -363,8 +357,39 @@ def build_layers(
         prev_shape: tuple[int, ...] = layers[-1].out_shape if layers else net_shape
         default_inputs = (index - 1,)
         builder = _BUILDERS[sec.type]
-        layers.append(builder(sec, index, default_inputs, prev_shape, layers))
+        spec = builder(sec, index, default_inputs, prev_shape, layers)
+        _check_map_inputs(sec, spec, layers)
+        layers.append(spec)
     return tuple(layers), net_shape
+
+
+#: Layers that read their input as a C x H x W map (Darknet's l.c, l.h, l.w of the layer before)
+_READS_MAP = frozenset({"convolutional", "maxpool", "avgpool", "shortcut", "route"})
+
+
+def _shapeless(layers: Sequence[LayerSpec], i: int) -> bool:
+    """Does Darknet give layer ``i``'s output no C x H x W? A softmax sets only its output count
+    (out_c = out_h = out_w stay 0); a dropout and a route keep their (first) input's shape."""
+    if i < 0:  # the network's input
+        return False
+    spec = layers[i]
+    if spec.type == "softmax":
+        return True
+    return spec.type in ("dropout", "route") and _shapeless(layers, spec.inputs[0])
+
+
+def _check_map_inputs(sec: Section, spec: LayerSpec, layers: Sequence[LayerSpec]) -> None:
+    """A layer that reads a map cannot read a softmax's output, which has none in Darknet (a
+    [connected] layer's F outputs are an F x 1 x 1 map; a [connected] may follow a softmax).
+    A route of softmax outputs alone is Darknet's 0 x 0 map too, left to its reader."""
+    if spec.type not in _READS_MAP:
+        return
+    flat = [i for i in spec.inputs if _shapeless(layers, i)]
+    if not flat or (spec.type == "route" and len(flat) == len(spec.inputs)):
+        return
+    raise sec.fail(f"reads layer {flat[0]}'s output as a C x H x W map, but it is a "
+                   "softmax's, which Darknet gives no map shape (out_c = out_h = out_w = 0); put a [connected] "
+                   "layer in between")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,8 +436,8 @@ def _conv(sec: Section, index: int, inputs: tuple[int, ...], in_shape: tuple[int
     pad = size // 2 if pad_flag else padding
     if c % groups or filters % groups:
         raise sec.fail(f"groups={groups} does not divide the input channels ({c}) and filters ({filters})", "groups")
-    out_h = _c_div(h + 2 * pad - size, stride) + 1
-    out_w = _c_div(w + 2 * pad - size, stride) + 1
+    out_h = c_div(h + 2 * pad - size, stride) + 1
+    out_w = c_div(w + 2 * pad - size, stride) + 1
     if out_h < 1 or out_w < 1:
         raise sec.fail(f"a {size}x{size} kernel with stride {stride} and pad {pad} does not fit the "
                        f"{c}x{h}x{w} input (output would be {out_h}x{out_w})")
@@ -458,8 +483,8 @@ def _maxpool(sec: Section, index: int, inputs: tuple[int, ...], in_shape: tuple[
     _require(sec, "stride", stride, lambda v: v >= 1, "must be >= 1")
     _require(sec, "size", size, lambda v: v >= 1, "must be >= 1")
     _require(sec, "padding", padding, lambda v: v >= 0, "must be >= 0")
-    out_h = _c_div(h + padding - size, stride) + 1
-    out_w = _c_div(w + padding - size, stride) + 1
+    out_h = c_div(h + padding - size, stride) + 1
+    out_w = c_div(w + padding - size, stride) + 1
     if out_h < 1 or out_w < 1:
         raise sec.fail(f"a {size}x{size} pool with stride {stride} and padding {padding} does not fit "
                        f"the {c}x{h}x{w} input (output would be {out_h}x{out_w})")

@@ -10,6 +10,7 @@ the same objects lowering uses.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernelfi._utils import KernelfiError, one_line, rng_for
+from kernelfi._utils import KernelfiError, check_fits, one_line, rng_for
 from kernelfi.types import LayerSpec
 
 from .darknet_cfg import BN_EPS, as_chw, build_layers, parse_cfg
@@ -260,9 +261,23 @@ def random_state(layers: Sequence[LayerSpec], seed: int = 0) -> dict[str, torch.
     return state
 
 
+def check_sizes(name: str, layers: Sequence[LayerSpec]) -> None:
+    """Refuse, before allocating, a cfg whose weights or one of whose feature maps (for one input)
+    could never fit this machine's memory (``filters=1000000000``): one line naming the layer."""
+    total = 0
+    for layer in layers:
+        w = sum(math.prod(int(d) for d in s) for s in weight_shapes(layer).values())
+        out = math.prod(int(d) for d in layer.out_shape)
+        total += w
+        check_fits(4 * max(w, out), f"{name}: layer {layer.index} ({layer.type}), {w:,} weights and "
+                                    f"{out:,} outputs per input")
+    check_fits(4 * total, f"{name}: {total:,} weights")
+
+
 def load_darknet(cfg_path: str | Path, weights_path: str | Path | None = None, seed: int = 0,
                  input_shape: Sequence[int] | None = None) -> DarknetNet:
     """Build a DarknetNet from a cfg and, if given, a ``.weights`` file (else seeded weights)."""
     layers, shape = build_layers(parse_cfg(Path(cfg_path)), input_shape)
+    check_sizes(Path(cfg_path).name, layers)
     state = read_weights(weights_path, layers) if weights_path is not None else random_state(layers, seed)
     return DarknetNet(layers, state, shape)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kernelfi._utils import KernelfiError, one_line
+from kernelfi.models.checkpoints import check_weight
 from kernelfi.types import LayerSpec
 
 __all__ = ["read_weights", "write_weights", "weight_shapes", "weight_roles_in_file_order",
@@ -151,7 +152,8 @@ def read_weights(path: str | Path, layers: Sequence[LayerSpec], *,
                 if role == "weights" and layer.type == "connected" and transpose:
                     # stored (inputs, outputs); Darknet transposes to (outputs, inputs) on load
                     arr = np.ascontiguousarray(arr.reshape(shape[1], shape[0]).T)
-                state[_key(layer, role)] = torch.from_numpy(arr.reshape(shape))
+                state[_key(layer, role)] = t = torch.from_numpy(arr.reshape(shape))
+                check_weight(name, f"layer {layer.index} ({layer.type}) {role}", t)
             pos += need * 4
             last = layer
         extra = total - pos

@@ -120,8 +120,20 @@ def _hardening_section(data: ReportData, figs: Path) -> tuple[str, dict[str, pd.
 
 
 def build_report(db: str | Path, out: str | Path, options: ReportOptions = ReportOptions()) -> Path:
-    """Write the report of every population in ``db`` under ``out``; returns ``out/index.html``."""
-    with Store(db, create=False) as store:
+    """Write the report of every population in ``db`` under ``out``; returns ``out/index.html``.
+
+    ``db`` is opened read-only and checked first (a damaged file is refused); a disk that fills
+    up, or any other failure to write ``out``, is one line naming the file."""
+    try:
+        return _build(db, out, options)
+    except OSError as err:
+        where = err.filename or out
+        raise KernelfiError(f"{where}: cannot write the report: {err.strerror or err}") from None
+
+
+def _build(db: str | Path, out: str | Path, options: ReportOptions) -> Path:
+    with Store(db, create=False, readonly=True) as store:
+        store.verify()
         data = collect(store, options.confidence)
     out = Path(out)
     figs, tabs = out / "figures", out / "tables"
@@ -130,6 +142,7 @@ def build_report(db: str | Path, out: str | Path, options: ReportOptions = Repor
             d.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise KernelfiError(f"{out}: cannot create the report directory: {err.strerror}") from None
+
     verdicts = pd.concat([verdict_table(i, options.margin, options.confidence) for i in data.items],
                          ignore_index=True)
     fits = pd.concat([fit_table(i, options.raw_fit_per_mbit, options.fit_budget, options.exposed_bits)
@@ -141,18 +154,20 @@ def build_report(db: str | Path, out: str | Path, options: ReportOptions = Repor
             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by kernelfi {__version__}. "
             f"Figures are also in <code>figures/</code> (PNG, SVG), every table in <code>tables/</code> "
             f"(CSV, Parquet). How to read each part: <code>docs/report.md</code>.</p>",
-            sections.campaigns(data), sections.studies(studies), sections.overall(data, ci),
+            sections.tool_errors(data), sections.campaigns(data), sections.studies(studies), sections.overall(data, ci),
             sections.verdicts(verdicts, options.margin),
             sections.fit(fits, options.raw_fit_per_mbit, options.fit_budget)]
     body += [_population_section(i, figs) for i in data.items]
     body.append(hard_html)
-    nav = [("campaigns", "Campaigns"), ("studies", "Published studies"), ("overall", "Overall"),
+    nav = [("tool-errors", "Tool errors")] if not data.tool_errors.empty else []
+    nav += [("campaigns", "Campaigns"), ("studies", "Published studies"), ("overall", "Overall"),
            ("verdicts", "Sample size"), ("fit", "FIT")]
     nav += [(i.population.key, i.population.label) for i in data.items] + [("hardening", "Hardening")]
     index = out / "index.html"
     index.write_text(page(f"kernelfi report: {Path(db).name}", nav, body), encoding="utf-8")
     exports = {name: stacked(data, name) for name in PER_POPULATION}
-    exports.update(campaigns=data.campaigns, published_studies=studies, verdicts=verdicts, fit=fits, **hard_tables)
+    exports.update(campaigns=data.campaigns, published_studies=studies, verdicts=verdicts, fit=fits, tool_errors=data.tool_errors,
+                   **hard_tables)
     for name, df in exports.items():
         _export(name, df, tabs)
     return index

@@ -30,6 +30,7 @@ th,td{border:1px solid #ddd;padding:4px 7px;vertical-align:top;text-align:left}
 th{background:#f2f2f2}td.num{text-align:right;white-space:nowrap}small{color:#666}
 figure{margin:14px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:12.5px;color:#444;max-width:1000px}.note{color:#555;max-width:1000px}
+.alarm{color:#fff;background:#b00020;padding:8px 12px;max-width:1000px}
 .yes{background:#e6f4e6}.no{background:#fbe5e5}.partly{background:#fff5d6}
 code{background:#f4f4f4;padding:0 3px}code.hash{word-break:break-all;font-size:11px}
 """

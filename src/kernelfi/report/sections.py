@@ -54,6 +54,24 @@ def campaigns(data: ReportData) -> str:
             "pooled into one <i>population</i> below.</p>" + table(heads, rows, "table-campaigns"))
 
 
+def tool_errors(data: ReportData) -> str:
+    """The faults kernelfi failed to run, first on the page: the tool's failures, not results."""
+    df = data.tool_errors
+    if df.empty:
+        return ""
+    rows: list[list[Cell]] = [[str(r.campaign), str(r.id), f"{r.launch} {r.launch_name}", r.kernel,
+                               r.mode.upper(), (f"<code>{escape(r.error)}</code>", None),
+                               (f"<code>{escape(r.replay)}</code>", None), r.tool_version] for r in df.itertuples()]
+    per = df.groupby("campaign").size()
+    which = ", ".join(f"campaign {c}: {n}" for c, n in per.items())
+    return ('<h2 id="tool-errors">Tool errors</h2><p class="alarm"><b>kernelfi failed on '
+            f"{len(df):,} fault{'s' * (len(df) != 1)}</b> ({escape(which)}): an exception inside the tool, "
+            "not an outcome of the fault. They are in no rate, interval or count below (every figure is "
+            "over the injections that ran); resuming the campaign runs them again. Please report them "
+            "with the replay command's output.</p>"
+            + table(["campaign", "id", "launch", "kernel", "mode", "error", "replay", "tool"], rows, "table-tool-errors"))
+
+
 def studies(df: pd.DataFrame) -> str:
     heads = ["finding", "published studies", "measured in this database", "agrees", "basis", "why it may differ"]
     rows: list[list[Cell]] = [[r.finding, r.published, (escape(r.measured).replace("\n", "<br>"), None), r.agrees,

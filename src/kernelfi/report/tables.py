@@ -64,6 +64,8 @@ class ReportData:
     confidence: float
     campaigns: pd.DataFrame
     items: list[PopulationTables] = field(default_factory=list)
+    #: injections the tool failed to run (``Store.tool_errors_frame``): in no table but their own
+    tool_errors: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def by_key(self, key: str) -> PopulationTables:
         return next(i for i in self.items if i.population.key == key)
@@ -150,9 +152,11 @@ def collect(store: Store, confidence: float = 0.95) -> ReportData:
     Raises :class:`KernelfiError` when the database holds no injection at all.
     """
     pops = list_populations(store)
+    errors = store.tool_errors_frame()
     if not pops:
-        raise KernelfiError(f"{store.path}: no injections to report")
-    data = ReportData(str(store.path), confidence, campaigns_table(store))
+        more = f" (the tool failed on {len(errors)} faults: kernelfi summary lists them)" if len(errors) else ""
+        raise KernelfiError(f"{store.path}: no injections to report{more}")
+    data = ReportData(str(store.path), confidence, campaigns_table(store), tool_errors=errors)
     for pop in pops:
         data.items.append(population_tables(store, pop, confidence))
     return data

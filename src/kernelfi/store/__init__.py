@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from .db import Store
 from .records import (
-    KEY_FIELDS, CampaignMeta, CampaignRow, InjectionRecord, LaunchRow, LayerRow,
+    KEY_FIELDS, CampaignMeta, CampaignRow, InjectionRecord, LaunchRow, LayerRow, ToolErrorRecord,
 )
 from .schema import APPLICATION_ID, MIGRATIONS, Migration, latest_version
 
 __all__ = [
     "APPLICATION_ID", "KEY_FIELDS", "MIGRATIONS", "CampaignMeta", "CampaignRow",
-    "InjectionRecord", "LaunchRow", "LayerRow", "Migration", "Store", "latest_version",
+    "InjectionRecord", "LaunchRow", "LayerRow", "Migration", "Store", "ToolErrorRecord", "latest_version",
 ]

@@ -102,6 +102,8 @@ class CampaignRow:
     created: str
     meta: CampaignMeta
     n_done: int
+    #: injections the tool failed to run (``ToolErrorRecord``): not among the ``n_done`` results
+    n_tool_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,10 +250,64 @@ class InjectionRecord:
 
     def fault(self) -> Fault:
         """The ``types.Fault`` this row records (what replay re-executes)."""
-        site = Site(self.launch, self.grp, self.thread, self.slot, self.iteration, self.register)
-        return Fault(self.mode, site, self.bit_model, self.bits, self.value, self.warp, self.input_id)
+        return _fault(self)
 
     def result(self) -> Result:
         """The ``types.Result`` this row records (what replay compares against)."""
         return Result(self.outcome, self.element, self.original, self.corrupted, self.flags,
                       self.propagation, self.golden_top1, self.faulty_top1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolErrorRecord:
+    """An injection kernelfi failed to run: an exception inside the tool, not an outcome of the
+    fault (a crash of the *simulated* kernel is DUE; this is a crash of the simulator). Stored
+    apart from the injections, so no rate or interval counts it; a resumed campaign runs it
+    again, and a later version that runs it cleanly replaces it with its injection row.
+
+    The site fields are the planned fault's; ``error`` is the exception in one line,
+    ``traceback`` the whole of it, ``replay`` the command that re-runs this one injection.
+    """
+
+    id: int
+    input_id: int
+    launch: int
+    mode: str
+    grp: str
+    bit_model: str
+    warp: bool = False
+    thread: int = 0
+    slot: int = 0
+    iteration: int = 0
+    register: int = -1
+    bits: tuple[int, ...] = ()
+    value: int | None = None
+    weight: float = 1.0
+    error: str
+    traceback: str = ""
+    replay: str = ""
+    tool_version: str = __version__
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", _mode(self.mode))
+        object.__setattr__(self, "bit_model", _bit_model(self.bit_model))
+        object.__setattr__(self, "warp", bool(self.warp))
+        object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
+
+    @classmethod
+    def build(cls, id: int, fault: Fault, error: str, traceback: str = "", *, replay: str = "",
+              weight: float = 1.0) -> "ToolErrorRecord":
+        s = fault.site
+        return cls(id=id, input_id=fault.input_id, launch=s.launch, mode=fault.mode, grp=s.group,
+                   bit_model=fault.bit_model, warp=fault.warp, thread=s.thread, slot=s.slot,
+                   iteration=s.iteration, register=s.register, bits=fault.bits, value=fault.value,
+                   weight=weight, error=error, traceback=traceback, replay=replay)
+
+    def fault(self) -> Fault:
+        """The ``types.Fault`` the tool failed on (what replay re-executes)."""
+        return _fault(self)
+
+
+def _fault(r: InjectionRecord | ToolErrorRecord) -> Fault:
+    site = Site(r.launch, r.grp, r.thread, r.slot, r.iteration, r.register)
+    return Fault(r.mode, site, r.bit_model, r.bits, r.value, r.warp, r.input_id)
