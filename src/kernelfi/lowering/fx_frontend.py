@@ -36,6 +36,9 @@ _ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "log
 #: Dropout modules: identities at inference (Darknet's dropout layer, no kernel).
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
+_SUB_FUNCS = (operator.sub, operator.isub, torch.sub)
+_MUL_FUNCS = (operator.mul, operator.imul, torch.mul)
+_MEAN_FUNCS = (torch.mean,)
 _FLATTEN_METHODS = ("view", "reshape", "flatten")
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
@@ -93,6 +96,8 @@ class FxLowering:
         self.vals: dict[fx.Node, _Val] = {}
         self.state: dict[str, torch.Tensor] = {k: v.detach() for k, v in module.state_dict().items()}
         self.names: set[str] = set()
+        #: size values (``x.size()``, ``x.shape[1]``): node -> its value, None for the batch size
+        self.consts: dict[fx.Node, Any] = {}
         #: layer index -> the fx nodes it fuses, in graph order (what the export maps back to modules)
         self.members: dict[int, list[fx.Node]] = {}
         self.graph_module: fx.GraphModule | None = None
@@ -254,11 +259,12 @@ class FxLowering:
     def _batchnorm(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src_node = node.args[0]
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
-        if layer is None or layer.type not in ("convolutional", "connected") or layer.params["batch_normalize"] \
-                or layer.params["activation"] != "linear":
-            raise KernelfiError(f"fx node {where}: BatchNorm must directly follow a Conv2d/Linear used only by it")
         if not mod.track_running_stats or mod.running_mean is None:
             raise KernelfiError(f"fx node {where}: BatchNorm without running statistics is not supported")
+        if layer is None or layer.type not in ("convolutional", "connected") or layer.params["batch_normalize"] \
+                or layer.params["activation"] != "linear":
+            self._standalone_bn(node, mod, path, where)
+            return
         n = layer.out_shape[0]
         conv_bias = self.state[layer.weights["biases"]]
         mean = self.state[f"{path}.running_mean"]
@@ -282,6 +288,22 @@ class FxLowering:
         layer.open_node = node
         self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
+
+    def _standalone_bn(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
+        """Darknet's [batchnorm] layer: BatchNorm after anything but a conv/linear it can fuse into."""
+        src = self._val(node.args[0], node)
+        c = src.shape[0]
+        if getattr(mod, "num_features", c) != c:
+            raise KernelfiError(f"fx node {where}: BatchNorm of {mod.num_features} channels on a map of {c}")
+        if mod.affine:
+            scales, biases = f"{path}.weight", f"{path}.bias"
+        else:
+            self.state[f"{path}.__ones"] = torch.ones(c)
+            self.state[f"{path}.__zeros"] = torch.zeros(c)
+            scales, biases = f"{path}.__ones", f"{path}.__zeros"
+        self._add(node, "batchnorm", path, (src.layer,), src.shape, {"eps": float(mod.eps)},
+                  {"scales": scales, "biases": biases, "rolling_mean": f"{path}.running_mean",
+                   "rolling_variance": f"{path}.running_var"})
 
     def _pass(self, node: fx.Node) -> None:
         """A node whose output is its input (Identity, Dropout in eval, ``.contiguous()``): no
@@ -364,6 +386,14 @@ class FxLowering:
         base = _module_path(node)
         if fn in _ADD_FUNCS:
             self._add_node(node, node.args[0], node.args[1], base)
+        elif fn in _SUB_FUNCS:
+            self._binary(node, "sub", node.args[0], node.args[1], base)
+        elif fn in _MUL_FUNCS:
+            self._binary(node, "mul", node.args[0], node.args[1], base)
+        elif fn in _MEAN_FUNCS:
+            self._mean(node, base)
+        elif fn is F.adaptive_avg_pool2d:
+            self._adaptive_fn(node, base)
         elif fn in _ACT_FUNCS:
             self._activation(node, _ACT_FUNCS[fn], f"{node.name} ({fn.__name__})")
         elif fn is torch.flatten:
@@ -376,8 +406,10 @@ class FxLowering:
             tensors = node.args[0]
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
             vals = [self._val(t, node) for t in tensors]
-            if dim != 1 or any(len(v.shape) != 3 or v.shape[1:] != vals[0].shape[1:] for v in vals):
-                raise KernelfiError(f"fx node {node.name}: torch.cat only along channels of equal-size maps is supported")
+            flat = all(len(v.shape) == 1 for v in vals) and dim in (1, -1)
+            if not flat and (dim not in (1, -3) or any(len(v.shape) != 3 or v.shape[1:] != vals[0].shape[1:] for v in vals)):
+                raise KernelfiError(f"fx node {node.name}: torch.cat only along channels of equal-size maps "
+                                    "(or of flat vectors) is supported")
             c = sum(v.shape[0] for v in vals)
             self._add(node, "route", f"{base}.cat" if base else "cat", tuple(v.layer for v in vals),
                       (c, *vals[0].shape[1:]), {"layers": [v.layer for v in vals]})
@@ -387,8 +419,17 @@ class FxLowering:
             self._pass(node)
         elif fn is getattr:
             self.vals[node] = _Val(-2, ())  # e.g. x.shape: only feeds view/reshape sizes
+            src = node.args[0]
+            if node.args[1] == "shape" and isinstance(src, fx.Node) and src in self.vals and self.vals[src].layer != -2:
+                self.consts[node] = (None, *self.vals[src].shape)
         elif fn is operator.getitem and node.args[0] in self.vals and self.vals[node.args[0]].layer == -2:
             self.vals[node] = _Val(-2, ())
+            held = self.consts.get(node.args[0])
+            if isinstance(held, tuple):
+                try:
+                    self.consts[node] = held[node.args[1]]
+                except (TypeError, IndexError):
+                    pass
         else:
             name = getattr(fn, "__name__", str(fn))
             raise KernelfiError(f"fx node {node.name}: function {name} is not supported by the lowering")
@@ -398,13 +439,23 @@ class FxLowering:
         base = _module_path(node)
         if m in ("add", "add_"):
             self._add_node(node, node.args[0], node.args[1], base)
+        elif m in ("sub", "sub_"):
+            self._binary(node, "sub", node.args[0], node.args[1], base)
+        elif m in ("mul", "mul_"):
+            self._binary(node, "mul", node.args[0], node.args[1], base)
+        elif m == "mean":
+            self._mean(node, base)
         elif m in _ACT_METHODS:
             self._activation(node, _ACT_METHODS[m], f"{node.name} (.{m})")
         elif m in _FLATTEN_METHODS:
             src = self._val(node.args[0], node)
-            self.vals[node] = _Val(src.layer, (math.prod(src.shape),))
+            self.vals[node] = _Val(src.layer, self._reshaped(node, src) if m != "flatten" else (math.prod(src.shape),))
         elif m == "size":
             self.vals[node] = _Val(-2, ())
+            src = self._val(node.args[0], node)
+            full = (None, *src.shape)
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            self.consts[node] = full if dim is None else full[int(dim)]
         elif m in ("contiguous",):
             self._pass(node)
         elif m == "softmax":
@@ -412,10 +463,77 @@ class FxLowering:
         else:
             raise KernelfiError(f"fx node {node.name}: tensor method .{m}() is not supported by the lowering")
 
+    def _reshaped(self, node: fx.Node, src: _Val) -> tuple[int, ...]:
+        """The per-sample shape of ``x.view(...)``/``x.reshape(...)``: the sizes after the batch
+        dimension when they are known (ints, ``x.size(i)``, one -1), else flattened."""
+        dims = node.args[1:]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        total = math.prod(src.shape)
+        sizes: list[int] = []
+        for d in dims[1:]:
+            v = self.consts.get(d) if isinstance(d, fx.Node) else d
+            if not isinstance(v, int):
+                return (total,)
+            sizes.append(v)
+        if sizes.count(-1) == 1:
+            known = math.prod(x for x in sizes if x != -1)
+            sizes[sizes.index(-1)] = total // known if known else 0
+        if not sizes or math.prod(sizes) != total or any(x < 1 for x in sizes):
+            return (total,)
+        return tuple(sizes)
+
+    def _binary(self, node: fx.Node, op: str, a: Any, b: Any, base: str) -> None:
+        """``a - b``, ``a * b`` (and ``a + b`` of different shapes): PyTorch's broadcasting
+        element kernel, or AlexeyAB Darknet's scale_channels for a map times a per-channel
+        (C, 1, 1) scale (a squeeze-and-excitation block)."""
+        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+            raise KernelfiError(f"fx node {node.name}: {op} with a constant operand is not supported")
+        va, vb = self._val(a, node), self._val(b, node)
+        if -2 in (va.layer, vb.layer):
+            raise KernelfiError(f"fx node {node.name}: {op} of a size value is not supported")
+        sa, sb = va.shape, vb.shape
+        if len(sa) != len(sb) or len(sa) not in (1, 3):
+            raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb} is not supported "
+                                "(both (C, H, W) or both flat)")
+        try:
+            out = tuple(torch.broadcast_shapes(sa, sb))
+        except RuntimeError:
+            raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb}: they do not broadcast") from None
+        name = f"{base}.{op}" if base else op
+        if op == "mul" and len(out) == 3:
+            for m, sc in ((va, vb), (vb, va)):
+                if m.shape == out and sc.shape == (out[0], 1, 1) and out[1] * out[2] > 1:
+                    self._add(node, "scale_channels", name, (m.layer, sc.layer), out, {})
+                    return
+        full = lambda sh: sh if len(sh) == 3 else (sh[0], 1, 1)  # noqa: E731
+        self._add(node, "binary", name, (va.layer, vb.layer), out,
+                  {"op": op, "a": full(sa), "b": full(sb)}, open_=True)
+
+    def _mean(self, node: fx.Node, base: str) -> None:
+        """``x.mean((2, 3))`` (keepdim or not): Darknet's global avgpool."""
+        src = self._val(node.args[0], node)
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+        if len(src.shape) != 3 or sorted(int(d) % 4 for d in dims if d is not None) != [2, 3]:
+            raise KernelfiError(f"fx node {node.name}: mean over dims {dims} of {src.shape} is not supported "
+                                "(only the spatial mean, dims (2, 3))")
+        c = src.shape[0]
+        self._add(node, "avgpool", f"{base}.mean" if base else "mean", (src.layer,), (c, 1, 1), {})
+        if not keep:
+            self.vals[node] = _Val(self.vals[node].layer, (c,))
+
+    def _adaptive_fn(self, node: fx.Node, base: str) -> None:
+        """``F.adaptive_avg_pool2d(x, size)`` as the module of that size."""
+        size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+        self._avgpool(node, nn.AdaptiveAvgPool2d(size), f"{base}.avgpool" if base else "avgpool", node.name)
+
     def _add_node(self, node: fx.Node, a: Any, b: Any, base: str) -> None:
         va, vb = self._val(a, node), self._val(b, node)
         if va.shape != vb.shape:
-            raise KernelfiError(f"fx node {node.name}: residual add of shapes {va.shape} and {vb.shape}")
+            self._binary(node, "add", a, b, base)
+            return
         # Darknet's shortcut copies its previous layer's output and adds the `from` layer.
         self._add(node, "shortcut", f"{base}.add" if base else "add", (va.layer, vb.layer), va.shape,
                   {"from": vb.layer, "activation": "linear"}, open_=True)
