@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import broadcast_strides, shortcut_geometry
+from kernelfi.kernels import shortcut_geometry
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -30,8 +30,6 @@ OPERANDS: dict[str, dict[str, tuple[str, int]]] = {
     "forward_maxpool": {"in": ("r", 0), "out": ("w", 0), "indexes": ("w", 1)},
     "forward_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "softmax": {"in": ("r", 0), "out": ("w", 0)},
-    "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
-    "binary_op": {"a": ("r", 0), "b": ("r", 1), "out": ("w", 0)},
 }
 NEG_INF = F32(-np.inf)
 #: Template tags a thread program never executes, with what a fault there does (counted as
@@ -218,47 +216,6 @@ def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
         s = c.val(("fmul:out_scaled",), F32(o) * F32(1.0), old=o)
         y = c.val(("ffma:out",), F32(a) * F32(1.0) + s, old=o)
     c.st("st:out", "out", oi, y)
-
-
-@program("scale_channels")
-def _scale_channels(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    ch, sp = int(p["channels"]), int(p["spatial"])
-    i = prologue(c, t, ch * sp)
-    if i is None:
-        return
-    f, _ = c.idiv("channel", i, sp, mod=False)
-    c.addr("in", ("lea:addr_in",))
-    x = c.ld("ld:in", "in", i)
-    c.addr("scale", ("lea:addr_scale",))
-    w = c.ld("ld:scale", "scale", f)
-    with np.errstate(all="ignore"):
-        y = c.val(("fmul:out",), F32(x) * F32(w), old=x)
-    c.addr("out", ("lea:addr_out",))
-    c.st("st:out", "out", i, y)
-
-
-@program("binary_op")
-def _binary_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    out = tuple(int(d) for d in p["out"])
-    sa = broadcast_strides(tuple(int(d) for d in p["a"]), out)  # type: ignore[arg-type]
-    sb = broadcast_strides(tuple(int(d) for d in p["b"]), out)  # type: ignore[arg-type]
-    i = prologue(c, t, out[0] * out[1] * out[2])
-    if i is None:
-        return
-    q, x = c.idiv("w", i, out[2])
-    ch, y = c.idiv("h", q, out[1])
-    oa = c.idx(("imad:off_a",), ch * sa[0] + y * sa[1] + x * sa[2])
-    ob = c.idx(("imad:off_b",), ch * sb[0] + y * sb[1] + x * sb[2])
-    c.addr("a", ("lea:addr_a",))
-    c.addr("b", ("lea:addr_b",))
-    va = F32(c.ld("ld:a", "a", oa))
-    vb = F32(c.ld("ld:b", "b", ob))
-    op = str(p["op"])
-    with np.errstate(all="ignore"):
-        r = va + vb if op == "add" else (va * vb if op == "mul" else F32(np.float64(va) - np.float64(vb)))
-        r = c.val((f"{op}:out",), r, old=va)
-    c.addr("out", ("lea:addr_out",))
-    c.st("st:out", "out", i, r)
 
 
 @program("im2col")

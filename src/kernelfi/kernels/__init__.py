@@ -25,7 +25,7 @@ from ._base import (
     register_kernel,
     unregister_kernel,
 )
-from . import activation, broadcast, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
+from . import activation, broadcast, conv, elementwise, pool, pool_local, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import GEMM_TILE, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, LEAKY_SLOPE, activate, slope_of

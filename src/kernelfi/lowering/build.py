@@ -164,6 +164,29 @@ class _Builder:
         self.launch(spec, "forward_avgpool", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "height": h, "width": w})
 
+    def local_avgpool(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [local_avgpool] layer: forward_local_avgpool_layer_kernel
+        p = spec.params
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        params: dict[str, Any] = {"channels": c, "height": h, "width": w, "size": int(p["size"]),
+                                  "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow}
+        if p.get("count_include_pad"):
+            params["count_include_pad"] = True
+        self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
+
+    def upsample(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [upsample] layer: fill the output with 0, then upsample_kernel adds scale*x
+        c, h, w = self.chw(spec.inputs[0])
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "fill", (), (out,), {"n": math.prod(spec.out_shape), "value": 0.0})
+        self.launch(spec, "upsample", (self.buf(spec.inputs[0]), out), (out,),
+                    {"channels": c, "height": h, "width": w, "stride": int(spec.params["stride"]),
+                     "scale": float(spec.params.get("scale", 1.0))})
+
     def shortcut(self, spec: LayerSpec) -> None:
         a, b = spec.inputs
         n = math.prod(spec.out_shape)

@@ -211,6 +211,8 @@ class FxLowering:
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self._avgpool(node, mod, path, where)
+        elif isinstance(mod, nn.Upsample):
+            self._upsample(node, self._val(node.args[0], node), mod.scale_factor, mod.size, mod.mode, where, path)
         elif isinstance(mod, nn.Identity):
             self._pass(node)
         elif isinstance(mod, _DROPOUT_MODULES):
@@ -340,38 +342,96 @@ class FxLowering:
             self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
 
+    def _pool_pad(self, h: int, w: int, size: int, stride: int, pad: int, ceil: bool, where: str) -> tuple[int, int, int]:
+        """Darknet's total ``pad`` (window origin -pad/2) giving PyTorch's output extents, and
+        those extents. ceil_mode adds stride - 1 to the padding's far side, which keeps the
+        origin at -pad only for stride <= 2; PyTorch also drops a last window starting in the
+        right padding, which Darknet's formula never does: such shapes are refused."""
+        def torch_out(n: int) -> int:
+            if not ceil:
+                return (n + 2 * pad - size) // stride + 1
+            o = -(-(n + 2 * pad - size) // stride) + 1
+            return o - 1 if (o - 1) * stride >= n + pad else o
+        total = 2 * pad
+        if ceil and (torch_out(h), torch_out(w)) != ((h + total - size) // stride + 1, (w + total - size) // stride + 1):
+            if stride > 2:
+                raise KernelfiError(f"fx node {where}: ceil_mode pooling with stride {stride} > 2 is not supported")
+            total = 2 * pad + stride - 1
+        oh, ow = (h + total - size) // stride + 1, (w + total - size) // stride + 1
+        if (oh, ow) != (torch_out(h), torch_out(w)) or oh < 1 or ow < 1:
+            raise KernelfiError(f"fx node {where}: pooling {h}x{w} with kernel {size}, stride {stride}, padding {pad}, "
+                                f"ceil_mode={ceil}: PyTorch's output {torch_out(h)}x{torch_out(w)} has no Darknet geometry")
+        return total, oh, ow
+
     def _maxpool(self, node: fx.Node, mod: nn.MaxPool2d, path: str, where: str) -> None:
         src = self._val(node.args[0], node)
         c, h, w = src.shape
         size = _pair(mod.kernel_size, "kernel", where)
         stride = _pair(mod.stride if mod.stride is not None else size, "stride", where)
         pad = _pair(mod.padding, "padding", where)
-        if _pair(mod.dilation, "dilation", where) != 1 or mod.ceil_mode:
-            raise KernelfiError(f"fx node {where}: dilated or ceil_mode max pooling is not supported")
-        oh, ow = (h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1
+        if _pair(mod.dilation, "dilation", where) != 1:
+            raise KernelfiError(f"fx node {where}: dilated max pooling is not supported")
+        total, oh, ow = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
         self._add(node, "maxpool", path, (src.layer,), (c, oh, ow),
-                  {"size": size, "stride": stride, "pad": 2 * pad})
+                  {"size": size, "stride": stride, "pad": total})
 
     def _avgpool(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src = self._val(node.args[0], node)
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
         c, h, w = src.shape
         if isinstance(mod, nn.AdaptiveAvgPool2d):
             osz = mod.output_size if isinstance(mod.output_size, (tuple, list)) else (mod.output_size, mod.output_size)
-            osz = tuple(h if o is None else int(o) for o in osz)
+            oh_, ow_ = (h if osz[0] is None else int(osz[0]), w if osz[1] is None else int(osz[1]))
+            if (oh_, ow_) == (h, w):
+                self.vals[node] = src  # adaptive pooling to the size it already has: no kernel runs
+                return
+            if (oh_, ow_) == (1, 1):
+                self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})
+                return
+            if h % oh_ or w % ow_ or h // oh_ != w // ow_:
+                raise KernelfiError(f"fx node {where}: adaptive average pooling {h}x{w} -> {oh_}x{ow_} is not supported "
+                                    "(only to 1x1 or by an equal whole factor)")
+            # equal whole factors: PyTorch's adaptive windows are exactly k x k, stride k
+            k = h // oh_
+            self._local_avgpool(node, src, path, k, k, 0, False, True, where)
+            return
+        size = _pair(mod.kernel_size, "kernel", where)
+        stride = _pair(mod.stride or size, "stride", where)
+        pad = _pair(mod.padding, "padding", where)
+        if getattr(mod, "divisor_override", None):
+            raise KernelfiError(f"fx node {where}: avg pooling with divisor_override is not supported")
+        if (size, stride, pad) == (h, h, 0) and h == w:
+            self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})  # global: Darknet's [avgpool]
+            return
+        self._local_avgpool(node, src, path, size, stride, pad, bool(mod.ceil_mode),
+                            bool(getattr(mod, "count_include_pad", True)), where)
+
+    def _local_avgpool(self, node: fx.Node, src: _Val, path: str, size: int, stride: int, pad: int, ceil: bool,
+                       include_pad: bool, where: str) -> None:
+        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded)."""
+        c, h, w = src.shape
+        total, oh, ow = self._pool_pad(h, w, size, stride, pad, ceil, where)
+        self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
+                  {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0})
+
+    def _upsample(self, node: fx.Node, src: _Val, scale: Any, size: Any, mode: str, where: str, path: str) -> None:
+        """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill + upsample_kernel)."""
+        if mode != "nearest":
+            raise KernelfiError(f"fx node {where}: upsampling mode '{mode}' is not supported (only nearest)")
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
+        c, h, w = src.shape
+        if size is not None:
+            sz = size if isinstance(size, (tuple, list)) else (size, size)
+            factors = {int(sz[0]) / h, int(sz[1]) / w}
         else:
-            size = _pair(mod.kernel_size, "kernel", where)
-            stride = _pair(mod.stride or size, "stride", where)
-            if _pair(mod.padding, "padding", where) != 0:
-                raise KernelfiError(f"fx node {where}: padded average pooling is not supported")
-            osz = ((h - size) // stride + 1, (w - size) // stride + 1)
-            if osz == (1, 1) and (size != h or size != w):
-                raise KernelfiError(f"fx node {where}: local average pooling is not supported (Darknet's avgpool is global)")
-        if tuple(osz) == (h, w):
-            self.vals[node] = src  # adaptive pooling to the size it already has: no kernel runs
-        elif tuple(osz) == (1, 1):
-            self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})
-        else:
-            raise KernelfiError(f"fx node {where}: average pooling {h}x{w} -> {osz} is not supported (only global)")
+            sc = scale if isinstance(scale, (tuple, list)) else (scale, scale)
+            factors = {float(v) for v in sc}
+        if len(factors) != 1 or not float(next(iter(factors))).is_integer() or next(iter(factors)) < 1:
+            raise KernelfiError(f"fx node {where}: upsampling by {sorted(factors)} is not supported (one whole factor)")
+        st = int(next(iter(factors)))
+        self._add(node, "upsample", path, (src.layer,), (c, h * st, w * st), {"stride": st, "scale": 1.0})
 
     def _softmax(self, node: fx.Node, path: str) -> None:
         src = self._val(node.args[0], node)
@@ -394,6 +454,19 @@ class FxLowering:
             self._mean(node, base)
         elif fn is F.adaptive_avg_pool2d:
             self._adaptive_fn(node, base)
+        elif fn is F.interpolate:
+            kw = dict(zip(("input", "size", "scale_factor", "mode"), node.args)) | dict(node.kwargs)
+            self._upsample(node, self._val(node.args[0], node), kw.get("scale_factor"), kw.get("size"),
+                           str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample")
+        elif fn in (F.avg_pool2d, F.max_pool2d):
+            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad") if fn is F.avg_pool2d \
+                else ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+            kw = dict(zip(names, node.args)) | dict(node.kwargs)
+            kw.pop("input", None)
+            kw.pop("return_indices", None)
+            mod = nn.AvgPool2d(**kw) if fn is F.avg_pool2d else nn.MaxPool2d(**kw)
+            (self._avgpool if fn is F.avg_pool2d else self._maxpool)(  # type: ignore[operator]
+                node, mod, f"{base}.pool" if base else "pool", node.name)
         elif fn in _ACT_FUNCS:
             self._activation(node, _ACT_FUNCS[fn], f"{node.name} ({fn.__name__})")
         elif fn is torch.flatten:
