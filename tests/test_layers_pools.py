@@ -10,12 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.planner import PlannedFault
-from kernelfi.execution.golden import Golden
-from kernelfi.execution.runner import Runner
 from kernelfi.lowering import lower
 from kernelfi.types import Fault
-from tests.tiny import site
+from tests.tiny import probs_of, run_one, site
 
 POOLS = [nn.AvgPool2d(2), nn.AvgPool2d(3, 2, 1), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
          nn.AvgPool2d(3, 2, ceil_mode=True), nn.AvgPool2d(3, 2, 1, ceil_mode=True), nn.AdaptiveAvgPool2d(2),
@@ -62,16 +59,6 @@ def test_functional_forms() -> None:
 
 
 # ------------------------------------------------------------------------------ hand faults
-def _one(prog, fault: Fault, x: torch.Tensor):  # type: ignore[no-untyped-def]
-    runner = Runner(prog, Golden.compute(prog, x), keep_outputs=True)
-    ex = runner.run([PlannedFault(0, fault, 1.0)])[0]
-    return ex.result, runner.last_outputs.get(0)
-
-
-def _probs(logits: list[float]) -> torch.Tensor:
-    return torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).float()
-
-
 def _identity_conv() -> nn.Conv2d:
     c = nn.Conv2d(1, 1, 1)
     with torch.no_grad():
@@ -93,9 +80,9 @@ def test_local_avgpool_padded_divisor_and_sum_fault() -> None:
     launch = next(l.name for l in prog.trace.launches if l.kernel == "forward_local_avgpool")
     # thread 3's running sum: taps (1,1)..(2,2) = 5, 6, 8, 9; its second addition gives 11.0
     # (0x41300000); bit 30 flipped: 0x01300000 (3.2e-38) + 8 + 9 = 17 -> 17/4 = 4.25
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "fadd:avg", 3, exec_=1, calls=4), "single", (30,)), X)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "fadd:avg", 3, exec_=1, calls=4), "single", (30,)), X)
     assert r.original == 11.0
-    assert torch.allclose(probs, _probs([0.25, 1.25, 2.75, 4.25]), atol=1e-6)
+    assert torch.allclose(probs, probs_of([0.25, 1.25, 2.75, 4.25]), atol=1e-6)
     assert r.outcome == "sdc_light_malfunction"
 
 
@@ -106,9 +93,9 @@ def test_local_avgpool_valid_count_fault() -> None:
     prog = lower(net, (1, 3, 3))
     assert prog.forward(X)[0][0].tolist() == [1.0, 2.5, 5.5, 7.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "forward_local_avgpool")
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "cvt:counter", 0), "single", (30,)), X)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "cvt:counter", 0), "single", (30,)), X)
     assert (r.original, r.corrupted) == (1.0, float("inf"))
-    assert torch.allclose(probs, _probs([0.0, 2.5, 5.5, 7.0]), atol=1e-6)
+    assert torch.allclose(probs, probs_of([0.0, 2.5, 5.5, 7.0]), atol=1e-6)
 
 
 def test_upsample_index_fault_reads_the_neighbour() -> None:
@@ -120,10 +107,10 @@ def test_upsample_index_fault_reads_the_neighbour() -> None:
     golden = [1.0, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]
     assert prog.forward(x)[0][0].tolist() == golden
     launch = next(l.name for l in prog.trace.launches if l.kernel == "upsample")
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "imad:in_index", 0), "single", (0,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "imad:in_index", 0), "single", (0,)), x)
     assert (r.original, r.corrupted) == (0.0, 1.0)
-    assert torch.allclose(probs, _probs([2.0] + golden[1:]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([2.0] + golden[1:]), atol=1e-7)
     # the output's load (0 from the fill) with bit 30 set: 2.0 + 1*x[5 -> 1] = 2 + 1 = 3 at thread 5
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "ld:out", 5), "single", (30,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "ld:out", 5), "single", (30,)), x)
     assert (r.original, r.corrupted) == (0.0, 2.0)
-    assert torch.allclose(probs, _probs(golden[:5] + [3.0] + golden[6:]), atol=1e-7)
+    assert torch.allclose(probs, probs_of(golden[:5] + [3.0] + golden[6:]), atol=1e-7)

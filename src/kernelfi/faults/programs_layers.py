@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kernelfi.faults.programs import OPERANDS, prologue, program
+from kernelfi.faults.programs import OPERANDS, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels import broadcast_strides
 
@@ -67,19 +67,10 @@ def _binary_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _local_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
-    idx = prologue(c, t, ch * int(p["out_h"]) * int(p["out_w"]))
-    if idx is None:
+    g = window_prologue(c, p, t)
+    if g is None:
         return
-    oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
-    ow, _ = c.idiv("out_w", W + pad - size, stride, mod=False)
-    oh = c.idx(("iadd:out_hw",), oh + 1)
-    ow = c.idx(("iadd:out_hw",), ow + 1)
-    q, j = c.idiv("ow", idx, ow)
-    q, i = c.idiv("oh", q, oh)
-    b, k = c.idiv("c", q, ch)
-    h_off = c.idx(("iadd:offset",), -(pad // 2))
-    w_off = c.idx(("iadd:offset",), -(pad // 2))
-    out_index = c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b)))
+    j, i, k, b, h_off, w_off, out_index = g
     avg = c.val(("mov:avg_init",), 0.0)
     counter = c.ival(("mov:count_init",), 0)
     with np.errstate(all="ignore"):

@@ -15,27 +15,15 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 import torch
-import torch.nn.functional as F
 
-from kernelfi._utils import KernelfiError, c_div
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
+from .pool import WindowKernel, window_geometry, window_padded, window_prologue
 
 Mem = dict[str, torch.Tensor]
 KN = "forward_local_avgpool"
-
-
-def local_avgpool_geometry(params: Mapping[str, Any]) -> tuple[int, ...]:
-    """(c, h, w, size, stride, pad, out_h, out_w), the outputs checked against Darknet's formula."""
-    c, h, w, size, stride, pad, oh, ow = (p_int(params, k, KN) for k in (
-        "channels", "height", "width", "size", "stride", "pad", "out_h", "out_w"))
-    for axis, got, want in (("out_h", oh, c_div(h + pad - size, stride) + 1),
-                            ("out_w", ow, c_div(w + pad - size, stride) + 1)):
-        if got != want:
-            raise KernelfiError(f"kernel '{KN}': {axis}={got} but Darknet's (in + pad - size)/stride + 1 gives {want}")
-    return c, h, w, size, stride, pad, oh, ow
 
 
 def padded_divisor(start: int, size: int, extent: int, side: int) -> int:
@@ -44,7 +32,7 @@ def padded_divisor(start: int, size: int, extent: int, side: int) -> int:
 
 
 @register_kernel
-class LocalAvgpoolKernel(StreamKernel):
+class LocalAvgpoolKernel(WindowKernel):
     """``forward_local_avgpool_layer_kernel``: one thread per output element, a size×size window."""
 
     name: ClassVar[str] = KN
@@ -55,15 +43,11 @@ class LocalAvgpoolKernel(StreamKernel):
                        "out_h": 2, "out_w": 2, "count_include_pad": True})
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        c, h, w, size, stride, pad, oh, ow = local_avgpool_geometry(launch.params)
+        c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
         x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
         lanes = x.shape[0]
         x = x[:, :c * h * w].reshape(lanes, c, h, w)
-        off = -(pad // 2)
-        top = left = max(0, -off)
-        bottom = max(0, off + (oh - 1) * stride + size - h)
-        right = max(0, off + (ow - 1) * stride + size - w)
-        xp = F.pad(x, (left, right, top, bottom), value=0.0)
+        xp, off, top, left = window_padded(x, size, stride, pad, oh, ow, 0.0)
         dev = x.device
         rows = off + stride * torch.arange(oh, device=dev)
         cols = off + stride * torch.arange(ow, device=dev)
@@ -85,23 +69,11 @@ class LocalAvgpoolKernel(StreamKernel):
         y = acc / count.to(x.dtype)
         put(mem, launch.writes[0], y.reshape(lanes, -1), natural=(c, oh, ow))
 
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
-
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         size = p_int(params, "size", self.name)
         s2 = size * size
         s = Stream()
-        prologue_1d(s, "output element id")
-        idiv(s, "out_h", "the output height (in_h + pad - size)/stride_y")
-        idiv(s, "out_w", "the output width (in_w + pad - size)/stride_x")
-        s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
-        idiv(s, "ow", "id / w", mod="j = id % w (output column)")
-        idiv(s, "oh", "id / w / h", mod="i = (id/w) % h (output row)")
-        idiv(s, "c", "id / w / h / c (batch)", mod="k = ... % c (channel)")
-        s.add("GPR", "IADD", "iadd:offset", 2, "index", "w_offset = h_offset = -pad/2")
-        s.add("GPR", "XMAD", "imad:out_index", 9, "index", "out_index = j + w*(i + h*(k + c*b))")
+        window_prologue(s)
         s.add("GPR", "MOV", "mov:avg_init", 1, "value", "avg = 0")
         s.add("GPR", "MOV", "mov:count_init", 1, "value", "counter = 0")
         s.begin_loop(s2)
