@@ -488,6 +488,7 @@ class GemmFault:
         else:
             outs, rowwise = [self._output(o) for o in range(64)], True
         writes: Writes = {}
+        landed: Writes = {}
         delta: int | None = None
         for r, c in outs:
             if not v.inside(r, c):
@@ -509,7 +510,8 @@ class GemmFault:
             self._stale(r, c, writes)
             if loc is not None:
                 acc = accumulate(0.0, v.row(r), v.col(c))[-1]
-                writes[loc] = final(acc, float(v.read(*loc))) if rowwise else F32(self.golden(r, c))
+                landed[loc] = final(acc, float(v.read(*loc))) if rowwise else F32(self.golden(r, c))
+        writes.update(landed)  # a store that landed on another output's place outlives its staleness
         return writes
 
     def store_predicate(self, exec_: int) -> Writes:
