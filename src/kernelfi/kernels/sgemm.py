@@ -145,6 +145,15 @@ def sgemm_stream(params: Mapping[str, Any]) -> Stream:
     s.add("NODEST", "STS", "sts:zero", 1, "store", "zeroes a shared line (accumulator initialisation)")
     s.add("LD", "LDS", "lds:zero", 16, "value", "16 LDS.128 of the zero line: the 64 accumulators start at 0")
     s.begin_loop(nb)
+    # the trip: its loads issued first, the 8 steps, the loaded values stored (maxas: loads at
+    # step 0, stores at step 6), the barrier and buffer swap; LDS prefetch the next step
+    s.add("PR", "ISETP", "setp:loop", nb, "predicate",
+          "track0 <= end: a flip ends the thread's loop at another trip than its block (barrier deadlock)")
+    s.add("GPR", "IADD", "lea:addr_tile", 2 * ld * nb, "address", "64-bit address ptr + 4*track_j of each load",
+          halves=True)
+    s.add("LD", "LDG", "ldg:tile", ld * nb, "value",
+          "LDG.128 of 4 operand values of the next K block into shared memory: each value reaches all the "
+          "block's outputs of its row (A) or column (B) at one k")
     s.add("FP32", "FFMA", "ffma:acc", 64 * steps, "value",
           "acc[y][x] += A[y][k]*B[k][x] for the thread's 8x8 outputs: one partial sum of one output")
     for side, what in (("a", "x"), ("b", "y")):
@@ -153,13 +162,6 @@ def sgemm_stream(params: Mapping[str, Any]) -> Stream:
             s.add("LD", "LDS", f"lds:{side}_{part}", steps, "value",
                   f"LDS.128 of 4 of the thread's 8 {what} operands at the next k ({src} in Darknet's terms): "
                   f"one value feeds the 8 outputs of its {'column' if side == 'a' else 'row'} of the thread")
-    s.add("PR", "ISETP", "setp:loop", nb, "predicate",
-          "track0 <= end: a flip ends the thread's loop at another trip than its block (barrier deadlock)")
-    s.add("GPR", "IADD", "lea:addr_tile", 2 * ld * nb, "address", "64-bit address ptr + 4*track_j of each load",
-          halves=True)
-    s.add("LD", "LDG", "ldg:tile", ld * nb, "value",
-          "LDG.128 of 4 operand values of the next K block into shared memory: each value reaches all the "
-          "block's outputs of its row (A) or column (B) at one k")
     s.add("NODEST", "STS", "sts:tile", ld * nb, "store", "stores the loaded values into the other shared buffer")
     s.add("NODEST", "BAR", "bar:tile", nb, "control", "one barrier per K block (double buffering)")
     s.add("GPR", "LOP", "lop:swap", 3 * nb, "address", "XOR of readAs, readBs, writeS: swap the shared buffers")
