@@ -407,12 +407,8 @@ class FxLowering:
             if (oh_, ow_) == (1, 1):
                 self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})
                 return
-            if h % oh_ or w % ow_ or h // oh_ != w // ow_:
-                raise KernelfiError(f"fx node {where}: adaptive average pooling {h}x{w} -> {oh_}x{ow_} is not supported "
-                                    "(only to 1x1 or by an equal whole factor)")
-            # equal whole factors: PyTorch's adaptive windows are exactly k x k, stride k
-            k = h // oh_
-            self._local_avgpool(node, src, path, k, k, 0, False, True, where)
+            # PyTorch's adaptive_average_pool kernel (Darknet has no adaptive pool)
+            self._add(node, "adaptive_avgpool", path, (src.layer,), (c, oh_, ow_), {})
             return
         size = _pair(mod.kernel_size, "kernel", where)
         stride = _pair(mod.stride or size, "stride", where)
