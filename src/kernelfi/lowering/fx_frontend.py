@@ -4,7 +4,10 @@ Why fx and not hooks: the lowering needs the dataflow (which tensor feeds which 
 adds, concatenations) without running the model, and fx gives it with the module path of every
 node, from which the stable dotted layer names come. Fusion follows Darknet's layer model:
 Conv2d[+BatchNorm2d][+activation] -> one convolutional layer; Linear[+BN][+act] -> connected;
-residual add [+activation] -> shortcut; torch.cat -> route.
+residual add [+activation] -> shortcut; torch.cat -> route. What does not fuse becomes its own
+Darknet (AlexeyAB) layer or PyTorch kernel: [activation], [batchnorm], [scale_channels] (SE),
+[local_avgpool], [upsample], PyTorch's adaptive pool and broadcasting ``a - b``/``a * b``
+(docs/kernels.md, "Kernels for models brought from PyTorch"; the rules are ``fx_layers.py``).
 """
 from __future__ import annotations
 
