@@ -205,12 +205,7 @@ class FxLowering(FxLayers):
             mean_key = key
         else:
             mean_key = f"{path}.running_mean"
-        if mod.affine:
-            scales, biases = f"{path}.weight", f"{path}.bias"
-        else:
-            self.state[f"{path}.__ones"] = torch.ones(n)
-            self.state[f"{path}.__zeros"] = torch.zeros(n)
-            scales, biases = f"{path}.__ones", f"{path}.__zeros"
+        scales, biases = self._bn_affine(mod, path, n)
         layer.weights = {"weights": layer.weights["weights"], "biases": biases, "scales": scales,
                          "rolling_mean": mean_key, "rolling_variance": f"{path}.running_var"}
         layer.params["batch_normalize"] = True

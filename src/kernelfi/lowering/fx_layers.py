@@ -119,18 +119,21 @@ class FxLayers:
             return layer
         return None
 
+    def _bn_affine(self, mod: nn.Module, path: str, c: int) -> tuple[str, str]:
+        """State keys of a BatchNorm's scales and biases (ones and zeros when it is not affine)."""
+        if mod.affine:
+            return f"{path}.weight", f"{path}.bias"
+        self.state[f"{path}.__ones"] = torch.ones(c)
+        self.state[f"{path}.__zeros"] = torch.zeros(c)
+        return f"{path}.__ones", f"{path}.__zeros"
+
     def _standalone_bn(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         """Darknet's [batchnorm] layer: BatchNorm after anything but a conv/linear it can fuse into."""
         src = self._val(node.args[0], node)
         c = src.shape[0]
         if getattr(mod, "num_features", c) != c:
             raise KernelfiError(f"fx node {where}: BatchNorm of {mod.num_features} channels on a map of {c}")
-        if mod.affine:
-            scales, biases = f"{path}.weight", f"{path}.bias"
-        else:
-            self.state[f"{path}.__ones"] = torch.ones(c)
-            self.state[f"{path}.__zeros"] = torch.zeros(c)
-            scales, biases = f"{path}.__ones", f"{path}.__zeros"
+        scales, biases = self._bn_affine(mod, path, c)
         self._add(node, "batchnorm", path, (src.layer,), src.shape, {"eps": float(mod.eps)},
                   {"scales": scales, "biases": biases, "rolling_mean": f"{path}.running_mean",
                    "rolling_variance": f"{path}.running_var"})
