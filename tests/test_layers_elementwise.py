@@ -96,17 +96,21 @@ class Scaled(nn.Module):
         return (x * self.s(x.mean((2, 3), keepdim=True))).flatten(1)
 
 
+def _scaled() -> tuple:  # type: ignore[type-arg]
+    """Scaled with s weights 0, biases [2, 0.5], lowered, and x = [[1, 2], [3, 4]]."""
+    m = Scaled().eval()
+    with torch.no_grad():
+        m.s.weight.zero_()
+        m.s.bias.copy_(torch.tensor([2.0, 0.5]))
+    return lower(m, (2, 1, 2)), torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+
+
 def test_scale_channels_product_exponent_flip() -> None:
     # x = [[1, 2], [3, 4]] (channel, pixel). mean = [1.5, 3.5]; s weights 0, biases [2, 0.5]:
     # s = [2, 0.5]; out = [2, 4, 1.5, 2] (flat logits), class 1. Thread 3 (channel 1, pixel 1)
     # product 2.0 = 0x40000000; bit 23 flipped: 0x40800000 = 4.0 -> logits [2, 4, 1.5, 4]: class 1
     # still (the first maximum), probabilities change: Light Malfunction.
-    m = Scaled().eval()
-    with torch.no_grad():
-        m.s.weight.zero_()
-        m.s.bias.copy_(torch.tensor([2.0, 0.5]))
-    prog = lower(m, (2, 1, 2))
-    x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    prog, x = _scaled()
     assert prog.forward(x)[0][0].tolist() == [2.0, 4.0, 1.5, 2.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "scale_channels")
     r, probs = run_one(prog, Fault("iov", site(prog, launch, "fmul:out", 3), "single", (23,)), x)
@@ -117,12 +121,7 @@ def test_scale_channels_product_exponent_flip() -> None:
 
 def test_scale_channels_scale_load_reaches_one_element() -> None:
     # thread 0 loads s[0] = 2; its sign flipped: out[0] = 1 * -2 = -2; the others keep theirs
-    m = Scaled().eval()
-    with torch.no_grad():
-        m.s.weight.zero_()
-        m.s.bias.copy_(torch.tensor([2.0, 0.5]))
-    prog = lower(m, (2, 1, 2))
-    x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    prog, x = _scaled()
     launch = next(l.name for l in prog.trace.launches if l.kernel == "scale_channels")
     r, probs = run_one(prog, Fault("iov", site(prog, launch, "ld:scale", 0), "single", (31,)), x)
     assert (r.original, r.corrupted) == (2.0, -2.0)

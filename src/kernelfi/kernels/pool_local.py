@@ -179,3 +179,102 @@ class UpsampleKernel(StreamKernel):
         s.reg("r_y", "data", "ffma:out", "ffma:out", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         return s
+
+
+def adaptive_bounds(o: int, osize: int, isize: int) -> tuple[int, int]:
+    """PyTorch's START_IND/END_IND: floor(o*isize/osize), ceil((o + 1)*isize/osize) in float."""
+    import math
+    return int(math.floor(float(o * isize) / osize)), int(math.ceil(float((o + 1) * isize) / osize))
+
+
+def _adaptive_max_window(params: Mapping[str, Any], kernel: str) -> tuple[int, int]:
+    h, w, oh, ow = (p_int(params, k, kernel) for k in ("height", "width", "out_h", "out_w"))
+    kh = max(b - a for a, b in (adaptive_bounds(o, oh, h) for o in range(oh)))
+    kw = max(b - a for a, b in (adaptive_bounds(o, ow, w) for o in range(ow)))
+    return kh, kw
+
+
+@register_kernel
+class AdaptiveAvgpoolKernel(StreamKernel):
+    """PyTorch's ``adaptive_average_pool`` (AdaptiveAveragePooling.cu): output (o_h, o_w) averages
+    input rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and the columns likewise, ``sum / kH / kW``.
+    PyTorch gives each block a plane and strides its threads over the outputs; modelled as one
+    thread per output element (the per-output work is the same). Windows may differ in size
+    (7 -> 3: 3, 3, 3 rows with overlap); the template counts the largest window, a thread of a
+    smaller one executes fewer trips."""
+
+    name: ClassVar[str] = "adaptive_avgpool"
+    regs_allocated: ClassVar[int] = ptxas_registers("adaptive_avgpool")
+    example_params = ({"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        c, h, w, oh, ow = (p_int(launch.params, k, self.name) for k in ("channels", "height", "width", "out_h", "out_w"))
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        lanes = x.shape[0]
+        x = x[:, :c * h * w].reshape(lanes, c, h, w)
+        out = torch.empty((lanes, c, oh, ow), dtype=x.dtype, device=x.device)
+        for i in range(oh):
+            h0, h1 = adaptive_bounds(i, oh, h)
+            for j in range(ow):
+                w0, w1 = adaptive_bounds(j, ow, w)
+                acc = torch.zeros((lanes, c), dtype=x.dtype, device=x.device)
+                for ih in range(h0, h1):       # sum += ptr_input[iw*istrideW], row by row, in order
+                    for iw in range(w0, w1):
+                        acc = acc + x[:, :, ih, iw]
+                out[:, :, i, j] = acc / f32(float(h1 - h0), x) / f32(float(w1 - w0), x)
+        put(mem, launch.writes[0], out.reshape(lanes, -1), natural=(c, oh, ow))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
+                * p_int(params, "out_w", self.name))
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        kh, kw = _adaptive_max_window(params, self.name)
+        taps = kh * kw
+        s = Stream()
+        prologue_1d(s, "output element id")
+        idiv(s, "ow", "id / out_w", mod="o_w = id % out_w")
+        idiv(s, "oh", "id / out_w / out_h (the plane)", mod="o_h = (id/out_w) % out_h")
+        s.add("GPR", "XMAD", "imad:bounds", 4, "index", "o_h*H, (o_h + 1)*H, o_w*W, (o_w + 1)*W")
+        s.add("OTHERS", "I2F", "cvt:bounds", 8, "index", "I2F of the products and F2I.FLOOR/CEIL of the quotients: the window bounds")
+        fdiv(s, "bounds", "the window bounds' quotients by out_h, out_w", count=4)
+        s.add("GPR", "IADD", "iadd:extent", 2, "index", "kH = iend_h - istart_h, kW = iend_w - istart_w")
+        s.add("GPR", "XMAD", "imad:in_base", 3, "index", "the window's first input: plane*H*W + istart_h*W + istart_w")
+        s.add("GPR", "MOV", "mov:sum_init", 1, "value", "sum = 0")
+        s.begin_loop(taps)
+        s.add("GPR", "XMAD", "imad:in_index", 2 * taps, "index", "ih*W + iw from the window's first input")
+        addr(s, "in", "input[index]", count=2 * taps)
+        s.add("LD", "LDG", "ld:in", taps, "value", "one input of the window")
+        s.add("FP32", "FADD", "fadd:sum", taps, "value", "sum += input, the running sum")
+        loop(s, "iw", "iw over the window width", taps)
+        loop(s, "ih", "ih over the window height", kh)
+        s.end_loop()
+        s.add("OTHERS", "I2F", "cvt:extent", 2, "value", "float(kH), float(kW), the divisors")
+        fdiv(s, "avg_h", "sum / kH")
+        fdiv(s, "out", "sum / kH / kW, the output")
+        addr(s, "out", "output[id]")
+        s.add("NODEST", "STG", "st:out", 1, "store", "stores the average")
+        epilogue(s)
+        s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
+        s.reg("r_ow", "index", "imod:ow", "imod:ow", "imad:bounds")
+        s.reg("r_oh", "index", "imod:oh", "imod:oh", "imad:bounds")
+        s.reg("r_plane", "index", "idiv:oh", "idiv:oh", "imad:in_base")
+        s.reg("r_h0", "index", "ffma:fdiv_bounds", "ffma:fdiv_bounds", "imad:in_base")
+        s.reg("r_w0", "index", "ffma:fdiv_bounds", "ffma:fdiv_bounds", "imad:in_base")
+        s.reg("r_kh", "index", "iadd:extent", "iadd:extent", "cvt:extent")
+        s.reg("r_kw", "index", "iadd:extent", "iadd:extent", "cvt:extent")
+        s.reg("r_base", "index", "imad:in_base", "imad:in_base", "setp:loop_ih")
+        s.reg("r_in_lo", "address", "lea:addr_in", "imad:in_index", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
+        s.reg("r_x", "data", "ld:in", "ld:in", "fadd:sum")
+        s.reg("r_sum", "accumulator", "fadd:sum", "mov:sum_init", "ffma:fdiv_avg_h")
+        s.reg("r_ih", "loop_counter", "loop:ih", "mov:sum_init", "setp:loop_ih")
+        s.reg("r_iw", "loop_counter", "loop:iw", "mov:sum_init", "setp:loop_iw")
+        s.reg("r_avg_h", "data", "ffma:fdiv_avg_h", "ffma:fdiv_avg_h", "ffma:fdiv_out")
+        s.reg("r_out", "data", "ffma:fdiv_out", "ffma:fdiv_out", "st:out")
+        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        s.reg("p_loop", "predicate", "setp:loop_iw", "setp:loop_iw", "bra:loop_ih")
+        s.reg("p_fdiv", "predicate", "setp:fdiv_out", "setp:fdiv_avg_h", "bra:fdiv_out")
+        return s
