@@ -79,14 +79,15 @@ class _Bar:
               help="hardening plan (JSON, from kernelfi harden): inject into the hardened model")
 @click.option("--resume", is_flag=True, help="accepted for clarity: re-running the same command always resumes")
 @click.option("--quiet", is_flag=True, help="no progress bar (notes and the result line still print)")
-def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int, mode: str,
+def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int,
+                 input_shape: tuple[int, int, int] | None, mode: str,
                  bit_model: str, warp: bool, n: int, seed: int, db: str, data: str | None, inputs: int | None,
                  select_inputs: str, fit: str | None, resize: int | None, crop: tuple[int, int] | None,
                  mean: tuple[float, ...] | None, std: tuple[float, ...] | None, no_normalize: bool, scope: str,
                  selection: str, workers: int, executor: str, address: str | None, batch: int, hardening: str | None,
                  resume: bool, quiet: bool) -> None:
     """Run (or resume) a fault-injection campaign on MODEL (a registered name, see
-    `kernelfi models`, or a Darknet .cfg path)."""
+    `kernelfi models`, a Darknet .cfg path, or a model file PATH.py:FACTORY)."""
     execute = None
     if executor == "ray":
         from kernelfi.distributed import ray_executor
@@ -95,7 +96,7 @@ def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_
         execute = ray_executor(address, workers=workers if explicit else None)
     elif address is not None:
         raise KernelfiError("--address needs --executor ray")
-    cfg = CampaignConfig(model=ModelSpec(model, weights, num_classes, seed_weights, hardening), mode=mode,
+    cfg = CampaignConfig(model=ModelSpec(model, weights, num_classes, seed_weights, hardening, input_shape), mode=mode,
                          bit_model=bit_model, n=n, seed=seed, warp=warp, data=data, inputs=inputs, scope=scope,
                          selection=selection, batch=batch, workers=workers,
                          prep=prep_options(fit, resize, crop, mean, std, no_normalize), select_inputs=select_inputs)

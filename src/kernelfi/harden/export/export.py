@@ -68,7 +68,7 @@ def _resolve(model: str | nn.Module, weights: str | None, num_classes: int | Non
             raise KernelfiError(f"export: {name} is in training mode (call .eval() on it first)")
         c, h, w = (int(d) for d in input_shape)
         return _Source(model, name, (c, h, w), {"registry": None, "weights_source": "module"})
-    loaded = load_model(model, weights=weights, num_classes=num_classes, seed=seed)
+    loaded = load_model(model, weights=weights, num_classes=num_classes, seed=seed, input_shape=input_shape)
     if getattr(loaded.module, "kernelfi_layers", None) is not None:
         raise KernelfiError(f"{model}: Darknet cfg models are not exported: their module interprets Darknet's "
                             "layers (NaN and padding semantics) rather than composing standard torch.nn ops")
@@ -108,7 +108,8 @@ def export_model(model: str | nn.Module, plan: Plan | Mapping[str, Any] | str | 
             must be this model.
         out: the directory to create (a previous export there is replaced; anything else refused).
         weights, num_classes, seed: as for ``kernelfi.models.load_model`` (registry models).
-        input_shape, name: (C, H, W) and the model name, for a module.
+        input_shape, name: (C, H, W) and the model name, for a module; ``input_shape`` also for a
+            model file ``PATH.py:FACTORY`` whose factory does not say it.
         check_inputs: a batch (N, C, H, W) the variants are checked on against the original;
             default: four seeded standard-normal inputs.
 
