@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError, check_fits
 from kernelfi.campaign.planner import Planner
 from kernelfi.campaign.session import (

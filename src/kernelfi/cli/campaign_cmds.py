@@ -10,13 +10,13 @@ from click.core import ParameterSource
 from typing import Any
 
 from kernelfi._utils import KernelfiError
-from kernelfi.analysis import Accuracy, golden_accuracy
+from kernelfi.analysis import summarise
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
 from kernelfi.cli.app import cli
 from kernelfi.cli.common import (
     TOOL_ERROR_EXIT, data_options, model_options, note, outcome_counts, prep_options, tool_errors_exit,
 )
-from kernelfi.store import CampaignRow, InjectionRecord, Store, ToolErrorRecord
+from kernelfi.store import InjectionRecord, Store, ToolErrorRecord
 from kernelfi.types import OUTCOME_LABELS, OUTCOMES, BitModel, Mode
 
 
@@ -116,21 +116,6 @@ def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_
         tool_errors_exit({cid: errors})
 
 
-def _campaign_summary(store: Store, row: CampaignRow, acc: Accuracy | None) -> dict[str, Any]:
-    """What ``summary`` says of one campaign (the JSON keys; ``docs/store.md`` lists them)."""
-    m = row.meta
-    files = dict(m.extra.get("files") or {})
-    data = files.get("data", {}).get("path") or m.extra.get("data") or "the model's embedded data"
-    return {"id": row.id, "model": m.model, "mode": m.mode, "bit_model": m.bit_model, "warp": m.warp,
-            "scope": m.scope, "selection": m.selection, "seed": m.seed, "n": row.n_done,
-            "n_planned": m.n_planned, "hardened": m.hardening is not None,
-            "weights": {"source": m.weights_source, "sha256": m.weights_hash},
-            "data": {"source": str(data), "inputs": m.input_source, "n_inputs": m.n_inputs},
-            "golden_accuracy": None if acc is None else acc.to_dict(),
-            "outcomes": {o: store.outcome_counts(row.id).get(o, 0) for o in OUTCOMES},
-            "tool_errors": row.n_tool_errors}
-
-
 @cli.command("summary")
 @click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database (read, never written)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -140,15 +125,7 @@ def summary_cmd(db: str, fmt: str) -> None:
     """Model, weights, data, golden accuracy and outcome counts of every campaign in a results
     database (exit status 3 if the tool failed on some faults: their tool errors are listed, and
     counted in no rate)."""
-    errors: dict[int, list[ToolErrorRecord]] = {}
-    with Store(db, create=False, readonly=True) as store:
-        store.verify()
-        out = []
-        for row in store.campaigns():
-            if row.n_tool_errors:
-                errors[row.id] = store.tool_errors(row.id)
-            acc = golden_accuracy(store, row.id)
-            out.append((_campaign_summary(store, row, acc), acc))
+    out, errors = summarise(db)
     if fmt == "json":
         click.echo(json.dumps({"campaigns": [c for c, _ in out]}, indent=1))
     else:

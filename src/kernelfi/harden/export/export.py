@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError
 from kernelfi.lowering import FxLowered, build_trace, lower_fx
 from kernelfi.models import load_model
