@@ -47,3 +47,13 @@ class Wide(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.flatten(1))
+
+
+def build_other() -> nn.Module:
+    """Same keys and shapes as ``Hand``, another forward (no ReLU... and a doubled output)."""
+    return _Other()
+
+
+class _Other(Hand):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.fc(self.conv(x).flatten(1))

@@ -61,8 +61,9 @@ _IMPORTED: dict[tuple[str, str], ModuleType] = {}
 
 def import_file(path: str | Path, sha256: str | None = None) -> ModuleType:
     """Import the Python file ``path`` under a private module name (once per content), checking
-    its content against ``sha256`` where given. Its ``if __name__ == "__main__"`` block does not
-    run. Any exception it raises becomes one line naming the file."""
+    its content against ``sha256`` where given, with its directory on ``sys.path`` (as ``python
+    FILE`` has it). Its ``if __name__ == "__main__"`` block does not run. Any exception it raises
+    becomes one line naming the file."""
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise KernelfiError(f"{p}: the model source file is missing")
@@ -79,6 +80,8 @@ def import_file(path: str | Path, sha256: str | None = None) -> ModuleType:
         raise KernelfiError(f"{p}: not an importable Python file")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses and typing look their module up while it executes
+    if str(p.parent) not in sys.path:  # its sibling modules import as when `python FILE` runs it
+        sys.path.insert(0, str(p.parent))
     try:
         spec.loader.exec_module(mod)
     except Exception as e:
