@@ -16,17 +16,17 @@ def lower(module: nn.Module, input_shape: tuple[int, ...], name: str = "model",
     """Lower a model to an executable kernel program.
 
     Darknet networks (built from a .cfg) carry their layers in ``kernelfi_layers`` and are
-    lowered as Darknet runs them; anything else goes through torch.fx. A module in training mode
-    is refused: its BatchNorm would use batch statistics and its Dropout drop, so the lowering
-    (inference semantics) would silently differ from its forward.
+    lowered as Darknet runs them; anything else goes through torch.fx, and a module in training
+    mode is refused: its BatchNorm would use batch statistics and its Dropout drop, so the
+    lowering (inference semantics) would silently differ from its forward.
     """
-    check_eval(module, name)
     layers = getattr(module, "kernelfi_layers", None)
     if layers is not None:
         state = {k: v.detach() for k, v in module.state_dict().items()}
     else:
         if not isinstance(module, nn.Module):
             raise KernelfiError(f"{name}: not a torch.nn.Module")
+        check_eval(module, name)
         layers, state = layers_from_module(module, input_shape)
     trace, weights = build_trace(name, tuple(layers), state, input_shape, append_softmax)
     return Program(trace, weights)
