@@ -50,7 +50,7 @@ class Wide(nn.Module):
 
 
 def build_other() -> nn.Module:
-    """Same keys and shapes as ``Hand``, another forward (no ReLU... and a doubled output)."""
+    """Same keys and shapes as ``Hand``, another forward (no ReLU, doubled logits)."""
     return _Other()
 
 

@@ -49,6 +49,17 @@ def test_lowers_the_instance_with_its_own_weights() -> None:
         assert model.profile()["total_instructions"] > 0
 
 
+def test_model_files_and_registered_names_are_models_too(tmp_path: Path) -> None:
+    model = kernelfi.Model.file(f"{ROOT / 'tests' / 'hand_net.py'}:build")
+    program = model.lower()
+    assert torch.equal(program.run(program.memory(X))[program.trace.logits].reshape(2, 2), LOGITS)
+    assert model.name == "hand_net:build" and model.input_shape == (1, 2, 2)
+    res = kernelfi.Campaign(model, (X, Y), tmp_path / "f.db", mode="rf", n=20).run()
+    assert res.complete and kernelfi.summary(tmp_path / "f.db")[0]["weights"]["source"] == "factory"
+    digits = kernelfi.Model.registered("digits-alexnet")
+    assert digits.input_shape == (1, 32, 32) and digits.loaded.weights_source == "embedded"
+
+
 def test_training_mode_is_refused_in_one_line() -> None:
     with pytest.raises(KernelfiError, match=r"training mode .*call \.eval\(\)") as e:
         kernelfi.Model(Hand(), (1, 2, 2))  # a fresh module is in training mode

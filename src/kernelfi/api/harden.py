@@ -35,7 +35,7 @@ def export(model: Model, plan: Plan | Mapping[str, Any] | str | os.PathLike[str]
            check_inputs: torch.Tensor | None = None) -> Export:
     """``model`` hardened by ``plan`` as plain PyTorch in the directory ``out`` (docs/export.md):
     every variant is checked against the model on ``check_inputs`` before anything is written."""
-    spec = model.spec() if model.module is None else None
+    spec = None if model.from_instance else model.spec()
     if spec is not None and not is_model_file(spec.model):  # a registered model: the manifest names it
         return export_model(spec.model, plan, out, weights=spec.weights, num_classes=spec.num_classes,
                             seed=spec.seed_weights, check_inputs=check_inputs)

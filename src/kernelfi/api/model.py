@@ -57,7 +57,8 @@ class Model:
     """A model as kernelfi lowers it, injects into it and rebuilds it in other processes.
 
     ``Model(module, input_shape)`` takes an ``nn.Module`` instance in eval mode (training mode is
-    refused: its lowering would differ from its forward) with its own weights; ``factory``
+    refused: its lowering would differ from its forward) with its own weights, as they are when
+    the ``Model`` is made (a copy: the module is never changed, nor read again); ``factory``
     (a top-level callable of a ``.py`` file, or ``"PATH.py:NAME"``) rebuilds its architecture,
     by default its class called with no arguments. ``Model.file("net.py:build")`` and
     ``Model.registered("resnet18", weights=...)`` name a model as the command line does.
@@ -68,17 +69,19 @@ class Model:
         if not isinstance(module, nn.Module):
             raise KernelfiError(f"Model: expected a torch.nn.Module, got {type(module).__name__}")
         check_eval(module, type(module).__name__)
-        self.module: nn.Module | None = module
+        self.from_instance = True  #: made from a module instance (not a file or a registered name)
         self.input_shape = tuple(int(d) for d in input_shape)
         self._spec = ModelSpec(_factory_name(module, factory), input_shape=self.input_shape).resolved()
         rebuilt = load_file_model(self._spec.model, input_shape=self.input_shape,
                                   sha256=self._spec.source_sha256).module
-        state = {k: v.detach() for k, v in module.state_dict().items()}
-        self._own = state_digest(rebuilt) == state_digest(module)  # the factory sets these weights itself
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}  # the weights as they are now
+        self._digest = state_digest(state)
+        self._own = state_digest(rebuilt) == self._digest  # the factory sets these weights itself
         if not self._own:
             apply_state(rebuilt, state, f"{type(module).__name__} (the instance's weights)")
         self._check_same(module, rebuilt)
         self._state = None if self._own else state
+        self._session: Session | None = None
 
     @classmethod
     def file(cls, model: str, *, input_shape: tuple[int, int, int] | None = None,
@@ -101,7 +104,7 @@ class Model:
     @classmethod
     def _of(cls, spec: ModelSpec) -> "Model":
         self = cls.__new__(cls)
-        self.module, self._own, self._state = None, True, None
+        self.from_instance, self._own, self._state, self._session, self._digest = False, True, None, None, ""
         self._spec = spec.resolved()
         self.input_shape = tuple(self.loaded.info.input_shape)
         return self
@@ -125,31 +128,34 @@ class Model:
             raise KernelfiError("this model's weights need a directory to be written to (weights_dir)")
         d = Path(weights_dir)
         d.mkdir(parents=True, exist_ok=True)
-        digest = state_digest(self.module)  # type: ignore[arg-type]
-        path = d / f"{digest[:20]}.safetensors"
+        path = d / f"{self._digest[:20]}.safetensors"
         if not path.is_file():
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({k: v.cpu().contiguous().clone() for k, v in self._state.items()}, str(tmp))
+            save_file({k: v.cpu().contiguous() for k, v in self._state.items()}, str(tmp))
             tmp.replace(path)
         return ModelSpec(self._spec.model, str(path.resolve()), None, 0, input_shape=self.input_shape,
                          source_sha256=self._spec.source_sha256)
 
     @property
     def loaded(self) -> LoadedModel:
-        """The model as a campaign builds it (weights from the factory or the registry)."""
+        """The model as a campaign builds it (weights from the factory, the instance or the registry)."""
         return self.session().loaded
 
-    def session(self, weights_dir: str | os.PathLike[str] | None = None) -> Session:
-        """Model, lowered program and provenance, as a campaign opens them."""
-        if self._state is not None and weights_dir is None:  # an in-memory build: the instance's weights
+    def session(self) -> Session:
+        """Model, lowered program and provenance, as a campaign opens them (built once)."""
+        if self._session is None:
+            self._session = self._open()
+        return self._session
+
+    def _open(self) -> Session:
+        if self._state is not None:  # an in-memory build: the rebuilt model with the instance's weights
             loaded = load_file_model(self._spec.model, input_shape=self.input_shape,
                                      sha256=self._spec.source_sha256)
             apply_state(loaded.module, self._state, "the instance's weights")
             program = lower(loaded.module, loaded.info.input_shape, loaded.info.name)
-            loaded = LoadedModel(loaded.module, loaded.info, "module", state_digest(loaded.module),
-                                 "the instance's weights")
+            loaded = LoadedModel(loaded.module, loaded.info, "module", self._digest, "the instance's weights")
             return Session(self._spec, loaded, program, None)
-        return open_session(self.spec(weights_dir))
+        return open_session(self._spec)
 
     @property
     def name(self) -> str:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -135,11 +135,12 @@ def source_of(fn: Callable[..., Any]) -> tuple[str, str] | None:
     return str(path), qual
 
 
-def state_digest(module: nn.Module) -> str:
-    """sha256 of a module's state dict (names, dtypes, shapes, bytes, in order): what identifies
-    weights that come from no file."""
+def state_digest(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a module's state dict (or of a state dict: names, dtypes, shapes, bytes, in
+    order): what identifies weights that come from no file."""
     h = hashlib.sha256()
-    for k, t in module.state_dict().items():
+    state = module.state_dict() if isinstance(module, nn.Module) else module
+    for k, t in state.items():
         t = t.detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
