@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.models import get_model_info
 from kernelfi.store import Store
 from kernelfi.types import OUTCOMES
 
@@ -104,13 +105,15 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
             where.mkdir(parents=True, exist_ok=True)
             for spec in models:
                 name, n, seeds = parse_model(spec)
+                # models with no embedded data run on seeded random inputs, named as the CLI's --data random
+                data = None if get_model_info(name).default_data is not None else "random"
                 db = where / f"soak-{Path(name).stem}.db"
                 for mode in modes:
                     line = Line(name, mode)
                     t1 = time.perf_counter()
                     for s in range(seed, seed + seeds):
                         cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=n, seed=s,
-                                                          workers=workers), str(db))
+                                                          data=data, workers=workers), str(db))
                         with Store(db, create=False, readonly=True) as store:
                             for k, v in store.outcome_counts(cid).items():
                                 line.outcomes[k] += v

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernelfi.kernels import BLOCK, cuda_gridsize, get_kernel, shortcut_geometry
+from kernelfi.kernels import ACTIVATIONS, BLOCK, cuda_gridsize, get_kernel, shortcut_geometry
 from kernelfi.types import Launch, ThreadTemplate
 
 CUDA = Path(__file__).resolve().parents[1] / "src" / "kernelfi" / "kernels" / "cuda"
@@ -42,12 +42,12 @@ void run_add_bias(G, float *o, const float *b, int c, int s) { L(add_bias(o, b, 
 void run_scale_bias(G, float *o, const float *b, int c, int s) { L(scale_bias(o, b, c, s)); }
 void run_normalize(G, int n, float *x, const float *m, const float *v, int c, int s, float eps) {
     L(normalize(n, x, m, v, c, s, eps)); }
-void run_activate_array(G, float *x, int n, int a) { L(activate_array(x, n, a)); }
+void run_activate_array(G, float *x, int n, int a, float slope) { L(activate_array(x, n, a, slope)); }
 void run_shortcut(G, int size, int minw, int minh, int minc, int stride, int sample, int w1, int h1, int c1,
                   const float *add, int w2, int h2, int c2, float *out) {
     L(shortcut(size, minw, minh, minc, stride, sample, 1, w1, h1, c1, add, w2, h2, c2, 1.f, 1.f, out)); }
-void run_im2col(G, int n, const float *im, int h, int w, int k, int pad, int stride, int oh, int ow, float *col) {
-    L(im2col(n, im, h, w, k, pad, stride, oh, ow, col)); }
+void run_im2col(G, int n, const float *im, int h, int w, int kh, int kw, int ph, int pw, int sh, int sw, int oh, int ow,
+                float *col) { L(im2col(n, im, h, w, kh, kw, ph, pw, sh, sw, oh, ow, col)); }
 void run_forward_maxpool(G, int n, int h, int w, int c, int stride, int size, int pad, const float *in,
                          float *out, int *idx) { L(forward_maxpool(n, h, w, c, stride, size, pad, in, out, idx)); }
 void run_forward_avgpool(G, int n, int w, int h, int c, const float *in, float *out) {
@@ -58,6 +58,14 @@ void run_tmr_vote(G, int n, const unsigned *a, const unsigned *b, const unsigned
 void run_dmr_compare(G, int n, const unsigned *a, const unsigned *b, const unsigned *c, unsigned *o) {
     L(dmr_compare(n, a, b, c, o)); }
 void run_range_clamp(G, int n, float *x, float lo, float hi) { L(range_clamp(n, x, lo, hi)); }
+void run_forward_local_avgpool(G, int n, int h, int w, int c, int stride, int size, int pad, int cip,
+                               const float *in, float *out) { L(forward_local_avgpool(n, h, w, c, stride, size, pad, cip, in, out)); }
+void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, float *out) {
+    L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
+void run_scale_channels(G, const float *x, int size, int cs, const float *s, float *o) {
+    L(scale_channels(x, size, cs, s, o)); }
+void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
+                   int bc, int by, int bxs, float *o) { L(binary_op(n, op, oh, ow, a, ac, ay, ax, b, bc, by, bxs, o)); }
 }
 """
 
@@ -129,16 +137,67 @@ def test_elementwise(lib: ctypes.CDLL) -> None:
     assert np.array_equal(got, want.numpy().ravel())
 
 
-@pytest.mark.parametrize("act", ["linear", "relu", "leaky", "logistic"])
-def test_activate_array(lib: ctypes.CDLL, act: str) -> None:
-    x = np.concatenate([_rand(50), np.array([0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)])
+@pytest.mark.parametrize("act, slope", [(a, 0.1) for a in ACTIVATIONS] + [("leaky", 0.2)])
+def test_activate_array(lib: ctypes.CDLL, act: str, slope: float) -> None:
+    x = np.concatenate([_rand(50) * 4, np.array([0.0, -0.0, -3.0, 3.0, 6.0, np.inf, -np.inf, np.nan], np.float32)])
     got = x.copy()
-    lib.run_activate_array(*_grid(x.size), _ptr(got), x.size, ["linear", "relu", "leaky", "logistic"].index(act))
-    want = _py("activate_array", {"x": _lane(x)}, ("x",), ("x",), n=x.size, activation=act)["x"].numpy().ravel()
-    if act == "logistic":   # expf and torch.exp may differ in the last bit
-        np.testing.assert_allclose(got, want, rtol=1e-6, equal_nan=True)
+    lib.run_activate_array(*_grid(x.size), _ptr(got), x.size, ACTIVATIONS.index(act), ctypes.c_float(slope))
+    params = {"slope": slope} if slope != 0.1 else {}
+    want = _py("activate_array", {"x": _lane(x)}, ("x",), ("x",), n=x.size, activation=act,
+               **params)["x"].numpy().ravel()
+    if act in ("logistic", "tanh", "swish", "gelu"):   # expf/erff and torch's may differ in the last bit
+        # (1 + erf) cancels for x << 0: the host's erff and torch's differ there by 1e-7 absolute
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 if act == "gelu" else 0, equal_nan=True)
     else:
         assert np.array_equal(got.view(np.int32), want.view(np.int32)) or np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("size, stride, pad, cip", [(2, 2, 0, False), (3, 2, 2, True), (3, 1, 2, False), (3, 2, 3, True)])
+def test_local_avgpool(lib: ctypes.CDLL, size: int, stride: int, pad: int, cip: bool) -> None:
+    c, h, w = 3, 7, 6
+    oh, ow = (h + pad - size) // stride + 1, (w + pad - size) // stride + 1
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    lib.run_forward_local_avgpool(*_grid(got.size), got.size, h, w, c, stride, size, pad, int(cip), _ptr(x), _ptr(got))
+    params = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow)
+    if cip:
+        params["count_include_pad"] = True
+    want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **params)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+def test_upsample(lib: ctypes.CDLL) -> None:
+    c, h, w, st = 3, 4, 5, 2
+    x = _rand(c * h * w)
+    n = c * h * w * st * st
+    got = np.zeros(n, np.float32)
+    lib.run_upsample(*_grid(n), n, _ptr(x), w, h, c, st, _ptr(got))
+    want = _py("upsample", {"x": _lane(x), "o": torch.zeros(1, n)}, ("x", "o"), ("o",), channels=c, height=h,
+               width=w, stride=st, scale=1.0)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+def test_scale_channels(lib: ctypes.CDLL) -> None:
+    c, sp = 3, 200
+    x, sc = _rand(c * sp), _rand(c)
+    got = np.zeros(c * sp, np.float32)
+    lib.run_scale_channels(*_grid(c * sp), _ptr(x), c * sp, sp, _ptr(sc), _ptr(got))
+    want = _py("scale_channels", {"x": _lane(x), "s": _lane(sc)}, ("x", "s"), ("o",), channels=c, spatial=sp)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+@pytest.mark.parametrize("sa, sb", [((3, 4, 5), (3, 4, 5)), ((3, 4, 5), (1, 4, 1)), ((1, 1, 5), (3, 4, 1))])
+def test_binary_op(lib: ctypes.CDLL, op: str, sa: tuple[int, int, int], sb: tuple[int, int, int]) -> None:
+    from kernelfi.kernels import broadcast_strides
+    out = tuple(max(p, q) for p, q in zip(sa, sb))
+    a, b = _rand(*sa).ravel(), _rand(*sb).ravel()
+    n = out[0] * out[1] * out[2]
+    got = np.zeros(n, np.float32)
+    lib.run_binary_op(*_grid(n), n, ["add", "sub", "mul"].index(op), out[1], out[2], _ptr(a),
+                      *broadcast_strides(sa, out), _ptr(b), *broadcast_strides(sb, out), _ptr(got))
+    want = _py("binary_op", {"a": _lane(a), "b": _lane(b)}, ("a", "b"), ("o",), op=op, out=out, a=sa, b=sb)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
 
 
 @pytest.mark.parametrize("add, out", [((4, 8, 8), (8, 4, 4)), ((8, 2, 2), (4, 4, 4)), ((3, 5, 5), (3, 5, 5))])
@@ -157,14 +216,24 @@ def test_shortcut(lib: ctypes.CDLL, add: tuple[int, int, int], out: tuple[int, i
 
 @pytest.mark.parametrize("k, stride, pad", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
 def test_im2col(lib: ctypes.CDLL, k: int, stride: int, pad: int) -> None:
+    _check_im2col(lib, (k, k), (stride, stride), (pad, pad))
+
+
+@pytest.mark.parametrize("k, stride, pad", [((1, 3), (1, 1), (0, 1)), ((3, 1), (2, 1), (1, 0)), ((2, 3), (1, 2), (1, 1))])
+def test_im2col_non_square(lib: ctypes.CDLL, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> None:
+    _check_im2col(lib, k, stride, pad)
+
+
+def _check_im2col(lib: ctypes.CDLL, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> None:
     c, h, w = 2, 6, 5
-    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    oh, ow = (h + 2 * pad[0] - k[0]) // stride[0] + 1, (w + 2 * pad[1] - k[1]) // stride[1] + 1
     im = _rand(c * h * w)
-    col = np.full(c * k * k * oh * ow, 7.0, np.float32)
+    col = np.full(c * k[0] * k[1] * oh * ow, 7.0, np.float32)
     n = c * oh * ow
-    lib.run_im2col((n + BLOCK - 1) // BLOCK, 1, 1, BLOCK, n, _ptr(im), h, w, k, pad, stride, oh, ow, _ptr(col))
-    want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k,
-               stride=stride, pad=pad, dilation=1, out_h=oh, out_w=ow)["col"]
+    lib.run_im2col((n + BLOCK - 1) // BLOCK, 1, 1, BLOCK, n, _ptr(im), h, w, *k, *pad, *stride, oh, ow, _ptr(col))
+    extra = {"ksize_w": k[1], "stride_w": stride[1], "pad_w": pad[1]} if (k[0], stride[0], pad[0]) != (k[1], stride[1], pad[1]) else {}
+    want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k[0],
+               stride=stride[0], pad=pad[0], dilation=1, out_h=oh, out_w=ow, **extra)["col"]
     assert np.array_equal(col, want.numpy().ravel())
 
 

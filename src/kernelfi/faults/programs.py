@@ -7,7 +7,8 @@ batched output. ``OPERANDS`` names each kernel's buffers from the launch's reads
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import math
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -143,19 +144,53 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
         c.st("st:x", "x", i, F32(0.0))  # the switch's default case returns 0
         return
     with np.errstate(all="ignore"):
-        if act == "relu":
-            mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
-            y = c.val(("fmul:out",), x * mask, old=x)
-        elif act == "leaky":
-            leak = c.val(("fmul:leak",), F32(0.1) * x)
-            y = c.val(("fcmp:out",), x if x > 0 else leak, old=x)
-        elif act == "logistic":
-            e = c.fexp("neg_x", -x)
-            d = c.val(("fadd:denom",), F32(1.0) + e)
-            y = c.fdiv("out", F32(1.0), d)
-        else:
-            y = x
+        y = _activation_value(c, act, x, F32(p.get("slope", 0.1)))
     c.st("st:x", "x", i, y)
+
+
+def _clamp6(c: ThreadCtx, y: np.float32) -> np.float32:
+    """fminf(fmaxf(y, 0), 6), each a corruptible FMNMX (fmaxf/fminf drop a NaN operand)."""
+    low = c.val(("fmnmx:hard_low",), np.fmax(y, F32(0.0)))
+    return c.val(("fmnmx:hard_high",), np.fmin(low, F32(6.0)))
+
+
+def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
+    """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
+    if act == "relu":
+        mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
+        return c.val(("fmul:out",), x * mask, old=x)
+    if act == "leaky":
+        leak = c.val(("fmul:leak",), slope * x)
+        return c.val(("fcmp:out",), x if x > 0 else leak, old=x)
+    if act in ("logistic", "swish"):
+        e = c.fexp("neg_x", -x)
+        d = c.val(("fadd:denom",), F32(1.0) + e)
+        if act == "logistic":
+            return c.fdiv("out", F32(1.0), d)
+        sig = c.fdiv("sig", F32(1.0), d)
+        return c.val(("fmul:swish",), x * sig, old=x)
+    if act == "relu6":
+        low = c.val(("fcmp:relu6_low",), x if x > 0 else F32(0.0))
+        return c.val(("fcmp:relu6_out",), low if low < 6 else F32(6.0), old=x)
+    if act == "tanh":
+        m = c.val(("fmul:tanh_2x",), F32(-2.0) * x)
+        e = c.fexp("tanh", m)
+        d = c.val(("fadd:tanh_denom",), F32(1.0) + e)
+        q = c.fdiv("tanh", F32(2.0), d)
+        return c.val(("fadd:tanh_out",), q - F32(1.0), old=x)
+    if act == "gelu":
+        a = c.val(("fmul:gelu_arg",), x * F32(0.7071067811865476))
+        er = c.val(("ffma:erf_gelu", "mufu:erf_gelu"), F32(math.erf(float(a))) if a == a else a)
+        one = c.val(("fadd:gelu_one",), F32(1.0) + er)
+        half = c.val(("fmul:gelu_half",), x * F32(0.5))
+        return c.val(("fmul:gelu_out",), half * one, old=x)
+    if act in ("hardswish", "hardsigmoid"):
+        sh = c.val(("fadd:hard_shift",), x + F32(3.0))
+        cl = _clamp6(c, sh)
+        if act == "hardswish":
+            cl = c.val(("fmul:hard_x",), x * cl)
+        return c.val(("fmul:hard_out",), cl * F32(1.0 / 6.0), old=x)
+    return x
 
 
 @program("shortcut")
@@ -187,6 +222,7 @@ def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     H, W, ks = int(p["height"]), int(p["width"]), int(p["ksize"])
     stride, pad, oh, ow = int(p["stride"]), int(p["pad"]), int(p["out_h"]), int(p["out_w"])
+    ks_w, stride_w, pad_w = int(p.get("ksize_w", ks)), int(p.get("stride_w", stride)), int(p.get("pad_w", pad))
     c0, cg = int(p.get("channel_offset", 0)), int(p.get("group_channels", p["channels"]))
     i0 = prologue(c, t, cg * oh * ow)
     if i0 is None:
@@ -194,14 +230,14 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     q, w_out = c.idiv("ow", i0, ow)
     c_in, h_out = c.idiv("oh", q, oh)
     h_in = c.idx(("imad:hw_in",), h_out * stride - pad)
-    w_in = c.idx(("imad:hw_in",), w_out * stride - pad)
-    col0 = c.idx(("imad:col_offset",), (c_in * ks * ks * oh + h_out) * ow + w_out)
+    w_in = c.idx(("imad:hw_in",), w_out * stride_w - pad_w)
+    col0 = c.idx(("imad:col_offset",), (c_in * ks * ks_w * oh + h_out) * ow + w_out)
     im0 = c.idx(("imad:im_offset",), ((c0 + c_in) * H + h_in) * W + w_in)
     c.addr("col", ("lea:addr_col",))
     c.addr("im", ("lea:addr_im",))
     step = 0
     for i in c.loop("kh", ks):
-        for j in c.loop("kw", ks):
+        for j in c.loop("kw", ks_w):
             h = c.idx(("iadd:hw",), h_in + i)
             w = c.idx(("iadd:hw",), w_in + j)
             valid = c.pred(("setp:pad",), h >= 0 and w >= 0 and h < H and w < W)
@@ -212,14 +248,26 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
             step += 1
 
 
-@program("forward_maxpool")
-def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+class Window(NamedTuple):
+    """A windowed pool thread's coordinates after ``window_prologue``."""
+
+    j: int          # output column
+    i: int          # output row
+    k: int          # channel
+    b: int          # batch (0)
+    h_off: int      # -pad/2
+    w_off: int
+    out_index: int
+
+
+def window_prologue(c: ThreadCtx, p: Mapping[str, Any], t: int) -> Window | None:
+    """Thread ``t``'s index arithmetic before a pool window (``kernels.pool.window_prologue``:
+    forward_maxpool, forward_local_avgpool), None for a surplus thread."""
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
-    n = ch * int(p["out_h"]) * int(p["out_w"])
-    idx = prologue(c, t, n)
+    idx = prologue(c, t, ch * int(p["out_h"]) * int(p["out_w"]))
     if idx is None:
-        return
+        return None
     oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
     ow, _ = c.idiv("out_w", W + pad - size, stride, mod=False)
     oh = c.idx(("iadd:out_hw",), oh + 1)
@@ -229,7 +277,17 @@ def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     b, k = c.idiv("c", q, ch)
     h_off = c.idx(("iadd:offset",), -(pad // 2))
     w_off = c.idx(("iadd:offset",), -(pad // 2))
-    out_index = c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b)))
+    return Window(j, i, k, b, h_off, w_off, c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b))))
+
+
+@program("forward_maxpool")
+def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
+    size, stride = int(p["size"]), int(p["stride"])
+    g = window_prologue(c, p, t)
+    if g is None:
+        return
+    j, i, k, b, h_off, w_off, out_index = g
     hs = c.idx(("imad:window",), i * stride + h_off)
     ws = c.idx(("imad:window",), j * stride + w_off)
     mx = c.val(("mov:max_init",), NEG_INF)

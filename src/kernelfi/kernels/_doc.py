@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from ._base import all_kernels, get_kernel
+from .activation import ACTIVATIONS
 
 Params = Callable[[int], Mapping[str, Any]]
 
@@ -29,6 +30,11 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
                                         "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
     "forward_avgpool": ("S", lambda v: {"channels": 1, "height": 1, "width": v}),
     "softmax": ("n", lambda v: {"n": v, "temperature": 1.0}),
+    "scale_channels": (None, lambda v: {"channels": 1, "spatial": 1}),
+    "forward_local_avgpool": ("s", lambda v: {"channels": 1, "height": 9, "width": 9, "size": v, "stride": 1,
+                                              "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
+    "upsample": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "stride": 2, "scale": 1.0}),
+    "binary_op": (None, lambda v: {"op": "add", "out": (1, 1, 1), "a": (1, 1, 1), "b": (1, 1, 1)}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")
@@ -54,12 +60,12 @@ def tag_table(name: str) -> str:
     vocab = k.vocabulary()
     rows: dict[str, list[str]] = {}
     if name == "activate_array":
-        for act in ("linear", "relu", "leaky", "logistic"):
+        for act in ACTIVATIONS:
             for s in k.template({"n": 1, "activation": act}).slots:
                 rows.setdefault(s.tag, [s.group, s.opcode, str(s.count)]).append(act)
         lines = [TAG_TABLE_HEAD]
         for tag, (group, op, cnt, *acts) in rows.items():
-            only = "" if len(acts) == 4 else f" ({', '.join(acts)})"
+            only = "" if len(acts) == len(ACTIVATIONS) else f" ({', '.join(acts)})"
             lines.append(f"| `{tag}` | {group} | {op} | {cnt}{only} | {vocab[tag].effect} | {vocab[tag].meaning} |")
         return "\n".join(lines)
     var, params = _SIZES[name]

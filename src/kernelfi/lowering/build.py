@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import get_kernel, shortcut_geometry
+from kernelfi.kernels import LEAKY_SLOPE, get_kernel, shortcut_geometry
 from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
 
 _WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
@@ -25,6 +25,14 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(dims) == 3:
         return dims  # type: ignore[return-value]
     return (math.prod(dims), 1, 1)
+
+
+def activation_params(p: dict[str, Any], n: int) -> dict[str, Any]:
+    """activate_array's launch parameters for a layer's activation (a slope only when not Darknet's)."""
+    out: dict[str, Any] = {"n": n, "activation": str(p.get("activation", "linear"))}
+    if "slope" in p and float(p["slope"]) != LEAKY_SLOPE:
+        out["slope"] = float(p["slope"])
+    return out
 
 
 @dataclass
@@ -85,8 +93,7 @@ class _Builder:
                         {"channels": channels, "spatial": spatial, "eps": eps})
             self.launch(spec, "scale_bias", (out, f"{spec.name}.scales"), (out,), {"channels": channels, "spatial": spatial})
         self.launch(spec, "add_bias", (out, f"{spec.name}.biases"), (out,), {"channels": channels, "spatial": spatial})
-        self.launch(spec, "activate_array", (out,), (out,),
-                    {"n": channels * spatial, "activation": str(p.get("activation", "linear"))})
+        self.launch(spec, "activate_array", (out,), (out,), activation_params(p, channels * spatial))
 
     def alloc_params(self, spec: LayerSpec, wshape: tuple[int, ...], n: int) -> None:
         self.weight(spec, "weights", wshape)
@@ -103,13 +110,19 @@ class _Builder:
         filters, size, stride = int(p["filters"]), int(p["size"]), int(p["stride"])
         pad, groups, dil = int(p["pad"]), int(p.get("groups", 1)), int(p.get("dilation", 1))
         _, oh, ow = spec.out_shape
+        # a non-square kernel/stride/padding/dilation: the width axis in *_w (im2col's W_AXIS)
+        wide = {f"{key}_w": int(p[f"{src_key}_w"]) for key, src_key in
+                (("ksize", "size"), ("stride", "stride"), ("pad", "pad"), ("dilation", "dilation"))
+                if f"{src_key}_w" in p}
+        size_w = wide.get("ksize_w", size)
         cg, mg = c // groups, filters // groups
-        k, n = cg * size * size, oh * ow
+        k, n = cg * size * size_w, oh * ow
         self.alloc_params(spec, (filters, k), filters)
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out
         self.launch(spec, "fill", (), (out,), {"n": filters * n, "value": 0.0})
-        direct = size == 1 and stride == 1 and pad == 0 and dil == 1
+        direct = size == 1 and stride == 1 and pad == 0 and dil == 1 and all(v == (0 if "pad" in key else 1)
+                                                                            for key, v in wide.items())
         for g in range(groups):
             sfx = f".g{g}" if groups > 1 else ""
             if direct:
@@ -118,7 +131,7 @@ class _Builder:
                 self.launch(spec, "im2col", (self.buf(src),), ("workspace",),
                             {"channels": c, "height": h, "width": w, "ksize": size, "stride": stride,
                              "pad": pad, "dilation": dil, "out_h": oh, "out_w": ow,
-                             "channel_offset": g * cg, "group_channels": cg}, sfx)
+                             "channel_offset": g * cg, "group_channels": cg, **wide}, sfx)
                 self.workspace = (max(self.workspace[0], k), max(self.workspace[1], n))
                 b, b_off = "workspace", 0
             self.launch(spec, "gemm", (f"{spec.name}.weights", b, out), (out,),
@@ -157,6 +170,29 @@ class _Builder:
         self.launch(spec, "forward_avgpool", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "height": h, "width": w})
 
+    def local_avgpool(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [local_avgpool] layer: forward_local_avgpool_layer_kernel
+        p = spec.params
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        params: dict[str, Any] = {"channels": c, "height": h, "width": w, "size": int(p["size"]),
+                                  "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow}
+        if p.get("count_include_pad"):
+            params["count_include_pad"] = True
+        self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
+
+    def upsample(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [upsample] layer: fill the output with 0, then upsample_kernel adds scale*x
+        c, h, w = self.chw(spec.inputs[0])
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "fill", (), (out,), {"n": math.prod(spec.out_shape), "value": 0.0})
+        self.launch(spec, "upsample", (self.buf(spec.inputs[0]), out), (out,),
+                    {"channels": c, "height": h, "width": w, "stride": int(spec.params["stride"]),
+                     "scale": float(spec.params.get("scale", 1.0))})
+
     def shortcut(self, spec: LayerSpec) -> None:
         a, b = spec.inputs
         n = math.prod(spec.out_shape)
@@ -170,8 +206,46 @@ class _Builder:
                                 "(Darknet's shortcut needs equal width and height ratios)")
         self.launch(spec, "shortcut", (out, self.buf(b)), (out,),
                     {"w1": w1, "h1": h1, "c1": c1, "w2": w2, "h2": h2, "c2": c2})
-        self.launch(spec, "activate_array", (out,), (out,),
-                    {"n": n, "activation": str(spec.params.get("activation", "linear"))})
+        self.launch(spec, "activate_array", (out,), (out,), activation_params(spec.params, n))
+
+    def activation(self, spec: LayerSpec) -> None:
+        # Darknet's [activation] layer (activation_layer.c): copy the input, activate the copy
+        n = math.prod(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "copy", (self.buf(spec.inputs[0]),), (out,), {"n": n, "out_offset": 0})
+        self.launch(spec, "activate_array", (out,), (out,), activation_params(spec.params, n))
+
+    def batchnorm(self, spec: LayerSpec) -> None:
+        # Darknet's [batchnorm] layer at inference (batchnorm_layer.c): copy the input, then
+        # normalize, scale_bias and add_bias on the copy
+        c, h, w = _chw(spec.out_shape)
+        for role in ("scales", "biases", "rolling_mean", "rolling_variance"):
+            self.weight(spec, role, (c,))
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "copy", (self.buf(spec.inputs[0]),), (out,), {"n": c * h * w, "out_offset": 0})
+        self.launch(spec, "normalize", (out, f"{spec.name}.rolling_mean", f"{spec.name}.rolling_variance"), (out,),
+                    {"channels": c, "spatial": h * w, "eps": float(spec.params.get("eps", 1e-5))})
+        self.launch(spec, "scale_bias", (out, f"{spec.name}.scales"), (out,), {"channels": c, "spatial": h * w})
+        self.launch(spec, "add_bias", (out, f"{spec.name}.biases"), (out,), {"channels": c, "spatial": h * w})
+
+    def scale_channels(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [scale_channels] layer: the map (inputs[0]) times a per-channel scale (inputs[1])
+        c, h, w = _chw(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "scale_channels", (self.buf(spec.inputs[0]), self.buf(spec.inputs[1])), (out,),
+                    {"channels": c, "spatial": h * w})
+
+    def binary(self, spec: LayerSpec) -> None:
+        # PyTorch's broadcasting add/sub/mul element kernel
+        a, b = spec.inputs
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "binary_op", (self.buf(a), self.buf(b)), (out,),
+                    {"op": str(spec.params["op"]), "out": _chw(spec.out_shape),
+                     "a": tuple(spec.params["a"]), "b": tuple(spec.params["b"])})
 
     def route(self, spec: LayerSpec) -> None:
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.kernels import conv1x1, conv1x1_cols, lane_conv2d
+from kernelfi.kernels import W_AXIS, conv1x1, conv1x1_cols, lane_conv2d
 from kernelfi.lowering.engine import Program
-from kernelfi.lowering.fastpath import Unit, relu_like, shared_weight, epilogue, maxpool_window
+from kernelfi.lowering.fastpath import Unit, epilogue, launch_activation, maxpool_window, relu_like, shared_weight
 from kernelfi.types import Trace
 
 Box = tuple[int, int, int, int]
@@ -95,7 +95,7 @@ class CropUnit:
             return maxpool_window(crops[0], int(p["size"]), int(p["stride"]))
         if self.kind == "shortcut":
             y = torch.add(crops[0], crops[1])
-            return _act(y, str(ls["activate_array"].params.get("activation", "linear")))
+            return _act(y, *launch_activation(ls["activate_array"]))
         gemm = ls["gemm"]
         w = shared_weight(mem, gemm.reads[0], 2)
         if w is None:
@@ -143,9 +143,9 @@ class CropUnit:
         return float("-inf") if self.kind == "maxpool" else 0.0
 
 
-def _act(y: torch.Tensor, act: str) -> torch.Tensor:
+def _act(y: torch.Tensor, act: str, slope: float) -> torch.Tensor:
     lanes = y.shape[0]
-    return relu_like(y.reshape(lanes, y.shape[1], -1), act).reshape(y.shape)
+    return relu_like(y.reshape(lanes, y.shape[1], -1), act, slope).reshape(y.shape)
 
 
 def crop_units(program: Program) -> dict[int, CropUnit]:
@@ -195,6 +195,8 @@ def _describe(trace: Trace, unit: Unit) -> CropUnit | None:
         return None
     if "im2col" in ls:
         q = ls["im2col"].params
+        if any(k in q for k in W_AXIS.values()):
+            return None  # non-square geometry: the cone's windows are square (whole-tensor path)
         c, h, w, ks, st, pad = (int(q[k]) for k in ("channels", "height", "width", "ksize", "stride", "pad"))
         dil = int(q.get("dilation", 1))
         if int(p["K"]) != c * ks * ks:
