@@ -61,6 +61,20 @@ def test_a_model_file_keeps_its_factory_weights_and_takes_a_state_dict(tmp_path:
     assert not torch.equal(logits_of(ModelSpec(path, "random", seed_weights=1)), LOGITS)
 
 
+def test_a_factory_leaving_pytorchs_default_init_gets_seeded_random_weights_said(tmp_path: Path) -> None:
+    """nn.Linear's default weights come from the global generator: another model on every call, so a
+    worker would inject into another model than the driver. They are no weights of the model's."""
+    (tmp_path / "dflt.py").write_text("from torch import nn\ninput_shape = (1, 2, 2)\n"
+                                      "def f():\n    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))\n"
+                                      "f.input_shape = (1, 2, 2)\n")
+    spec = ModelSpec(f"{tmp_path / 'dflt.py'}:f")
+    a, b = open_session(spec), open_session(spec)
+    assert a.loaded.weights_source == "random (seed 0)" and a.weights_hash == b.weights_hash
+    assert torch.equal(a.loaded.module[1].weight, b.loaded.module[1].weight)
+    (note,) = a.notes
+    assert "seeded random weights" in note and "--weights" in note
+
+
 def test_model_file_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "shapeless.py").write_text("from torch import nn\ndef f():\n    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))\n")
     cases = [(f"{tmp_path / 'missing.py'}:f", "no such model file"),
@@ -81,6 +95,10 @@ def _builder(num_classes: int) -> torch.nn.Module:
     return Hand(num_classes)
 
 
+def _default_init(num_classes: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, num_classes))
+
+
 register_model(_BUILT, input_shape=(1, 2, 2), num_classes=2, mean=(0.0,), std=(1.0,), description="test")(_builder)
 
 
@@ -92,6 +110,10 @@ def test_a_registered_builders_own_weights_are_kept() -> None:
     assert open_session(ModelSpec(_BUILT)).notes == ()
     rnd = open_session(ModelSpec(_BUILT, "random"))  # only when asked, and then said
     assert rnd.loaded.weights_source == "random (seed 0)" and "seeded random" in rnd.notes[0]
+    register_model(_BUILT + "-dflt", input_shape=(1, 2, 2), num_classes=2, mean=(0.0,), std=(1.0,),
+                   description="test")(_default_init)
+    dflt = open_session(ModelSpec(_BUILT + "-dflt"))  # PyTorch's default init: seeded random, said
+    assert dflt.loaded.weights_source == "random (seed 0)" and len(dflt.notes) == 1
     # kernelfi's own architectures have no trained weights: seeded random ones, as before
     assert load_model("alexnet", num_classes=7).weights_source == "random (seed 0)"
 

@@ -21,7 +21,8 @@ from kernelfi.models.checkpoints import apply_state, load_state
 from kernelfi.models.info import LoadedModel, ModelInfo
 from kernelfi.models.random_init import RANDOM_INIT_SCHEME, build_empty, init_random
 from kernelfi.models.user import (
-    FACTORY_WEIGHTS, import_file, is_model_file, load_file_model, lookup, source_of, state_digest, user_code,
+    FACTORY_WEIGHTS, import_file, is_model_file, load_file_model, lookup, reproducible, source_of, state_digest,
+    user_code,
 )
 
 __all__ = [
@@ -217,8 +218,16 @@ def _load_torch(entry: _Entry, weights: str | None, num_classes: int | None,
         fixed = f"fixed at {info.num_classes}" if entry.fixed_classes else "at least 1"
         raise KernelfiError(f"model '{info.name}': num_classes={classes} is invalid ({fixed})")
 
-    if entry.own_weights and weights != RANDOM:
-        module = builder(classes)  # the user's builder: the weights it sets are kept
+    own = False
+    if entry.own_weights and weights != RANDOM:  # the user's builder: the weights it sets are kept
+        module, own = reproducible(lambda: builder(classes)) if state is None else (builder(classes), False)
+        if state is None and not own:  # PyTorch's default initialisation: no weights of the model's
+            try:
+                init_random(module, seed)
+            except TypeError as e:
+                raise KernelfiError(f"model '{info.name}': its builder's weights differ from call to call and "
+                                    f"there are no seeded random ones for it ({e}); set them in the builder, or "
+                                    "give --weights") from None
     else:
         module = init_random(build_empty(lambda: builder(classes)), seed)
     if state is not None and path is not None:
@@ -226,7 +235,7 @@ def _load_torch(entry: _Entry, weights: str | None, num_classes: int | None,
         digest = sha256_file(path)
         note = ("embedded trained weights" if source == EMBEDDED
                 else f"weights from {path.name}")
-    elif entry.own_weights and weights != RANDOM:
+    elif own:
         digest, source = state_digest(module), FACTORY_WEIGHTS
         note = f"the builder's own weights (state sha256 {digest[:12]})"
     else:

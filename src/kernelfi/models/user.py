@@ -34,7 +34,7 @@ from kernelfi.models.info import LoadedModel, ModelInfo
 from kernelfi.models.random_init import RANDOM_INIT_SCHEME, init_random
 
 __all__ = ["is_model_file", "parse_model_file", "import_file", "load_file_model", "source_of", "lookup",
-           "state_digest", "user_code", "FACTORY_WEIGHTS"]
+           "state_digest", "user_code", "reproducible", "FACTORY_WEIGHTS"]
 
 #: ``LoadedModel.weights_source`` of weights the factory (or builder) set itself
 FACTORY_WEIGHTS = "factory"
@@ -147,18 +147,31 @@ def state_digest(module: nn.Module | Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def reproducible(make: Callable[[], nn.Module]) -> tuple[nn.Module, bool]:
+    """``make()``, and whether the weights it sets are its own: the same on a second call. A
+    builder that leaves PyTorch's default initialisation (drawn from the global generator) gives
+    other weights every call: a worker or a later command would inject into another model, so
+    such weights are no weights of the model's (the caller then draws seeded random ones)."""
+    first = make()
+    if not isinstance(first, nn.Module):
+        return first, False
+    return first, state_digest(first) == state_digest(make())
+
+
 @dataclass(frozen=True)
 class _Built:
     module: nn.Module
     input_shape: tuple[int, int, int]
     num_classes: int
+    own: bool  # the factory's weights are the same on every call (``reproducible``)
 
 
-def _build(path: Path, factory: str, sha256: str | None, input_shape: tuple[int, ...] | None) -> _Built:
+def _build(path: Path, factory: str, sha256: str | None, input_shape: tuple[int, ...] | None,
+           check_own: bool) -> _Built:
     where = f"{path}:{factory}"
     fn = lookup(import_file(path, sha256), factory, where)
     try:
-        module = fn()
+        module, own = reproducible(fn) if check_own else (fn(), False)
     except Exception as e:
         raise KernelfiError(f"{where}: the factory failed: {type(e).__name__}: {one_line(str(e))}") from e
     if not isinstance(module, nn.Module):
@@ -177,29 +190,31 @@ def _build(path: Path, factory: str, sha256: str | None, input_shape: tuple[int,
         except Exception as e:
             raise KernelfiError(f"{where}: the model does not run on a {'x'.join(map(str, shape))} input: "
                                 f"{type(e).__name__}: {one_line(str(e))}") from e
-    return _Built(module, shape, int(out.numel()))  # type: ignore[arg-type]
+    return _Built(module, shape, int(out.numel()), own)  # type: ignore[arg-type]
 
 
 def load_file_model(name: str, weights: str | None = None, seed: int = 0, input_shape: tuple[int, ...] | None = None,
                     sha256: str | None = None) -> LoadedModel:
     """Build the model of ``PATH.py:FACTORY`` in eval mode.
 
-    ``weights``: ``None`` keeps the factory's own weights (identified by ``state_digest``); a
-    state dict file (``.safetensors``, ``.pt``/``.pth`` read weights-only) is loaded over them
-    strictly; ``"random"`` replaces them by seeded random ones (said in the note).
+    ``weights``: ``None`` keeps the factory's own weights (identified by ``state_digest``) where
+    they are the same on every call, else (PyTorch's default initialisation) draws seeded random
+    ones, as ``"random"`` does (said in the note); a state dict file (``.safetensors``,
+    ``.pt``/``.pth`` read weights-only) is loaded over them strictly.
     ``sha256``: the file's recorded content, checked before it is imported.
     """
     path, factory = parse_model_file(name)
-    b = _build(path, factory, sha256, input_shape)
+    keep = weights in (None, FACTORY_WEIGHTS)
+    b = _build(path, factory, sha256, input_shape, check_own=keep)
     module, c = b.module, b.input_shape[0]
     label = f"{path.stem}:{factory}"
     info = ModelInfo(label, b.input_shape, b.num_classes, (0.0,) * c, (1.0,) * c, None,
                      f"{factory} from {path}")
-    if weights in (None, FACTORY_WEIGHTS):
+    if keep and b.own:
         digest = state_digest(module)
         return LoadedModel(module, info, FACTORY_WEIGHTS, digest,
                            f"the factory's own weights (state sha256 {digest[:12]})")
-    if weights == "random":
+    if keep or weights == "random":
         try:
             init_random(module, seed)
         except TypeError as e:
