@@ -137,6 +137,8 @@ def test_cli_model_file_from_any_directory_and_a_changed_file_refused(project: P
     res = run("export", f"{project / 'net' / 'hand_net.py'}:Hand", "--hardening", project / "plan.json",
               "--out", project / "exp", "--data", project / "data.npz", "--check", "2")
     assert res.exit_code == 0 and "exported" in res.output, res.output
+    res = run("overhead", "--exported", project / "exp", "--reps", "2", "--lanes", "2", "--device", "cpu")
+    assert res.exit_code == 0 and "full TMR" in res.output, res.output
     res = run("overhead", f"{project / 'net' / 'hand_net.py'}:Hand", "--gpu", "gtx750ti")
     assert res.exit_code == 0 and "overhead (modelled)" in res.output, res.output
     with (project / "net" / "hand_net.py").open("a") as f:

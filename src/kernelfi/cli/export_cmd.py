@@ -50,8 +50,8 @@ def export_cmd(model: str, weights: str | None, num_classes: int | None, seed_we
 def overhead_exported(directory: str, reps: int, lanes: int, device: str, clock: str) -> None:
     """``kernelfi overhead --exported DIR``: the export's variants against the original, natively."""
     manifest = read_manifest(directory)
-    model = manifest.get("registry") or manifest["model"]
-    x = _inputs(model, None, lanes)
+    model = manifest.get("registry") or manifest.get("model_file") or manifest["model"]
+    x = _inputs(model, None, lanes, tuple(manifest["input_shape"]))
     devices = ["cpu"] if device == "cpu" else ["cuda"] if device == "cuda" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     click.echo(f"{directory} ({manifest['model']}): plain PyTorch, {x.shape[0]} inputs per forward, {reps} "

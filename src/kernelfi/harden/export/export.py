@@ -25,7 +25,8 @@ from torch import nn
 from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError
 from kernelfi.lowering import FxLowered, build_trace, lower_fx
-from kernelfi.models import load_model
+from kernelfi.models import is_model_file, load_model
+from kernelfi.models.user import parse_model_file
 from kernelfi.types import Trace
 
 from ..plan import Plan, as_plan, full_plan
@@ -73,6 +74,11 @@ def _resolve(model: str | nn.Module, weights: str | None, num_classes: int | Non
         raise KernelfiError(f"{model}: Darknet cfg models are not exported: their module interprets Darknet's "
                             "layers (NaN and padding semantics) rather than composing standard torch.nn ops")
     info = loaded.info
+    if is_model_file(model):  # rebuilt from its file (``original_module``), not by a registry name
+        path, factory = parse_model_file(model)
+        return _Source(loaded.module, info.name, info.input_shape,
+                       {"registry": None, "model_file": f"{path}:{factory}", "weights_source": loaded.weights_source,
+                        "weights_hash": loaded.weights_hash})
     return _Source(loaded.module, info.name, info.input_shape,
                    {"registry": info.name, "num_classes": info.num_classes, "weights_source": loaded.weights_source,
                     "weights_hash": loaded.weights_hash})
