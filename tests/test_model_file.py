@@ -56,6 +56,12 @@ def test_a_model_file_keeps_its_factory_weights_and_takes_a_state_dict(tmp_path:
     torch.save(state, tmp_path / "w.pt")  # tensors only: read with weights_only=True
     for f in ("w.safetensors", "w.pt"):
         assert torch.equal(logits_of(ModelSpec(path, str(tmp_path / f))), torch.tensor([[6.0, 8.0], [24.0, 2.0]]))
+    torch.save(Hand(), tmp_path / "whole.pt")  # a pickled module: never unpickled
+    with pytest.raises(KernelfiError, match="whole.pt") as e:
+        load_model(path, weights=str(tmp_path / "whole.pt"))
+    assert "\n" not in str(e.value)
+    res = run("profile", path, "--weights", tmp_path / "w.safetensors", "--format", "json")
+    assert res.exit_code == 0, res.output
     rnd = open_session(ModelSpec(path, "random", seed_weights=1))
     assert rnd.loaded.weights_source == "random (seed 1)" and len(rnd.notes) == 1 and "random" in rnd.notes[0]
     assert not torch.equal(logits_of(ModelSpec(path, "random", seed_weights=1)), LOGITS)
