@@ -260,3 +260,25 @@ def test_harden_cli_plans_within_budget_and_campaigns_record_the_plan(tmp_path: 
                                       seed=3, inputs=12), str(db))
     with Store(db) as s:   # the plan as written, less the planner's explanation of what it left out
         assert s.campaign(cid).meta.hardening == {k: v for k, v in json.loads(out.read_text()).items() if k != "explain"}
+
+
+def test_full_abft_leaves_out_the_gemm_of_a_non_square_convolution() -> None:
+    """ABFT's virtual im2col reads square windows: the planner's full-ABFT program protects every
+    other gemm and harden does not fail on a model with a (1, 3) kernel."""
+    from torch import nn
+
+    from kernelfi.harden import abft_checkable, abft_plan, apply_plan
+    from kernelfi.lowering import lower
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, (1, 3), padding=(0, 1)), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    prog = lower(net, (1, 6, 6), "mixed")
+    gemms = [l for l in prog.trace.launches if l.kernel == "gemm"]
+    assert len(gemms) == 3
+    assert [abft_checkable(prog.trace, l.index) for l in gemms] == [False, True, True]
+    plan = abft_plan(prog.trace)
+    assert [(p.target, p.name) for p in plan.protect] == [("launch", gemms[1].name), ("launch", gemms[2].name)]
+    hardened = apply_plan(prog, plan)
+    protected = {l.params.get("protects") for l in hardened.trace.launches if l.params.get("hardening") == "abft"}
+    assert protected == {gemms[1].name, gemms[2].name}

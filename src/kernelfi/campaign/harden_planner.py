@@ -39,7 +39,7 @@ from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.stored import prepare_stored
 from kernelfi.execution import Golden, Runner
 from kernelfi.harden import (
-    Plan, Protection, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, units,
+    Plan, Protection, abft_plan, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, units,
 )
 from kernelfi.harden.choice import Candidate, RiskModel, Row, State, choose, residual
 from kernelfi.harden.explain import explain, summary
@@ -206,7 +206,7 @@ def candidates(base: Program, progs: dict[str, Program], timing: dict[str, Any],
                     a = added.get(buf, {})
                     out.append(Candidate("range", buf, (), sum(a.values()), tuple(a), layer, bounds[buf]))
             continue
-        for u in units(base.trace, full_plan(base.trace.model, _kernels(base.trace, tech), tech)):
+        for u in units(base.trace, _full(base.trace, tech)):
             names = tuple(base.trace.launches[i].name for i in u.launches)
             a = added.get(names[-1], {})
             out.append(Candidate(tech, names[-1], names, sum(a.values()), tuple(a),
@@ -214,8 +214,9 @@ def candidates(base: Program, progs: dict[str, Program], timing: dict[str, Any],
     return out
 
 
-def _kernels(trace: Trace, tech: str) -> list[str]:
-    return ["gemm"] if tech == "abft" else sorted({l.kernel for l in trace.launches})
+def _full(trace: Trace, tech: str) -> Plan:
+    """The whole model under one technique: the candidates' source and their pricing."""
+    return abft_plan(trace) if tech == "abft" else full_plan(trace.model, sorted({l.kernel for l in trace.launches}), tech)
 
 
 def added_pop(prog: Program, group: Group) -> dict[str, float]:
@@ -282,7 +283,7 @@ def plan_hardening(db: str, budget: str | float, outcome_table: OutcomeTable, te
                 Protection("layer", layer, "range", bounds={buf: bounds[buf]})
                 for layer, buf in layer_outputs(base.trace).items() if buf in bounds)))
         else:
-            progs[t] = apply_plan(base, full_plan(base.trace.model, _kernels(base.trace, t), t))
+            progs[t] = apply_plan(base, _full(base.trace, t))
     x = x_all[:lanes]
     price = Pricer(pricing, x, reps, fast, device, clock)
     say(f"modelling the unhardened model and full {', '.join(techs)} on the {pricing.gpu.name} ..."

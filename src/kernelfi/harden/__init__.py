@@ -19,11 +19,11 @@ from .pricing import DEFAULT_COST, Cost, Pricer, modelled, modelled_programs, pa
 from .table import OverheadTable, modelled_overhead, overhead_table
 from .timing import Timing, by_kernel, on_device, steps, time_programs
 from .transform import OWN_KEYS, apply_plan, comparison_programs, harden_trace
-from .units import Unit, conv_pairs, range_sites, select, units
+from .units import Unit, abft_checkable, abft_plan, conv_pairs, range_sites, select, units
 
 __all__ = [
     "DEFAULT_COST", "OWN_KEYS", "REPLICATION", "TARGETS", "TECHNIQUES", "Cost", "OverheadTable", "Plan", "Pricer",
-    "Protection", "Timing", "Unit", "apply_plan", "as_plan", "by_kernel", "comparison_programs", "conv_pairs", "full_plan",
+    "Protection", "Timing", "Unit", "abft_checkable", "abft_plan", "apply_plan", "as_plan", "by_kernel", "comparison_programs", "conv_pairs", "full_plan",
     "harden_trace", "layer_outputs", "modelled", "modelled_overhead", "modelled_programs", "on_device", "overhead_table", "parse_budget", "parse_cost",
     "profile_bounds", "range_sites", "select", "steps", "time_programs", "units",
 ]

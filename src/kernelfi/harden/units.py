@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kernelfi._utils import KernelfiError
+from kernelfi.kernels import W_AXIS
 from kernelfi.types import Launch, Trace
 
 from .plan import REPLICATION, Plan, Protection
@@ -60,6 +61,25 @@ def conv_pairs(trace: Trace) -> dict[int, int]:
                 and len(b.reads) > 1 and b.reads[1] == "workspace"):
             pairs[i] = i + 1
     return pairs
+
+
+def abft_checkable(trace: Trace, gemm: int) -> bool:
+    """Whether ABFT's checksums can check this gemm launch: its virtual im2col reads square
+    windows, so a gemm fed by a non-square im2col (a (1, 3) kernel, say) cannot be checked."""
+    pairs = {g: i for i, g in conv_pairs(trace).items()}
+    im = pairs.get(gemm)
+    return im is None or not any(key in trace.launches[im].params for key in W_AXIS.values())
+
+
+def abft_plan(trace: Trace) -> Plan:
+    """Full ABFT: every gemm it can check — by kernel type where that is all of them, else launch
+    by launch (the planner never offers ABFT where it cannot check, so harden does not fail on a
+    model with non-square convolutions)."""
+    gemms = [l.index for l in trace.launches if l.kernel == "gemm"]
+    ok = [i for i in gemms if abft_checkable(trace, i)]
+    if ok == gemms:
+        return Plan(trace.model, (Protection("kernel", "gemm", "abft"),))
+    return Plan(trace.model, tuple(Protection("launch", trace.launches[i].name, "abft") for i in ok))
 
 
 def units(trace: Trace, plan: Plan) -> list[Unit]:
