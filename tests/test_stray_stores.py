@@ -38,7 +38,7 @@ def digits_rf3():
 def test_rf_address_flip_sends_the_gemm_store_into_the_workspace(digits_rf3) -> None:
     # First found as digits-alexnet RF seed 3, injection 48 (IndexError in struck._owned_diffs):
     # bit 19 of the low half of a C address register in features.6.gemm. With the SGEMM model
-    # the fault is built directly: thread 0's row pointer (lea:addr_c, held in r_load0_0 after
+    # the fault is built directly: thread 0's row pointer (lea:addr_c, held in r_ptr_lo after
     # the loop), struck early in its life: row slot 0, C's row 0, the thread's columns 0-3 and
     # 32-35. Each store goes 2**19 bytes on, into the im2col workspace, and C keeps what it held.
     prep = digits_rf3
