@@ -18,6 +18,7 @@ from kernelfi.campaign.session import inputs_tensor, open_session, session_input
 from kernelfi.cli import cli
 from kernelfi.faults.inject import LaneEffect, make_override
 from kernelfi.faults.memmap import MemoryMap
+from kernelfi.faults.replay import site_lane
 from kernelfi.harden import Plan, Protection, apply_plan, full_plan, layer_outputs, profile_bounds
 from kernelfi.kernels import get_kernel
 from kernelfi.lowering import Program
@@ -143,7 +144,8 @@ def test_hardened_golden_equals_the_original_bit_for_bit(tiny: Program, digits) 
 
 
 # ---------------------------------------------------------------------------- injections (runner)
-GEMM_ACC = dict(tag="ffma:acc", thread=5, exec_=4, calls=9)   # tests/test_faults_hand.py: 6.0 -> bit 30
+# tests/test_faults_hand.py: output (0, 5) is SGEMM thread 2's output 1; its step-4 partial sum 6.0 -> bit 30
+GEMM_ACC = dict(tag="ffma:acc", thread=2, exec_=4 * 64 + 1, calls=64 * 16)
 
 
 def outcome(p: Program, name: str, tag: str, thread: int, exec_: int = 0, calls: int | None = None,
@@ -202,10 +204,15 @@ def test_abft_corrects_a_single_error_exactly_and_recomputes_a_multiple_one(tiny
         assert torch.equal(mem[h.trace.output], golden[h.trace.output])
         assert torch.equal(mem["layers.0.output"].view(torch.int32), golden["layers.0.output"].view(torch.int32))
     # through the campaign runner: the partial-sum flip is Masked; a flip of the centre weight as
-    # loaded into the shared tile (1.0 -> inf) reaches all 16 outputs: recomputed, Masked too
+    # loaded into shared memory reaches all 16 outputs: recomputed, Masked too. A[0][4] is loaded
+    # by SGEMM thread 32 (the A half's t = 0: rows 0-3, line 0) as its load j = 2 of K block 0
+    # (k = 0 + 2*2), execution 2 of 8; bit 31 strikes component site_lane(32, 2, (31,)) % 4 = 0,
+    # row 0: the weight -1.0, conv out -x + 0.5, window 0 pools -0.5: logits [-0.5, 6.0], class 1
+    assert site_lane(32, 2, (31,), None) % 4 == 0
+    wload = dict(tag="ldg:tile", thread=32, exec_=2, calls=8, bit=31)
     assert outcome(h, "layers.0.gemm", **GEMM_ACC) == "masked"
-    assert outcome(tiny, "layers.0.gemm", "ldg:a_tile", 4) == "sdc_malfunction"
-    assert outcome(h, "layers.0.gemm", "ldg:a_tile", 4) == "masked"
+    assert outcome(tiny, "layers.0.gemm", **wload) == "sdc_malfunction"
+    assert outcome(h, "layers.0.gemm", **wload) == "masked"
     # faults in the checksum kernels at worst raise a false alarm, and the exact recomputation masks it
     assert outcome(h, "layers.0.gemm.abft_check", "setp:within", 3, bit=0) == "masked"
 

@@ -15,8 +15,9 @@ from kernelfi.campaign import CampaignConfig, ModelSpec
 from kernelfi.campaign.campaign import to_records
 from kernelfi.campaign.prepared import prepare
 from kernelfi.execution.golden import Golden
-from kernelfi.campaign.planner import Planner
 from kernelfi.execution.runner import Runner
+from kernelfi.types import AddressHalf, Fault, PlannedFault, Site
+from tests.tiny import rf_site_of
 from kernelfi.faults.memmap import MemoryMap
 from kernelfi.faults.registers import rf_registers
 from kernelfi.lowering import lower
@@ -35,23 +36,27 @@ def digits_rf3():
 
 
 def test_rf_address_flip_sends_the_gemm_store_into_the_workspace(digits_rf3) -> None:
-    # digits-alexnet RF seed 3, injection 48 (IndexError in struck._owned_diffs): bit 19 of the
-    # low half of thread 2260's C address register in features.6.gemm. The store goes 2**19
-    # bytes on, into the im2col workspace (element 14484), and C[2260] keeps what it held.
+    # First found as digits-alexnet RF seed 3, injection 48 (IndexError in struck._owned_diffs):
+    # bit 19 of the low half of a C address register in features.6.gemm. With the SGEMM model
+    # the fault is built directly: thread 0's row pointer (lea:addr_c, held in r_ptr_lo after
+    # the loop), struck early in its life: row slot 0, C's row 0, the thread's columns 0-3 and
+    # 32-35. Each store goes 2**19 bytes on, into the im2col workspace, and C keeps what it held.
     prep = digits_rf3
-    pf = prep.planner.draw(48)
-    trace = prep.session.program.trace
-    launch = trace.launches[pf.fault.site.launch]
-    assert launch.name == "features.6.gemm" and pf.fault.bits == (19,)
-    assert rf_registers(launch).registers[pf.fault.site.register].name == "r_c_lo"
+    program = prep.session.program
+    trace = program.trace
+    launch = next(l for l in trace.launches if l.name == "features.6.gemm")
+    regs = rf_registers(launch).registers
+    r = next(i for i, reg in enumerate(regs) if reg.tag == "lea:addr_c" and reg.half is AddressHalf.LOW)
+    pf = PlannedFault(48, Fault("rf", rf_site_of(program, launch.name, r, 0), "single", (19,), input_id=0), 1.0)
     mm = MemoryMap.from_trace(trace)
-    assert mm.resolve(mm.address("features.6.output", 2260) + (1 << 19)) == ("workspace", 14484)
+    cols = [0, 1, 2, 3, 32, 33, 34, 35]
+    assert all(mm.resolve(mm.address("features.6.output", c) + (1 << 19))[0] == "workspace" for c in cols)
     with torch.no_grad():
         rec = to_records(prep, prep.runner.run([pf]))[0]
-    assert rec.element == 2260 and rec.tag == "lea:addr_c"
+    assert rec.element == 0 and rec.tag == "lea:addr_c"
     assert rec.corrupted - rec.original == 1 << 19
-    assert rec.propagation[0].layer == 4 and rec.propagation[0].corrupted == 1  # C[2260] alone
-    whole = Runner(prep.session.program, prep.golden, cone=False)
+    assert rec.propagation[0].layer == 4 and rec.propagation[0].corrupted == 8  # the row's 8 outputs
+    whole = Runner(program, prep.golden, cone=False)
     with torch.no_grad():
         again = to_records(prep, whole.run([pf]))[0]
     assert dataclasses.replace(rec, seconds=0.0) == dataclasses.replace(again, seconds=0.0)
@@ -61,8 +66,10 @@ def test_iov_maxpool_window_index_campaign_fault(tmp_path) -> None:
     # digits-alexnet IOV seed 11, injection 1363 (OverflowError in inject._same): imod:ow of
     # features.2.forward_maxpool, bit 12, worked by hand in test_faults_hand; here the campaign's
     # own fault, whose -inf max lands on the argmax buffer and whose -1 argmax on a weight.
+    # (the draw under the textbook gemm template; other templates move the planner's draws)
     prep = prepare(CampaignConfig(ModelSpec("digits-alexnet"), "iov", "single", n=1364, seed=11))
-    pf = prep.planner.draw(1363)
+    pf = PlannedFault(1363, Fault("iov", Site(launch=5, group="GPR", thread=2576, slot=17, iteration=1),
+                                  "single", (12,), input_id=144), 1.0)
     assert prep.session.program.trace.launches[pf.fault.site.launch].name == "features.2.forward_maxpool"
     with torch.no_grad():
         rec = to_records(prep, prep.runner.run([pf]))[0]
@@ -94,8 +101,14 @@ def test_ioa_stray_stores_of_one_composite_on_a_global_pool_model() -> None:
     prog = _cbr_gap_linear()
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     golden = Golden.compute(prog, x)
-    planner = Planner(prog.trace, "ioa", "single", False, 2, 4)
-    faults = [planner.draw(i) for i in (149, 269, 331)]
+    # 149 and 269 as the planner drew them under the textbook gemm template; 331 was an IOA of a
+    # gemm load of input 2 that crashed: here the SGEMM's x-operand LDS.128 of thread 0 at step
+    # 26, its shared offset + 2**19: far outside the 8 KB of shared memory, a crash (DUE)
+    gemm = next(l for l in prog.trace.launches if l.kernel == "gemm")
+    slot = next(i for i, sl in enumerate(gemm.template.slots) if sl.tag == "lds:a_lo")
+    faults = [PlannedFault(149, Fault("ioa", Site(6, "NODEST", 1322, 10, 0), "single", (15,), input_id=2), 1.0),
+              PlannedFault(269, Fault("ioa", Site(6, "GPR", 2250, 0, 2), "single", (0,), input_id=2), 1.0),
+              PlannedFault(331, Fault("ioa", Site(gemm.index, "LD", 0, slot, 26), "single", (19,), input_id=2), 1.0)]
     assert [prog.trace.launches[pf.fault.site.launch].kernel for pf in faults] == ["activate_array"] * 2 + ["gemm"]
     runner = Runner(prog, golden)
     together = _rows(runner, faults)

@@ -20,7 +20,7 @@ from kernelfi.faults.gemm import GemmFault, GemmView
 from kernelfi.faults.memmap import Crash, MemoryMap
 from kernelfi.faults.programs import OPERANDS, PROGRAMS
 from kernelfi.faults.registers import rf_registers
-from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
+from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx, site_lane
 from kernelfi.kernels import get_kernel
 from kernelfi.types import AddressHalf, Fault, Launch, Mode
 from kernelfi.faults import programs_harden  # noqa: F401
@@ -124,7 +124,7 @@ def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | Non
     half = AddressHalf.HIGH if slot.halves and per > 1 and (site.iteration % per) >= per // 2 else AddressHalf.LOW
     kind = "iov" if fault.mode == Mode.IOV.value else "ioa"
     return Target(slot.tag, ex, kind, fault.bit_model, fault.bits, fault.value, half,
-                  lane=site.thread + site.iteration)
+                  lane=site_lane(site.thread, site.iteration, fault.bits, fault.value))
 
 
 def _names(launch: Launch) -> dict[str, str]:

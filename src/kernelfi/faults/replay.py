@@ -48,7 +48,7 @@ class Target:
     value: int | None = None
     half: AddressHalf = AddressHalf.LOW  # which 32-bit word of a 64-bit address register
     #: which of the registers an execution writes (an LDS.128's 4, the SGEMM's 64 accumulators):
-    #: in RF mode the struck register's rank among those its tag feeds, else a function of the site
+    #: in RF mode the struck register's rank among those its tag feeds, else ``site_lane``
     lane: int = 0
     register: bool = False  # an RF fault (a register between its writes), not an instruction's output
 
@@ -232,6 +232,22 @@ def _corrupt_any(v: Any, t: Target) -> Any:
     if isinstance(v, (int, np.integer)):
         return corrupt_i32(int(v), t.bit_model, t.bits, t.value)
     return F32(corrupt_f32(float(v), t.bit_model, t.bits, t.value))
+
+
+def site_lane(thread: int, iteration: int, bits: tuple[int, ...], value: int | None) -> int:
+    """Which destination register of a multi-register instruction an IOV/IOA fault strikes: a
+    pure function of the fault (the planner draws no lane). A hash, so that one thread's one
+    execution reaches each of its registers under some bit: ``thread + iteration`` alone would
+    leave 3 of an LDS.128's 4 values at a given site unreachable."""
+    x = (int(thread) * 0x9E3779B1 + int(iteration) * 0x85EBCA77) & 0xFFFFFFFF
+    for b in bits:
+        x = (x ^ (int(b) + 1) * 0xC2B2AE3D) & 0xFFFFFFFF
+    if value is not None:
+        x = (x ^ int(value)) & 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    return x & 0xFFFF
 
 
 def corrupt_address(a: int, t: Target, low_only: bool = False) -> int:

@@ -214,6 +214,10 @@ def _registers(s: Stream, g: SgemmShape) -> None:
         s.reg("r_by", "index", "imad:c_index", "s2r:index", "imad:c_index")
         s.reg("r_tid31", "index", "imad:c_index", "imad:track", "imad:c_index")
         s.reg("r_tid128", "index", "imad:c_index", "imad:track", "imad:c_index")
+    # the epilogue's C row address reuses the operand pointer's pair (dead after the loop), as
+    # maxas allocates its output state in registers the loop no longer needs
+    s.reg("r_ptr_lo", "address", "lea:addr_c", "lea:addr_c", "st:c")
+    s.reg("r_ptr_hi", "address", "lea:addr_c", "lea:addr_c", "st:c", half=AddressHalf.HIGH)
     s.reg("p_half", "predicate", "setp:half", "setp:half", "sel:ptr")
     s.reg("p_loop", "predicate", "setp:loop", "setp:loop", "bra:loop")
     s.reg("p_store", "predicate", "setp:store", "setp:store", "st:c")
