@@ -102,6 +102,7 @@ class Runner:
         self.starts = StruckStarts(program, golden, layout, fast, dict(checks.gemm_cache) if checks else None)
         self.struck = StruckLayer(program, layout, self.starts, self.cone, fast)
         self._whole_chunk: dict[int, int] = {}
+        self._gemm_rank: dict[int, int] = {}  # launch -> GEMM launches of its layer before it
         self._lane_numel = lane_numel(program.trace)
 
     def checks(self) -> Checks:
@@ -132,21 +133,48 @@ class Runner:
                 refs = [j for j in by_layer[layer] if pointwise_after(trace, batch[j].fault.site.launch, end)]
                 if refs:
                     state.propagation.update({j: [] for j in refs})
-                    with torch.no_grad():
-                        handed = self.struck.run(state, refs, layer)
+                    fallback: list[int] = []
                     joiner = joining.setdefault(pos + 1, Joining([], []))
-                    joiner.cone.extend(handed.cone)
-                    joiner.whole.extend(handed.whole)
-                    whole[layer] = sorted(set(by_layer[layer]) - set(refs) | set(handed.fallback))
+                    for group in self._start_groups(batch, refs):
+                        with torch.no_grad():
+                            handed = self.struck.run(state, group, layer)
+                        joiner.cone.extend(handed.cone)
+                        joiner.whole.extend(handed.whole)
+                        fallback.extend(handed.fallback)
+                    whole[layer] = sorted(set(by_layer[layer]) - set(refs) | set(fallback))
         if joining:
             with torch.no_grad():
                 self._walk(joining, state)
         for layer, refs in whole.items():
             step = self.whole_chunk(layer)
-            for s in range(0, len(refs), step):  # whole lanes of the struck layer, a bounded number at once
-                self._run_whole(state, refs[s:s + step], layer)
+            for group in self._start_groups(batch, refs):
+                for s in range(0, len(group), step):  # whole lanes of the struck layer, a bounded number at once
+                    self._run_whole(state, group[s:s + step], layer)
         seconds = (time.perf_counter() - started) / max(1, len(batch))
         return [Executed(pf, state.results[j], state.effects[j].tag, seconds) for j, pf in enumerate(batch)]
+
+    def _start_groups(self, batch: list[PlannedFault], refs: list[int]) -> list[list[int]]:
+        """The faults ``refs`` of one struck layer, split where a GEMM lies between their launches.
+
+        A struck layer runs all its lanes from the first struck launch. A lane struck after a
+        GEMM that such a run recomputes with the explicit kernel (a fault at the GEMM or its
+        im2col shares the batch) would read a product that rounds otherwise than the golden
+        run's fused convolution (``fused_conv``), while alone it starts from the golden product:
+        its row would depend on which faults share its batch. So the faults between two GEMMs
+        of the layer (before the first, after the last) run together, each group from its own
+        first launch."""
+        groups: dict[int, list[int]] = {}
+        for j in refs:
+            groups.setdefault(self._gemms_before(batch[j].fault.site.launch), []).append(j)
+        return [groups[k] for k in sorted(groups)]
+
+    def _gemms_before(self, launch: int) -> int:
+        """The GEMM launches of ``launch``'s layer before it."""
+        n = self._gemm_rank.get(launch)
+        if n is None:
+            start = self.layout.layer_span[self.trace.launches[launch].layer][0]
+            n = self._gemm_rank[launch] = sum(1 for l in self.trace.launches[start:launch] if l.kernel == "gemm")
+        return n
 
     def whole_chunk(self, layer: int) -> int:
         """Faulty lanes the struck layer runs whole at once: what fits ``WHOLE_BUDGET`` bytes
