@@ -300,3 +300,12 @@ def test_report_native_refuses_a_file_that_is_not_a_timing(tmp_path: Path) -> No
     bad.write_text("{not json")
     r = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(tmp_path / "o2"), "--native", str(bad)])
     assert r.exit_code != 0 and "cannot read the native timings" in r.output.strip().splitlines()[-1]
+
+
+def test_the_report_states_the_exports_labels_and_titles() -> None:
+    """The report restates harden.export's labels and titles (it reads timings without torch)."""
+    from kernelfi.harden.export import LABELS, TITLES
+    from kernelfi.report.hardening import NATIVE_LABELS
+    from kernelfi.report.sections import NATIVE_TITLES
+
+    assert tuple(LABELS) == NATIVE_LABELS and dict(TITLES) == NATIVE_TITLES

@@ -174,7 +174,8 @@ def plan_table2(after: PopulationTables, db: str | Path) -> OverheadTable:
 # --------------------------------------------------------------------------------------------
 # The exported model's native run time (measured elsewhere: kernelfi overhead --exported)
 # --------------------------------------------------------------------------------------------
-#: The timed labels of an export (kernelfi.harden.export.timing.LABELS), in report order.
+#: The timed labels of an export (kernelfi.harden.export.LABELS, restated: the report reads
+#: timings without importing torch), in report order.
 NATIVE_LABELS = ("original", "none", "plan", "full-dmr", "full-tmr")
 NATIVE_KEYS = ("model", "device", "clock", "batch", "reps", "median_s", "min_s")
 
