@@ -279,11 +279,17 @@ def test_cli_export_and_overhead_exported(tmp_path: Path, digits: tuple[Path, to
     assert "none bitwise" in r.output and "full-tmr bitwise" in r.output
     assert json.loads((tmp_path / "exp" / "manifest.json").read_text())["model"] == "digits-alexnet"
     r = CliRunner().invoke(cli, ["overhead", "--exported", str(tmp_path / "exp"), "--reps", "2", "--lanes", "2",
-                                 "--device", "cpu"])
+                                 "--device", "cpu", "--json", str(tmp_path / "native.json")])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     for title in ("original model", "export, no hardening", "plan", "full DMR", "full TMR"):
         assert any(line.startswith(title) for line in lines), title
+    (rec,) = json.loads((tmp_path / "native.json").read_text())   # what `report --native` reads
+    assert (rec["model"], rec["device"], rec["batch"], rec["reps"]) == ("digits-alexnet", "cpu", 2, 2)
+    assert list(rec["median_s"]) == list(LABELS)
+    assert rec["overhead"]["plan"] == pytest.approx(rec["median_s"]["plan"] / rec["median_s"]["original"] - 1)
+    r = CliRunner().invoke(cli, ["overhead", "digits-alexnet", "--gpu", "gtx750ti", "--json", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "--json writes the timings of --exported DIR" in r.output
 
 
 def test_cli_export_refuses_a_plan_for_another_model_and_a_foreign_directory(tmp_path: Path) -> None:

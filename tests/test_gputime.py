@@ -101,6 +101,32 @@ def test_dram_footprints(digits: Program) -> None:
     assert dram_bytes(ls["features.5.forward_maxpool"], digits.trace) == (4 * 32 * 16 * 16, 4 * 2 * 32 * 8 * 8)
 
 
+def test_shortcut_and_route_footprints_count_every_buffer_they_touch() -> None:
+    """A shortcut reads the output's element and the added layer's and writes the sum: two reads
+    and one write per thread of the smaller extent; a route copy moves its own slice."""
+    trace = tiny_program().trace     # unused by the footprint table, needed by the signature
+    same = launch_of("shortcut", w1=16, h1=16, c1=16, w2=16, h2=16, c2=16)
+    # 16*16*16 = 4096 threads: out and add read (2 * 4096 elements), out written (4096)
+    assert dram_bytes(same, trace) == (4 * 2 * 4096, 4 * 4096)
+    # Darknet's mismatched shortcut: add a 64x8x8 map onto a 32x16x16 output. minw = minh = 8,
+    # minc = 32 (sample 2: every other output pixel), so 8*8*32 = 2048 threads, not the 8192
+    # elements of the output nor the 4096 of the added map
+    odd = launch_of("shortcut", w1=8, h1=8, c1=64, w2=16, h2=16, c2=32)
+    assert dram_bytes(odd, trace) == (4 * 2 * 2048, 4 * 2048)
+    # a route's second copy writes its 300 elements at an offset: 300 read, 300 written
+    assert dram_bytes(launch_of("copy", n=300, out_offset=500), trace) == (4 * 300, 4 * 300)
+
+
+def test_residual_models_have_a_modelled_table() -> None:
+    """Every launch of a residual model (shortcut included) is priced: digits-resnet's shortcuts
+    cost their three 16x16x16 buffer passes each."""
+    prog = open_session(ModelSpec("digits-resnet")).program
+    table = modelled_overhead(prog, None, get_gpu("t4"))
+    assert table.seconds["unhardened"]["shortcut"] > 0
+    sc = [l for l in prog.trace.launches if l.kernel == "shortcut"]
+    assert sc and all(dram_bytes(l, prog.trace) == (4 * 2 * 4096, 4 * 4096) for l in sc[:1])
+
+
 def test_specs_file_names_five_gpus_with_sources() -> None:
     known = gpus()
     assert list(known) == ["gtx750ti", "t4", "orin", "a100", "h100"]

@@ -7,6 +7,7 @@ installs), which must decode every image and log no console message.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -79,6 +80,13 @@ def meta(**kw: object) -> CampaignMeta:
     return CampaignMeta(**base)  # type: ignore[arg-type]
 
 
+#: A native timing of an export as `kernelfi overhead --exported DIR --json FILE` writes it
+#: (seconds per forward chosen so that the overheads are round numbers).
+NATIVE = {"model": "digits-alexnet", "device": "cpu", "clock": "cpu", "batch": 32, "reps": 20,
+          "median_s": {"original": 0.010, "none": 0.0102, "plan": 0.0105, "full-dmr": 0.0235, "full-tmr": 0.030},
+          "min_s": {"original": 0.008, "none": 0.008, "plan": 0.0082, "full-dmr": 0.018, "full-tmr": 0.024}}
+
+
 def build(root: Path) -> tuple[Path, Path]:
     """Write the database and run `kernelfi report` once into ``root``."""
     db = root / "results.db"
@@ -89,7 +97,9 @@ def build(root: Path) -> tuple[Path, Path]:
         s.add_results(iov, make_rows(1, 240, "iov", launches()))
         s.add_results(rf, make_rows(2, 200, "rf", launches()))
         s.add_results(hard, make_rows(3, 200, "iov", launches(True), mal=1))
-    result = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(root / "out")])
+    (root / "native.json").write_text(json.dumps([NATIVE]))
+    result = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(root / "out"),
+                                      "--native", str(root / "native.json")])
     assert result.exit_code == 0, result.output
     assert result.output.strip().endswith("index.html")
     (root / "done").touch()
@@ -261,3 +271,41 @@ def test_page_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path: 
     assert attrs.get("errors") == ""
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []
+
+
+# ------------------------------------------------------------------------------------ native overhead
+def test_native_overhead_of_the_export_is_shown_beside_table2(report: tuple[Path, Path]) -> None:
+    """`report --native` shows each variant's median and fastest time and its overhead over the
+    original: plan 10.5 / 10 ms = +5.0% (fastest 8.2 / 8 = +2.5%), full DMR 23.5 / 10 = +135.0%,
+    full TMR 30 / 10 = +200.0% (24 / 8 = +200.0%)."""
+    _, out = report
+    html = html_of(out)
+    tid = "table-native-digits_alexnet-cpu"
+    assert [re.sub(r"<[^>]+>", "", c) for c in row_cells(html, tid, "plan")] == \
+        ["plan", "10.500", "8.200", "+5.0%", "+2.5%"]
+    assert [re.sub(r"<[^>]+>", "", c) for c in row_cells(html, tid, "full DMR")][3] == "+135.0%"
+    assert [re.sub(r"<[^>]+>", "", c) for c in row_cells(html, tid, "full TMR")][3:] == ["+200.0%", "+200.0%"]
+    frame = pd.read_csv(out / "tables" / "native_overhead.csv").set_index("variant")
+    assert frame.loc["full-dmr", "overhead"] == pytest.approx(1.35)
+    assert frame.loc["none", "overhead_fastest"] == pytest.approx(0.0)
+
+
+def test_report_native_refuses_a_file_that_is_not_a_timing(tmp_path: Path) -> None:
+    db = tmp_path / "results.db"    # the timings are read before the database
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": "digits-alexnet", "median_s": {"original": 1.0}}))
+    r = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(tmp_path / "o2"), "--native", str(bad)])
+    assert r.exit_code != 0
+    assert r.output.strip().splitlines()[-1].startswith(f"kernelfi: error: {bad}: not a native timing of an export (missing device")
+    bad.write_text("{not json")
+    r = CliRunner().invoke(cli, ["report", "--db", str(db), "--out", str(tmp_path / "o2"), "--native", str(bad)])
+    assert r.exit_code != 0 and "cannot read the native timings" in r.output.strip().splitlines()[-1]
+
+
+def test_the_report_states_the_exports_labels_and_titles() -> None:
+    """The report restates harden.export's labels and titles (it reads timings without torch)."""
+    from kernelfi.harden.export import LABELS, TITLES
+    from kernelfi.report.hardening import NATIVE_LABELS
+    from kernelfi.report.sections import NATIVE_TITLES
+
+    assert tuple(LABELS) == NATIVE_LABELS and dict(TITLES) == NATIVE_TITLES

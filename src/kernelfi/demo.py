@@ -2,8 +2,10 @@
 
 baseline RF/IOV/IOA campaigns -> hardening plan within a budget of modelled GPU time ->
 verification campaigns on the hardened model -> the AlexNet study's Table 2 in modelled time
-(unhardened, plan, full DMR, full TMR) beside the published one -> HTML report.
-Everything lands in one folder: the results database, the plan, the overhead table, the report.
+(unhardened, plan, full DMR, full TMR) beside the published one -> the plan exported as plain
+PyTorch and timed natively on this machine (plan, full DMR, full TMR against the original) ->
+HTML report. Everything lands in one folder: the results database, the plan, the overhead
+tables, the export, the report.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import open_session
 from kernelfi.gputime import get_gpu
 from kernelfi.harden import DEFAULT_COST, OverheadTable, Plan, modelled_overhead, parse_cost
-from kernelfi.report.build import build_report
+from kernelfi.harden.export import NativeOverhead, export_model, model_inputs, time_exported
+from kernelfi.report.build import ReportOptions, build_report
 from kernelfi.report.hardening import masked_share
 from kernelfi.report.studies import STUDY_OVERHEAD, STUDY_TABLE2
 from kernelfi.store import Store
@@ -38,6 +41,9 @@ class DemoConfig:
     budget: str = "5%"
     bit_model: str = "single"
     cost: str = DEFAULT_COST
+    #: native timing of the export: interleaved repetitions and inputs per forward (docs/export.md §5)
+    native_reps: int = 20
+    native_lanes: int = 32
 
 
 Log = Callable[[str], None]
@@ -89,9 +95,9 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> Path:
     cost = parse_cost(cfg.cost)
     gpu = cost.gpu or get_gpu(DEFAULT_COST[4:])
     t0 = time.perf_counter()
-    log(f"[1/5] baseline campaigns on {cfg.model}: {cfg.n} {cfg.bit_model}-bit injections per mode -> {db}")
+    log(f"[1/6] baseline campaigns on {cfg.model}: {cfg.n} {cfg.bit_model}-bit injections per mode -> {db}")
     before = _campaigns(cfg, db, None, log)
-    log(f"[2/5] hardening plan within a {cfg.budget} overhead budget ({cost.label}) -> {plan_path}")
+    log(f"[2/6] hardening plan within a {cfg.budget} overhead budget ({cost.label}) -> {plan_path}")
     with Store(db, create=False) as s:
         base_ids = [r.id for r in s.campaigns() if r.meta.hardening is None and r.meta.model == cfg.model]
     plan = plan_hardening(str(db), cfg.budget, outcome_table, campaign_ids=base_ids, cost=cfg.cost,
@@ -102,25 +108,42 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> Path:
     counts = plan.extra.get("planner", {}).get("candidates", {})
     log(f"  weighed {sum(counts.values())} candidates: " + ", ".join(f"{n} {k.replace('_', ' ')}"
                                                                    for k, n in counts.items()))
-    log("[3/5] verification campaigns on the hardened model")
+    log("[3/6] verification campaigns on the hardened model")
     after = _campaigns(cfg, db, plan_path, log)
-    log(f"[4/5] overhead, modelled on the {gpu.name} (the AlexNet study's Table 2)")
+    log(f"[4/6] overhead, modelled on the {gpu.name} (the AlexNet study's Table 2)")
     table = modelled_overhead(open_session(ModelSpec(cfg.model)).program, Plan.load(plan_path), gpu)
     lines = table_lines(table)
     (out / "overhead.txt").write_text("\n".join(lines) + "\n")
     (out / "overhead.json").write_text(json.dumps(table.to_dict(), indent=1))
     for line in lines:
         log("  " + line)
-    log("[5/5] report")
-    index = build_report(db, out / "report")
-    log(summary(cfg, before, after, table, plan))
+    log(f"[5/6] the plan exported as plain PyTorch -> {out / 'export'}; native overhead on this machine "
+        f"(CPU thread time, {cfg.native_lanes} inputs per forward, {cfg.native_reps} interleaved repetitions)")
+    t5 = time.perf_counter()
+    native = _native(cfg, plan_path, out / "export")
+    (out / "native.json").write_text(json.dumps(native.to_dict(), indent=1))
+    for line in native.lines():
+        log("  " + line)
+    log(f"  exported, checked against the original and timed in {time.perf_counter() - t5:.0f}s")
+    log("[6/6] report")
+    index = build_report(db, out / "report", ReportOptions(native=(native.to_dict(),)))
+    log(summary(cfg, before, after, table, plan, native))
     log(f"done in {time.perf_counter() - t0:.0f}s; report: {index.resolve()}")
     return index
 
 
-def summary(cfg: DemoConfig, before: dict[str, Run], after: dict[str, Run], table: OverheadTable, plan: Plan) -> str:
+def _native(cfg: DemoConfig, plan: Path, where: Path) -> NativeOverhead:
+    """Export the plan and time it natively (``time_exported``): the model's own data, one
+    thread's CPU time, so that the other jobs of a shared machine weigh less on the figures."""
+    x = model_inputs(cfg.model, cfg.native_lanes)
+    export_model(cfg.model, plan, where, check_inputs=x[:16])
+    return time_exported(where, x, reps=cfg.native_reps, clock="cpu")
+
+
+def summary(cfg: DemoConfig, before: dict[str, Run], after: dict[str, Run], table: OverheadTable, plan: Plan,
+            native: NativeOverhead | None = None) -> str:
     """The demo's last line: Malfunction before -> after, the errors the plan masks (the ResNet
-    study's figure, docs/report.md), the modelled overheads."""
+    study's figure, docs/report.md), the modelled overheads and the export's native ones."""
     total = len(MODES) * cfg.n
     mal_b = sum(r.counts.get("sdc_malfunction", 0) for r in before.values())
     mal_a = sum(r.counts.get("sdc_malfunction", 0) for r in after.values())
@@ -139,4 +162,7 @@ def summary(cfg: DemoConfig, before: dict[str, Run], after: dict[str, Run], tabl
             f"{mal_a} of {total} "
             f"({100 * mal_a / total:.2f}%); masked by the plan per inference (mean over modes): {masked or '-'}; "
             f"plan ({techniques}) {100 * table.overhead('plan'):+.2f}% modelled time on {table.device}, "
-            f"full DMR {100 * table.overhead('full DMR'):+.1f}%, full TMR {100 * table.overhead('full TMR'):+.1f}%")
+            f"full DMR {100 * table.overhead('full DMR'):+.1f}%, full TMR {100 * table.overhead('full TMR'):+.1f}%"
+            + ("" if native is None else
+               f"; exported, natively on this {native.device.upper()} (medians): plan {100 * native.overhead('plan'):+.1f}%, "
+               f"full DMR {100 * native.overhead('full-dmr'):+.1f}%, full TMR {100 * native.overhead('full-tmr'):+.1f}%"))

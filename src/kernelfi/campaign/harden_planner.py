@@ -37,7 +37,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.planner import PlannedFault, Planner
 from kernelfi.campaign.stored import prepare_stored
-from kernelfi.execution import Golden, Runner
+from kernelfi.execution import Golden, Runner, extended_golden
 from kernelfi.harden import (
     Plan, Protection, abft_plan, apply_plan, full_plan, layer_outputs, parse_budget, profile_bounds, units,
 )
@@ -164,11 +164,23 @@ def verify_clamps(store: Store, base: Program, groups: list[Group], bounds: dict
                 todo.setdefault(buf, []).append((gi, ri))
     verified: dict[tuple[int, int], set[str]] = {}
     layer_of = {buf: layer for layer, buf in layer_outputs(base.trace).items()}
+    # The clamps' bounds come from these inputs, so a clamp leaves the golden run as it was: one
+    # golden run and one runner's checks of the unhardened model serve every clamp
+    # (extended_golden and Runner.extended_checks say where that is exact; elsewhere they are
+    # computed for the clamped model, as before).
+    shared: tuple[Golden, Runner] | None = None
     for buf, items in sorted(todo.items()):
         say(f"replaying {len(items)} stored injections with a clamp on {buf} ...")
         hard = apply_plan(base, Plan(base.trace.model, (Protection("layer", layer_of[buf], "range",
                                                                    bounds={buf: bounds[buf]}),)))
-        runner = Runner(hard, Golden.compute(hard, x, fast=fast), fast=fast)
+        if shared is None:
+            golden0 = Golden.compute(base, x, fast=fast)
+            shared = golden0, Runner(base, golden0, fast=fast)
+        golden = extended_golden(base, shared[0], hard, fast=fast)
+        checks = None if golden is None else shared[1].extended_checks(hard, golden)
+        if golden is None:
+            golden = Golden.compute(hard, x, fast=fast)
+        runner = Runner(hard, golden, fast=fast, checks=checks)
         index = {l.name: l.index for l in hard.trace.launches}
         batches: dict[int, list[tuple[tuple[int, int], PlannedFault]]] = {}
         for gi, ri in items:

@@ -1,23 +1,17 @@
 """export (a hardened model as plain PyTorch) and overhead --exported (its native run time)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 import torch
 
+from kernelfi._utils import KernelfiError
 from kernelfi.cli.app import cli
 from kernelfi.cli.common import model_options
-from kernelfi.data import load_inputs
-from kernelfi.harden.export import LABELS, export_model, read_manifest, time_exported
-from kernelfi.models import get_model_info
-
-_TITLES = {"original": "original model", "none": "export, no hardening", "plan": "plan",
-           "full-dmr": "full DMR", "full-tmr": "full TMR"}
-
-
-def _inputs(model: str, data: str | None, n: int, input_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
-    info = get_model_info(model, input_shape)
-    return load_inputs(data if data is not None else (info.default_data or "random"), info, n).x.to(torch.float32)
-
+from kernelfi.harden.export import export_model, model_inputs, read_manifest, time_exported
 
 @cli.command("export")
 @model_options
@@ -31,7 +25,7 @@ def _inputs(model: str, data: str | None, n: int, input_shape: tuple[int, int, i
 def export_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int,
                input_shape: tuple[int, int, int] | None, hardening: str, out: str, check: int, data: str | None) -> None:
     """Write MODEL hardened by a plan as plain PyTorch: model.py, weights.safetensors, manifest.json."""
-    x = _inputs(model, data, check, input_shape)
+    x = model_inputs(model, check, data, input_shape)
     exp = export_model(model, hardening, out, weights=weights, num_classes=num_classes, seed=seed_weights,
                        input_shape=input_shape, check_inputs=x)
     m = exp.manifest
@@ -47,19 +41,25 @@ def export_cmd(model: str, weights: str | None, num_classes: int | None, seed_we
                            for v in ("none", "plan", "full-dmr", "full-tmr")))
 
 
-def overhead_exported(directory: str, reps: int, lanes: int, device: str, clock: str) -> None:
+def overhead_exported(directory: str, reps: int, lanes: int, device: str, clock: str,
+                      json_out: str | None = None) -> None:
     """``kernelfi overhead --exported DIR``: the export's variants against the original, natively."""
     manifest = read_manifest(directory)
     model = manifest.get("registry") or manifest.get("model_file") or manifest["model"]
-    x = _inputs(model, None, lanes, tuple(manifest["input_shape"]))
+    x = model_inputs(model, lanes, None, tuple(manifest["input_shape"]))
     devices = ["cpu"] if device == "cpu" else ["cuda"] if device == "cuda" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     click.echo(f"{directory} ({manifest['model']}): plain PyTorch, {x.shape[0]} inputs per forward, {reps} "
                "interleaved repetitions")
+    results: list[dict[str, Any]] = []
     for dev in devices:
         res = time_exported(directory, x, reps=reps, device=dev, clock=clock if dev == "cpu" else "wall")
-        click.echo(f"{'variant (' + res.device + ', ' + res.clock + ')':28s}{'median ms':>12s}{'fastest ms':>12s}"
-                   f"{'overhead':>11s}{'(fastest)':>11s}")
-        for label in LABELS:
-            pct = "" if label == "original" else f"{100 * res.overhead(label):+10.1f}%{100 * res.overhead(label, True):+10.1f}%"
-            click.echo(f"{_TITLES[label]:28s}{1000 * res.median_s[label]:12.3f}{1000 * res.min_s[label]:12.3f}{pct}")
+        results.append(res.to_dict())
+        for line in res.lines():
+            click.echo(line)
+    if json_out is not None:
+        try:
+            Path(json_out).write_text(json.dumps(results, indent=1) + "\n")
+        except OSError as err:
+            raise KernelfiError(f"{json_out}: cannot write the timings: {err.strerror or err}") from None
+        click.echo(f"timings written to {json_out} (kernelfi report --native reads it)")

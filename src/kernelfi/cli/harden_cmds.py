@@ -139,13 +139,17 @@ def _table(table: OverheadTable, invocations: bool = False) -> None:
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="CPU timing: wall-clock, or thread CPU time with one intra-op thread (CUDA: events)")
 @input_shape_option
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="--exported: also write the timings as JSON (`kernelfi report --native` shows them)")
 def overhead_cmd(model: str | None, exported: str | None, hardening: str | None, gpu: str | None, reps: int,
                  weights: str | None, num_classes: int | None, seed_weights: int, lanes: int, explicit: bool,
-                 device: str, clock: str, input_shape: tuple[int, int, int] | None) -> None:
+                 device: str, clock: str, input_shape: tuple[int, int, int] | None, json_out: str | None) -> None:
     """MODEL unhardened, with a plan, full DMR and full TMR: measured here (medians), or modelled on
     --gpu; or an export directory (--exported) timed natively against its original."""
     if exported is not None:
-        return overhead_exported(exported, reps, lanes, device, clock)
+        return overhead_exported(exported, reps, lanes, device, clock, json_out)
+    if json_out is not None:
+        raise click.UsageError("--json writes the timings of --exported DIR")
     if model is None:
         raise click.UsageError("give MODEL (or --exported DIR)")
     spec = get_gpu(gpu) if gpu is not None else None   # an unknown GPU fails before the model loads

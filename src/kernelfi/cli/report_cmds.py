@@ -1,6 +1,10 @@
 """plan-samples, report."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import click
 
 from kernelfi._utils import KernelfiError
@@ -40,8 +44,11 @@ def plan_samples_cmd(margin: float, confidence: float, p: float, population: int
               help="target ± margin for the sample-size verdicts")
 @click.option("--exposed-bits", type=float, default=None,
               help="RF exposed bits for FIT (default: allocated registers x 32 x resident threads)")
+@click.option("--native", "native", type=click.Path(dir_okay=False, exists=True), multiple=True,
+              help="native timings of an exported model (`kernelfi overhead --exported DIR --json FILE`), "
+                   "shown beside the modelled Table 2; repeatable")
 def report_cmd(db: str, out: str, raw_fit_per_mbit: float, fit_budget: float, margin: float,
-               exposed_bits: float | None) -> None:
+               exposed_bits: float | None, native: tuple[str, ...]) -> None:
     """Write OUT/index.html (self-contained) with figures/ and tables/ for every campaign in DB
     (exit status 3 if the tool failed on some faults: the report lists them first)."""
     from kernelfi.report import ReportOptions, build_report  # matplotlib loads only when asked
@@ -51,9 +58,26 @@ def report_cmd(db: str, out: str, raw_fit_per_mbit: float, fit_budget: float, ma
     if raw_fit_per_mbit < 0 or fit_budget < 0 or (exposed_bits is not None and exposed_bits < 0):
         raise KernelfiError("--raw-fit-per-mbit, --fit-budget and --exposed-bits must be >= 0")
     index = build_report(db, out, ReportOptions(raw_fit_per_mbit, fit_budget, margin,
-                                                exposed_bits=exposed_bits))
+                                                exposed_bits=exposed_bits, native=read_native(native)))
     click.echo(str(index))
     with Store(db, create=False, readonly=True) as store:
         errors = {c.id: store.tool_errors(c.id) for c in store.campaigns() if c.n_tool_errors}
     if errors:
         tool_errors_exit(errors)
+
+
+def read_native(paths: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
+    """The timing records of ``--native`` files (a record or a list of them each), checked."""
+    from kernelfi.report.hardening import check_native
+
+    out = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise KernelfiError(f"{path}: cannot read the native timings: {err}") from None
+        for record in data if isinstance(data, list) else [data]:
+            if not isinstance(record, dict):
+                raise KernelfiError(f"{path}: not a native timing of an export (a JSON object or a list of them)")
+            out.append(dict(check_native(record, path)))
+    return tuple(out)

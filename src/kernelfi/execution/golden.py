@@ -209,21 +209,81 @@ class SharedGolden:
                       self.flat)
 
 
+def added_launches(base: Program, program: Program) -> list[Launch] | None:
+    """The launches ``program`` adds to ``base``, where it runs every launch of ``base``
+    unchanged (same name, kernel, buffers and parameters, in the same order) and only adds
+    others; None where it changes or drops one."""
+    names = {l.name for l in base.trace.launches}
+    kept = [l for l in program.trace.launches if l.name in names]
+    same = len(kept) == len(base.trace.launches) and all(
+        (a.name, a.kernel, a.reads, a.writes, a.params) == (b.name, b.kernel, b.reads, b.writes, b.params)
+        for a, b in zip(kept, base.trace.launches))
+    return [l for l in program.trace.launches if l.name not in names] if same else None
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    t = t.contiguous()
+    return t.view(torch.int32) if t.dtype == torch.float32 else t
+
+
+def extended_golden(base: Program, golden: Golden, program: Program, fast: bool = True,
+                    pre_budget: int = PRE_BUDGET) -> Golden | None:
+    """The golden run of ``program`` taken from ``golden`` (``base``'s) without running the model
+    again, where that is exact: ``program`` runs ``base``'s launches unchanged (``added_launches``)
+    and every launch it adds rewrites buffers the golden run holds with their own golden values,
+    bit for bit, on every input (a range clamp whose bounds hold on the campaign inputs). Every
+    buffer, product and probability of ``program``'s golden run is then ``base``'s; the keep rules
+    (``golden_keeps``) are ``program``'s. None where that does not hold (call ``Golden.compute``).
+
+    The harden planner verifies each candidate clamp on a model with that clamp alone: this
+    saves one golden run of the whole model per clamp (ResNet-50: 60 of them)."""
+    added = added_launches(base, program)
+    if added is None or golden.block is not None:
+        return None
+    n = int(golden.top1.shape[0])
+    weights = {b.name for b in program.trace.buffers if b.kind == "weight"}
+    for l in added:
+        reads = [r for r in l.reads if r not in weights]
+        if not l.writes or any(name not in golden.buffers for name in [*reads, *l.writes]):
+            return None
+        mem = program.lane_memory({r: golden.buffers[r].clone() for r in reads}, n)
+        with torch.no_grad():
+            program.run(mem, l.index, l.index + 1, fast=fast)
+        for w in l.writes:
+            got, want = mem.get(w), golden.buffers[w]
+            if got is None or got.numel() != want.numel() or got.dtype != want.dtype or \
+                    not torch.equal(_bits(got.reshape(n, -1)), _bits(want.reshape(n, -1))):
+                return None
+    keep, want_pre = golden_keeps(program.trace, n, fast, pre_budget)
+    if not keep <= set(golden.buffers):
+        return None
+    base_index = {l.name: l.index for l in base.trace.launches}
+    pre: dict[int, torch.Tensor] = {}
+    for g in want_pre:
+        b = base_index.get(program.trace.launches[g].name)
+        if b is None or b not in golden.pre:
+            return None
+        pre[g] = golden.pre[b]
+    return Golden({k: golden.buffers[k] for k in keep}, golden.probs, golden.top1, pre)
+
+
 def dense_matches_cache(program: Program, golden: Golden, live: list[frozenset[str]],
-                        layer_span: dict[int, tuple[int, int]], out_buf: dict[int, str]) -> bool:
+                        layer_span: dict[int, tuple[int, int]], out_buf: dict[int, str],
+                        layers: set[int] | None = None) -> bool:
     """Does every layer, run from the golden cache in batches of other sizes (one lane, three
     lanes; the cache ran in batches of up to 64), give the cache's values bit for bit?
 
     Then a faulty lane that runs whole tensors can be compared with the cache instead of with a
     golden lane computed beside it, which for a few faults per batch is a large share of the
-    work. Checked once per campaign; where it fails, golden lanes run in every batch."""
+    work. Checked once per campaign; where it fails, golden lanes run in every batch. ``layers``:
+    check only these layer indices (the others known to pass: ``Runner.extended_checks``)."""
     trace = program.trace
     n = int(golden.top1.shape[0])
     for rows in ([n - 1], [0, n - 1, 0]):
         idx = torch.tensor(rows, dtype=torch.long)
         for p, spec in enumerate(trace.layers):
             span = layer_span.get(spec.index)
-            if span is None:
+            if span is None or (layers is not None and spec.index not in layers):
                 continue
             after = live[p + 1] if p + 1 < len(trace.layers) else frozenset({trace.output})
             check = set(after) | ({out_buf[spec.index]} if spec.index in out_buf else set())

@@ -26,7 +26,7 @@ import torch
 
 from kernelfi.execution.compare import lane_runs, scan
 from kernelfi.execution.cone import Cone, Diff, SparseLane
-from kernelfi.execution.golden import Golden, dense_matches_cache, lane_numel
+from kernelfi.execution.golden import Golden, added_launches, dense_matches_cache, lane_numel
 from kernelfi.execution.lanes import (
     BatchState, FaultyLane, GoldenLane, GoldenRow, GoldenSource, Lane, LaneRun, golden_rows,
 )
@@ -36,6 +36,7 @@ from kernelfi.execution.struck import StruckLayer, pointwise_after
 from kernelfi.execution.threads import engine_threads
 from kernelfi.faults.inject import LaneEffect, make_override
 from kernelfi.lowering import Memory, Program
+from kernelfi.lowering.crop import crop_units
 from kernelfi.types import Launch, Outcome, PlannedFault, Propagation, Result
 
 
@@ -109,6 +110,29 @@ class Runner:
         """The one-time checks' findings, for runners in other processes on this machine."""
         return Checks(frozenset(self.cone.units), frozenset(self.cone.cols), bool(self.cached_golden),
                       tuple(self.starts.gemm_cache.items()))
+
+    def extended_checks(self, program: Program, golden: Golden) -> Checks | None:
+        """This runner's findings carried over to ``program``, which adds launches in layers of
+        their own to this runner's program and leaves its golden run as it was (``golden`` from
+        ``extended_golden``): what a new runner would find, without the checks' 2-5 s. Its crop
+        units are this program's (the cone verifies them in the same order, on the same golden
+        buffers and weights, so with the same results), only the added layers are run against
+        the cache, and the GEMM products keep their launches' names. None where the added
+        launches change the crop units or share a layer with this program's launches."""
+        added = added_launches(self.program, program)
+        if added is None:
+            return None
+        base_layers = {l.layer for l in self.trace.launches}
+        new_layers = {l.layer for l in added}
+        if new_layers & base_layers or list(crop_units(program)) != list(crop_units(self.program)):
+            return None
+        cached = self.cached_golden
+        if cached:
+            layout = Layout(program.trace)
+            cached = dense_matches_cache(program, golden, layout.live, layout.layer_span, layout.out_buf, new_layers)
+        index = {l.name: l.index for l in program.trace.launches}
+        gemm = tuple((index[self.trace.launches[g].name], shape) for g, shape in self.starts.gemm_cache.items())
+        return Checks(frozenset(self.cone.units), frozenset(self.cone.cols), bool(cached), gemm)
 
     # ------------------------------------------------------------------ one batch
     @engine_threads()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, TypeVar
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import gemm_shared_bytes
+from kernelfi.kernels import gemm_shared_bytes, shortcut_geometry
 from kernelfi.types import Launch, Trace
 
 #: Bytes of one buffer element (every kernelfi buffer is float32 or int32).
@@ -60,8 +60,14 @@ def _stream(p: Mapping[str, Any]) -> tuple[int, int]:
 
 @footprint("shortcut")
 def _shortcut(p: Mapping[str, Any]) -> tuple[int, int]:
-    n = _i(p, "n")
-    return 2 * n, n
+    """One thread per element of the smaller extent (``minw x minh x minc``, Darknet's
+    shortcut_gpu): each reads the output's element and the added layer's, and writes the sum
+    back. The copy of the previous layer into the output is its own ``copy`` launch."""
+    g = shortcut_geometry((_i(p, "c1"), _i(p, "h1"), _i(p, "w1")), (_i(p, "c2"), _i(p, "h2"), _i(p, "w2")))
+    if g is None:
+        raise KernelfiError("gputime: shortcut launch whose width and height ratios differ (Darknet asserts)")
+    t = g["minw"] * g["minh"] * g["minc"]
+    return 2 * t, t
 
 
 @footprint("add_bias", "scale_bias")

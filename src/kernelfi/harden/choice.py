@@ -86,18 +86,25 @@ def residual(models: list[RiskModel], st: State) -> dict[str, float]:
             rows = m.rows.get(cat, [])
             overall = _fixed_fraction(rows, st.clamped) or 0.0
             by_kernel: dict[str, float | None] = {}
+            # the rows of each launch and of each kernel, in their order (the sums add the same
+            # terms in the same order as filtering ``rows`` per launch did, 300x slower on ResNet-50)
+            of_launch: dict[str, list[Row]] = {}
+            of_kernel: dict[str | None, list[Row]] = {}
+            if st.clamped:
+                for r in rows:
+                    of_launch.setdefault(r.launch, []).append(r)
+                    of_kernel.setdefault(m.kernel_of.get(r.launch), []).append(r)
             total = 0.0
             for launch, share in m.share[cat].items():
                 if launch in st.replicated or share <= 0:
                     continue
                 frac = 0.0
                 if st.clamped:
-                    frac = _fixed_fraction([r for r in rows if r.launch == launch], st.clamped)  # type: ignore[assignment]
+                    frac = _fixed_fraction(of_launch.get(launch, []), st.clamped)  # type: ignore[assignment]
                     if frac is None:
                         k = m.kernel_of.get(launch, "")
                         if k not in by_kernel:
-                            by_kernel[k] = _fixed_fraction([r for r in rows if m.kernel_of.get(r.launch) == k],
-                                                           st.clamped)
+                            by_kernel[k] = _fixed_fraction(of_kernel.get(k, []), st.clamped)
                         frac = by_kernel[k] if by_kernel[k] is not None else overall
                 total += share * (1.0 - frac)
             total += sum(m.added_pop.get(t, {}).get(n, 0.0) for t, n in st.added) * m.proxy.get(cat, 0.0)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -23,7 +24,9 @@ from .budget import fit_table, verdict_table
 from .figures import (
     Rendered, bit_figure, ci_figure, kernel_figure, layer_figure, propagation_figure, render,
 )
-from .hardening import comparison_table, hardening_figure, masked_table, pairs, plan_table2, plan_text
+from .hardening import (
+    comparison_table, hardening_figure, masked_table, native_frame, pairs, plan_table2, plan_text,
+)
 from .html import figure, page
 from .studies import STUDY_OVERHEAD, STUDY_TABLE2, studies_table, table2_frame
 from .tables import PER_POPULATION, ReportData, collect, stacked
@@ -38,6 +41,10 @@ class ReportOptions:
     margin: float = 0.01
     confidence: float = 0.95
     exposed_bits: float | None = None  # override the RF exposed bits (see budget.py)
+    #: native run times of exported models (``NativeOverhead.to_dict()``: what ``kernelfi overhead
+    #: --exported DIR --json FILE`` and the demo write); the report shows them beside the modelled
+    #: Table 2. Timing is not done here: a report is a function of its inputs, a timing is not.
+    native: tuple[Mapping[str, Any], ...] = ()
 
 
 def _export(name: str, df: pd.DataFrame, out: Path) -> None:
@@ -85,7 +92,8 @@ def _population_section(item, figs: Path) -> str:  # type: ignore[no-untyped-def
     return "".join(html)
 
 
-def _hardening_section(data: ReportData, figs: Path) -> tuple[str, dict[str, pd.DataFrame]]:
+def _hardening_section(data: ReportData, figs: Path, native: tuple[Mapping[str, Any], ...] = ()
+                       ) -> tuple[str, dict[str, pd.DataFrame]]:
     found = pairs(data)
     html = ['<h2 id="hardening">Before / after hardening</h2>']
     tables = []
@@ -114,8 +122,9 @@ def _hardening_section(data: ReportData, figs: Path) -> tuple[str, dict[str, pd.
             continue
         overheads.append(t2)
         html.append(sections.table2(t2, STUDY_TABLE2, STUDY_OVERHEAD, techniques))
+    html.append(sections.native(native))
     out = {"hardening": pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
-           "hardening_masked": masked, "table2": table2_frame(overheads)}
+           "hardening_masked": masked, "table2": table2_frame(overheads), "native_overhead": native_frame(native)}
     return "".join(html), out
 
 
@@ -149,7 +158,7 @@ def _build(db: str | Path, out: str | Path, options: ReportOptions) -> Path:
                       for i in data.items], ignore_index=True)
     studies = studies_table(data)
     ci = _save(render("overall_intervals", "Overall rates with 95% intervals", ci_figure(data)), figs)
-    hard_html, hard_tables = _hardening_section(data, figs)
+    hard_html, hard_tables = _hardening_section(data, figs, options.native)
     body = [f'<p class="note">Database <code>{escape(str(db))}</code>, generated '
             f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by kernelfi {__version__}. "
             f"Figures are also in <code>figures/</code> (PNG, SVG), every table in <code>tables/</code> "

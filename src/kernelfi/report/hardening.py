@@ -169,3 +169,40 @@ def plan_table2(after: PopulationTables, db: str | Path) -> OverheadTable:
     plan = meta.hardening or {}
     session = open_session(stored_config(meta, db).model)
     return modelled_overhead(session.program, plan, get_gpu(plan_gpu(plan)))
+
+
+# --------------------------------------------------------------------------------------------
+# The exported model's native run time (measured elsewhere: kernelfi overhead --exported)
+# --------------------------------------------------------------------------------------------
+#: The timed labels of an export (kernelfi.harden.export.LABELS, restated: the report reads
+#: timings without importing torch), in report order.
+NATIVE_LABELS = ("original", "none", "plan", "full-dmr", "full-tmr")
+NATIVE_KEYS = ("model", "device", "clock", "batch", "reps", "median_s", "min_s")
+
+
+def check_native(record: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """A native timing record (``NativeOverhead.to_dict()``) as read from a file: every key and
+    label present, else a KernelfiError naming what is missing."""
+    from kernelfi._utils import KernelfiError
+
+    missing = [k for k in NATIVE_KEYS if k not in record]
+    missing += [f"{k}.{lab}" for k in ("median_s", "min_s") if k in record and isinstance(record[k], Mapping)
+                for lab in NATIVE_LABELS if lab not in record[k]]
+    if missing:
+        raise KernelfiError(f"{where}: not a native timing of an export (missing {', '.join(missing[:4])}); "
+                            "write one with `kernelfi overhead --exported DIR --json FILE`")
+    return record
+
+
+def native_frame(records: tuple[Mapping[str, Any], ...]) -> pd.DataFrame:
+    """One row per (timing, variant): median and fastest seconds and the overheads over the
+    original model they give."""
+    rows = []
+    for r in records:
+        med, low = r["median_s"], r["min_s"]
+        for lab in NATIVE_LABELS:
+            rows.append({"model": r["model"], "device": r["device"], "clock": r["clock"], "batch": int(r["batch"]),
+                         "reps": int(r["reps"]), "variant": lab, "median_s": float(med[lab]),
+                         "min_s": float(low[lab]), "overhead": float(med[lab]) / float(med["original"]) - 1.0,
+                         "overhead_fastest": float(low[lab]) / float(low["original"]) - 1.0})
+    return pd.DataFrame(rows)

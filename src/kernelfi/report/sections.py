@@ -5,7 +5,7 @@ import json
 
 import math
 from html import escape
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
@@ -262,3 +262,35 @@ def table2(ours: OverheadTable, study: Mapping[str, tuple[int, float, float, flo
             + table(heads[:2] + [h for h, lab in zip(heads[2:], labs) if lab in ours.labels], rows,
                     f"table-table2-{slug(ours.model)}")
             + "<p class=\"note\">The AlexNet study, Table 2 (as published):</p>" + table(heads, srows, "table-table2-study"))
+
+
+#: harden.export.TITLES, restated: the report reads timings without importing torch
+NATIVE_TITLES = {"original": "original model", "none": "export, no hardening", "plan": "plan",
+                  "full-dmr": "full DMR", "full-tmr": "full TMR"}
+
+
+def native(records: tuple[Mapping[str, Any], ...]) -> str:
+    """The exported model's native overhead (docs/export.md §5), one table per timing given."""
+    if not records:
+        return ("<h3>Native overhead of the exported model</h3><p class=\"note\">No native timing given: export the "
+                "plan (<code>kernelfi export MODEL --hardening plan.json --out DIR</code>), time it "
+                "(<code>kernelfi overhead --exported DIR --json native.json</code>) and pass "
+                "<code>--native native.json</code> to <code>kernelfi report</code>.</p>")
+    html = []
+    for r in records:
+        rows: list[list[Cell]] = []
+        for lab, title in NATIVE_TITLES.items():
+            med, low = float(r["median_s"][lab]), float(r["min_s"][lab])
+            over = [("–", None)] * 2 if lab == "original" else [
+                (f"{100 * (med / float(r['median_s']['original']) - 1):+.1f}%", None),
+                (f"{100 * (low / float(r['min_s']['original']) - 1):+.1f}%", None)]
+            rows.append([title, num(1000 * med, "{:.3f}"), num(1000 * low, "{:.3f}")] + over)
+        html.append(f"<h3>Native overhead of the exported model: {escape(str(r['model']))}, {escape(str(r['device']))}</h3>"
+                    f"<p class=\"note\">The plan exported as plain PyTorch (<code>kernelfi export</code>) and timed on "
+                    f"the machine that ran the timing, not modelled: one forward of {int(r['batch'])} inputs per sample, "
+                    f"{int(r['reps'])} interleaved repetitions (order rotated each time), {escape(str(r['clock']))} "
+                    "clock; medians and fastest runs against the original model (docs/export.md §5). A shared machine's "
+                    "load moves these figures from run to run; the modelled table above does not move.</p>"
+                    + table(["variant", "median ms", "fastest ms", "overhead (medians)", "overhead (fastest)"], rows,
+                            f"table-native-{slug(str(r['model']))}-{slug(str(r['device']))}"))
+    return "".join(html)

@@ -23,13 +23,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kernelfi._utils import KernelfiError
-from kernelfi.models import load_model
+from kernelfi.data import load_inputs
+from kernelfi.models import get_model_info, load_model
 
 from ..plan import Plan
 from .export import FILES, VARIANTS, export_model, load_exported, read_manifest
 
 #: Timed labels, in report order: the original, then the exported variants.
 LABELS: tuple[str, ...] = ("original",) + VARIANTS
+#: What each label is, for tables.
+TITLES = {"original": "original model", "none": "export, no hardening", "plan": "plan",
+          "full-dmr": "full DMR", "full-tmr": "full TMR"}
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,29 @@ class NativeOverhead:
         t = self.min_s if fastest else self.median_s
         return t[label] / t["original"] - 1.0
 
+    def lines(self) -> list[str]:
+        """The timing as a text table: per label median and fastest ms, overheads over the original."""
+        out = [f"{'variant (' + self.device + ', ' + self.clock + ' clock)':28s}{'median ms':>12s}{'fastest ms':>12s}"
+               f"{'overhead':>11s}{'(fastest)':>11s}"]
+        for label in self.median_s:
+            pct = "" if label == "original" else f"{100 * self.overhead(label):+10.1f}%{100 * self.overhead(label, True):+10.1f}%"
+            out.append(f"{TITLES.get(label, label):28s}{1000 * self.median_s[label]:12.3f}{1000 * self.min_s[label]:12.3f}{pct}")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "clock": self.clock, "batch": self.batch,
                 "reps": self.reps, "median_s": dict(self.median_s), "min_s": dict(self.min_s),
                 "overhead": {k: self.overhead(k) for k in self.median_s if k != "original"},
                 "overhead_fastest": {k: self.overhead(k, True) for k in self.min_s if k != "original"}}
+
+
+def model_inputs(model: str, n: int, data: str | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The first ``n`` inputs of ``data`` (default: the model's own data, else seeded random
+    images) as float32: what an export is checked and timed on (timing does not depend on the
+    values)."""
+    info = get_model_info(model, input_shape)
+    return load_inputs(data if data is not None else (info.default_data or "random"), info, n).x.to(torch.float32)
 
 
 def original_module(directory: str | os.PathLike[str]) -> nn.Module:
