@@ -50,7 +50,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--models", default="alexnet,resnet50")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own; 1 avoids OpenMP waits on a loaded machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 1, CPU, "
           f"load average {os.getloadavg()[0]:.1f} at the start")
     ratios = {}
