@@ -1,11 +1,17 @@
-"""Small helpers shared by every level: the error type users see, seeded RNGs, hashing.
+"""Small helpers shared by every level: the error type users see, seeded RNGs, hashing, and
+the one builder of the package's optional C libraries.
 
 Kept free of torch so that the store and analysis layers can import it.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import platform
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +87,60 @@ def _size(n: int) -> str:
         if n >= 1 << k:
             return f"{n / (1 << k):,.1f} {unit}"
     return f"{n:,} bytes"
+
+
+def cache_dir() -> Path:
+    """Where built C libraries are kept: ``$KERNELFI_CACHE``, default ``~/.cache/kernelfi``."""
+    base = os.environ.get("KERNELFI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "kernelfi")
+    return Path(base)
+
+
+def _cpu_key() -> str:
+    """The CPU's identity: libraries are built with -march=native for this machine only."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "model name", "Features")):
+                    flags += line
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+def build_c_library(stem: str, source: str) -> ctypes.CDLL | None:
+    """``source`` compiled with the machine's C compiler (``$CC``, ``cc`` or ``gcc``) into
+    ``cache_dir()``, keyed by the source and the CPU (built once per machine), and loaded; None
+    with ``KERNELFI_NATIVE=0``, no compiler or a failed build (callers then keep their torch
+    path, with the same results). ``KERNELFI_NATIVE_GENERIC=1`` defines ``KF_GENERIC``: the
+    generic C loops even where AVX-512 is (the tests build both).
+
+    Flags: -ffp-contract=off -fno-fast-math (no fused multiply-add but an explicit ``fmaf``, no
+    rewriting of the float32 operations), -fopenmp (parallel loops run on torch's own OpenMP
+    pool: torch ships libgomp.so.1 and has loaded it; a second pool would fight its spinning
+    workers for the cores)."""
+    if os.environ.get("KERNELFI_NATIVE", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    defines = ["-DKF_GENERIC"] if os.environ.get("KERNELFI_NATIVE_GENERIC", "0") == "1" else []
+    key = hashlib.sha256((source + _cpu_key() + cc + " ".join(defines)).encode()).hexdigest()[:16]
+    out = cache_dir() / f"{stem}-{key}.so"
+    try:
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+                src, so = Path(tmp) / f"{stem}.c", Path(tmp) / f"{stem}.so"
+                src.write_text(source)
+                flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
+                subprocess.run([cc, *flags, *defines, "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-shared",
+                                "-fPIC", "-o", str(so), str(src)],
+                               check=True, capture_output=True, timeout=120)
+                os.replace(so, out)  # atomic: concurrent builders leave one complete library
+        return ctypes.CDLL(str(out))
+    except (OSError, subprocess.SubprocessError):
+        return None

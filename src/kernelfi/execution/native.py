@@ -20,16 +20,12 @@ campaigns take the torch path, with the same results.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
+
+from kernelfi._utils import build_c_library
 
 #: The C source (``native.c`` beside this file).
 _SOURCE = (Path(__file__).parent / "native.c").read_text()
@@ -41,54 +37,9 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("KERNELFI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "kernelfi")
-    return Path(base)
-
-
-def _cpu_key() -> str:
-    """The CPU's identity: the library is built with -march=native for this machine only."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "model name", "Features")):
-                    flags += line
-                    if line.startswith(("flags", "Features")):
-                        break
-    except OSError:
-        pass
-    return platform.machine() + flags
-
-
 def _build() -> ctypes.CDLL | None:
-    if os.environ.get("KERNELFI_NATIVE", "1") == "0":
-        return None
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
-    # KERNELFI_NATIVE_GENERIC=1: the generic C loops even where AVX-512 is (the tests build both)
-    defines = ["-DKF_GENERIC"] if os.environ.get("KERNELFI_NATIVE_GENERIC", "0") == "1" else []
-    key = hashlib.sha256((_SOURCE + _cpu_key() + cc + " ".join(defines)).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"diff_rows-{key}.so"
-    try:
-        if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-                src, so = Path(tmp) / "diff_rows.c", Path(tmp) / "diff_rows.so"
-                src.write_text(_SOURCE)
-                flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
-                # -ffp-contract=off: no fused multiply-add or other rewriting of the float32 ops
-                # -fopenmp: the library's parallel loop runs on torch's own OpenMP pool (torch
-                # ships libgomp.so.1 and has loaded it; a second pool would fight its spinning
-                # workers for the cores)
-                subprocess.run([cc, *flags, *defines, "-ffp-contract=off", "-fno-fast-math", "-fopenmp", "-shared",
-                                "-fPIC", "-o", str(so), str(src)],
-                               check=True, capture_output=True, timeout=120)
-                os.replace(so, out)  # atomic: concurrent builders leave one complete library
-        lib = ctypes.CDLL(str(out))
-    except (OSError, subprocess.SubprocessError):
+    lib = build_c_library("diff_rows", _SOURCE)
+    if lib is None:
         return None
     fn = lib.kf_diff_rows
     i64, ptr = ctypes.c_int64, ctypes.c_void_p

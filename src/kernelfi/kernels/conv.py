@@ -19,6 +19,7 @@ from kernelfi.types import AddressHalf, Launch, RegisterMap, ThreadTemplate
 
 from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
+from .rows import chained_rows
 from .sgemm import SGEMM_TILES, sgemm_shape, sgemm_stream
 
 Mem = dict[str, torch.Tensor]
@@ -264,10 +265,14 @@ def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if b > cap:  # calls of at most the cap, spread evenly
         step = -(-b // -(-b // cap))
         return torch.cat([rows_linear(x[s:s + step], w) for s in range(0, b, step)])
-    pad = _padded(b, pol) - b
-    if pad:
-        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
-    return F.linear(x, w)[:b]
+
+    def padded(rows: torch.Tensor) -> torch.Tensor:
+        n = rows.shape[0]
+        pad = _padded(n, pol) - n
+        return F.linear(torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]) if pad else rows, w)[:n]
+
+    chained = chained_rows(x, w, padded)  # a few rows: the same values at a GEMV's cost
+    return chained if chained is not None else padded(x)
 
 
 #: A 1x1 convolution is, per lane, the GEMM W (M x K) times X (K x H*W), one output column per
@@ -527,20 +532,43 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     dil = dil if dil[0] != dil[1] else dil[0]  # type: ignore[assignment]
     with no_tf32(img.device):
         if kern.shape[0] == 1:
-            y = lane_conv2d(img, kern[0], stride=st, padding=pad, dilation=dil)
+            y = lane_conv2d(img, kern[0], check_lone=True, stride=st, padding=pad, dilation=dil)
         else:  # per-lane weights: one convolution per lane
-            y = torch.cat([lane_conv2d(img[i:i + 1], kern[i], stride=st, padding=pad, dilation=dil)
+            y = torch.cat([lane_conv2d(img[i:i + 1], kern[i], check_lone=True, stride=st, padding=pad, dilation=dil)
                            for i in range(lanes)])
     return y.reshape(lanes, m, n)
 
 
-def lane_conv2d(x: torch.Tensor, w: torch.Tensor, **kw: Any) -> torch.Tensor:
+def lane_conv2d(x: torch.Tensor, w: torch.Tensor, check_lone: bool = False, **kw: Any) -> torch.Tensor:
     """``F.conv2d`` whose lanes do not depend on how many share the call.
 
     oneDNN convolves a batch of one with another algorithm on small feature maps (measured:
     last-bit differences), while every batch of two or more gives each lane the same result;
     so a lone lane is convolved twice in one call. Every convolution of the engine (golden
-    runs, the fused path, the cone's windows) goes through here."""
-    if x.shape[0] == 1:
+    runs, the fused path, the cone's windows) goes through here. With ``check_lone`` (the
+    fused path, whose shapes are the layers' own: few, and convolved at batch 1 by every plain
+    forward) a lone lane is convolved once where ``lone_agrees`` found that it gives the
+    doubled call's values: the same values, at half the cost."""
+    if x.shape[0] == 1 and not (check_lone and lone_agrees(x, w, kw)):
         return F.conv2d(torch.cat([x, x]), w, **kw)[:1]
     return F.conv2d(x, w, **kw)
+
+
+#: Whether a lone lane's ``F.conv2d`` equals its result in a batch of two, per (input and
+#: weight shape, stride/padding/dilation, thread count, device, dtype): oneDNN chooses its
+#: algorithm from these, never from the values.
+_lone_checked: dict[tuple[Any, ...], bool] = {}
+
+
+def lone_agrees(x: torch.Tensor, w: torch.Tensor, kw: Mapping[str, Any]) -> bool:
+    """True where convolving one lane alone gives, bit for bit, what the lane gets in a batch
+    of two, for this shape on this machine: a one-time self-check per key (two seeded random
+    lanes, each convolved alone and both together), as the row and column policies are."""
+    key = (tuple(x.shape[1:]), tuple(w.shape), tuple(sorted((k, str(v)) for k, v in kw.items())),
+           torch.get_num_threads(), str(x.device), x.dtype, w.dtype)
+    if key not in _lone_checked:
+        g = torch.Generator().manual_seed(0)
+        probe = torch.randn((2, *x.shape[1:]), generator=g).to(device=x.device, dtype=x.dtype)
+        pair = F.conv2d(probe, w, **kw)
+        _lone_checked[key] = all(torch.equal(F.conv2d(probe[i:i + 1], w, **kw), pair[i:i + 1]) for i in range(2))
+    return _lone_checked[key]
