@@ -71,15 +71,29 @@ def _t(v: Any) -> str:
     return repr(tuple(v)) if isinstance(v, (tuple, list)) else repr(v)
 
 
+def conv_padding(mod: nn.Conv2d, path: str) -> tuple[int, ...]:
+    """The padding of ``mod`` as numbers: ``'valid'`` is 0 and ``'same'`` (stride 1) pads
+    ``d*(k-1)/2`` on each side, which is what PyTorch runs for an odd kernel (the lowering refuses
+    even ones), so ABFT's tap sums, which read the padding, see numbers too."""
+    if not isinstance(mod.padding, str):
+        return tuple(mod.padding)
+    if mod.padding == "valid":
+        return (0,) * len(mod.kernel_size)
+    total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
+    if any(t % 2 for t in total):
+        raise KernelfiError(f"export: {path}: padding='same' of an even kernel {tuple(mod.kernel_size)} pads asymmetrically")
+    return tuple(t // 2 for t in total)
+
+
 def module_ctor(mod: nn.Module, path: str) -> str:
     """The standard constructor call that rebuilds ``mod`` (its weights come from the state dict)."""
     if any(p.dtype != torch.float32 for p in mod.parameters(recurse=False)):
         raise KernelfiError(f"export: {path} has non-float32 parameters (export float32 models)")
     if isinstance(mod, nn.Conv2d):
-        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise KernelfiError(f"export: {path}: only zero padding given as numbers is supported")
+        if mod.padding_mode != "zeros":
+            raise KernelfiError(f"export: {path}: only zero padding is supported")
         return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
-                f"stride={_t(mod.stride)}, padding={_t(mod.padding)}, dilation={_t(mod.dilation)}, "
+                f"stride={_t(mod.stride)}, padding={_t(conv_padding(mod, path))}, dilation={_t(mod.dilation)}, "
                 f"groups={mod.groups}, bias={mod.bias is not None})")
     if isinstance(mod, nn.Linear):
         return f"nn.Linear({mod.in_features}, {mod.out_features}, bias={mod.bias is not None})"
@@ -88,10 +102,17 @@ def module_ctor(mod: nn.Module, path: str) -> str:
                 f"affine={mod.affine}, track_running_stats={mod.track_running_stats})")
     if isinstance(mod, nn.LeakyReLU):
         return f"nn.LeakyReLU(negative_slope={mod.negative_slope!r}, inplace={mod.inplace})"
-    if isinstance(mod, nn.ReLU):
-        return f"nn.ReLU(inplace={mod.inplace})"
-    if type(mod) in (nn.Sigmoid, nn.Identity):
+    if type(mod) in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid):
+        return f"nn.{type(mod).__name__}(inplace={mod.inplace})"
+    if type(mod) is nn.Hardtanh:
+        return f"nn.Hardtanh({mod.min_val!r}, {mod.max_val!r}, inplace={mod.inplace})"
+    if isinstance(mod, nn.GELU):
+        return f"nn.GELU(approximate={mod.approximate!r})"
+    if type(mod) in (nn.Sigmoid, nn.Tanh, nn.Identity):
         return f"nn.{type(mod).__name__}()"
+    if isinstance(mod, nn.Upsample):
+        return (f"nn.Upsample(size={_t(mod.size)}, scale_factor={_t(mod.scale_factor)}, mode={mod.mode!r}, "
+                f"align_corners={mod.align_corners!r}, recompute_scale_factor={mod.recompute_scale_factor!r})")
     if isinstance(mod, nn.MaxPool2d):
         return (f"nn.MaxPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
                 f"dilation={_t(mod.dilation)}, ceil_mode={mod.ceil_mode})")
@@ -101,8 +122,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return (f"nn.AvgPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
                 f"ceil_mode={mod.ceil_mode}, count_include_pad={mod.count_include_pad}, "
                 f"divisor_override={mod.divisor_override!r})")
-    if isinstance(mod, nn.Dropout):
-        return f"nn.Dropout(p={mod.p!r})"
+    if type(mod) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
+        return f"nn.{type(mod).__name__}(p={mod.p!r}, inplace={mod.inplace})"
     if isinstance(mod, nn.Flatten):
         return f"nn.Flatten({mod.start_dim}, {mod.end_dim})"
     if isinstance(mod, nn.Softmax):
@@ -159,24 +180,51 @@ def _access(path: str, tree: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- forward
+#: The call_function targets the lowering accepts (lowering/fx_frontend.py) -> how model.py
+#: spells them. In-place operators (``a -= b``) run out of place, as the residual add does unless
+#: it owns its operand (``_Forward.owned``); the export's bitwise check would catch an alias.
+_FUNCTIONS: dict[Any, str] = {
+    operator.add: "torch.add", operator.iadd: "torch.add", torch.add: "torch.add",
+    operator.sub: "torch.sub", operator.isub: "torch.sub", torch.sub: "torch.sub",
+    operator.mul: "torch.mul", operator.imul: "torch.mul", torch.mul: "torch.mul",
+    torch.mean: "torch.mean", torch.cat: "torch.cat", torch.flatten: "torch.flatten",
+    F.relu: "F.relu", torch.relu: "torch.relu", torch.sigmoid: "torch.sigmoid", F.sigmoid: "torch.sigmoid",
+    F.leaky_relu: "F.leaky_relu", F.relu6: "F.relu6", torch.tanh: "torch.tanh", F.tanh: "torch.tanh",
+    F.silu: "F.silu", F.gelu: "F.gelu", F.hardswish: "F.hardswish", F.hardsigmoid: "F.hardsigmoid",
+    F.softmax: "torch.softmax", torch.softmax: "torch.softmax",
+    F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
+    F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",
+}
+#: Identities at inference: nothing runs, the variable is the input's.
+_ALIAS_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
+#: Tensor methods the lowering accepts -> the torch function that computes the same (in-place
+#: variants out of place), or ``.name`` for a method rendered as a method call (never protected:
+#: reshapes and size queries belong to no layer).
+_METHODS: dict[str, str] = {
+    "add": "torch.add", "add_": "torch.add", "sub": "torch.sub", "sub_": "torch.sub",
+    "mul": "torch.mul", "mul_": "torch.mul", "mean": "torch.mean", "relu": "torch.relu", "relu_": "torch.relu",
+    "sigmoid": "torch.sigmoid", "sigmoid_": "torch.sigmoid", "tanh": "torch.tanh", "tanh_": "torch.tanh",
+    "softmax": "torch.softmax", "flatten": "torch.flatten", "view": ".view", "reshape": ".reshape", "size": ".size",
+}
+
+
 def _kind(node: fx.Node) -> str:
+    """How ``node`` renders: ``alias`` (no code), ``getattr``/``getitem`` (a size query's parts),
+    ``softmax`` (its dim written out), ``add`` (maybe in place), or the spelling of a call."""
     t = node.target
     if node.op == "call_method":
-        t = str(t)
-        table = {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid",
-                 "view": "flatten", "reshape": "flatten", "flatten": "flatten", "softmax": "softmax",
-                 "contiguous": "alias", "size": "skip"}
-        if t in table:
-            return table[t]
+        if t == "contiguous":
+            return "alias"
+        if t in _METHODS:
+            return _METHODS[str(t)]
+    elif t is getattr or t is operator.getitem:
+        return "getattr" if t is getattr else "getitem"
+    elif any(t is f for f in _ALIAS_FUNCTIONS):
+        return "alias"
     else:
-        fns: list[tuple[tuple[Callable[..., Any], ...], str]] = [
-            ((operator.add, operator.iadd, torch.add), "add"), ((torch.cat,), "cat"),
-            ((F.relu, torch.relu), "relu"), ((torch.sigmoid, F.sigmoid), "sigmoid"),
-            ((F.leaky_relu,), "leaky_relu"), ((F.softmax, torch.softmax), "softmax"),
-            ((torch.flatten,), "flatten"), ((F.dropout,), "alias"), ((getattr, operator.getitem), "skip")]
-        for group, kind in fns:
-            if any(t is f for f in group):
-                return kind
+        for f, spelling in _FUNCTIONS.items():
+            if t is f:
+                return spelling
     raise KernelfiError(f"export: fx node {node.name} ({node.op} {t}) has no rendering")
 
 
@@ -209,31 +257,28 @@ class _Forward:
         raise KernelfiError(f"export: argument {a!r} has no rendering")
 
     def call(self, node: fx.Node) -> tuple[str, list[str]] | None:
-        """(callable, args) of the node; None: nothing to run (an alias or a size query)."""
+        """(callable, args) of the node, keyword arguments rendered ``name=value`` after the
+        positional ones; a callable ``.m`` is the method ``m`` of the first argument, ``[]`` an
+        index into it, ``.`` an attribute of it. None: nothing to run (an alias)."""
         if node.op == "call_module":
             if node.kwargs:
                 raise KernelfiError(f"export: module call {node.name} with keyword arguments")
             return _access(str(node.target), self.tree), [self.arg(a) for a in node.args]
         kind = _kind(node)
-        src = node.args[0] if node.args else None
-        if kind in ("alias", "skip"):
+        if kind == "alias":
             return None
-        if kind == "add":
-            if len(node.args) != 2 or node.kwargs:
-                raise KernelfiError(f"export: add {node.name} with more than two operands")
-            return "torch.add", [self.arg(node.args[0]), self.arg(node.args[1])]
-        if kind == "cat":
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            return "torch.cat", [self.arg(list(src)), repr(dim)]  # type: ignore[arg-type]
-        if kind in ("relu", "sigmoid"):
-            return f"torch.{kind}", [self.arg(src)]
-        if kind == "leaky_relu":
-            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
-            return "F.leaky_relu", [self.arg(src), repr(float(slope))]
-        if kind == "softmax":
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            return "torch.softmax", [self.arg(src), repr(1 if dim is None else dim)]
-        return "torch.flatten", [self.arg(src), "1"]  # flatten / view / reshape: per-sample flatten
+        if kind == "getattr":
+            return ".", [self.arg(node.args[0]), str(node.args[1])]
+        if kind == "getitem":
+            return "[]", [self.arg(a) for a in node.args]
+        if kind == "torch.add" and (len(node.args) != 2 or node.kwargs):
+            raise KernelfiError(f"export: add {node.name} with more than two operands")
+        args = [self.arg(a) for a in node.args]
+        kwargs = dict(node.kwargs)
+        if kind == "torch.softmax":  # the implicit dim of a 2-D input, written out
+            dim = kwargs.pop("dim", node.args[1] if len(node.args) > 1 else None)
+            args = [args[0], repr(1 if dim is None else dim)]
+        return kind, args + [f"{k}={self.arg(v)}" for k, v in kwargs.items()]
 
     def owned(self, a: Any, user: fx.Node) -> bool:
         """May ``user`` add into ``a`` in place (as ``out += identity`` does in a ResNet block)? Only
@@ -279,7 +324,12 @@ class _Forward:
         tech = self.h.replicate.get(node.name) if self.h is not None else None
         op = self.ops.get(node.name)
         where = f"  # {tech}: {op.module} ({op.kind})" if tech and op else ""
-        if tech:
+        if tech and fn[0] in ".[":
+            raise KernelfiError(f"export: {tech} of {node.name} ({fn}), which belongs to no layer")
+        if fn[0] in ".[":
+            line = f"{v} = {args[0]}" + (f".{args[1]}" if fn == "." else f"[{args[1]}]" if fn == "[]"
+                                         else f"{fn}({', '.join(args[1:])})")
+        elif tech:
             line = f"{v} = self.{self.box}.{node.name}({fn}, {', '.join(args)}){where}"
         elif fn == "torch.add":
             line = f"{v} = {args[0]}.add_({args[1]})" if self.owned(node.args[0], node) else \

@@ -97,8 +97,8 @@ class _Faulty:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.op, name)
 
-    def __call__(self, *args: Any) -> Tensor:
-        out = self.op(*args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        out = self.op(*args, **kwargs)
         k, self.calls = self.calls, self.calls + 1
         if k != self.replica:
             return out
