@@ -86,7 +86,7 @@ class Coverage:
                 "max_error": max((f.error for f in self.flips), default=0.0)}
 
 
-class _Faulty:
+class FaultyOp:
     """The op, with one bit flipped in the output of its ``replica``-th call; its attributes
     (an ABFT op's weight, stride, ...) are the op's."""
 
@@ -170,7 +170,7 @@ def _capture(store: dict[str, Tensor], name: str) -> Callable[..., None]:
 
 def _one(net: nn.Module, x: Tensor, tech: str, name: str, m: nn.Module, replica: int, index: int, bit: int,
          want: Tensor, top1: Tensor) -> Flip:
-    faulty: list[_Faulty] = []
+    faulty: list[FaultyOp] = []
     seen: dict[str, Tensor] = {}
     received: list[Tensor] = []
 
@@ -179,7 +179,7 @@ def _one(net: nn.Module, x: Tensor, tech: str, name: str, m: nn.Module, replica:
             bad = flip_element(args[0], index, bit)
             received.append(bad)
             return (bad,) + tuple(args[1:])
-        f = _Faulty(args[0], replica, index, bit)
+        f = FaultyOp(args[0], replica, index, bit)
         faulty.append(f)
         return (f,) + tuple(args[1:])
 
