@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernelfi.harden import Plan, Protection, profile_bounds
-from kernelfi.harden.export import FaultyOp, export_model, launch_op, load_exported, read_manifest
+from kernelfi.harden.export import export_model, flip_in, launch_op, load_exported, read_manifest
 from kernelfi.harden.export.mapping import graph_ops
 from kernelfi.harden.units import abft_plan
 from kernelfi.lowering import lower, lower_fx
 from tests.test_layers_campaign import AllLayers
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 
 class MoreLayers(nn.Module):
@@ -91,14 +92,6 @@ EXPECTED_OPS: dict[str, dict[str, str]] = {
     },
 }
 SHAPES = {"all": (3, 12, 12), "more": (3, 8, 8)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def build(name: str) -> nn.Module:
@@ -183,28 +176,6 @@ FLIPS = {"all": [("mul", 5, 30), ("sub", 0, 23), ("pool", 17, 31), ("up", 100, 3
                   ("relu6", 0, 30), ("silu_1", 5, 28), ("ht", 4, 30)]}
 
 
-def _run_with_flip(net: nn.Module, x: torch.Tensor, node: str, replica: int, index: int, bit: int) -> tuple[torch.Tensor, torch.Tensor, FaultyOp]:
-    """The net's output and the technique's output for ``node``, with one bit of the
-    ``replica``-th run of its op flipped (a pre-hook hands the technique a faulty op)."""
-    tech = net.hardening.get_submodule(node)
-    faulty: list[FaultyOp] = []
-    got: list[torch.Tensor] = []
-
-    def pre(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        faulty.append(FaultyOp(args[0], replica, index, bit))
-        return (faulty[-1], *args[1:])
-
-    h1 = tech.register_forward_pre_hook(pre)
-    h2 = tech.register_forward_hook(lambda mod, a, y: got.append(y.clone()))
-    try:
-        with torch.no_grad():
-            out = net(x)
-    finally:
-        h1.remove()
-        h2.remove()
-    return out, got[0], faulty[0]
-
-
 @pytest.mark.parametrize("variant", ["full-tmr", "full-dmr"])
 def test_a_flip_in_one_replica_of_a_new_layer_op_is_corrected(abft_export: tuple[str, Path], variant: str) -> None:
     name, out = abft_export
@@ -220,7 +191,9 @@ def test_a_flip_in_one_replica_of_a_new_layer_op_is_corrected(abft_export: tuple
     for k, (node, index, bit) in enumerate(FLIPS[name]):
         replica = k % (3 if variant == "full-tmr" else 2)
         before = getattr(net.hardening.get_submodule(node), "reexecuted", 0)
-        final, op_out, faulty = _run_with_flip(net, x, node, replica, index, bit)
+        with flip_in(net.hardening.get_submodule(node), index, bit, replica) as rec, torch.no_grad():
+            final = net(x)
+        (faulty,), (op_out,) = rec.handed, rec.outputs   # one call of the op's technique
         assert faulty.injected != 0.0, node                     # the flip changed the run's output
         assert torch.equal(op_out.view(torch.int32), golden[node].view(torch.int32)), node
         assert torch.equal(final.view(torch.int32), want.view(torch.int32)), node

@@ -12,11 +12,11 @@ technique catches; ``timing`` measures the exported variants against the origina
 """
 from __future__ import annotations
 
-from .coverage import Coverage, FaultyOp, Flip, flip_bit, measure_coverage
+from .coverage import Coverage, FaultyOp, Flip, Injection, flip_bit, flip_in, measure_coverage
 from .export import VARIANTS, Export, export_model, load_exported, read_manifest
 from .mapping import Op, OpHardening, graph_ops, launch_op, map_plan
 from .timing import LABELS, NativeOverhead, native_overhead, original_module, time_exported
 
-__all__ = ["LABELS", "Coverage", "Export", "FaultyOp", "Flip", "NativeOverhead", "Op", "OpHardening", "VARIANTS", "export_model", "flip_bit",
+__all__ = ["LABELS", "Coverage", "Export", "FaultyOp", "Flip", "Injection", "flip_in", "NativeOverhead", "Op", "OpHardening", "VARIANTS", "export_model", "flip_bit",
            "graph_ops", "launch_op", "load_exported", "map_plan", "measure_coverage", "native_overhead",
            "original_module", "read_manifest", "time_exported"]
