@@ -9,8 +9,8 @@ non-square convs) and ``MoreLayers`` below, the forms AllLayers leaves out: acti
 (ReLU6 in place, Tanh, GELU, Hardswish, Hardsigmoid, SiLU in place, LeakyReLU(0.3), Hardtanh(0, 6)),
 ``F.interpolate``, ``F.max_pool2d(ceil_mode=True)``, ``F.avg_pool2d``, ``F.relu(inplace=True)``,
 ``AdaptiveAvgPool2d(2)``, tensor methods (``.sub``, ``.tanh``, ``.sigmoid``, ``.mean``), ``torch.mul``
-and ``torch.sub``, and views following ``x.size()`` (an SE block's ``.view(b, c, 1, 1)``,
-``x.view(x.size(0), -1)``, ``.reshape(b, -1)``).
+and ``torch.sub``, views following ``x.size()`` (an SE block's ``.view(b, c, 1, 1)``, ``x.view(x.size(0), -1)``,
+``.reshape(b, -1)``), and ``F.softmax(dim=1)``.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class MoreLayers(nn.Module):
         a = self.adapt(z)                                                         # 2x2: adaptive_avgpool
         f = torch.cat([a.view(a.size(0), -1), z.mean((2, 3))], 1)                 # 40 flat
         f = self.ht(torch.sub(f, f.sigmoid()))
-        return self.head(self.drop(f.reshape(b, -1)))
+        return F.softmax(self.head(self.drop(f.reshape(b, -1))), dim=1)          # traced with _stacklevel, dtype
 
 
 #: Per model: launch -> the fx node (the op of the exported forward) that computes it, read off
@@ -88,7 +88,7 @@ EXPECTED_OPS: dict[str, dict[str, str]] = {
         "relu.act.activate_array": "relu", "pool.1.forward_local_avgpool": "avg_pool2d",
         "silu.act.activate_array": "silu_1", "tanh_1.act.activate_array": "tanh_1",
         "adapt.adaptive_avgpool": "adapt", "mean.forward_avgpool": "mean", "cat.copy.0": "cat",
-        "sub.1.binary_op": "sub_1", "ht.act.activate_array": "ht",
+        "sub.1.binary_op": "sub_1", "ht.act.activate_array": "ht", "softmax.softmax": "softmax",
     },
 }
 SHAPES = {"all": (3, 12, 12), "more": (3, 8, 8)}
@@ -173,7 +173,7 @@ def test_range_clamps_hold_their_bounds(tmp_path: Path) -> None:
 FLIPS = {"all": [("mul", 5, 30), ("sub", 0, 23), ("pool", 17, 31), ("up", 100, 30), ("bn", 3, 29),
                  ("relu6", 9, 30), ("mean", 2, 26), ("gelu", 40, 30), ("stem_1", 1, 30)],
          "more": [("interpolate", 7, 30), ("adapt", 3, 29), ("avg_pool2d", 11, 30), ("mul_1", 2, 31),
-                  ("relu6", 0, 30), ("silu_1", 5, 28), ("ht", 4, 30)]}
+                  ("relu6", 0, 30), ("silu_1", 5, 28), ("ht", 4, 30), ("softmax", 3, 29)]}
 
 
 @pytest.mark.parametrize("variant", ["full-tmr", "full-dmr"])

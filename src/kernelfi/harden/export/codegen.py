@@ -191,7 +191,7 @@ _FUNCTIONS: dict[Any, str] = {
     F.relu: "F.relu", torch.relu: "torch.relu", torch.sigmoid: "torch.sigmoid", F.sigmoid: "torch.sigmoid",
     F.leaky_relu: "F.leaky_relu", F.relu6: "F.relu6", torch.tanh: "torch.tanh", F.tanh: "torch.tanh",
     F.silu: "F.silu", F.gelu: "F.gelu", F.hardswish: "F.hardswish", F.hardsigmoid: "F.hardsigmoid",
-    F.softmax: "torch.softmax", torch.softmax: "torch.softmax",
+    F.softmax: "F.softmax", torch.softmax: "torch.softmax",
     F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
     F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",
 }
@@ -275,9 +275,9 @@ class _Forward:
             raise KernelfiError(f"export: add {node.name} with more than two operands")
         args = [self.arg(a) for a in node.args]
         kwargs = dict(node.kwargs)
-        if kind == "torch.softmax":  # the implicit dim of a 2-D input, written out
+        if kind in ("torch.softmax", "F.softmax"):  # the implicit dim of a 2-D input, written out
             dim = kwargs.pop("dim", node.args[1] if len(node.args) > 1 else None)
-            args = [args[0], repr(1 if dim is None else dim)]
+            args = [args[0], repr(1 if dim is None else dim), *args[2:]]
         return kind, args + [f"{k}={self.arg(v)}" for k, v in kwargs.items()]
 
     def owned(self, a: Any, user: fx.Node) -> bool:
