@@ -8,7 +8,8 @@
 manifest mapping every plan entry to the PyTorch ops it protects; the directory runs with torch
 and safetensors alone. ``runtime`` holds the techniques (TMR, DMR, ABFT, range clamps) that every
 export carries a copy of; ``coverage`` injects bit flips through hooks and measures what each
-technique catches; ``timing`` measures the exported variants against the original natively.
+technique catches; ``timing`` measures the exported variants against the original natively; ``spelling`` says how
+model.py writes each module and call the lowering accepts.
 """
 from __future__ import annotations
 
