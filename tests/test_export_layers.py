@@ -182,12 +182,14 @@ def test_a_flip_in_one_replica_of_a_new_layer_op_is_corrected(abft_export: tuple
     net = load_exported(out, variant)
     x = inputs(name)[:2]
     golden: dict[str, torch.Tensor] = {}
-    hooks = [net.hardening.get_submodule(n).register_forward_hook(lambda mod, a, y, n=n: golden.__setitem__(n, y.clone()))
-             for n, _, _ in FLIPS[name]]
-    with torch.no_grad():
-        want = net(x)
-    for h in hooks:
-        h.remove()
+    hooks = [net.hardening.get_submodule(n).register_forward_hook(
+        lambda mod, a, y, n=n: golden.__setitem__(n, y.clone())) for n, _, _ in FLIPS[name]]
+    try:
+        with torch.no_grad():
+            want = net(x)
+    finally:
+        for h in hooks:
+            h.remove()
     for k, (node, index, bit) in enumerate(FLIPS[name]):
         replica = k % (3 if variant == "full-tmr" else 2)
         before = getattr(net.hardening.get_submodule(node), "reexecuted", 0)

@@ -18,6 +18,7 @@ from .export import VARIANTS, Export, export_model, load_exported, read_manifest
 from .mapping import Op, OpHardening, graph_ops, launch_op, map_plan
 from .timing import LABELS, NativeOverhead, native_overhead, original_module, time_exported
 
-__all__ = ["LABELS", "Coverage", "Export", "FaultyOp", "Flip", "Injection", "flip_in", "NativeOverhead", "Op", "OpHardening", "VARIANTS", "export_model", "flip_bit",
-           "graph_ops", "launch_op", "load_exported", "map_plan", "measure_coverage", "native_overhead",
-           "original_module", "read_manifest", "time_exported"]
+__all__ = ["Coverage", "Export", "export_model", "FaultyOp", "Flip", "flip_bit", "flip_in", "graph_ops",
+           "Injection", "LABELS", "launch_op", "load_exported", "map_plan", "measure_coverage",
+           "native_overhead", "NativeOverhead", "Op", "OpHardening", "original_module", "read_manifest",
+           "time_exported", "VARIANTS"]

@@ -31,7 +31,8 @@ def conv_padding(mod: nn.Conv2d, path: str) -> tuple[int, ...]:
         return (0,) * len(mod.kernel_size)
     total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
     if any(t % 2 for t in total):
-        raise KernelfiError(f"export: {path}: padding='same' of an even kernel {tuple(mod.kernel_size)} pads asymmetrically")
+        raise KernelfiError(f"export: {path}: padding='same' of an even kernel {tuple(mod.kernel_size)} "
+                            "pads asymmetrically")
     return tuple(t // 2 for t in total)
 
 
