@@ -29,6 +29,7 @@ from kernelfi.harden import Plan, Protection, profile_bounds
 from kernelfi.harden.export import LABELS, export_model, flip_bit, load_exported, native_overhead, read_manifest
 from kernelfi.harden.export.runtime import UnrecoverableFault
 from tests.tiny import CFG
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 GOLDEN = [22.5, -5.0]
 
@@ -62,14 +63,6 @@ TINY_PLAN = Plan("tiny", (
 
 def tiny_x() -> torch.Tensor:
     return torch.arange(1, 10, dtype=torch.float32).reshape(1, 1, 3, 3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: one intra-op thread is much faster here
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,9 @@ from kernelfi.campaign.session import ModelSpec, inputs_tensor, open_session, se
 from kernelfi.harden import Plan, Protection, profile_bounds
 from kernelfi.harden.export import export_model, flip_bit, load_exported, measure_coverage
 from kernelfi.harden.export.runtime import ABFTConv2d, ABFTLinear, same, vote
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 U = 2.0 ** -24
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,17 @@ ops run out of place. Each variable is deleted after its last use.
 from __future__ import annotations
 
 import ast
-import operator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from kernelfi._utils import KernelfiError
 from kernelfi.lowering import FxLowered
 
 from .mapping import OpHardening, graph_ops
+from .spelling import call_spelling, module_ctor
 
 RUNTIME = Path(__file__).with_name("runtime.py")
 #: Class name of each variant in model.py, and what it runs.
@@ -65,49 +63,6 @@ def _module_names() -> set[str]:
 
 
 _NAMES = _module_names()
-
-
-def _t(v: Any) -> str:
-    return repr(tuple(v)) if isinstance(v, (tuple, list)) else repr(v)
-
-
-def module_ctor(mod: nn.Module, path: str) -> str:
-    """The standard constructor call that rebuilds ``mod`` (its weights come from the state dict)."""
-    if any(p.dtype != torch.float32 for p in mod.parameters(recurse=False)):
-        raise KernelfiError(f"export: {path} has non-float32 parameters (export float32 models)")
-    if isinstance(mod, nn.Conv2d):
-        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-            raise KernelfiError(f"export: {path}: only zero padding given as numbers is supported")
-        return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
-                f"stride={_t(mod.stride)}, padding={_t(mod.padding)}, dilation={_t(mod.dilation)}, "
-                f"groups={mod.groups}, bias={mod.bias is not None})")
-    if isinstance(mod, nn.Linear):
-        return f"nn.Linear({mod.in_features}, {mod.out_features}, bias={mod.bias is not None})"
-    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return (f"nn.{type(mod).__name__}({mod.num_features}, eps={mod.eps!r}, momentum={mod.momentum!r}, "
-                f"affine={mod.affine}, track_running_stats={mod.track_running_stats})")
-    if isinstance(mod, nn.LeakyReLU):
-        return f"nn.LeakyReLU(negative_slope={mod.negative_slope!r}, inplace={mod.inplace})"
-    if isinstance(mod, nn.ReLU):
-        return f"nn.ReLU(inplace={mod.inplace})"
-    if type(mod) in (nn.Sigmoid, nn.Identity):
-        return f"nn.{type(mod).__name__}()"
-    if isinstance(mod, nn.MaxPool2d):
-        return (f"nn.MaxPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
-                f"dilation={_t(mod.dilation)}, ceil_mode={mod.ceil_mode})")
-    if isinstance(mod, nn.AdaptiveAvgPool2d):
-        return f"nn.AdaptiveAvgPool2d({_t(mod.output_size)})"
-    if isinstance(mod, nn.AvgPool2d):
-        return (f"nn.AvgPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
-                f"ceil_mode={mod.ceil_mode}, count_include_pad={mod.count_include_pad}, "
-                f"divisor_override={mod.divisor_override!r})")
-    if isinstance(mod, nn.Dropout):
-        return f"nn.Dropout(p={mod.p!r})"
-    if isinstance(mod, nn.Flatten):
-        return f"nn.Flatten({mod.start_dim}, {mod.end_dim})"
-    if isinstance(mod, nn.Softmax):
-        return f"nn.Softmax(dim={mod.dim!r})"
-    raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
 
 
 # ---------------------------------------------------------------------------------- modules
@@ -159,27 +114,6 @@ def _access(path: str, tree: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- forward
-def _kind(node: fx.Node) -> str:
-    t = node.target
-    if node.op == "call_method":
-        t = str(t)
-        table = {"add": "add", "add_": "add", "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid",
-                 "view": "flatten", "reshape": "flatten", "flatten": "flatten", "softmax": "softmax",
-                 "contiguous": "alias", "size": "skip"}
-        if t in table:
-            return table[t]
-    else:
-        fns: list[tuple[tuple[Callable[..., Any], ...], str]] = [
-            ((operator.add, operator.iadd, torch.add), "add"), ((torch.cat,), "cat"),
-            ((F.relu, torch.relu), "relu"), ((torch.sigmoid, F.sigmoid), "sigmoid"),
-            ((F.leaky_relu,), "leaky_relu"), ((F.softmax, torch.softmax), "softmax"),
-            ((torch.flatten,), "flatten"), ((F.dropout,), "alias"), ((getattr, operator.getitem), "skip")]
-        for group, kind in fns:
-            if any(t is f for f in group):
-                return kind
-    raise KernelfiError(f"export: fx node {node.name} ({node.op} {t}) has no rendering")
-
-
 class _Forward:
     """Renders the graph as straight-line code for one variant."""
 
@@ -209,31 +143,28 @@ class _Forward:
         raise KernelfiError(f"export: argument {a!r} has no rendering")
 
     def call(self, node: fx.Node) -> tuple[str, list[str]] | None:
-        """(callable, args) of the node; None: nothing to run (an alias or a size query)."""
+        """(callable, args) of the node, keyword arguments rendered ``name=value`` after the
+        positional ones; a callable ``.m`` is the method ``m`` of the first argument, ``[]`` an
+        index into it, ``.`` an attribute of it. None: nothing to run (an alias)."""
         if node.op == "call_module":
             if node.kwargs:
                 raise KernelfiError(f"export: module call {node.name} with keyword arguments")
             return _access(str(node.target), self.tree), [self.arg(a) for a in node.args]
-        kind = _kind(node)
-        src = node.args[0] if node.args else None
-        if kind in ("alias", "skip"):
+        kind = call_spelling(node)
+        if kind == "alias":
             return None
-        if kind == "add":
-            if len(node.args) != 2 or node.kwargs:
-                raise KernelfiError(f"export: add {node.name} with more than two operands")
-            return "torch.add", [self.arg(node.args[0]), self.arg(node.args[1])]
-        if kind == "cat":
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            return "torch.cat", [self.arg(list(src)), repr(dim)]  # type: ignore[arg-type]
-        if kind in ("relu", "sigmoid"):
-            return f"torch.{kind}", [self.arg(src)]
-        if kind == "leaky_relu":
-            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
-            return "F.leaky_relu", [self.arg(src), repr(float(slope))]
-        if kind == "softmax":
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            return "torch.softmax", [self.arg(src), repr(1 if dim is None else dim)]
-        return "torch.flatten", [self.arg(src), "1"]  # flatten / view / reshape: per-sample flatten
+        if kind == "getattr":
+            return ".", [self.arg(node.args[0]), str(node.args[1])]
+        if kind == "getitem":
+            return "[]", [self.arg(a) for a in node.args]
+        if kind == "torch.add" and (len(node.args) != 2 or node.kwargs):
+            raise KernelfiError(f"export: add {node.name} with more than two operands")
+        args = [self.arg(a) for a in node.args]
+        kwargs = dict(node.kwargs)
+        if kind in ("torch.softmax", "F.softmax"):  # the implicit dim of a 2-D input, written out
+            dim = kwargs.pop("dim", node.args[1] if len(node.args) > 1 else None)
+            args = [args[0], repr(1 if dim is None else dim), *args[2:]]
+        return kind, args + [f"{k}={self.arg(v)}" for k, v in kwargs.items()]
 
     def owned(self, a: Any, user: fx.Node) -> bool:
         """May ``user`` add into ``a`` in place (as ``out += identity`` does in a ResNet block)? Only
@@ -271,7 +202,7 @@ class _Forward:
     def node_lines(self, node: fx.Node) -> list[str]:
         got = self.call(node)
         if got is None:
-            if _kind(node) == "alias":
+            if call_spelling(node) == "alias":
                 self.var[node.name] = self.arg(node.args[0])
             return []
         fn, args = got
@@ -279,7 +210,12 @@ class _Forward:
         tech = self.h.replicate.get(node.name) if self.h is not None else None
         op = self.ops.get(node.name)
         where = f"  # {tech}: {op.module} ({op.kind})" if tech and op else ""
-        if tech:
+        if tech and fn[0] in ".[":
+            raise KernelfiError(f"export: {tech} of {node.name} ({fn}), which belongs to no layer")
+        if fn[0] in ".[":
+            line = f"{v} = {args[0]}" + (f".{args[1]}" if fn == "." else f"[{args[1]}]" if fn == "[]"
+                                         else f"{fn}({', '.join(args[1:])})")
+        elif tech:
             line = f"{v} = self.{self.box}.{node.name}({fn}, {', '.join(args)}){where}"
         elif fn == "torch.add":
             line = f"{v} = {args[0]}.add_({args[1]})" if self.owned(node.args[0], node) else \

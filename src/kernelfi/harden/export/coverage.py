@@ -2,7 +2,8 @@
 them (docs/export.md §4).
 
 ``flip_bit`` flips one bit of one output element of one call of a module (a forward hook,
-removed in ``finally``). ``measure_coverage`` injects seeded single-bit flips where each
+removed in ``finally``); ``flip_in`` hands a technique module a faulty op (one replica's output
+flipped) or a flipped input (a clamp's). ``measure_coverage`` injects seeded single-bit flips where each
 technique acts: into one replica of a TMR or DMR op, into the output of an ABFT-protected
 product, into the value a range clamp receives. It does so with a pre-hook on the technique
 module that hands it a faulty op (or input), so it reaches ops called from two places and
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
@@ -86,7 +87,7 @@ class Coverage:
                 "max_error": max((f.error for f in self.flips), default=0.0)}
 
 
-class _Faulty:
+class FaultyOp:
     """The op, with one bit flipped in the output of its ``replica``-th call; its attributes
     (an ABFT op's weight, stride, ...) are the op's."""
 
@@ -97,14 +98,50 @@ class _Faulty:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.op, name)
 
-    def __call__(self, *args: Any) -> Tensor:
-        out = self.op(*args)
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        out = self.op(*args, **kwargs)
         k, self.calls = self.calls, self.calls + 1
         if k != self.replica:
             return out
         bad = flip_element(out, self.index, self.bit)
         self.injected = _diff(bad.view(-1)[self.index], out.reshape(-1)[self.index])
         return bad
+
+
+@dataclass
+class Injection:
+    """What ``flip_in`` handed the technique module, one entry per call: a ``FaultyOp`` (TMR,
+    DMR, ABFT) or the flipped tensor (a clamp); and the module's outputs."""
+
+    handed: list[Any] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def flip_in(technique: nn.Module, index: int, bit: int, replica: int = 0) -> Iterator[Injection]:
+    """Inside the context, each call of ``technique`` (an exported model's TMR, DMR, ABFT or
+    Clamp module, ``net.hardening.<call>``) is handed a fault: its op with bit ``bit`` of
+    element ``index`` flipped in the output of the ``replica``-th run, or for a clamp that bit
+    flipped in the value it receives. A pre-hook hands it, so functional ops (``torch.mul``,
+    ``F.interpolate``) are reached as modules are. Yields the ``Injection``."""
+    rec = Injection()
+    clamp = TECHNIQUE_CLASSES.get(type(technique).__name__) == "range"
+
+    def pre(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        bad = flip_element(args[0], index, bit) if clamp else FaultyOp(args[0], replica, index, bit)
+        rec.handed.append(bad)
+        return (bad, *args[1:])
+
+    def post(mod: nn.Module, args: Any, output: Tensor) -> None:
+        rec.outputs.append(output.detach().clone())
+
+    h1 = technique.register_forward_pre_hook(pre)
+    h2 = technique.register_forward_hook(post)
+    try:
+        yield rec
+    finally:
+        h1.remove()
+        h2.remove()
 
 
 def _diff(a: Tensor, b: Tensor) -> float:
@@ -170,37 +207,19 @@ def _capture(store: dict[str, Tensor], name: str) -> Callable[..., None]:
 
 def _one(net: nn.Module, x: Tensor, tech: str, name: str, m: nn.Module, replica: int, index: int, bit: int,
          want: Tensor, top1: Tensor) -> Flip:
-    faulty: list[_Faulty] = []
-    seen: dict[str, Tensor] = {}
-    received: list[Tensor] = []
-
-    def pre(mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        if tech == "range":
-            bad = flip_element(args[0], index, bit)
-            received.append(bad)
-            return (bad,) + tuple(args[1:])
-        f = _Faulty(args[0], replica, index, bit)
-        faulty.append(f)
-        return (f,) + tuple(args[1:])
-
     before = _counter(m)
-    h1 = m.register_forward_pre_hook(pre)
-    h2 = m.register_forward_hook(_capture(seen, name))
-    try:
-        with torch.no_grad():
-            final = net(x)
-    finally:
-        h1.remove()
-        h2.remove()
-    got = seen[name]
+    with flip_in(m, index, bit, replica) as rec, torch.no_grad():
+        final = net(x)
+    got = rec.outputs[-1]
     exact = bool(torch.equal(got.view(torch.int32), want.view(torch.int32)))
     if tech == "range":
         lo, hi = m.lo, m.hi  # type: ignore[attr-defined]
-        injected = _diff(received[0].view(-1)[index], want.reshape(-1)[index])
-        detected = not torch.equal(got.view(torch.int32), received[0].view(torch.int32))
+        received = rec.handed[0]
+        injected = _diff(received.view(-1)[index], want.reshape(-1)[index])
+        detected = not torch.equal(got.view(torch.int32), received.view(torch.int32))
         in_bounds = bool(((got >= lo) & (got <= hi)).all())
     else:
-        injected = faulty[0].injected if faulty else 0.0
+        injected = rec.handed[0].injected if rec.handed else 0.0
         detected = _counter(m) > before
         in_bounds = True
     return Flip(tech, name, replica, index, bit, injected, detected, exact, _diff(got, want), in_bounds,

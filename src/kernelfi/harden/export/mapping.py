@@ -8,7 +8,10 @@ maps to the smallest of those ops that computes it: ``fill``/``im2col``/``gemm``
 ``Conv2d`` or ``Linear``, ``normalize``/``scale_bias`` to the BatchNorm, ``add_bias`` to the
 BatchNorm when there is one (its shift) and else to the conv/linear (its bias),
 ``activate_array`` to the activation, a pool or a softmax to that module, a residual
-``copy``/``shortcut`` to the add, a route's ``copy`` to the ``torch.cat``.
+``copy``/``shortcut`` to the add, a route's ``copy`` to the ``torch.cat``. The layers with one
+op (a standalone activation or BatchNorm, an upsample, a squeeze-and-excitation multiply, a
+broadcasting ``a - b``/``a * b``, a local or adaptive average pool, a spatial mean) map every
+launch to that op.
 
 Replication (tmr, dmr, abft) is per op, the first plan entry that reaches an op wins (as the
 trace transform lets the first entry win per launch); range restriction clamps the layer's
@@ -29,8 +32,12 @@ from kernelfi.types import Launch, Trace
 from ..plan import REPLICATION, Plan
 from ..units import conv_pairs, range_sites, select
 
-#: Kernels that are the layer's first op whatever the layer (its conv, linear, pool, add, cat).
-_FIRST_OP = ("fill", "im2col", "gemm", "copy", "shortcut", "forward_maxpool", "forward_avgpool", "softmax")
+#: Kernels that are the layer's first op whatever the layer: its conv or linear, pool, add, cat,
+#: the function or module of a layer that has one op (an upsample, a squeeze-and-excitation
+#: multiply, a broadcasting ``a - b``, a spatial mean), the activation of a standalone activation
+#: layer (its ``copy``), the BatchNorm of a standalone batchnorm layer (its ``copy``).
+_FIRST_OP = ("fill", "im2col", "gemm", "copy", "shortcut", "forward_maxpool", "forward_avgpool", "softmax",
+             "forward_local_avgpool", "adaptive_avgpool", "upsample", "scale_channels", "binary_op")
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def launch_op(lowered: FxLowered, ops: dict[str, Op], launch: Launch) -> Op | No
     if not members:
         return None
     first, rest = members[0], members[1:]
-    bn = next((m for m in rest if ops[m].kind.startswith("BatchNorm")), None)
+    bn = next((m for m in members if ops[m].kind.startswith("BatchNorm")), None)  # first: a standalone one
     act = next((m for m in rest if m != bn), None)
     k = launch.kernel
     if k in ("normalize", "scale_bias"):

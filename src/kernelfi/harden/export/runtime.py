@@ -58,20 +58,21 @@ def vote(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return out.view(a.dtype)
 
 
-def run(op: Callable[..., Tensor], args: tuple[Any, ...]) -> Tensor:
-    """One run of a replicated op; an in-place module (``ReLU(inplace=True)``) gets a copy of
-    its tensors, so a run never overwrites the input the next run reads."""
-    if getattr(op, "inplace", False):
+def run(op: Callable[..., Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """One run of a replicated op; an in-place module (``ReLU(inplace=True)``) or function
+    (``F.relu(x, inplace=True)``) gets a copy of its tensors, so a run never overwrites the input
+    the next run reads."""
+    if getattr(op, "inplace", False) or kwargs.get("inplace", False):
         args = tuple(a.clone() if isinstance(a, Tensor) else a for a in args)
-    return op(*args)
+    return op(*args, **kwargs)
 
 
 class TMR(nn.Module):
     """Three runs of the op, bitwise majority of their outputs: any fault confined to one run
     is out-voted, bit for bit."""
 
-    def forward(self, op: Callable[..., Tensor], *args: Any) -> Tensor:
-        return vote(run(op, args), run(op, args), run(op, args))
+    def forward(self, op: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+        return vote(run(op, args, kwargs), run(op, args, kwargs), run(op, args, kwargs))
 
 
 class DMR(nn.Module):
@@ -84,13 +85,13 @@ class DMR(nn.Module):
         super().__init__()
         self.reexecuted = 0
 
-    def forward(self, op: Callable[..., Tensor], *args: Any) -> Tensor:
-        a, b = run(op, args), run(op, args)
+    def forward(self, op: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+        a, b = run(op, args, kwargs), run(op, args, kwargs)
         if same(a, b):
             return a
         self.reexecuted += 1
         ia, ib = bits(a), bits(b)
-        c = run(op, args)
+        c = run(op, args, kwargs)
         ic = bits(c)
         differ = ia != ib
         if bool((differ & (ic != ia) & (ic != ib)).any()):

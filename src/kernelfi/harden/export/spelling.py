@@ -1,0 +1,130 @@
+"""How model.py spells what it rebuilds and calls (docs/export.md §1, §3): the standard
+``torch.nn`` constructor of each module type the lowering accepts, and the spelling of each fx
+call_function/call_method the lowering accepts (lowering/fx_frontend.py). codegen.py puts them
+together into the forward of each variant; a module or call this file does not know is refused
+in one line.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from kernelfi._utils import KernelfiError
+
+
+def _t(v: Any) -> str:
+    return repr(tuple(v)) if isinstance(v, (tuple, list)) else repr(v)
+
+
+def conv_padding(mod: nn.Conv2d, path: str) -> tuple[int, ...]:
+    """The padding of ``mod`` as numbers: ``'valid'`` is 0 and ``'same'`` (stride 1) pads
+    ``d*(k-1)/2`` on each side, which is what PyTorch runs for an odd kernel (the lowering refuses
+    even ones), so ABFT's tap sums, which read the padding, see numbers too."""
+    if not isinstance(mod.padding, str):
+        return tuple(mod.padding)
+    if mod.padding == "valid":
+        return (0,) * len(mod.kernel_size)
+    total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
+    if any(t % 2 for t in total):
+        raise KernelfiError(f"export: {path}: padding='same' of an even kernel {tuple(mod.kernel_size)} "
+                            "pads asymmetrically")
+    return tuple(t // 2 for t in total)
+
+
+def module_ctor(mod: nn.Module, path: str) -> str:
+    """The standard constructor call that rebuilds ``mod`` (its weights come from the state dict)."""
+    if any(p.dtype != torch.float32 for p in mod.parameters(recurse=False)):
+        raise KernelfiError(f"export: {path} has non-float32 parameters (export float32 models)")
+    if isinstance(mod, nn.Conv2d):
+        if mod.padding_mode != "zeros":
+            raise KernelfiError(f"export: {path}: only zero padding is supported")
+        return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
+                f"stride={_t(mod.stride)}, padding={_t(conv_padding(mod, path))}, dilation={_t(mod.dilation)}, "
+                f"groups={mod.groups}, bias={mod.bias is not None})")
+    if isinstance(mod, nn.Linear):
+        return f"nn.Linear({mod.in_features}, {mod.out_features}, bias={mod.bias is not None})"
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return (f"nn.{type(mod).__name__}({mod.num_features}, eps={mod.eps!r}, momentum={mod.momentum!r}, "
+                f"affine={mod.affine}, track_running_stats={mod.track_running_stats})")
+    if isinstance(mod, nn.LeakyReLU):
+        return f"nn.LeakyReLU(negative_slope={mod.negative_slope!r}, inplace={mod.inplace})"
+    if type(mod) in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid):
+        return f"nn.{type(mod).__name__}(inplace={mod.inplace})"
+    if type(mod) is nn.Hardtanh:
+        return f"nn.Hardtanh({mod.min_val!r}, {mod.max_val!r}, inplace={mod.inplace})"
+    if isinstance(mod, nn.GELU):
+        return f"nn.GELU(approximate={mod.approximate!r})"
+    if type(mod) in (nn.Sigmoid, nn.Tanh, nn.Identity):
+        return f"nn.{type(mod).__name__}()"
+    if isinstance(mod, nn.Upsample):
+        return (f"nn.Upsample(size={_t(mod.size)}, scale_factor={_t(mod.scale_factor)}, mode={mod.mode!r}, "
+                f"align_corners={mod.align_corners!r}, recompute_scale_factor={mod.recompute_scale_factor!r})")
+    if isinstance(mod, nn.MaxPool2d):
+        return (f"nn.MaxPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
+                f"dilation={_t(mod.dilation)}, ceil_mode={mod.ceil_mode})")
+    if isinstance(mod, nn.AdaptiveAvgPool2d):
+        return f"nn.AdaptiveAvgPool2d({_t(mod.output_size)})"
+    if isinstance(mod, nn.AvgPool2d):
+        return (f"nn.AvgPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
+                f"ceil_mode={mod.ceil_mode}, count_include_pad={mod.count_include_pad}, "
+                f"divisor_override={mod.divisor_override!r})")
+    if type(mod) in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
+        return f"nn.{type(mod).__name__}(p={mod.p!r}, inplace={mod.inplace})"
+    if isinstance(mod, nn.Flatten):
+        return f"nn.Flatten({mod.start_dim}, {mod.end_dim})"
+    if isinstance(mod, nn.Softmax):
+        return f"nn.Softmax(dim={mod.dim!r})"
+    raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
+
+
+#: The call_function targets the lowering accepts (lowering/fx_frontend.py) -> how model.py
+#: spells them. In-place operators (``a -= b``) run out of place, as the residual add does unless
+#: it owns its operand (codegen's ``_Forward.owned``); the export's bitwise check would catch an alias.
+_FUNCTIONS: dict[Any, str] = {
+    operator.add: "torch.add", operator.iadd: "torch.add", torch.add: "torch.add",
+    operator.sub: "torch.sub", operator.isub: "torch.sub", torch.sub: "torch.sub",
+    operator.mul: "torch.mul", operator.imul: "torch.mul", torch.mul: "torch.mul",
+    torch.mean: "torch.mean", torch.cat: "torch.cat", torch.flatten: "torch.flatten",
+    F.relu: "F.relu", torch.relu: "torch.relu", torch.sigmoid: "torch.sigmoid", F.sigmoid: "torch.sigmoid",
+    F.leaky_relu: "F.leaky_relu", F.relu6: "F.relu6", torch.tanh: "torch.tanh", F.tanh: "torch.tanh",
+    F.silu: "F.silu", F.gelu: "F.gelu", F.hardswish: "F.hardswish", F.hardsigmoid: "F.hardsigmoid",
+    F.softmax: "F.softmax", torch.softmax: "torch.softmax",
+    F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
+    F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",
+}
+#: Identities at inference: nothing runs, the variable is the input's.
+_ALIAS_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
+#: Tensor methods the lowering accepts -> the torch function that computes the same (in-place
+#: variants out of place), or ``.name`` for a method rendered as a method call (never protected:
+#: reshapes and size queries belong to no layer).
+_METHODS: dict[str, str] = {
+    "add": "torch.add", "add_": "torch.add", "sub": "torch.sub", "sub_": "torch.sub",
+    "mul": "torch.mul", "mul_": "torch.mul", "mean": "torch.mean", "relu": "torch.relu", "relu_": "torch.relu",
+    "sigmoid": "torch.sigmoid", "sigmoid_": "torch.sigmoid", "tanh": "torch.tanh", "tanh_": "torch.tanh",
+    "softmax": "torch.softmax", "flatten": "torch.flatten", "view": ".view", "reshape": ".reshape", "size": ".size",
+}
+
+
+def call_spelling(node: fx.Node) -> str:
+    """How ``node`` renders: ``alias`` (no code), ``getattr``/``getitem`` (a size query's parts),
+    ``softmax`` (its dim written out), ``add`` (maybe in place), or the spelling of a call."""
+    t = node.target
+    if node.op == "call_method":
+        if t == "contiguous":
+            return "alias"
+        if t in _METHODS:
+            return _METHODS[str(t)]
+    elif t is getattr or t is operator.getitem:
+        return "getattr" if t is getattr else "getitem"
+    elif any(t is f for f in _ALIAS_FUNCTIONS):
+        return "alias"
+    else:
+        for f, spelling in _FUNCTIONS.items():
+            if t is f:
+                return spelling
+    raise KernelfiError(f"export: fx node {node.name} ({node.op} {t}) has no rendering")

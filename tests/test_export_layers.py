@@ -1,0 +1,204 @@
+"""Export of models using every layer the lowering supports since issue 20 (docs/export.md §3):
+each launch of a new kernel maps to the op that computes it (worked out from the model by hand),
+the exported variants equal the original bit for bit under full TMR, full DMR and ABFT, range
+clamps hold their bounds, and a bit flipped in one replica of a new-layer op is out-voted by TMR
+and detected and recovered by DMR.
+
+Two models: ``AllLayers`` (tests/test_layers_campaign.py: modules, F. functions, SE, padding='same',
+non-square convs) and ``MoreLayers`` below, the forms AllLayers leaves out: activation modules
+(ReLU6 in place, Tanh, GELU, Hardswish, Hardsigmoid, SiLU in place, LeakyReLU(0.3), Hardtanh(0, 6)),
+``F.interpolate``, ``F.max_pool2d(ceil_mode=True)``, ``F.avg_pool2d``, ``F.relu(inplace=True)``,
+``AdaptiveAvgPool2d(2)``, tensor methods (``.sub``, ``.tanh``, ``.sigmoid``, ``.mean``), ``torch.mul``
+and ``torch.sub``, views following ``x.size()`` (an SE block's ``.view(b, c, 1, 1)``, ``x.view(x.size(0), -1)``,
+``.reshape(b, -1)``), and ``F.softmax(dim=1)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernelfi.harden import Plan, Protection, profile_bounds
+from kernelfi.harden.export import export_model, flip_in, launch_op, load_exported, read_manifest
+from kernelfi.harden.export.mapping import graph_ops
+from kernelfi.harden.units import abft_plan
+from kernelfi.lowering import lower, lower_fx
+from tests.test_layers_campaign import AllLayers
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
+
+
+class MoreLayers(nn.Module):
+    """The new-layer forms AllLayers does not use, on a 3x8x8 input."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu6 = nn.ReLU6(inplace=True)
+        self.tanh = nn.Tanh()
+        self.gelu = nn.GELU()
+        self.hsw, self.hsig = nn.Hardswish(), nn.Hardsigmoid()
+        self.silu = nn.SiLU(inplace=True)
+        self.leaky = nn.LeakyReLU(0.3)
+        self.ht = nn.Hardtanh(0.0, 6.0)
+        self.adapt = nn.AdaptiveAvgPool2d(2)
+        self.fc1, self.fc2 = nn.Linear(8, 2), nn.Linear(2, 8)
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(8 * 2 * 2 + 8, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tanh(self.relu6(self.conv(x)))                                   # standalone Tanh after a fused ReLU6
+        b, c, _, _ = y.size()
+        s = F.adaptive_avg_pool2d(y, (1, 1)).view(b, c)
+        s = torch.sigmoid(self.fc2(F.silu(self.fc1(s)))).view(b, c, 1, 1)        # SE through linear layers
+        y = self.gelu(y * s)
+        z = torch.mul(self.hsw(y).sub(self.hsig(y)), self.leaky(y))
+        z = F.interpolate(z, scale_factor=2, mode="nearest")                      # 16x16
+        z = F.max_pool2d(z, 3, 2, ceil_mode=True)                                 # 8x8
+        z = F.avg_pool2d(F.relu(z, inplace=True), 2)                              # 4x4
+        z = self.silu(z).tanh()
+        a = self.adapt(z)                                                         # 2x2: adaptive_avgpool
+        f = torch.cat([a.view(a.size(0), -1), z.mean((2, 3))], 1)                 # 40 flat
+        f = self.ht(torch.sub(f, f.sigmoid()))
+        return F.softmax(self.head(self.drop(f.reshape(b, -1))), dim=1)          # traced with _stacklevel, dtype
+
+
+#: Per model: launch -> the fx node (the op of the exported forward) that computes it, read off
+#: the model's forward (fx names a node after its function or module path, with _1, _2 on reuse).
+EXPECTED_OPS: dict[str, dict[str, str]] = {
+    "all": {
+        "stem.0.gemm": "stem_0", "stem.0.activate_array": "stem_1",                  # conv + fused SiLU
+        "relu6.act.copy": "relu6", "relu6.act.activate_array": "relu6",             # standalone F.relu6
+        "bn.copy": "bn", "bn.normalize": "bn", "bn.scale_bias": "bn", "bn.add_bias": "bn",   # standalone BN
+        "dw.activate_array": "hardswish", "avgpool.forward_avgpool": "adaptive_avg_pool2d",
+        "mul.scale_channels": "mul", "pool.forward_local_avgpool": "pool", "gelu.act.activate_array": "gelu",
+        "mp.forward_maxpool": "mp", "sub.binary_op": "sub", "tanh.act.activate_array": "tanh",
+        "mean.forward_avgpool": "mean", "mul.1.scale_channels": "mul_1", "leaky_relu.act.copy": "leaky_relu",
+        "add.shortcut": "add", "up.fill": "up", "up.upsample": "up", "mean.1.forward_avgpool": "mean_1",
+        "sigmoid.act.activate_array": "sigmoid", "cat.copy.1": "cat", "fc.activate_array": "relu_1",
+    },
+    "more": {
+        "conv.activate_array": "relu6", "tanh.act.copy": "tanh", "avgpool.forward_avgpool": "adaptive_avg_pool2d",
+        "fc1.activate_array": "silu", "mul.scale_channels": "mul", "hsw.act.activate_array": "hsw",
+        "sub.binary_op": "sub", "leaky.act.activate_array": "leaky", "mul.1.binary_op": "mul_1",
+        "upsample.fill": "interpolate", "upsample.upsample": "interpolate", "pool.forward_maxpool": "max_pool2d",
+        "relu.act.activate_array": "relu", "pool.1.forward_local_avgpool": "avg_pool2d",
+        "silu.act.activate_array": "silu_1", "tanh_1.act.activate_array": "tanh_1",
+        "adapt.adaptive_avgpool": "adapt", "mean.forward_avgpool": "mean", "cat.copy.0": "cat",
+        "sub.1.binary_op": "sub_1", "ht.act.activate_array": "ht", "softmax.softmax": "softmax",
+    },
+}
+SHAPES = {"all": (3, 12, 12), "more": (3, 8, 8)}
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    m = (AllLayers() if name == "all" else MoreLayers()).eval()
+    for b in m.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.running_mean.uniform_(-1, 1)
+            b.running_var.uniform_(0.5, 2)
+    return m
+
+
+def inputs(name: str) -> torch.Tensor:
+    return torch.randn(6, *SHAPES[name], generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module", params=["all", "more"])
+def abft_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The model exported with full ABFT (every gemm ABFT can check); every export also holds
+    the full-DMR and full-TMR variants."""
+    name = request.param
+    m = build(name)
+    plan = Plan(name, abft_plan(lower(m, SHAPES[name]).trace).protect)
+    out = tmp_path_factory.mktemp(name) / "export"
+    export_model(m, plan, out, input_shape=SHAPES[name], name=name, check_inputs=inputs(name))
+    return name, out
+
+
+@pytest.mark.parametrize("name", ["all", "more"])
+def test_each_new_kernel_launch_maps_to_the_op_computing_it(name: str) -> None:
+    m = build(name)
+    lowered, trace = lower_fx(m, SHAPES[name]), lower(m, SHAPES[name]).trace
+    ops = graph_ops(lowered)
+    got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches}
+    assert {k: got.get(k) for k in EXPECTED_OPS[name]} == EXPECTED_OPS[name]
+
+
+def test_full_tmr_dmr_and_abft_equal_the_original_bitwise(abft_export: tuple[str, Path]) -> None:
+    name, out = abft_export
+    x = inputs(name)
+    with torch.no_grad():
+        want = build(name)(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(out, variant)(x).view(torch.int32), want.view(torch.int32)), variant
+    manifest = read_manifest(out)
+    abft = {op["module"] for e in manifest["entries"] for op in e["ops"]}
+    # every conv and linear but the non-square ones (AllLayers' dw (1, 3) and pw (3, 1))
+    assert abft == ({"stem.0", "se1", "se2", "fc", "head"} if name == "all" else {"conv", "fc1", "fc2", "head"})
+
+
+def test_range_clamps_hold_their_bounds(tmp_path: Path) -> None:
+    name = "all"
+    m, x = build(name), inputs(name)
+    prog = lower(m, SHAPES[name])
+    bounds = profile_bounds(prog, x)
+    layers = sorted({l.layer for l in prog.trace.launches if l.kernel != "softmax"})
+    plan = Plan(name, tuple(Protection("layer", prog.trace.layers[i].name, "range", bounds) for i in layers))
+    export_model(m, plan, tmp_path / "e", input_shape=SHAPES[name], name=name, check_inputs=x)
+    net = load_exported(tmp_path / "e", "plan")
+    seen: list[tuple[Any, torch.Tensor, torch.Tensor]] = []
+    clamps = [mod for mod in net.modules() if type(mod).__name__ == "Clamp"]
+    assert len(clamps) == len(layers)  # one per layer with launches (the dropout layer has none)
+    hooks = [c.register_forward_hook(lambda mod, a, y: seen.append((mod, a[0].clone(), y.clone()))) for c in clamps]
+    try:
+        with torch.no_grad():
+            got, want = net(x), m(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == len(layers)
+    for mod, before, after in seen:
+        assert bool(((after >= mod.lo) & (after <= mod.hi)).all())
+        inside = (before >= mod.lo) & (before <= mod.hi)
+        assert torch.equal(after[inside].view(torch.int32), before[inside].view(torch.int32))
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+#: Protected new-layer ops (fx nodes) and the flipped element / bit of their output.
+FLIPS = {"all": [("mul", 5, 30), ("sub", 0, 23), ("pool", 17, 31), ("up", 100, 30), ("bn", 3, 29),
+                 ("relu6", 9, 30), ("mean", 2, 26), ("gelu", 40, 30), ("stem_1", 1, 30)],
+         "more": [("interpolate", 7, 30), ("adapt", 3, 29), ("avg_pool2d", 11, 30), ("mul_1", 2, 31),
+                  ("relu6", 0, 30), ("silu_1", 5, 28), ("ht", 4, 30), ("softmax", 3, 29)]}
+
+
+@pytest.mark.parametrize("variant", ["full-tmr", "full-dmr"])
+def test_a_flip_in_one_replica_of_a_new_layer_op_is_corrected(abft_export: tuple[str, Path], variant: str) -> None:
+    name, out = abft_export
+    net = load_exported(out, variant)
+    x = inputs(name)[:2]
+    golden: dict[str, torch.Tensor] = {}
+    hooks = [net.hardening.get_submodule(n).register_forward_hook(
+        lambda mod, a, y, n=n: golden.__setitem__(n, y.clone())) for n, _, _ in FLIPS[name]]
+    try:
+        with torch.no_grad():
+            want = net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for k, (node, index, bit) in enumerate(FLIPS[name]):
+        replica = k % (3 if variant == "full-tmr" else 2)
+        before = getattr(net.hardening.get_submodule(node), "reexecuted", 0)
+        with flip_in(net.hardening.get_submodule(node), index, bit, replica) as rec, torch.no_grad():
+            final = net(x)
+        (faulty,), (op_out,) = rec.handed, rec.outputs   # one call of the op's technique
+        assert faulty.injected != 0.0, node                     # the flip changed the run's output
+        assert torch.equal(op_out.view(torch.int32), golden[node].view(torch.int32)), node
+        assert torch.equal(final.view(torch.int32), want.view(torch.int32)), node
+        assert faulty.calls == 3, node                          # TMR: three runs; DMR: two, a mismatch, a third
+        if variant == "full-dmr":
+            assert net.hardening.get_submodule(node).reexecuted == before + 1, node
