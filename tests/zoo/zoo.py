@@ -1,0 +1,133 @@
+"""What the zoo tests, the fuzzer and the soak share: seeded weights with non-trivial BatchNorm
+statistics, the lowering error of a module, and a campaign on a module through the registry.
+
+The campaign goes the way a user's goes (``register_model``, a checkpoint of the module's own
+weights, ``run_campaign`` into a results database), so a fault the tool fails on is counted as
+the store counts it (``Store.tool_errors``), not as a test harness would.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.lowering import Program, lower
+from kernelfi.models import list_models, register_model
+from kernelfi.store import Store
+
+from nets_classic import DenseNet121, SqueezeNet11, UNetClassifier, VGG16BN
+from nets_mobile import EfficientNetB0, MobileNetV2, MobileNetV3Small
+
+MODES = ("rf", "iov", "ioa")
+CLASSES = 10
+#: the per-channel normalisation the registry applies to inputs in [0, 1]
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A zoo model: its builder (``num_classes -> module``) and the input it is scaled to."""
+
+    key: str
+    build: Callable[[int], nn.Module]
+    input_shape: tuple[int, int, int]
+
+
+ZOO = (
+    ZooEntry("vgg16-bn", VGG16BN, (3, 64, 64)),
+    ZooEntry("mobilenet-v2", MobileNetV2, (3, 64, 64)),
+    ZooEntry("mobilenet-v3-small", MobileNetV3Small, (3, 64, 64)),
+    ZooEntry("efficientnet-b0", EfficientNetB0, (3, 64, 64)),
+    ZooEntry("densenet-121", DenseNet121, (3, 64, 64)),
+    ZooEntry("squeezenet-1.1", SqueezeNet11, (3, 44, 44)),
+    ZooEntry("unet-classifier", UNetClassifier, (3, 32, 32)),
+)
+
+
+@torch.no_grad()
+def seeded(module: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn.Module:
+    """``module`` with seeded weights and BatchNorm statistics a trained network would have.
+
+    He-normal weights and small random biases; BN affine parameters drawn around (1, 0); the
+    running statistics measured on one seeded batch in training mode (cumulative average),
+    so they are neither the identity nor far from what the layer sees: every BN really
+    shifts and scales, and activations stay finite through a hundred layers. Returned in
+    eval mode with gradients off."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / m.weight[0].numel()))
+            if m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            m.reset_running_stats()
+            m.momentum = None  # cumulative: one batch gives its own statistics
+    x = torch.randn(8, *input_shape, generator=g)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # dropout in training mode draws from the global generator
+        module.train()(x)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return module.eval().requires_grad_(False)
+
+
+def lowering_error(module: nn.Module, program: Program, input_shape: tuple[int, ...], n: int = 2,
+                   seed: int = 1) -> tuple[float, float]:
+    """(max |lowered - native| / max |native|, max |native|) over ``n`` seeded inputs."""
+    x = torch.randn(n, *input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = module(x)
+        logits, _ = program.forward(x)
+    scale = ref.abs().max().item()
+    return (logits - ref).abs().max().item() / scale, scale
+
+
+def register(name: str, build: Callable[[int], nn.Module], input_shape: tuple[int, int, int]) -> None:
+    """Register ``build`` under ``name`` once per process (the registry refuses duplicates)."""
+    if name not in {m.name for m in list_models()}:
+        register_model(name, input_shape=input_shape, num_classes=CLASSES, mean=MEAN, std=STD,
+                       description=f"test model {name}", default_data="random")(build)
+
+
+@dataclass(frozen=True)
+class ModeRun:
+    mode: str
+    injections: int
+    outcomes: dict[str, int]
+    tool_errors: list[str]
+    seconds: float
+
+
+def campaign(name: str, module: nn.Module, where: Path, n: int, modes: tuple[str, ...] = MODES,
+             seed: int = 1, inputs: int = 4) -> list[ModeRun]:
+    """A campaign of ``n`` injections per mode on the registered ``name`` with ``module``'s own
+    weights (saved as a checkpoint, loaded by the registry as a user's are), random inputs."""
+    weights = where / f"{name}.pt"
+    torch.save(module.state_dict(), weights)
+    db = str(where / f"{name}.db")
+    out = []
+    for mode in modes:
+        t0 = time.perf_counter()
+        cid = run_campaign(CampaignConfig(ModelSpec(name, weights=str(weights)), mode, "single", n=n, seed=seed,
+                                          data="random", inputs=inputs), db)
+        seconds = time.perf_counter() - t0
+        with Store(db, create=False, readonly=True) as s:
+            counts = s.outcome_counts(cid)
+            errors = [f"{e.error} ({e.replay})" for e in s.tool_errors(cid)]
+        out.append(ModeRun(mode, sum(counts.values()) + len(errors), counts, errors, seconds))
+    return out
+
+
+def lowered(entry: ZooEntry, seed: int = 0) -> tuple[nn.Module, Program]:
+    """The zoo model with seeded weights and its lowering."""
+    module = seeded(entry.build(CLASSES), entry.input_shape, seed)
+    return module, lower(module, entry.input_shape, entry.key)
