@@ -94,7 +94,8 @@ def lowering_error(module: nn.Module, program: Program, input_shape: tuple[int, 
 def register(name: str, build: Callable[[int], nn.Module], input_shape: tuple[int, int, int]) -> None:
     """Register ``build`` under ``name`` once per process (the registry refuses duplicates)."""
     if name not in {m.name for m in list_models()}:
-        register_model(name, input_shape=input_shape, num_classes=CLASSES, mean=MEAN, std=STD,
+        c = input_shape[0]
+        register_model(name, input_shape=input_shape, num_classes=CLASSES, mean=MEAN[:1] * c, std=STD[:1] * c,
                        description=f"test model {name}", default_data="random")(build)
 
 
