@@ -7,6 +7,7 @@ batched output. ``OPERANDS`` names each kernel's buffers from the launch's reads
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -143,19 +144,53 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
         c.st("st:x", "x", i, F32(0.0))  # the switch's default case returns 0
         return
     with np.errstate(all="ignore"):
-        if act == "relu":
-            mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
-            y = c.val(("fmul:out",), x * mask, old=x)
-        elif act == "leaky":
-            leak = c.val(("fmul:leak",), F32(0.1) * x)
-            y = c.val(("fcmp:out",), x if x > 0 else leak, old=x)
-        elif act == "logistic":
-            e = c.fexp("neg_x", -x)
-            d = c.val(("fadd:denom",), F32(1.0) + e)
-            y = c.fdiv("out", F32(1.0), d)
-        else:
-            y = x
+        y = _activation_value(c, act, x, F32(p.get("slope", 0.1)))
     c.st("st:x", "x", i, y)
+
+
+def _clamp6(c: ThreadCtx, y: np.float32) -> np.float32:
+    """fminf(fmaxf(y, 0), 6), each a corruptible FMNMX (fmaxf/fminf drop a NaN operand)."""
+    low = c.val(("fmnmx:hard_low",), np.fmax(y, F32(0.0)))
+    return c.val(("fmnmx:hard_high",), np.fmin(low, F32(6.0)))
+
+
+def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
+    """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
+    if act == "relu":
+        mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
+        return c.val(("fmul:out",), x * mask, old=x)
+    if act == "leaky":
+        leak = c.val(("fmul:leak",), slope * x)
+        return c.val(("fcmp:out",), x if x > 0 else leak, old=x)
+    if act in ("logistic", "swish"):
+        e = c.fexp("neg_x", -x)
+        d = c.val(("fadd:denom",), F32(1.0) + e)
+        if act == "logistic":
+            return c.fdiv("out", F32(1.0), d)
+        sig = c.fdiv("sig", F32(1.0), d)
+        return c.val(("fmul:swish",), x * sig, old=x)
+    if act == "relu6":
+        low = c.val(("fcmp:relu6_low",), x if x > 0 else F32(0.0))
+        return c.val(("fcmp:relu6_out",), low if low < 6 else F32(6.0), old=x)
+    if act == "tanh":
+        m = c.val(("fmul:tanh_2x",), F32(-2.0) * x)
+        e = c.fexp("tanh", m)
+        d = c.val(("fadd:tanh_denom",), F32(1.0) + e)
+        q = c.fdiv("tanh", F32(2.0), d)
+        return c.val(("fadd:tanh_out",), q - F32(1.0), old=x)
+    if act == "gelu":
+        a = c.val(("fmul:gelu_arg",), x * F32(0.7071067811865476))
+        er = c.val(("ffma:erf_gelu", "mufu:erf_gelu"), F32(math.erf(float(a))) if a == a else a)
+        one = c.val(("fadd:gelu_one",), F32(1.0) + er)
+        half = c.val(("fmul:gelu_half",), x * F32(0.5))
+        return c.val(("fmul:gelu_out",), half * one, old=x)
+    if act in ("hardswish", "hardsigmoid"):
+        sh = c.val(("fadd:hard_shift",), x + F32(3.0))
+        cl = _clamp6(c, sh)
+        if act == "hardswish":
+            cl = c.val(("fmul:hard_x",), x * cl)
+        return c.val(("fmul:hard_out",), cl * F32(1.0 / 6.0), old=x)
+    return x
 
 
 @program("shortcut")

@@ -27,12 +27,12 @@ from ._base import (
 from . import activation, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import GEMM_TILE, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
-from .activation import ACTIVATIONS, activate
+from .activation import ACTIVATIONS, LEAKY_SLOPE, activate, slope_of
 from .softmax import darknet_largest
 from .elementwise import shortcut_geometry, shortcut_indexes
 
 __all__ = [
-    "ACTIVATIONS", "BLOCK", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
+    "ACTIVATIONS", "BLOCK", "LEAKY_SLOPE", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
     "activate", "all_kernels", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
-    "ptxas_registers", "register_kernel", "rows_linear", "shortcut_geometry", "shortcut_indexes", "unregister_kernel",
+    "ptxas_registers", "register_kernel", "rows_linear", "shortcut_geometry", "shortcut_indexes", "slope_of", "unregister_kernel",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from ._base import all_kernels, get_kernel
+from .activation import ACTIVATIONS
 
 Params = Callable[[int], Mapping[str, Any]]
 
@@ -54,12 +55,12 @@ def tag_table(name: str) -> str:
     vocab = k.vocabulary()
     rows: dict[str, list[str]] = {}
     if name == "activate_array":
-        for act in ("linear", "relu", "leaky", "logistic"):
+        for act in ACTIVATIONS:
             for s in k.template({"n": 1, "activation": act}).slots:
                 rows.setdefault(s.tag, [s.group, s.opcode, str(s.count)]).append(act)
         lines = [TAG_TABLE_HEAD]
         for tag, (group, op, cnt, *acts) in rows.items():
-            only = "" if len(acts) == 4 else f" ({', '.join(acts)})"
+            only = "" if len(acts) == len(ACTIVATIONS) else f" ({', '.join(acts)})"
             lines.append(f"| `{tag}` | {group} | {op} | {cnt}{only} | {vocab[tag].effect} | {vocab[tag].meaning} |")
         return "\n".join(lines)
     var, params = _SIZES[name]

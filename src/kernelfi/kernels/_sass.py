@@ -18,6 +18,7 @@ macro               what nvcc emits on sm_50 (Maxwell, no fast-math)            
                     4 FFMA (refine, quotient, residual, correct), slow-path BRA  FP32 4, NODEST 1
 ``fsqrt``           IEEE ``sqrtf``: MUFU.RSQ, 3 FMUL/FFMA (Newton, correct)     OTHERS 1, FP32 3
 ``fexp``            ``expf``: 4 FFMA/FADD range reduction, RRO + MUFU.EX2       FP32 4, OTHERS 2
+``ferf``            ``erff``: two minimax polynomials in |x|, select, sign copy FP32 16, OTHERS 1
 ``loop``            counter increment, compare, back-edge branch per trip       GPR 1, PR 1, NODEST 1
 ==================  ==========================================================  ===================
 
@@ -193,6 +194,15 @@ def fexp(s: Stream, v: str, what: str, count: int = 1) -> None:
     """``expf`` as nvcc inlines it without fast-math."""
     s.add("FP32", "FFMA", f"ffma:exp_{v}", 4 * count, "value", f"range reduction of exp({what})")
     s.add("OTHERS", "MUFU.EX2", f"mufu:exp_{v}", 2 * count, "value", f"RRO + MUFU.EX2 producing exp({what})")
+
+
+def ferf(s: Stream, v: str, what: str) -> None:
+    """``erff`` as libdevice computes it without fast-math: both minimax polynomials in |x|
+    (the small-argument one and the exponent of the large-argument one) evaluated and one
+    selected, MUFU.EX2 for the large branch. A corruption anywhere changes erf's value."""
+    s.add("FP32", "FFMA", f"ffma:erf_{v}", 16, "value",
+          f"polynomials of erf({what}), the range select and the sign copy (the last is erf)")
+    s.add("OTHERS", "MUFU.EX2", f"mufu:erf_{v}", 1, "value", f"EX2 of the large-argument branch of erf({what})")
 
 
 def loop(s: Stream, v: str, what: str, trips: int) -> None:

@@ -3,6 +3,15 @@
 Darknet's device activations computed operation for operation in float32, which is why ReLU is
 spelled ``x * (x > 0)``: Darknet's ReLU turns -2 into -0.0, keeps NaN and turns -inf into NaN,
 and a fault that produces any of these must propagate exactly as on the GPU.
+
+Beyond the original four, the cases of AlexeyAB's Darknet (the maintained fork) where it has
+one: ``relu6`` (``min_val_cmp(max_val_cmp(x, 0), 6)``), ``tanh`` (``2/(1 + expf(-2x)) - 1``),
+``swish`` (``x * logistic(x)``, AlexeyAB's ``activate_array_swish_kernel``, whose extra store
+of the sigmoid for training is not modelled), ``leaky`` with any slope (Darknet's own is .1f;
+another is PyTorch's ``leaky_relu`` kernel, ``x > 0 ? x : x*slope``); and PyTorch's CUDA
+element kernels where Darknet has none: ``gelu`` (``x*0.5*(1 + erf(x*M_SQRT1_2))``),
+``hardswish`` (``x*min(max(x + 3, 0), 6)*(1/6)``) and ``hardsigmoid``
+(``min(max(x + 3, 0), 6)*(1/6)``), all one thread per element like Darknet's kernel.
 """
 from __future__ import annotations
 
@@ -14,12 +23,15 @@ from kernelfi._utils import KernelfiError
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, p_int, put, ptxas_registers, register_kernel
-from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, fexp, prologue_1d
+from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, prologue_1d
 from .elementwise import update_head
 
 Mem = dict[str, torch.Tensor]
 
-ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "leaky", "logistic")
+ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "leaky", "logistic", "relu6", "tanh", "swish", "gelu",
+                                 "hardswish", "hardsigmoid")
+#: Darknet's leaky slope (``.1f``); a launch whose ``slope`` differs is PyTorch's leaky_relu.
+LEAKY_SLOPE = 0.1
 
 
 def _activation(params: Mapping[str, Any]) -> str:
@@ -29,17 +41,41 @@ def _activation(params: Mapping[str, Any]) -> str:
     return a
 
 
-def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """Darknet's device activation functions in float32, operation for operation."""
+def slope_of(params: Mapping[str, Any]) -> float:
+    """The leaky slope of an activate_array launch (Darknet's .1f unless it says otherwise)."""
+    return float(params.get("slope", LEAKY_SLOPE))
+
+
+def _clamp6(y: torch.Tensor) -> torch.Tensor:
+    """PyTorch's ``min(max(y, 0), 6)`` on the device: fmaxf/fminf, so NaN gives 0."""
+    return torch.fmin(torch.fmax(y, f32(0.0, y)), f32(6.0, y))
+
+
+def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> torch.Tensor:
+    """Darknet's (or PyTorch's) device activation functions in float32, operation for operation."""
     if activation == "linear":
         return x.clone()
     if activation == "relu":       # x*(x>0): -2 -> -0.0, NaN stays NaN, -inf -> NaN
         return x * (x > 0).to(x.dtype)
     if activation == "leaky":      # (x>0) ? x : .1f*x
-        return torch.where(x > 0, x, x * f32(0.1, x))
+        return torch.where(x > 0, x, x * f32(slope, x))
     if activation == "logistic":   # 1.f/(1.f + expf(-x))
         one = f32(1.0, x)
         return one / (one + torch.exp(-x))
+    if activation == "relu6":      # min_val_cmp(max_val_cmp(x, 0), 6): (a > b) ? a : b, (a < b) ? a : b
+        low = torch.where(x > 0, x, f32(0.0, x))
+        return torch.where(low < 6, low, f32(6.0, x))
+    if activation == "tanh":       # 2.f/(1 + expf(-2*x)) - 1
+        return f32(2.0, x) / (f32(1.0, x) + torch.exp(x * f32(-2.0, x))) - f32(1.0, x)
+    if activation == "swish":      # x * (1.f/(1.f + expf(-x)))
+        one = f32(1.0, x)
+        return x * (one / (one + torch.exp(-x)))
+    if activation == "gelu":       # (x*0.5) * (1 + erf(x*M_SQRT1_2))
+        return (x * f32(0.5, x)) * (f32(1.0, x) + torch.erf(x * f32(0.7071067811865476, x)))
+    if activation == "hardswish":  # x * min(max(x + 3, 0), 6) * one_sixth
+        return (x * _clamp6(x + f32(3.0, x))) * f32(1.0 / 6.0, x)
+    if activation == "hardsigmoid":  # min(max(x + 3, 0), 6) * one_sixth
+        return _clamp6(x + f32(3.0, x)) * f32(1.0 / 6.0, x)
     raise KernelfiError(f"activate_array: unknown activation '{activation}' (known: {', '.join(ACTIVATIONS)})")
 
 
@@ -58,8 +94,9 @@ class ActivateArrayKernel(StreamKernel):
     def run(self, mem: Mem, launch: Launch) -> None:
         n = p_int(launch.params, "n", self.name)
         a = _activation(launch.params)
+        slope = slope_of(launch.params)
         out = launch.reads[0] if launch.reads else launch.writes[0]
-        update_head(mem, out, n, self.name, lambda x: activate(x, a))
+        update_head(mem, out, n, self.name, lambda x: activate(x, a, slope))
         if launch.writes and launch.writes[0] != out:
             lanes = mem[out].shape[0]
             put(mem, launch.writes[0], mem[out].reshape(lanes, -1).clone())
@@ -82,14 +119,45 @@ class ActivateArrayKernel(StreamKernel):
             s.add("FP32", "FMUL", "fmul:out", 1, "value", "x * (x > 0), the output")
             last = "fmul:out"
         elif a == "leaky":
-            s.add("FP32", "FMUL", "fmul:leak", 1, "value", ".1f * x (the output when x <= 0)")
-            s.add("FP32", "FCMP", "fcmp:out", 1, "value", "(x > 0) ? x : .1f*x, the output")
+            s.add("FP32", "FMUL", "fmul:leak", 1, "value", "slope * x (the output when x <= 0)")
+            s.add("FP32", "FCMP", "fcmp:out", 1, "value", "(x > 0) ? x : slope*x, the output")
             last = "fcmp:out"
-        elif a == "logistic":
+        elif a in ("logistic", "swish"):
             fexp(s, "neg_x", "-x")
             s.add("FP32", "FADD", "fadd:denom", 1, "value", "1 + exp(-x)")
-            fdiv(s, "out", "1 / (1 + exp(-x)), the output")
-            last = "ffma:fdiv_out"
+            if a == "logistic":
+                fdiv(s, "out", "1 / (1 + exp(-x)), the output")
+                last = "ffma:fdiv_out"
+            else:
+                fdiv(s, "sig", "1 / (1 + exp(-x)), the sigmoid")
+                s.add("FP32", "FMUL", "fmul:swish", 1, "value", "x * sigmoid(x), the output")
+                last = "fmul:swish"
+        elif a == "relu6":
+            s.add("FP32", "FCMP", "fcmp:relu6_low", 1, "value", "(x > 0) ? x : 0")
+            s.add("FP32", "FCMP", "fcmp:relu6_out", 1, "value", "(y < 6) ? y : 6, the output")
+            last = "fcmp:relu6_out"
+        elif a == "tanh":
+            s.add("FP32", "FMUL", "fmul:tanh_2x", 1, "value", "-2 * x")
+            fexp(s, "tanh", "-2x")
+            s.add("FP32", "FADD", "fadd:tanh_denom", 1, "value", "1 + exp(-2x)")
+            fdiv(s, "tanh", "2 / (1 + exp(-2x))")
+            s.add("FP32", "FADD", "fadd:tanh_out", 1, "value", "2/(1 + exp(-2x)) - 1, the output")
+            last = "fadd:tanh_out"
+        elif a == "gelu":
+            s.add("FP32", "FMUL", "fmul:gelu_arg", 1, "value", "x * M_SQRT1_2, the argument of erf")
+            ferf(s, "gelu", "x/sqrt(2)")
+            s.add("FP32", "FADD", "fadd:gelu_one", 1, "value", "1 + erf(x/sqrt(2))")
+            s.add("FP32", "FMUL", "fmul:gelu_half", 1, "value", "x * 0.5")
+            s.add("FP32", "FMUL", "fmul:gelu_out", 1, "value", "(x*0.5) * (1 + erf), the output")
+            last = "fmul:gelu_out"
+        elif a in ("hardswish", "hardsigmoid"):
+            s.add("FP32", "FADD", "fadd:hard_shift", 1, "value", "x + 3")
+            s.add("FP32", "FMNMX", "fmnmx:hard_low", 1, "value", "max(x + 3, 0)")
+            s.add("FP32", "FMNMX", "fmnmx:hard_high", 1, "value", "min(max(x + 3, 0), 6)")
+            if a == "hardswish":
+                s.add("FP32", "FMUL", "fmul:hard_x", 1, "value", "x * min(max(x + 3, 0), 6)")
+            s.add("FP32", "FMUL", "fmul:hard_out", 1, "value", "... * (1/6), the output")
+            last = "fmul:hard_out"
         s.add("NODEST", "STG", "st:x", 1, "store", "stores the activated element in place")
         epilogue(s)
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
@@ -102,6 +170,34 @@ class ActivateArrayKernel(StreamKernel):
             s.reg("r_exp", "data", "mufu:exp_neg_x", "mufu:exp_neg_x", "fadd:denom")
             s.reg("r_denom", "data", "fadd:denom", "fadd:denom", "ffma:fdiv_out")
             s.reg("p_fdiv", "predicate", "setp:fdiv_out", "setp:fdiv_out", "bra:fdiv_out")
+        if a == "swish":
+            s.reg("r_x_keep", "data", "ld:x", "ld:x", "fmul:swish")
+            s.reg("r_exp", "data", "mufu:exp_neg_x", "mufu:exp_neg_x", "fadd:denom")
+            s.reg("r_denom", "data", "fadd:denom", "fadd:denom", "ffma:fdiv_sig")
+            s.reg("r_sig", "data", "ffma:fdiv_sig", "ffma:fdiv_sig", "fmul:swish")
+            s.reg("p_fdiv", "predicate", "setp:fdiv_sig", "setp:fdiv_sig", "bra:fdiv_sig")
+        if a == "relu6":
+            s.reg("r_low", "data", "fcmp:relu6_low", "fcmp:relu6_low", "fcmp:relu6_out")
+        if a == "tanh":
+            s.reg("r_2x", "data", "fmul:tanh_2x", "fmul:tanh_2x", "ffma:exp_tanh")
+            s.reg("r_exp", "data", "mufu:exp_tanh", "mufu:exp_tanh", "fadd:tanh_denom")
+            s.reg("r_denom", "data", "fadd:tanh_denom", "fadd:tanh_denom", "ffma:fdiv_tanh")
+            s.reg("r_q", "data", "ffma:fdiv_tanh", "ffma:fdiv_tanh", "fadd:tanh_out")
+            s.reg("p_fdiv", "predicate", "setp:fdiv_tanh", "setp:fdiv_tanh", "bra:fdiv_tanh")
+        if a == "gelu":
+            s.reg("r_x_keep", "data", "ld:x", "ld:x", "fmul:gelu_half")
+            s.reg("r_arg", "data", "fmul:gelu_arg", "fmul:gelu_arg", "ffma:erf_gelu")
+            s.reg("r_erf", "data", "ffma:erf_gelu", "ffma:erf_gelu", "fadd:gelu_one")
+            s.reg("r_one", "data", "fadd:gelu_one", "fadd:gelu_one", "fmul:gelu_out")
+            s.reg("r_half", "data", "fmul:gelu_half", "fmul:gelu_half", "fmul:gelu_out")
+        if a in ("hardswish", "hardsigmoid"):
+            s.reg("r_shift", "data", "fadd:hard_shift", "fadd:hard_shift", "fmnmx:hard_low")
+            s.reg("r_low", "data", "fmnmx:hard_low", "fmnmx:hard_low", "fmnmx:hard_high")
+            s.reg("r_clamp", "data", "fmnmx:hard_high", "fmnmx:hard_high",
+                  "fmul:hard_x" if a == "hardswish" else "fmul:hard_out")
+            if a == "hardswish":
+                s.reg("r_x_keep", "data", "ld:x", "ld:x", "fmul:hard_x")
+                s.reg("r_prod", "data", "fmul:hard_x", "fmul:hard_x", "fmul:hard_out")
         if a == "leaky":
             s.reg("r_leak", "data", "fmul:leak", "fmul:leak", "fcmp:out")
         if a == "relu":

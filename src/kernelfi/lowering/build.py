@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import get_kernel, shortcut_geometry
+from kernelfi.kernels import LEAKY_SLOPE, get_kernel, shortcut_geometry
 from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
 
 _WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
@@ -25,6 +25,14 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(dims) == 3:
         return dims  # type: ignore[return-value]
     return (math.prod(dims), 1, 1)
+
+
+def activation_params(p: dict[str, Any], n: int) -> dict[str, Any]:
+    """activate_array's launch parameters for a layer's activation (a slope only when not Darknet's)."""
+    out: dict[str, Any] = {"n": n, "activation": str(p.get("activation", "linear"))}
+    if "slope" in p and float(p["slope"]) != LEAKY_SLOPE:
+        out["slope"] = float(p["slope"])
+    return out
 
 
 @dataclass
@@ -85,8 +93,7 @@ class _Builder:
                         {"channels": channels, "spatial": spatial, "eps": eps})
             self.launch(spec, "scale_bias", (out, f"{spec.name}.scales"), (out,), {"channels": channels, "spatial": spatial})
         self.launch(spec, "add_bias", (out, f"{spec.name}.biases"), (out,), {"channels": channels, "spatial": spatial})
-        self.launch(spec, "activate_array", (out,), (out,),
-                    {"n": channels * spatial, "activation": str(p.get("activation", "linear"))})
+        self.launch(spec, "activate_array", (out,), (out,), activation_params(p, channels * spatial))
 
     def alloc_params(self, spec: LayerSpec, wshape: tuple[int, ...], n: int) -> None:
         self.weight(spec, "weights", wshape)
@@ -170,8 +177,15 @@ class _Builder:
                                 "(Darknet's shortcut needs equal width and height ratios)")
         self.launch(spec, "shortcut", (out, self.buf(b)), (out,),
                     {"w1": w1, "h1": h1, "c1": c1, "w2": w2, "h2": h2, "c2": c2})
-        self.launch(spec, "activate_array", (out,), (out,),
-                    {"n": n, "activation": str(spec.params.get("activation", "linear"))})
+        self.launch(spec, "activate_array", (out,), (out,), activation_params(spec.params, n))
+
+    def activation(self, spec: LayerSpec) -> None:
+        # Darknet's [activation] layer (activation_layer.c): copy the input, activate the copy
+        n = math.prod(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "copy", (self.buf(spec.inputs[0]),), (out,), {"n": n, "out_offset": 0})
+        self.launch(spec, "activate_array", (out,), (out,), activation_params(spec.params, n))
 
     def route(self, spec: LayerSpec) -> None:
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")

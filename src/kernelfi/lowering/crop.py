@@ -19,7 +19,7 @@ import torch
 
 from kernelfi.kernels import conv1x1, conv1x1_cols, lane_conv2d
 from kernelfi.lowering.engine import Program
-from kernelfi.lowering.fastpath import Unit, relu_like, shared_weight, epilogue, maxpool_window
+from kernelfi.lowering.fastpath import Unit, epilogue, launch_activation, maxpool_window, relu_like, shared_weight
 from kernelfi.types import Trace
 
 Box = tuple[int, int, int, int]
@@ -95,7 +95,7 @@ class CropUnit:
             return maxpool_window(crops[0], int(p["size"]), int(p["stride"]))
         if self.kind == "shortcut":
             y = torch.add(crops[0], crops[1])
-            return _act(y, str(ls["activate_array"].params.get("activation", "linear")))
+            return _act(y, *launch_activation(ls["activate_array"]))
         gemm = ls["gemm"]
         w = shared_weight(mem, gemm.reads[0], 2)
         if w is None:
@@ -143,9 +143,9 @@ class CropUnit:
         return float("-inf") if self.kind == "maxpool" else 0.0
 
 
-def _act(y: torch.Tensor, act: str) -> torch.Tensor:
+def _act(y: torch.Tensor, act: str, slope: float) -> torch.Tensor:
     lanes = y.shape[0]
-    return relu_like(y.reshape(lanes, y.shape[1], -1), act).reshape(y.shape)
+    return relu_like(y.reshape(lanes, y.shape[1], -1), act, slope).reshape(y.shape)
 
 
 def crop_units(program: Program) -> dict[int, CropUnit]:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernelfi.kernels import conv1x1, fused_conv, rows_linear
+from kernelfi.kernels import activate, conv1x1, fused_conv, rows_linear, slope_of
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -74,7 +74,12 @@ def shared_weight(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
     return t if t.dim() == ndim else None  # a per-lane (faulty) weight copy: no fusion
 
 
-def relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
+def launch_activation(launch: Launch) -> tuple[str, float]:
+    """An activate_array launch's activation and leaky slope (what ``relu_like`` takes)."""
+    return str(launch.params.get("activation", "linear")), slope_of(launch.params)
+
+
+def relu_like(y: torch.Tensor, act: str, slope: float = 0.1) -> torch.Tensor:
     """Darknet's activations, in place where possible."""
     if act == "relu":
         # Darknet's x*(x>0) differs from relu only for -inf (-> NaN) and in the sign of zero
@@ -84,11 +89,13 @@ def relu_like(y: torch.Tensor, act: str) -> torch.Tensor:
             return y.mul_((y > 0).to(y.dtype))
         return torch.relu_(y)
     if act == "leaky":
-        return torch.where(y > 0, y, y * torch.tensor(0.1, dtype=torch.float32))
+        return torch.where(y > 0, y, y * torch.tensor(slope, dtype=torch.float32))
     if act == "logistic":
         one = torch.tensor(1.0, dtype=torch.float32)
         return one / (one + torch.exp(-y))
-    return y
+    if act == "linear":
+        return y
+    return activate(y, act, slope)  # the kernel's own elementwise arithmetic
 
 
 #: ``tap(gemm, y)``: called with a conv/connected unit's GEMM launch and its product (lanes,
@@ -105,7 +112,7 @@ def run_unit(unit: Unit, mem: Memory, tap: Tap | None = None) -> bool:
         cp, sc = ls["copy"], ls["shortcut"]
         a, b = mem[cp.reads[0]], mem[sc.reads[1]]
         y = relu_like(torch.add(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)),
-                       str(ls["activate_array"].params.get("activation", "linear")))
+                       *launch_activation(ls["activate_array"]))
         old = mem.get(sc.writes[0])
         mem[sc.writes[0]] = y.reshape(a.shape) if old is None else y.reshape(old.shape)
         return True
@@ -163,7 +170,7 @@ def epilogue(ls: dict[str, Launch], mem: Memory, y: torch.Tensor) -> torch.Tenso
         y = F.batch_norm(y, mean, var, scale, bias, False, 0.0, float(nl.params.get("eps", 1e-5)))
     else:
         y = y.add_(bias.view(1, -1, 1)) if y.is_contiguous() else y + bias.view(1, -1, 1)
-    return relu_like(y, str(ls["activate_array"].params.get("activation", "linear")))
+    return relu_like(y, *launch_activation(ls["activate_array"]))
 
 
 def maxpool_window(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:

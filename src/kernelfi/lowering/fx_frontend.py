@@ -19,14 +19,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
+from kernelfi.kernels import LEAKY_SLOPE
 from kernelfi.types import LayerSpec
 
-_ACT_MODULES: dict[type, str] = {nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.Identity: "linear"}
+_ACT_MODULES: dict[type, str] = {
+    nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.SiLU: "swish",
+    nn.GELU: "gelu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.LeakyReLU: "leaky",
+}
 _ACT_FUNCS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", torch.sigmoid: "logistic", F.sigmoid: "logistic",
-    F.leaky_relu: "leaky",
+    F.leaky_relu: "leaky", F.relu6: "relu6", torch.tanh: "tanh", F.tanh: "tanh", F.silu: "swish",
+    F.gelu: "gelu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
 }
-_ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "logistic"}
+_ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "logistic", "sigmoid_": "logistic",
+                                "tanh": "tanh", "tanh_": "tanh"}
+#: Dropout modules: identities at inference (Darknet's dropout layer, no kernel).
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 _FLATTEN_METHODS = ("view", "reshape", "flatten")
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
@@ -186,16 +194,22 @@ class FxLowering:
                        "activation": "linear"}, weights, open_=True)
         elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)):
             self._batchnorm(node, mod, path, where)
-        elif type(mod) in _ACT_MODULES or isinstance(mod, nn.LeakyReLU):
-            act = "leaky" if isinstance(mod, nn.LeakyReLU) else _ACT_MODULES[type(mod)]
-            if isinstance(mod, nn.LeakyReLU) and not math.isclose(mod.negative_slope, 0.1):
-                raise KernelfiError(f"fx node {where}: Darknet's leaky activation has slope 0.1, not {mod.negative_slope}")
-            self._activation(node, act, where)
+        elif type(mod) in _ACT_MODULES:
+            act = _ACT_MODULES[type(mod)]
+            if isinstance(mod, nn.GELU) and mod.approximate != "none":
+                raise KernelfiError(f"fx node {where}: GELU(approximate='{mod.approximate}') is not supported (only the erf form)")
+            slope = float(mod.negative_slope) if isinstance(mod, nn.LeakyReLU) else LEAKY_SLOPE
+            self._activation(node, act, where, slope)
+        elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
+            self._activation(node, "relu6", where)
         elif isinstance(mod, nn.MaxPool2d):
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self._avgpool(node, mod, path, where)
-        elif isinstance(mod, nn.Dropout):
+        elif isinstance(mod, nn.Identity):
+            self._pass(node)
+        elif isinstance(mod, _DROPOUT_MODULES):
+            # Darknet's [dropout] layer: in place, launches nothing at inference
             src = self._val(node.args[0], node)
             self._add(node, "dropout", path, (src.layer,), src.shape, {"probability": float(mod.p)})
         elif isinstance(mod, nn.Flatten):
@@ -269,20 +283,39 @@ class FxLowering:
         self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
 
-    def _activation(self, node: fx.Node, act: str, where: str) -> None:
+    def _pass(self, node: fx.Node) -> None:
+        """A node whose output is its input (Identity, Dropout in eval, ``.contiguous()``): no
+        kernel; an open layer it passes on stays open to what follows it."""
         src_node = node.args[0]
+        val = self._val(src_node, node)
+        self.vals[node] = val
+        if isinstance(src_node, fx.Node) and val.layer >= 0:
+            layer = self.layers[val.layer]
+            if layer.open_node is src_node and len(src_node.users) == 1:
+                layer.open_node = node
+
+    def _activation(self, node: fx.Node, act: str, where: str, slope: float = LEAKY_SLOPE) -> None:
+        src_node = node.args[0]
+        if act == "leaky" and node.op == "call_function":
+            slope = float(node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01))
+        if act == "gelu" and node.op == "call_function" and node.kwargs.get("approximate", "none") != "none":
+            raise KernelfiError(f"fx node {where}: gelu(approximate='{node.kwargs['approximate']}') is not supported (only the erf form)")
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
         if layer is None or layer.type not in ("convolutional", "connected", "shortcut") \
                 or layer.params.get("activation") != "linear":
-            raise KernelfiError(f"fx node {where}: activation '{act}' must directly follow a conv, linear or residual add used only by it")
-        if act == "leaky":
-            slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01) \
-                if node.op == "call_function" else 0.1
-            if not math.isclose(float(slope), 0.1):
-                raise KernelfiError(f"fx node {where}: Darknet's leaky activation has slope 0.1, not {slope}")
+            # Darknet's [activation] layer: copy the input, activate_array on the copy
+            src = self._val(src_node, node)
+            if src.layer == -2:
+                raise KernelfiError(f"fx node {where}: activation '{act}' of a non-tensor value")
+            layer = self._add(node, "activation", f"{_module_path(node) or node.name}.act", (src.layer,), src.shape,
+                              {"activation": "linear"})
+            layer.open_node = None
         layer.params["activation"] = act
-        layer.open_node = None if act != "linear" else node
-        self.members[layer.index].append(node)
+        if act == "leaky" and not math.isclose(slope, LEAKY_SLOPE):
+            layer.params["slope"] = slope
+        layer.open_node = None
+        if self.members[layer.index][-1] is not node:
+            self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
 
     def _maxpool(self, node: fx.Node, mod: nn.MaxPool2d, path: str, where: str) -> None:
@@ -350,8 +383,8 @@ class FxLowering:
                       (c, *vals[0].shape[1:]), {"layers": [v.layer for v in vals]})
         elif fn in _SOFTMAX_FUNCS:
             self._softmax(node, f"{base}.softmax" if base else "softmax")
-        elif fn is F.dropout:
-            self.vals[node] = self._val(node.args[0], node)
+        elif fn in (F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout):
+            self._pass(node)
         elif fn is getattr:
             self.vals[node] = _Val(-2, ())  # e.g. x.shape: only feeds view/reshape sizes
         elif fn is operator.getitem and node.args[0] in self.vals and self.vals[node.args[0]].layer == -2:
@@ -373,7 +406,7 @@ class FxLowering:
         elif m == "size":
             self.vals[node] = _Val(-2, ())
         elif m in ("contiguous",):
-            self.vals[node] = self._val(node.args[0], node)
+            self._pass(node)
         elif m == "softmax":
             self._softmax(node, f"{base}.softmax" if base else "softmax")
         else:

@@ -1,12 +1,18 @@
 // kernelfi's CUDA C rendering of kernels/activation.py: activate_array, one thread per element,
 // a runtime switch over the activations kernelfi implements (a value outside them gives 0, the
 // switch's default case). Compiled only to count registers (scripts/ptxas_registers.py).
+// RELU6, TANH and SWISH are AlexeyAB's Darknet's formulas; GELU, HARDSWISH and HARDSIGMOID
+// PyTorch's CUDA element kernels' (opmath float); LEAKY takes its slope (Darknet's .1f or
+// PyTorch's negative_slope).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
 
-enum activation { LINEAR = 0, RELU = 1, LEAKY = 2, LOGISTIC = 3 };
+enum activation { LINEAR = 0, RELU = 1, LEAKY = 2, LOGISTIC = 3, RELU6 = 4, TANH = 5, SWISH = 6,
+                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9 };
 
-__device__ float activate(float x, int a)
+__device__ float clamp6(float y) { return fminf(fmaxf(y, 0.f), 6.f); }
+
+__device__ float activate(float x, int a, float slope)
 {
     switch (a) {
     case LINEAR:
@@ -14,16 +20,30 @@ __device__ float activate(float x, int a)
     case RELU:
         return x * (x > 0);               // -inf * 0 = NaN, as kernelfi's run keeps
     case LEAKY:
-        return (x > 0) ? x : .1f * x;
+        return (x > 0) ? x : slope * x;
     case LOGISTIC:
         return 1.f / (1.f + expf(-x));
+    case RELU6: {
+        float low = (x > 0) ? x : 0.f;
+        return (low < 6) ? low : 6.f;
+    }
+    case TANH:
+        return 2.f / (1.f + expf(-2.f * x)) - 1.f;
+    case SWISH:
+        return x * (1.f / (1.f + expf(-x)));
+    case GELU:
+        return (x * 0.5f) * (1.f + erff(x * 0.70710678118654752f));
+    case HARDSWISH:
+        return (x * clamp6(x + 3.f)) * (1.f / 6.f);
+    case HARDSIGMOID:
+        return clamp6(x + 3.f) * (1.f / 6.f);
     }
     return 0;
 }
 
-extern "C" __global__ void activate_array(float *x, int n, int a)
+extern "C" __global__ void activate_array(float *x, int n, int a, float slope)
 {
     int i = THREAD_ID;
     if (i >= n) return;
-    x[i] = activate(x[i], a);
+    x[i] = activate(x[i], a, slope);
 }
