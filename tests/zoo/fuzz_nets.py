@@ -57,7 +57,8 @@ def act_module(name: str) -> nn.Module:
             "identity": nn.Identity}[name]()
 
 
-def _conv_op(d: Draw, c: int, h: int, w: int, same_shape: bool = False) -> tuple[Op, tuple[int, int, int]]:
+def _conv_op(d: Draw, c: int, h: int, w: int, same_shape: bool = False,
+             acts: Sequence[str] = ACTS) -> tuple[Op, tuple[int, int, int]]:
     """A conv op valid on a (c, h, w) map and the shape it gives (``same_shape``: keeps c, h, w)."""
     cout = c if same_shape else d.int(1, 8)
     k = d.choice([1, 3, 3, (1, 3), (3, 1), 5] if min(h, w) >= 5 else [1, 3, (1, 3), (3, 1)])
@@ -67,23 +68,24 @@ def _conv_op(d: Draw, c: int, h: int, w: int, same_shape: bool = False) -> tuple
     if same_shape and pad != "same":
         pad = ((kh - 1) // 2, (kw - 1) // 2)
     groups = c if (cout == c and d.int(0, 2) == 0) else 1
-    op = ("conv", cout, k, stride, pad, groups, bool(d.int(0, 1)), bool(d.int(0, 1)), d.choice(ACTS + (None,)))
+    op = ("conv", cout, k, stride, pad, groups, bool(d.int(0, 1)), bool(d.int(0, 1)), d.choice(tuple(acts) + (None,)))
     if pad == "same":
         return op, (cout, h, w)
     ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
     return op, (cout, (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1)
 
 
-def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int) -> Arch:
-    """``ops`` ops valid on an input of ``shape``, then a head."""
+def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[str] = KINDS,
+              acts: Sequence[str] = ACTS) -> Arch:
+    """``ops`` ops of ``kinds`` valid on an input of ``shape``, then a head."""
     c, h, w = shape
     out: list[Op] = []
     for _ in range(ops):
-        kind = d.choice(KINDS)
+        kind = d.choice(kinds)
         if kind == "conv":
-            op, (c, h, w) = _conv_op(d, c, h, w)
+            op, (c, h, w) = _conv_op(d, c, h, w, acts=acts)
         elif kind == "act":
-            op = ("act", d.choice(ACTS))
+            op = ("act", d.choice(acts))
         elif kind == "bn":
             op = ("bn",)
         elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
@@ -100,10 +102,10 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int) -> Arch:
             o = d.int(1, min(h, w) - 1)
             op, h, w = ("adaptive", o), o, o
         elif kind == "res":
-            inner, _ = _conv_op(d, c, h, w, same_shape=True)
-            op = ("res", d.choice(["add", "add", "sub", "mul"]), inner, d.choice(ACTS + (None,)))
+            inner, _ = _conv_op(d, c, h, w, same_shape=True, acts=acts)
+            op = ("res", d.choice(["add", "add", "sub", "mul"]), inner, d.choice(tuple(acts) + (None,)))
         elif kind == "cat" and c <= 16:
-            inner, (c2, _, _) = _conv_op(d, c, h, w, same_shape=True)
+            inner, (c2, _, _) = _conv_op(d, c, h, w, same_shape=True, acts=acts)
             op, c = ("cat", inner), c + c2
         elif kind == "se":
             op = ("se", max(1, c // d.int(1, 4)), d.choice(["sigmoid", "hardsigmoid"]), d.choice(["module", "functional"]))
