@@ -58,6 +58,14 @@ void run_tmr_vote(G, int n, const unsigned *a, const unsigned *b, const unsigned
 void run_dmr_compare(G, int n, const unsigned *a, const unsigned *b, const unsigned *c, unsigned *o) {
     L(dmr_compare(n, a, b, c, o)); }
 void run_range_clamp(G, int n, float *x, float lo, float hi) { L(range_clamp(n, x, lo, hi)); }
+void run_forward_local_avgpool(G, int n, int h, int w, int c, int stride, int size, int pad, int cip,
+                               const float *in, float *out) { L(forward_local_avgpool(n, h, w, c, stride, size, pad, cip, in, out)); }
+void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, float *out) {
+    L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
+void run_scale_channels(G, const float *x, int size, int cs, const float *s, float *o) {
+    L(scale_channels(x, size, cs, s, o)); }
+void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
+                   int bc, int by, int bxs, float *o) { L(binary_op(n, op, oh, ow, a, ac, ay, ax, b, bc, by, bxs, o)); }
 }
 """
 
@@ -142,6 +150,54 @@ def test_activate_array(lib: ctypes.CDLL, act: str, slope: float) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 if act == "gelu" else 0, equal_nan=True)
     else:
         assert np.array_equal(got.view(np.int32), want.view(np.int32)) or np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("size, stride, pad, cip", [(2, 2, 0, False), (3, 2, 2, True), (3, 1, 2, False), (3, 2, 3, True)])
+def test_local_avgpool(lib: ctypes.CDLL, size: int, stride: int, pad: int, cip: bool) -> None:
+    c, h, w = 3, 7, 6
+    oh, ow = (h + pad - size) // stride + 1, (w + pad - size) // stride + 1
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    lib.run_forward_local_avgpool(*_grid(got.size), got.size, h, w, c, stride, size, pad, int(cip), _ptr(x), _ptr(got))
+    params = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow)
+    if cip:
+        params["count_include_pad"] = True
+    want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **params)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+def test_upsample(lib: ctypes.CDLL) -> None:
+    c, h, w, st = 3, 4, 5, 2
+    x = _rand(c * h * w)
+    n = c * h * w * st * st
+    got = np.zeros(n, np.float32)
+    lib.run_upsample(*_grid(n), n, _ptr(x), w, h, c, st, _ptr(got))
+    want = _py("upsample", {"x": _lane(x), "o": torch.zeros(1, n)}, ("x", "o"), ("o",), channels=c, height=h,
+               width=w, stride=st, scale=1.0)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+def test_scale_channels(lib: ctypes.CDLL) -> None:
+    c, sp = 3, 200
+    x, sc = _rand(c * sp), _rand(c)
+    got = np.zeros(c * sp, np.float32)
+    lib.run_scale_channels(*_grid(c * sp), _ptr(x), c * sp, sp, _ptr(sc), _ptr(got))
+    want = _py("scale_channels", {"x": _lane(x), "s": _lane(sc)}, ("x", "s"), ("o",), channels=c, spatial=sp)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+@pytest.mark.parametrize("sa, sb", [((3, 4, 5), (3, 4, 5)), ((3, 4, 5), (1, 4, 1)), ((1, 1, 5), (3, 4, 1))])
+def test_binary_op(lib: ctypes.CDLL, op: str, sa: tuple[int, int, int], sb: tuple[int, int, int]) -> None:
+    from kernelfi.kernels import broadcast_strides
+    out = tuple(max(p, q) for p, q in zip(sa, sb))
+    a, b = _rand(*sa).ravel(), _rand(*sb).ravel()
+    n = out[0] * out[1] * out[2]
+    got = np.zeros(n, np.float32)
+    lib.run_binary_op(*_grid(n), n, ["add", "sub", "mul"].index(op), out[1], out[2], _ptr(a),
+                      *broadcast_strides(sa, out), _ptr(b), *broadcast_strides(sb, out), _ptr(got))
+    want = _py("binary_op", {"a": _lane(a), "b": _lane(b)}, ("a", "b"), ("o",), op=op, out=out, a=sa, b=sb)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
 
 
 @pytest.mark.parametrize("add, out", [((4, 8, 8), (8, 4, 4)), ((8, 2, 2), (4, 4, 4)), ((3, 5, 5), (3, 5, 5))])

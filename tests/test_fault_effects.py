@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kernelfi.faults import gemm, programs_harden  # noqa: F401  (registers the hardening programs)
+from kernelfi.faults import gemm, programs_harden, programs_layers  # noqa: F401  (registers the hardening/issue-20 programs)
 from kernelfi.faults.memmap import MemoryMap
 from kernelfi.faults.programs import NOT_REPLAYED, OPERANDS, PROGRAMS
 from kernelfi.faults.replay import F32, Target, ThreadCtx

@@ -24,6 +24,7 @@ from kernelfi.faults.replay import F32, Hang, Target, ThreadCtx
 from kernelfi.kernels import get_kernel
 from kernelfi.types import AddressHalf, Fault, Launch, Mode
 from kernelfi.faults import programs_harden  # noqa: F401
+from kernelfi.faults import programs_layers  # noqa: F401  (registers the issue-20 kernels' programs)
 
 WARP = 32
 

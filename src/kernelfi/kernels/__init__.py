@@ -6,7 +6,8 @@ register map (docs/method.md §1–§2, docs/kernels.md).
 >>> k.template({"channels": 2, "spatial": 3}).profile().counts["FP32"]
 6
 
-Importing the package registers the twelve kernels of ``kernelfi.types.KERNEL_NAMES``.
+Importing the package registers the twelve kernels of ``kernelfi.types.KERNEL_NAMES`` and those
+added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20).
 Layering: this package imports only torch, numpy, ``kernelfi.types`` and ``kernelfi._utils``.
 """
 from __future__ import annotations
@@ -24,15 +25,16 @@ from ._base import (
     register_kernel,
     unregister_kernel,
 )
-from . import activation, conv, elementwise, pool, softmax  # noqa: F401  (registers the kernels)
+from . import activation, broadcast, conv, elementwise, pool, pool_local, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import GEMM_TILE, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, LEAKY_SLOPE, activate, slope_of
 from .softmax import darknet_largest
 from .elementwise import shortcut_geometry, shortcut_indexes
+from .broadcast import BINARY_OPS, broadcast_strides
 
 __all__ = [
-    "ACTIVATIONS", "BLOCK", "LEAKY_SLOPE", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
-    "activate", "all_kernels", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
+    "ACTIVATIONS", "BINARY_OPS", "BLOCK", "LEAKY_SLOPE", "EFFECTS", "GEMM_TILE", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
+    "activate", "all_kernels", "broadcast_strides", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "fused_conv", "get_kernel",
     "ptxas_registers", "register_kernel", "rows_linear", "shortcut_geometry", "shortcut_indexes", "slope_of", "unregister_kernel",
 ]

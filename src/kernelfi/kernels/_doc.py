@@ -30,6 +30,11 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
                                         "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
     "forward_avgpool": ("S", lambda v: {"channels": 1, "height": 1, "width": v}),
     "softmax": ("n", lambda v: {"n": v, "temperature": 1.0}),
+    "scale_channels": (None, lambda v: {"channels": 1, "spatial": 1}),
+    "forward_local_avgpool": ("s", lambda v: {"channels": 1, "height": 9, "width": 9, "size": v, "stride": 1,
+                                              "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
+    "upsample": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "stride": 2, "scale": 1.0}),
+    "binary_op": (None, lambda v: {"op": "add", "out": (1, 1, 1), "a": (1, 1, 1), "b": (1, 1, 1)}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")

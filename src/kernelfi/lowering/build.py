@@ -164,6 +164,29 @@ class _Builder:
         self.launch(spec, "forward_avgpool", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "height": h, "width": w})
 
+    def local_avgpool(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [local_avgpool] layer: forward_local_avgpool_layer_kernel
+        p = spec.params
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        params: dict[str, Any] = {"channels": c, "height": h, "width": w, "size": int(p["size"]),
+                                  "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow}
+        if p.get("count_include_pad"):
+            params["count_include_pad"] = True
+        self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
+
+    def upsample(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [upsample] layer: fill the output with 0, then upsample_kernel adds scale*x
+        c, h, w = self.chw(spec.inputs[0])
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "fill", (), (out,), {"n": math.prod(spec.out_shape), "value": 0.0})
+        self.launch(spec, "upsample", (self.buf(spec.inputs[0]), out), (out,),
+                    {"channels": c, "height": h, "width": w, "stride": int(spec.params["stride"]),
+                     "scale": float(spec.params.get("scale", 1.0))})
+
     def shortcut(self, spec: LayerSpec) -> None:
         a, b = spec.inputs
         n = math.prod(spec.out_shape)
@@ -186,6 +209,37 @@ class _Builder:
         self.out_buf[spec.index] = out
         self.launch(spec, "copy", (self.buf(spec.inputs[0]),), (out,), {"n": n, "out_offset": 0})
         self.launch(spec, "activate_array", (out,), (out,), activation_params(spec.params, n))
+
+    def batchnorm(self, spec: LayerSpec) -> None:
+        # Darknet's [batchnorm] layer at inference (batchnorm_layer.c): copy the input, then
+        # normalize, scale_bias and add_bias on the copy
+        c, h, w = _chw(spec.out_shape)
+        for role in ("scales", "biases", "rolling_mean", "rolling_variance"):
+            self.weight(spec, role, (c,))
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "copy", (self.buf(spec.inputs[0]),), (out,), {"n": c * h * w, "out_offset": 0})
+        self.launch(spec, "normalize", (out, f"{spec.name}.rolling_mean", f"{spec.name}.rolling_variance"), (out,),
+                    {"channels": c, "spatial": h * w, "eps": float(spec.params.get("eps", 1e-5))})
+        self.launch(spec, "scale_bias", (out, f"{spec.name}.scales"), (out,), {"channels": c, "spatial": h * w})
+        self.launch(spec, "add_bias", (out, f"{spec.name}.biases"), (out,), {"channels": c, "spatial": h * w})
+
+    def scale_channels(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [scale_channels] layer: the map (inputs[0]) times a per-channel scale (inputs[1])
+        c, h, w = _chw(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "scale_channels", (self.buf(spec.inputs[0]), self.buf(spec.inputs[1])), (out,),
+                    {"channels": c, "spatial": h * w})
+
+    def binary(self, spec: LayerSpec) -> None:
+        # PyTorch's broadcasting add/sub/mul element kernel
+        a, b = spec.inputs
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "binary_op", (self.buf(a), self.buf(b)), (out,),
+                    {"op": str(spec.params["op"]), "out": _chw(spec.out_shape),
+                     "a": tuple(spec.params["a"]), "b": tuple(spec.params["b"])})
 
     def route(self, spec: LayerSpec) -> None:
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")

@@ -36,6 +36,9 @@ _ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "log
 #: Dropout modules: identities at inference (Darknet's dropout layer, no kernel).
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
+_SUB_FUNCS = (operator.sub, operator.isub, torch.sub)
+_MUL_FUNCS = (operator.mul, operator.imul, torch.mul)
+_MEAN_FUNCS = (torch.mean,)
 _FLATTEN_METHODS = ("view", "reshape", "flatten")
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
@@ -93,6 +96,8 @@ class FxLowering:
         self.vals: dict[fx.Node, _Val] = {}
         self.state: dict[str, torch.Tensor] = {k: v.detach() for k, v in module.state_dict().items()}
         self.names: set[str] = set()
+        #: size values (``x.size()``, ``x.shape[1]``): node -> its value, None for the batch size
+        self.consts: dict[fx.Node, Any] = {}
         #: layer index -> the fx nodes it fuses, in graph order (what the export maps back to modules)
         self.members: dict[int, list[fx.Node]] = {}
         self.graph_module: fx.GraphModule | None = None
@@ -206,6 +211,8 @@ class FxLowering:
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self._avgpool(node, mod, path, where)
+        elif isinstance(mod, nn.Upsample):
+            self._upsample(node, self._val(node.args[0], node), mod.scale_factor, mod.size, mod.mode, where, path)
         elif isinstance(mod, nn.Identity):
             self._pass(node)
         elif isinstance(mod, _DROPOUT_MODULES):
@@ -254,11 +261,12 @@ class FxLowering:
     def _batchnorm(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src_node = node.args[0]
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
-        if layer is None or layer.type not in ("convolutional", "connected") or layer.params["batch_normalize"] \
-                or layer.params["activation"] != "linear":
-            raise KernelfiError(f"fx node {where}: BatchNorm must directly follow a Conv2d/Linear used only by it")
         if not mod.track_running_stats or mod.running_mean is None:
             raise KernelfiError(f"fx node {where}: BatchNorm without running statistics is not supported")
+        if layer is None or layer.type not in ("convolutional", "connected") or layer.params["batch_normalize"] \
+                or layer.params["activation"] != "linear":
+            self._standalone_bn(node, mod, path, where)
+            return
         n = layer.out_shape[0]
         conv_bias = self.state[layer.weights["biases"]]
         mean = self.state[f"{path}.running_mean"]
@@ -282,6 +290,22 @@ class FxLowering:
         layer.open_node = node
         self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
+
+    def _standalone_bn(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
+        """Darknet's [batchnorm] layer: BatchNorm after anything but a conv/linear it can fuse into."""
+        src = self._val(node.args[0], node)
+        c = src.shape[0]
+        if getattr(mod, "num_features", c) != c:
+            raise KernelfiError(f"fx node {where}: BatchNorm of {mod.num_features} channels on a map of {c}")
+        if mod.affine:
+            scales, biases = f"{path}.weight", f"{path}.bias"
+        else:
+            self.state[f"{path}.__ones"] = torch.ones(c)
+            self.state[f"{path}.__zeros"] = torch.zeros(c)
+            scales, biases = f"{path}.__ones", f"{path}.__zeros"
+        self._add(node, "batchnorm", path, (src.layer,), src.shape, {"eps": float(mod.eps)},
+                  {"scales": scales, "biases": biases, "rolling_mean": f"{path}.running_mean",
+                   "rolling_variance": f"{path}.running_var"})
 
     def _pass(self, node: fx.Node) -> None:
         """A node whose output is its input (Identity, Dropout in eval, ``.contiguous()``): no
@@ -318,38 +342,96 @@ class FxLowering:
             self.members[layer.index].append(node)
         self.vals[node] = _Val(layer.index, layer.out_shape)
 
+    def _pool_pad(self, h: int, w: int, size: int, stride: int, pad: int, ceil: bool, where: str) -> tuple[int, int, int]:
+        """Darknet's total ``pad`` (window origin -pad/2) giving PyTorch's output extents, and
+        those extents. ceil_mode adds stride - 1 to the padding's far side, which keeps the
+        origin at -pad only for stride <= 2; PyTorch also drops a last window starting in the
+        right padding, which Darknet's formula never does: such shapes are refused."""
+        def torch_out(n: int) -> int:
+            if not ceil:
+                return (n + 2 * pad - size) // stride + 1
+            o = -(-(n + 2 * pad - size) // stride) + 1
+            return o - 1 if (o - 1) * stride >= n + pad else o
+        total = 2 * pad
+        if ceil and (torch_out(h), torch_out(w)) != ((h + total - size) // stride + 1, (w + total - size) // stride + 1):
+            if stride > 2:
+                raise KernelfiError(f"fx node {where}: ceil_mode pooling with stride {stride} > 2 is not supported")
+            total = 2 * pad + stride - 1
+        oh, ow = (h + total - size) // stride + 1, (w + total - size) // stride + 1
+        if (oh, ow) != (torch_out(h), torch_out(w)) or oh < 1 or ow < 1:
+            raise KernelfiError(f"fx node {where}: pooling {h}x{w} with kernel {size}, stride {stride}, padding {pad}, "
+                                f"ceil_mode={ceil}: PyTorch's output {torch_out(h)}x{torch_out(w)} has no Darknet geometry")
+        return total, oh, ow
+
     def _maxpool(self, node: fx.Node, mod: nn.MaxPool2d, path: str, where: str) -> None:
         src = self._val(node.args[0], node)
         c, h, w = src.shape
         size = _pair(mod.kernel_size, "kernel", where)
         stride = _pair(mod.stride if mod.stride is not None else size, "stride", where)
         pad = _pair(mod.padding, "padding", where)
-        if _pair(mod.dilation, "dilation", where) != 1 or mod.ceil_mode:
-            raise KernelfiError(f"fx node {where}: dilated or ceil_mode max pooling is not supported")
-        oh, ow = (h + 2 * pad - size) // stride + 1, (w + 2 * pad - size) // stride + 1
+        if _pair(mod.dilation, "dilation", where) != 1:
+            raise KernelfiError(f"fx node {where}: dilated max pooling is not supported")
+        total, oh, ow = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
         self._add(node, "maxpool", path, (src.layer,), (c, oh, ow),
-                  {"size": size, "stride": stride, "pad": 2 * pad})
+                  {"size": size, "stride": stride, "pad": total})
 
     def _avgpool(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src = self._val(node.args[0], node)
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
         c, h, w = src.shape
         if isinstance(mod, nn.AdaptiveAvgPool2d):
             osz = mod.output_size if isinstance(mod.output_size, (tuple, list)) else (mod.output_size, mod.output_size)
-            osz = tuple(h if o is None else int(o) for o in osz)
+            oh_, ow_ = (h if osz[0] is None else int(osz[0]), w if osz[1] is None else int(osz[1]))
+            if (oh_, ow_) == (h, w):
+                self.vals[node] = src  # adaptive pooling to the size it already has: no kernel runs
+                return
+            if (oh_, ow_) == (1, 1):
+                self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})
+                return
+            if h % oh_ or w % ow_ or h // oh_ != w // ow_:
+                raise KernelfiError(f"fx node {where}: adaptive average pooling {h}x{w} -> {oh_}x{ow_} is not supported "
+                                    "(only to 1x1 or by an equal whole factor)")
+            # equal whole factors: PyTorch's adaptive windows are exactly k x k, stride k
+            k = h // oh_
+            self._local_avgpool(node, src, path, k, k, 0, False, True, where)
+            return
+        size = _pair(mod.kernel_size, "kernel", where)
+        stride = _pair(mod.stride or size, "stride", where)
+        pad = _pair(mod.padding, "padding", where)
+        if getattr(mod, "divisor_override", None):
+            raise KernelfiError(f"fx node {where}: avg pooling with divisor_override is not supported")
+        if (size, stride, pad) == (h, h, 0) and h == w:
+            self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})  # global: Darknet's [avgpool]
+            return
+        self._local_avgpool(node, src, path, size, stride, pad, bool(mod.ceil_mode),
+                            bool(getattr(mod, "count_include_pad", True)), where)
+
+    def _local_avgpool(self, node: fx.Node, src: _Val, path: str, size: int, stride: int, pad: int, ceil: bool,
+                       include_pad: bool, where: str) -> None:
+        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded)."""
+        c, h, w = src.shape
+        total, oh, ow = self._pool_pad(h, w, size, stride, pad, ceil, where)
+        self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
+                  {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0})
+
+    def _upsample(self, node: fx.Node, src: _Val, scale: Any, size: Any, mode: str, where: str, path: str) -> None:
+        """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill + upsample_kernel)."""
+        if mode != "nearest":
+            raise KernelfiError(f"fx node {where}: upsampling mode '{mode}' is not supported (only nearest)")
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
+        c, h, w = src.shape
+        if size is not None:
+            sz = size if isinstance(size, (tuple, list)) else (size, size)
+            factors = {int(sz[0]) / h, int(sz[1]) / w}
         else:
-            size = _pair(mod.kernel_size, "kernel", where)
-            stride = _pair(mod.stride or size, "stride", where)
-            if _pair(mod.padding, "padding", where) != 0:
-                raise KernelfiError(f"fx node {where}: padded average pooling is not supported")
-            osz = ((h - size) // stride + 1, (w - size) // stride + 1)
-            if osz == (1, 1) and (size != h or size != w):
-                raise KernelfiError(f"fx node {where}: local average pooling is not supported (Darknet's avgpool is global)")
-        if tuple(osz) == (h, w):
-            self.vals[node] = src  # adaptive pooling to the size it already has: no kernel runs
-        elif tuple(osz) == (1, 1):
-            self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})
-        else:
-            raise KernelfiError(f"fx node {where}: average pooling {h}x{w} -> {osz} is not supported (only global)")
+            sc = scale if isinstance(scale, (tuple, list)) else (scale, scale)
+            factors = {float(v) for v in sc}
+        if len(factors) != 1 or not float(next(iter(factors))).is_integer() or next(iter(factors)) < 1:
+            raise KernelfiError(f"fx node {where}: upsampling by {sorted(factors)} is not supported (one whole factor)")
+        st = int(next(iter(factors)))
+        self._add(node, "upsample", path, (src.layer,), (c, h * st, w * st), {"stride": st, "scale": 1.0})
 
     def _softmax(self, node: fx.Node, path: str) -> None:
         src = self._val(node.args[0], node)
@@ -364,6 +446,27 @@ class FxLowering:
         base = _module_path(node)
         if fn in _ADD_FUNCS:
             self._add_node(node, node.args[0], node.args[1], base)
+        elif fn in _SUB_FUNCS:
+            self._binary(node, "sub", node.args[0], node.args[1], base)
+        elif fn in _MUL_FUNCS:
+            self._binary(node, "mul", node.args[0], node.args[1], base)
+        elif fn in _MEAN_FUNCS:
+            self._mean(node, base)
+        elif fn is F.adaptive_avg_pool2d:
+            self._adaptive_fn(node, base)
+        elif fn is F.interpolate:
+            kw = dict(zip(("input", "size", "scale_factor", "mode"), node.args)) | dict(node.kwargs)
+            self._upsample(node, self._val(node.args[0], node), kw.get("scale_factor"), kw.get("size"),
+                           str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample")
+        elif fn in (F.avg_pool2d, F.max_pool2d):
+            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad") if fn is F.avg_pool2d \
+                else ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+            kw = dict(zip(names, node.args)) | dict(node.kwargs)
+            kw.pop("input", None)
+            kw.pop("return_indices", None)
+            mod = nn.AvgPool2d(**kw) if fn is F.avg_pool2d else nn.MaxPool2d(**kw)
+            (self._avgpool if fn is F.avg_pool2d else self._maxpool)(  # type: ignore[operator]
+                node, mod, f"{base}.pool" if base else "pool", node.name)
         elif fn in _ACT_FUNCS:
             self._activation(node, _ACT_FUNCS[fn], f"{node.name} ({fn.__name__})")
         elif fn is torch.flatten:
@@ -376,8 +479,10 @@ class FxLowering:
             tensors = node.args[0]
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
             vals = [self._val(t, node) for t in tensors]
-            if dim != 1 or any(len(v.shape) != 3 or v.shape[1:] != vals[0].shape[1:] for v in vals):
-                raise KernelfiError(f"fx node {node.name}: torch.cat only along channels of equal-size maps is supported")
+            flat = all(len(v.shape) == 1 for v in vals) and dim in (1, -1)
+            if not flat and (dim not in (1, -3) or any(len(v.shape) != 3 or v.shape[1:] != vals[0].shape[1:] for v in vals)):
+                raise KernelfiError(f"fx node {node.name}: torch.cat only along channels of equal-size maps "
+                                    "(or of flat vectors) is supported")
             c = sum(v.shape[0] for v in vals)
             self._add(node, "route", f"{base}.cat" if base else "cat", tuple(v.layer for v in vals),
                       (c, *vals[0].shape[1:]), {"layers": [v.layer for v in vals]})
@@ -387,8 +492,17 @@ class FxLowering:
             self._pass(node)
         elif fn is getattr:
             self.vals[node] = _Val(-2, ())  # e.g. x.shape: only feeds view/reshape sizes
+            src = node.args[0]
+            if node.args[1] == "shape" and isinstance(src, fx.Node) and src in self.vals and self.vals[src].layer != -2:
+                self.consts[node] = (None, *self.vals[src].shape)
         elif fn is operator.getitem and node.args[0] in self.vals and self.vals[node.args[0]].layer == -2:
             self.vals[node] = _Val(-2, ())
+            held = self.consts.get(node.args[0])
+            if isinstance(held, tuple):
+                try:
+                    self.consts[node] = held[node.args[1]]
+                except (TypeError, IndexError):
+                    pass
         else:
             name = getattr(fn, "__name__", str(fn))
             raise KernelfiError(f"fx node {node.name}: function {name} is not supported by the lowering")
@@ -398,13 +512,23 @@ class FxLowering:
         base = _module_path(node)
         if m in ("add", "add_"):
             self._add_node(node, node.args[0], node.args[1], base)
+        elif m in ("sub", "sub_"):
+            self._binary(node, "sub", node.args[0], node.args[1], base)
+        elif m in ("mul", "mul_"):
+            self._binary(node, "mul", node.args[0], node.args[1], base)
+        elif m == "mean":
+            self._mean(node, base)
         elif m in _ACT_METHODS:
             self._activation(node, _ACT_METHODS[m], f"{node.name} (.{m})")
         elif m in _FLATTEN_METHODS:
             src = self._val(node.args[0], node)
-            self.vals[node] = _Val(src.layer, (math.prod(src.shape),))
+            self.vals[node] = _Val(src.layer, self._reshaped(node, src) if m != "flatten" else (math.prod(src.shape),))
         elif m == "size":
             self.vals[node] = _Val(-2, ())
+            src = self._val(node.args[0], node)
+            full = (None, *src.shape)
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            self.consts[node] = full if dim is None else full[int(dim)]
         elif m in ("contiguous",):
             self._pass(node)
         elif m == "softmax":
@@ -412,10 +536,77 @@ class FxLowering:
         else:
             raise KernelfiError(f"fx node {node.name}: tensor method .{m}() is not supported by the lowering")
 
+    def _reshaped(self, node: fx.Node, src: _Val) -> tuple[int, ...]:
+        """The per-sample shape of ``x.view(...)``/``x.reshape(...)``: the sizes after the batch
+        dimension when they are known (ints, ``x.size(i)``, one -1), else flattened."""
+        dims = node.args[1:]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        total = math.prod(src.shape)
+        sizes: list[int] = []
+        for d in dims[1:]:
+            v = self.consts.get(d) if isinstance(d, fx.Node) else d
+            if not isinstance(v, int):
+                return (total,)
+            sizes.append(v)
+        if sizes.count(-1) == 1:
+            known = math.prod(x for x in sizes if x != -1)
+            sizes[sizes.index(-1)] = total // known if known else 0
+        if not sizes or math.prod(sizes) != total or any(x < 1 for x in sizes):
+            return (total,)
+        return tuple(sizes)
+
+    def _binary(self, node: fx.Node, op: str, a: Any, b: Any, base: str) -> None:
+        """``a - b``, ``a * b`` (and ``a + b`` of different shapes): PyTorch's broadcasting
+        element kernel, or AlexeyAB Darknet's scale_channels for a map times a per-channel
+        (C, 1, 1) scale (a squeeze-and-excitation block)."""
+        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+            raise KernelfiError(f"fx node {node.name}: {op} with a constant operand is not supported")
+        va, vb = self._val(a, node), self._val(b, node)
+        if -2 in (va.layer, vb.layer):
+            raise KernelfiError(f"fx node {node.name}: {op} of a size value is not supported")
+        sa, sb = va.shape, vb.shape
+        if len(sa) != len(sb) or len(sa) not in (1, 3):
+            raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb} is not supported "
+                                "(both (C, H, W) or both flat)")
+        try:
+            out = tuple(torch.broadcast_shapes(sa, sb))
+        except RuntimeError:
+            raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb}: they do not broadcast") from None
+        name = f"{base}.{op}" if base else op
+        if op == "mul" and len(out) == 3:
+            for m, sc in ((va, vb), (vb, va)):
+                if m.shape == out and sc.shape == (out[0], 1, 1) and out[1] * out[2] > 1:
+                    self._add(node, "scale_channels", name, (m.layer, sc.layer), out, {})
+                    return
+        full = lambda sh: sh if len(sh) == 3 else (sh[0], 1, 1)  # noqa: E731
+        self._add(node, "binary", name, (va.layer, vb.layer), out,
+                  {"op": op, "a": full(sa), "b": full(sb)}, open_=True)
+
+    def _mean(self, node: fx.Node, base: str) -> None:
+        """``x.mean((2, 3))`` (keepdim or not): Darknet's global avgpool."""
+        src = self._val(node.args[0], node)
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+        if len(src.shape) != 3 or sorted(int(d) % 4 for d in dims if d is not None) != [2, 3]:
+            raise KernelfiError(f"fx node {node.name}: mean over dims {dims} of {src.shape} is not supported "
+                                "(only the spatial mean, dims (2, 3))")
+        c = src.shape[0]
+        self._add(node, "avgpool", f"{base}.mean" if base else "mean", (src.layer,), (c, 1, 1), {})
+        if not keep:
+            self.vals[node] = _Val(self.vals[node].layer, (c,))
+
+    def _adaptive_fn(self, node: fx.Node, base: str) -> None:
+        """``F.adaptive_avg_pool2d(x, size)`` as the module of that size."""
+        size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+        self._avgpool(node, nn.AdaptiveAvgPool2d(size), f"{base}.avgpool" if base else "avgpool", node.name)
+
     def _add_node(self, node: fx.Node, a: Any, b: Any, base: str) -> None:
         va, vb = self._val(a, node), self._val(b, node)
         if va.shape != vb.shape:
-            raise KernelfiError(f"fx node {node.name}: residual add of shapes {va.shape} and {vb.shape}")
+            self._binary(node, "add", a, b, base)
+            return
         # Darknet's shortcut copies its previous layer's output and adds the `from` layer.
         self._add(node, "shortcut", f"{base}.add" if base else "add", (va.layer, vb.layer), va.shape,
                   {"from": vb.layer, "activation": "linear"}, open_=True)

@@ -1,0 +1,68 @@
+// kernelfi's CUDA C rendering of kernels/pool_local.py: AlexeyAB Darknet's
+// forward_local_avgpool (average over size x size windows, divided by the valid taps, or by
+// PyTorch's count_include_pad window) and upsample (nearest, integer stride, forward).
+// Compiled only to count registers (scripts/ptxas_registers.py).
+
+#define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
+
+extern "C" __global__ void forward_local_avgpool(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                 int pad, int count_include_pad, const float *input, float *output)
+{
+    int h = (in_h + pad - size) / stride + 1;
+    int w = (in_w + pad - size) / stride + 1;
+    int c = in_c;
+    int id = THREAD_ID;
+    if (id >= n) return;
+    int j = id % w;
+    id /= w;
+    int i = id % h;
+    id /= h;
+    int k = id % c;
+    id /= c;
+    int b = id;
+    int w_offset = -pad / 2;
+    int h_offset = -pad / 2;
+    int out_index = j + w * (i + h * (k + c * b));
+    float avg = 0;
+    int counter = 0;
+    for (int l = 0; l < size; ++l) {
+        for (int m = 0; m < size; ++m) {
+            int cur_h = h_offset + i * stride + l;
+            int cur_w = w_offset + j * stride + m;
+            int index = cur_w + in_w * (cur_h + in_h * (k + b * in_c));
+            int valid = (cur_h >= 0 && cur_h < in_h && cur_w >= 0 && cur_w < in_w);
+            if (valid) {
+                counter++;
+                avg += input[index];
+            }
+        }
+    }
+    if (count_include_pad) {   // PyTorch's avg_pool2d divisor: the window clipped to the padded input
+        int side = pad / 2;
+        int hs = h_offset + i * stride, ws = w_offset + j * stride;
+        int he = hs + size < in_h + side ? hs + size : in_h + side;
+        int we = ws + size < in_w + side ? ws + size : in_w + side;
+        counter = (he - hs) * (we - ws);
+    }
+    output[out_index] = avg / counter;
+}
+
+extern "C" __global__ void upsample(int N, const float *x, int w, int h, int c, int batch, int stride,
+                                    float scale, float *out)
+{
+    int i = THREAD_ID;
+    if (i >= N) return;
+    int out_index = i;
+    int out_w = i % (w * stride);
+    i = i / (w * stride);
+    int out_h = i % (h * stride);
+    i = i / (h * stride);
+    int out_c = i % c;
+    i = i / c;
+    int b = i % batch;
+    int in_w = out_w / stride;
+    int in_h = out_h / stride;
+    int in_c = out_c;
+    int in_index = b * w * h * c + in_c * w * h + in_h * w + in_w;
+    out[out_index] += scale * x[in_index];
+}

@@ -1,0 +1,209 @@
+"""AlexeyAB Darknet's ``forward_local_avgpool_layer_kernel`` (maxpool_layer_kernels.cu: a
+[local_avgpool] layer, average pooling over size×size windows) and ``upsample_kernel``
+(blas_kernels.cu: nearest-neighbour upsampling by an integer stride), issue 20.
+
+Local average pooling has max pooling's geometry (window origin ``-pad/2``, out = (in + pad -
+size)/stride + 1), sums the valid taps left to right in float32 and divides by their count
+(``avg / counter``: PyTorch's ``count_include_pad=False``). PyTorch's default
+``count_include_pad=True`` divides instead by the window clipped to the padded input,
+``(hend - hstart)*(wend - wstart)`` with ``hend = min(hstart + size, H + pad_side)``, as
+``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``). ``upsample_kernel``
+computes ``out[i] += scale * x[in_index]`` after the layer's ``fill`` of zeros.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from kernelfi._utils import KernelfiError, c_div
+from kernelfi.types import AddressHalf, Launch
+
+from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel
+from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
+
+Mem = dict[str, torch.Tensor]
+KN = "forward_local_avgpool"
+
+
+def local_avgpool_geometry(params: Mapping[str, Any]) -> tuple[int, ...]:
+    """(c, h, w, size, stride, pad, out_h, out_w), the outputs checked against Darknet's formula."""
+    c, h, w, size, stride, pad, oh, ow = (p_int(params, k, KN) for k in (
+        "channels", "height", "width", "size", "stride", "pad", "out_h", "out_w"))
+    for axis, got, want in (("out_h", oh, c_div(h + pad - size, stride) + 1),
+                            ("out_w", ow, c_div(w + pad - size, stride) + 1)):
+        if got != want:
+            raise KernelfiError(f"kernel '{KN}': {axis}={got} but Darknet's (in + pad - size)/stride + 1 gives {want}")
+    return c, h, w, size, stride, pad, oh, ow
+
+
+def padded_divisor(start: int, size: int, extent: int, side: int) -> int:
+    """PyTorch's count_include_pad window length along one axis: min(start + size, extent + side) - start."""
+    return min(start + size, extent + side) - start
+
+
+@register_kernel
+class LocalAvgpoolKernel(StreamKernel):
+    """``forward_local_avgpool_layer_kernel``: one thread per output element, a size×size window."""
+
+    name: ClassVar[str] = KN
+    regs_allocated: ClassVar[int] = ptxas_registers(KN)
+    example_params = ({"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 0,
+                       "out_h": 1, "out_w": 1},
+                      {"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 2,
+                       "out_h": 2, "out_w": 2, "count_include_pad": True})
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        c, h, w, size, stride, pad, oh, ow = local_avgpool_geometry(launch.params)
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        lanes = x.shape[0]
+        x = x[:, :c * h * w].reshape(lanes, c, h, w)
+        off = -(pad // 2)
+        top = left = max(0, -off)
+        bottom = max(0, off + (oh - 1) * stride + size - h)
+        right = max(0, off + (ow - 1) * stride + size - w)
+        xp = F.pad(x, (left, right, top, bottom), value=0.0)
+        dev = x.device
+        rows = off + stride * torch.arange(oh, device=dev)
+        cols = off + stride * torch.arange(ow, device=dev)
+        acc = torch.zeros((lanes, c, oh, ow), dtype=x.dtype, device=dev)
+        count = torch.zeros((oh, ow), dtype=torch.int64, device=dev)
+        for di in range(size):
+            for dj in range(size):
+                r0, c0 = off + di + top, off + dj + left
+                val = xp[:, :, r0:r0 + stride * (oh - 1) + 1:stride, c0:c0 + stride * (ow - 1) + 1:stride]
+                valid = (((rows + di) >= 0) & ((rows + di) < h)).view(oh, 1) & \
+                        (((cols + dj) >= 0) & ((cols + dj) < w)).view(1, ow)
+                acc = torch.where(valid, acc + val, acc)     # only valid taps are added, in order
+                count = count + valid.to(torch.int64)
+        if launch.params.get("count_include_pad"):
+            side = pad // 2
+            dh = torch.tensor([padded_divisor(int(r), size, h, side) for r in rows], device=dev)
+            dw = torch.tensor([padded_divisor(int(q), size, w, side) for q in cols], device=dev)
+            count = dh.view(oh, 1) * dw.view(1, ow)
+        y = acc / count.to(x.dtype)
+        put(mem, launch.writes[0], y.reshape(lanes, -1), natural=(c, oh, ow))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
+                * p_int(params, "out_w", self.name))
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        size = p_int(params, "size", self.name)
+        s2 = size * size
+        s = Stream()
+        prologue_1d(s, "output element id")
+        idiv(s, "out_h", "the output height (in_h + pad - size)/stride_y")
+        idiv(s, "out_w", "the output width (in_w + pad - size)/stride_x")
+        s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
+        idiv(s, "ow", "id / w", mod="j = id % w (output column)")
+        idiv(s, "oh", "id / w / h", mod="i = (id/w) % h (output row)")
+        idiv(s, "c", "id / w / h / c (batch)", mod="k = ... % c (channel)")
+        s.add("GPR", "IADD", "iadd:offset", 2, "index", "w_offset = h_offset = -pad/2")
+        s.add("GPR", "XMAD", "imad:out_index", 9, "index", "out_index = j + w*(i + h*(k + c*b))")
+        s.add("GPR", "MOV", "mov:avg_init", 1, "value", "avg = 0")
+        s.add("GPR", "MOV", "mov:count_init", 1, "value", "counter = 0")
+        s.begin_loop(s2)
+        s.add("GPR", "XMAD", "imad:cur_hw", 4 * s2, "index", "cur_h = h_offset + i*stride_y + l, cur_w likewise")
+        s.add("GPR", "XMAD", "imad:in_index", 4 * s2, "index", "index = cur_w + in_w*(cur_h + in_h*(k + b*in_c))")
+        s.add("PR", "ISETP", "setp:valid", 4 * s2, "predicate",
+              "cur_h/cur_w inside the input: a flip adds a padding tap's load or drops a pixel (and its count)")
+        addr(s, "in", "input[index]", count=2 * s2)
+        s.add("LD", "LDG", "ld:in", s2, "value", "one input[index] of the window (valid taps only)")
+        s.add("FP32", "FADD", "fadd:avg", s2, "value", "avg += input[index], the running sum")
+        s.add("GPR", "IADD", "iadd:counter", s2, "value", "counter++ (the divisor)")
+        loop(s, "m", "m over the window width", s2)
+        loop(s, "l", "l over the window height", size)
+        s.end_loop()
+        if params.get("count_include_pad"):
+            s.add("GPR", "IMNMX", "imnmx:divisor", 6, "value",
+                  "PyTorch's count_include_pad divisor (hend - hstart)*(wend - wstart), clipped to the padded input")
+        s.add("OTHERS", "I2F", "cvt:counter", 1, "value", "float(divisor)")
+        fdiv(s, "out", "avg / divisor, the output")
+        addr(s, "out", "output[out_index]")
+        s.add("NODEST", "STG", "st:out", 1, "store", "stores the average")
+        epilogue(s)
+        s.reg("r_id", "index", "imad:index", "imad:index", "idiv:ow")
+        s.reg("r_w", "index", "idiv:out_w", "idiv:out_w", "imad:out_index")
+        s.reg("r_h", "index", "idiv:out_h", "idiv:out_h", "imad:out_index")
+        s.reg("r_j", "index", "imod:ow", "imod:ow", "setp:loop_l")
+        s.reg("r_i", "index", "imod:oh", "imod:oh", "setp:loop_l")
+        s.reg("r_k", "index", "imod:c", "imod:c", "setp:loop_l")
+        s.reg("r_out_index", "index", "imad:out_index", "imad:out_index", "lea:addr_out")
+        s.reg("r_cur", "index", "imad:cur_hw", "imad:cur_hw", "setp:valid")
+        s.reg("r_index", "index", "imad:in_index", "imad:in_index", "lea:addr_in")
+        s.reg("r_in_lo", "address", "lea:addr_in", "lea:addr_in", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
+        s.reg("r_x", "data", "ld:in", "ld:in", "fadd:avg")
+        s.reg("r_avg", "accumulator", "fadd:avg", "mov:avg_init", "ffma:fdiv_out")
+        s.reg("r_count", "accumulator", "iadd:counter", "mov:count_init", "cvt:counter")
+        s.reg("r_l", "loop_counter", "loop:l", "mov:count_init", "setp:loop_l")
+        s.reg("r_m", "loop_counter", "loop:m", "mov:count_init", "setp:loop_m")
+        s.reg("r_div", "data", "cvt:counter", "cvt:counter", "ffma:fdiv_out")
+        s.reg("r_out", "data", "ffma:fdiv_out", "ffma:fdiv_out", "st:out")
+        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        s.reg("p_valid", "predicate", "setp:valid", "setp:valid", "fadd:avg")
+        s.reg("p_loop", "predicate", "setp:loop_m", "setp:loop_m", "bra:loop_l")
+        s.reg("p_fdiv", "predicate", "setp:fdiv_out", "setp:fdiv_out", "bra:fdiv_out")
+        return s
+
+
+@register_kernel
+class UpsampleKernel(StreamKernel):
+    """``upsample_kernel`` (forward): out[i] += scale * x[in_index], one thread per output element."""
+
+    name: ClassVar[str] = "upsample"
+    regs_allocated: ClassVar[int] = ptxas_registers("upsample")
+    example_params = ({"channels": 1, "height": 1, "width": 1, "stride": 2, "scale": 1.0},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        p = launch.params
+        c, h, w, st = (p_int(p, k, self.name) for k in ("channels", "height", "width", "stride"))
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        lanes = x.shape[0]
+        n = c * h * w * st * st
+        out = lane_flat(mem, launch.reads[1], n, self.name)[:, :n]
+        rep = x[:, :c * h * w].reshape(lanes, c, h, 1, w, 1).expand(lanes, c, h, st, w, st).reshape(lanes, n)
+        y = out + f32(float(p.get("scale", 1.0)), x) * rep
+        put(mem, launch.writes[0], y, natural=(c, h * st, w * st))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        c, h, w, st = (p_int(params, k, self.name) for k in ("channels", "height", "width", "stride"))
+        return c * h * w * st * st
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        s = Stream()
+        prologue_1d(s, "output element i")
+        idiv(s, "ow", "i / (w*stride)", mod="out_w = i % (w*stride)")
+        idiv(s, "oh", "i / (w*stride) / (h*stride)", mod="out_h = ... % (h*stride)")
+        idiv(s, "c", "... / c", mod="out_c = ... % c")
+        idiv(s, "b", "... / batch", mod="b = ... % batch")
+        idiv(s, "in_w", "in_w = out_w / stride")
+        idiv(s, "in_h", "in_h = out_h / stride")
+        s.add("GPR", "XMAD", "imad:in_index", 6, "index", "in_index = b*w*h*c + in_c*w*h + in_h*w + in_w")
+        addr(s, "x", "x[in_index]")
+        addr(s, "out", "out[i]")
+        s.add("LD", "LDG", "ld:x", 1, "value", "the input pixel (each feeds stride² outputs, its own load each)")
+        s.add("LD", "LDG", "ld:out", 1, "value", "the output before the update (0 from the fill)")
+        s.add("FP32", "FFMA", "ffma:out", 1, "value", "out + scale*x, the output")
+        s.add("NODEST", "STG", "st:out", 1, "store", "stores the output element")
+        epilogue(s)
+        s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
+        s.reg("r_q", "index", "idiv:ow", "idiv:ow", "imod:b")
+        s.reg("r_ow", "index", "imod:ow", "imod:ow", "idiv:in_w")
+        s.reg("r_oh", "index", "imod:oh", "imod:oh", "idiv:in_h")
+        s.reg("r_c", "index", "imod:c", "imod:c", "imad:in_index")
+        s.reg("r_iw", "index", "idiv:in_w", "idiv:in_w", "imad:in_index")
+        s.reg("r_ih", "index", "idiv:in_h", "idiv:in_h", "imad:in_index")
+        s.reg("r_x_lo", "address", "lea:addr_x", "imad:in_index", "ld:x")
+        s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "ld:x", half=AddressHalf.HIGH)
+        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
+        s.reg("r_vx", "data", "ld:x", "ld:x", "ffma:out")
+        s.reg("r_vout", "data", "ld:out", "ld:out", "ffma:out")
+        s.reg("r_y", "data", "ffma:out", "ffma:out", "st:out")
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        return s
