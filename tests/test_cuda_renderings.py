@@ -46,8 +46,8 @@ void run_activate_array(G, float *x, int n, int a, float slope) { L(activate_arr
 void run_shortcut(G, int size, int minw, int minh, int minc, int stride, int sample, int w1, int h1, int c1,
                   const float *add, int w2, int h2, int c2, float *out) {
     L(shortcut(size, minw, minh, minc, stride, sample, 1, w1, h1, c1, add, w2, h2, c2, 1.f, 1.f, out)); }
-void run_im2col(G, int n, const float *im, int h, int w, int k, int pad, int stride, int oh, int ow, float *col) {
-    L(im2col(n, im, h, w, k, pad, stride, oh, ow, col)); }
+void run_im2col(G, int n, const float *im, int h, int w, int kh, int kw, int ph, int pw, int sh, int sw, int oh, int ow,
+                float *col) { L(im2col(n, im, h, w, kh, kw, ph, pw, sh, sw, oh, ow, col)); }
 void run_forward_maxpool(G, int n, int h, int w, int c, int stride, int size, int pad, const float *in,
                          float *out, int *idx) { L(forward_maxpool(n, h, w, c, stride, size, pad, in, out, idx)); }
 void run_forward_avgpool(G, int n, int w, int h, int c, const float *in, float *out) {
@@ -216,14 +216,24 @@ def test_shortcut(lib: ctypes.CDLL, add: tuple[int, int, int], out: tuple[int, i
 
 @pytest.mark.parametrize("k, stride, pad", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
 def test_im2col(lib: ctypes.CDLL, k: int, stride: int, pad: int) -> None:
+    _check_im2col(lib, (k, k), (stride, stride), (pad, pad))
+
+
+@pytest.mark.parametrize("k, stride, pad", [((1, 3), (1, 1), (0, 1)), ((3, 1), (2, 1), (1, 0)), ((2, 3), (1, 2), (1, 1))])
+def test_im2col_non_square(lib: ctypes.CDLL, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> None:
+    _check_im2col(lib, k, stride, pad)
+
+
+def _check_im2col(lib: ctypes.CDLL, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]) -> None:
     c, h, w = 2, 6, 5
-    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    oh, ow = (h + 2 * pad[0] - k[0]) // stride[0] + 1, (w + 2 * pad[1] - k[1]) // stride[1] + 1
     im = _rand(c * h * w)
-    col = np.full(c * k * k * oh * ow, 7.0, np.float32)
+    col = np.full(c * k[0] * k[1] * oh * ow, 7.0, np.float32)
     n = c * oh * ow
-    lib.run_im2col((n + BLOCK - 1) // BLOCK, 1, 1, BLOCK, n, _ptr(im), h, w, k, pad, stride, oh, ow, _ptr(col))
-    want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k,
-               stride=stride, pad=pad, dilation=1, out_h=oh, out_w=ow)["col"]
+    lib.run_im2col((n + BLOCK - 1) // BLOCK, 1, 1, BLOCK, n, _ptr(im), h, w, *k, *pad, *stride, oh, ow, _ptr(col))
+    extra = {"ksize_w": k[1], "stride_w": stride[1], "pad_w": pad[1]} if (k[0], stride[0], pad[0]) != (k[1], stride[1], pad[1]) else {}
+    want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k[0],
+               stride=stride[0], pad=pad[0], dilation=1, out_h=oh, out_w=ow, **extra)["col"]
     assert np.array_equal(col, want.numpy().ravel())
 
 

@@ -222,6 +222,7 @@ def _shortcut(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     H, W, ks = int(p["height"]), int(p["width"]), int(p["ksize"])
     stride, pad, oh, ow = int(p["stride"]), int(p["pad"]), int(p["out_h"]), int(p["out_w"])
+    ks_w, stride_w, pad_w = int(p.get("ksize_w", ks)), int(p.get("stride_w", stride)), int(p.get("pad_w", pad))
     c0, cg = int(p.get("channel_offset", 0)), int(p.get("group_channels", p["channels"]))
     i0 = prologue(c, t, cg * oh * ow)
     if i0 is None:
@@ -229,14 +230,14 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     q, w_out = c.idiv("ow", i0, ow)
     c_in, h_out = c.idiv("oh", q, oh)
     h_in = c.idx(("imad:hw_in",), h_out * stride - pad)
-    w_in = c.idx(("imad:hw_in",), w_out * stride - pad)
-    col0 = c.idx(("imad:col_offset",), (c_in * ks * ks * oh + h_out) * ow + w_out)
+    w_in = c.idx(("imad:hw_in",), w_out * stride_w - pad_w)
+    col0 = c.idx(("imad:col_offset",), (c_in * ks * ks_w * oh + h_out) * ow + w_out)
     im0 = c.idx(("imad:im_offset",), ((c0 + c_in) * H + h_in) * W + w_in)
     c.addr("col", ("lea:addr_col",))
     c.addr("im", ("lea:addr_im",))
     step = 0
     for i in c.loop("kh", ks):
-        for j in c.loop("kw", ks):
+        for j in c.loop("kw", ks_w):
             h = c.idx(("iadd:hw",), h_in + i)
             w = c.idx(("iadd:hw",), w_in + j)
             valid = c.pred(("setp:pad",), h >= 0 and w >= 0 and h < H and w < W)

@@ -96,7 +96,7 @@ def _image(g: Mapping[str, Any]) -> int:
 @footprint("im2col")
 def _im2col(p: Mapping[str, Any]) -> tuple[int, int]:
     k = _i(p, "ksize")
-    return _image(p), _i(p, "group_channels", _i(p, "channels")) * k * k * _i(p, "out_h") * _i(p, "out_w")
+    return _image(p), _i(p, "group_channels", _i(p, "channels")) * k * _i(p, "ksize_w", k) * _i(p, "out_h") * _i(p, "out_w")
 
 
 def _mnk(p: Mapping[str, Any]) -> tuple[int, int, int]:

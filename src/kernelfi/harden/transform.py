@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import get_kernel
+from kernelfi.kernels import W_AXIS, get_kernel
 from kernelfi.lowering import Program
 from kernelfi.types import BufferSpec, LayerSpec, Launch, ThreadTemplate, Trace
 
@@ -167,6 +167,9 @@ class _Builder:
         gp: dict[str, Any] = {key: p[key] for key in ("M", "N", "K", "trans_a", "trans_b", "a_offset", "b_offset",
                                                       "c_offset") if key in p}
         if im is not None:
+            if any(key in im.params for key in W_AXIS.values()):
+                raise KernelfiError(f"{g.name}: ABFT of a non-square convolution is not supported "
+                                    "(its virtual im2col reads square windows)")
             gp["im2col"] = {key: v for key, v in im.params.items() if key not in OWN_KEYS}
             gp["b_offset"] = 0
         a, b = g.reads[0], (im.reads[0] if im is not None else g.reads[1])

@@ -27,15 +27,27 @@ Mem = dict[str, torch.Tensor]
 GEMM_TILE = 16
 
 
+#: The width-axis parameters of a non-square im2col (Darknet's ksize/stride/pad/dilation are
+#: the height axis, and both axes when these are absent).
+W_AXIS: dict[str, str] = {"ksize": "ksize_w", "stride": "stride_w", "pad": "pad_w", "dilation": "dilation_w"}
+
+
 def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
-    """An im2col launch's geometry from its params, checked (one line naming ``kernel``)."""
+    """An im2col launch's geometry from its params, checked (one line naming ``kernel``).
+
+    Non-square kernels, strides, paddings and dilations (PyTorch's (1, 3) kernels, ``padding=
+    'same'`` of them) carry the width axis as ``ksize_w``, ``stride_w``, ``pad_w``,
+    ``dilation_w``; the square keys are the height axis (and both when those are absent)."""
     g = {k: p_int(params, k, kernel) for k in ("channels", "height", "width", "ksize", "stride", "pad",
                                                 "out_h", "out_w")}
     g["dilation"] = int(params.get("dilation", 1))
+    for k, kw in W_AXIS.items():
+        g[kw] = int(params.get(kw, g[k]))
     g["channel_offset"] = int(params.get("channel_offset", 0))
     g["group_channels"] = int(params.get("group_channels", g["channels"]))
-    for axis, size in (("out_h", g["height"]), ("out_w", g["width"])):
-        want = c_div(size + 2 * g["pad"] - g["dilation"] * (g["ksize"] - 1) - 1, g["stride"]) + 1
+    for axis, size, sfx in (("out_h", g["height"], ""), ("out_w", g["width"], "_w")):
+        k, st, pad, dil = (g[n + sfx if sfx and n + sfx in g else n] for n in ("ksize", "stride", "pad", "dilation"))
+        want = c_div(size + 2 * pad - dil * (k - 1) - 1, st) + 1
         if g[axis] != want:
             raise KernelfiError(f"kernel '{kernel}': {axis}={g[axis]} but the geometry gives {want}")
     if g["channel_offset"] + g["group_channels"] > g["channels"]:
@@ -44,24 +56,29 @@ def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
     return g
 
 
+def im2col_axes(g: Mapping[str, int]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(kernel, stride, pad, dilation) of a geometry, each as (height, width)."""
+    return tuple((g[k], g[kw]) for k, kw in W_AXIS.items())  # type: ignore[return-value]
+
+
 def _beyond(g: Mapping[str, int]) -> tuple[int, int]:
     """Rows and columns a window reads past the padded input's bottom and right edge: only
     where the kernel is wider than the padded input and Darknet's C division still gives an
     output (its im2col reads zeros there; ``F.unfold`` and ``F.conv2d`` would refuse)."""
-    span = g["dilation"] * (g["ksize"] - 1) + 1
-    return tuple(max(0, (g[o] - 1) * g["stride"] + span - (g[d] + 2 * g["pad"]))  # type: ignore[return-value]
-                 for o, d in (("out_h", "height"), ("out_w", "width")))
+    ks, st, pad, dil = im2col_axes(g)
+    return tuple(max(0, (g[o] - 1) * st[a] + dil[a] * (ks[a] - 1) + 1 - (g[d] + 2 * pad[a]))  # type: ignore[return-value]
+                 for a, (o, d) in enumerate((("out_h", "height"), ("out_w", "width"))))
 
 
-def _edge_padded(img: torch.Tensor, g: Mapping[str, int]) -> tuple[torch.Tensor, int]:
+def _edge_padded(img: torch.Tensor, g: Mapping[str, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """(image, padding) for ``F.unfold``/``F.conv2d``: the image itself where every window fits
     the padded input (the usual case, unchanged), else zero-padded on every side and past the
     bottom/right edge as Darknet's im2col reads it, with padding 0."""
     bh, bw = _beyond(g)
+    ph, pw = g["pad"], g["pad_w"]
     if not (bh or bw):
-        return img, g["pad"]
-    p = g["pad"]
-    return F.pad(img, (p, p + bw, p, p + bh)), 0
+        return img, (ph, pw)
+    return F.pad(img, (pw, pw + bw, ph, ph + bh)), (0, 0)
 
 
 def group_image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Tensor:
@@ -79,18 +96,23 @@ def group_image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Ten
 class Im2colKernel(StreamKernel):
     """``im2col_gpu_kernel``: one thread per (channel, out row, out col) writes ksize² column
     entries, K index c*ks*ks + kh*ks + kw, N index oh*out_w + ow, zero where the window is in
-    the padding (``F.unfold`` builds exactly this matrix; the tests check it by hand)."""
+    the padding (``F.unfold`` builds exactly this matrix; the tests check it by hand). A
+    non-square geometry (``W_AXIS`` params) writes ksize × ksize_w entries, K index
+    c*kh*kw + i*kw + j: Caffe's/PyTorch's im2col with separate kernel_h/kernel_w."""
 
     name: ClassVar[str] = "im2col"
     regs_allocated: ClassVar[int] = ptxas_registers("im2col")
     example_params = ({"channels": 1, "height": 3, "width": 3, "ksize": 2, "stride": 1, "pad": 0,
-                       "dilation": 1, "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 1},)
+                       "dilation": 1, "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 1},
+                      {"channels": 1, "height": 3, "width": 3, "ksize": 1, "stride": 1, "pad": 0,
+                       "dilation": 1, "out_h": 3, "out_w": 3, "channel_offset": 0, "group_channels": 1,
+                       "ksize_w": 3, "pad_w": 1})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         g = im2col_geometry(launch.params, self.name)
         img, pad = _edge_padded(group_image(get_buf(mem, launch.reads[0], self.name), g, self.name), g)
-        cols = F.unfold(img, kernel_size=g["ksize"], dilation=g["dilation"], padding=pad,
-                        stride=g["stride"])
+        ks, st, _, dil = im2col_axes(g)
+        cols = F.unfold(img, kernel_size=ks, dilation=dil, padding=pad, stride=st)
         put(mem, launch.writes[0], cols.reshape(cols.shape[0], -1), natural=tuple(cols.shape[1:]))
 
     def _threads(self, params: Mapping[str, Any]) -> int:
@@ -103,7 +125,7 @@ class Im2colKernel(StreamKernel):
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         k = p_int(params, "ksize", self.name)
-        k2 = k * k
+        k2 = k * int(params.get("ksize_w", k))
         s = Stream()
         s.add("GPR", "S2R", "s2r:index", 2, "index", "reads threadIdx.x, blockIdx.x: which column position")
         s.add("GPR", "XMAD", "imad:index", 1, "index", "index = blockIdx.x*blockDim.x + threadIdx.x")
@@ -530,26 +552,29 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     m, n, k = (p_int(gemm_params, key, "gemm") for key in ("M", "N", "K"))
     if bool(gemm_params.get("trans_a", False)) or bool(gemm_params.get("trans_b", False)):
         raise KernelfiError("fused_conv: transposed operands are not a convolution")
-    ks, cg = g["ksize"], g["group_channels"]
-    if k != cg * ks * ks or n != g["out_h"] * g["out_w"]:
+    (kh, kw), stride, _, dil = im2col_axes(g)
+    cg = g["group_channels"]
+    if k != cg * kh * kw or n != g["out_h"] * g["out_w"]:
         raise KernelfiError(f"fused_conv: gemm K={k}, N={n} do not match the im2col geometry "
-                            f"({cg}*{ks}*{ks}, {g['out_h']}*{g['out_w']})")
+                            f"({cg}*{kh}*{kw}, {g['out_h']}*{g['out_w']})")
     img = group_image(x, g, "im2col")
     lanes = img.shape[0]
     a_off = int(gemm_params.get("a_offset", 0))
     w = weights.reshape(1, -1) if weights.dim() == 2 else weights.reshape(weights.shape[0], -1)
     if w.shape[1] < a_off + m * k:
         raise KernelfiError(f"fused_conv: weights hold {w.shape[1]} values, need {a_off + m * k}")
-    kern = w[:, a_off:a_off + m * k].reshape(w.shape[0], m, cg, ks, ks)
+    kern = w[:, a_off:a_off + m * k].reshape(w.shape[0], m, cg, kh, kw)
     if kern.shape[0] not in (1, lanes):
         raise KernelfiError(f"fused_conv: per-lane weights have {kern.shape[0]} lanes, the input {lanes}")
     img, pad = _edge_padded(img, g)
-    st, dil = g["stride"], g["dilation"]
-    if ks == 1 and pad == 0 and kern.shape[0] == 1:
+    st = stride if stride[0] != stride[1] else stride[0]
+    if (kh, kw) == (1, 1) and pad == (0, 0) and kern.shape[0] == 1:
         # a 1x1 convolution (ResNet's strided shortcut): im2col picks every st-th pixel, then
         # the GEMM per lane, as for the stride-1 ones
-        cols = img[:, :, ::st, ::st] if st > 1 else img
+        cols = img[:, :, ::stride[0], ::stride[1]] if stride != (1, 1) else img
         return conv1x1(cols.reshape(lanes, cg, n), kern[0].reshape(m, cg))
+    pad = pad if pad[0] != pad[1] else pad[0]  # type: ignore[assignment]
+    dil = dil if dil[0] != dil[1] else dil[0]  # type: ignore[assignment]
     with no_tf32(img.device):
         if kern.shape[0] == 1:
             y = lane_conv2d(img, kern[0], stride=st, padding=pad, dilation=dil)

@@ -110,13 +110,19 @@ class _Builder:
         filters, size, stride = int(p["filters"]), int(p["size"]), int(p["stride"])
         pad, groups, dil = int(p["pad"]), int(p.get("groups", 1)), int(p.get("dilation", 1))
         _, oh, ow = spec.out_shape
+        # a non-square kernel/stride/padding/dilation: the width axis in *_w (im2col's W_AXIS)
+        wide = {f"{key}_w": int(p[f"{src_key}_w"]) for key, src_key in
+                (("ksize", "size"), ("stride", "stride"), ("pad", "pad"), ("dilation", "dilation"))
+                if f"{src_key}_w" in p}
+        size_w = wide.get("ksize_w", size)
         cg, mg = c // groups, filters // groups
-        k, n = cg * size * size, oh * ow
+        k, n = cg * size * size_w, oh * ow
         self.alloc_params(spec, (filters, k), filters)
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out
         self.launch(spec, "fill", (), (out,), {"n": filters * n, "value": 0.0})
-        direct = size == 1 and stride == 1 and pad == 0 and dil == 1
+        direct = size == 1 and stride == 1 and pad == 0 and dil == 1 and all(v == (0 if "pad" in key else 1)
+                                                                            for key, v in wide.items())
         for g in range(groups):
             sfx = f".g{g}" if groups > 1 else ""
             if direct:
@@ -125,7 +131,7 @@ class _Builder:
                 self.launch(spec, "im2col", (self.buf(src),), ("workspace",),
                             {"channels": c, "height": h, "width": w, "ksize": size, "stride": stride,
                              "pad": pad, "dilation": dil, "out_h": oh, "out_w": ow,
-                             "channel_offset": g * cg, "group_channels": cg}, sfx)
+                             "channel_offset": g * cg, "group_channels": cg, **wide}, sfx)
                 self.workspace = (max(self.workspace[0], k), max(self.workspace[1], n))
                 b, b_off = "workspace", 0
             self.launch(spec, "gemm", (f"{spec.name}.weights", b, out), (out,),

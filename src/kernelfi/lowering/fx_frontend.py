@@ -78,6 +78,13 @@ def _module_path(node: fx.Node) -> str:
     return ""
 
 
+def _hw(v: Any) -> tuple[int, int]:
+    """A PyTorch size argument as (height, width)."""
+    if isinstance(v, (tuple, list)):
+        return int(v[0]), int(v[-1])
+    return int(v), int(v)
+
+
 def _pair(v: Any, what: str, where: str) -> int:
     if isinstance(v, (tuple, list)):
         if len(set(v)) != 1:
@@ -232,18 +239,29 @@ class FxLowering:
         if len(src.shape) != 3:
             raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
         c, h, w = src.shape
-        size = _pair(mod.kernel_size, "kernel", where)
-        stride = _pair(mod.stride, "stride", where)
-        dil = _pair(mod.dilation, "dilation", where)
+        kh, kw = _hw(mod.kernel_size)
+        sh, sw = _hw(mod.stride)
+        dh, dw = _hw(mod.dilation)
         if isinstance(mod.padding, str):
-            raise KernelfiError(f"fx node {where}: string padding '{mod.padding}' is not supported")
-        pad = _pair(mod.padding, "padding", where)
+            if mod.padding == "valid":
+                ph = pw = 0
+            else:  # 'same' (stride 1): PyTorch pads d*(k-1) in total, the odd one on the far side
+                if (dh * (kh - 1)) % 2 or (dw * (kw - 1)) % 2:
+                    raise KernelfiError(f"fx node {where}: padding='same' of an even kernel {(kh, kw)} pads asymmetrically, "
+                                        "which Darknet's im2col cannot")
+                ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+        else:
+            ph, pw = _hw(mod.padding)
         if mod.padding_mode != "zeros":
             raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported")
-        oh = (h + 2 * pad - dil * (size - 1) - 1) // stride + 1
-        ow = (w + 2 * pad - dil * (size - 1) - 1) // stride + 1
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         if oh <= 0 or ow <= 0:
-            raise KernelfiError(f"fx node {where}: input {src.shape} too small for kernel {size}")
+            raise KernelfiError(f"fx node {where}: input {src.shape} too small for kernel {(kh, kw)}")
+        size, stride, pad, dil = kh, sh, ph, dh
+        # the width axis only where it differs (Darknet's square layers keep their params)
+        wide = {f"{key}_w": v for key, v, hv in (("size", kw, kh), ("stride", sw, sh), ("pad", pw, ph),
+                                                  ("dilation", dw, dh)) if (kh, sh, ph, dh) != (kw, sw, pw, dw)}
         # Darknet keeps conv weights as (filters, C/groups*size*size): flatten a view.
         key = f"{path}.weight"
         self.state[f"{path}.__weights2d"] = self.state[key].reshape(mod.out_channels, -1)
@@ -256,7 +274,7 @@ class FxLowering:
         self._add(node, "convolutional", path, (src.layer,), (mod.out_channels, oh, ow),
                   {"filters": mod.out_channels, "size": size, "stride": stride, "pad": pad,
                    "dilation": dil, "groups": mod.groups, "batch_normalize": False,
-                   "activation": "linear"}, weights, open_=True)
+                   "activation": "linear", **wide}, weights, open_=True)
 
     def _batchnorm(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src_node = node.args[0]

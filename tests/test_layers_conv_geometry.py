@@ -1,0 +1,68 @@
+"""Issue 20 convolution geometry: non-square kernels, strides, paddings and dilations and
+padding='same' as im2col's width-axis parameters: lowered models equal their native forward,
+a fault in a (1, 3) im2col corrupts what was worked out on paper."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kernelfi._utils import KernelfiError
+from kernelfi.campaign.planner import PlannedFault
+from kernelfi.execution.golden import Golden
+from kernelfi.execution.runner import Runner
+from kernelfi.lowering import lower
+from kernelfi.types import Fault
+from tests.tiny import site
+
+CONVS = [nn.Conv2d(2, 3, (1, 3), padding=(0, 1)), nn.Conv2d(2, 3, (3, 1), padding=(1, 0)),
+         nn.Conv2d(2, 3, 3, padding="same"), nn.Conv2d(2, 3, (1, 5), padding="same"),
+         nn.Conv2d(2, 3, 3, stride=(2, 1), padding=(1, 2)), nn.Conv2d(2, 3, 3, dilation=(1, 2), padding="same"),
+         nn.Conv2d(2, 4, (1, 3), padding=(0, 1), groups=2), nn.Conv2d(2, 3, 1, stride=(2, 1)),
+         nn.Conv2d(2, 3, 3, padding="valid")]
+
+
+@pytest.mark.parametrize("conv", CONVS, ids=repr)
+def test_lowered_equals_native(conv: nn.Conv2d) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels), nn.ReLU(), nn.Flatten()).eval()
+    prog = lower(net, (2, 7, 6))
+    x = torch.randn(2, 2, 7, 6)
+    with torch.no_grad():
+        ref = net(x)
+    for fast in (True, False):
+        assert (prog.forward(x, fast=fast)[0] - ref).abs().max().item() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+
+
+def test_square_layers_keep_their_params() -> None:
+    prog = lower(nn.Sequential(nn.Conv2d(1, 1, 3, padding="same")).eval(), (1, 4, 4))
+    im = next(l for l in prog.trace.launches if l.kernel == "im2col")
+    assert not {"ksize_w", "stride_w", "pad_w", "dilation_w"} & set(im.params) and im.params["pad"] == 1
+
+
+def test_same_of_an_even_kernel_is_refused() -> None:
+    with pytest.raises(KernelfiError, match="pads asymmetrically"):
+        lower(nn.Sequential(nn.Conv2d(1, 1, 2, padding="same")).eval(), (1, 4, 4))
+
+
+def test_one_by_three_im2col_fault() -> None:
+    # (1, 3) conv, padding (0, 1), weights [1, 10, 100], bias 0 on x = [[1, 2, 3]] (1x1x3):
+    # out[j] = x[j-1] + 10 x[j] + 100 x[j+1] = [210, 321, 32]. Thread 1 (output column 1) stores
+    # its column entries x[0], x[1], x[2] = 1, 2, 3; entry j=2 (3.0 = 0x40400000) with bit 22
+    # flipped is 0x40000000 = 2.0: out[1] = 1 + 20 + 200 = 221.
+    conv = nn.Conv2d(1, 1, (1, 3), padding=(0, 1))
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 10.0, 100.0]).reshape(1, 1, 1, 3))
+        conv.bias.zero_()
+    prog = lower(nn.Sequential(conv, nn.Flatten()).eval(), (1, 1, 3))
+    x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+    assert prog.forward(x)[0][0].tolist() == [210.0, 321.0, 32.0]
+    im = next(l for l in prog.trace.launches if l.kernel == "im2col")
+    assert im.template.slots[[s.tag for s in im.template.slots].index("ld:im")].count == 3
+    runner = Runner(prog, Golden.compute(prog, x), keep_outputs=True)
+    f = Fault("iov", site(prog, im.name, "sel:value", 1, exec_=2, calls=3), "single", (22,))
+    ex = runner.run([PlannedFault(0, f, 1.0)])[0]
+    assert (ex.result.original, ex.result.corrupted) == (3.0, 2.0)
+    want = torch.softmax(torch.tensor([210.0, 221.0, 32.0], dtype=torch.float64), 0).float()
+    assert torch.allclose(runner.last_outputs.get(0), want, atol=1e-7)
+    assert (ex.result.golden_top1, ex.result.faulty_top1) == (1, 1) and ex.result.outcome == "sdc_light_malfunction"
