@@ -99,8 +99,11 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
                 size = [o - 1 if (o - 1) * s >= n + pad else o for o, n in zip(size, (h, w))]
             h, w = size
         elif kind == "adaptive" and min(h, w) >= 2:
-            o = d.int(1, min(h, w) - 1)
-            op, h, w = ("adaptive", o), o, o
+            # to 1x1, or by one whole factor on both axes (the lowering refuses other
+            # windows in one line: tests/zoo/README.md)
+            sizes = [(1, 1)] + [(h // f, w // f) for f in range(2, min(h, w) + 1) if h % f == 0 and w % f == 0]
+            h, w = d.choice(sizes)
+            op = ("adaptive", (h, w))
         elif kind == "res":
             inner, _ = _conv_op(d, c, h, w, same_shape=True, acts=acts)
             op = ("res", d.choice(["add", "add", "sub", "mul"]), inner, d.choice(tuple(acts) + (None,)))

@@ -47,6 +47,7 @@ ZOO = (
     ZooEntry("densenet-121", DenseNet121, (3, 64, 64)),
     ZooEntry("squeezenet-1.1", SqueezeNet11, (3, 44, 44)),
     ZooEntry("unet-classifier", UNetClassifier, (3, 32, 32)),
+    ZooEntry("unet-classifier-up3", lambda n: UNetClassifier(n, upconv=3), (3, 32, 32)),
 )
 
 
