@@ -153,14 +153,12 @@ def fuzzed(count: int, n: int, seed: int, where: Path) -> tuple[list[str], dict[
 
     zoo = Path(__file__).resolve().parents[1] / "tests" / "zoo"
     sys.path.insert(0, str(zoo))
-    from fuzz_nets import FuzzNet, RandomDraw, arch_name, draw_arch  # noqa: E402 (tests/zoo)
+    from fuzz_nets import FuzzNet, arch_name, random_net  # noqa: E402 (tests/zoo)
     from zoo import CLASSES, register, seeded  # noqa: E402
 
     specs, ckpts = [], {}
     for i in range(count):
-        rng = random.Random(f"{seed}:{i}")
-        shape = (rng.choice([1, 3]), rng.randint(4, 12), rng.randint(4, 12))
-        arch = draw_arch(RandomDraw(rng), shape, rng.randint(1, 8))
+        shape, arch = random_net(random.Random(f"{seed}:{i}"))
         name = arch_name(arch, shape)
         register(name, lambda classes, a=arch, s=shape: FuzzNet(a, s, classes), shape)
         path = where / f"{name}.pt"

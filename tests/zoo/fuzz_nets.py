@@ -25,7 +25,7 @@ Arch = tuple[Op, ...]
 ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "gelu", "leaky0.1", "leaky0.2",
         "identity")
 HEADS = ("flatten", "mean", "adaptive")
-KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "up", "drop")
+KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop")
 
 
 class Draw(Protocol):
@@ -121,6 +121,13 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
         out.append(op)
     out.append(("head", d.choice(HEADS), d.int(2, 6)))
     return tuple(out)
+
+
+def random_net(rng: Any, max_ops: int = 8) -> tuple[tuple[int, int, int], Arch]:
+    """An input shape (1 or 3 channels, 4 .. 12 pixels each side) and 2 .. ``max_ops`` ops
+    drawn with a seeded ``random.Random``."""
+    shape = (rng.choice([1, 3]), rng.randint(4, 12), rng.randint(4, 12))
+    return shape, draw_arch(RandomDraw(rng), shape, rng.randint(2, max_ops))
 
 
 def _conv(op: Op, cin: int) -> nn.Module:

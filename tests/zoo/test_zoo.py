@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from kernelfi._utils import KernelfiError
+from kernelfi.lowering import Program
 from kernelfi.types import OUTCOMES
 
 from zoo import CLASSES, MODES, ZOO, ZooEntry, campaign, lowered, lowering_error, register
 
 #: the zoo entries whose lowering a layer still missing refuses: key -> the refusal (xfail strict)
-MISSING: dict[str, str] = {}
+MISSING: dict[str, str] = {
+    "unet-classifier": "fx node up_0_reduce (up.0.reduce: Conv2d): padding='same' of an even kernel (2, 2) pads "
+                       "asymmetrically, which Darknet's im2col cannot",
+}
 
 
 def _zoo(entry: ZooEntry) -> object:
@@ -24,7 +29,7 @@ def _zoo(entry: ZooEntry) -> object:
 
 @pytest.mark.parametrize("entry", [_zoo(e) for e in ZOO])
 def test_zoo_model_lowers_exactly(entry: ZooEntry) -> None:
-    module, program = lowered(entry)
+    module, program = _lowered(entry)
     err, scale = lowering_error(module, program, entry.input_shape)
     assert scale > 0.1  # the seeded weights give logits of a real scale, not a vanishing one
     assert err <= 1e-5, (entry.key, err)
@@ -35,8 +40,18 @@ def test_zoo_model_lowers_exactly(entry: ZooEntry) -> None:
     assert torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
 
 
+def _lowered(entry: ZooEntry) -> tuple[torch.nn.Module, Program]:
+    """The entry lowered; a refusal listed in MISSING must be exactly that line (strict xfail)."""
+    try:
+        return lowered(entry)
+    except KernelfiError as err:
+        if entry.key in MISSING:
+            assert str(err) == MISSING[entry.key]
+        raise
+
+
 def _campaign(entry: ZooEntry, tmp_path: Path, n: int) -> None:
-    module, _ = lowered(entry)
+    module, _ = _lowered(entry)
     name = f"zoo-{entry.key}"
     register(name, entry.build, entry.input_shape)
     runs = campaign(name, module, tmp_path, n)
