@@ -37,7 +37,7 @@ def main() -> None:
             refused += 1
             print(f"{entry.key:<20} {shape:<9} REFUSED {err}")
             continue
-        err, _ = lowering_error(module, program, entry.input_shape)
+        err = lowering_error(module, program, entry.input_shape).error
         name = f"zoo-{entry.key}"
         register(name, entry.build, entry.input_shape)
         with tempfile.TemporaryDirectory() as tmp:

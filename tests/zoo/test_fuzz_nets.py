@@ -34,8 +34,8 @@ def check_net(shape: tuple[int, int, int], arch: Arch, n: int = 50) -> None:
     """The fuzzer's claim for one architecture: exact lowering, no tool error in any mode."""
     name = arch_name(arch, shape)
     module = seeded(FuzzNet(arch, shape, CLASSES), shape)
-    err, scale = lowering_error(module, lower(module, shape, name), shape)
-    assert err <= 1e-5, (arch, shape, err, scale)
+    a = lowering_error(module, lower(module, shape, name), shape)
+    assert a.error <= 1e-5, (arch, shape, a.error, a.scale)
     register(name, lambda classes: FuzzNet(arch, shape, classes), shape)
     with tempfile.TemporaryDirectory() as tmp:
         for r in campaign(name, module, Path(tmp), n, inputs=2):

@@ -81,15 +81,26 @@ def seeded(module: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn
     return module.eval().requires_grad_(False)
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """The lowered program against the native forward on seeded inputs: ``error`` is
+    max |lowered - native| / ``scale``, ``scale`` max |native| (the logit scale)."""
+
+    error: float
+    scale: float
+    logits: torch.Tensor
+    probs: torch.Tensor
+
+
 def lowering_error(module: nn.Module, program: Program, input_shape: tuple[int, ...], n: int = 2,
-                   seed: int = 1) -> tuple[float, float]:
-    """(max |lowered - native| / max |native|, max |native|) over ``n`` seeded inputs."""
+                   seed: int = 1) -> Agreement:
+    """How far the lowered logits are from the module's own over ``n`` seeded inputs."""
     x = torch.randn(n, *input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref = module(x)
-        logits, _ = program.forward(x)
+        logits, probs = program.forward(x)
     scale = ref.abs().max().item()
-    return (logits - ref).abs().max().item() / scale, scale
+    return Agreement((logits - ref).abs().max().item() / scale, scale, logits, probs)
 
 
 def register(name: str, build: Callable[[int], nn.Module], input_shape: tuple[int, int, int]) -> None:
@@ -110,7 +121,7 @@ class ModeRun:
 
 
 def campaign(name: str, module: nn.Module, where: Path, n: int, modes: tuple[str, ...] = MODES,
-             seed: int = 1, inputs: int = 4) -> list[ModeRun]:
+             seed: int = 1, inputs: int = 2) -> list[ModeRun]:
     """A campaign of ``n`` injections per mode on the registered ``name`` with ``module``'s own
     weights (saved as a checkpoint, loaded by the registry as a user's are), random inputs."""
     weights = where / f"{name}.pt"
