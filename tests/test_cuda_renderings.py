@@ -62,6 +62,8 @@ void run_forward_local_avgpool(G, int n, int h, int w, int c, int stride, int si
                                const float *in, float *out) { L(forward_local_avgpool(n, h, w, c, stride, size, pad, cip, in, out)); }
 void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, float *out) {
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
+void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
+    L(adaptive_avgpool(n, in, out, h, w, oh, ow)); }
 void run_scale_channels(G, const float *x, int size, int cs, const float *s, float *o) {
     L(scale_channels(x, size, cs, s, o)); }
 void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
@@ -163,6 +165,17 @@ def test_local_avgpool(lib: ctypes.CDLL, size: int, stride: int, pad: int, cip: 
     if cip:
         params["count_include_pad"] = True
     want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **params)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("h, w, oh, ow", [(7, 7, 3, 3), (1, 1, 7, 7), (8, 6, 2, 5)])
+def test_adaptive_avgpool(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int) -> None:
+    c = 3
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    lib.run_adaptive_avgpool(*_grid(got.size), got.size, _ptr(x), _ptr(got), h, w, oh, ow)
+    want = _py("adaptive_avgpool", {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w, out_h=oh,
+               out_w=ow)["o"]
     assert np.array_equal(got, want.numpy().ravel())
 
 

@@ -11,12 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.planner import PlannedFault
-from kernelfi.execution.golden import Golden
-from kernelfi.execution.runner import Runner
 from kernelfi.lowering import lower
 from kernelfi.types import Fault
-from tests.tiny import site
+from tests.tiny import probs_of, run_one, site
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
         nn.Hardtanh(0.0, 6.0)]
@@ -24,10 +21,6 @@ ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigm
 
 def f32(bits: int) -> float:
     return struct.unpack("<f", struct.pack("<I", bits))[0]
-
-
-def bits(v: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", v))[0]
 
 
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: type(a).__name__)
@@ -80,27 +73,16 @@ def _linear(act: nn.Module, w: list[float], b: list[float]) -> nn.Module:
     return m
 
 
-def _one(prog, fault: Fault, x: torch.Tensor):  # type: ignore[no-untyped-def]
-    golden = Golden.compute(prog, x)
-    runner = Runner(prog, golden, keep_outputs=True)
-    ex = runner.run([PlannedFault(0, fault, 1.0)])[0]
-    return ex.result, runner.last_outputs.get(0)
-
-
-def _probs(logits: list[float]) -> torch.Tensor:
-    return torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).float()
-
-
 def test_relu6_clamp_output_exponent_flip() -> None:
     # x = 1: pre-activation [1 + 7, 1] = [8, 1]; relu6 -> [6, 1]. Thread 0's clamp gives 6.0 =
     # 0x40C00000; bit 30 flipped: 0x00C00000 (1.76e-38): logits [1.76e-38, 1] -> class 1.
     prog = lower(_linear(nn.ReLU6(), [1, 1], [7, 0]), (1,))
     x = torch.tensor([[1.0]])
     assert prog.forward(x)[0][0].tolist() == [6.0, 1.0]
-    r, probs = _one(prog, Fault("iov", site(prog, "0.activate_array", "fcmp:relu6_out", 0), "single", (30,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fcmp:relu6_out", 0), "single", (30,)), x)
     assert (r.original, r.corrupted) == (6.0, f32(0x00C00000))
     assert r.outcome == "sdc_malfunction" and (r.golden_top1, r.faulty_top1) == (0, 1)
-    assert torch.allclose(probs, _probs([f32(0x00C00000), 1.0]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([f32(0x00C00000), 1.0]), atol=1e-7)
 
 
 def test_hardswish_clamp_sign_flip() -> None:
@@ -110,10 +92,10 @@ def test_hardswish_clamp_sign_flip() -> None:
     x = torch.tensor([[1.0]])
     sixth = torch.tensor(4.0) * torch.tensor(1.0 / 6.0, dtype=torch.float32)
     assert prog.forward(x)[0][0].tolist() == [0.0, sixth.item()]
-    r, probs = _one(prog, Fault("iov", site(prog, "0.activate_array", "fmnmx:hard_high", 1), "single", (31,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fmnmx:hard_high", 1), "single", (31,)), x)
     assert (r.original, r.corrupted) == (4.0, -4.0)
     assert (r.golden_top1, r.faulty_top1) == (1, 0) and r.outcome == "sdc_malfunction"
-    assert torch.allclose(probs, _probs([0.0, -sixth.item()]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([0.0, -sixth.item()]), atol=1e-7)
 
 
 def test_leaky_slope_product_sign_flip() -> None:
@@ -122,10 +104,10 @@ def test_leaky_slope_product_sign_flip() -> None:
     prog = lower(_linear(nn.LeakyReLU(0.25), [-4, 0.5], [0, 0]), (1,))
     x = torch.tensor([[1.0]])
     assert prog.forward(x)[0][0].tolist() == [-1.0, 0.5]
-    r, probs = _one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:leak", 0), "single", (31,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:leak", 0), "single", (31,)), x)
     assert (r.original, r.corrupted) == (-1.0, 1.0)
     assert (r.golden_top1, r.faulty_top1) == (1, 0)
-    assert torch.allclose(probs, _probs([1.0, 0.5]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([1.0, 0.5]), atol=1e-7)
 
 
 def test_gelu_half_mantissa_flip() -> None:
@@ -135,10 +117,10 @@ def test_gelu_half_mantissa_flip() -> None:
     x = torch.tensor([[1.0]])
     one_plus = 1.0 + 0.9544997361036416
     assert prog.forward(x)[0][0, 1].item() == pytest.approx(one_plus, rel=1e-6)
-    r, probs = _one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:gelu_half", 1), "single", (22,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:gelu_half", 1), "single", (22,)), x)
     assert (r.original, r.corrupted) == (1.0, 1.5)
     assert r.outcome == "sdc_light_malfunction"
-    assert torch.allclose(probs, _probs([0.0, 1.5 * one_plus]), atol=1e-6)
+    assert torch.allclose(probs, probs_of([0.0, 1.5 * one_plus]), atol=1e-6)
 
 
 def test_tanh_switch_flip_takes_the_default_case() -> None:
@@ -147,6 +129,6 @@ def test_tanh_switch_flip_takes_the_default_case() -> None:
     x = torch.tensor([[1.0]])
     golden = prog.forward(x)[0][0].tolist()
     assert golden[0] == pytest.approx(0.46211716, rel=1e-6) and golden[1] == pytest.approx(0.99505475, rel=1e-6)
-    r, probs = _one(prog, Fault("iov", site(prog, "0.activate_array", "setp:act_switch", 1), "single", (0,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:act_switch", 1), "single", (0,)), x)
     assert (r.golden_top1, r.faulty_top1) == (1, 0)
-    assert torch.allclose(probs, _probs([golden[0], 0.0]), atol=1e-6)
+    assert torch.allclose(probs, probs_of([golden[0], 0.0]), atol=1e-6)

@@ -8,12 +8,9 @@ import torch
 import torch.nn as nn
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.planner import PlannedFault
-from kernelfi.execution.golden import Golden
-from kernelfi.execution.runner import Runner
 from kernelfi.lowering import lower
 from kernelfi.types import Fault
-from tests.tiny import site
+from tests.tiny import probs_of, run_one, site
 
 CONVS = [nn.Conv2d(2, 3, (1, 3), padding=(0, 1)), nn.Conv2d(2, 3, (3, 1), padding=(1, 0)),
          nn.Conv2d(2, 3, 3, padding="same"), nn.Conv2d(2, 3, (1, 5), padding="same"),
@@ -59,10 +56,7 @@ def test_one_by_three_im2col_fault() -> None:
     assert prog.forward(x)[0][0].tolist() == [210.0, 321.0, 32.0]
     im = next(l for l in prog.trace.launches if l.kernel == "im2col")
     assert im.template.slots[[s.tag for s in im.template.slots].index("ld:im")].count == 3
-    runner = Runner(prog, Golden.compute(prog, x), keep_outputs=True)
-    f = Fault("iov", site(prog, im.name, "sel:value", 1, exec_=2, calls=3), "single", (22,))
-    ex = runner.run([PlannedFault(0, f, 1.0)])[0]
-    assert (ex.result.original, ex.result.corrupted) == (3.0, 2.0)
-    want = torch.softmax(torch.tensor([210.0, 221.0, 32.0], dtype=torch.float64), 0).float()
-    assert torch.allclose(runner.last_outputs.get(0), want, atol=1e-7)
-    assert (ex.result.golden_top1, ex.result.faulty_top1) == (1, 1) and ex.result.outcome == "sdc_light_malfunction"
+    r, probs = run_one(prog, Fault("iov", site(prog, im.name, "sel:value", 1, exec_=2, calls=3), "single", (22,)), x)
+    assert (r.original, r.corrupted) == (3.0, 2.0)
+    assert torch.allclose(probs, probs_of([210.0, 221.0, 32.0]), atol=1e-7)
+    assert (r.golden_top1, r.faulty_top1) == (1, 1) and r.outcome == "sdc_light_malfunction"

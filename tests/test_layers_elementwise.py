@@ -8,12 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernelfi.campaign.planner import PlannedFault
-from kernelfi.execution.golden import Golden
-from kernelfi.execution.runner import Runner
 from kernelfi.lowering import lower
 from kernelfi.types import Fault
-from tests.tiny import site
+from tests.tiny import probs_of, run_one, site
 
 
 class SE(nn.Module):
@@ -88,16 +85,6 @@ def test_broadcast_shapes_of_binary_op() -> None:
 
 
 # ------------------------------------------------------------------------------ hand faults
-def _one(prog, fault: Fault, x: torch.Tensor):  # type: ignore[no-untyped-def]
-    runner = Runner(prog, Golden.compute(prog, x), keep_outputs=True)
-    ex = runner.run([PlannedFault(0, fault, 1.0)])[0]
-    return ex.result, runner.last_outputs.get(0)
-
-
-def _probs(logits: list[float]) -> torch.Tensor:
-    return torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).float()
-
-
 class Scaled(nn.Module):
     """x (2 channels, 1x2) times a per-channel scale s = conv1x1(mean(x)); then flattened."""
 
@@ -109,37 +96,36 @@ class Scaled(nn.Module):
         return (x * self.s(x.mean((2, 3), keepdim=True))).flatten(1)
 
 
+def _scaled() -> tuple:  # type: ignore[type-arg]
+    """Scaled with s weights 0, biases [2, 0.5], lowered, and x = [[1, 2], [3, 4]]."""
+    m = Scaled().eval()
+    with torch.no_grad():
+        m.s.weight.zero_()
+        m.s.bias.copy_(torch.tensor([2.0, 0.5]))
+    return lower(m, (2, 1, 2)), torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+
+
 def test_scale_channels_product_exponent_flip() -> None:
     # x = [[1, 2], [3, 4]] (channel, pixel). mean = [1.5, 3.5]; s weights 0, biases [2, 0.5]:
     # s = [2, 0.5]; out = [2, 4, 1.5, 2] (flat logits), class 1. Thread 3 (channel 1, pixel 1)
     # product 2.0 = 0x40000000; bit 23 flipped: 0x40800000 = 4.0 -> logits [2, 4, 1.5, 4]: class 1
     # still (the first maximum), probabilities change: Light Malfunction.
-    m = Scaled().eval()
-    with torch.no_grad():
-        m.s.weight.zero_()
-        m.s.bias.copy_(torch.tensor([2.0, 0.5]))
-    prog = lower(m, (2, 1, 2))
-    x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    prog, x = _scaled()
     assert prog.forward(x)[0][0].tolist() == [2.0, 4.0, 1.5, 2.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "scale_channels")
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "fmul:out", 3), "single", (23,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "fmul:out", 3), "single", (23,)), x)
     assert (r.original, r.corrupted) == (2.0, 4.0)
     assert r.outcome == "sdc_light_malfunction"
-    assert torch.allclose(probs, _probs([2.0, 4.0, 1.5, 4.0]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([2.0, 4.0, 1.5, 4.0]), atol=1e-7)
 
 
 def test_scale_channels_scale_load_reaches_one_element() -> None:
     # thread 0 loads s[0] = 2; its sign flipped: out[0] = 1 * -2 = -2; the others keep theirs
-    m = Scaled().eval()
-    with torch.no_grad():
-        m.s.weight.zero_()
-        m.s.bias.copy_(torch.tensor([2.0, 0.5]))
-    prog = lower(m, (2, 1, 2))
-    x = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    prog, x = _scaled()
     launch = next(l.name for l in prog.trace.launches if l.kernel == "scale_channels")
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "ld:scale", 0), "single", (31,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "ld:scale", 0), "single", (31,)), x)
     assert (r.original, r.corrupted) == (2.0, -2.0)
-    assert torch.allclose(probs, _probs([-2.0, 4.0, 1.5, 2.0]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([-2.0, 4.0, 1.5, 2.0]), atol=1e-7)
 
 
 class Diff(nn.Module):
@@ -162,15 +148,15 @@ def test_sub_operand_flip_and_broadcast_index() -> None:
     assert prog.forward(x)[0][0].tolist() == [3.0, 4.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "binary_op")
     # thread 1 loads b = x[1] = 2.0 (0x40000000); bit 30 flipped: 0x00000000 = 0: out[1] = 6 - 0 = 6
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "ld:b", 1), "single", (30,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "ld:b", 1), "single", (30,)), x)
     assert (r.original, r.corrupted) == (2.0, 0.0)
     assert r.outcome == "sdc_light_malfunction"
-    assert torch.allclose(probs, _probs([3.0, 6.0]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([3.0, 6.0]), atol=1e-7)
     # thread 0's offset of a corrupted from 0 to 1 (bit 0): reads fc[1] = 6: out[0] = 6 - 1 = 5, class 0
-    r, probs = _one(prog, Fault("iov", site(prog, launch, "imad:off_a", 0), "single", (0,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "imad:off_a", 0), "single", (0,)), x)
     assert (r.original, r.corrupted) == (0.0, 1.0)
     assert (r.golden_top1, r.faulty_top1) == (1, 0)
-    assert torch.allclose(probs, _probs([5.0, 4.0]), atol=1e-7)
+    assert torch.allclose(probs, probs_of([5.0, 4.0]), atol=1e-7)
 
 
 def test_standalone_batchnorm_normalize_fault() -> None:
@@ -192,6 +178,6 @@ def test_standalone_batchnorm_normalize_fault() -> None:
     assert g == pytest.approx([0.5, 0.75], abs=1e-6)
     with torch.no_grad():
         assert torch.allclose(prog.forward(x)[0], m(x), atol=1e-6)
-    r, probs = _one(prog, Fault("iov", site(prog, "2.normalize", "fadd:centered", 0), "single", (31,)), x)
+    r, probs = run_one(prog, Fault("iov", site(prog, "2.normalize", "fadd:centered", 0), "single", (31,)), x)
     assert (r.original, r.corrupted) == (1.0, -1.0)
-    assert torch.allclose(probs, _probs([-g[0], g[1]]), atol=1e-6)
+    assert torch.allclose(probs, probs_of([-g[0], g[1]]), atol=1e-6)

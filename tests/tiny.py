@@ -126,3 +126,15 @@ def campaign_rows(config, db: Path) -> list[str]:
     cid = run_campaign(config, str(db))
     with Store(db) as s:
         return [repr(dataclasses.replace(s.injection(cid, i), seconds=0.0)) for i in range(config.n)]
+
+
+def run_one(program: Program, fault: Fault, x: torch.Tensor) -> tuple[Result, torch.Tensor]:
+    """One fault on input ``x``: its result and the faulty lane's final probabilities."""
+    runner = Runner(program, Golden.compute(program, x), keep_outputs=True)
+    ex = runner.run([PlannedFault(0, fault, 1.0)])[0]
+    return ex.result, runner.last_outputs.get(0)
+
+
+def probs_of(logits: list[float]) -> torch.Tensor:
+    """Softmax of logits worked out on paper, in float64 then float32."""
+    return torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).float()

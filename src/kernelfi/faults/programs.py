@@ -8,7 +8,7 @@ batched output. ``OPERANDS`` names each kernel's buffers from the launch's reads
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -248,14 +248,26 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
             step += 1
 
 
-@program("forward_maxpool")
-def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+class Window(NamedTuple):
+    """A windowed pool thread's coordinates after ``window_prologue``."""
+
+    j: int          # output column
+    i: int          # output row
+    k: int          # channel
+    b: int          # batch (0)
+    h_off: int      # -pad/2
+    w_off: int
+    out_index: int
+
+
+def window_prologue(c: ThreadCtx, p: Mapping[str, Any], t: int) -> Window | None:
+    """Thread ``t``'s index arithmetic before a pool window (``kernels.pool.window_prologue``:
+    forward_maxpool, forward_local_avgpool), None for a surplus thread."""
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
-    n = ch * int(p["out_h"]) * int(p["out_w"])
-    idx = prologue(c, t, n)
+    idx = prologue(c, t, ch * int(p["out_h"]) * int(p["out_w"]))
     if idx is None:
-        return
+        return None
     oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
     ow, _ = c.idiv("out_w", W + pad - size, stride, mod=False)
     oh = c.idx(("iadd:out_hw",), oh + 1)
@@ -265,7 +277,17 @@ def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     b, k = c.idiv("c", q, ch)
     h_off = c.idx(("iadd:offset",), -(pad // 2))
     w_off = c.idx(("iadd:offset",), -(pad // 2))
-    out_index = c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b)))
+    return Window(j, i, k, b, h_off, w_off, c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b))))
+
+
+@program("forward_maxpool")
+def _maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
+    size, stride = int(p["size"]), int(p["stride"])
+    g = window_prologue(c, p, t)
+    if g is None:
+        return
+    j, i, k, b, h_off, w_off, out_index = g
     hs = c.idx(("imad:window",), i * stride + h_off)
     ws = c.idx(("imad:window",), j * stride + w_off)
     mx = c.val(("mov:max_init",), NEG_INF)

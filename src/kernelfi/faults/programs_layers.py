@@ -1,16 +1,17 @@
 """Thread programs of the kernels added for models brought from PyTorch (issue 20):
-``scale_channels``, ``binary_op``, ``forward_local_avgpool`` and ``upsample``
+``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample`` and ``adaptive_avgpool``
 (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
 
-from kernelfi.faults.programs import OPERANDS, prologue, program
+from kernelfi.faults.programs import OPERANDS, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels import broadcast_strides
 
@@ -19,6 +20,7 @@ OPERANDS.update({
     "binary_op": {"a": ("r", 0), "b": ("r", 1), "out": ("w", 0)},
     "forward_local_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "upsample": {"x": ("r", 0), "out": ("r", 1)},
+    "adaptive_avgpool": {"in": ("r", 0), "out": ("w", 0)},
 })
 
 
@@ -67,19 +69,10 @@ def _binary_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
 def _local_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
-    idx = prologue(c, t, ch * int(p["out_h"]) * int(p["out_w"]))
-    if idx is None:
+    g = window_prologue(c, p, t)
+    if g is None:
         return
-    oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
-    ow, _ = c.idiv("out_w", W + pad - size, stride, mod=False)
-    oh = c.idx(("iadd:out_hw",), oh + 1)
-    ow = c.idx(("iadd:out_hw",), ow + 1)
-    q, j = c.idiv("ow", idx, ow)
-    q, i = c.idiv("oh", q, oh)
-    b, k = c.idiv("c", q, ch)
-    h_off = c.idx(("iadd:offset",), -(pad // 2))
-    w_off = c.idx(("iadd:offset",), -(pad // 2))
-    out_index = c.idx(("imad:out_index",), j + ow * (i + oh * (k + ch * b)))
+    j, i, k, b, h_off, w_off, out_index = g
     avg = c.val(("mov:avg_init",), 0.0)
     counter = c.ival(("mov:count_init",), 0)
     with np.errstate(all="ignore"):
@@ -123,4 +116,41 @@ def _upsample(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     o = c.ld("ld:out", "out", i)
     with np.errstate(all="ignore"):
         y = c.val(("ffma:out",), F32(np.float64(o) + np.float64(F32(p.get("scale", 1.0))) * np.float64(x)), old=o)
+    c.st("st:out", "out", i, y)
+
+
+def _bound(x: np.float32, up: bool) -> int:
+    """F2I.FLOOR / F2I.CEIL of a (maybe corrupted) window bound: saturating, NaN -> 0."""
+    if x != x:
+        return 0
+    v = math.ceil(x) if up else math.floor(x)
+    return max(-(2**31), min(2**31 - 1, v)) if math.isfinite(x) else (2**31 - 1 if x > 0 else -(2**31))
+
+
+@program("adaptive_avgpool")
+def _adaptive_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W, OH, OW = (int(p[k]) for k in ("channels", "height", "width", "out_h", "out_w"))
+    i = prologue(c, t, ch * OH * OW)
+    if i is None:
+        return
+    q, ow = c.idiv("ow", i, OW)
+    plane, oh = c.idiv("oh", q, OH)
+    prods = [c.idx(("imad:bounds",), v) for v in (oh * H, (oh + 1) * H, ow * W, (ow + 1) * W)]
+    quot = [c.fdiv("bounds", c.val(("cvt:bounds",), F32(v)), F32(d)) for v, d in zip(prods, (OH, OH, OW, OW))]
+    h0, h1, w0, w1 = (c.ival(("cvt:bounds",), _bound(v, up)) for v, up in zip(quot, (False, True, False, True)))
+    kh = c.idx(("iadd:extent",), h1 - h0)
+    kw = c.idx(("iadd:extent",), w1 - w0)
+    base = c.idx(("imad:in_base",), plane * H * W + h0 * W + w0)
+    acc = c.val(("mov:sum_init",), 0.0)
+    with np.errstate(all="ignore"):
+        for ih in c.loop("ih", kh):
+            for iw in c.loop("iw", kw):
+                idx = c.idx(("imad:in_index",), base + ih * W + iw)
+                x = c.ld("ld:in", "in", idx, addr_tags=("lea:addr_in",))
+                acc = c.val(("fadd:sum",), acc + F32(x), old=acc)
+        dh = c.val(("cvt:extent",), F32(kh))
+        dw = c.val(("cvt:extent",), F32(kw))
+    avg = c.fdiv("avg_h", acc, dh)
+    y = c.fdiv("out", avg, dw)
+    c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, y)

@@ -23,8 +23,9 @@ from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prolo
 Mem = dict[str, torch.Tensor]
 
 
-def _maxpool_geometry(params: Mapping[str, Any]) -> tuple[int, ...]:
-    kn = "forward_maxpool"
+def window_geometry(params: Mapping[str, Any], kn: str) -> tuple[int, ...]:
+    """(c, h, w, size, stride, pad, out_h, out_w) of a windowed pool (Darknet's max pool,
+    AlexeyAB's local avgpool), the outputs checked against Darknet's formula."""
     c, h, w, size, stride, pad, oh, ow = (p_int(params, k, kn) for k in (
         "channels", "height", "width", "size", "stride", "pad", "out_h", "out_w"))
     for axis, got, want in (("out_h", oh, c_div(h + pad - size, stride) + 1),
@@ -34,8 +35,43 @@ def _maxpool_geometry(params: Mapping[str, Any]) -> tuple[int, ...]:
     return c, h, w, size, stride, pad, oh, ow
 
 
+def window_padded(x: torch.Tensor, size: int, stride: int, pad: int, oh: int, ow: int,
+                  fill: float) -> tuple[torch.Tensor, int, int, int]:
+    """(padded input, window origin -pad/2, top and left padding): ``x`` (lanes, C, H, W)
+    padded with ``fill`` wherever a window of Darknet's geometry reaches outside it."""
+    h, w = x.shape[-2:]
+    off = -(pad // 2)                      # C's -pad/2 truncates toward zero
+    top, left = max(0, -off), max(0, -off)
+    bottom = max(0, off + (oh - 1) * stride + size - h)
+    right = max(0, off + (ow - 1) * stride + size - w)
+    return F.pad(x, (left, right, top, bottom), value=fill), off, top, left
+
+
+def window_prologue(s: Stream) -> None:
+    """The index arithmetic a windowed pool thread does before its window loop (Darknet's
+    forward_maxpool and AlexeyAB's forward_local_avgpool): output extents, (j, i, k, b) by
+    remainders, the window offsets and the output index."""
+    prologue_1d(s, "output element id")
+    idiv(s, "out_h", "the output height (in_h + pad - size)/stride")
+    idiv(s, "out_w", "the output width (in_w + pad - size)/stride")
+    s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
+    idiv(s, "ow", "id / w", mod="j = id % w (output column)")
+    idiv(s, "oh", "id / w / h", mod="i = (id/w) % h (output row)")
+    idiv(s, "c", "id / w / h / c (batch)", mod="k = ... % c (channel)")
+    s.add("GPR", "IADD", "iadd:offset", 2, "index", "w_offset = h_offset = -pad/2")
+    s.add("GPR", "XMAD", "imad:out_index", 9, "index", "out_index = j + w*(i + h*(k + c*b))")
+
+
+class WindowKernel(StreamKernel):
+    """A windowed pool: one thread per output element (forward_maxpool, forward_local_avgpool)."""
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
+                * p_int(params, "out_w", self.name))
+
+
 @register_kernel
-class MaxpoolKernel(StreamKernel):
+class MaxpoolKernel(WindowKernel):
     """``forward_maxpool_layer_kernel``: one thread per output element, a size×size window."""
 
     name: ClassVar[str] = "forward_maxpool"
@@ -44,15 +80,11 @@ class MaxpoolKernel(StreamKernel):
                        "out_h": 1, "out_w": 1},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        c, h, w, size, stride, pad, oh, ow = _maxpool_geometry(launch.params)
+        c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
         x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
         lanes = x.shape[0]
         x = x[:, :c * h * w].reshape(lanes, c, h, w)
-        off = -(pad // 2)                      # C's -pad/2 truncates toward zero
-        top, left = max(0, -off), max(0, -off)
-        bottom = max(0, off + (oh - 1) * stride + size - h)
-        right = max(0, off + (ow - 1) * stride + size - w)
-        xp = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        xp, off, top, left = window_padded(x, size, stride, pad, oh, ow, float("-inf"))
         dev = x.device
         rows = off + stride * torch.arange(oh, device=dev)          # window origins (input coords)
         cols = off + stride * torch.arange(ow, device=dev)
@@ -71,23 +103,11 @@ class MaxpoolKernel(StreamKernel):
         if len(launch.writes) > 1:
             put(mem, launch.writes[1], arg.reshape(lanes, -1), natural=(c, oh, ow))
 
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
-
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         size = p_int(params, "size", self.name)
         s2 = size * size
         s = Stream()
-        prologue_1d(s, "output element id")
-        idiv(s, "out_h", "the output height (in_h + pad - size)/stride")
-        idiv(s, "out_w", "the output width (in_w + pad - size)/stride")
-        s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
-        idiv(s, "ow", "id / w", mod="j = id % w (output column)")
-        idiv(s, "oh", "id / w / h", mod="i = (id/w) % h (output row)")
-        idiv(s, "c", "id / w / h / c (batch)", mod="k = ... % c (channel)")
-        s.add("GPR", "IADD", "iadd:offset", 2, "index", "w_offset = h_offset = -pad/2")
-        s.add("GPR", "XMAD", "imad:out_index", 9, "index", "out_index = j + w*(i + h*(k + c*b))")
+        window_prologue(s)
         s.add("GPR", "XMAD", "imad:window", 6, "index", "window origin i*stride + h_offset, j*stride + w_offset")
         s.add("GPR", "MOV", "mov:max_init", 1, "value", "max = -INFINITY")
         s.add("GPR", "MOV", "mov:argmax_init", 1, "value", "max_i = -1")

@@ -15,27 +15,15 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 import torch
-import torch.nn.functional as F
 
-from kernelfi._utils import KernelfiError, c_div
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
+from .pool import WindowKernel, window_geometry, window_padded, window_prologue
 
 Mem = dict[str, torch.Tensor]
 KN = "forward_local_avgpool"
-
-
-def local_avgpool_geometry(params: Mapping[str, Any]) -> tuple[int, ...]:
-    """(c, h, w, size, stride, pad, out_h, out_w), the outputs checked against Darknet's formula."""
-    c, h, w, size, stride, pad, oh, ow = (p_int(params, k, KN) for k in (
-        "channels", "height", "width", "size", "stride", "pad", "out_h", "out_w"))
-    for axis, got, want in (("out_h", oh, c_div(h + pad - size, stride) + 1),
-                            ("out_w", ow, c_div(w + pad - size, stride) + 1)):
-        if got != want:
-            raise KernelfiError(f"kernel '{KN}': {axis}={got} but Darknet's (in + pad - size)/stride + 1 gives {want}")
-    return c, h, w, size, stride, pad, oh, ow
 
 
 def padded_divisor(start: int, size: int, extent: int, side: int) -> int:
@@ -44,7 +32,7 @@ def padded_divisor(start: int, size: int, extent: int, side: int) -> int:
 
 
 @register_kernel
-class LocalAvgpoolKernel(StreamKernel):
+class LocalAvgpoolKernel(WindowKernel):
     """``forward_local_avgpool_layer_kernel``: one thread per output element, a size×size window."""
 
     name: ClassVar[str] = KN
@@ -55,15 +43,11 @@ class LocalAvgpoolKernel(StreamKernel):
                        "out_h": 2, "out_w": 2, "count_include_pad": True})
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        c, h, w, size, stride, pad, oh, ow = local_avgpool_geometry(launch.params)
+        c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
         x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
         lanes = x.shape[0]
         x = x[:, :c * h * w].reshape(lanes, c, h, w)
-        off = -(pad // 2)
-        top = left = max(0, -off)
-        bottom = max(0, off + (oh - 1) * stride + size - h)
-        right = max(0, off + (ow - 1) * stride + size - w)
-        xp = F.pad(x, (left, right, top, bottom), value=0.0)
+        xp, off, top, left = window_padded(x, size, stride, pad, oh, ow, 0.0)
         dev = x.device
         rows = off + stride * torch.arange(oh, device=dev)
         cols = off + stride * torch.arange(ow, device=dev)
@@ -85,23 +69,11 @@ class LocalAvgpoolKernel(StreamKernel):
         y = acc / count.to(x.dtype)
         put(mem, launch.writes[0], y.reshape(lanes, -1), natural=(c, oh, ow))
 
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
-
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         size = p_int(params, "size", self.name)
         s2 = size * size
         s = Stream()
-        prologue_1d(s, "output element id")
-        idiv(s, "out_h", "the output height (in_h + pad - size)/stride_y")
-        idiv(s, "out_w", "the output width (in_w + pad - size)/stride_x")
-        s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
-        idiv(s, "ow", "id / w", mod="j = id % w (output column)")
-        idiv(s, "oh", "id / w / h", mod="i = (id/w) % h (output row)")
-        idiv(s, "c", "id / w / h / c (batch)", mod="k = ... % c (channel)")
-        s.add("GPR", "IADD", "iadd:offset", 2, "index", "w_offset = h_offset = -pad/2")
-        s.add("GPR", "XMAD", "imad:out_index", 9, "index", "out_index = j + w*(i + h*(k + c*b))")
+        window_prologue(s)
         s.add("GPR", "MOV", "mov:avg_init", 1, "value", "avg = 0")
         s.add("GPR", "MOV", "mov:count_init", 1, "value", "counter = 0")
         s.begin_loop(s2)
@@ -206,4 +178,103 @@ class UpsampleKernel(StreamKernel):
         s.reg("r_vout", "data", "ld:out", "ld:out", "ffma:out")
         s.reg("r_y", "data", "ffma:out", "ffma:out", "st:out")
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        return s
+
+
+def adaptive_bounds(o: int, osize: int, isize: int) -> tuple[int, int]:
+    """PyTorch's START_IND/END_IND: floor(o*isize/osize), ceil((o + 1)*isize/osize) in float."""
+    import math
+    return int(math.floor(float(o * isize) / osize)), int(math.ceil(float((o + 1) * isize) / osize))
+
+
+def _adaptive_max_window(params: Mapping[str, Any], kernel: str) -> tuple[int, int]:
+    h, w, oh, ow = (p_int(params, k, kernel) for k in ("height", "width", "out_h", "out_w"))
+    kh = max(b - a for a, b in (adaptive_bounds(o, oh, h) for o in range(oh)))
+    kw = max(b - a for a, b in (adaptive_bounds(o, ow, w) for o in range(ow)))
+    return kh, kw
+
+
+@register_kernel
+class AdaptiveAvgpoolKernel(StreamKernel):
+    """PyTorch's ``adaptive_average_pool`` (AdaptiveAveragePooling.cu): output (o_h, o_w) averages
+    input rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and the columns likewise, ``sum / kH / kW``.
+    PyTorch gives each block a plane and strides its threads over the outputs; modelled as one
+    thread per output element (the per-output work is the same). Windows may differ in size
+    (7 -> 3: 3, 3, 3 rows with overlap); the template counts the largest window, a thread of a
+    smaller one executes fewer trips."""
+
+    name: ClassVar[str] = "adaptive_avgpool"
+    regs_allocated: ClassVar[int] = ptxas_registers("adaptive_avgpool")
+    example_params = ({"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        c, h, w, oh, ow = (p_int(launch.params, k, self.name) for k in ("channels", "height", "width", "out_h", "out_w"))
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        lanes = x.shape[0]
+        x = x[:, :c * h * w].reshape(lanes, c, h, w)
+        out = torch.empty((lanes, c, oh, ow), dtype=x.dtype, device=x.device)
+        for i in range(oh):
+            h0, h1 = adaptive_bounds(i, oh, h)
+            for j in range(ow):
+                w0, w1 = adaptive_bounds(j, ow, w)
+                acc = torch.zeros((lanes, c), dtype=x.dtype, device=x.device)
+                for ih in range(h0, h1):       # sum += ptr_input[iw*istrideW], row by row, in order
+                    for iw in range(w0, w1):
+                        acc = acc + x[:, :, ih, iw]
+                out[:, :, i, j] = acc / f32(float(h1 - h0), x) / f32(float(w1 - w0), x)
+        put(mem, launch.writes[0], out.reshape(lanes, -1), natural=(c, oh, ow))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
+                * p_int(params, "out_w", self.name))
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        kh, kw = _adaptive_max_window(params, self.name)
+        taps = kh * kw
+        s = Stream()
+        prologue_1d(s, "output element id")
+        idiv(s, "ow", "id / out_w", mod="o_w = id % out_w")
+        idiv(s, "oh", "id / out_w / out_h (the plane)", mod="o_h = (id/out_w) % out_h")
+        s.add("GPR", "XMAD", "imad:bounds", 4, "index", "o_h*H, (o_h + 1)*H, o_w*W, (o_w + 1)*W")
+        s.add("OTHERS", "I2F", "cvt:bounds", 8, "index", "I2F of the products and F2I.FLOOR/CEIL of the quotients: the window bounds")
+        fdiv(s, "bounds", "the window bounds' quotients by out_h, out_w", count=4)
+        s.add("GPR", "IADD", "iadd:extent", 2, "index", "kH = iend_h - istart_h, kW = iend_w - istart_w")
+        s.add("GPR", "XMAD", "imad:in_base", 3, "index", "the window's first input: plane*H*W + istart_h*W + istart_w")
+        s.add("GPR", "MOV", "mov:sum_init", 1, "value", "sum = 0")
+        s.begin_loop(taps)
+        s.add("GPR", "XMAD", "imad:in_index", 2 * taps, "index", "ih*W + iw from the window's first input")
+        addr(s, "in", "input[index]", count=2 * taps)
+        s.add("LD", "LDG", "ld:in", taps, "value", "one input of the window")
+        s.add("FP32", "FADD", "fadd:sum", taps, "value", "sum += input, the running sum")
+        loop(s, "iw", "iw over the window width", taps)
+        loop(s, "ih", "ih over the window height", kh)
+        s.end_loop()
+        s.add("OTHERS", "I2F", "cvt:extent", 2, "value", "float(kH), float(kW), the divisors")
+        fdiv(s, "avg_h", "sum / kH")
+        fdiv(s, "out", "sum / kH / kW, the output")
+        addr(s, "out", "output[id]")
+        s.add("NODEST", "STG", "st:out", 1, "store", "stores the average")
+        epilogue(s)
+        s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
+        s.reg("r_ow", "index", "imod:ow", "imod:ow", "imad:bounds")
+        s.reg("r_oh", "index", "imod:oh", "imod:oh", "imad:bounds")
+        s.reg("r_plane", "index", "idiv:oh", "idiv:oh", "imad:in_base")
+        s.reg("r_h0", "index", "ffma:fdiv_bounds", "ffma:fdiv_bounds", "imad:in_base")
+        s.reg("r_w0", "index", "ffma:fdiv_bounds", "ffma:fdiv_bounds", "imad:in_base")
+        s.reg("r_kh", "index", "iadd:extent", "iadd:extent", "cvt:extent")
+        s.reg("r_kw", "index", "iadd:extent", "iadd:extent", "cvt:extent")
+        s.reg("r_base", "index", "imad:in_base", "imad:in_base", "setp:loop_ih")
+        s.reg("r_in_lo", "address", "lea:addr_in", "imad:in_index", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
+        s.reg("r_x", "data", "ld:in", "ld:in", "fadd:sum")
+        s.reg("r_sum", "accumulator", "fadd:sum", "mov:sum_init", "ffma:fdiv_avg_h")
+        s.reg("r_ih", "loop_counter", "loop:ih", "mov:sum_init", "setp:loop_ih")
+        s.reg("r_iw", "loop_counter", "loop:iw", "mov:sum_init", "setp:loop_iw")
+        s.reg("r_avg_h", "data", "ffma:fdiv_avg_h", "ffma:fdiv_avg_h", "ffma:fdiv_out")
+        s.reg("r_out", "data", "ffma:fdiv_out", "ffma:fdiv_out", "st:out")
+        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        s.reg("p_loop", "predicate", "setp:loop_iw", "setp:loop_iw", "bra:loop_ih")
+        s.reg("p_fdiv", "predicate", "setp:fdiv_out", "setp:fdiv_avg_h", "bra:fdiv_out")
         return s

@@ -183,6 +183,15 @@ class _Builder:
             params["count_include_pad"] = True
         self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
 
+    def adaptive_avgpool(self, spec: LayerSpec) -> None:
+        # PyTorch's adaptive_average_pool (AdaptiveAvgPool2d to other than 1x1)
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "adaptive_avgpool", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow})
+
     def upsample(self, spec: LayerSpec) -> None:
         # AlexeyAB's [upsample] layer: fill the output with 0, then upsample_kernel adds scale*x
         c, h, w = self.chw(spec.inputs[0])

@@ -4,13 +4,16 @@ Why fx and not hooks: the lowering needs the dataflow (which tensor feeds which 
 adds, concatenations) without running the model, and fx gives it with the module path of every
 node, from which the stable dotted layer names come. Fusion follows Darknet's layer model:
 Conv2d[+BatchNorm2d][+activation] -> one convolutional layer; Linear[+BN][+act] -> connected;
-residual add [+activation] -> shortcut; torch.cat -> route.
+residual add [+activation] -> shortcut; torch.cat -> route. What does not fuse becomes its own
+Darknet (AlexeyAB) layer or PyTorch kernel: [activation], [batchnorm], [scale_channels] (SE),
+[local_avgpool], [upsample], PyTorch's adaptive pool and broadcasting ``a - b``/``a * b``
+(docs/kernels.md, "Kernels for models brought from PyTorch"; the rules are ``fx_layers.py``).
 """
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -21,6 +24,8 @@ import torch.nn.functional as F
 from kernelfi._utils import KernelfiError
 from kernelfi.kernels import LEAKY_SLOPE
 from kernelfi.types import LayerSpec
+
+from .fx_layers import FxLayers, Val, hw, module_path, pair
 
 _ACT_MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.SiLU: "swish",
@@ -43,108 +48,13 @@ _FLATTEN_METHODS = ("view", "reshape", "flatten")
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
 
-@dataclass
-class _Layer:
-    """A layer under construction; frozen into a LayerSpec at the end."""
-
-    index: int
-    type: str
-    name: str
-    inputs: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    params: dict[str, Any] = field(default_factory=dict)
-    weights: dict[str, str] = field(default_factory=dict)
-    open_node: fx.Node | None = None  # node whose single use may still fuse into this layer
-
-
-@dataclass(frozen=True)
-class _Val:
-    """What an fx node evaluates to: a layer's output (-1 = network input), maybe reshaped."""
-
-    layer: int
-    shape: tuple[int, ...]
-
-
 class _Tracer(fx.Tracer):
     """Keeps the library's own activation/pool modules as leaves (the default already does)."""
 
 
-def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        path = list(stack.values())[-1]
-        path = path[0] if isinstance(path, tuple) else path
-        return str(path)
-    return ""
-
-
-def _hw(v: Any) -> tuple[int, int]:
-    """A PyTorch size argument as (height, width)."""
-    if isinstance(v, (tuple, list)):
-        return int(v[0]), int(v[-1])
-    return int(v), int(v)
-
-
-def _pair(v: Any, what: str, where: str) -> int:
-    if isinstance(v, (tuple, list)):
-        if len(set(v)) != 1:
-            raise KernelfiError(f"fx node {where}: non-square {what} {tuple(v)} is not supported")
-        return int(v[0])
-    return int(v)
-
-
-class FxLowering:
-    """Walks an fx graph once and produces LayerSpecs plus a derived state dict."""
-
-    def __init__(self, module: nn.Module, input_shape: tuple[int, ...]) -> None:
-        self.module = module
-        self.input_shape = tuple(int(d) for d in input_shape)
-        self.layers: list[_Layer] = []
-        self.vals: dict[fx.Node, _Val] = {}
-        self.state: dict[str, torch.Tensor] = {k: v.detach() for k, v in module.state_dict().items()}
-        self.names: set[str] = set()
-        #: size values (``x.size()``, ``x.shape[1]``): node -> its value, None for the batch size
-        self.consts: dict[fx.Node, Any] = {}
-        #: layer index -> the fx nodes it fuses, in graph order (what the export maps back to modules)
-        self.members: dict[int, list[fx.Node]] = {}
-        self.graph_module: fx.GraphModule | None = None
-
-    # ---------------------------------------------------------------- helpers
-    def _name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name = f"{base}.{k}"
-            k += 1
-        self.names.add(name)
-        return name
-
-    def _shape(self, layer: int) -> tuple[int, ...]:
-        return self.input_shape if layer < 0 else self.layers[layer].out_shape
-
-    def _add(self, node: fx.Node, type_: str, base: str, inputs: tuple[int, ...],
-             out_shape: tuple[int, ...], params: dict[str, Any] | None = None,
-             weights: dict[str, str] | None = None, open_: bool = False) -> _Layer:
-        layer = _Layer(len(self.layers), type_, self._name(base), inputs, tuple(out_shape),
-                       dict(params or {}), dict(weights or {}), node if open_ else None)
-        self.layers.append(layer)
-        self.vals[node] = _Val(layer.index, layer.out_shape)
-        self.members[layer.index] = [node]
-        return layer
-
-    def _val(self, arg: Any, node: fx.Node) -> _Val:
-        if not isinstance(arg, fx.Node) or arg not in self.vals:
-            raise KernelfiError(f"fx node {node.name} ({node.op} {node.target}): input {arg!r} is not a tensor the lowering tracks")
-        return self.vals[arg]
-
-    def _fusable(self, src: fx.Node, node: fx.Node) -> _Layer | None:
-        """The open layer that ``node`` may fuse into: its only input, used only by ``node``."""
-        val = self.vals.get(src)
-        if val is None or val.layer < 0:
-            return None
-        layer = self.layers[val.layer]
-        if layer.open_node is src and len(src.users) == 1 and val.shape == layer.out_shape:
-            return layer
-        return None
+class FxLowering(FxLayers):
+    """Walks an fx graph once and produces LayerSpecs plus a derived state dict (the state, the
+    helpers and the issue-20 layer rules are ``fx_layers.FxLayers``)."""
 
     # ---------------------------------------------------------------- main walk
     def run(self) -> tuple[tuple[LayerSpec, ...], dict[str, torch.Tensor]]:
@@ -155,12 +65,12 @@ class FxLowering:
         gm = fx.GraphModule(self.module, graph)
         self.graph_module = gm
         modules = dict(gm.named_modules())
-        out_val: _Val | None = None
+        out_val: Val | None = None
         for node in graph.nodes:
             if node.op == "placeholder":
                 if any(v.layer == -1 for v in self.vals.values()):
                     raise KernelfiError(f"fx node {node.name}: models with more than one input are not supported")
-                self.vals[node] = _Val(-1, self.input_shape)
+                self.vals[node] = Val(-1, self.input_shape)
             elif node.op == "call_module":
                 self._module_node(node, modules[str(node.target)])
             elif node.op == "call_function":
@@ -228,7 +138,7 @@ class FxLowering:
             self._add(node, "dropout", path, (src.layer,), src.shape, {"probability": float(mod.p)})
         elif isinstance(mod, nn.Flatten):
             src = self._val(node.args[0], node)
-            self.vals[node] = _Val(src.layer, (math.prod(src.shape),))
+            self.vals[node] = Val(src.layer, (math.prod(src.shape),))
         elif isinstance(mod, nn.Softmax):
             self._softmax(node, path)
         else:
@@ -239,9 +149,9 @@ class FxLowering:
         if len(src.shape) != 3:
             raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
         c, h, w = src.shape
-        kh, kw = _hw(mod.kernel_size)
-        sh, sw = _hw(mod.stride)
-        dh, dw = _hw(mod.dilation)
+        kh, kw = hw(mod.kernel_size)
+        sh, sw = hw(mod.stride)
+        dh, dw = hw(mod.dilation)
         if isinstance(mod.padding, str):
             if mod.padding == "valid":
                 ph = pw = 0
@@ -251,7 +161,7 @@ class FxLowering:
                                         "which Darknet's im2col cannot")
                 ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
         else:
-            ph, pw = _hw(mod.padding)
+            ph, pw = hw(mod.padding)
         if mod.padding_mode != "zeros":
             raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported")
         oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -295,46 +205,14 @@ class FxLowering:
             mean_key = key
         else:
             mean_key = f"{path}.running_mean"
-        if mod.affine:
-            scales, biases = f"{path}.weight", f"{path}.bias"
-        else:
-            self.state[f"{path}.__ones"] = torch.ones(n)
-            self.state[f"{path}.__zeros"] = torch.zeros(n)
-            scales, biases = f"{path}.__ones", f"{path}.__zeros"
+        scales, biases = self._bn_affine(mod, path, n)
         layer.weights = {"weights": layer.weights["weights"], "biases": biases, "scales": scales,
                          "rolling_mean": mean_key, "rolling_variance": f"{path}.running_var"}
         layer.params["batch_normalize"] = True
         layer.params["eps"] = float(mod.eps)
         layer.open_node = node
         self.members[layer.index].append(node)
-        self.vals[node] = _Val(layer.index, layer.out_shape)
-
-    def _standalone_bn(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
-        """Darknet's [batchnorm] layer: BatchNorm after anything but a conv/linear it can fuse into."""
-        src = self._val(node.args[0], node)
-        c = src.shape[0]
-        if getattr(mod, "num_features", c) != c:
-            raise KernelfiError(f"fx node {where}: BatchNorm of {mod.num_features} channels on a map of {c}")
-        if mod.affine:
-            scales, biases = f"{path}.weight", f"{path}.bias"
-        else:
-            self.state[f"{path}.__ones"] = torch.ones(c)
-            self.state[f"{path}.__zeros"] = torch.zeros(c)
-            scales, biases = f"{path}.__ones", f"{path}.__zeros"
-        self._add(node, "batchnorm", path, (src.layer,), src.shape, {"eps": float(mod.eps)},
-                  {"scales": scales, "biases": biases, "rolling_mean": f"{path}.running_mean",
-                   "rolling_variance": f"{path}.running_var"})
-
-    def _pass(self, node: fx.Node) -> None:
-        """A node whose output is its input (Identity, Dropout in eval, ``.contiguous()``): no
-        kernel; an open layer it passes on stays open to what follows it."""
-        src_node = node.args[0]
-        val = self._val(src_node, node)
-        self.vals[node] = val
-        if isinstance(src_node, fx.Node) and val.layer >= 0:
-            layer = self.layers[val.layer]
-            if layer.open_node is src_node and len(src_node.users) == 1:
-                layer.open_node = node
+        self.vals[node] = Val(layer.index, layer.out_shape)
 
     def _activation(self, node: fx.Node, act: str, where: str, slope: float = LEAKY_SLOPE) -> None:
         src_node = node.args[0]
@@ -349,7 +227,7 @@ class FxLowering:
             src = self._val(src_node, node)
             if src.layer == -2:
                 raise KernelfiError(f"fx node {where}: activation '{act}' of a non-tensor value")
-            layer = self._add(node, "activation", f"{_module_path(node) or node.name}.act", (src.layer,), src.shape,
+            layer = self._add(node, "activation", f"{module_path(node) or node.name}.act", (src.layer,), src.shape,
                               {"activation": "linear"})
             layer.open_node = None
         layer.params["activation"] = act
@@ -358,36 +236,15 @@ class FxLowering:
         layer.open_node = None
         if self.members[layer.index][-1] is not node:
             self.members[layer.index].append(node)
-        self.vals[node] = _Val(layer.index, layer.out_shape)
-
-    def _pool_pad(self, h: int, w: int, size: int, stride: int, pad: int, ceil: bool, where: str) -> tuple[int, int, int]:
-        """Darknet's total ``pad`` (window origin -pad/2) giving PyTorch's output extents, and
-        those extents. ceil_mode adds stride - 1 to the padding's far side, which keeps the
-        origin at -pad only for stride <= 2; PyTorch also drops a last window starting in the
-        right padding, which Darknet's formula never does: such shapes are refused."""
-        def torch_out(n: int) -> int:
-            if not ceil:
-                return (n + 2 * pad - size) // stride + 1
-            o = -(-(n + 2 * pad - size) // stride) + 1
-            return o - 1 if (o - 1) * stride >= n + pad else o
-        total = 2 * pad
-        if ceil and (torch_out(h), torch_out(w)) != ((h + total - size) // stride + 1, (w + total - size) // stride + 1):
-            if stride > 2:
-                raise KernelfiError(f"fx node {where}: ceil_mode pooling with stride {stride} > 2 is not supported")
-            total = 2 * pad + stride - 1
-        oh, ow = (h + total - size) // stride + 1, (w + total - size) // stride + 1
-        if (oh, ow) != (torch_out(h), torch_out(w)) or oh < 1 or ow < 1:
-            raise KernelfiError(f"fx node {where}: pooling {h}x{w} with kernel {size}, stride {stride}, padding {pad}, "
-                                f"ceil_mode={ceil}: PyTorch's output {torch_out(h)}x{torch_out(w)} has no Darknet geometry")
-        return total, oh, ow
+        self.vals[node] = Val(layer.index, layer.out_shape)
 
     def _maxpool(self, node: fx.Node, mod: nn.MaxPool2d, path: str, where: str) -> None:
         src = self._val(node.args[0], node)
         c, h, w = src.shape
-        size = _pair(mod.kernel_size, "kernel", where)
-        stride = _pair(mod.stride if mod.stride is not None else size, "stride", where)
-        pad = _pair(mod.padding, "padding", where)
-        if _pair(mod.dilation, "dilation", where) != 1:
+        size = pair(mod.kernel_size, "kernel", where)
+        stride = pair(mod.stride if mod.stride is not None else size, "stride", where)
+        pad = pair(mod.padding, "padding", where)
+        if pair(mod.dilation, "dilation", where) != 1:
             raise KernelfiError(f"fx node {where}: dilated max pooling is not supported")
         total, oh, ow = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
         self._add(node, "maxpool", path, (src.layer,), (c, oh, ow),
@@ -407,16 +264,12 @@ class FxLowering:
             if (oh_, ow_) == (1, 1):
                 self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})
                 return
-            if h % oh_ or w % ow_ or h // oh_ != w // ow_:
-                raise KernelfiError(f"fx node {where}: adaptive average pooling {h}x{w} -> {oh_}x{ow_} is not supported "
-                                    "(only to 1x1 or by an equal whole factor)")
-            # equal whole factors: PyTorch's adaptive windows are exactly k x k, stride k
-            k = h // oh_
-            self._local_avgpool(node, src, path, k, k, 0, False, True, where)
+            # PyTorch's adaptive_average_pool kernel (Darknet has no adaptive pool)
+            self._add(node, "adaptive_avgpool", path, (src.layer,), (c, oh_, ow_), {})
             return
-        size = _pair(mod.kernel_size, "kernel", where)
-        stride = _pair(mod.stride or size, "stride", where)
-        pad = _pair(mod.padding, "padding", where)
+        size = pair(mod.kernel_size, "kernel", where)
+        stride = pair(mod.stride or size, "stride", where)
+        pad = pair(mod.padding, "padding", where)
         if getattr(mod, "divisor_override", None):
             raise KernelfiError(f"fx node {where}: avg pooling with divisor_override is not supported")
         if (size, stride, pad) == (h, h, 0) and h == w:
@@ -424,32 +277,6 @@ class FxLowering:
             return
         self._local_avgpool(node, src, path, size, stride, pad, bool(mod.ceil_mode),
                             bool(getattr(mod, "count_include_pad", True)), where)
-
-    def _local_avgpool(self, node: fx.Node, src: _Val, path: str, size: int, stride: int, pad: int, ceil: bool,
-                       include_pad: bool, where: str) -> None:
-        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded)."""
-        c, h, w = src.shape
-        total, oh, ow = self._pool_pad(h, w, size, stride, pad, ceil, where)
-        self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
-                  {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0})
-
-    def _upsample(self, node: fx.Node, src: _Val, scale: Any, size: Any, mode: str, where: str, path: str) -> None:
-        """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill + upsample_kernel)."""
-        if mode != "nearest":
-            raise KernelfiError(f"fx node {where}: upsampling mode '{mode}' is not supported (only nearest)")
-        if len(src.shape) != 3:
-            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
-        c, h, w = src.shape
-        if size is not None:
-            sz = size if isinstance(size, (tuple, list)) else (size, size)
-            factors = {int(sz[0]) / h, int(sz[1]) / w}
-        else:
-            sc = scale if isinstance(scale, (tuple, list)) else (scale, scale)
-            factors = {float(v) for v in sc}
-        if len(factors) != 1 or not float(next(iter(factors))).is_integer() or next(iter(factors)) < 1:
-            raise KernelfiError(f"fx node {where}: upsampling by {sorted(factors)} is not supported (one whole factor)")
-        st = int(next(iter(factors)))
-        self._add(node, "upsample", path, (src.layer,), (c, h * st, w * st), {"stride": st, "scale": 1.0})
 
     def _softmax(self, node: fx.Node, path: str) -> None:
         src = self._val(node.args[0], node)
@@ -461,7 +288,7 @@ class FxLowering:
 
     # ---------------------------------------------------------------- functions / methods
     def _function_node(self, node: fx.Node, fn: Callable) -> None:
-        base = _module_path(node)
+        base = module_path(node)
         if fn in _ADD_FUNCS:
             self._add_node(node, node.args[0], node.args[1], base)
         elif fn in _SUB_FUNCS:
@@ -492,7 +319,7 @@ class FxLowering:
             start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
             if start not in (1,):
                 raise KernelfiError(f"fx node {node.name}: torch.flatten(start_dim={start}) is not supported (use 1)")
-            self.vals[node] = _Val(src.layer, (math.prod(src.shape),))
+            self.vals[node] = Val(src.layer, (math.prod(src.shape),))
         elif fn is torch.cat:
             tensors = node.args[0]
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
@@ -509,12 +336,12 @@ class FxLowering:
         elif fn in (F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout):
             self._pass(node)
         elif fn is getattr:
-            self.vals[node] = _Val(-2, ())  # e.g. x.shape: only feeds view/reshape sizes
+            self.vals[node] = Val(-2, ())  # e.g. x.shape: only feeds view/reshape sizes
             src = node.args[0]
             if node.args[1] == "shape" and isinstance(src, fx.Node) and src in self.vals and self.vals[src].layer != -2:
                 self.consts[node] = (None, *self.vals[src].shape)
         elif fn is operator.getitem and node.args[0] in self.vals and self.vals[node.args[0]].layer == -2:
-            self.vals[node] = _Val(-2, ())
+            self.vals[node] = Val(-2, ())
             held = self.consts.get(node.args[0])
             if isinstance(held, tuple):
                 try:
@@ -527,7 +354,7 @@ class FxLowering:
 
     def _method_node(self, node: fx.Node) -> None:
         m = str(node.target)
-        base = _module_path(node)
+        base = module_path(node)
         if m in ("add", "add_"):
             self._add_node(node, node.args[0], node.args[1], base)
         elif m in ("sub", "sub_"):
@@ -540,9 +367,9 @@ class FxLowering:
             self._activation(node, _ACT_METHODS[m], f"{node.name} (.{m})")
         elif m in _FLATTEN_METHODS:
             src = self._val(node.args[0], node)
-            self.vals[node] = _Val(src.layer, self._reshaped(node, src) if m != "flatten" else (math.prod(src.shape),))
+            self.vals[node] = Val(src.layer, self._reshaped(node, src) if m != "flatten" else (math.prod(src.shape),))
         elif m == "size":
-            self.vals[node] = _Val(-2, ())
+            self.vals[node] = Val(-2, ())
             src = self._val(node.args[0], node)
             full = (None, *src.shape)
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -553,67 +380,6 @@ class FxLowering:
             self._softmax(node, f"{base}.softmax" if base else "softmax")
         else:
             raise KernelfiError(f"fx node {node.name}: tensor method .{m}() is not supported by the lowering")
-
-    def _reshaped(self, node: fx.Node, src: _Val) -> tuple[int, ...]:
-        """The per-sample shape of ``x.view(...)``/``x.reshape(...)``: the sizes after the batch
-        dimension when they are known (ints, ``x.size(i)``, one -1), else flattened."""
-        dims = node.args[1:]
-        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
-            dims = tuple(dims[0])
-        total = math.prod(src.shape)
-        sizes: list[int] = []
-        for d in dims[1:]:
-            v = self.consts.get(d) if isinstance(d, fx.Node) else d
-            if not isinstance(v, int):
-                return (total,)
-            sizes.append(v)
-        if sizes.count(-1) == 1:
-            known = math.prod(x for x in sizes if x != -1)
-            sizes[sizes.index(-1)] = total // known if known else 0
-        if not sizes or math.prod(sizes) != total or any(x < 1 for x in sizes):
-            return (total,)
-        return tuple(sizes)
-
-    def _binary(self, node: fx.Node, op: str, a: Any, b: Any, base: str) -> None:
-        """``a - b``, ``a * b`` (and ``a + b`` of different shapes): PyTorch's broadcasting
-        element kernel, or AlexeyAB Darknet's scale_channels for a map times a per-channel
-        (C, 1, 1) scale (a squeeze-and-excitation block)."""
-        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
-            raise KernelfiError(f"fx node {node.name}: {op} with a constant operand is not supported")
-        va, vb = self._val(a, node), self._val(b, node)
-        if -2 in (va.layer, vb.layer):
-            raise KernelfiError(f"fx node {node.name}: {op} of a size value is not supported")
-        sa, sb = va.shape, vb.shape
-        if len(sa) != len(sb) or len(sa) not in (1, 3):
-            raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb} is not supported "
-                                "(both (C, H, W) or both flat)")
-        try:
-            out = tuple(torch.broadcast_shapes(sa, sb))
-        except RuntimeError:
-            raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb}: they do not broadcast") from None
-        name = f"{base}.{op}" if base else op
-        if op == "mul" and len(out) == 3:
-            for m, sc in ((va, vb), (vb, va)):
-                if m.shape == out and sc.shape == (out[0], 1, 1) and out[1] * out[2] > 1:
-                    self._add(node, "scale_channels", name, (m.layer, sc.layer), out, {})
-                    return
-        full = lambda sh: sh if len(sh) == 3 else (sh[0], 1, 1)  # noqa: E731
-        self._add(node, "binary", name, (va.layer, vb.layer), out,
-                  {"op": op, "a": full(sa), "b": full(sb)}, open_=True)
-
-    def _mean(self, node: fx.Node, base: str) -> None:
-        """``x.mean((2, 3))`` (keepdim or not): Darknet's global avgpool."""
-        src = self._val(node.args[0], node)
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-        dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
-        if len(src.shape) != 3 or sorted(int(d) % 4 for d in dims if d is not None) != [2, 3]:
-            raise KernelfiError(f"fx node {node.name}: mean over dims {dims} of {src.shape} is not supported "
-                                "(only the spatial mean, dims (2, 3))")
-        c = src.shape[0]
-        self._add(node, "avgpool", f"{base}.mean" if base else "mean", (src.layer,), (c, 1, 1), {})
-        if not keep:
-            self.vals[node] = _Val(self.vals[node].layer, (c,))
 
     def _adaptive_fn(self, node: fx.Node, base: str) -> None:
         """``F.adaptive_avg_pool2d(x, size)`` as the module of that size."""

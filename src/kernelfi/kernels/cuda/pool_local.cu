@@ -66,3 +66,28 @@ extern "C" __global__ void upsample(int N, const float *x, int w, int h, int c, 
     int in_index = b * w * h * c + in_c * w * h + in_h * w + in_w;
     out[out_index] += scale * x[in_index];
 }
+
+// PyTorch's adaptive_average_pool, one thread per output element (PyTorch strides a block's
+// threads over a plane's outputs: the same work per output)
+#define START_IND(a, b, c) (int)floorf((float)((a) * (c)) / (b))
+#define END_IND(a, b, c) (int)ceilf((float)(((a) + 1) * (c)) / (b))
+
+extern "C" __global__ void adaptive_avgpool(int n, const float *input, float *output, int isizeH, int isizeW,
+                                            int osizeH, int osizeW)
+{
+    int id = THREAD_ID;
+    if (id >= n) return;
+    int ow = id % osizeW;
+    int q = id / osizeW;
+    int oh = q % osizeH;
+    int plane = q / osizeH;
+    int istartH = START_IND(oh, osizeH, isizeH), iendH = END_IND(oh, osizeH, isizeH);
+    int istartW = START_IND(ow, osizeW, isizeW), iendW = END_IND(ow, osizeW, isizeW);
+    int kH = iendH - istartH, kW = iendW - istartW;
+    const float *ptr = input + plane * isizeH * isizeW + istartH * isizeW + istartW;
+    float sum = 0;
+    for (int ih = 0; ih < kH; ++ih)
+        for (int iw = 0; iw < kW; ++iw)
+            sum += ptr[ih * isizeW + iw];
+    output[id] = sum / kH / kW;
+}
