@@ -35,6 +35,7 @@ from pathlib import Path
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.models import get_model_info
 from kernelfi.store import Store
 from kernelfi.types import OUTCOMES
 
@@ -118,6 +119,8 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
             where.mkdir(parents=True, exist_ok=True)
             for spec in models:
                 name, n, seeds = parse_model(spec)
+                # models with no embedded data run on seeded random inputs, named as the CLI's --data random
+                data = None if get_model_info(name).default_data is not None else "random"
                 db = where / f"soak-{Path(name).stem}.db"
                 for mode in modes:
                     line = Line(name, mode)
@@ -125,7 +128,7 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
                     for s in range(seed, seed + seeds):
                         try:
                             cid = run_campaign(CampaignConfig(ModelSpec(name, weights=weights.get(name)), mode,
-                                                              "single", n=n, seed=s,
+                                                              "single", n=n, seed=s, data=data,
                                                               workers=1 if name in local else workers), str(db))
                         except KernelfiError as err:
                             line.refused = str(err)

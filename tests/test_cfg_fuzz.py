@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign.golden import Golden
+from kernelfi.execution import Golden
 from kernelfi.campaign.isolate import ToolError, run_batch
 from kernelfi.campaign.planner import Planner
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution import Runner
 from kernelfi.lowering import lower
 from kernelfi.models.darknet import build_layers, parse_cfg_text
 from kernelfi.models.darknet_net import DarknetNet, random_state

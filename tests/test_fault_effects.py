@@ -65,22 +65,24 @@ def test_every_gemm_tag_has_an_entry_and_a_struck_one_an_effect() -> None:
         assert (effect.run is None) == (effect.calls is gemm.Calls.NEVER), tag
         assert effect.run is not None or effect.why, tag
     for p in k.example_params:  # type: ignore[attr-defined]
-        calls = gemm.calls(int(p["K"]), k.template(p).slots)
+        calls = gemm.calls(p, k.template(p).slots)
         for tag in struck_tags(k, p):
             assert calls[tag] > 0 or gemm.EFFECTS[tag].why, tag
-    # K = 40: 40 reduction steps, 3 K tiles (the last one zero-padded)
-    calls = gemm.calls(40, k.template(dict(M=4, N=4, K=40)).slots)
-    assert (calls["ffma:acc"], calls["lds:b"], calls["ldg:a_tile"], calls["iadd:addr_b"], calls["st:c"]) == (40, 40, 3, 3, 1)
-    assert calls["sts:a_tile"] == calls["bar:tile_loaded"] == 0
+    # K = 36: 5 K blocks of 8 (the last one zero-padded), 40 steps; the 64 tile: 4 loads a block
+    p = dict(M=4, N=4, K=36)
+    calls = gemm.calls(p, k.template(p).slots)
+    assert (calls["ffma:acc"], calls["lds:b_hi"], calls["ldg:tile"], calls["iadd:track"], calls["st:c"],
+            calls["lea:addr_c"], calls["lds:zero"]) == (64 * 40, 40, 4 * 5, 4 * 5, 64, 8, 16)
+    assert calls["sts:tile"] == calls["bar:tile"] == 0
 
 
 def test_an_unknown_gemm_tag_is_an_error() -> None:
     with pytest.raises(gemm.UnknownTag):
-        gemm.calls(16, [InstrSlot("GPR", "IADD", "iadd:new_pointer", 2)])
+        gemm.calls({"M": 1, "N": 1, "K": 16}, [InstrSlot("GPR", "IADD", "iadd:new_pointer", 2)])
     view = gemm.GemmView({"M": 1, "N": 1, "K": 1}, ("a", "b", "c"), lambda b, i: F32(1.0), None,  # type: ignore[arg-type]
                          lambda b, idx: np.ones(len(idx), dtype=np.float32))
     fault = gemm.GemmFault(view, Target("iadd:new_pointer", 0, "iov", "single", (3,)), 0, lambda r, c: 1.0)
     with pytest.raises(gemm.UnknownTag):
         fault.writes("iadd:new_pointer", 0)
     with pytest.raises(gemm.UnknownTag):  # a tag nothing strikes has no writes either
-        fault.writes("bar:tile_loaded", 0)
+        fault.writes("bar:tile", 0)

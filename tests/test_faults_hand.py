@@ -45,7 +45,12 @@ def test_gemm_partial_sum_exponent_flip_is_malfunction(prog) -> None:
     # 6.0 = 0x40C00000; flipping bit 30 gives 0x00C00000; the remaining steps add 0, the bias 0.5
     # follows: conv out[5] = 1.76e-38 + 0.5 = 0.5, so the window [1.5, 2.5, 5.5, 0.5] pools to 5.5,
     # logits [5.5, 6.0]: class 1 -> Malfunction.
-    s = site(prog, "layers.0.gemm", "ffma:acc", thread=5, exec_=4, calls=9)
+    # The SGEMM (M = 1 filter, N = 16 pixels: the 64 tile, K = 9: 2 K blocks, 16 steps): output
+    # (row 0, column 5) is thread 2's (x0 = 4*((2>>1)&7) = 4, column x0+1 = its column slot 1;
+    # y0 = 4*((((2>>4)&3)<<1)|(2&1)) = 0, row slot 0): output o = 0*8 + 1, its FFMA at step 4 is
+    # execution 4*64 + 1 of 64*16. The accumulator starts at 0 and C (0, the fill) is added at
+    # the end: the same 6.0 partial sum, the same 0.5.
+    s = site(prog, "layers.0.gemm", "ffma:acc", thread=2, exec_=4 * 64 + 1, calls=64 * 16)
     out = one(prog, Fault("iov", s, "single", (30,)))
     r = out["result"]
     assert r.outcome == "sdc_malfunction"

@@ -83,8 +83,11 @@ def test_registers_and_shared_memory_limit_occupancy() -> None:
     assert resident_blocks(launch, gpu, 40) == 3
     with pytest.raises(KernelfiError, match="does not fit on an SM"):
         resident_blocks(launch, gpu, 200)   # 6400 per warp -> 10 warps < 16
-    gemm = launch_of("gemm", M=64, N=64, K=64, trans_a=False, trans_b=False)   # 256-thread blocks, 2 KB tiles
-    # T4: 32 warps/SM / 8 = 4 blocks; shared 64 KB / 2 KB = 32; 16 blocks max -> 4
+    gemm = launch_of("gemm", M=64, N=64, K=64, trans_a=False, trans_b=False)   # sgemm_64: 64 threads, 8 KB
+    # T4: 32 warps/SM / 2 = 16 blocks; shared 64 KB / 8 KB = 8; 16 blocks max -> 8 (shared-bound)
+    assert resident_blocks(gemm, get_gpu("t4"), 16) == 8
+    gemm = launch_of("gemm", M=128, N=128, K=64, trans_a=False, trans_b=False)  # sgemm_128: 256 threads, 16 KB
+    # 32 warps / 8 = 4; 64 KB / 16 KB = 4 -> 4
     assert resident_blocks(gemm, get_gpu("t4"), 16) == 4
 
 

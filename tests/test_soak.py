@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution import Runner
 from kernelfi.types import OUTCOMES
 
 _spec = importlib.util.spec_from_file_location("soak", Path(__file__).resolve().parents[1] / "bench" / "soak.py")

@@ -10,7 +10,7 @@ import pytest
 
 from kernelfi.analysis import outcome_table
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
-from kernelfi.campaign.runner import Runner
+from kernelfi.execution import Runner
 from kernelfi.store import Store
 from cli_util import invoke
 

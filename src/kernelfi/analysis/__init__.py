@@ -13,10 +13,11 @@ from .fit import ASIL_D_BUDGET, IEC_61508_FIT_PER_MBIT, FitEstimate, fit_estimat
 from .outcomes import CATEGORIES, outcome_table, rate_table, vulnerability
 from .planner import Verdict, margin_for, sample_size, verdict
 from .propagation import masking_table, propagation_table
+from .summary import campaign_summary, summarise
 
 __all__ = [
     "Accuracy", "golden_accuracy", "ASIL_D_BUDGET", "CATEGORIES", "IEC_61508_FIT_PER_MBIT", "POPULATION_FIELDS", "FitEstimate",
     "Pool", "Verdict", "bit_table", "field_of", "fit_estimate", "load", "margin_for",
     "masking_table", "outcome_table", "populations", "propagation_table", "rate_table",
-    "sample_size", "verdict", "vulnerability",
+    "sample_size", "verdict", "vulnerability", "campaign_summary", "summarise",
 ]

@@ -152,6 +152,11 @@ def track_files(store: Store, before: list[CampaignRow], cid: int, meta: Campaig
     lines = []
     if old is not None:
         recorded = dict(old.meta.extra.get("files", {}))
+        for role, f in files.items():  # same key, other content (a model's source): never mixed into its rows
+            then = recorded.get(role, {}).get("sha256")
+            if then and f["sha256"] and then != f["sha256"]:
+                raise KernelfiError(f"{f['path']}: the campaign's {role} file changed since campaign {cid} (sha256 "
+                                    f"{then[:12]} then, {f['sha256'][:12]} now); restore it, or use a new database")
         moved = {role: f for role, f in files.items()
                  if role in recorded and recorded[role]["path"] != f["path"] and recorded[role]["sha256"] == f["sha256"]}
         for role, f in moved.items():

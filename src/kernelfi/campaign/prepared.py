@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError, check_fits
 from kernelfi.campaign.planner import Planner
 from kernelfi.campaign.session import (
@@ -28,6 +28,7 @@ from kernelfi.execution import ENGINE_THREADS, Checks, Golden, Runner, SharedGol
 from kernelfi.faults.registers import derating, rf_registers
 from kernelfi.files import RecordedFile
 from kernelfi.models import get_model_info
+from kernelfi.models.user import is_model_file
 from kernelfi.store import CampaignMeta, LaunchRow, LayerRow
 from kernelfi.types import BitModel, Mode
 
@@ -197,8 +198,11 @@ def prepare(config: CampaignConfig) -> Prepared:
     """Build the model, load and prepare the inputs (keeping those ``select_inputs`` asks for),
     and plan the faults; no golden run yet."""
     t0 = time.perf_counter()
-    check_data(get_model_info(config.model.model), config.data)  # before the model is built: a quick error
+    config = dataclasses.replace(config, model=config.model.resolved())  # what workers and the store get
+    if not is_model_file(config.model.model):  # before the model is built: a quick error
+        check_data(get_model_info(config.model.model), config.data)
     session = open_session(config.model, config.plan)
+    check_data(session.loaded.info, config.data)
     notes = list(session.notes)
     chosen = config.chosen
     if chosen is not None:

@@ -12,12 +12,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from kernelfi._utils import KernelfiError
+from kernelfi._utils import KernelfiError, sha256_file
 from kernelfi.execution import engine_threads, golden_chunk
 from kernelfi.data import InputSet, PrepOptions, load_inputs
 from kernelfi.files import RecordedFile
 from kernelfi.lowering import Program, lower
-from kernelfi.models import LoadedModel, ModelInfo, load_model
+from kernelfi.models import LoadedModel, ModelInfo, ensure_registered, load_model, registration
+from kernelfi.models.user import is_model_file, parse_model_file
 
 #: ``weights=`` values that are not paths (``kernelfi.models.registry``)
 _WEIGHT_WORDS = ("random", "embedded")
@@ -25,20 +26,49 @@ _WEIGHT_WORDS = ("random", "embedded")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build the model: the CLI options that define it."""
+    """How to build the model: the CLI options (or the ``kernelfi.Model`` arguments) that define it.
+
+    ``model``: a registered name, a Darknet ``.cfg`` path or a model file ``PATH.py:FACTORY``
+    (``kernelfi.models.user``). ``input_shape``: a model file's (C, H, W) where its factory does
+    not say. ``source_sha256``: the model file's content, and ``registered`` a user-registered
+    builder's file and registration (``kernelfi.models.registration``), both filled by
+    ``resolved``, so that a worker or a later command rebuilds the same model or refuses to.
+    """
 
     model: str
     weights: str | None = None
     num_classes: int | None = None
     seed_weights: int = 0
     hardening: str | None = None  # path of a hardening plan (JSON)
+    input_shape: tuple[int, ...] | None = None
+    source_sha256: str | None = None
+    registered: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_shape is not None:  # a stored spec holds a JSON list
+            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+
+    def resolved(self) -> "ModelSpec":
+        """The spec as a campaign records it: a model file's path absolute with its content
+        digest, a user-registered model's registration (its builder's file); registering it
+        first in a process that does not know it yet (``ensure_registered``)."""
+        ensure_registered(self.model, self.registered)
+        if is_model_file(self.model):
+            path, factory = parse_model_file(self.model)
+            return dataclasses.replace(self, model=f"{path}:{factory}", source_sha256=self.source_sha256 or sha256_file(path))
+        return dataclasses.replace(self, registered=self.registered or registration(self.model))
 
     def files(self) -> dict[str, RecordedFile]:
-        """The files this spec reads (a ``.cfg`` model, weights, a plan), recorded now: absolute
-        path and sha256 (``kernelfi.files``)."""
+        """The files this spec reads (a ``.cfg`` model, a model's Python source, weights, a plan),
+        recorded now: absolute path and sha256 (``kernelfi.files``)."""
         out = {}
         if self.model.lower().endswith(".cfg") and Path(self.model).is_file():
             out["cfg"] = RecordedFile.of(self.model, "cfg")
+        if is_model_file(self.model):
+            out["model source"] = RecordedFile.of(parse_model_file(self.model)[0], "model source", self.source_sha256)
+        elif self.registered:
+            out["model source"] = RecordedFile.of(self.registered["source"], "model source",
+                                                  self.registered.get("sha256"))
         if self.weights is not None and self.weights not in _WEIGHT_WORDS and Path(self.weights).exists():
             out["weights"] = RecordedFile.of(self.weights, "weights")
         if self.hardening is not None and Path(self.hardening).is_file():
@@ -80,7 +110,9 @@ class Session:
 def open_session(spec: ModelSpec, plan: Mapping[str, Any] | None = None) -> Session:
     """Build the model of ``spec``; ``plan``: a hardening plan as stored with a campaign, used
     instead of reading ``spec.hardening`` again (replay needs no plan file)."""
-    loaded = load_model(spec.model, weights=spec.weights, num_classes=spec.num_classes, seed=spec.seed_weights)
+    spec = spec.resolved()
+    loaded = load_model(spec.model, weights=spec.weights, num_classes=spec.num_classes, seed=spec.seed_weights,
+                        input_shape=spec.input_shape, source_sha256=spec.source_sha256)
     program = lower(loaded.module, loaded.info.input_shape, loaded.info.name)
     stored = None
     if plan is not None or spec.hardening is not None:

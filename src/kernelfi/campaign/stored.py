@@ -50,6 +50,8 @@ def stored_config(meta: CampaignMeta, db: str | Path) -> CampaignConfig:
     bases = [Path(db).expanduser().resolve().parent]
     spec = ModelSpec(**{**extra.get("model_spec", {"model": meta.model}), "hardening": None})
     model = spec.model
+    if "model source" in files:  # a model file, or a user-registered builder's: here, and unchanged
+        files["model source"].locate()
     if model.lower().endswith(".cfg"):
         model = _path(files, "cfg", model, bases) or model
     weights = spec.weights if spec.weights in (None, "random", "embedded") else _path(files, "weights", spec.weights, bases)

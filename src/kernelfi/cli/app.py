@@ -10,7 +10,7 @@ import warnings
 
 import click
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError, KernelfiWarning, one_line
 
 

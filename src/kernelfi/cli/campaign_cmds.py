@@ -10,13 +10,13 @@ from click.core import ParameterSource
 from typing import Any
 
 from kernelfi._utils import KernelfiError
-from kernelfi.analysis import Accuracy, golden_accuracy
+from kernelfi.analysis import summarise
 from kernelfi.campaign import CampaignConfig, ModelSpec, replay, run_campaign
 from kernelfi.cli.app import cli
 from kernelfi.cli.common import (
     TOOL_ERROR_EXIT, data_options, model_options, note, outcome_counts, prep_options, tool_errors_exit,
 )
-from kernelfi.store import CampaignRow, InjectionRecord, Store, ToolErrorRecord
+from kernelfi.store import InjectionRecord, Store, ToolErrorRecord
 from kernelfi.types import OUTCOME_LABELS, OUTCOMES, BitModel, Mode
 
 
@@ -79,14 +79,15 @@ class _Bar:
               help="hardening plan (JSON, from kernelfi harden): inject into the hardened model")
 @click.option("--resume", is_flag=True, help="accepted for clarity: re-running the same command always resumes")
 @click.option("--quiet", is_flag=True, help="no progress bar (notes and the result line still print)")
-def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int, mode: str,
+def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int,
+                 input_shape: tuple[int, int, int] | None, mode: str,
                  bit_model: str, warp: bool, n: int, seed: int, db: str, data: str | None, inputs: int | None,
                  select_inputs: str, fit: str | None, resize: int | None, crop: tuple[int, int] | None,
                  mean: tuple[float, ...] | None, std: tuple[float, ...] | None, no_normalize: bool, scope: str,
                  selection: str, workers: int, executor: str, address: str | None, batch: int, hardening: str | None,
                  resume: bool, quiet: bool) -> None:
     """Run (or resume) a fault-injection campaign on MODEL (a registered name, see
-    `kernelfi models`, or a Darknet .cfg path)."""
+    `kernelfi models`, a Darknet .cfg path, or a model file PATH.py:FACTORY)."""
     execute = None
     if executor == "ray":
         from kernelfi.distributed import ray_executor
@@ -95,7 +96,7 @@ def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_
         execute = ray_executor(address, workers=workers if explicit else None)
     elif address is not None:
         raise KernelfiError("--address needs --executor ray")
-    cfg = CampaignConfig(model=ModelSpec(model, weights, num_classes, seed_weights, hardening), mode=mode,
+    cfg = CampaignConfig(model=ModelSpec(model, weights, num_classes, seed_weights, hardening, input_shape), mode=mode,
                          bit_model=bit_model, n=n, seed=seed, warp=warp, data=data, inputs=inputs, scope=scope,
                          selection=selection, batch=batch, workers=workers,
                          prep=prep_options(fit, resize, crop, mean, std, no_normalize), select_inputs=select_inputs)
@@ -115,21 +116,6 @@ def campaign_cmd(model: str, weights: str | None, num_classes: int | None, seed_
         tool_errors_exit({cid: errors})
 
 
-def _campaign_summary(store: Store, row: CampaignRow, acc: Accuracy | None) -> dict[str, Any]:
-    """What ``summary`` says of one campaign (the JSON keys; ``docs/store.md`` lists them)."""
-    m = row.meta
-    files = dict(m.extra.get("files") or {})
-    data = files.get("data", {}).get("path") or m.extra.get("data") or "the model's embedded data"
-    return {"id": row.id, "model": m.model, "mode": m.mode, "bit_model": m.bit_model, "warp": m.warp,
-            "scope": m.scope, "selection": m.selection, "seed": m.seed, "n": row.n_done,
-            "n_planned": m.n_planned, "hardened": m.hardening is not None,
-            "weights": {"source": m.weights_source, "sha256": m.weights_hash},
-            "data": {"source": str(data), "inputs": m.input_source, "n_inputs": m.n_inputs},
-            "golden_accuracy": None if acc is None else acc.to_dict(),
-            "outcomes": {o: store.outcome_counts(row.id).get(o, 0) for o in OUTCOMES},
-            "tool_errors": row.n_tool_errors}
-
-
 @cli.command("summary")
 @click.option("--db", type=click.Path(dir_okay=False), required=True, help="results database (read, never written)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -139,15 +125,7 @@ def summary_cmd(db: str, fmt: str) -> None:
     """Model, weights, data, golden accuracy and outcome counts of every campaign in a results
     database (exit status 3 if the tool failed on some faults: their tool errors are listed, and
     counted in no rate)."""
-    errors: dict[int, list[ToolErrorRecord]] = {}
-    with Store(db, create=False, readonly=True) as store:
-        store.verify()
-        out = []
-        for row in store.campaigns():
-            if row.n_tool_errors:
-                errors[row.id] = store.tool_errors(row.id)
-            acc = golden_accuracy(store, row.id)
-            out.append((_campaign_summary(store, row, acc), acc))
+    out, errors = summarise(db)
     if fmt == "json":
         click.echo(json.dumps({"campaigns": [c for c, _ in out]}, indent=1))
     else:

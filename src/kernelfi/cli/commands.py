@@ -28,9 +28,11 @@ def models_cmd() -> None:
 @model_options
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="table for reading, csv or json (per launch: instruction counts per group, threads, share)")
-def profile_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int, fmt: str) -> None:
-    """Per-launch and per-layer dynamic instruction profile of MODEL (a registered name or a .cfg path)."""
-    session = open_session(ModelSpec(model, weights, num_classes, seed_weights))
+def profile_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int,
+                input_shape: tuple[int, int, int] | None, fmt: str) -> None:
+    """Per-launch and per-layer dynamic instruction profile of MODEL (a registered name, a .cfg path or a
+    model file PATH.py:FACTORY)."""
+    session = open_session(ModelSpec(model, weights, num_classes, seed_weights, input_shape=input_shape))
     program, loaded = session.program, session.loaded
     if fmt == "json":
         click.echo(json.dumps(profile_dict(program.trace), indent=1))

@@ -42,12 +42,40 @@ def tool_errors_exit(errors: Mapping[int, Sequence[ToolErrorRecord]]) -> None:
 F = Callable[..., Any]
 
 WEIGHTS_HELP = (".pth/.pt state dict (read weights-only), .safetensors, or Darknet .weights for cfg models; "
-                "'random' for seeded random weights (the default of models without embedded weights, said in a note)")
+                "'random' for seeded random weights (the default of kernelfi's models without embedded weights, said "
+                "in a note; a model file's or a registered user builder's own weights are kept unless given)")
+
+
+MODEL_HELP = ("MODEL: a registered name (`kernelfi models`), a Darknet .cfg path, or a model file PATH.py:FACTORY "
+              "(a top-level function or class of the file returning the nn.Module with its weights; its path and "
+              "sha256 are recorded, so later commands work from any directory and refuse the file once changed)")
+
+
+def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise click.BadParameter(f"expected C,H,W (three positive integers), got '{value}'")
+    return dims  # type: ignore[return-value]
+
+
+INPUT_SHAPE_HELP = ("input shape C,H,W of a model file PATH.py:FACTORY (default: the input_shape attribute of "
+                    "its factory or module)")
+
+
+def input_shape_option(fn: F) -> F:
+    """--input-shape (parameter ``input_shape``): a model file's (C, H, W)."""
+    return click.option("--input-shape", callback=_shape, default=None, help=INPUT_SHAPE_HELP)(fn)
 
 
 def model_options(fn: F) -> F:
-    """MODEL argument plus --weights/--num-classes/--seed-weights (parameters ``model``,
-    ``weights``, ``num_classes``, ``seed_weights``)."""
+    """MODEL argument plus --weights/--num-classes/--seed-weights/--input-shape (parameters
+    ``model``, ``weights``, ``num_classes``, ``seed_weights``, ``input_shape``)."""
+    fn = input_shape_option(fn)
     fn = click.option("--seed-weights", type=int, default=0, show_default=True,
                       help="seed of the random weights used when a model has no trained weights")(fn)
     fn = click.option("--num-classes", type=int, default=None,

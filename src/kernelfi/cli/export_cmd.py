@@ -14,8 +14,8 @@ _TITLES = {"original": "original model", "none": "export, no hardening", "plan":
            "full-dmr": "full DMR", "full-tmr": "full TMR"}
 
 
-def _inputs(model: str, data: str | None, n: int) -> torch.Tensor:
-    info = get_model_info(model)
+def _inputs(model: str, data: str | None, n: int, input_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+    info = get_model_info(model, input_shape)
     return load_inputs(data if data is not None else (info.default_data or "random"), info, n).x.to(torch.float32)
 
 
@@ -28,12 +28,12 @@ def _inputs(model: str, data: str | None, n: int) -> torch.Tensor:
 @click.option("--check", type=click.IntRange(1), default=16, show_default=True,
               help="inputs of the data on which every variant is checked against the original")
 @click.option("--data", default=None, help="data of the check inputs (default: the model's own)")
-def export_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int, hardening: str, out: str,
-               check: int, data: str | None) -> None:
+def export_cmd(model: str, weights: str | None, num_classes: int | None, seed_weights: int,
+               input_shape: tuple[int, int, int] | None, hardening: str, out: str, check: int, data: str | None) -> None:
     """Write MODEL hardened by a plan as plain PyTorch: model.py, weights.safetensors, manifest.json."""
-    x = _inputs(model, data, check)
+    x = _inputs(model, data, check, input_shape)
     exp = export_model(model, hardening, out, weights=weights, num_classes=num_classes, seed=seed_weights,
-                       check_inputs=x)
+                       input_shape=input_shape, check_inputs=x)
     m = exp.manifest
     for entry in m["entries"]:
         ops = ", ".join(f"{op['module']} ({op['op']}): {op['applied']}" for op in entry["ops"]) or "no op"
@@ -50,8 +50,8 @@ def export_cmd(model: str, weights: str | None, num_classes: int | None, seed_we
 def overhead_exported(directory: str, reps: int, lanes: int, device: str, clock: str) -> None:
     """``kernelfi overhead --exported DIR``: the export's variants against the original, natively."""
     manifest = read_manifest(directory)
-    model = manifest.get("registry") or manifest["model"]
-    x = _inputs(model, None, lanes)
+    model = manifest.get("registry") or manifest.get("model_file") or manifest["model"]
+    x = _inputs(model, None, lanes, tuple(manifest["input_shape"]))
     devices = ["cpu"] if device == "cpu" else ["cuda"] if device == "cuda" else \
         ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     click.echo(f"{directory} ({manifest['model']}): plain PyTorch, {x.shape[0]} inputs per forward, {reps} "

@@ -9,7 +9,7 @@ from kernelfi._utils import KernelfiError
 from kernelfi.campaign.harden_planner import plan_hardening
 from kernelfi.campaign.session import ModelSpec, Session, inputs_tensor, open_session, session_inputs
 from kernelfi.cli.app import cli
-from kernelfi.cli.common import WEIGHTS_HELP
+from kernelfi.cli.common import WEIGHTS_HELP, input_shape_option
 from kernelfi.cli.export_cmd import overhead_exported
 from kernelfi.gputime import GpuSpec, get_gpu, gpus
 from kernelfi.harden import (
@@ -138,9 +138,10 @@ def _table(table: OverheadTable, invocations: bool = False) -> None:
               help="auto: CPU, and CUDA too when available")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="CPU timing: wall-clock, or thread CPU time with one intra-op thread (CUDA: events)")
+@input_shape_option
 def overhead_cmd(model: str | None, exported: str | None, hardening: str | None, gpu: str | None, reps: int,
                  weights: str | None, num_classes: int | None, seed_weights: int, lanes: int, explicit: bool,
-                 device: str, clock: str) -> None:
+                 device: str, clock: str, input_shape: tuple[int, int, int] | None) -> None:
     """MODEL unhardened, with a plan, full DMR and full TMR: measured here (medians), or modelled on
     --gpu; or an export directory (--exported) timed natively against its original."""
     if exported is not None:
@@ -148,7 +149,7 @@ def overhead_cmd(model: str | None, exported: str | None, hardening: str | None,
     if model is None:
         raise click.UsageError("give MODEL (or --exported DIR)")
     spec = get_gpu(gpu) if gpu is not None else None   # an unknown GPU fails before the model loads
-    session = open_session(ModelSpec(model, weights, num_classes, seed_weights))
+    session = open_session(ModelSpec(model, weights, num_classes, seed_weights, input_shape=input_shape))
     plan = None if hardening is None else Plan.load(hardening)
     if plan is not None and plan.model and plan.model != session.program.trace.model:
         raise KernelfiError(f"{hardening}: the plan is for model '{plan.model}', not '{session.program.trace.model}'")

@@ -111,8 +111,9 @@ def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | Non
         if n == 0:
             return None
         ex = min(n - 1, int((frac - lo) / max(hi - lo, 1e-12) * n))
+        lane = sum(1 for r in regs.registers[:site.register] if r.tag == reg.tag)
         return Target(reg.tag, ex, "iov", fault.bit_model, fault.bits, fault.value,
-                      AddressHalf.LOW if reg.half is None else reg.half)
+                      AddressHalf.LOW if reg.half is None else reg.half, lane=lane, register=True)
     slot = slots[site.slot]
     n = calls.get(slot.tag, 0)
     if n == 0:
@@ -122,7 +123,8 @@ def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | Non
     # an execution of a 64-bit address computation: its low word's instructions, then its high word's
     half = AddressHalf.HIGH if slot.halves and per > 1 and (site.iteration % per) >= per // 2 else AddressHalf.LOW
     kind = "iov" if fault.mode == Mode.IOV.value else "ioa"
-    return Target(slot.tag, ex, kind, fault.bit_model, fault.bits, fault.value, half)
+    return Target(slot.tag, ex, kind, fault.bit_model, fault.bits, fault.value, half,
+                  lane=site.thread + site.iteration)
 
 
 def _names(launch: Launch) -> dict[str, str]:
@@ -136,7 +138,7 @@ def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader
     if launch.kernel == "gemm":
         names = (launch.reads[0], launch.reads[1], launch.writes[0])
         view = GemmView(dict(launch.params), names, reader, memmap, reader.gather)
-        target = _target(fault, launch, gemm.calls(int(launch.params["K"]), launch.template.slots))
+        target = _target(fault, launch, gemm.calls(launch.params, launch.template.slots))
         if target is None:
             return {}, {}
         eff.tag = target.tag

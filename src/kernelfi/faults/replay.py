@@ -47,6 +47,10 @@ class Target:
     bits: tuple[int, ...] = ()
     value: int | None = None
     half: AddressHalf = AddressHalf.LOW  # which 32-bit word of a 64-bit address register
+    #: which of the registers an execution writes (an LDS.128's 4, the SGEMM's 64 accumulators):
+    #: in RF mode the struck register's rank among those its tag feeds, else a function of the site
+    lane: int = 0
+    register: bool = False  # an RF fault (a register between its writes), not an instruction's output
 
 
 Reader = Callable[[str, int], Any]  # (buffer, element) -> value before the kernel

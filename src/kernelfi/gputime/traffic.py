@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, TypeVar
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import GEMM_TILE
+from kernelfi.kernels import gemm_shared_bytes
 from kernelfi.types import Launch, Trace
 
 #: Bytes of one buffer element (every kernelfi buffer is float32 or int32).
@@ -164,5 +164,5 @@ def dram_bytes(launch: Launch, trace: Trace) -> tuple[int, int]:
 
 
 def shared_bytes(launch: Launch) -> int:
-    """Shared memory one block of the launch holds: the tiled gemm's A and B tiles, else 0."""
-    return 2 * GEMM_TILE * GEMM_TILE * ELEMENT if launch.kernel == "gemm" else 0
+    """Shared memory one block of the launch holds: the SGEMM's two buffers of A and B lines, else 0."""
+    return gemm_shared_bytes(launch.params) if launch.kernel == "gemm" else 0

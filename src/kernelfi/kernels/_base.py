@@ -79,7 +79,7 @@ class KernelImpl:
     """
 
     name: ClassVar[str] = ""
-    #: Registers per thread on sm_50: ``ptxas_registers(name)`` (gemm: an estimate), docs/kernels.md §4.
+    #: Registers per thread on sm_50: ``ptxas_registers(name)``, docs/kernels.md §4.
     regs_allocated: ClassVar[int] = 0
 
     def run(self, mem: dict[str, torch.Tensor], launch: Launch) -> None:

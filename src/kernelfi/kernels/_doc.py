@@ -25,7 +25,7 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "im2col": ("k", lambda v: {"channels": 1, "height": 9, "width": 9, "ksize": v, "stride": 1, "pad": 0,
                                "dilation": 1, "out_h": 10 - v, "out_w": 10 - v, "channel_offset": 0,
                                "group_channels": 1}),
-    "gemm": ("T", lambda v: {"M": 1, "N": 1, "K": 16 * v}),
+    "gemm": ("B", lambda v: {"M": 1, "N": 1, "K": 8 * v}),
     "forward_maxpool": ("s", lambda v: {"channels": 1, "height": 9, "width": 9, "size": v, "stride": 1,
                                         "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
     "forward_avgpool": ("S", lambda v: {"channels": 1, "height": 1, "width": v}),

@@ -1,5 +1,5 @@
-"""The convolution path: ``im2col`` (Darknet's im2col_gpu_kernel), ``gemm`` (cuBLAS SGEMM,
-modelled as a classic shared-memory tiled SGEMM) and ``fused_conv`` (golden-run shortcut).
+"""The convolution path: ``im2col`` (Darknet's im2col_gpu_kernel), ``gemm`` (cuBLAS's Maxwell
+SGEMM, its thread program in ``sgemm.py``) and ``fused_conv`` (golden-run shortcut).
 
 Lane determinism matters more than speed here: a fault campaign compares each faulty lane with
 a golden lane that may have been computed in another call with another lane count, so a lane's
@@ -9,23 +9,19 @@ identically shaped, 64-byte aligned operands (the same BLAS code path for every 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError, c_div
-from kernelfi.types import AddressHalf, Launch
+from kernelfi.types import AddressHalf, Launch, RegisterMap, ThreadTemplate
 
 from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
+from .sgemm import SGEMM_TILES, sgemm_shape, sgemm_stream
 
 Mem = dict[str, torch.Tensor]
-
-#: Edge of the modelled SGEMM thread block / shared-memory tile (16×16 threads, 16×16 tiles).
-GEMM_TILE = 16
-
 
 #: The width-axis parameters of a non-square im2col (Darknet's ksize/stride/pad/dilation are
 #: the height axis, and both axes when these are absent).
@@ -427,17 +423,19 @@ class GemmKernel(StreamKernel):
     """C[M×N] (at c_offset) += op(A)·op(B): Darknet's ``gemm_gpu`` → ``cublasSgemm`` (alpha =
     beta = 1).
 
-    The template models a classic shared-memory tiled SGEMM, not cuBLAS' own kernel (see
-    docs/kernels.md): 16×16 threads per block, one C element per thread, per 16-wide K tile one
-    global load of A and one of B per thread into shared memory, a barrier, then per k the two
-    shared loads and one FFMA. The accumulator starts from C (beta = 1), so FP32 = M·N·K FFMA.
+    The template is cuBLAS's Maxwell SGEMM as maxas reconstructed it (``kernels/sgemm.py``,
+    docs/kernels.md §6): a T×T tile per block of T²/64 threads, 8×8 outputs per thread, 64
+    accumulators from zero, two shared buffers, ``alpha·acc + beta·C`` at the end. ``run``
+    computes the product from zero and adds C, as that epilogue does (alpha = beta = 1).
     """
 
     name: ClassVar[str] = "gemm"
-    regs_allocated: ClassVar[int] = 24
-    block: ClassVar[int] = GEMM_TILE * GEMM_TILE
+    regs_allocated: ClassVar[int] = ptxas_registers("gemm")
+    block: ClassVar[int] = 256
     example_params = ({"M": 1, "N": 1, "K": 1, "trans_a": False, "trans_b": False,
-                       "a_offset": 0, "b_offset": 0, "c_offset": 0},)
+                       "a_offset": 0, "b_offset": 0, "c_offset": 0},
+                      {"M": 130, "N": 200, "K": 9, "trans_a": False, "trans_b": False,
+                       "a_offset": 0, "b_offset": 0, "c_offset": 0})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         p = launch.params
@@ -470,71 +468,23 @@ class GemmKernel(StreamKernel):
         put(mem, launch.writes[0], new)
 
     def _threads(self, params: Mapping[str, Any]) -> int:
-        return p_int(params, "M", self.name) * p_int(params, "N", self.name)
+        return sgemm_shape(params, self.name).threads
 
     def grid(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
-        m, n = p_int(params, "M", self.name), p_int(params, "N", self.name)
-        return (math.ceil(n / GEMM_TILE), math.ceil(m / GEMM_TILE), 1)
+        return (*sgemm_shape(params, self.name).grid, 1)
+
+    def template(self, params: Mapping[str, Any]) -> ThreadTemplate:
+        g = sgemm_shape(params, self.name)
+        return self._stream(params).template(g.threads, g.threads_per_block)
+
+    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
+        """ptxas' count of the rendering of the launch's tile (``gemm`` or ``gemm_64``)."""
+        tile = sgemm_shape(params, self.name).tile
+        gprs = self.regs_allocated if tile == SGEMM_TILES[1] else ptxas_registers("gemm_64")
+        return self._stream(params).register_map(gprs)
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
-        k = p_int(params, "K", self.name)
-        t = math.ceil(k / GEMM_TILE)
-        seg = f"{GEMM_TILE} outputs"
-        s = Stream()
-        s.add("GPR", "S2R", "s2r:index", 4, "index", "reads threadIdx.x/y, blockIdx.x/y: which C element")
-        s.add("GPR", "XMAD", "imad:index", 4, "index", "row = by*16 + ty, col = bx*16 + tx")
-        s.add("PR", "ISETP", "setp:bounds", 2, "predicate",
-              "row < M, col < N (guard the C load/store; edge threads still load tiles)")
-        s.add("GPR", "XMAD", "imad:a_offset", 3, "index", "start of this thread's A tile element (row*lda + tx)")
-        s.add("GPR", "XMAD", "imad:b_offset", 3, "index", "start of this thread's B tile element (ty*ldb + col)")
-        s.add("GPR", "XMAD", "imad:c_offset", 3, "index", "C element offset row*ldc + col")
-        s.add("GPR", "XMAD", "imad:smem", 2, "address", "shared-memory offsets (ty*16 + tx store, row/col read bases)")
-        addr(s, "a", "A's tile element")
-        addr(s, "b", "B's tile element")
-        addr(s, "c", "C[row][col]")
-        s.add("LD", "LDG", "ld:c", 1, "value", "C[row][col] read for beta = 1: the accumulator's start (this output)")
-        s.begin_loop(t)
-        s.add("LD", "LDG", "ldg:a_tile", t, "value",
-              f"A[row][k0+tx] into shared memory: one A element as loaded reaches the {seg} of tile row ty "
-              "(a row segment of C) at one k")
-        s.add("LD", "LDG", "ldg:b_tile", t, "value",
-              f"B[k0+ty][col] into shared memory: reaches the {seg} of tile column tx (a column segment of C) at one k")
-        s.add("NODEST", "STS", "sts:a_tile", t, "store", "stores the A element into the shared tile")
-        s.add("NODEST", "STS", "sts:b_tile", t, "store", "stores the B element into the shared tile")
-        s.add("NODEST", "BAR", "bar:tile_loaded", t, "control", "__syncthreads after filling the tiles")
-        s.add("LD", "LDS", "lds:a", k, "value", "As[ty][kk] from shared memory: one product term of this output")
-        s.add("LD", "LDS", "lds:b", k, "value", "Bs[kk][tx] from shared memory: one product term of this output")
-        s.add("FP32", "FFMA", "ffma:acc", k, "value",
-              "acc += a*b: one partial sum of this output; the accumulation continues from it")
-        s.add("NODEST", "BAR", "bar:tile_consumed", t, "control", "__syncthreads before overwriting the tiles")
-        s.add("GPR", "IADD", "iadd:addr_a", 2 * t, "address", "A tile pointer += 16 (next K tile)", halves=True)
-        s.add("GPR", "IADD", "iadd:addr_b", 2 * t, "address", "B tile pointer += 16*ldb (next K tile)", halves=True)
-        loop(s, "k_tile", "k0 over the K tiles", t)
-        s.end_loop()
-        s.add("NODEST", "STG", "st:c", 1, "store", "stores the finished C element")
-        epilogue(s)
-        s.reg("r_row", "index", "imad:index", "imad:index", "imad:c_offset")
-        s.reg("r_col", "index", "imad:index", "imad:index", "imad:c_offset")
-        s.reg("r_acc", "accumulator", "ffma:acc", "ld:c", "st:c")
-        s.reg("r_a_lo", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a")
-        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "iadd:addr_a", half=AddressHalf.HIGH)
-        s.reg("r_b_lo", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b")
-        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "iadd:addr_b", half=AddressHalf.HIGH)
-        s.reg("r_c_lo", "address", "lea:addr_c", "lea:addr_c", "st:c")
-        s.reg("r_c_hi", "address", "lea:addr_c", "lea:addr_c", "st:c", half=AddressHalf.HIGH)
-        s.reg("r_smem_st", "address", "imad:smem", "imad:smem", "sts:b_tile")
-        s.reg("r_smem_a", "address", "imad:smem", "imad:smem", "lds:b")
-        s.reg("r_smem_b", "address", "imad:smem", "imad:smem", "lds:b")
-        s.reg("r_a_tile", "data", "ldg:a_tile", "ldg:a_tile", "sts:a_tile")
-        s.reg("r_b_tile", "data", "ldg:b_tile", "ldg:b_tile", "sts:b_tile")
-        s.reg("r_a", "data", "lds:a", "lds:a", "ffma:acc")
-        s.reg("r_b", "data", "lds:b", "lds:b", "ffma:acc")
-        s.reg("r_k", "loop_counter", "loop:k_tile", "ld:c", "setp:loop_k_tile")
-        s.reg("r_lda16", "constant", "imad:a_offset", "imad:b_offset", "iadd:addr_b")
-        s.reg("p_row", "predicate", "setp:bounds", "setp:bounds", "st:c")
-        s.reg("p_col", "predicate", "setp:bounds", "setp:bounds", "st:c")
-        s.reg("p_loop", "predicate", "setp:loop_k_tile", "setp:loop_k_tile", "bra:loop_k_tile")
-        return s
+        return sgemm_stream(params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,17 +12,22 @@ import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from kernelfi._utils import KernelfiError, sha256_file
 from kernelfi.models.checkpoints import apply_state, load_state
+from kernelfi.models.info import LoadedModel, ModelInfo
 from kernelfi.models.random_init import RANDOM_INIT_SCHEME, build_empty, init_random
+from kernelfi.models.user import (
+    FACTORY_WEIGHTS, import_file, is_model_file, load_file_model, lookup, reproducible, source_of, state_digest,
+    user_code,
+)
 
 __all__ = [
     "ModelInfo", "LoadedModel", "Builder", "register_model", "register_darknet",
-    "list_models", "get_model_info", "load_model", "ASSETS",
+    "list_models", "get_model_info", "load_model", "ASSETS", "registration", "ensure_registered",
 ]
 
 #: Shipped files: Darknet cfgs, the embedded digits weights and their statistics.
@@ -34,44 +39,6 @@ Builder = Callable[[int], nn.Module]  # num_classes -> module
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the rest of kernelfi needs to know about a model without building it.
-
-    ``mean``/``std`` are per input channel and are applied by ``kernelfi.data`` to inputs in
-    [0, 1]; ``default_data`` is the data source used when the user names none (``None``: the
-    user must name one). ``fit`` is how images are fit to the input by default
-    (``kernelfi.data.prep``: ``crop``, ``letterbox``, ``stretch``; ``None``: ``crop`` for
-    3-channel models, else ``stretch``), ``resize`` the short side before the centre crop where
-    the model has its own convention (``None``: 256 x crop / 224, torchvision's).
-    """
-
-    name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    default_data: str | None = None
-    description: str = ""
-    fit: str | None = None
-    resize: int | None = None
-
-
-@dataclass
-class LoadedModel:
-    """A ready-to-run model and the provenance a campaign records with it.
-
-    ``module`` is in eval mode with gradients off: kernelfi only runs inference, and frozen
-    parameters let fault-injection code edit weight copies without autograd complaints.
-    """
-
-    module: nn.Module
-    info: ModelInfo
-    weights_source: str   # a path, "embedded", or "random (seed S)"
-    weights_hash: str     # sha256 of the weights file, or of the random-init description
-    note: str             # one human line about the weights, shown in reports
-
-
-@dataclass(frozen=True)
 class _Entry:
     info: ModelInfo
     builder: Builder | None = None
@@ -79,6 +46,8 @@ class _Entry:
     embedded: str | None = None      # asset file with shipped weights
     fixed_classes: bool = False      # num_classes cannot change (embedded-weights models)
     darknet_cfg: Path | None = None  # Darknet entries build from this cfg instead
+    own_weights: bool = False        # a user's builder: the weights it sets are the model's
+    kwargs: Mapping[str, Any] | None = None  # register_model's arguments (to register it elsewhere)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -105,9 +74,13 @@ def register_model(name: str, *, input_shape: tuple[int, int, int], num_classes:
     """
     info = ModelInfo(name, tuple(input_shape), int(num_classes), tuple(mean), tuple(std),  # type: ignore[arg-type]
                      default_data, description, fit, resize)
+    kwargs = {"input_shape": list(input_shape), "num_classes": int(num_classes), "mean": list(mean),
+              "std": list(std), "description": description, "default_data": default_data, "head": head,
+              "fixed_classes": fixed_classes, "fit": fit, "resize": resize}
 
     def deco(builder: Builder) -> Builder:
-        _add(name, _Entry(info, builder, head, embedded, fixed_classes))
+        own = user_code(builder) and embedded is None
+        _add(name, _Entry(info, builder, head, embedded, fixed_classes, own_weights=own, kwargs=kwargs))
         return builder
 
     return deco
@@ -127,6 +100,36 @@ def register_darknet(name: str, cfg: Path, description: str,
     _add(name, _Entry(info, darknet_cfg=cfg))
 
 
+def registration(name: str) -> dict[str, Any] | None:
+    """How another process registers the user's model ``name`` as this one did: the builder's
+    file (absolute path, sha256), its qualified name and ``register_model``'s arguments; None
+    for kernelfi's own models and names not registered. A builder defined inside a function
+    is refused in one line (no other process can find it)."""
+    entry = _REGISTRY.get(name)
+    if entry is None or not entry.own_weights or entry.builder is None:
+        return None
+    found = source_of(entry.builder)
+    if found is None:
+        raise KernelfiError(f"model '{name}': its builder has no source file; define it in a .py file")
+    path, qual = found
+    return {"source": path, "qualname": qual, "sha256": sha256_file(path), "kwargs": dict(entry.kwargs or {})}
+
+
+def ensure_registered(name: str, reg: Mapping[str, Any] | None) -> None:
+    """Register ``name`` from its ``registration`` where this process does not know it yet (a
+    worker, a later command): import the builder's file by path (its content checked), then
+    register the builder found there unless importing registered it."""
+    if name in _REGISTRY or not reg:
+        return
+    mod = import_file(reg["source"], reg.get("sha256") or None)
+    if name in _REGISTRY:
+        return
+    builder = lookup(mod, str(reg["qualname"]), f"{reg['source']}:{reg['qualname']}")
+    kw = dict(reg["kwargs"])
+    register_model(name, **{**kw, "input_shape": tuple(kw["input_shape"]), "mean": tuple(kw["mean"]),
+                            "std": tuple(kw["std"])})(builder)
+
+
 def list_models() -> list[ModelInfo]:
     """Every registered model, in registration order (a broken cfg shows its placeholder)."""
     out = []
@@ -138,8 +141,11 @@ def list_models() -> list[ModelInfo]:
     return out
 
 
-def get_model_info(name: str) -> ModelInfo:
-    """Metadata of a registered model (or a ``.cfg`` path) without building it."""
+def get_model_info(name: str, input_shape: tuple[int, ...] | None = None) -> ModelInfo:
+    """Metadata of a registered model (or a ``.cfg`` path) without building it; a model file
+    (``PATH.py:FACTORY``, ``kernelfi.models.user``) is built to know it."""
+    if is_model_file(name) and name not in _REGISTRY:
+        return load_file_model(name, input_shape=input_shape).info
     if name in _REGISTRY:
         e = _REGISTRY[name]
         if e.darknet_cfg is not None:  # the cfg may have changed since registration
@@ -158,14 +164,22 @@ def _unknown(name: str) -> KernelfiError:
 
 
 def load_model(name: str, weights: str | os.PathLike[str] | None = None,
-               num_classes: int | None = None, seed: int = 0) -> LoadedModel:
+               num_classes: int | None = None, seed: int = 0, input_shape: tuple[int, ...] | None = None,
+               source_sha256: str | None = None) -> LoadedModel:
     """Build ``name`` in eval mode with the requested weights.
 
     ``weights``: a ``.pth``/``.pt``/``.safetensors`` checkpoint (a Darknet ``.weights`` file for
     cfg models), ``"random"`` to force seeded random weights, ``"embedded"`` or ``None`` for
-    the shipped weights where a model has them (else seeded random weights with ``seed``).
+    the shipped weights where a model has them, else the weights a user's builder or factory
+    sets itself, else (kernelfi's architectures) seeded random weights with ``seed``.
+    ``input_shape``, ``source_sha256``: of a model file ``PATH.py:FACTORY``
+    (``kernelfi.models.user.load_file_model``).
     """
     weights = None if weights is None else os.fspath(weights)
+    if is_model_file(name) and name not in _REGISTRY:
+        if num_classes is not None:
+            raise KernelfiError(f"{name}: --num-classes does not apply to a model file (its factory sets the classes)")
+        return load_file_model(name, weights, seed, input_shape, source_sha256)
     if name not in _REGISTRY and name.lower().endswith(".cfg"):
         return _load_darknet(Path(name), _cfg_info(Path(name)), weights, num_classes, seed)
     if name not in _REGISTRY:
@@ -204,12 +218,26 @@ def _load_torch(entry: _Entry, weights: str | None, num_classes: int | None,
         fixed = f"fixed at {info.num_classes}" if entry.fixed_classes else "at least 1"
         raise KernelfiError(f"model '{info.name}': num_classes={classes} is invalid ({fixed})")
 
-    module = init_random(build_empty(lambda: builder(classes)), seed)
+    own = False
+    if entry.own_weights and weights != RANDOM:  # the user's builder: the weights it sets are kept
+        module, own = reproducible(lambda: builder(classes)) if state is None else (builder(classes), False)
+        if state is None and not own:  # PyTorch's default initialisation: no weights of the model's
+            try:
+                init_random(module, seed)
+            except TypeError as e:
+                raise KernelfiError(f"model '{info.name}': its builder's weights differ from call to call and "
+                                    f"there are no seeded random ones for it ({e}); set them in the builder, or "
+                                    "give --weights") from None
+    else:
+        module = init_random(build_empty(lambda: builder(classes)), seed)
     if state is not None and path is not None:
         apply_state(module, state, path)
         digest = sha256_file(path)
         note = ("embedded trained weights" if source == EMBEDDED
                 else f"weights from {path.name}")
+    elif own:
+        digest, source = state_digest(module), FACTORY_WEIGHTS
+        note = f"the builder's own weights (state sha256 {digest[:12]})"
     else:
         desc = f"random:{info.name}:num_classes={classes}:seed={seed}:{RANDOM_INIT_SCHEME}"
         digest = hashlib.sha256(desc.encode()).hexdigest()

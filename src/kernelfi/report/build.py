@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError
 from kernelfi.store import Store
 

@@ -313,7 +313,7 @@ class Store(Frames):
         con.execute(
             f"INSERT OR REPLACE INTO tool_errors (campaign, {', '.join(ERR_COLS)}, created) "
             f"VALUES ({','.join('?' * (len(ERR_COLS) + 2))})",
-            (cid, *(column(r, c) for c in ERR_COLS), schema._now()))
+            (cid, *(column(r, c) for c in ERR_COLS), schema.now_utc()))
         return 0 if old else 1
 
     @guarded

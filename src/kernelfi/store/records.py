@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi.types import (
     GROUPS, OUTCOMES, BitModel, Fault, Launch, LayerSpec, Mode, Propagation, Result, Site,
 )

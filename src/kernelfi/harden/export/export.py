@@ -22,10 +22,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kernelfi import __version__
+from kernelfi.version import __version__
 from kernelfi._utils import KernelfiError
 from kernelfi.lowering import FxLowered, build_trace, lower_fx
-from kernelfi.models import load_model
+from kernelfi.models import is_model_file, load_model
+from kernelfi.models.user import parse_model_file
 from kernelfi.types import Trace
 
 from ..plan import Plan, as_plan, full_plan
@@ -68,11 +69,16 @@ def _resolve(model: str | nn.Module, weights: str | None, num_classes: int | Non
             raise KernelfiError(f"export: {name} is in training mode (call .eval() on it first)")
         c, h, w = (int(d) for d in input_shape)
         return _Source(model, name, (c, h, w), {"registry": None, "weights_source": "module"})
-    loaded = load_model(model, weights=weights, num_classes=num_classes, seed=seed)
+    loaded = load_model(model, weights=weights, num_classes=num_classes, seed=seed, input_shape=input_shape)
     if getattr(loaded.module, "kernelfi_layers", None) is not None:
         raise KernelfiError(f"{model}: Darknet cfg models are not exported: their module interprets Darknet's "
                             "layers (NaN and padding semantics) rather than composing standard torch.nn ops")
     info = loaded.info
+    if is_model_file(model):  # rebuilt from its file (``original_module``), not by a registry name
+        path, factory = parse_model_file(model)
+        return _Source(loaded.module, info.name, info.input_shape,
+                       {"registry": None, "model_file": f"{path}:{factory}", "weights_source": loaded.weights_source,
+                        "weights_hash": loaded.weights_hash})
     return _Source(loaded.module, info.name, info.input_shape,
                    {"registry": info.name, "num_classes": info.num_classes, "weights_source": loaded.weights_source,
                     "weights_hash": loaded.weights_hash})
@@ -108,7 +114,8 @@ def export_model(model: str | nn.Module, plan: Plan | Mapping[str, Any] | str | 
             must be this model.
         out: the directory to create (a previous export there is replaced; anything else refused).
         weights, num_classes, seed: as for ``kernelfi.models.load_model`` (registry models).
-        input_shape, name: (C, H, W) and the model name, for a module.
+        input_shape, name: (C, H, W) and the model name, for a module; ``input_shape`` also for a
+            model file ``PATH.py:FACTORY`` whose factory does not say it.
         check_inputs: a batch (N, C, H, W) the variants are checked on against the original;
             default: four seeded standard-normal inputs.
 

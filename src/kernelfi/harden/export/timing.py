@@ -57,12 +57,14 @@ class NativeOverhead:
 
 
 def original_module(directory: str | os.PathLike[str]) -> nn.Module:
-    """The original registry model of an export, with the export's weights (same keys)."""
+    """The original registry model (or model file) of an export, with the export's weights (same keys)."""
     manifest = read_manifest(directory)
-    name = manifest.get("registry")
+    name = manifest.get("registry") or manifest.get("model_file")
     if not name:
-        raise KernelfiError(f"{directory}: exported from a module, not a registry model: pass the original")
-    module = load_model(name, weights="random", num_classes=manifest.get("num_classes")).module
+        raise KernelfiError(f"{directory}: exported from a module, not a registry model or a model file: pass the "
+                            "original")
+    module = load_model(name, weights="random", num_classes=manifest.get("num_classes"),
+                        input_shape=tuple(manifest["input_shape"])).module
     state = load_file(str(Path(directory) / FILES["weights"]))
     result = module.load_state_dict(state, strict=False)
     if result.unexpected_keys:
