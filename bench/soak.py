@@ -20,7 +20,8 @@ user models of later work join by name. ``--quick`` is the share CI runs (tests/
 ``--fuzz K=N`` adds K random CNNs drawn from the fuzzer's vocabulary (tests/zoo/fuzz_nets.py:
 SE blocks, residuals, concatenations, pools, every supported activation...) with seeded
 weights and calibrated BatchNorm statistics, N injections per mode each, drawn from ``--seed``.
-They are registered in this process, so their campaigns run in it (one worker).
+Each is written as a model file (``PATH.py:build``, beside its checkpoint), which every worker
+imports again by path, as a user's model file.
 """
 from __future__ import annotations
 
@@ -103,10 +104,9 @@ class _BatchFailures(logging.Handler):
 
 def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, workers: int = 0,
          db_dir: str | None = None, say=print,  # type: ignore[no-untyped-def]
-         weights: dict[str, str] | None = None, local: frozenset[str] = frozenset()) -> Soak:
+         weights: dict[str, str] | None = None) -> Soak:
     """Run every (model, mode, seed) campaign into one database per model; the counts.
-    ``weights``: a checkpoint for some models (by name); ``local``: models registered in this
-    process only, whose campaigns run here (spawned workers would not know them)."""
+    ``weights``: a checkpoint for some models (by name)."""
     weights = weights or {}
     failures = _BatchFailures()
     log = logging.getLogger("kernelfi.campaign")
@@ -128,8 +128,8 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
                     for s in range(seed, seed + seeds):
                         try:
                             cid = run_campaign(CampaignConfig(ModelSpec(name, weights=weights.get(name)), mode,
-                                                              "single", n=n, seed=s, data=data,
-                                                              workers=1 if name in local else workers), str(db))
+                                                              "single", n=n, seed=s, data=data, workers=workers),
+                                               str(db))
                         except KernelfiError as err:
                             line.refused = str(err)
                             break
@@ -149,22 +149,21 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
 
 
 def fuzzed(count: int, n: int, seed: int, where: Path) -> tuple[list[str], dict[str, str]]:
-    """``count`` fuzzed CNNs registered, their seeded weights saved under ``where``: the soak's
-    ``NAME=N`` specs and the checkpoint of each name. Architecture ``i`` is drawn from
-    ``random.Random(f"{seed}:{i}")``, so the same options give the same networks."""
+    """``count`` fuzzed CNNs written under ``where`` as model files with their seeded weights
+    beside them: the soak's ``PATH.py:build=N`` specs and the checkpoint of each model.
+    Architecture ``i`` is drawn from ``random.Random(f"{seed}:{i}")``: the same options give
+    the same networks."""
     import torch
 
-    zoo = Path(__file__).resolve().parents[1] / "tests" / "zoo"
-    sys.path.insert(0, str(zoo))
-    from fuzz_nets import FuzzNet, arch_name, random_net  # noqa: E402 (tests/zoo)
-    from zoo import CLASSES, register, seeded  # noqa: E402
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "zoo"))
+    from fuzz_nets import FuzzNet, model_file, random_net  # noqa: E402 (tests/zoo)
+    from zoo import CLASSES, seeded  # noqa: E402
 
     specs, ckpts = [], {}
     for i in range(count):
         shape, arch = random_net(random.Random(f"{seed}:{i}"))
-        name = arch_name(arch, shape)
-        register(name, lambda classes, a=arch, s=shape: FuzzNet(a, s, classes), shape)
-        path = where / f"{name}.pt"
+        name = model_file(arch, shape, CLASSES, where)
+        path = where / f"{Path(name.rpartition(':')[0]).stem}.pt"
         torch.save(seeded(FuzzNet(arch, shape, CLASSES), shape, seed).state_dict(), path)
         specs.append(f"{name}={n}")
         ckpts[name] = str(path)
@@ -198,8 +197,7 @@ def main() -> None:
             count, n, _ = parse_model(args.fuzz)
             specs, weights = fuzzed(int(count), n, args.seed, Path(args.db_dir or tmp))
             models += specs
-        result = soak(models, tuple(args.modes), args.seed, args.workers, args.db_dir, weights=weights,
-                      local=frozenset(weights))
+        result = soak(models, tuple(args.modes), args.seed, args.workers, args.db_dir, weights=weights)
     print(f"soak injections={result.injections} tool_errors={result.tool_errors} "
           f"refused={sum(1 for l in result.lines if l.refused)} "
           f"batch_failures={result.batch_failures} seconds={result.seconds:.0f}")

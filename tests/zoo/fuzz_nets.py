@@ -13,6 +13,7 @@ dropout, identity, and three classification heads.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
@@ -227,6 +228,33 @@ class FuzzNet(nn.Module):
 
 
 def arch_name(arch: Arch, shape: tuple[int, int, int]) -> str:
-    """A registry name that is a pure function of the architecture."""
+    """A name that is a pure function of the architecture."""
     return "fuzz-" + hashlib.sha256(repr((shape, arch)).encode()).hexdigest()[:12]
+
+
+MODEL_FILE = '''"""A fuzzed architecture of tests/zoo/fuzz_nets.py, as a model file (PATH.py:build)."""
+import sys
+
+sys.path.insert(0, {zoo!r})
+from fuzz_nets import FuzzNet  # noqa: E402
+
+ARCH = {arch!r}
+SHAPE = {shape!r}
+
+
+def build():
+    return FuzzNet(ARCH, SHAPE, {classes!r})
+
+
+build.input_shape = SHAPE
+'''
+
+
+def model_file(arch: Arch, shape: tuple[int, int, int], num_classes: int, where: Path) -> str:
+    """Write ``arch`` as a model file under ``where``: its ``PATH.py:build`` name, which every
+    process (a campaign's workers, replay) imports again by path (``kernelfi.models.user``)."""
+    path = where / f"{arch_name(arch, shape).replace('-', '_')}.py"
+    path.write_text(MODEL_FILE.format(zoo=str(Path(__file__).resolve().parent), arch=arch, shape=shape,
+                                      classes=num_classes))
+    return f"{path}:build"
 

@@ -17,8 +17,8 @@ from kernelfi.lowering import lower
 
 import pytest
 
-from fuzz_nets import Arch, FuzzNet, arch_name, random_net
-from zoo import CLASSES, MODES, campaign, lowering_error, register, seeded
+from fuzz_nets import Arch, FuzzNet, arch_name, model_file, random_net
+from zoo import CLASSES, campaign, lowering_error, seeded
 
 
 @st.composite
@@ -31,14 +31,13 @@ def nets(draw: Callable[[st.SearchStrategy[Any]], Any], max_ops: int = 6) -> tup
 
 
 def check_net(shape: tuple[int, int, int], arch: Arch, n: int = 50) -> None:
-    """The fuzzer's claim for one architecture: exact lowering, no tool error in any mode."""
-    name = arch_name(arch, shape)
+    """The fuzzer's claim for one architecture: exact lowering, no tool error in any mode (the
+    campaign on the architecture as a model file, ``PATH.py:build``, with the seeded weights)."""
     module = seeded(FuzzNet(arch, shape, CLASSES), shape)
-    a = lowering_error(module, lower(module, shape, name), shape)
+    a = lowering_error(module, lower(module, shape, arch_name(arch, shape)), shape)
     assert a.error <= 1e-5, (arch, shape, a.error, a.scale)
-    register(name, lambda classes: FuzzNet(arch, shape, classes), shape)
     with tempfile.TemporaryDirectory() as tmp:
-        for r in campaign(name, module, Path(tmp), n, inputs=2):
+        for r in campaign(model_file(arch, shape, CLASSES, Path(tmp)), module, Path(tmp), n):
             assert r.tool_errors == [] and r.injections == n, (arch, shape, r.mode, r.tool_errors[:3])
 
 

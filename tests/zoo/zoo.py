@@ -30,6 +30,11 @@ CLASSES = 10
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
+def unet_up3(num_classes: int) -> nn.Module:
+    """The U-Net with 3x3 up-convolutions (a top-level builder: the registry finds it again)."""
+    return UNetClassifier(num_classes, upconv=3)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo model: its builder (``num_classes -> module``) and the input it is scaled to."""
@@ -47,7 +52,7 @@ ZOO = (
     ZooEntry("densenet-121", DenseNet121, (3, 64, 64)),
     ZooEntry("squeezenet-1.1", SqueezeNet11, (3, 44, 44)),
     ZooEntry("unet-classifier", UNetClassifier, (3, 32, 32)),
-    ZooEntry("unet-classifier-up3", lambda n: UNetClassifier(n, upconv=3), (3, 32, 32)),
+    ZooEntry("unet-classifier-up3", unet_up3, (3, 32, 32)),
 )
 
 
@@ -120,17 +125,19 @@ class ModeRun:
     seconds: float
 
 
-def campaign(name: str, module: nn.Module, where: Path, n: int, modes: tuple[str, ...] = MODES,
+def campaign(model: str, module: nn.Module, where: Path, n: int, modes: tuple[str, ...] = MODES,
              seed: int = 1, inputs: int = 2) -> list[ModeRun]:
-    """A campaign of ``n`` injections per mode on the registered ``name`` with ``module``'s own
-    weights (saved as a checkpoint, loaded by the registry as a user's are), random inputs."""
-    weights = where / f"{name}.pt"
+    """A campaign of ``n`` injections per mode on ``model`` (a registered name or a model file
+    ``PATH.py:FACTORY``) with ``module``'s own weights, saved as a checkpoint and loaded over
+    the builder's as a user's are, on seeded random inputs."""
+    stem = Path(model.rpartition(":")[0] or model).stem
+    weights = where / f"{stem}.pt"
     torch.save(module.state_dict(), weights)
-    db = str(where / f"{name}.db")
+    db = str(where / f"{stem}.db")
     out = []
     for mode in modes:
         t0 = time.perf_counter()
-        cid = run_campaign(CampaignConfig(ModelSpec(name, weights=str(weights)), mode, "single", n=n, seed=seed,
+        cid = run_campaign(CampaignConfig(ModelSpec(model, weights=str(weights)), mode, "single", n=n, seed=seed,
                                           data="random", inputs=inputs), db)
         seconds = time.perf_counter() - t0
         with Store(db, create=False, readonly=True) as s:
