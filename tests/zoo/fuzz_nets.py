@@ -101,7 +101,7 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             h, w = size
         elif kind == "adaptive" and min(h, w) >= 2:
             # to 1x1, or by one whole factor on both axes (the lowering refuses other
-            # windows in one line: tests/zoo/README.md)
+            # windows in one line; tests/zoo/README.md)
             sizes = [(1, 1)] + [(h // f, w // f) for f in range(2, min(h, w) + 1) if h % f == 0 and w % f == 0]
             h, w = d.choice(sizes)
             op = ("adaptive", (h, w))
