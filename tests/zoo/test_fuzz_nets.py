@@ -35,7 +35,7 @@ def check_net(shape: tuple[int, int, int], arch: Arch, n: int = 50) -> None:
     campaign on the architecture as a model file, ``PATH.py:build``, with the seeded weights)."""
     module = seeded(FuzzNet(arch, shape, CLASSES), shape)
     a = lowering_error(module, lower(module, shape, arch_name(arch, shape)), shape)
-    assert a.error <= 1e-5, (arch, shape, a.error, a.scale)
+    assert a.exact, (arch, shape, a.error, a.error64, a.native64, a.scale)
     with tempfile.TemporaryDirectory() as tmp:
         for r in campaign(model_file(arch, shape, CLASSES, Path(tmp)), module, Path(tmp), n):
             assert r.tool_errors == [] and r.injections == n, (arch, shape, r.mode, r.tool_errors[:3])
@@ -43,6 +43,26 @@ def check_net(shape: tuple[int, int, int], arch: Arch, n: int = 50) -> None:
 
 _SETTINGS = dict(deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+#: found by the slow fuzz: the lowered logits are 1.0018e-5 from the native ones, but the
+#: native float32 forward is itself 5.9e-6 from the float64 one (x - tanh(conv x) cancels, the
+#: BN after it amplifies) and the lowered one 4.2e-6: rounding on both sides, not a mismatch
+ROUNDING = ((1, 8, 8), (
+    ("up",), ("conv", 6, (1, 3), 1, (0, 1), 1, True, True, "relu6"), ("avgpool", 3, 2, 0, True),
+    ("avgpool", 3, 2, 0, False), ("se", 2, "hardsigmoid", "functional"),
+    ("conv", 5, (1, 3), 1, (0, 1), 1, False, False, "sigmoid"), ("cat", ("conv", 5, 1, 1, (0, 0), 1, True, True, "leaky0.1")),
+    ("res", "sub", ("conv", 10, 1, 1, (0, 0), 1, False, False, "tanh"), "hardswish"), ("maxpool", 2, 1, 0, False),
+    ("bn",), ("head", "mean", 3)))
+
+
+def test_float32_rounding_of_the_native_forward_is_no_mismatch() -> None:
+    shape, arch = ROUNDING
+    module = seeded(FuzzNet(arch, shape, CLASSES), shape)
+    a = lowering_error(module, lower(module, shape, "rounding"), shape)
+    assert a.error > 1e-5 and a.native64 > 5e-6  # the native forward's own rounding
+    assert a.error64 < a.native64 and a.exact  # the lowered one is nearer the float64 forward
+    check_net(shape, arch)
 
 
 @settings(max_examples=12, **_SETTINGS)  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ def test_zoo_model_lowers_exactly(entry: ZooEntry) -> None:
     module, program = _lowered(entry)
     a = lowering_error(module, program, entry.input_shape)
     assert a.scale > 0.1  # the seeded weights give logits of a real scale, not a vanishing one
-    assert a.error <= 1e-5, (entry.key, a.error)
+    assert a.error <= 1e-5, (entry.key, a.error)  # the zoo: against the native forward itself
     # the forward really depends on the input: two inputs, two different logits
     assert a.logits.shape == (2, CLASSES) and not torch.allclose(a.logits[0], a.logits[1])
     assert torch.allclose(a.probs.sum(1), torch.ones(2), atol=1e-5)
