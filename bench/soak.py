@@ -15,17 +15,26 @@ user models of later work join by name. ``--quick`` is the share CI runs (tests/
     python bench/soak.py                 # the full soak (figures in bench/README.md)
     python bench/soak.py --quick
     python bench/soak.py --models digits-alexnet=1000x2 alexnet=200 --modes iov
+    python bench/soak.py --models --fuzz 20=200     # 20 fuzzed CNNs, 200 injections per mode each
+
+``--fuzz K=N`` adds K random CNNs drawn from the fuzzer's vocabulary (tests/zoo/fuzz_nets.py:
+SE blocks, residuals, concatenations, pools, every supported activation...) with seeded
+weights and calibrated BatchNorm statistics, N injections per mode each, drawn from ``--seed``.
+Each is written as a model file (``PATH.py:build``, beside its checkpoint), which every worker
+imports again by path, as a user's model file.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import random
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernelfi._utils import KernelfiError
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.models import get_model_info
 from kernelfi.store import Store
@@ -50,6 +59,8 @@ class Line:
     tool_errors: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: the one line a model was refused with (the lowering, a bad spec): no campaign ran
+    refused: str | None = None
 
 
 @dataclass
@@ -68,7 +79,7 @@ class Soak:
 
     @property
     def ok(self) -> bool:
-        return self.tool_errors == 0 and self.batch_failures == 0
+        return self.tool_errors == 0 and self.batch_failures == 0 and not any(l.refused for l in self.lines)
 
 
 def parse_model(text: str) -> tuple[str, int, int]:
@@ -92,8 +103,11 @@ class _BatchFailures(logging.Handler):
 
 
 def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, workers: int = 0,
-         db_dir: str | None = None, say=print) -> Soak:  # type: ignore[no-untyped-def]
-    """Run every (model, mode, seed) campaign into one database per model; the counts."""
+         db_dir: str | None = None, say=print,  # type: ignore[no-untyped-def]
+         weights: dict[str, str] | None = None) -> Soak:
+    """Run every (model, mode, seed) campaign into one database per model; the counts.
+    ``weights``: a checkpoint for some models (by name)."""
+    weights = weights or {}
     failures = _BatchFailures()
     log = logging.getLogger("kernelfi.campaign")
     log.addHandler(failures)
@@ -112,8 +126,13 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
                     line = Line(name, mode)
                     t1 = time.perf_counter()
                     for s in range(seed, seed + seeds):
-                        cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=n, seed=s,
-                                                          data=data, workers=workers), str(db))
+                        try:
+                            cid = run_campaign(CampaignConfig(ModelSpec(name, weights=weights.get(name)), mode,
+                                                              "single", n=n, seed=s, data=data, workers=workers),
+                                               str(db))
+                        except KernelfiError as err:
+                            line.refused = str(err)
+                            break
                         with Store(db, create=False, readonly=True) as store:
                             for k, v in store.outcome_counts(cid).items():
                                 line.outcomes[k] += v
@@ -129,25 +148,58 @@ def soak(models: list[str], modes: tuple[str, ...] = MODES, seed: int = 1, worke
     return Soak(lines, failures.count, time.perf_counter() - t0)
 
 
+def fuzzed(count: int, n: int, seed: int, where: Path) -> tuple[list[str], dict[str, str]]:
+    """``count`` fuzzed CNNs written under ``where`` as model files with their seeded weights
+    beside them: the soak's ``PATH.py:build=N`` specs and the checkpoint of each model.
+    Architecture ``i`` is drawn from ``random.Random(f"{seed}:{i}")``: the same options give
+    the same networks."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "zoo"))
+    from fuzz_nets import FuzzNet, model_file, random_net  # noqa: E402 (tests/zoo)
+    from zoo import CLASSES, seeded  # noqa: E402
+
+    specs, ckpts = [], {}
+    for i in range(count):
+        shape, arch = random_net(random.Random(f"{seed}:{i}"))
+        name = model_file(arch, shape, CLASSES, where)
+        path = where / f"{Path(name.rpartition(':')[0]).stem}.pt"
+        torch.save(seeded(FuzzNet(arch, shape, CLASSES), shape, seed).state_dict(), path)
+        specs.append(f"{name}={n}")
+        ckpts[name] = str(path)
+    return specs, ckpts
+
+
 def _format(l: Line) -> str:
     parts = " ".join(f"{k}={v}" for k, v in l.outcomes.items())
     text = (f"{l.model:<16} {l.mode:<3} injections={l.injections} {parts} tool_errors={l.tool_errors} "
             f"({l.seconds:.0f}s, {l.injections / max(l.seconds, 1e-9):.0f}/s)")
+    if l.refused:
+        text = f"{l.model:<16} {l.mode:<3} REFUSED {l.refused}"
     return "\n".join([text] + [f"    TOOL ERROR {e}" for e in l.errors])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=None, help="NAME=N or NAME=NxS (default: the full soak)")
+    ap.add_argument("--models", nargs="*", default=None, help="NAME=N or NAME=NxS (default: the full soak; "
+                    "none: only the fuzzed ones)")
+    ap.add_argument("--fuzz", default=None, metavar="K=N", help="also K fuzzed CNNs, N injections per mode each")
     ap.add_argument("--quick", action="store_true", help="the share CI runs: 1,000 per mode on each digits model")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="fault modes")
     ap.add_argument("--seed", type=int, default=1, help="first seed (a model's S seeds run from it)")
     ap.add_argument("--workers", type=int, default=0, help="worker processes (0: one per CPU)")
     ap.add_argument("--db-dir", default=None, help="keep the databases here (default: a temporary directory)")
     args = ap.parse_args()
-    models = args.models or list(QUICK if args.quick else FULL)
-    result = soak(models, tuple(args.modes), args.seed, args.workers, args.db_dir)
+    models = list(QUICK if args.quick else FULL) if args.models is None else list(args.models)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights: dict[str, str] = {}
+        if args.fuzz:
+            count, n, _ = parse_model(args.fuzz)
+            specs, weights = fuzzed(int(count), n, args.seed, Path(args.db_dir or tmp))
+            models += specs
+        result = soak(models, tuple(args.modes), args.seed, args.workers, args.db_dir, weights=weights)
     print(f"soak injections={result.injections} tool_errors={result.tool_errors} "
+          f"refused={sum(1 for l in result.lines if l.refused)} "
           f"batch_failures={result.batch_failures} seconds={result.seconds:.0f}")
     sys.exit(0 if result.ok else 1)
 

@@ -41,3 +41,14 @@ def test_the_soak_counts_a_tool_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.tool_errors == 2 and not out.ok  # injection 3 of each of the two seeds
     assert out.lines[0].errors[0].startswith("RuntimeError: simulated (kernelfi replay --db ")
     assert sum(out.lines[0].outcomes.values()) == 38
+
+
+def test_the_soak_runs_fuzzed_models(tmp_path: Path) -> None:
+    """bench/soak.py --fuzz: two CNNs drawn from the fuzzer's vocabulary (tests/zoo/fuzz_nets.py),
+    written as model files with seeded weights, every mode, and no tool error nor refusal."""
+    specs, weights = soak.fuzzed(2, 20, 1, tmp_path)
+    assert len(specs) == 2 and all(s.endswith(":build=20") and "fuzz_" in s for s in specs)
+    assert specs == soak.fuzzed(2, 20, 1, tmp_path)[0]  # the same seed draws the same networks
+    out = soak.soak(specs, workers=1, say=lambda _: None, weights=weights)
+    assert len(out.lines) == 6 and not any(l.refused for l in out.lines), [l.refused for l in out.lines]
+    assert out.ok and out.injections == 120, [l.errors for l in out.lines]

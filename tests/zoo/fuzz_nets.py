@@ -1,0 +1,260 @@
+"""Random CNNs from the layers the lowering supports: an architecture is plain data (a tuple
+of ops, each a tuple), drawn op by op from whatever source of choices the caller gives
+(hypothesis in tests/zoo/test_fuzz_nets.py, a seeded ``random.Random`` in bench/soak.py), so
+both explore the same vocabulary and a failing architecture prints as a literal to paste back.
+
+The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, integer or 'same'
+padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
+BatchNorm anywhere, max pools (padding, ceil_mode), local and adaptive average pools, residual
+branches combined by add, subtract or multiply, channel concatenations, squeeze-and-excitation
+blocks (module and functional styles, sigmoid and hard-sigmoid gates), nearest upsampling,
+dropout, identity, and three classification heads.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Op = tuple[Any, ...]
+Arch = tuple[Op, ...]
+
+ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "gelu", "leaky0.1", "leaky0.2",
+        "identity")
+HEADS = ("flatten", "mean", "adaptive")
+KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop")
+
+
+class Draw(Protocol):
+    """A source of choices: an integer in [lo, hi], one of a sequence."""
+
+    def int(self, lo: int, hi: int) -> int: ...
+
+    def choice(self, options: Sequence[Any]) -> Any: ...
+
+
+class RandomDraw:
+    """Choices from a seeded ``random.Random`` (the soak's)."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng = rng
+
+    def int(self, lo: int, hi: int) -> int:
+        return int(self.rng.randint(lo, hi))
+
+    def choice(self, options: Sequence[Any]) -> Any:
+        return options[self.rng.randrange(len(options))]
+
+
+def act_module(name: str) -> nn.Module:
+    if name.startswith("leaky"):
+        return nn.LeakyReLU(float(name[5:]))
+    return {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
+            "hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+            "identity": nn.Identity}[name]()
+
+
+def _conv_op(d: Draw, c: int, h: int, w: int, same_shape: bool = False,
+             acts: Sequence[str] = ACTS) -> tuple[Op, tuple[int, int, int]]:
+    """A conv op valid on a (c, h, w) map and the shape it gives (``same_shape``: keeps c, h, w)."""
+    cout = c if same_shape else d.int(1, 8)
+    k = d.choice([1, 3, 3, (1, 3), (3, 1), 5] if min(h, w) >= 5 else [1, 3, (1, 3), (3, 1)])
+    kh, kw = (k, k) if isinstance(k, int) else k
+    stride = 1 if same_shape or min(h, w) < 4 else d.choice([1, 1, 2])
+    pad: Any = "same" if stride == 1 and d.int(0, 2) == 0 else ((kh - 1) // 2 if kh == kw else ((kh - 1) // 2, (kw - 1) // 2))
+    if same_shape and pad != "same":
+        pad = ((kh - 1) // 2, (kw - 1) // 2)
+    groups = c if (cout == c and d.int(0, 2) == 0) else 1
+    op = ("conv", cout, k, stride, pad, groups, bool(d.int(0, 1)), bool(d.int(0, 1)), d.choice(tuple(acts) + (None,)))
+    if pad == "same":
+        return op, (cout, h, w)
+    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
+    return op, (cout, (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1)
+
+
+def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[str] = KINDS,
+              acts: Sequence[str] = ACTS) -> Arch:
+    """``ops`` ops of ``kinds`` valid on an input of ``shape``, then a head."""
+    c, h, w = shape
+    out: list[Op] = []
+    for _ in range(ops):
+        kind = d.choice(kinds)
+        if kind == "conv":
+            op, (c, h, w) = _conv_op(d, c, h, w, acts=acts)
+        elif kind == "act":
+            op = ("act", d.choice(acts))
+        elif kind == "bn":
+            op = ("bn",)
+        elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
+            k = d.int(2, min(3, h, w))
+            s = d.int(1, 2)
+            pad = d.int(0, k // 2)
+            ceil = bool(d.int(0, 1))
+            op = (kind, k, s, pad, ceil)
+            size = [((n + 2 * pad - k + (s - 1 if ceil else 0)) // s) + 1 for n in (h, w)]
+            if ceil:  # PyTorch drops a last window that would start in the right padding
+                size = [o - 1 if (o - 1) * s >= n + pad else o for o, n in zip(size, (h, w))]
+            h, w = size
+        elif kind == "adaptive" and min(h, w) >= 2:
+            # to 1x1, or by one whole factor on both axes (the lowering refuses other
+            # windows in one line; tests/zoo/README.md)
+            sizes = [(1, 1)] + [(h // f, w // f) for f in range(2, min(h, w) + 1) if h % f == 0 and w % f == 0]
+            h, w = d.choice(sizes)
+            op = ("adaptive", (h, w))
+        elif kind == "res":
+            inner, _ = _conv_op(d, c, h, w, same_shape=True, acts=acts)
+            op = ("res", d.choice(["add", "add", "sub", "mul"]), inner, d.choice(tuple(acts) + (None,)))
+        elif kind == "cat" and c <= 16:
+            inner, (c2, _, _) = _conv_op(d, c, h, w, same_shape=True, acts=acts)
+            op, c = ("cat", inner), c + c2
+        elif kind == "se":
+            op = ("se", max(1, c // d.int(1, 4)), d.choice(["sigmoid", "hardsigmoid"]), d.choice(["module", "functional"]))
+        elif kind == "up" and max(h, w) <= 8:
+            op, h, w = ("up",), 2 * h, 2 * w
+        elif kind == "drop":
+            op = ("drop", d.choice(["dropout", "dropout2d", "identity"]))
+        else:
+            continue
+        out.append(op)
+    out.append(("head", d.choice(HEADS), d.int(2, 6)))
+    return tuple(out)
+
+
+def random_net(rng: Any, max_ops: int = 8) -> tuple[tuple[int, int, int], Arch]:
+    """An input shape (1 or 3 channels, 4 .. 12 pixels each side) and 2 .. ``max_ops`` ops
+    drawn with a seeded ``random.Random``."""
+    shape = (rng.choice([1, 3]), rng.randint(4, 12), rng.randint(4, 12))
+    return shape, draw_arch(RandomDraw(rng), shape, rng.randint(2, max_ops))
+
+
+def _conv(op: Op, cin: int) -> nn.Module:
+    _, cout, k, stride, pad, groups, bias, bn, act = op
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=bias)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    if act is not None:
+        layers.append(act_module(act))
+    return nn.Sequential(*layers)
+
+
+class SE(nn.Module):
+    """Squeeze-and-excitation: pool, 1x1 conv down, ReLU, 1x1 conv up, gate, broadcast multiply."""
+
+    def __init__(self, c: int, squeeze: int, gate: str, style: str) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+        self.style = style
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.gate = nn.Sigmoid() if gate == "sigmoid" else nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.style == "functional":
+            s = F.adaptive_avg_pool2d(x, 1)
+            return x * self.gate(self.fc2(F.relu(self.fc1(s))))
+        return self.gate(self.fc2(torch.relu(self.fc1(self.pool(x))))) * x
+
+
+class FuzzNet(nn.Module):
+    """The module an ``Arch`` describes, on inputs of ``shape``."""
+
+    def __init__(self, arch: Arch, shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.mods = nn.ModuleList()
+        c, h, w = shape
+        probe = torch.zeros(1, *shape)
+        for op in arch:
+            kind = op[0]
+            if kind == "conv":
+                m: nn.Module = _conv(op, c)
+            elif kind == "act":
+                m = act_module(op[1])
+            elif kind == "bn":
+                m = nn.BatchNorm2d(c)
+            elif kind == "maxpool":
+                m = nn.MaxPool2d(op[1], op[2], op[3], ceil_mode=op[4])
+            elif kind == "avgpool":
+                m = nn.AvgPool2d(op[1], op[2], op[3], ceil_mode=op[4])
+            elif kind == "adaptive":
+                m = nn.AdaptiveAvgPool2d(op[1])
+            elif kind in ("res", "cat"):
+                m = nn.ModuleDict({"branch": _conv(op[2] if kind == "res" else op[1], c)})
+                if kind == "res" and op[3] is not None:
+                    m["act"] = act_module(op[3])
+            elif kind == "se":
+                m = SE(c, op[1], op[2], op[3])
+            elif kind == "up":
+                m = nn.Upsample(scale_factor=2, mode="nearest")
+            elif kind == "drop":
+                m = {"dropout": nn.Dropout(0.3), "dropout2d": nn.Dropout2d(0.3), "identity": nn.Identity()}[op[1]]
+            elif kind == "head":
+                features = c * h * w if op[1] == "flatten" else c
+                m = nn.Sequential(nn.Linear(features, op[2]), nn.ReLU(), nn.Linear(op[2], num_classes))
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            self.mods.append(m)
+            if kind != "head":
+                with torch.no_grad():
+                    probe = self.run_op(op, m.eval(), probe)
+                c, h, w = probe.shape[1:]
+
+    @staticmethod
+    def run_op(op: Op, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        kind = op[0]
+        if kind == "res":
+            y = m["branch"](x)
+            y = x + y if op[1] == "add" else x - y if op[1] == "sub" else x * y
+            return m["act"](y) if "act" in m else y
+        if kind == "cat":
+            return torch.cat([x, m["branch"](x)], 1)
+        if kind == "head":
+            if op[1] == "flatten":
+                x = torch.flatten(x, 1)
+            elif op[1] == "mean":
+                x = x.mean((2, 3))
+            else:
+                x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+            return m(x)
+        return m(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for op, m in zip(self.arch, self.mods):
+            x = self.run_op(op, m, x)
+        return x
+
+
+def arch_name(arch: Arch, shape: tuple[int, int, int]) -> str:
+    """A name that is a pure function of the architecture."""
+    return "fuzz-" + hashlib.sha256(repr((shape, arch)).encode()).hexdigest()[:12]
+
+
+MODEL_FILE = '''"""A fuzzed architecture of tests/zoo/fuzz_nets.py, as a model file (PATH.py:build)."""
+import sys
+
+sys.path.insert(0, {zoo!r})
+from fuzz_nets import FuzzNet  # noqa: E402
+
+ARCH = {arch!r}
+SHAPE = {shape!r}
+
+
+def build():
+    return FuzzNet(ARCH, SHAPE, {classes!r})
+
+
+build.input_shape = SHAPE
+'''
+
+
+def model_file(arch: Arch, shape: tuple[int, int, int], num_classes: int, where: Path) -> str:
+    """Write ``arch`` as a model file under ``where``: its ``PATH.py:build`` name, which every
+    process (a campaign's workers, replay) imports again by path (``kernelfi.models.user``)."""
+    path = where / f"{arch_name(arch, shape).replace('-', '_')}.py"
+    path.write_text(MODEL_FILE.format(zoo=str(Path(__file__).resolve().parent), arch=arch, shape=shape,
+                                      classes=num_classes))
+    return f"{path}:build"
+
