@@ -50,12 +50,17 @@ class AllLayers(nn.Module):
         return self.head(self.drop(F.relu(self.fc(m))))
 
 
+def build_all_layers(num_classes: int) -> AllLayers:
+    """The registered builder: top level, so worker processes can import it (kernelfi.models.user)."""
+    return AllLayers(num_classes)
+
+
 @pytest.fixture(scope="module")
 def registered() -> str:
     from kernelfi.models import list_models
     if NAME not in {m.name for m in list_models()}:
         register_model(NAME, input_shape=(3, 12, 12), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="issue 20: every new layer")(lambda n: AllLayers(n))
+                       description="issue 20: every new layer")(build_all_layers)
     return NAME
 
 
