@@ -298,7 +298,8 @@ def seq_sum(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         import numpy as np  # numpy's accumulate is a sequential loop in the array's dtype
 
-        running = np.add.accumulate(x.detach().contiguous().numpy(), axis=-1)[..., -1]
+        with np.errstate(over="ignore", invalid="ignore"):  # a faulty lane may overflow to inf, as float32 on the GPU does
+            running = np.add.accumulate(x.detach().contiguous().numpy(), axis=-1)[..., -1]
         return torch.from_numpy(np.ascontiguousarray(running)).reshape(x.shape[:-1])
     acc = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
     for i in range(x.shape[-1]):
