@@ -25,7 +25,7 @@ from torch import nn
 from kernelfi.harden import Plan, Protection, profile_bounds
 from kernelfi.harden.export import export_model, flip_in, launch_op, load_exported, read_manifest
 from kernelfi.harden.export.mapping import graph_ops
-from kernelfi.harden.units import abft_plan
+from kernelfi.harden.units import abft_checkable, abft_plan, conv_pairs
 from kernelfi.lowering import lower, lower_fx
 from tests.test_layers_campaign import AllLayers
 from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
@@ -202,3 +202,36 @@ def test_a_flip_in_one_replica_of_a_new_layer_op_is_corrected(abft_export: tuple
         assert faulty.calls == 3, node                          # TMR: three runs; DMR: two, a mismatch, a third
         if variant == "full-dmr":
             assert net.hardening.get_submodule(node).reexecuted == before + 1, node
+
+
+class EvenSame(nn.Module):
+    """padding='same' of a 2x2 kernel (pads 0 before, 1 after) between two symmetric convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.even = nn.Conv2d(4, 4, 2, padding="same")
+        self.b = nn.Conv2d(4, 2, 3, padding="same")
+        self.head = nn.Linear(2 * 5 * 5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(F.relu(self.even(F.relu(self.a(x))))).flatten(1))
+
+
+def test_even_same_exports_as_same_and_abft_leaves_it(tmp_path: Path) -> None:
+    # ABFT's virtual im2col pads alike on both sides: the 2x2 'same' gemm is not checkable, so
+    # full ABFT protects a, b and head only; the export spells the asymmetric conv 'same'
+    torch.manual_seed(0)
+    m, x = EvenSame().eval(), torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    trace = lower(m, (3, 5, 5)).trace
+    checkable = {trace.launches[g].name: abft_checkable(trace, g) for g in conv_pairs(trace).values()}
+    assert checkable == {"a.gemm": True, "even.gemm": False, "b.gemm": True}
+    export_model(m, Plan("even", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 5, 5), name="even",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.Conv2d(4, 4, kernel_size=(2, 2), stride=(1, 1), padding='same'" in src
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
+    assert {op["module"] for e in read_manifest(tmp_path / "e")["entries"] for op in e["ops"]} == {"a", "b", "head"}

@@ -1,6 +1,8 @@
 """Issue 20 convolution geometry: non-square kernels, strides, paddings and dilations and
 padding='same' as im2col's width-axis parameters: lowered models equal their native forward,
-a fault in a (1, 3) im2col corrupts what was worked out on paper."""
+padding='same' of an even kernel as im2col's bottom/right padding (``pad_h_after``,
+``pad_w_after``); a fault in a (1, 3) im2col and one in an asymmetric 2x2 one corrupt what was
+worked out on paper."""
 from __future__ import annotations
 
 import pytest
@@ -16,7 +18,9 @@ CONVS = [nn.Conv2d(2, 3, (1, 3), padding=(0, 1)), nn.Conv2d(2, 3, (3, 1), paddin
          nn.Conv2d(2, 3, 3, padding="same"), nn.Conv2d(2, 3, (1, 5), padding="same"),
          nn.Conv2d(2, 3, 3, stride=(2, 1), padding=(1, 2)), nn.Conv2d(2, 3, 3, dilation=(1, 2), padding="same"),
          nn.Conv2d(2, 4, (1, 3), padding=(0, 1), groups=2), nn.Conv2d(2, 3, 1, stride=(2, 1)),
-         nn.Conv2d(2, 3, 3, padding="valid")]
+         nn.Conv2d(2, 3, 3, padding="valid"), nn.Conv2d(2, 3, 2, padding="same"),
+         nn.Conv2d(2, 3, (2, 3), padding="same"), nn.Conv2d(2, 3, (2, 4), dilation=(3, 1), padding="same"),
+         nn.Conv2d(2, 4, 2, padding="same", groups=2)]
 
 
 @pytest.mark.parametrize("conv", CONVS, ids=repr)
@@ -37,9 +41,51 @@ def test_square_layers_keep_their_params() -> None:
     assert not {"ksize_w", "stride_w", "pad_w", "dilation_w"} & set(im.params) and im.params["pad"] == 1
 
 
-def test_same_of_an_even_kernel_is_refused() -> None:
-    with pytest.raises(KernelfiError, match="pads asymmetrically"):
-        lower(nn.Sequential(nn.Conv2d(1, 1, 2, padding="same")).eval(), (1, 4, 4))
+def _two_by_two_same() -> nn.Module:
+    """Conv2d(1, 1, 2, padding='same') with weights [[1, 2], [4, 8]]/16, bias 0: PyTorch pads
+    0 before and 1 after on each axis (total k-1 = 1), so out[i, j] = (x[i, j] + 2 x[i, j+1]
+    + 4 x[i+1, j] + 8 x[i+1, j+1])/16 with x zero past the bottom and right edges."""
+    conv = nn.Conv2d(1, 1, 2, padding="same")
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 2.0], [4.0, 8.0]]).reshape(1, 1, 2, 2) / 16)
+        conv.bias.zero_()
+    return nn.Sequential(conv, nn.Flatten()).eval()
+
+
+#: x = [[1, 2, 3], [4, 5, 6], [7, 8, 9]] through _two_by_two_same, on paper: 16 out =
+#: [1+4+16+40, 2+6+20+48, 3+24, 4+10+28+64, 5+12+32+72, 6+36, 7+16, 8+18, 9]
+SAME_2X2 = [v / 16 for v in (61.0, 76.0, 27.0, 106.0, 121.0, 42.0, 23.0, 26.0, 9.0)]
+
+
+def test_same_of_an_even_kernel_pads_after() -> None:
+    net = _two_by_two_same()
+    prog = lower(net, (1, 3, 3))
+    im = next(l for l in prog.trace.launches if l.kernel == "im2col")
+    # square otherwise: only the bottom/right padding is added to Darknet's params
+    assert (im.params["pad"], im.params["pad_h_after"], im.params["pad_w_after"]) == (0, 1, 1)
+    assert not {"ksize_w", "stride_w", "pad_w", "dilation_w"} & set(im.params)
+    assert (im.params["out_h"], im.params["out_w"]) == (3, 3)
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    for fast in (True, False):
+        assert prog.forward(x, fast=fast)[0][0].tolist() == SAME_2X2
+    with torch.no_grad():
+        assert net(x)[0].tolist() == SAME_2X2
+
+
+def test_asymmetric_im2col_fault_in_the_after_padding() -> None:
+    # thread 2 is output (0, 2); its taps (0, 0), (0, 1), (1, 0), (1, 1) read x[0, 2] = 3,
+    # x[0, 3] (the right padding: 0), x[1, 2] = 6, x[1, 3] (padding: 0). Execution 1 of
+    # sel:value is the padded 0.0; bit 30 flipped is 0x40000000 = 2.0, times weight 2/16:
+    # out[0, 2] = (27 + 4)/16 = 31/16. The top-1 (out[1, 1]) is unchanged.
+    prog = lower(_two_by_two_same(), (1, 3, 3))
+    x = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    im = next(l for l in prog.trace.launches if l.kernel == "im2col")
+    r, probs = run_one(prog, Fault("iov", site(prog, im.name, "sel:value", 2, exec_=1, calls=4), "single", (30,)), x)
+    assert (r.original, r.corrupted) == (0.0, 2.0)
+    want = list(SAME_2X2)
+    want[2] = 31.0 / 16
+    assert torch.allclose(probs, probs_of(want), atol=1e-7)
+    assert (r.golden_top1, r.faulty_top1) == (4, 4) and r.outcome == "sdc_light_malfunction"
 
 
 def test_one_by_three_im2col_fault() -> None:

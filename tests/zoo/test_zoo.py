@@ -16,10 +16,7 @@ from kernelfi.types import OUTCOMES
 from zoo import CLASSES, MODES, ZOO, ZooEntry, campaign, lowered, lowering_error, register
 
 #: the zoo entries whose lowering a layer still missing refuses: key -> the refusal (xfail strict)
-MISSING: dict[str, str] = {
-    "unet-classifier": "fx node up_0_reduce (up.0.reduce: Conv2d): padding='same' of an even kernel (2, 2) pads "
-                       "asymmetrically, which Darknet's im2col cannot",
-}
+MISSING: dict[str, str] = {}
 
 
 def _zoo(entry: ZooEntry) -> object:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import W_AXIS
+from kernelfi.kernels import NON_SQUARE
 from kernelfi.types import Launch, Trace
 
 from .plan import REPLICATION, Plan, Protection
@@ -65,10 +65,11 @@ def conv_pairs(trace: Trace) -> dict[int, int]:
 
 def abft_checkable(trace: Trace, gemm: int) -> bool:
     """Whether ABFT's checksums can check this gemm launch: its virtual im2col reads square
-    windows, so a gemm fed by a non-square im2col (a (1, 3) kernel, say) cannot be checked."""
+    windows padded alike on both sides, so a gemm fed by a non-square or asymmetrically padded
+    im2col (a (1, 3) kernel, ``padding='same'`` of a 2x2 one) cannot be checked."""
     pairs = {g: i for i, g in conv_pairs(trace).items()}
     im = pairs.get(gemm)
-    return im is None or not any(key in trace.launches[im].params for key in W_AXIS.values())
+    return im is None or not any(key in trace.launches[im].params for key in NON_SQUARE)
 
 
 def abft_plan(trace: Trace) -> Plan:

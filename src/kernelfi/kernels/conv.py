@@ -28,23 +28,38 @@ Mem = dict[str, torch.Tensor]
 #: the height axis, and both axes when these are absent).
 W_AXIS: dict[str, str] = {"ksize": "ksize_w", "stride": "stride_w", "pad": "pad_w", "dilation": "dilation_w"}
 
+#: The padding after the input (bottom, right) where it differs from the padding before it
+#: (``pad`` top, ``pad_w`` left): PyTorch's ``padding='same'`` of an even kernel pads
+#: ``(k-1)//2`` before and the rest after. Present only when asymmetric, so every symmetric
+#: launch keeps its params; absent, each axis pads the same on both sides.
+PAD_AFTER: dict[str, str] = {"pad": "pad_h_after", "pad_w": "pad_w_after"}
+
+#: Every im2col param that makes its geometry other than Darknet's square, symmetric one:
+#: consumers that read square windows (crop cones, ABFT's virtual im2col) refuse these.
+NON_SQUARE: tuple[str, ...] = (*W_AXIS.values(), *PAD_AFTER.values())
+
 
 def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
     """An im2col launch's geometry from its params, checked (one line naming ``kernel``).
 
     Non-square kernels, strides, paddings and dilations (PyTorch's (1, 3) kernels, ``padding=
     'same'`` of them) carry the width axis as ``ksize_w``, ``stride_w``, ``pad_w``,
-    ``dilation_w``; the square keys are the height axis (and both when those are absent)."""
+    ``dilation_w``; the square keys are the height axis (and both when those are absent).
+    ``pad_h_after``/``pad_w_after`` (``PAD_AFTER``) pad the bottom/right edge where that differs
+    from the top/left; only the output extent reads them (the kernel offsets by the top/left)."""
     g = {k: p_int(params, k, kernel) for k in ("channels", "height", "width", "ksize", "stride", "pad",
                                                 "out_h", "out_w")}
     g["dilation"] = int(params.get("dilation", 1))
     for k, kw in W_AXIS.items():
         g[kw] = int(params.get(kw, g[k]))
+    for k, ka in PAD_AFTER.items():
+        g[ka] = int(params.get(ka, g[k]))
     g["channel_offset"] = int(params.get("channel_offset", 0))
     g["group_channels"] = int(params.get("group_channels", g["channels"]))
     for axis, size, sfx in (("out_h", g["height"], ""), ("out_w", g["width"], "_w")):
         k, st, pad, dil = (g[n + sfx if sfx and n + sfx in g else n] for n in ("ksize", "stride", "pad", "dilation"))
-        want = c_div(size + 2 * pad - dil * (k - 1) - 1, st) + 1
+        after = g["pad_h_after" if not sfx else "pad_w_after"]
+        want = c_div(size + pad + after - dil * (k - 1) - 1, st) + 1
         if g[axis] != want:
             raise KernelfiError(f"kernel '{kernel}': {axis}={g[axis]} but the geometry gives {want}")
     if g["channel_offset"] + g["group_channels"] > g["channels"]:
@@ -63,19 +78,21 @@ def _beyond(g: Mapping[str, int]) -> tuple[int, int]:
     where the kernel is wider than the padded input and Darknet's C division still gives an
     output (its im2col reads zeros there; ``F.unfold`` and ``F.conv2d`` would refuse)."""
     ks, st, pad, dil = im2col_axes(g)
-    return tuple(max(0, (g[o] - 1) * st[a] + dil[a] * (ks[a] - 1) + 1 - (g[d] + 2 * pad[a]))  # type: ignore[return-value]
+    after = (g["pad_h_after"], g["pad_w_after"])
+    return tuple(max(0, (g[o] - 1) * st[a] + dil[a] * (ks[a] - 1) + 1 - (g[d] + pad[a] + after[a]))  # type: ignore[return-value]
                  for a, (o, d) in enumerate((("out_h", "height"), ("out_w", "width"))))
 
 
 def _edge_padded(img: torch.Tensor, g: Mapping[str, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """(image, padding) for ``F.unfold``/``F.conv2d``: the image itself where every window fits
-    the padded input (the usual case, unchanged), else zero-padded on every side and past the
-    bottom/right edge as Darknet's im2col reads it, with padding 0."""
+    the padded input and the padding is symmetric (the usual case, unchanged), else zero-padded
+    on every side (bottom/right by ``PAD_AFTER``) and past the bottom/right edge as Darknet's
+    im2col reads it, with padding 0."""
     bh, bw = _beyond(g)
-    ph, pw = g["pad"], g["pad_w"]
-    if not (bh or bw):
+    ph, pw, ah, aw = g["pad"], g["pad_w"], g["pad_h_after"], g["pad_w_after"]
+    if not (bh or bw) and (ah, aw) == (ph, pw):
         return img, (ph, pw)
-    return F.pad(img, (pw, pw + bw, ph, ph + bh)), (0, 0)
+    return F.pad(img, (pw, aw + bw, ph, ah + bh)), (0, 0)
 
 
 def group_image(x: torch.Tensor, g: Mapping[str, int], kernel: str) -> torch.Tensor:
@@ -95,7 +112,10 @@ class Im2colKernel(StreamKernel):
     entries, K index c*ks*ks + kh*ks + kw, N index oh*out_w + ow, zero where the window is in
     the padding (``F.unfold`` builds exactly this matrix; the tests check it by hand). A
     non-square geometry (``W_AXIS`` params) writes ksize × ksize_w entries, K index
-    c*kh*kw + i*kw + j: Caffe's/PyTorch's im2col with separate kernel_h/kernel_w."""
+    c*kh*kw + i*kw + j: Caffe's/PyTorch's im2col with separate kernel_h/kernel_w. Asymmetric
+    padding (``PAD_AFTER`` params) changes only out_h/out_w: the thread still offsets its window
+    by the top/left pad and bounds-checks against the unpadded height/width, so the template,
+    the register map and the CUDA C are the symmetric kernel's."""
 
     name: ClassVar[str] = "im2col"
     regs_allocated: ClassVar[int] = ptxas_registers("im2col")
@@ -103,7 +123,10 @@ class Im2colKernel(StreamKernel):
                        "dilation": 1, "out_h": 2, "out_w": 2, "channel_offset": 0, "group_channels": 1},
                       {"channels": 1, "height": 3, "width": 3, "ksize": 1, "stride": 1, "pad": 0,
                        "dilation": 1, "out_h": 3, "out_w": 3, "channel_offset": 0, "group_channels": 1,
-                       "ksize_w": 3, "pad_w": 1})
+                       "ksize_w": 3, "pad_w": 1},
+                      {"channels": 1, "height": 3, "width": 3, "ksize": 2, "stride": 1, "pad": 0,
+                       "dilation": 1, "out_h": 3, "out_w": 3, "channel_offset": 0, "group_channels": 1,
+                       "pad_h_after": 1, "pad_w_after": 1})   # padding='same' of a 2x2 kernel
 
     def run(self, mem: Mem, launch: Launch) -> None:
         g = im2col_geometry(launch.params, self.name)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import LEAKY_SLOPE, get_kernel, shortcut_geometry
+from kernelfi.kernels import LEAKY_SLOPE, PAD_AFTER, get_kernel, shortcut_geometry
 from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
 
 _WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
@@ -114,6 +114,7 @@ class _Builder:
         wide = {f"{key}_w": int(p[f"{src_key}_w"]) for key, src_key in
                 (("ksize", "size"), ("stride", "stride"), ("pad", "pad"), ("dilation", "dilation"))
                 if f"{src_key}_w" in p}
+        wide.update({key: int(p[key]) for key in PAD_AFTER.values() if key in p})  # asymmetric padding
         size_w = wide.get("ksize_w", size)
         cg, mg = c // groups, filters // groups
         k, n = cg * size * size_w, oh * ow

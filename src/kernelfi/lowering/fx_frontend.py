@@ -156,22 +156,23 @@ class FxLowering(FxLayers):
             if mod.padding == "valid":
                 ph = pw = 0
             else:  # 'same' (stride 1): PyTorch pads d*(k-1) in total, the odd one on the far side
-                if (dh * (kh - 1)) % 2 or (dw * (kw - 1)) % 2:
-                    raise KernelfiError(f"fx node {where}: padding='same' of an even kernel {(kh, kw)} pads asymmetrically, "
-                                        "which Darknet's im2col cannot")
                 ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
         else:
             ph, pw = hw(mod.padding)
+        # bottom/right: the rest of 'same''s total (an even kernel pads one more there)
+        ah, aw = (dh * (kh - 1) - ph, dw * (kw - 1) - pw) if mod.padding == "same" else (ph, pw)
         if mod.padding_mode != "zeros":
             raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported")
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        oh = (h + ph + ah - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + pw + aw - dw * (kw - 1) - 1) // sw + 1
         if oh <= 0 or ow <= 0:
             raise KernelfiError(f"fx node {where}: input {src.shape} too small for kernel {(kh, kw)}")
         size, stride, pad, dil = kh, sh, ph, dh
         # the width axis only where it differs (Darknet's square layers keep their params)
         wide = {f"{key}_w": v for key, v, hv in (("size", kw, kh), ("stride", sw, sh), ("pad", pw, ph),
                                                   ("dilation", dw, dh)) if (kh, sh, ph, dh) != (kw, sw, pw, dw)}
+        # the bottom/right padding only where it differs from the top/left (im2col's PAD_AFTER)
+        wide.update({key: v for key, v, before in (("pad_h_after", ah, ph), ("pad_w_after", aw, pw)) if (ah, aw) != (ph, pw)})
         # Darknet keeps conv weights as (filters, C/groups*size*size): flatten a view.
         key = f"{path}.weight"
         self.state[f"{path}.__weights2d"] = self.state[key].reshape(mod.out_channels, -1)

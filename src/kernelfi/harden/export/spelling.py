@@ -21,18 +21,19 @@ def _t(v: Any) -> str:
     return repr(tuple(v)) if isinstance(v, (tuple, list)) else repr(v)
 
 
-def conv_padding(mod: nn.Conv2d, path: str) -> tuple[int, ...]:
-    """The padding of ``mod`` as numbers: ``'valid'`` is 0 and ``'same'`` (stride 1) pads
-    ``d*(k-1)/2`` on each side, which is what PyTorch runs for an odd kernel (the lowering refuses
-    even ones), so ABFT's tap sums, which read the padding, see numbers too."""
+def conv_padding(mod: nn.Conv2d, path: str) -> tuple[int, ...] | str:
+    """The padding of ``mod`` as numbers where it is symmetric: ``'valid'`` is 0 and ``'same'``
+    (stride 1) of an odd kernel pads ``d*(k-1)/2`` on each side, so ABFT's tap sums, which read
+    the padding, see numbers. ``'same'`` of an even kernel pads one more after than before,
+    which no tuple spells: it stays ``'same'`` (the lowering marks such convolutions not
+    ABFT-checkable, so no exported ABFT wrapper reads it)."""
     if not isinstance(mod.padding, str):
         return tuple(mod.padding)
     if mod.padding == "valid":
         return (0,) * len(mod.kernel_size)
     total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
     if any(t % 2 for t in total):
-        raise KernelfiError(f"export: {path}: padding='same' of an even kernel {tuple(mod.kernel_size)} "
-                            "pads asymmetrically")
+        return "same"
     return tuple(t // 2 for t in total)
 
 
