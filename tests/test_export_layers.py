@@ -233,5 +233,6 @@ def test_even_same_exports_as_same_and_abft_leaves_it(tmp_path: Path) -> None:
     with torch.no_grad():
         want = m(x)
         for variant in ("none", "plan", "full-dmr", "full-tmr"):
-            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
+            got = load_exported(tmp_path / "e", variant)(x)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), variant
     assert {op["module"] for e in read_manifest(tmp_path / "e")["entries"] for op in e["ops"]} == {"a", "b", "head"}

@@ -172,7 +172,8 @@ class FxLowering(FxLayers):
         wide = {f"{key}_w": v for key, v, hv in (("size", kw, kh), ("stride", sw, sh), ("pad", pw, ph),
                                                   ("dilation", dw, dh)) if (kh, sh, ph, dh) != (kw, sw, pw, dw)}
         # the bottom/right padding only where it differs from the top/left (im2col's PAD_AFTER)
-        wide.update({key: v for key, v, before in (("pad_h_after", ah, ph), ("pad_w_after", aw, pw)) if (ah, aw) != (ph, pw)})
+        if (ah, aw) != (ph, pw):
+            wide.update({"pad_h_after": ah, "pad_w_after": aw})
         # Darknet keeps conv weights as (filters, C/groups*size*size): flatten a view.
         key = f"{path}.weight"
         self.state[f"{path}.__weights2d"] = self.state[key].reshape(mod.out_channels, -1)
