@@ -72,7 +72,9 @@ class Program:
 
         ``fast`` lets an im2col+gemm pair whose workspace nobody else reads run as one
         convolution (same values up to float rounding); the pair runs explicitly when either
-        launch has an override, so faults always see the kernels' real data flow. Golden and
+        launch has an override, so faults always see the kernels' real data flow; a grouped
+        convolution's pairs run as one grouped call where ``lowering.groups`` found that bitwise
+        equal to the per-group calls. Golden and
         faulty lanes compared with each other must run with the same ``fast`` setting.
         ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``).
         """

@@ -121,15 +121,7 @@ def grouped(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tenso
     kern = w.reshape(-1)[:run.groups * m * k].reshape(run.groups * m, cg, kh, kw)
     with no_tf32(img.device):
         y = F.conv2d(img, kern, stride=st, padding=pad, dilation=dil, groups=run.groups)
-    b = c.shape[0]
-    flat = c.reshape(b, -1)
-    total = run.groups * m * n
-    block = flat[:, :total] + y.reshape(b, total)
-    if total == flat.shape[1]:
-        return block.reshape(c.shape)
-    new = flat.clone()
-    new[:, :total] = block
-    return new.reshape(c.shape)
+    return accumulate(c, y, {"M": run.groups * m, "N": n, "c_offset": 0})  # C += all groups' blocks
 
 
 #: ``grouped_agrees``' verdicts per (input, weight and C shapes, layer params, lanes, thread
