@@ -15,6 +15,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.kernels import fused_conv, get_kernel
 from kernelfi.lowering.fastpath import Tap, Unit, plan_units, run_unit
+from kernelfi.lowering.groups import GroupRun, accumulate, plan_groups, run_group
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -29,12 +30,20 @@ class Program:
     trace: Trace
     weights: dict[str, torch.Tensor]
     _units: dict[int, Unit] | None = None
+    _groups: dict[int, GroupRun] | None = None
 
     @property
     def units(self) -> dict[int, Unit]:
         if self._units is None:
             self._units = plan_units(self.trace)
         return self._units
+
+    @property
+    def groups(self) -> dict[int, GroupRun]:
+        """Grouped convolutions the fast path may run as one call (``lowering.groups``)."""
+        if self._groups is None:
+            self._groups = plan_groups(self.trace)
+        return self._groups
 
     def memory(self, x: torch.Tensor) -> Memory:
         """Fresh memory for a batch of inputs (lanes = batch)."""
@@ -63,7 +72,9 @@ class Program:
 
         ``fast`` lets an im2col+gemm pair whose workspace nobody else reads run as one
         convolution (same values up to float rounding); the pair runs explicitly when either
-        launch has an override, so faults always see the kernels' real data flow. Golden and
+        launch has an override, so faults always see the kernels' real data flow; a grouped
+        convolution's pairs run as one grouped call where ``lowering.groups`` found that bitwise
+        equal to the per-group calls. Golden and
         faulty lanes compared with each other must run with the same ``fast`` setting.
         ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``).
         """
@@ -71,6 +82,7 @@ class Program:
         stop = len(launches) if stop is None else stop
         overrides = overrides or {}
         units = self.units if fast else {}
+        groups = self.groups if fast else {}
         i = start
         while i < stop:
             launch = launches[i]
@@ -82,13 +94,21 @@ class Program:
                         after(launches[j], mem)
                 i = unit.end
                 continue
+            grp = groups.get(i)
+            if (grp is not None and grp.end <= stop and not any(j in overrides for j in range(grp.start, grp.end))
+                    and run_group(grp, launches, mem)):
+                if after is not None:
+                    for j in range(grp.start, grp.end):
+                        after(launches[j], mem)
+                i = grp.end
+                continue
             if (fast and launch.kernel == "im2col" and i + 1 < stop and i not in overrides
                     and i + 1 not in overrides and launches[i + 1].kernel == "gemm"
                     and launches[i + 1].reads[1] == "workspace"):
                 gemm = launches[i + 1]
                 out = gemm.writes[0]
                 conv = fused_conv(mem[launch.reads[0]], mem[gemm.reads[0]], launch.params, gemm.params)
-                mem[out] = _accumulate(mem[out], conv, gemm.params)
+                mem[out] = accumulate(mem[out], conv, gemm.params)
                 if after is not None:
                     after(launch, mem)
                     after(gemm, mem)
@@ -110,15 +130,3 @@ class Program:
         b = x.shape[0]
         return mem[self.trace.logits].reshape(b, -1), mem[self.trace.output].reshape(b, -1)
 
-
-def _accumulate(c: torch.Tensor, conv: torch.Tensor, gemm_params: dict) -> torch.Tensor:
-    """C (viewed at c_offset) += the fused convolution's M×N block."""
-    m, n, off = int(gemm_params["M"]), int(gemm_params["N"]), int(gemm_params.get("c_offset", 0))
-    b = c.shape[0]
-    flat = c.reshape(b, -1)
-    block = flat[:, off:off + m * n] + conv.reshape(b, m * n)
-    if off == 0 and m * n == flat.shape[1]:
-        return block.reshape(c.shape)
-    new = flat.clone()
-    new[:, off:off + m * n] = block
-    return new.reshape(c.shape)

@@ -1,0 +1,161 @@
+"""Grouped and depthwise convolutions as one ``F.conv2d(groups=G)`` in the fast path.
+
+Darknet launches a grouped convolution as one im2col+gemm pair per group, and the engine's
+fast path runs each pair as its own convolution (``fused_conv``): a depthwise layer of C
+channels is C calls (MobileNetV2 at width 0.25 lowers to 3999 launches). A ``GroupRun`` is
+the G pairs of one layer; ``run_group`` convolves them in one grouped call, but only where a
+one-time self-check per (shapes, lanes, thread count, device) found the grouped call equal,
+bit for bit, to the G per-group calls (``grouped_agrees``): oneDNN may sum a grouped
+convolution in another order, and campaign rows depend on the per-group values. Elsewhere
+the caller runs the pairs as before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kernelfi.kernels import fused_conv
+from kernelfi.kernels.conv import group_image, im2col_axes, im2col_geometry, no_tf32
+from kernelfi.types import Launch, Trace
+
+Memory = dict[str, torch.Tensor]
+_OFFSETS = ("a_offset", "b_offset", "c_offset")
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    """Launches ``start .. end-1``: G im2col+gemm pairs, group g reading input channels
+    g*cg.., weights at g*M*K and writing C at g*M*N (one layer's groups, in order)."""
+
+    start: int
+    end: int
+    groups: int
+
+
+def plan_groups(trace: Trace) -> dict[int, GroupRun]:
+    """The grouped convolutions of a trace, keyed by their first launch index."""
+    out: dict[int, GroupRun] = {}
+    ls = trace.launches
+    i = 0
+    while i < len(ls):
+        run = _group_at(ls, i)
+        if run is None:
+            i += 1
+            continue
+        out[i] = run
+        i = run.end
+    return out
+
+
+def _group_at(ls: tuple[Launch, ...] | list[Launch], i: int) -> GroupRun | None:
+    first = ls[i]
+    if first.kernel != "im2col" or first.check_after is not None:
+        return None
+    p = first.params
+    chans, cg = int(p["channels"]), int(p.get("group_channels", p["channels"]))
+    if cg >= chans or chans % cg or int(p.get("channel_offset", 0)) != 0:
+        return None
+    groups = chans // cg
+    if i + 2 * groups > len(ls):
+        return None
+    g0 = ls[i + 1]
+    if g0.kernel != "gemm" or g0.params.get("trans_a") or g0.params.get("trans_b"):
+        return None
+    m, n, k = int(g0.params["M"]), int(g0.params["N"]), int(g0.params["K"])
+    for g in range(groups):
+        im, gm = ls[i + 2 * g], ls[i + 2 * g + 1]
+        if (im.kernel != "im2col" or gm.kernel != "gemm" or im.layer != first.layer or gm.layer != first.layer
+                or im.check_after is not None or gm.check_after is not None or gm.reads[1] != "workspace"
+                or im.reads[0] != first.reads[0] or gm.reads[0] != g0.reads[0] or gm.writes[0] != g0.writes[0]):
+            return None
+        if _strip(im.params, ("channel_offset",)) != _strip(p, ("channel_offset",)) or \
+                int(im.params.get("channel_offset", 0)) != g * cg:
+            return None
+        if _strip(gm.params, _OFFSETS) != _strip(g0.params, _OFFSETS) or int(gm.params.get("b_offset", 0)) or \
+                int(gm.params.get("a_offset", 0)) != g * m * k or int(gm.params.get("c_offset", 0)) != g * m * n:
+            return None
+    return GroupRun(i, i + 2 * groups, groups)
+
+
+def _strip(p: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in p.items() if k not in keys}
+
+
+def accumulate(c: torch.Tensor, conv: torch.Tensor, gemm_params: dict) -> torch.Tensor:
+    """C (viewed at c_offset) += a fused convolution's M×N block (a new tensor)."""
+    m, n, off = int(gemm_params["M"]), int(gemm_params["N"]), int(gemm_params.get("c_offset", 0))
+    b = c.shape[0]
+    flat = c.reshape(b, -1)
+    block = flat[:, off:off + m * n] + conv.reshape(b, m * n)
+    if off == 0 and m * n == flat.shape[1]:
+        return block.reshape(c.shape)
+    new = flat.clone()
+    new[:, off:off + m * n] = block
+    return new.reshape(c.shape)
+
+
+def per_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tensor, w: torch.Tensor,
+              c: torch.Tensor) -> torch.Tensor:
+    """C after the G pairs run one by one as the engine's pair path runs them (the reference)."""
+    for j in range(run.start, run.end, 2):
+        c = accumulate(c, fused_conv(x, w, ls[j].params, ls[j + 1].params), ls[j + 1].params)
+    return c
+
+
+def grouped(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tensor, w: torch.Tensor,
+            c: torch.Tensor) -> torch.Tensor | None:
+    """C after the G pairs computed as one ``F.conv2d(groups=G)``; None where the geometry
+    reads past the padded input (Darknet's zero reads there: left to the per-group path)."""
+    first, gemm = ls[run.start], ls[run.start + 1]
+    geo = im2col_geometry(dict(first.params, channel_offset=0, group_channels=first.params["channels"]), "im2col")
+    (kh, kw), st, pad, dil = im2col_axes(geo)
+    for a, (o, d) in enumerate((("out_h", "height"), ("out_w", "width"))):
+        if (geo[o] - 1) * st[a] + dil[a] * ((kh, kw)[a] - 1) + 1 > geo[d] + 2 * pad[a]:
+            return None
+    m, n, k = int(gemm.params["M"]), int(gemm.params["N"]), int(gemm.params["K"])
+    img = group_image(x, geo, "im2col")
+    cg = int(first.params.get("group_channels"))
+    kern = w.reshape(-1)[:run.groups * m * k].reshape(run.groups * m, cg, kh, kw)
+    with no_tf32(img.device):
+        y = F.conv2d(img, kern, stride=st, padding=pad, dilation=dil, groups=run.groups)
+    return accumulate(c, y, {"M": run.groups * m, "N": n, "c_offset": 0})  # C += all groups' blocks
+
+
+#: ``grouped_agrees``' verdicts per (input, weight and C shapes, layer params, lanes, thread
+#: count, device): oneDNN picks its algorithm from these, never from the values.
+_checked: dict[tuple[Any, ...], bool] = {}
+
+
+def grouped_agrees(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tensor, w: torch.Tensor,
+                   c: torch.Tensor) -> bool:
+    """True where the grouped call gives, bit for bit, the per-group calls' C for this shape
+    on this machine: a one-time self-check on seeded random operands (as ``lone_agrees``)."""
+    first, gemm = ls[run.start], ls[run.start + 1]
+    key = (tuple(x.shape), tuple(w.shape), tuple(c.shape), tuple(sorted((k, str(v)) for k, v in first.params.items())),
+           tuple(sorted((k, str(v)) for k, v in gemm.params.items())), run.groups, torch.get_num_threads(),
+           str(x.device), x.dtype, w.dtype, c.dtype)
+    if key not in _checked:
+        g = torch.Generator().manual_seed(0)
+        px = torch.randn(tuple(x.shape), generator=g).to(device=x.device, dtype=x.dtype)
+        pw = torch.randn(tuple(w.shape), generator=g).to(device=w.device, dtype=w.dtype)
+        pc = torch.zeros(tuple(c.shape), dtype=c.dtype, device=c.device)
+        got = grouped(run, ls, px, pw, pc)
+        _checked[key] = got is not None and torch.equal(got, per_group(run, ls, px, pw, pc))
+    return _checked[key]
+
+
+def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory) -> bool:
+    """Run a grouped convolution's pairs as one call on ``mem``; False where it must run as
+    its pairs (per-lane weights, or the self-check found the grouped call rounding otherwise)."""
+    gemm = ls[run.start + 1]
+    x, w, c = mem[ls[run.start].reads[0]], mem[gemm.reads[0]], mem[gemm.writes[0]]
+    if w.dim() != 2 or not grouped_agrees(run, ls, x, w, c):
+        return False
+    y = grouped(run, ls, x, w, c)
+    if y is None:
+        return False
+    mem[gemm.writes[0]] = y
+    return True
