@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import NON_SQUARE, get_kernel
+from kernelfi.kernels import get_kernel, square_im2col
 from kernelfi.lowering import Program
 from kernelfi.types import BufferSpec, LayerSpec, Launch, ThreadTemplate, Trace
 
@@ -167,7 +167,7 @@ class _Builder:
         gp: dict[str, Any] = {key: p[key] for key in ("M", "N", "K", "trans_a", "trans_b", "a_offset", "b_offset",
                                                       "c_offset") if key in p}
         if im is not None:
-            if any(key in im.params for key in NON_SQUARE):
+            if not square_im2col(im.params):
                 raise KernelfiError(f"{g.name}: ABFT of a non-square convolution is not supported "
                                     "(its virtual im2col reads square windows)")
             gp["im2col"] = {key: v for key, v in im.params.items() if key not in OWN_KEYS}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import NON_SQUARE
+from kernelfi.kernels import square_im2col
 from kernelfi.types import Launch, Trace
 
 from .plan import REPLICATION, Plan, Protection
@@ -67,9 +67,12 @@ def abft_checkable(trace: Trace, gemm: int) -> bool:
     """Whether ABFT's checksums can check this gemm launch: its virtual im2col reads square
     windows padded alike on both sides, so a gemm fed by a non-square or asymmetrically padded
     im2col (a (1, 3) kernel, ``padding='same'`` of a 2x2 one) cannot be checked."""
-    pairs = {g: i for i, g in conv_pairs(trace).items()}
-    im = pairs.get(gemm)
-    return im is None or not any(key in trace.launches[im].params for key in NON_SQUARE)
+    return gemm not in _unchecked_gemms(trace)
+
+
+def _unchecked_gemms(trace: Trace) -> set[int]:
+    """The gemm launches fed by an im2col that is not square (ABFT cannot check them)."""
+    return {g for i, g in conv_pairs(trace).items() if not square_im2col(trace.launches[i].params)}
 
 
 def abft_plan(trace: Trace) -> Plan:
@@ -77,7 +80,8 @@ def abft_plan(trace: Trace) -> Plan:
     by launch (the planner never offers ABFT where it cannot check, so harden does not fail on a
     model with non-square convolutions)."""
     gemms = [l.index for l in trace.launches if l.kernel == "gemm"]
-    ok = [i for i in gemms if abft_checkable(trace, i)]
+    unchecked = _unchecked_gemms(trace)
+    ok = [i for i in gemms if i not in unchecked]
     if ok == gemms:
         return Plan(trace.model, (Protection("kernel", "gemm", "abft"),))
     return Plan(trace.model, tuple(Protection("launch", trace.launches[i].name, "abft") for i in ok))

@@ -39,6 +39,12 @@ PAD_AFTER: dict[str, str] = {"pad": "pad_h_after", "pad_w": "pad_w_after"}
 NON_SQUARE: tuple[str, ...] = (*W_AXIS.values(), *PAD_AFTER.values())
 
 
+def square_im2col(params: Mapping[str, Any]) -> bool:
+    """Whether an im2col launch has Darknet's square, symmetrically padded geometry (none of
+    ``NON_SQUARE`` among its params): what the crop cones and ABFT's virtual im2col can read."""
+    return not any(key in params for key in NON_SQUARE)
+
+
 def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
     """An im2col launch's geometry from its params, checked (one line naming ``kernel``).
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernelfi.kernels import NON_SQUARE, conv1x1, conv1x1_cols, lane_conv2d
+from kernelfi.kernels import conv1x1, conv1x1_cols, lane_conv2d, square_im2col
 from kernelfi.lowering.engine import Program
 from kernelfi.lowering.fastpath import Unit, epilogue, launch_activation, maxpool_window, relu_like, shared_weight
 from kernelfi.types import Trace
@@ -195,7 +195,7 @@ def _describe(trace: Trace, unit: Unit) -> CropUnit | None:
         return None
     if "im2col" in ls:
         q = ls["im2col"].params
-        if any(k in q for k in NON_SQUARE):
+        if not square_im2col(q):
             return None  # non-square geometry: the cone's windows are square (whole-tensor path)
         c, h, w, ks, st, pad = (int(q[k]) for k in ("channels", "height", "width", "ksize", "stride", "pad"))
         dil = int(q.get("dilation", 1))
