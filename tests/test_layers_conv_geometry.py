@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kernelfi._utils import KernelfiError
 from kernelfi.lowering import lower
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site

@@ -22,7 +22,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.batches import AUTO_BUDGET
 from kernelfi.campaign.prepared import CampaignConfig, Prepared, prepare
-from kernelfi.execution import Checks, Executed, SharedGolden, golden_numel
+from kernelfi.execution import Checks, SharedGolden, golden_numel
 from kernelfi.types import PlannedFault
 from kernelfi.campaign.isolate import Done, run_batch
 

@@ -16,7 +16,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign.campaign import to_records

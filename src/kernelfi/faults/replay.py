@@ -24,7 +24,7 @@ import numpy as np
 
 from kernelfi._utils import c_div
 from kernelfi.faults.bits import corrupt_f32, corrupt_i32, corrupt_pattern, signed32
-from kernelfi.faults.memmap import Crash, MemoryMap
+from kernelfi.faults.memmap import MemoryMap
 from kernelfi.types import AddressHalf
 
 F32 = np.float32
