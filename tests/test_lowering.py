@@ -141,3 +141,23 @@ def test_linear_fast_path_is_lane_invariant() -> None:
             batch = rows[torch.randint(0, 150, (b,), generator=g)].clone()
             batch[pos] = rows[0]
             assert torch.equal(rows_linear(batch, w)[pos], alone), (b, pos)
+
+
+def test_forward_frees_dead_buffers_and_keeps_every_value() -> None:
+    """``run(keep=...)`` drops each activation after its last use; the outputs are the bits a
+    run that keeps everything computes, and only the kept buffers and the weights remain."""
+    lm = load_model("digits-resnet")
+    prog = lower(lm.module, lm.info.input_shape, "digits-resnet")
+    x = torch.randn(3, *lm.info.input_shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = prog.run(prog.memory(x))
+        lean = prog.run(prog.memory(x), keep=(prog.trace.logits,))
+        logits, _ = prog.forward(x)
+    assert set(lean) - set(prog.weights) == {prog.trace.logits, "input"}
+    assert len(full) - len(prog.weights) > 12  # the shortcut model's intermediates (17)
+    assert torch.equal(lean[prog.trace.logits], full[prog.trace.logits])
+    assert torch.equal(logits, full[prog.trace.logits].reshape(3, -1))
+    # every buffer a launch reads is still there when it runs: an explicit (unfused) pass too
+    with torch.no_grad():
+        slow = prog.run(prog.memory(x), fast=False, keep=(prog.trace.logits,))
+        assert torch.equal(slow[prog.trace.logits], prog.run(prog.memory(x), fast=False)[prog.trace.logits])
