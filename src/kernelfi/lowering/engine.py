@@ -108,15 +108,20 @@ class Program:
         groups = self.groups if fast else {}
         dead = self.last_use if keep is not None else {}
         kept = frozenset(keep or ())
-        i = start
         done = start  # launches before ``done`` have freed their dead buffers
+
+        def free(upto: int) -> None:
+            nonlocal done
+            for j in range(done, upto):
+                for name in dead.get(j, ()):
+                    if name not in kept:
+                        mem.pop(name, None)
+            done = upto
+
+        i = start
         while i < stop:
             if dead:
-                for j in range(done, i):
-                    for name in dead.get(j, ()):
-                        if name not in kept:
-                            mem.pop(name, None)
-                done = i
+                free(i)
             launch = launches[i]
             unit = units.get(i)
             if (unit is not None and unit.end <= stop and not any(j in overrides for j in range(unit.start, unit.end))
@@ -154,10 +159,8 @@ class Program:
             if after is not None:
                 after(launch, mem)
             i += 1
-        for j in range(done, stop) if dead else ():
-            for name in dead.get(j, ()):
-                if name not in kept:
-                    mem.pop(name, None)
+        if dead:
+            free(stop)
         return mem
 
     def forward(self, x: torch.Tensor, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
