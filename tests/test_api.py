@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import kernelfi
@@ -70,6 +71,13 @@ def test_training_mode_is_refused_in_one_line() -> None:
     net.conv.train()  # one submodule left in training mode is enough to differ
     with pytest.raises(KernelfiError, match="conv"):
         kernelfi.Model(net, (1, 2, 2))
+
+
+def test_a_library_class_built_inline_needs_a_factory() -> None:
+    """nn.Sequential made in a script: its class is torch's, whose file cannot be imported by
+    path and whose constructor's layers are recorded nowhere, so it is refused in one line."""
+    with pytest.raises(KernelfiError, match=r"Sequential belongs to an installed library.*factory="):
+        kernelfi.Model(nn.Sequential(nn.Conv2d(1, 1, 1)).eval(), (1, 2, 2))
 
 
 def test_a_module_whose_constructor_needs_arguments_needs_a_factory() -> None:

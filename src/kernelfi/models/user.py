@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import inspect
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +40,11 @@ __all__ = ["is_model_file", "parse_model_file", "import_file", "load_file_model"
 #: ``LoadedModel.weights_source`` of weights the factory (or builder) set itself
 FACTORY_WEIGHTS = "factory"
 _PACKAGE = Path(__file__).resolve().parent.parent  # kernelfi's own files are not user sources
+#: Where installed libraries live (the standard library, site-packages): a class from there
+#: (``nn.Sequential`` built inline, a torchvision architecture) is no user source to import by
+#: path, and its constructor's arguments are not recorded anywhere.
+_LIBRARIES = frozenset(Path(p).resolve() for k, p in sysconfig.get_paths().items()
+                       if k in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
 def is_model_file(name: str) -> bool:
@@ -129,6 +135,10 @@ def source_of(fn: Callable[..., Any]) -> tuple[str, str] | None:
     if _PACKAGE in path.parents or not path.is_file():
         return None
     qual = getattr(fn, "__qualname__", "")
+    if any(lib in path.parents for lib in _LIBRARIES):
+        raise KernelfiError(f"{getattr(fn, '__module__', '?')}.{qual} belongs to an installed library ({path.name}), "
+                            "not to a file of yours, and is rebuilt only with the arguments your code gave it: pass "
+                            "factory= a top-level function of your .py file that returns the model")
     if "<locals>" in qual or not qual:
         raise KernelfiError(f"{getattr(fn, '__name__', fn)} is defined inside a function ({qual}): define it at the "
                             f"top level of {path.name}, so worker processes and later commands can import it")
