@@ -241,10 +241,29 @@ def no_tf32(device: torch.device) -> Iterator[None]:
 #: ``ROWS_CAP`` rows (a bigger batch runs in several calls): the self-check also runs those
 #: sizes, and lowers the cap (to 128, then 64) where one disagrees (on the AVX-512 Xeon,
 #: ResNet-50's 2048x1000 layer rounded a call of 300 rows differently from one of 8).
+#: SGEMM rounding also depends on where a row sits in memory: with K = 98 (rows 392 bytes
+#: apart) a row's result changed with its 64-byte alignment, so the same row came out
+#: differently at different positions (and the self-check, finding that, fell back to
+#: per-lane GEMVs on slices at arbitrary offsets, which differed too). So every call, and the
+#: self-check, multiplies rows copied 64-byte aligned and 64-byte strided (``_aligned_rows``).
 ROW_POLICIES: tuple[tuple[int, int], ...] = ((4, 4), (8, 4), (8, 8), (16, 4), (16, 8), (16, 16), (32, 16), (64, 16))
 _CHECK_MAX = 80
 ROWS_CAP = 256
 _checked: dict[tuple[int, int, int, str], tuple[int, int, int] | None] = {}
+
+
+def _aligned_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` (b, K) in the first b rows of a zeroed (rows, K) view whose every row starts on a
+    64-byte boundary (row stride K rounded up to 64 bytes): BLAS then treats every row alike,
+    wherever it sat in the caller's batch."""
+    per = max(1, 64 // x.element_size())
+    k = x.shape[1]
+    ld = k + (-k % per)
+    buf = x.new_zeros(rows * ld + per)
+    off = ((-buf.data_ptr()) % 64) // x.element_size()
+    out = buf[off:off + rows * ld].view(rows, ld)[:, :k]
+    out[:x.shape[0]] = x
+    return out
 
 
 def _padded(b: int, policy: tuple[int, ...]) -> int:
@@ -260,9 +279,10 @@ def _row_policy(w: torch.Tensor) -> tuple[int, int, int] | None:
     if key not in _checked:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(ROWS_CAP, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
+        x = _aligned_rows(x, ROWS_CAP)  # laid out as rows_linear lays out every call
         ref = F.linear(x[:_CHECK_MAX], w)
         found = None
-        if torch.equal(F.linear(x[:_CHECK_MAX].flip(0), w), ref.flip(0)):
+        if torch.equal(F.linear(_aligned_rows(x[:_CHECK_MAX].flip(0), _CHECK_MAX), w), ref.flip(0)):
             for pol in ROW_POLICIES:
                 sizes = sorted({_padded(m, pol) for m in range(1, _CHECK_MAX - 3)})
                 if all(torch.equal(F.linear(x[:m], w), ref[:m]) for m in sizes if m < _CHECK_MAX):
@@ -285,11 +305,12 @@ def _rows_cap(w: torch.Tensor, x: torch.Tensor, pol: tuple[int, int]) -> int:
 
 
 def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above)."""
+    """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above):
+    the rows copied 64-byte aligned, padded to the row policy."""
     b = x.shape[0]
     pol = _row_policy(w)
     if pol is None:
-        return torch.cat([F.linear(x[i:i + 1], w) for i in range(b)])
+        return torch.cat([F.linear(_aligned_rows(x[i:i + 1], 1), w) for i in range(b)])
     cap = pol[2]
     if b > cap:  # calls of at most the cap, spread evenly
         step = -(-b // -(-b // cap))
@@ -297,8 +318,7 @@ def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     def padded(rows: torch.Tensor) -> torch.Tensor:
         n = rows.shape[0]
-        pad = _padded(n, pol) - n
-        return F.linear(torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]) if pad else rows, w)[:n]
+        return F.linear(_aligned_rows(rows, _padded(n, pol)), w)[:n]
 
     chained = chained_rows(x, w, padded)  # a few rows: the same values at a GEMV's cost
     return chained if chained is not None else padded(x)
