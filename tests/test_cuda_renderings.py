@@ -48,6 +48,9 @@ void run_shortcut(G, int size, int minw, int minh, int minc, int stride, int sam
     L(shortcut(size, minw, minh, minc, stride, sample, 1, w1, h1, c1, add, w2, h2, c2, 1.f, 1.f, out)); }
 void run_im2col(G, int n, const float *im, int h, int w, int kh, int kw, int ph, int pw, int sh, int sw, int oh, int ow,
                 float *col) { L(im2col(n, im, h, w, kh, kw, ph, pw, sh, sw, oh, ow, col)); }
+void run_im2col_dilated(G, int n, const float *im, int h, int w, int kh, int kw, int ph, int pw, int sh, int sw, int dh,
+                        int dw, int oh, int ow, float *col) {
+    L(im2col_dilated(n, im, h, w, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow, col)); }
 void run_forward_maxpool(G, int n, int h, int w, int c, int stride, int size, int pad, const float *in,
                          float *out, int *idx) { L(forward_maxpool(n, h, w, c, stride, size, pad, in, out, idx)); }
 void run_forward_avgpool(G, int n, int w, int h, int c, const float *in, float *out) {
@@ -247,6 +250,26 @@ def _check_im2col(lib: ctypes.CDLL, k: tuple[int, int], stride: tuple[int, int],
     extra = {"ksize_w": k[1], "stride_w": stride[1], "pad_w": pad[1]} if (k[0], stride[0], pad[0]) != (k[1], stride[1], pad[1]) else {}
     want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k[0],
                stride=stride[0], pad=pad[0], dilation=1, out_h=oh, out_w=ow, **extra)["col"]
+    assert np.array_equal(col, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("k, stride, pad, dil", [((2, 2), (1, 1), (1, 1), (2, 2)), ((3, 2), (1, 2), (2, 1), (2, 3)),
+                                                ((2, 3), (2, 1), (0, 2), (1, 2))])
+def test_im2col_dilated(lib: ctypes.CDLL, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int],
+                        dil: tuple[int, int]) -> None:
+    """PyTorch's dilated im2col_kernel (the rendering of dilated launches) against ``run``
+    (F.unfold with dilation)."""
+    c, h, w = 2, 7, 6
+    oh, ow = ((n + 2 * p - d * (kk - 1) - 1) // s + 1 for n, kk, s, p, d in zip((h, w), k, stride, pad, dil))
+    im = _rand(c * h * w)
+    col = np.full(c * k[0] * k[1] * oh * ow, 7.0, np.float32)
+    n = c * oh * ow
+    lib.run_im2col_dilated((n + BLOCK - 1) // BLOCK, 1, 1, BLOCK, n, _ptr(im), h, w, *k, *pad, *stride, *dil, oh, ow,
+                           _ptr(col))
+    extra = {"ksize_w": k[1], "stride_w": stride[1], "pad_w": pad[1], "dilation_w": dil[1]} \
+        if (k[0], stride[0], pad[0], dil[0]) != (k[1], stride[1], pad[1], dil[1]) else {}
+    want = _py("im2col", {"im": _lane(im)}, ("im",), ("col",), channels=c, height=h, width=w, ksize=k[0],
+               stride=stride[0], pad=pad[0], dilation=dil[0], out_h=oh, out_w=ow, **extra)["col"]
     assert np.array_equal(col, want.numpy().ravel())
 
 

@@ -98,6 +98,35 @@ def test_rows_linear_values_unchanged_by_the_chains(monkeypatch: pytest.MonkeyPa
             assert torch.equal(conv.rows_linear(x[:b], w), ref[b - 1]), (n, k, b)
 
 
+@pytest.mark.parametrize("k", [98, 99, 50, 200])
+@pytest.mark.parametrize("n", [3, 10])
+def test_rows_linear_row_independent_of_position_and_batch(monkeypatch: pytest.MonkeyPatch, k: int, n: int) -> None:
+    """A lane's row is bit for bit the row it gets alone, at any position of batches of 2..300
+    rows taken as slices of a bigger tensor (so at every 64-byte alignment: with K = 98 rows
+    sit 392 bytes apart), with and without the C chains; and within float32 rounding of the
+    product in float64."""
+    monkeypatch.setattr(conv, "_checked", {})
+    g = torch.Generator().manual_seed(7 + k + n)
+    w = torch.randn(n, k, generator=g)
+    big = torch.randn(320, k, generator=g)
+    mine = big[17].clone()
+    alone = conv.rows_linear(mine[None].clone(), w)[0]
+    want = (mine.double() @ w.double().t()).float()
+    assert torch.allclose(alone, want, rtol=1e-5, atol=1e-5)
+    for chains in (True, False):
+        with monkeypatch.context() as mp:
+            if not chains:
+                mp.setattr(conv, "chained_rows", lambda *a: None)
+            for b in (1, 2, 3, 5, 8, 9, 17, 64, 81, 300):
+                for start in (0, 1, 3):
+                    for pos in {0, b // 2, b - 1}:
+                        batch = big[start:start + b].clone() if start == 0 else big[start:start + b]
+                        batch[pos] = mine
+                        got = conv.rows_linear(batch, w)[pos]
+                        assert torch.equal(got, alone), (chains, b, start, pos)
+                        big[start + pos] = torch.randn(k, generator=g)  # undo, new values
+
+
 def test_lone_lane_convolution_once_gives_the_doubled_calls_values() -> None:
     """A lone lane convolved once (where the self-check allows) equals the doubled call, on
     small and larger maps, strided and padded; a shape's answer is cached."""

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import shortcut_geometry
+from kernelfi.kernels import dilated_im2col, shortcut_geometry
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -223,6 +223,9 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     H, W, ks = int(p["height"]), int(p["width"]), int(p["ksize"])
     stride, pad, oh, ow = int(p["stride"]), int(p["pad"]), int(p["out_h"]), int(p["out_w"])
     ks_w, stride_w, pad_w = int(p.get("ksize_w", ks)), int(p.get("stride_w", stride)), int(p.get("pad_w", pad))
+    dil_h = int(p.get("dilation", 1))
+    dil_w = int(p.get("dilation_w", dil_h))
+    dilated = dilated_im2col(p)  # PyTorch's dilated im2col_kernel: a tap (i, j) at (i*dil_h, j*dil_w)
     c0, cg = int(p.get("channel_offset", 0)), int(p.get("group_channels", p["channels"]))
     i0 = prologue(c, t, cg * oh * ow)
     if i0 is None:
@@ -238,10 +241,15 @@ def _im2col(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     step = 0
     for i in c.loop("kh", ks):
         for j in c.loop("kw", ks_w):
-            h = c.idx(("iadd:hw",), h_in + i)
-            w = c.idx(("iadd:hw",), w_in + j)
+            if dilated:
+                h = c.idx(("imad:hw",), h_in + i * dil_h)
+                w = c.idx(("imad:hw",), w_in + j * dil_w)
+            else:
+                h = c.idx(("iadd:hw",), h_in + i)
+                w = c.idx(("iadd:hw",), w_in + j)
             valid = c.pred(("setp:pad",), h >= 0 and w >= 0 and h < H and w < W)
-            v = c.ld("ld:im", "im", im0 + i * W + j, active=valid, addr_tags=("lea:addr_im_elem",))
+            tap = c.idx(("imad:im_elem",), i * dil_h * W + j * dil_w) if dilated else i * W + j
+            v = c.ld("ld:im", "im", im0 + tap, active=valid, addr_tags=("lea:addr_im_elem",))
             s = c.val(("sel:value",), v if valid else 0.0)
             c.st("st:col", "col", col0 + step * oh * ow, s)
             c.addr("col", ("iadd:addr_col",))

@@ -45,6 +45,14 @@ def square_im2col(params: Mapping[str, Any]) -> bool:
     return not any(key in params for key in NON_SQUARE)
 
 
+def dilated_im2col(params: Mapping[str, Any]) -> bool:
+    """Whether an im2col launch is dilated (``dilation`` or ``dilation_w`` other than 1): such
+    launches run PyTorch's/Caffe's dilated im2col (``im2col_dilated`` in cuda/conv.cu, its own
+    template and register count); every other launch keeps Darknet's undilated kernel."""
+    dh = int(params.get("dilation", 1))
+    return dh != 1 or int(params.get("dilation_w", dh)) != 1
+
+
 def im2col_geometry(params: Mapping[str, Any], kernel: str) -> dict[str, int]:
     """An im2col launch's geometry from its params, checked (one line naming ``kernel``).
 
@@ -121,7 +129,11 @@ class Im2colKernel(StreamKernel):
     c*kh*kw + i*kw + j: Caffe's/PyTorch's im2col with separate kernel_h/kernel_w. Asymmetric
     padding (``PAD_AFTER`` params) changes only out_h/out_w: the thread still offsets its window
     by the top/left pad and bounds-checks against the unpadded height/width, so the template,
-    the register map and the CUDA C are the symmetric kernel's."""
+    the register map and the CUDA C are the symmetric kernel's. A dilated launch
+    (``dilated_im2col``) is PyTorch's im2col_kernel with dilation: tap (i, j) reads pixel
+    (h_in + i*dilation_h, w_in + j*dilation_w), which costs a multiply per coordinate and one
+    for the tap's offset in the image (``imad:hw``, ``imad:im_elem``), and ptxas allocates its
+    rendering ``im2col_dilated`` more registers; undilated launches keep Darknet's template."""
 
     name: ClassVar[str] = "im2col"
     regs_allocated: ClassVar[int] = ptxas_registers("im2col")
@@ -132,7 +144,9 @@ class Im2colKernel(StreamKernel):
                        "ksize_w": 3, "pad_w": 1},
                       {"channels": 1, "height": 3, "width": 3, "ksize": 2, "stride": 1, "pad": 0,
                        "dilation": 1, "out_h": 3, "out_w": 3, "channel_offset": 0, "group_channels": 1,
-                       "pad_h_after": 1, "pad_w_after": 1})   # padding='same' of a 2x2 kernel
+                       "pad_h_after": 1, "pad_w_after": 1},   # padding='same' of a 2x2 kernel
+                      {"channels": 1, "height": 5, "width": 5, "ksize": 2, "stride": 1, "pad": 1,
+                       "dilation": 2, "out_h": 5, "out_w": 5, "channel_offset": 0, "group_channels": 1})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         g = im2col_geometry(launch.params, self.name)
@@ -149,9 +163,16 @@ class Im2colKernel(StreamKernel):
         n = self._threads(params)
         return ((n + BLOCK - 1) // BLOCK, 1, 1)   # (num_kernels + BLOCK - 1) / BLOCK, no y folding
 
+    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
+        """ptxas' count of the launch's rendering: ``im2col`` or, dilated, ``im2col_dilated``."""
+        gprs = ptxas_registers("im2col_dilated") if dilated_im2col(params) else self.regs_allocated
+        return self._stream(params).register_map(gprs)
+
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         k = p_int(params, "ksize", self.name)
         k2 = k * int(params.get("ksize_w", k))
+        dilated = dilated_im2col(params)
+        hw_tag = "imad:hw" if dilated else "iadd:hw"
         s = Stream()
         s.add("GPR", "S2R", "s2r:index", 2, "index", "reads threadIdx.x, blockIdx.x: which column position")
         s.add("GPR", "XMAD", "imad:index", 1, "index", "index = blockIdx.x*blockDim.x + threadIdx.x")
@@ -168,9 +189,17 @@ class Im2colKernel(StreamKernel):
         addr(s, "col", "data_col_ptr (this thread's first column entry)")
         addr(s, "im", "data_im_ptr (top-left of the window)")
         s.begin_loop(k2)
-        s.add("GPR", "IADD", "iadd:hw", 2 * k2, "index", "h = h_in + i, w = w_in + j (padding test inputs)")
+        if dilated:
+            s.add("GPR", "XMAD", "imad:hw", 2 * k2, "index",
+                  "h = h_in + i*dilation_h, w = w_in + j*dilation_w (padding test inputs of a dilated window)")
+        else:
+            s.add("GPR", "IADD", "iadd:hw", 2 * k2, "index", "h = h_in + i, w = w_in + j (padding test inputs)")
         s.add("PR", "ISETP", "setp:pad", 4 * k2, "predicate",
               "h >= 0, w >= 0, h < height, w < width: a flip stores 0 for a real pixel or loads at a padding position")
+        if dilated:
+            s.add("GPR", "XMAD", "imad:im_elem", k2, "index",
+                  "a dilated tap's offset in the image, i*dilation_h*width + j*dilation_w (lea:addr_im_elem "
+                  "adds it to data_im_ptr): a corruption loads another pixel, or out of bounds")
         s.add("GPR", "IADD", "lea:addr_im_elem", 2 * k2, "address", "address of data_im_ptr[i*width + j]", halves=True)
         s.add("LD", "LDG", "ld:im", k2, "value",
               "one image pixel (issued at padding positions too, predicated off): one column-buffer entry, "
@@ -199,7 +228,9 @@ class Im2colKernel(StreamKernel):
         s.reg("r_im_hi", "address", "lea:addr_im", "lea:addr_im", "lea:addr_im_elem", half=AddressHalf.HIGH)
         s.reg("r_elem_lo", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im")
         s.reg("r_elem_hi", "address", "lea:addr_im_elem", "lea:addr_im_elem", "ld:im", half=AddressHalf.HIGH)
-        s.reg("r_hw", "index", "iadd:hw", "iadd:hw", "setp:pad")
+        s.reg("r_hw", "index", hw_tag, hw_tag, "setp:pad")
+        if dilated:
+            s.reg("r_tap", "index", "imad:im_elem", "imad:im_elem", "lea:addr_im_elem")
         s.reg("r_value", "data", "ld:im", "ld:im", "st:col")
         s.reg("r_i", "loop_counter", "loop:kh", "lea:addr_im", "setp:loop_kh")
         s.reg("r_j", "loop_counter", "loop:kw", "lea:addr_im", "setp:loop_kw")
@@ -241,10 +272,29 @@ def no_tf32(device: torch.device) -> Iterator[None]:
 #: ``ROWS_CAP`` rows (a bigger batch runs in several calls): the self-check also runs those
 #: sizes, and lowers the cap (to 128, then 64) where one disagrees (on the AVX-512 Xeon,
 #: ResNet-50's 2048x1000 layer rounded a call of 300 rows differently from one of 8).
+#: SGEMM rounding also depends on where a row sits in memory: with K = 98 (rows 392 bytes
+#: apart) a row's result changed with its 64-byte alignment, so the same row came out
+#: differently at different positions (and the self-check, finding that, fell back to
+#: per-lane GEMVs on slices at arbitrary offsets, which differed too). So every call, and the
+#: self-check, multiplies rows copied 64-byte aligned and 64-byte strided (``_aligned_rows``).
 ROW_POLICIES: tuple[tuple[int, int], ...] = ((4, 4), (8, 4), (8, 8), (16, 4), (16, 8), (16, 16), (32, 16), (64, 16))
 _CHECK_MAX = 80
 ROWS_CAP = 256
 _checked: dict[tuple[int, int, int, str], tuple[int, int, int] | None] = {}
+
+
+def _aligned_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` (b, K) in the first b rows of a zeroed (rows, K) view whose every row starts on a
+    64-byte boundary (row stride K rounded up to 64 bytes): BLAS then treats every row alike,
+    wherever it sat in the caller's batch."""
+    per = max(1, 64 // x.element_size())
+    k = x.shape[1]
+    ld = k + (-k % per)
+    buf = x.new_zeros(rows * ld + per)
+    off = ((-buf.data_ptr()) % 64) // x.element_size()
+    out = buf[off:off + rows * ld].view(rows, ld)[:, :k]
+    out[:x.shape[0]] = x
+    return out
 
 
 def _padded(b: int, policy: tuple[int, ...]) -> int:
@@ -260,9 +310,10 @@ def _row_policy(w: torch.Tensor) -> tuple[int, int, int] | None:
     if key not in _checked:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(ROWS_CAP, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
+        x = _aligned_rows(x, ROWS_CAP)  # laid out as rows_linear lays out every call
         ref = F.linear(x[:_CHECK_MAX], w)
         found = None
-        if torch.equal(F.linear(x[:_CHECK_MAX].flip(0), w), ref.flip(0)):
+        if torch.equal(F.linear(_aligned_rows(x[:_CHECK_MAX].flip(0), _CHECK_MAX), w), ref.flip(0)):
             for pol in ROW_POLICIES:
                 sizes = sorted({_padded(m, pol) for m in range(1, _CHECK_MAX - 3)})
                 if all(torch.equal(F.linear(x[:m], w), ref[:m]) for m in sizes if m < _CHECK_MAX):
@@ -285,11 +336,12 @@ def _rows_cap(w: torch.Tensor, x: torch.Tensor, pol: tuple[int, int]) -> int:
 
 
 def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above)."""
+    """x (lanes, K) times w (N, K) transposed, each lane's row independent of its batch (above):
+    the rows copied 64-byte aligned, padded to the row policy."""
     b = x.shape[0]
     pol = _row_policy(w)
     if pol is None:
-        return torch.cat([F.linear(x[i:i + 1], w) for i in range(b)])
+        return torch.cat([F.linear(_aligned_rows(x[i:i + 1], 1), w) for i in range(b)])
     cap = pol[2]
     if b > cap:  # calls of at most the cap, spread evenly
         step = -(-b // -(-b // cap))
@@ -297,8 +349,7 @@ def rows_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     def padded(rows: torch.Tensor) -> torch.Tensor:
         n = rows.shape[0]
-        pad = _padded(n, pol) - n
-        return F.linear(torch.cat([rows, rows.new_zeros(pad, rows.shape[1])]) if pad else rows, w)[:n]
+        return F.linear(_aligned_rows(rows, _padded(n, pol)), w)[:n]
 
     chained = chained_rows(x, w, padded)  # a few rows: the same values at a GEMV's cost
     return chained if chained is not None else padded(x)

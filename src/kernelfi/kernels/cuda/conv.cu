@@ -32,6 +32,37 @@ extern "C" __global__ void im2col(int n, const float *im, int height, int width,
     }
 }
 
+// im2col_dilated: the same thread for dilated launches (dilation_h or dilation_w > 1), as
+// PyTorch's/Caffe's im2col_kernel walks a dilated window: tap (i, j) reads the pixel at
+// (h_in + i*dilation_h, w_in + j*dilation_w), i.e. im_ptr[i*dilation_h*width + j*dilation_w].
+// Undilated launches keep im2col above (Darknet's kernel, its own register count).
+extern "C" __global__ void im2col_dilated(int n, const float *im, int height, int width, int ksize_h, int ksize_w,
+                                          int pad_h, int pad_w, int stride_h, int stride_w, int dilation_h,
+                                          int dilation_w, int height_col, int width_col, float *col)
+{
+    int index = blockIdx.x * blockDim.x + threadIdx.x;
+    for (; index < n; index += blockDim.x * gridDim.x) {
+        int w_out = index % width_col;
+        int h_index = index / width_col;
+        int h_out = h_index % height_col;
+        int channel_in = h_index / height_col;
+        int channel_out = channel_in * ksize_h * ksize_w;
+        int h_in = h_out * stride_h - pad_h;
+        int w_in = w_out * stride_w - pad_w;
+        float *col_ptr = col + (channel_out * height_col + h_out) * width_col + w_out;
+        const float *im_ptr = im + (channel_in * height + h_in) * width + w_in;
+        for (int i = 0; i < ksize_h; ++i) {
+            for (int j = 0; j < ksize_w; ++j) {
+                int h = h_in + i * dilation_h;
+                int w = w_in + j * dilation_w;
+                *col_ptr = (h >= 0 && w >= 0 && h < height && w < width)
+                    ? im_ptr[i * dilation_h * width + j * dilation_w] : 0;
+                col_ptr += height_col * width_col;
+            }
+        }
+    }
+}
+
 // gemm: C (M x N, row-major, Darknet's) = alpha*A(MxK)*B(KxN) + beta*C with a T x T tile per
 // block of T*T/64 threads (entry gemm: T = 128, entry gemm_64: T = 64). In cuBLAS's terms x
 // runs along Darknet's N and y along its M; thread tid owns columns x0+i, x0+T/2+i and rows
