@@ -40,7 +40,9 @@ class LocalAvgpoolKernel(WindowKernel):
     example_params = ({"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 0,
                        "out_h": 1, "out_w": 1},
                       {"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 2,
-                       "out_h": 2, "out_w": 2, "count_include_pad": True})
+                       "out_h": 2, "out_w": 2, "count_include_pad": True},
+                      {"channels": 1, "height": 8, "width": 5, "size": 3, "stride": 4, "pad": 2,
+                       "out_h": 3, "out_w": 2, "ceil_pad_h": 1, "ceil_pad_w": 0, "count_include_pad": True})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
@@ -73,7 +75,7 @@ class LocalAvgpoolKernel(WindowKernel):
         size = p_int(params, "size", self.name)
         s2 = size * size
         s = Stream()
-        window_prologue(s)
+        window_prologue(s, params)
         s.add("GPR", "MOV", "mov:avg_init", 1, "value", "avg = 0")
         s.add("GPR", "MOV", "mov:count_init", 1, "value", "counter = 0")
         s.begin_loop(s2)
