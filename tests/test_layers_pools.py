@@ -162,6 +162,21 @@ def test_ceil_maxpool_stride3_by_hand() -> None:
         assert net(_plane(7))[0].tolist() == want  # PyTorch agrees
 
 
+
+def test_ceil_pad_iadd_fault_misplaces_a_window() -> None:
+    # The same pool: thread 3 adds ceil_pad_w into the width's dividend, 7 + 0 + 2 - 3 = 6 (the
+    # second iadd:out_hw of 4: dh, dw, then the two +1). Bit 1 flipped: 4, so w = 4/3 + 1 = 2 and
+    # thread 3 splits its id as j = 3 % 2 = 1, i = (3/2) % 3 = 1: the window at rows/columns 3..5
+    # (max 7*5 + 5 + 1 = 41) is stored at out_index 1 + 2*1 = 3, over the golden 38.
+    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
+    prog = lower(net, (1, 7, 7))
+    launch = _pool_launch(prog).name
+    golden = [17.0, 20.0, 21.0, 38.0, 41.0, 42.0, 45.0, 48.0, 49.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "iadd:out_hw", 3, exec_=1, calls=4), "single", (1,)),
+                       _plane(7))
+    assert (r.original, r.corrupted) == (6.0, 4.0)
+    assert torch.allclose(probs, probs_of(golden[:3] + [41.0] + golden[4:]), atol=1e-7)
+
 # AvgPool2d(3, 4, padding=1, ceil_mode=True) on 8x8 (x = 8r + c + 1): ceil((8+2-3)/4) + 1 = 3
 # windows a side starting at -1, 3, 7 (7 < 8 + 1: kept): rows {0,1}, {3,4,5}, {7}, row sums
 # 1, 12, 7. A window's sum is |C|*8*sum(R) + |R|*sum(C) + |R||C|:

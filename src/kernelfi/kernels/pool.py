@@ -6,6 +6,8 @@ toward zero), out = (in + pad - size)/stride + 1, out-of-bounds taps read as -in
 max replaced only when ``val > max`` (so NaN never wins and the first of equal maxima stays),
 and the argmax written as the flat input index ``k*H*W + h*W + w`` (-1 when nothing beat
 -inf). Average pooling sums left to right in float32 and divides by ``float(w*h)``.
+PyTorch's ceil_mode past stride 2 adds ``CEIL_PAD`` rows/columns to the output extents (the
+windowed pools' ``*_ceil`` renderings); the window origin and the taps stay Darknet's.
 """
 from __future__ import annotations
 

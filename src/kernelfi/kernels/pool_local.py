@@ -7,7 +7,9 @@ size)/stride + 1), sums the valid taps left to right in float32 and divides by t
 (``avg / counter``: PyTorch's ``count_include_pad=False``). PyTorch's default
 ``count_include_pad=True`` divides instead by the window clipped to the padded input,
 ``(hend - hstart)*(wend - wstart)`` with ``hend = min(hstart + size, H + pad_side)``, as
-``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``). ``upsample_kernel``
+``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``); a ceil_mode launch's
+``CEIL_PAD`` rows/columns (``kernels.pool``) lengthen only the output extents, so that divisor
+still stops at the padded input, as PyTorch's does, not at the ceil overhang. ``upsample_kernel``
 computes ``out[i] += scale * x[in_index]`` after the layer's ``fill`` of zeros.
 """
 from __future__ import annotations
