@@ -18,6 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from kernelfi._utils import KernelfiError
+from kernelfi.kernels import CEIL_PAD
 
 
 @dataclass
@@ -181,7 +182,7 @@ class FxLayers:
             return total, want[0], want[1], {}
         total = 2 * pad  # ceil_mode with stride > 2: the far-side rows/columns as params
         extra = {key: max(0, (o - 1) * stride + size - (n + total))
-                 for key, o, n in (("ceil_pad_h", want[0], h), ("ceil_pad_w", want[1], w))}
+                 for key, o, n in zip(CEIL_PAD, want, (h, w))}
         return total, want[0], want[1], extra
 
     def _local_avgpool(self, node: fx.Node, src: Val, path: str, size: int, stride: int, pad: int, ceil: bool,
