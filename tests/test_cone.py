@@ -305,3 +305,27 @@ def test_owned_differences_of_composites_by_hand() -> None:
     f[0, 2] = 7.0
     gold[1, 3] = math.nan  # golden NaN: NaN equals NaN only in the whole-row comparison
     assert _owned_diffs(f, gold, [1, 0], owner) is None
+
+
+def test_ceil_maxpool_past_stride_2_runs_on_windows() -> None:
+    # MaxPool2d(3, 3, ceil_mode=True) on 8x8: 3 outputs a side, the last window rows 6..8 (row 8
+    # past the input, ceil_pad_h = 1); the cone reads the extents from out_h/out_w, pads the
+    # halo with -inf like the whole-tensor path, and passes its golden check
+    from torch import nn
+
+    from kernelfi.lowering import lower
+    from kernelfi.lowering.crop import crop_units, verify
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
+    prog = lower(net, (1, 8, 8))
+    pool = next(l for l in prog.trace.launches if l.kernel == "forward_maxpool")
+    assert (pool.params["ceil_pad_h"], pool.params["out_h"]) == (1, 3)
+    cu = crop_units(prog)[pool.layer]
+    assert cu.in_box((2, 3, 2, 3)) == (6, 9, 6, 9)  # the last window, one row/column past the input
+    mem = prog.run(prog.memory(torch.randn(2, 1, 8, 8)), fast=True)
+    assert verify(cu, mem, mem, [0, 1], torch.Generator().manual_seed(0))
+    crop = torch.stack([gather(mem[cu.inputs[0]][r].reshape(cu.in_chw), cu.in_box((1, 3, 0, 3)), cu.pad_value)
+                        for r in (0, 1)])
+    want = mem[cu.output].reshape(2, *cu.out_chw)[:, :, 1:3, 0:3]
+    assert torch.equal(cu.run(mem, [crop]), want)

@@ -26,6 +26,7 @@ struct dim3_ { unsigned x, y, z; };
 static dim3_ threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__
+#define __forceinline__ inline
 template <typename F> static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, F f) {
     gridDim = {gx, gy, gz}; blockDim = {bx, 1, 1};
     for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x)
@@ -63,6 +64,12 @@ void run_dmr_compare(G, int n, const unsigned *a, const unsigned *b, const unsig
 void run_range_clamp(G, int n, float *x, float lo, float hi) { L(range_clamp(n, x, lo, hi)); }
 void run_forward_local_avgpool(G, int n, int h, int w, int c, int stride, int size, int pad, int cip,
                                const float *in, float *out) { L(forward_local_avgpool(n, h, w, c, stride, size, pad, cip, in, out)); }
+void run_forward_maxpool_ceil(G, int n, int h, int w, int c, int stride, int size, int pad, int eh, int ew,
+                              const float *in, float *out, int *idx) {
+    L(forward_maxpool_ceil(n, h, w, c, stride, size, pad, eh, ew, in, out, idx)); }
+void run_forward_local_avgpool_ceil(G, int n, int h, int w, int c, int stride, int size, int pad, int eh, int ew,
+                                    int cip, const float *in, float *out) {
+    L(forward_local_avgpool_ceil(n, h, w, c, stride, size, pad, eh, ew, cip, in, out)); }
 void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, float *out) {
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
 void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
@@ -288,6 +295,26 @@ def test_pools(lib: ctypes.CDLL, size: int, stride: int, pad: int) -> None:
     lib.run_forward_avgpool(*_grid(c), c, w, h, c, _ptr(x), _ptr(avg))
     want = _py("forward_avgpool", {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w)["o"]
     assert np.array_equal(avg, want.numpy().ravel(), equal_nan=True)
+
+
+@pytest.mark.parametrize("size, stride, pad, eh, ew", [(3, 3, 0, 2, 1), (3, 4, 2, 1, 3), (2, 5, 0, 3, 0)])
+def test_ceil_pools(lib: ctypes.CDLL, size: int, stride: int, pad: int, eh: int, ew: int) -> None:
+    # the *_ceil renderings (ceil_mode's far-side rows/columns as two more arguments)
+    c, h, w = 3, 7, 6
+    x = np.round(_rand(c * h * w), 0)
+    oh, ow = (h + pad + eh - size) // stride + 1, (w + pad + ew - size) // stride + 1
+    geo = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow,
+               ceil_pad_h=eh, ceil_pad_w=ew)
+    out, idx = np.zeros(c * oh * ow, np.float32), np.zeros(c * oh * ow, np.int32)
+    lib.run_forward_maxpool_ceil(*_grid(out.size), out.size, h, w, c, stride, size, pad, eh, ew, _ptr(x), _ptr(out), _ptr(idx))
+    mem = _py("forward_maxpool", {"x": _lane(x)}, ("x",), ("o", "i"), **geo)
+    assert np.array_equal(out, mem["o"].numpy().ravel()) and np.array_equal(idx, mem["i"].numpy().ravel())
+    for cip in (False, True):
+        got = np.zeros(c * oh * ow, np.float32)
+        lib.run_forward_local_avgpool_ceil(*_grid(got.size), got.size, h, w, c, stride, size, pad, eh, ew, int(cip),
+                                           _ptr(x), _ptr(got))
+        want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **geo, count_include_pad=cip)["o"]
+        assert np.array_equal(got, want.numpy().ravel(), equal_nan=True)  # a window all past the input: 0/0
 
 
 def test_softmax(lib: ctypes.CDLL) -> None:

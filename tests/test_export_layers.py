@@ -236,3 +236,40 @@ def test_even_same_exports_as_same_and_abft_leaves_it(tmp_path: Path) -> None:
             got = load_exported(tmp_path / "e", variant)(x)
             assert torch.equal(got.view(torch.int32), want.view(torch.int32)), variant
     assert {op["module"] for e in read_manifest(tmp_path / "e")["entries"] for op in e["ops"]} == {"a", "b", "head"}
+
+
+class CeilPools(nn.Module):
+    """ceil_mode pools past stride 2 (their launches carry the far-side ``ceil_pad_*`` params):
+    a module max pool and a functional average pool, both padded or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.mp = nn.MaxPool2d(3, 3, ceil_mode=True)
+        self.head = nn.Linear(3 * 3 * 3 + 3 * 3 * 3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        a = self.mp(y)                                                            # 8x8 -> 3x3
+        b = F.avg_pool2d(y, 3, 4, 1, ceil_mode=True, count_include_pad=False)     # 8x8 -> 3x3
+        return self.head(torch.cat([a.flatten(1), b.flatten(1)], 1))
+
+
+def test_ceil_pools_past_stride_2_map_and_export_bitwise(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m, x = CeilPools().eval(), torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    lowered, trace = lower_fx(m, (2, 8, 8)), lower(m, (2, 8, 8)).trace
+    pools = [l for l in trace.launches if l.kernel in ("forward_maxpool", "forward_local_avgpool")]
+    assert all("ceil_pad_h" in l.params for l in pools) and len(pools) == 2
+    ops = graph_ops(lowered)
+    assert {l.kernel: getattr(launch_op(lowered, ops, l), "node", None) for l in pools} == \
+        {"forward_maxpool": "mp", "forward_local_avgpool": "avg_pool2d"}
+    export_model(m, Plan("ceil", abft_plan(trace).protect), tmp_path / "e", input_shape=(2, 8, 8), name="ceil",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.MaxPool2d(kernel_size=3, stride=3, padding=0" in src and "ceil_mode=True" in src
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            got = load_exported(tmp_path / "e", variant)(x)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), variant

@@ -63,3 +63,30 @@ def test_all_nan_window_gives_minus_inf_and_first_zero_wins() -> None:
     y = maxpool_window(x, 2, 2)
     assert torch.isneginf(y[0, :, 0, 0]).all()
     assert torch.equal(y[0, :, 1, 1].view(torch.int32), torch.full((32,), -0.0).view(torch.int32))
+
+
+@pytest.mark.parametrize(("shape", "size", "stride", "pad", "ceil"), [
+    ((1, 64, 58, 58), 3, 3, 0, (2, 2)),   # channels-last path: ceil_mode stride 3, 20 outputs a side (19 floor)
+    ((2, 4, 10, 8), 3, 4, 2, (1, 1)),     # NCHW path: padded, stride 4
+    ((1, 16, 11, 9), 2, 5, 0, (0, 1)),    # NCHW path: stride above the kernel, one axis exact
+])
+def test_ceil_pad_launch_fast_path_is_the_kernel_bit_for_bit(shape: tuple[int, ...], size: int, stride: int,
+                                                             pad: int, ceil: tuple[int, int]) -> None:
+    # a CEIL_PAD launch (ceil_mode past stride 2): the fused path pads the far side as far as
+    # out_h/out_w reach, exactly where the kernel's windows read -inf
+    from kernelfi.kernels import get_kernel
+    from kernelfi.lowering.fastpath import Unit, run_unit
+    from kernelfi.types import Launch, ThreadTemplate
+
+    b, c, h, w = shape
+    oh, ow = (h + pad + ceil[0] - size) // stride + 1, (w + pad + ceil[1] - size) // stride + 1
+    params = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow,
+                  ceil_pad_h=ceil[0], ceil_pad_w=ceil[1])
+    launch = Launch(0, 0, "t", "t", "forward_maxpool", ("x",), ("o", "i"), params,
+                    template=ThreadTemplate(threads=0, block=1, slots=()))
+    x = _nasty(shape, seed=sum(shape)).reshape(b, -1)
+    kernel, fast = {"x": x}, {"x": x}
+    get_kernel("forward_maxpool").run(kernel, launch)
+    assert run_unit(Unit("maxpool", 0, 1, (launch,)), fast)
+    assert fast["o"].shape == (b, c, oh, ow)
+    assert torch.equal(fast["o"].reshape(b, -1).view(torch.int32), kernel["o"].reshape(b, -1).view(torch.int32))

@@ -132,3 +132,203 @@ def test_adaptive_avgpool_windows_and_divisor_fault() -> None:
     r, probs = run_one(prog, Fault("iov", site(prog, launch, "fadd:sum", 0, exec_=1, calls=4), "single", (22,)), X)
     assert (r.original, r.corrupted) == (3.0, 2.0)
     assert torch.allclose(probs, probs_of([2.75, 4.0, 6.0, 7.0]), atol=1e-6)
+
+
+# ------------------------------------------------------------------ ceil_mode past stride 2
+def _plane(n: int) -> torch.Tensor:
+    """1x1xnxn input x[r][c] = n*r + c + 1."""
+    return torch.arange(1, n * n + 1, dtype=torch.float32).reshape(1, 1, n, n)
+
+
+def _pool_launch(prog):  # type: ignore[no-untyped-def]
+    return next(l for l in prog.trace.launches if l.kernel in ("forward_maxpool", "forward_local_avgpool"))
+
+
+def test_ceil_maxpool_stride3_by_hand() -> None:
+    # MaxPool2d(3, 3, ceil_mode=True) on 7x7 (1..49): ceil((7-3)/3) + 1 = 3 windows a side,
+    # rows {0,1,2}, {3,4,5}, {6} (the last starts at 6, inside the input): each max is its
+    # window's bottom-right valid element 7r + c + 1, r and c in {2, 5, 6}.
+    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
+    prog = lower(net, (1, 7, 7))
+    want = [17.0, 20.0, 21.0, 38.0, 41.0, 42.0, 45.0, 48.0, 49.0]
+    for fast in (True, False):
+        assert prog.forward(_plane(7), fast=fast)[0][0].tolist() == want
+    l = _pool_launch(prog)
+    # Darknet's pad stays 2*padding = 0; the last window reaches 2 rows/columns past the input
+    assert (l.params["pad"], l.params["ceil_pad_h"], l.params["ceil_pad_w"], l.params["out_h"]) == (0, 2, 2, 3)
+    mem = prog.run(prog.memory(_plane(7)), fast=False)
+    assert mem[l.writes[1]].reshape(-1).tolist() == [16, 19, 20, 37, 40, 41, 44, 47, 48]  # argmax 7r + c
+    with torch.no_grad():
+        assert net(_plane(7))[0].tolist() == want  # PyTorch agrees
+
+
+
+def test_ceil_pad_iadd_fault_misplaces_a_window() -> None:
+    # The same pool: thread 3 adds ceil_pad_w into the width's dividend, 7 + 0 + 2 - 3 = 6 (the
+    # second iadd:out_hw of 4: dh, dw, then the two +1). Bit 1 flipped: 4, so w = 4/3 + 1 = 2 and
+    # thread 3 splits its id as j = 3 % 2 = 1, i = (3/2) % 3 = 1: the window at rows/columns 3..5
+    # (max 7*5 + 5 + 1 = 41) is stored at out_index 1 + 2*1 = 3, over the golden 38.
+    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
+    prog = lower(net, (1, 7, 7))
+    launch = _pool_launch(prog).name
+    golden = [17.0, 20.0, 21.0, 38.0, 41.0, 42.0, 45.0, 48.0, 49.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, launch, "iadd:out_hw", 3, exec_=1, calls=4), "single", (1,)),
+                       _plane(7))
+    assert (r.original, r.corrupted) == (6.0, 4.0)
+    assert torch.allclose(probs, probs_of(golden[:3] + [41.0] + golden[4:]), atol=1e-7)
+
+# AvgPool2d(3, 4, padding=1, ceil_mode=True) on 8x8 (x = 8r + c + 1): ceil((8+2-3)/4) + 1 = 3
+# windows a side starting at -1, 3, 7 (7 < 8 + 1: kept): rows {0,1}, {3,4,5}, {7}, row sums
+# 1, 12, 7. A window's sum is |C|*8*sum(R) + |R|*sum(C) + |R||C|:
+#   22 54 24 / 201 333 120 / 115 183 64.
+# count_include_pad divides by the window clipped to the padded input (rows -1..8, not the
+# ceil overhang row 9): 3, 3, 2 a side; count_include_pad=False by the valid taps: 2, 3, 1.
+SUMS8 = [22.0, 54.0, 24.0, 201.0, 333.0, 120.0, 115.0, 183.0, 64.0]
+DIV8 = {True: [9, 9, 6, 9, 9, 6, 6, 6, 4], False: [4, 6, 2, 6, 9, 3, 2, 3, 1]}
+# On 7x7 (x = 7r + c + 1) the third window would start at 7 = 7 + 1, in the right padding:
+# PyTorch drops it, 2 windows a side, rows {0,1}, {3,4,5}: sums 20 51 / 177 297, divisors
+# 9 everywhere (count_include_pad) or 4 6 / 6 9 (valid taps).
+SUMS7 = [20.0, 51.0, 177.0, 297.0]
+DIV7 = {True: [9, 9, 9, 9], False: [4, 6, 6, 9]}
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_ceil_avgpool_stride4_by_hand(include: bool) -> None:
+    for n, sums, divs, ceil_pad in ((8, SUMS8, DIV8, 1), (7, SUMS7, DIV7, None)):
+        net = nn.Sequential(_identity_conv(), nn.AvgPool2d(3, 4, 1, ceil_mode=True, count_include_pad=include),
+                            nn.Flatten()).eval()
+        prog = lower(net, (1, n, n))
+        want = torch.tensor(sums) / torch.tensor(divs[include], dtype=torch.float32)
+        for fast in (True, False):
+            assert torch.allclose(prog.forward(_plane(n), fast=fast)[0][0], want, rtol=0, atol=1e-6)
+        with torch.no_grad():
+            assert torch.allclose(net(_plane(n))[0], want, rtol=0, atol=1e-6)  # PyTorch agrees
+        l = _pool_launch(prog)
+        assert l.params["pad"] == 2 and l.params.get("ceil_pad_h") == ceil_pad
+        if ceil_pad is None:
+            assert "ceil_pad_w" not in l.params  # Darknet's own geometry: params unchanged
+
+
+CEIL_POOLS = [nn.MaxPool2d(3, 3, ceil_mode=True), nn.MaxPool2d(3, 4, 1, ceil_mode=True), nn.MaxPool2d(2, 5, ceil_mode=True),
+              nn.MaxPool2d(4, 3, 2, ceil_mode=True), nn.AvgPool2d(3, 4, 1, ceil_mode=True),
+              nn.AvgPool2d(3, 4, 1, ceil_mode=True, count_include_pad=False), nn.AvgPool2d(4, 3, 2, ceil_mode=True),
+              nn.AvgPool2d(2, 3, ceil_mode=True, count_include_pad=False), nn.AvgPool2d(3, 3, ceil_mode=True)]
+
+
+def _ceil_net(pool: nn.Module) -> nn.Module:
+    """The pool alone on the input (a conv before it would round differently from PyTorch's)."""
+    return nn.Sequential(pool, nn.Flatten()).eval()
+
+
+@pytest.mark.parametrize("pool", CEIL_POOLS, ids=repr)
+@pytest.mark.parametrize("hw", [(7, 7), (8, 10), (11, 9), (13, 13)])
+def test_ceil_pool_lowered_equals_pytorch(pool: nn.Module, hw: tuple[int, int]) -> None:
+    net = _ceil_net(pool)
+    prog = lower(net, (2, *hw))
+    x = torch.randn(3, 2, *hw)
+    with torch.no_grad():
+        ref = net(x)
+    for fast in (True, False):
+        y = prog.forward(x, fast=fast)[0]
+        if isinstance(pool, nn.MaxPool2d):
+            assert torch.equal(y, ref)
+        else:
+            assert (y - ref).abs().max().item() <= 1e-6
+
+
+def test_ceil_pool_functional_forms() -> None:
+    class Net(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = F.max_pool2d(x, 3, 3, 0, 1, True)
+            b = F.avg_pool2d(x, 3, stride=3, ceil_mode=True, count_include_pad=False)
+            return (a + b).flatten(1)
+
+    net = Net().eval()
+    prog = lower(net, (1, 8, 8))
+    assert {"ceil_pad_h", "ceil_pad_w"} <= set(_pool_launch(prog).params)
+    x = torch.randn(2, 1, 8, 8)
+    assert (prog.forward(x)[0] - net(x)).abs().max().item() <= 1e-6
+
+
+def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
+    """Every thread of ``launch`` replayed without a fault on lane 0 of ``mem``: buffer -> {index: value}."""
+    from kernelfi.faults import programs_layers  # noqa: F401  (registers forward_local_avgpool)
+    from kernelfi.faults.memmap import MemoryMap
+    from kernelfi.faults.programs import OPERANDS, PROGRAMS
+    from kernelfi.faults.replay import F32, ThreadCtx
+
+    names = {op: (launch.reads if rw == "r" else launch.writes)[i] for op, (rw, i) in OPERANDS[launch.kernel].items()}
+    flat = {b: mem[b][0].reshape(-1) for b in launch.reads}
+    memmap = MemoryMap.from_trace(prog.trace)
+    out: dict = {}
+    for t in range(launch.template.threads):
+        ctx = ThreadCtx(memmap, lambda b, i: F32(flat[b][i].item()), names)
+        PROGRAMS[launch.kernel](ctx, launch.params, t)
+        for (buf, i), v in ctx.overlay.items():
+            out.setdefault(buf, {})[i] = v
+    return out
+
+
+@pytest.mark.parametrize("pool", CEIL_POOLS, ids=repr)
+def test_ceil_pool_fault_free_replay_equals_the_fast_path(pool: nn.Module) -> None:
+    net = _ceil_net(pool)
+    # the first map size whose pool needs the far-side rows/columns
+    prog = next(p for p in (lower(net, (2, h, w)) for h, w in ((11, 9), (12, 10), (10, 12), (8, 8), (9, 9)))
+                if "ceil_pad_h" in _pool_launch(p).params)
+    l = _pool_launch(prog)
+    x = torch.randn(1, *prog.trace.input_shape)
+    mem = prog.run(prog.memory(x), fast=True)
+    plain = prog.run(prog.memory(x), fast=False)  # the argmax, which the fast path does not write
+    got = _replayed(prog, l, mem)
+    assert torch.equal(mem[l.writes[0]], plain[l.writes[0]])
+    for buf in l.writes:
+        want = (mem if buf in mem else plain)[buf][0].reshape(-1)
+        assert sorted(got[buf]) == list(range(want.numel()))  # every output written, once a thread
+        vals = torch.tensor([float(got[buf][i]) for i in range(want.numel())], dtype=want.dtype)
+        assert torch.equal(vals, want), buf
+
+
+CEIL_NAME = "i20-ceil-pools"
+
+
+class CeilPools(nn.Module):
+    """A max and an average pool of the ceil-mode geometry (stride 3 and 4) on a small map."""
+
+    def __init__(self, n: int = 3) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 2, 1)
+        self.mp = nn.MaxPool2d(3, 3, ceil_mode=True)
+        self.ap = nn.AvgPool2d(3, 4, 1, ceil_mode=True)
+        self.fc = nn.Linear(2 * 9 + 2 * 9, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(x)
+        return self.fc(torch.cat([self.mp(y).flatten(1), self.ap(y).flatten(1)], 1))
+
+
+def build_ceil_pools(num_classes: int) -> CeilPools:
+    """The registered builder (top level: worker processes import it)."""
+    return CeilPools(num_classes)
+
+
+@pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
+def test_ceil_pool_short_campaign_has_no_tool_error(mode: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+    from kernelfi.models import list_models, register_model
+    from kernelfi.store import Store
+
+    if CEIL_NAME not in {m.name for m in list_models()}:
+        register_model(CEIL_NAME, input_shape=(1, 8, 8), num_classes=3, mean=(0.5,), std=(0.25,),
+                       description="ceil_mode pools past stride 2")(build_ceil_pools)
+    prog = lower(CeilPools().eval(), (1, 8, 8))
+    assert all("ceil_pad_h" in l.params for l in prog.trace.launches if "pool" in l.kernel)
+    db = tmp_path / f"{mode}.db"
+    # scope sassifi: Darknet's own kernels (not cuBLAS' SGEMM, which holds most sites here)
+    cid = run_campaign(CampaignConfig(ModelSpec(CEIL_NAME), mode, "single", n=40, seed=5, data="random", inputs=2,
+                                      scope="sassifi"), str(db))
+    with Store(str(db), create=False, readonly=True) as store:
+        counts = store.outcome_counts(cid)
+        kernels = {store.injection(cid, i).kernel for i in range(40)}
+    assert sum(counts.values()) == 40
+    assert counts.get("tool_error", 0) == 0, counts
+    assert {"forward_maxpool", "forward_local_avgpool"} <= kernels, kernels  # both pools are struck

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelfi.kernels import all_kernels, dilated_im2col, ptxas_registers
+from kernelfi.kernels import all_kernels, ceil_pads, dilated_im2col, ptxas_registers
 from kernelfi.kernels._base import REGISTERS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,10 @@ def _script():
 def test_every_kernel_has_a_measured_count() -> None:
     kernels = all_kernels()
     # gemm has two renderings, one per tile of the shape rule: gemm (128) and gemm_64; im2col
-    # two, Darknet's (undilated) and PyTorch's dilated im2col_dilated
-    assert set(DATA["registers"]) == set(kernels) | {"gemm_64", "im2col_dilated"}
+    # two, Darknet's (undilated) and PyTorch's dilated im2col_dilated; the windowed pools a
+    # second one taking ceil_mode's far-side rows/columns (CEIL_PAD launches)
+    assert set(DATA["registers"]) == set(kernels) | {"gemm_64", "im2col_dilated", "forward_maxpool_ceil",
+                                                     "forward_local_avgpool_ceil"}
     for name, k in kernels.items():
         assert k.regs_allocated == ptxas_registers(name) == DATA["registers"][name], name
         for p in k.example_params:  # type: ignore[attr-defined]
@@ -40,6 +42,7 @@ def test_every_kernel_has_a_measured_count() -> None:
             entry = "gemm_64" if name == "gemm" and min(int(p["M"]), int(p["N"])) <= 64 else name
             if name == "im2col" and dilated_im2col(p):
                 entry = "im2col_dilated"
+            entry = f"{name}_ceil" if ceil_pads(p) is not None else entry
             assert rm.allocated == DATA["registers"][entry] + len({r.name for r in rm.registers
                                                                   if r.role == "predicate"})
 

@@ -5,10 +5,10 @@ both explore the same vocabulary and a failing architecture prints as a literal 
 
 The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, integer or 'same'
 padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
-BatchNorm anywhere, max pools (padding, ceil_mode), local and adaptive average pools, residual
-branches combined by add, subtract or multiply, channel concatenations, squeeze-and-excitation
-blocks (module and functional styles, sigmoid and hard-sigmoid gates), nearest upsampling,
-dropout, identity, and three classification heads.
+BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
+average pools, residual branches combined by add, subtract or multiply, channel concatenations,
+squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
+nearest upsampling, dropout, identity, and three classification heads.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             op = ("bn",)
         elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
             k = d.int(2, min(3, h, w))
-            s = d.int(1, 2)
+            s = d.int(1, 3)   # stride 3 with ceil_mode: the far-side ceil_pad_h/ceil_pad_w launches
             pad = d.int(0, k // 2)
             ceil = bool(d.int(0, 1))
             op = (kind, k, s, pad, ceil)

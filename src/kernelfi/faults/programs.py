@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import dilated_im2col, shortcut_geometry
+from kernelfi.kernels import ceil_pads, dilated_im2col, shortcut_geometry
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -270,14 +270,21 @@ class Window(NamedTuple):
 
 def window_prologue(c: ThreadCtx, p: Mapping[str, Any], t: int) -> Window | None:
     """Thread ``t``'s index arithmetic before a pool window (``kernels.pool.window_prologue``:
-    forward_maxpool, forward_local_avgpool), None for a surplus thread."""
+    forward_maxpool, forward_local_avgpool), None for a surplus thread. A ``CEIL_PAD`` launch
+    (the ``*_ceil`` rendering) adds its far-side rows/columns into the extents' dividends, a
+    corruptible IADD each."""
     ch, H, W = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad = int(p["size"]), int(p["stride"]), int(p["pad"])
     idx = prologue(c, t, ch * int(p["out_h"]) * int(p["out_w"]))
     if idx is None:
         return None
-    oh, _ = c.idiv("out_h", H + pad - size, stride, mod=False)
-    ow, _ = c.idiv("out_w", W + pad - size, stride, mod=False)
+    dh, dw = H + pad - size, W + pad - size
+    extra = ceil_pads(p)
+    if extra is not None:
+        dh = c.idx(("iadd:out_hw",), dh + extra[0])
+        dw = c.idx(("iadd:out_hw",), dw + extra[1])
+    oh, _ = c.idiv("out_h", dh, stride, mod=False)
+    ow, _ = c.idiv("out_w", dw, stride, mod=False)
     oh = c.idx(("iadd:out_hw",), oh + 1)
     ow = c.idx(("iadd:out_hw",), ow + 1)
     q, j = c.idiv("ow", idx, ow)

@@ -32,11 +32,12 @@ from .activation import ACTIVATIONS, LEAKY_SLOPE, activate, slope_of
 from .sgemm import SGEMM_TILES, SgemmShape, sgemm_shape
 from .sgemm import shared_bytes as gemm_shared_bytes
 from .softmax import darknet_largest
+from .pool import CEIL_PAD, ceil_pads
 from .elementwise import shortcut_geometry, shortcut_indexes
 from .broadcast import BINARY_OPS, broadcast_strides
 
 __all__ = [
-    "ACTIVATIONS", "BINARY_OPS", "BLOCK", "NON_SQUARE", "PAD_AFTER", "W_AXIS", "LEAKY_SLOPE", "EFFECTS", "SGEMM_TILES", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
+    "ACTIVATIONS", "BINARY_OPS", "BLOCK", "CEIL_PAD", "ceil_pads", "NON_SQUARE", "PAD_AFTER", "W_AXIS", "LEAKY_SLOPE", "EFFECTS", "SGEMM_TILES", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
     "activate", "all_kernels", "broadcast_strides", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "dilated_im2col", "fused_conv",
     "gemm_shared_bytes", "get_kernel", "ptxas_registers", "register_kernel", "rows_linear", "SgemmShape", "sgemm_shape",
     "shortcut_geometry", "shortcut_indexes", "slope_of", "square_im2col", "unregister_kernel",

@@ -6,6 +6,8 @@ toward zero), out = (in + pad - size)/stride + 1, out-of-bounds taps read as -in
 max replaced only when ``val > max`` (so NaN never wins and the first of equal maxima stays),
 and the argmax written as the flat input index ``k*H*W + h*W + w`` (-1 when nothing beat
 -inf). Average pooling sums left to right in float32 and divides by ``float(w*h)``.
+PyTorch's ceil_mode past stride 2 adds ``CEIL_PAD`` rows/columns to the output extents (the
+windowed pools' ``*_ceil`` renderings); the window origin and the taps stay Darknet's.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError, c_div
-from kernelfi.types import AddressHalf, Launch
+from kernelfi.types import AddressHalf, Launch, RegisterMap
 
 from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
@@ -23,13 +25,33 @@ from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prolo
 Mem = dict[str, torch.Tensor]
 
 
+#: The rows/columns PyTorch's ``ceil_mode`` adds past the far (bottom/right) edge where Darknet's
+#: single total ``pad`` cannot give its output extents (a stride above 2, whose ``stride - 1``
+#: of extra padding would move the window origin -pad/2): out = (in + pad + ceil_pad -
+#: size)/stride + 1, the origin and every tap unchanged. Present only on such launches (both
+#: keys), so every other launch keeps Darknet's params, template and register map; they run
+#: kernelfi's ``*_ceil`` CUDA rendering, which takes the two extra arguments.
+CEIL_PAD: tuple[str, str] = ("ceil_pad_h", "ceil_pad_w")
+
+
+def ceil_pads(params: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(ceil_pad_h, ceil_pad_w) of a windowed pool launch, None on Darknet's own geometry."""
+    if not any(k in params for k in CEIL_PAD):
+        return None
+    return int(params.get(CEIL_PAD[0], 0)), int(params.get(CEIL_PAD[1], 0))
+
+
 def window_geometry(params: Mapping[str, Any], kn: str) -> tuple[int, ...]:
     """(c, h, w, size, stride, pad, out_h, out_w) of a windowed pool (Darknet's max pool,
-    AlexeyAB's local avgpool), the outputs checked against Darknet's formula."""
+    AlexeyAB's local avgpool), the outputs checked against Darknet's formula (with ``CEIL_PAD``
+    where present)."""
     c, h, w, size, stride, pad, oh, ow = (p_int(params, k, kn) for k in (
         "channels", "height", "width", "size", "stride", "pad", "out_h", "out_w"))
-    for axis, got, want in (("out_h", oh, c_div(h + pad - size, stride) + 1),
-                            ("out_w", ow, c_div(w + pad - size, stride) + 1)):
+    eh, ew = ceil_pads(params) or (0, 0)
+    if eh < 0 or ew < 0:
+        raise KernelfiError(f"kernel '{kn}': negative {CEIL_PAD[0]}/{CEIL_PAD[1]} ({eh}, {ew})")
+    for axis, got, want in (("out_h", oh, c_div(h + pad + eh - size, stride) + 1),
+                            ("out_w", ow, c_div(w + pad + ew - size, stride) + 1)):
         if got != want:
             raise KernelfiError(f"kernel '{kn}': {axis}={got} but Darknet's (in + pad - size)/stride + 1 gives {want}")
     return c, h, w, size, stride, pad, oh, ow
@@ -47,14 +69,20 @@ def window_padded(x: torch.Tensor, size: int, stride: int, pad: int, oh: int, ow
     return F.pad(x, (left, right, top, bottom), value=fill), off, top, left
 
 
-def window_prologue(s: Stream) -> None:
+def window_prologue(s: Stream, params: Mapping[str, Any]) -> None:
     """The index arithmetic a windowed pool thread does before its window loop (Darknet's
     forward_maxpool and AlexeyAB's forward_local_avgpool): output extents, (j, i, k, b) by
-    remainders, the window offsets and the output index."""
+    remainders, the window offsets and the output index. A ``CEIL_PAD`` launch adds its
+    far-side rows/columns into each extent's dividend: two more IADDs."""
+    ceil = ceil_pads(params) is not None
     prologue_1d(s, "output element id")
     idiv(s, "out_h", "the output height (in_h + pad - size)/stride")
     idiv(s, "out_w", "the output width (in_w + pad - size)/stride")
-    s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
+    if ceil:
+        s.add("GPR", "IADD", "iadd:out_hw", 6, "index",
+              "in + pad + ceil_pad - size and the +1 of the output extents")
+    else:
+        s.add("GPR", "IADD", "iadd:out_hw", 4, "index", "in + pad - size and the +1 of the output extents")
     idiv(s, "ow", "id / w", mod="j = id % w (output column)")
     idiv(s, "oh", "id / w / h", mod="i = (id/w) % h (output row)")
     idiv(s, "c", "id / w / h / c (batch)", mod="k = ... % c (channel)")
@@ -69,6 +97,12 @@ class WindowKernel(StreamKernel):
         return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
                 * p_int(params, "out_w", self.name))
 
+    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
+        """ptxas' count of the launch's rendering: Darknet's kernel, or its ``*_ceil`` entry
+        (two more arguments) on a ``CEIL_PAD`` launch."""
+        gprs = self.regs_allocated if ceil_pads(params) is None else ptxas_registers(f"{self.name}_ceil")
+        return self._stream(params).register_map(gprs)
+
 
 @register_kernel
 class MaxpoolKernel(WindowKernel):
@@ -77,7 +111,9 @@ class MaxpoolKernel(WindowKernel):
     name: ClassVar[str] = "forward_maxpool"
     regs_allocated: ClassVar[int] = ptxas_registers("forward_maxpool")
     example_params = ({"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 0,
-                       "out_h": 1, "out_w": 1},)
+                       "out_h": 1, "out_w": 1},
+                      {"channels": 1, "height": 7, "width": 5, "size": 3, "stride": 3, "pad": 0,
+                       "out_h": 3, "out_w": 2, "ceil_pad_h": 2, "ceil_pad_w": 1})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
@@ -107,7 +143,7 @@ class MaxpoolKernel(WindowKernel):
         size = p_int(params, "size", self.name)
         s2 = size * size
         s = Stream()
-        window_prologue(s)
+        window_prologue(s, params)
         s.add("GPR", "XMAD", "imad:window", 6, "index", "window origin i*stride + h_offset, j*stride + w_offset")
         s.add("GPR", "MOV", "mov:max_init", 1, "value", "max = -INFINITY")
         s.add("GPR", "MOV", "mov:argmax_init", 1, "value", "max_i = -1")

@@ -7,7 +7,9 @@ size)/stride + 1), sums the valid taps left to right in float32 and divides by t
 (``avg / counter``: PyTorch's ``count_include_pad=False``). PyTorch's default
 ``count_include_pad=True`` divides instead by the window clipped to the padded input,
 ``(hend - hstart)*(wend - wstart)`` with ``hend = min(hstart + size, H + pad_side)``, as
-``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``). ``upsample_kernel``
+``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``); a ceil_mode launch's
+``CEIL_PAD`` rows/columns (``kernels.pool``) lengthen only the output extents, so that divisor
+still stops at the padded input, as PyTorch's does, not at the ceil overhang. ``upsample_kernel``
 computes ``out[i] += scale * x[in_index]`` after the layer's ``fill`` of zeros.
 """
 from __future__ import annotations
@@ -40,7 +42,9 @@ class LocalAvgpoolKernel(WindowKernel):
     example_params = ({"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 0,
                        "out_h": 1, "out_w": 1},
                       {"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 2,
-                       "out_h": 2, "out_w": 2, "count_include_pad": True})
+                       "out_h": 2, "out_w": 2, "count_include_pad": True},
+                      {"channels": 1, "height": 8, "width": 5, "size": 3, "stride": 4, "pad": 2,
+                       "out_h": 3, "out_w": 2, "ceil_pad_h": 1, "ceil_pad_w": 0, "count_include_pad": True})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
@@ -73,7 +77,7 @@ class LocalAvgpoolKernel(WindowKernel):
         size = p_int(params, "size", self.name)
         s2 = size * size
         s = Stream()
-        window_prologue(s)
+        window_prologue(s, params)
         s.add("GPR", "MOV", "mov:avg_init", 1, "value", "avg = 0")
         s.add("GPR", "MOV", "mov:count_init", 1, "value", "counter = 0")
         s.begin_loop(s2)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import LEAKY_SLOPE, PAD_AFTER, get_kernel, shortcut_geometry
+from kernelfi.kernels import CEIL_PAD, LEAKY_SLOPE, PAD_AFTER, get_kernel, shortcut_geometry
 from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
 
 _WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
@@ -33,6 +33,12 @@ def activation_params(p: dict[str, Any], n: int) -> dict[str, Any]:
     if "slope" in p and float(p["slope"]) != LEAKY_SLOPE:
         out["slope"] = float(p["slope"])
     return out
+
+
+def _ceil_params(p: dict[str, Any]) -> dict[str, int]:
+    """A windowed pool layer's far-side ``CEIL_PAD`` launch params (ceil_mode past stride 2),
+    only where the layer has them: every other pool launch keeps Darknet's params."""
+    return {k: int(p[k]) for k in CEIL_PAD if k in p}
 
 
 @dataclass
@@ -162,7 +168,8 @@ class _Builder:
         self.out_buf[spec.index] = out
         self.launch(spec, "forward_maxpool", (self.buf(spec.inputs[0]),), (out, idx),
                     {"channels": c, "height": h, "width": w, "size": int(p["size"]),
-                     "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow})
+                     "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow,
+                     **_ceil_params(p)})
 
     def avgpool(self, spec: LayerSpec) -> None:
         c, h, w = self.chw(spec.inputs[0])
@@ -182,6 +189,7 @@ class _Builder:
                                   "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow}
         if p.get("count_include_pad"):
             params["count_include_pad"] = True
+        params.update(_ceil_params(p))
         self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
 
     def adaptive_avgpool(self, spec: LayerSpec) -> None:

@@ -172,6 +172,8 @@ def _describe(trace: Trace, unit: Unit) -> CropUnit | None:
     ls = {l.kernel: l for l in unit.launches}
     if unit.kind == "maxpool":
         l = ls["forward_maxpool"]
+        # the extents come from out_h/out_w: a ceil_mode launch's far-side CEIL_PAD rows/columns
+        # are the halo past the input that ``gather`` pads with -inf, as the whole-tensor path
         p = {k: int(l.params[k]) for k in ("channels", "height", "width", "size", "stride", "pad", "out_h", "out_w")}
         off = -(p["pad"] // 2)
         return CropUnit("maxpool", unit, (l.reads[0],), l.writes[0], (p["channels"], p["height"], p["width"]),

@@ -191,6 +191,8 @@ def maxpool_window(x: torch.Tensor, size: int, stride: int) -> torch.Tensor:
 
 
 def _maxpool(l: Launch, mem: Memory) -> bool:
+    """Darknet's max-pool launch as one pooling call: -inf padding on every side as far as
+    out_h/out_w reach (a ceil_mode launch's ``CEIL_PAD`` far side included), origin -pad/2."""
     p = l.params
     c, h, w = int(p["channels"]), int(p["height"]), int(p["width"])
     size, stride, pad, oh, ow = (int(p[k]) for k in ("size", "stride", "pad", "out_h", "out_w"))

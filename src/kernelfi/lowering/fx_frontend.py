@@ -248,9 +248,9 @@ class FxLowering(FxLayers):
         pad = pair(mod.padding, "padding", where)
         if pair(mod.dilation, "dilation", where) != 1:
             raise KernelfiError(f"fx node {where}: dilated max pooling is not supported")
-        total, oh, ow = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
+        total, oh, ow, extra = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
         self._add(node, "maxpool", path, (src.layer,), (c, oh, ow),
-                  {"size": size, "stride": stride, "pad": total})
+                  {"size": size, "stride": stride, "pad": total, **extra})
 
     def _avgpool(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src = self._val(node.args[0], node)

@@ -18,6 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from kernelfi._utils import KernelfiError
+from kernelfi.kernels import CEIL_PAD
 
 
 @dataclass
@@ -149,34 +150,48 @@ class FxLayers:
             if layer.open_node is src_node and len(src_node.users) == 1:
                 layer.open_node = node
 
-    def _pool_pad(self, h: int, w: int, size: int, stride: int, pad: int, ceil: bool, where: str) -> tuple[int, int, int]:
-        """Darknet's total ``pad`` (window origin -pad/2) giving PyTorch's output extents, and
-        those extents. ceil_mode adds stride - 1 to the padding's far side, which keeps the
-        origin at -pad only for stride <= 2; PyTorch also drops a last window starting in the
-        right padding, which Darknet's formula never does: such shapes are refused."""
+    def _pool_pad(self, h: int, w: int, size: int, stride: int, pad: int, ceil: bool,
+                  where: str) -> tuple[int, int, int, dict[str, int]]:
+        """Darknet's total ``pad`` (window origin -pad/2) giving PyTorch's output extents, those
+        extents, and the far-side ``ceil_pad_h``/``ceil_pad_w`` params where they are needed.
+
+        PyTorch's ceil_mode rounds the extent up but drops a last window that would start in the
+        right padding (it must start inside the input or the left padding). Up to stride 2 the
+        far side's padding grows by stride - 1 within ``pad`` (the origin -pad/2 stays at
+        -padding), as before; a larger stride would move the origin, so such a pool keeps
+        ``pad`` = 2*padding and adds the rows/columns its last window reaches past the padded
+        input as ``CEIL_PAD`` params (``kernels.pool``): every window, tap and the
+        count_include_pad divisor (clipped to the padded input, not the overhang) are PyTorch's."""
         def torch_out(n: int) -> int:
             if not ceil:
                 return (n + 2 * pad - size) // stride + 1
             o = -(-(n + 2 * pad - size) // stride) + 1
             return o - 1 if (o - 1) * stride >= n + pad else o
-        total = 2 * pad
-        if ceil and (torch_out(h), torch_out(w)) != ((h + total - size) // stride + 1, (w + total - size) // stride + 1):
-            if stride > 2:
-                raise KernelfiError(f"fx node {where}: ceil_mode pooling with stride {stride} > 2 is not supported")
-            total = 2 * pad + stride - 1
-        oh, ow = (h + total - size) // stride + 1, (w + total - size) // stride + 1
-        if (oh, ow) != (torch_out(h), torch_out(w)) or oh < 1 or ow < 1:
+
+        def darknet_out(n: int, total: int) -> int:
+            return (n + total - size) // stride + 1
+
+        want = (torch_out(h), torch_out(w))
+        if min(want) < 1:
             raise KernelfiError(f"fx node {where}: pooling {h}x{w} with kernel {size}, stride {stride}, padding {pad}, "
-                                f"ceil_mode={ceil}: PyTorch's output {torch_out(h)}x{torch_out(w)} has no Darknet geometry")
-        return total, oh, ow
+                                f"ceil_mode={ceil}: PyTorch's output {want[0]}x{want[1]} is empty")
+        total = 2 * pad
+        if ceil and want != (darknet_out(h, total), darknet_out(w, total)) and stride <= 2:
+            total = 2 * pad + stride - 1
+        if want == (darknet_out(h, total), darknet_out(w, total)):
+            return total, want[0], want[1], {}
+        total = 2 * pad  # ceil_mode with stride > 2: the far-side rows/columns as params
+        extra = {key: max(0, (o - 1) * stride + size - (n + total))
+                 for key, o, n in zip(CEIL_PAD, want, (h, w))}
+        return total, want[0], want[1], extra
 
     def _local_avgpool(self, node: fx.Node, src: Val, path: str, size: int, stride: int, pad: int, ceil: bool,
                        include_pad: bool, where: str) -> None:
         """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded)."""
         c, h, w = src.shape
-        total, oh, ow = self._pool_pad(h, w, size, stride, pad, ceil, where)
+        total, oh, ow, extra = self._pool_pad(h, w, size, stride, pad, ceil, where)
         self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
-                  {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0})
+                  {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0, **extra})
 
     def _upsample(self, node: fx.Node, src: Val, scale: Any, size: Any, mode: str, where: str, path: str) -> None:
         """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill + upsample_kernel)."""

@@ -8,11 +8,14 @@
 // One thread per output element: the max of a size x size window whose origin is -pad/2
 // (C division), out-of-bounds taps read -inf, the max replaced only when val > max (NaN
 // never wins), the argmax stored as the flat input index (-1 when nothing beat -inf).
-extern "C" __global__ void forward_maxpool(int n, int in_h, int in_w, int in_c, int stride, int size,
-                                           int pad, const float *input, float *output, int *indexes)
+// ceil_h/ceil_w: rows/columns past the far (bottom/right) edge that PyTorch's ceil_mode adds
+// to the output extents (0 in Darknet's kernel; entry forward_maxpool_ceil takes them).
+static __device__ __forceinline__ void maxpool_thread(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                      int pad, int ceil_h, int ceil_w, const float *input,
+                                                      float *output, int *indexes)
 {
-    int h = (in_h + pad - size) / stride + 1;
-    int w = (in_w + pad - size) / stride + 1;
+    int h = (in_h + pad + ceil_h - size) / stride + 1;
+    int w = (in_w + pad + ceil_w - size) / stride + 1;
     int c = in_c;
     int id = THREAD_ID;
     if (id >= n) return;
@@ -41,6 +44,19 @@ extern "C" __global__ void forward_maxpool(int n, int in_h, int in_w, int in_c, 
     }
     output[out_index] = max;
     indexes[out_index] = max_i;
+}
+
+extern "C" __global__ void forward_maxpool(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                           int pad, const float *input, float *output, int *indexes)
+{
+    maxpool_thread(n, in_h, in_w, in_c, stride, size, pad, 0, 0, input, output, indexes);
+}
+
+extern "C" __global__ void forward_maxpool_ceil(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                int pad, int ceil_h, int ceil_w, const float *input,
+                                                float *output, int *indexes)
+{
+    maxpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, input, output, indexes);
 }
 
 // Global average pooling, one thread per channel: the plane summed left to right into the

@@ -5,11 +5,16 @@
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
 
-extern "C" __global__ void forward_local_avgpool(int n, int in_h, int in_w, int in_c, int stride, int size,
-                                                 int pad, int count_include_pad, const float *input, float *output)
+// ceil_h/ceil_w: rows/columns past the far edge that PyTorch's ceil_mode adds to the output
+// extents (0 in AlexeyAB's kernel; entry forward_local_avgpool_ceil takes them). The
+// count_include_pad divisor still clips to the padded input (in + pad/2), as PyTorch's does.
+static __device__ __forceinline__ void local_avgpool_thread(int n, int in_h, int in_w, int in_c, int stride,
+                                                            int size, int pad, int ceil_h, int ceil_w,
+                                                            int count_include_pad, const float *input,
+                                                            float *output)
 {
-    int h = (in_h + pad - size) / stride + 1;
-    int w = (in_w + pad - size) / stride + 1;
+    int h = (in_h + pad + ceil_h - size) / stride + 1;
+    int w = (in_w + pad + ceil_w - size) / stride + 1;
     int c = in_c;
     int id = THREAD_ID;
     if (id >= n) return;
@@ -45,6 +50,19 @@ extern "C" __global__ void forward_local_avgpool(int n, int in_h, int in_w, int 
         counter = (he - hs) * (we - ws);
     }
     output[out_index] = avg / counter;
+}
+
+extern "C" __global__ void forward_local_avgpool(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                 int pad, int count_include_pad, const float *input, float *output)
+{
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, 0, 0, count_include_pad, input, output);
+}
+
+extern "C" __global__ void forward_local_avgpool_ceil(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                      int pad, int ceil_h, int ceil_w, int count_include_pad,
+                                                      const float *input, float *output)
+{
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, count_include_pad, input, output);
 }
 
 extern "C" __global__ void upsample(int N, const float *x, int w, int h, int c, int batch, int stride,
