@@ -215,16 +215,16 @@ def ftanh(s: Stream, v: str, what: str) -> None:
     ``u + u*p(u*u)``; an FFMA predicated on |u| < 0.6 overwrites the first with the second, so
     a corruption of the branch not taken is masked."""
     s.add("FP32", "FFMA", f"ffma:tanhl_{v}", 4, "value",
-          f"large-|{what}| branch of tanh({what}): FMUL |{what}|*2/ln2, FADD 1 + exp, FFMA 1 - 2*rcp, FSEL 1 "
-          f"from |{what}| >= 9.0109 (the value when |{what}| >= 0.6)")
+          f"large-abs branch of tanh({what}): FMUL abs({what})*2/ln2, FADD 1 + exp, FFMA 1 - 2*rcp, FSEL 1 "
+          f"from abs({what}) >= 9.0109 (the value when abs({what}) >= 0.6)")
     s.add("PR", "FSETP", f"setp:tanh_{v}", 2, "predicate",
-          f"|{what}| >= 9.0109 (saturate to 1) and |{what}| >= 0.6 (which branch): a flip takes the other")
+          f"abs({what}) >= 9.0109 (saturate to 1) and abs({what}) >= 0.6 (which branch): a flip takes the other")
     s.add("OTHERS", "MUFU.EX2", f"mufu:tanhl_{v}", 3, "value",
-          f"RRO + MUFU.EX2 (exp(2|{what}|)) and MUFU.RCP (1/(1 + exp(2|{what}|))) of the large branch")
+          f"RRO + MUFU.EX2 (exp(2*abs({what}))) and MUFU.RCP (1/(1 + exp(2*abs({what})))) of the large branch")
     s.add("GPR", "LOP3", f"lop3:tanh_sign_{v}", 1, "value", f"copies the sign of {what} onto the large branch")
     s.add("FP32", "FFMA", f"ffma:tanhs_{v}", 6, "value",
-          f"small-|{what}| branch: FMUL {what}*{what}, 4 FFMA of the polynomial, FFMA {what} + {what}*p "
-          f"(predicated: tanh({what}) when |{what}| < 0.6)")
+          f"small-abs branch: FMUL {what}*{what}, 4 FFMA of the polynomial, FFMA {what} + {what}*p "
+          f"(predicated: tanh({what}) when abs({what}) < 0.6)")
 
 
 def loop(s: Stream, v: str, what: str, trips: int) -> None:
