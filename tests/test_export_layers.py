@@ -273,3 +273,47 @@ def test_ceil_pools_past_stride_2_map_and_export_bitwise(tmp_path: Path) -> None
         for variant in ("none", "plan", "full-dmr", "full-tmr"):
             got = load_exported(tmp_path / "e", variant)(x)
             assert torch.equal(got.view(torch.int32), want.view(torch.int32)), variant
+
+
+class TanhGelus(nn.Module):
+    """GELU(approximate='tanh') as a module fused into a conv and as F.gelu standalone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.g = nn.GELU(approximate="tanh")
+        self.head = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(F.max_pool2d(self.g(self.conv(x)), 2), approximate="tanh")
+        return self.head(y.flatten(1))
+
+
+def test_gelu_tanh_exports_as_the_tanh_form(tmp_path: Path) -> None:
+    # the exported model computes GELU(approximate='tanh') (an erf GELU would differ in every
+    # output bit pattern), equal to the original bit for bit, and TMR out-votes a flip in it
+    torch.manual_seed(0)
+    m, x = TanhGelus().eval(), torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 2
+    lowered, trace = lower_fx(m, (3, 6, 6)), lower(m, (3, 6, 6)).trace
+    ops = graph_ops(lowered)
+    got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
+           if l.kernel == "activate_array" and l.params["activation"] == "gelu_tanh"}
+    assert got == {"conv.activate_array": "g", "gelu.act.activate_array": "gelu"}
+    export_model(m, Plan("gt", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 6, 6), name="gt",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.GELU(approximate='tanh')" in src and "approximate='tanh'" in src.replace("nn.GELU(approximate='tanh')", "")
+    with torch.no_grad():
+        want = m(x)
+        erf = m.head(F.gelu(F.max_pool2d(F.gelu(m.conv(x)), 2)).flatten(1))
+        assert not torch.equal(erf, want)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
+    net = load_exported(tmp_path / "e", "full-tmr")
+    with torch.no_grad():
+        clean = net(x[:2])
+        with flip_in(net.hardening.get_submodule("gelu"), 5, 30, 1) as rec:
+            final = net(x[:2])
+    (faulty,), _ = rec.handed, rec.outputs
+    assert faulty.injected != 0.0 and faulty.calls == 3
+    assert torch.equal(final.view(torch.int32), clean.view(torch.int32))

@@ -1,34 +1,44 @@
-"""Issue 20 activations (relu6, tanh, swish, gelu, hardswish, hardsigmoid, leaky of any slope):
-lowered models equal their native forward, and faults in activate_array's new cases corrupt
-what was worked out on paper."""
+"""Issue 20 activations (relu6, tanh, swish, gelu in the erf and the tanh form, hardswish,
+hardsigmoid, leaky of any slope): lowered models equal their native forward, and faults in
+activate_array's new cases corrupt what was worked out on paper."""
 from __future__ import annotations
 
+import math
 import struct
+from fractions import Fraction
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
+from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.kernels import activate, fma_f32
 from kernelfi.lowering import lower
+from kernelfi.models import register_model
+from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
-        nn.Hardtanh(0.0, 6.0)]
+        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh")]
 
 
 def f32(bits: int) -> float:
     return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
-@pytest.mark.parametrize("act", ACTS, ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: repr(a))
 def test_lowered_equals_native(act: nn.Module) -> None:
     torch.manual_seed(0)
     # fused after a conv, standalone after an Identity-passed activation, after a linear
-    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), act, nn.Identity(), type(act)() if not isinstance(
-        act, (nn.LeakyReLU, nn.Hardtanh)) else nn.ReLU6(), nn.Flatten(), nn.Linear(75, 4), act).eval()
+    second = nn.ReLU6() if isinstance(act, (nn.LeakyReLU, nn.Hardtanh)) else (
+        nn.GELU(approximate="tanh") if isinstance(act, nn.GELU) and act.approximate == "tanh" else type(act)())
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), act, nn.Identity(), second, nn.Flatten(), nn.Linear(75, 4),
+                      act).eval()
     x = torch.randn(3, 2, 5, 5) * 4
     prog = lower(m, (2, 5, 5))
     with torch.no_grad():
@@ -59,9 +69,105 @@ def test_functional_forms_and_slope() -> None:
         assert torch.allclose(prog.forward(x)[0], m(x), atol=1e-6)
 
 
-def test_gelu_tanh_form_is_refused() -> None:
-    with pytest.raises(KernelfiError, match="approximate"):
-        lower(nn.Sequential(nn.Linear(2, 2), nn.GELU(approximate="tanh")).eval(), (2,))
+def test_gelu_forms_lower_to_their_case_and_an_unknown_one_is_refused() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.g = nn.Linear(3, 3), nn.GELU(approximate="tanh")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.gelu(self.g(self.fc(x)), approximate="tanh")     # fused into the linear, then standalone
+            return F.gelu(F.gelu(y, approximate="none"))
+
+    torch.manual_seed(2)
+    m = Net().eval()
+    prog = lower(m, (3,))
+    acts = [l.params.get("activation") for l in prog.trace.launches if l.kernel == "activate_array"]
+    assert acts == ["gelu_tanh", "gelu_tanh", "gelu", "gelu"]
+    x = torch.randn(7, 3) * 3
+    with torch.no_grad():
+        assert torch.allclose(prog.forward(x)[0], m(x), rtol=1e-6, atol=1e-7)
+    with pytest.raises(KernelfiError, match="approximate='sigmoid'"):
+        lower(nn.Sequential(nn.Linear(2, 2), nn.GELU(approximate="sigmoid")).eval(), (2,))
+
+
+# ------------------------------------------------------------------------------ tanh GELU values
+KBETA, KKAPPA = math.sqrt(2.0 / math.pi), 0.044715
+
+
+def _gelu_tanh64(x: float) -> float:
+    """The tanh GELU in float64 with math.tanh: the reference float32 results are rounded from."""
+    return 0.5 * x * (1.0 + math.tanh(KBETA * (x + KKAPPA * x ** 3)))
+
+
+def test_gelu_tanh_values_by_hand() -> None:
+    # float64 with math.tanh, rounded: x = 2: u = sqrt(2/pi)*(2 + 0.044715*8) = 1.8811884,
+    # tanh(u) = 0.9545977, y = 1.9545977; x = -1: u = -0.8335620, y = -0.5*(1 - 0.6823840) = -0.1588080
+    xs = [2.0, -1.0, 0.5, 0.1, -0.3, 1.5, -2.5, 4.0, 7.0, -5.0, 1e-3, -1e-3]
+    got = activate(torch.tensor(xs), "gelu_tanh")
+    assert got[0].item() == pytest.approx(1.9545977, rel=1e-7) and got[1].item() == pytest.approx(-0.1588080, rel=1e-6)
+    for x, y in zip(xs, got.tolist()):
+        want = _gelu_tanh64(np.float32(x).item())
+        # float32 steps: a few ulp of the output, or of 1 + tanh where 1 + tanh cancels (x < 0)
+        assert abs(y - want) <= max(4e-7 * abs(want), 0.5 * abs(x) * 2.0 ** -22), (x, y, want)
+
+
+def test_gelu_tanh_specials_match_pytorch_bitwise() -> None:
+    # small, subnormal, huge, signed zeros, infinities, NaN: the same bits as PyTorch's CPU
+    # kernel (x^3 overflows to inf for |x| > 7e12: tanh = +-1; -inf * (1 - 1) is NaN)
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 1e-4, -1e-4, 11.0, -11.0, 1e20, -1e20,
+                      3.4e38, -3.4e38, math.inf, -math.inf, math.nan])
+    got, want = activate(x, "gelu_tanh"), F.gelu(x, approximate="tanh")
+    assert torch.equal(got.isnan(), want.isnan()) and got[-2:].isnan().all()
+    assert torch.equal(got[:-2].view(torch.int32), want[:-2].view(torch.int32))
+    # worked out: -0 stays -0; x = -11: u = -60.3, tanh = -1 exactly in float32: -5.5 * 0 = -0; +inf stays
+    for i in (1, 9, 11):
+        assert got[i].item() == 0.0 and math.copysign(1.0, got[i].item()) == -1.0
+    assert got[14].item() == math.inf and got[8].item() == 11.0
+    # elsewhere within a last-bit difference of tanh (torch's and the CPU kernel's vectorised one)
+    r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 3
+    got, want = activate(r, "gelu_tanh"), F.gelu(r, approximate="tanh")
+    assert ((got - want).abs() <= 0.5 * r.abs() * 2.0 ** -23 + want.abs() * 2.0 ** -22).all()
+    assert (got.view(torch.int32) == want.view(torch.int32)).float().mean().item() > 0.98
+
+
+def test_gelu_tanh_inner_step_is_one_ffma() -> None:
+    # x + kKappa*x^3 is one FFMA on the GPU (nvcc contracts it): rounded once, not twice.
+    # Found by search: at x = 1.0000334 the two roundings give a different float than the one.
+    kk = np.float32(KKAPPA)
+    for x in np.linspace(1.0, 1.001, 2001, dtype=np.float32):
+        cube = np.float32(np.float32(x * x) * x)
+        exact = Fraction(float(cube)) * Fraction(float(kk)) + Fraction(float(x))
+        two = np.float32(np.float32(cube * kk) + x)
+        if abs(Fraction(float(two)) - exact) > abs(Fraction(float(np.nextafter(two, np.float32(0)))) - exact) or \
+                abs(Fraction(float(two)) - exact) > abs(Fraction(float(np.nextafter(two, np.float32(9)))) - exact):
+            break
+    else:
+        pytest.fail("no x where two roundings differ from one")
+    once = fma_f32(torch.tensor(cube), torch.tensor(kk), torch.tensor(x)).item()
+    assert once != float(two)
+    assert abs(Fraction(once) - exact) <= abs(Fraction(float(two)) - exact)
+    want = (np.float32(x) * np.float32(0.5)) * (np.float32(1.0) + np.float32(
+        torch.tanh(torch.tensor(np.float32(once) * np.float32(KBETA))).item()))
+    assert activate(torch.tensor([x]), "gelu_tanh").item() == float(want)
+
+
+def test_fma_f32_rounds_once() -> None:
+    # a*b = 2^-24 (1 - 2^-46), c = 1 + 2^-23: the exact sum lies just below the float32 tie
+    # 1 + 2^-23 + 2^-24, so one rounding gives 1 + 2^-23; the float64 sum rounds onto the tie and
+    # the second rounding (to even) would give 1 + 2^-22
+    a, b, c = torch.tensor([2.0 ** -24 * (1 + 2.0 ** -23)]), torch.tensor([1 - 2.0 ** -23]), torch.tensor([1 + 2.0 ** -23])
+    assert (a.double() * b.double() + c.double()).float().item() == 1 + 2.0 ** -22
+    assert fma_f32(a, b, c).item() == 1 + 2.0 ** -23
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(300, generator=g) * 2.0 ** 20
+    b, c = torch.randn(300, generator=g), torch.randn(300, generator=g) * 2.0 ** -10
+    got = fma_f32(a, b, c)
+    for i in range(300):
+        exact = Fraction(a[i].item()) * Fraction(b[i].item()) + Fraction(c[i].item())
+        y = np.float32(got[i].item())
+        for nb in (np.nextafter(y, np.float32(-np.inf)), np.nextafter(y, np.float32(np.inf))):
+            assert abs(Fraction(float(y)) - exact) <= abs(Fraction(float(nb)) - exact)
 
 
 # ------------------------------------------------------------------------------ hand faults
@@ -132,3 +238,92 @@ def test_tanh_switch_flip_takes_the_default_case() -> None:
     r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:act_switch", 1), "single", (0,)), x)
     assert (r.golden_top1, r.faulty_top1) == (1, 0)
     assert torch.allclose(probs, probs_of([golden[0], 0.0]), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ tanh GELU faults
+def test_gelu_tanh_half_mantissa_flip() -> None:
+    # thread 1: x = 2: x*0.5 = 1.0; bit 22 flipped: 1.5. 1 + tanh(1.8811884) = 1.9545977 (float64,
+    # math.tanh): output 1.5 * 1.9545977 = 2.9318965 instead of 1.9545977. Thread 0: x = 0 -> 0.
+    prog = lower(_linear(nn.GELU(approximate="tanh"), [0, 2], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    one_plus = 1.0 + math.tanh(KBETA * (2.0 + KKAPPA * 8.0))
+    assert prog.forward(x)[0][0].tolist() == [0.0, pytest.approx(one_plus, rel=1e-6)]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:gelut_half", 1), "single", (22,)), x)
+    assert (r.original, r.corrupted) == (1.0, 1.5)
+    assert r.outcome == "sdc_light_malfunction"
+    assert torch.allclose(probs, probs_of([0.0, 1.5 * one_plus]), atol=1e-6)
+
+
+def test_gelu_tanh_sign_copy_flip() -> None:
+    # thread 0: x = -1: u = -0.8335620 (|u| >= 0.6: the exp branch), tanh = -0.6823840; the LOP3
+    # copying u's sign gets bit 31 flipped: +0.6823840, output -0.5 * 1.6823840 = -0.8411920
+    # instead of -0.1588080. Thread 1: x = 0.5: u = 0.4034020 (polynomial branch), 0.3457140.
+    prog = lower(_linear(nn.GELU(approximate="tanh"), [-1, 0.5], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    t0, y1 = math.tanh(KBETA * (-1.0 - KKAPPA)), _gelu_tanh64(0.5)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(-0.5 * (1 + t0), rel=1e-6), pytest.approx(y1, rel=1e-6)]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "lop3:tanh_sign_gelut", 0), "single", (31,)), x)
+    assert r.original == pytest.approx(t0, rel=1e-6) and r.corrupted == -r.original
+    assert (r.golden_top1, r.faulty_top1) == (1, 1)
+    assert torch.allclose(probs, probs_of([-0.5 * (1 - t0), y1]), atol=1e-6)
+
+
+def test_gelu_tanh_branch_and_saturation_predicate_flips() -> None:
+    # thread 1: x = 2, u = 1.8811884 takes the exp branch. Its branch test (|u| >= 0.6, the 2nd
+    # FSETP) flipped: the predicated FFMA writes the polynomial, out of its range there:
+    # u2 = u*u, p = u2*(((c0*u2 + c1)*u2 + c2)*u2 + c3) with libdevice's c0..c3, t = u + u*p =
+    # 3.0823122 (float64): output 1 * (1 + 3.0823122) = 4.0823122 instead of 1.9545977.
+    # The saturation test (|u| >= 9.0109, the 1st) flipped: t = 1, output 2.0.
+    prog = lower(_linear(nn.GELU(approximate="tanh"), [-1, 2], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0 = _gelu_tanh64(-1.0)
+    c = [struct.unpack("<f", struct.pack("<I", h))[0] for h in (0x3C80F082, 0xBD563CAE, 0x3E085941, 0xBEAAA9ED)]
+    u = KBETA * (2.0 + KKAPPA * 8.0)
+    u2 = u * u
+    t = u + u * (u2 * (((c[0] * u2 + c[1]) * u2 + c[2]) * u2 + c[3]))
+    assert t == pytest.approx(3.0823122, rel=1e-7)
+    branch = site(prog, "0.activate_array", "setp:tanh_gelut", 1, exec_=1, calls=2)
+    r, probs = run_one(prog, Fault("iov", branch, "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0)
+    assert torch.allclose(probs, probs_of([y0, 1.0 + t]), atol=1e-6)
+    sat = site(prog, "0.activate_array", "setp:tanh_gelut", 1, exec_=0, calls=2)
+    r, probs = run_one(prog, Fault("iov", sat, "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([y0, 2.0]), atol=1e-6)
+    # the polynomial of thread 0 (x = -1, exp branch) is computed and dropped: a flip there is masked
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:tanhs_gelut", 0), "single", (30,)), x)
+    assert r.outcome == "masked"
+
+
+class TanhGelu(nn.Module):
+    """A conv, a fused and a standalone tanh GELU, a linear head (3x8x8 -> n)."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.g = nn.GELU(approximate="tanh")
+        self.head = nn.Linear(4, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(F.max_pool2d(self.g(self.conv(x)), 2), approximate="tanh")
+        return self.head(y.mean((2, 3)))
+
+
+def build_tanh_gelu(num_classes: int) -> TanhGelu:
+    return TanhGelu(num_classes)
+
+
+@pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
+def test_gelu_tanh_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -> None:
+    from kernelfi.models import list_models
+    name = "gelu-tanh-tiny"
+    if name not in {m.name for m in list_models()}:
+        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       description="tanh GELU")(build_tanh_gelu)
+    db = tmp_path / f"{mode}.db"
+    cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=40, seed=5, data="random", inputs=2), str(db))
+    with Store(str(db), create=False, readonly=True) as store:
+        counts = store.outcome_counts(cid)
+        struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
+    assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+    assert struck & {"conv.activate_array", "gelu.act.activate_array"}, struck

@@ -12,8 +12,10 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
+import torch
+
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import ceil_pads, dilated_im2col, shortcut_geometry
+from kernelfi.kernels import GELU_BETA, GELU_KAPPA, ceil_pads, dilated_im2col, fma_f32, shortcut_geometry
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -154,6 +156,47 @@ def _clamp6(c: ThreadCtx, y: np.float32) -> np.float32:
     return c.val(("fmnmx:hard_high",), np.fmin(low, F32(6.0)))
 
 
+def _ffma(a: Any, b: Any, d: Any) -> np.float32:
+    """One FFMA, ``a*b + d`` rounded once (``kernels.fma_f32``) on scalars."""
+    t = [torch.tensor(F32(v)) for v in (a, b, d)]
+    return F32(fma_f32(*t).item())
+
+
+#: libdevice tanhf's constants (the PTX's hex floats): 2/ln 2, the saturation and branch bounds,
+#: and the odd polynomial's coefficients in Horner order.
+_TANH_2_LN2 = F32(np.uint32(0x4038AA3B).view(np.float32))
+_TANH_SAT = F32(np.uint32(0x41102CB4).view(np.float32))
+_TANH_SMALL = F32(np.uint32(0x3F19999A).view(np.float32))
+_TANH_POLY = tuple(F32(np.uint32(h).view(np.float32)) for h in (0x3C80F082, 0xBD563CAE, 0x3E085941, 0xBEAAA9ED))
+
+
+def _tanhf(c: ThreadCtx, v: str, u: np.float32) -> np.float32:
+    """libdevice's ``tanhf(u)``, instruction by instruction (``kernels._sass.ftanh``): both branches
+    run, the small one's last FFMA is predicated on |u| < 0.6. MUFU.EX2 and MUFU.RCP are taken
+    as correctly rounded (the hardware's are within 2 ulp)."""
+    au = np.abs(u)
+    big = f"ffma:tanhl_{v}"
+    e = c.val((big,), au * _TANH_2_LN2)
+    e = c.val((f"mufu:tanhl_{v}",), e)                      # RRO: the range-reduced operand
+    ex = c.val((f"mufu:tanhl_{v}",), F32(np.exp2(np.float64(e))))
+    d = c.val((big,), ex + F32(1.0))
+    r = c.val((f"mufu:tanhl_{v}",), F32(1.0 / np.float64(d)))
+    t = c.val((big,), _ffma(r, F32(-2.0), F32(1.0)))
+    sat = c.pred((f"setp:tanh_{v}",), au >= _TANH_SAT)
+    t = c.val((big,), F32(1.0) if sat else t)
+    large = c.pred((f"setp:tanh_{v}",), au >= _TANH_SMALL)
+    t = c.val((f"lop3:tanh_sign_{v}",), np.copysign(t, u))
+    small = f"ffma:tanhs_{v}"
+    u2 = c.val((small,), u * u)
+    p = _TANH_POLY[0]
+    for k in _TANH_POLY[1:]:
+        p = c.val((small,), _ffma(u2, p, k))
+    p = c.val((small,), _ffma(u2, p, F32(0.0)))
+    if large:
+        return t
+    return c.val((small,), _ffma(u, p, u), old=t)
+
+
 def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
     """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
     if act == "relu":
@@ -184,6 +227,15 @@ def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) 
         one = c.val(("fadd:gelu_one",), F32(1.0) + er)
         half = c.val(("fmul:gelu_half",), x * F32(0.5))
         return c.val(("fmul:gelu_out",), half * one, old=x)
+    if act == "gelu_tanh":
+        sq = c.val(("fmul:gelut_sq",), x * x)
+        cube = c.val(("fmul:gelut_cube",), x * sq)
+        inner = c.val(("ffma:gelut_inner",), _ffma(cube, F32(GELU_KAPPA), x))
+        half = c.val(("fmul:gelut_half",), x * F32(0.5))
+        u = c.val(("fmul:gelut_arg",), inner * F32(GELU_BETA))
+        th = _tanhf(c, "gelut", u)
+        one = c.val(("fadd:gelut_one",), F32(1.0) + th)
+        return c.val(("fmul:gelut_out",), half * one, old=x)
     if act in ("hardswish", "hardsigmoid"):
         sh = c.val(("fadd:hard_shift",), x + F32(3.0))
         cl = _clamp6(c, sh)

@@ -287,6 +287,31 @@ def f32(value: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(value, dtype=like.dtype, device=like.device)
 
 
+def fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a*b + c`` rounded once to float32, as the GPU's FFMA computes it (nvcc contracts
+    ``x + k*y`` into one FFMA; torch has no fused multiply-add on the CPU that rounds once).
+
+    The float64 product of two float32 is exact; the float64 sum rounds, and rounding that
+    again to float32 is wrong only where the sum lands exactly on a float32 tie the exact
+    value is not on: the sum's error (Knuth's TwoSum, exact) then says which neighbour the
+    single rounding picks. Infinities and NaN follow IEEE fma (their TwoSum error is NaN, never
+    on a tie)."""
+    a64, b64, c64 = a.double(), b.double(), c.double()
+    p = a64 * b64
+    s = p + c64
+    bb = s - p
+    err = (p - (s - bb)) + (c64 - bb)
+    r = s.float()
+    r64 = r.double()
+    other = torch.nextafter(r, torch.where(r64 < s, torch.full_like(r, math.inf), torch.full_like(r, -math.inf)))
+    tie = (r64 != s) & ((r64 + other.double()) * 0.5 == s) & (err != 0)
+    if not bool(tie.any()):
+        return r
+    up = torch.maximum(r, other)
+    down = torch.minimum(r, other)
+    return torch.where(tie, torch.where(err > 0, up, down), r)
+
+
 def seq_sum(x: torch.Tensor) -> torch.Tensor:
     """Left-to-right sum over the last dimension, rounding after every add like a CUDA loop.
 

@@ -19,6 +19,9 @@ macro               what nvcc emits on sm_50 (Maxwell, no fast-math)            
 ``fsqrt``           IEEE ``sqrtf``: MUFU.RSQ, 3 FMUL/FFMA (Newton, correct)     OTHERS 1, FP32 3
 ``fexp``            ``expf``: 4 FFMA/FADD range reduction, RRO + MUFU.EX2       FP32 4, OTHERS 2
 ``ferf``            ``erff``: two minimax polynomials in |x|, select, sign copy FP32 16, OTHERS 1
+``ftanh``           ``tanhf``: 1 - 2/(2^(2|u|/ln 2) + 1) for |u| >= 0.6 (RRO,     FP32 10, PR 2,
+                    MUFU.EX2, MUFU.RCP, saturation, sign copy), odd polynomial  OTHERS 3, GPR 1
+                    below (5 FFMA), a predicated FFMA picks
 ``loop``            counter increment, compare, back-edge branch per trip       GPR 1, PR 1, NODEST 1
 ==================  ==========================================================  ===================
 
@@ -203,6 +206,25 @@ def ferf(s: Stream, v: str, what: str) -> None:
     s.add("FP32", "FFMA", f"ffma:erf_{v}", 16, "value",
           f"polynomials of erf({what}), the range select and the sign copy (the last is erf)")
     s.add("OTHERS", "MUFU.EX2", f"mufu:erf_{v}", 1, "value", f"EX2 of the large-argument branch of erf({what})")
+
+
+def ftanh(s: Stream, v: str, what: str) -> None:
+    """``tanhf`` as libdevice computes it without fast-math (the PTX nvcc emits, disassembled for
+    sm_75 and given Maxwell's RRO before MUFU.EX2): both branches computed, the large-|u| one
+    ``copysign(|u| >= 9.0109 ? 1 : 1 - 2/(2^(|u|*2/ln 2) + 1), u)`` and the small-|u| one
+    ``u + u*p(u*u)``; an FFMA predicated on |u| < 0.6 overwrites the first with the second, so
+    a corruption of the branch not taken is masked."""
+    s.add("FP32", "FFMA", f"ffma:tanhl_{v}", 4, "value",
+          f"large-abs branch of tanh({what}): FMUL abs({what})*2/ln2, FADD 1 + exp, FFMA 1 - 2*rcp, FSEL 1 "
+          f"from abs({what}) >= 9.0109 (the value when abs({what}) >= 0.6)")
+    s.add("PR", "FSETP", f"setp:tanh_{v}", 2, "predicate",
+          f"abs({what}) >= 9.0109 (saturate to 1) and abs({what}) >= 0.6 (which branch): a flip takes the other")
+    s.add("OTHERS", "MUFU.EX2", f"mufu:tanhl_{v}", 3, "value",
+          f"RRO + MUFU.EX2 (exp(2*abs({what}))) and MUFU.RCP (1/(1 + exp(2*abs({what})))) of the large branch")
+    s.add("GPR", "LOP3", f"lop3:tanh_sign_{v}", 1, "value", f"copies the sign of {what} onto the large branch")
+    s.add("FP32", "FFMA", f"ffma:tanhs_{v}", 6, "value",
+          f"small-abs branch: FMUL {what}*{what}, 4 FFMA of the polynomial, FFMA {what} + {what}*p "
+          f"(predicated: tanh({what}) when abs({what}) < 0.6)")
 
 
 def loop(s: Stream, v: str, what: str, trips: int) -> None:

@@ -10,6 +10,8 @@ one: ``relu6`` (``min_val_cmp(max_val_cmp(x, 0), 6)``), ``tanh`` (``2/(1 + expf(
 of the sigmoid for training is not modelled), ``leaky`` with any slope (Darknet's own is .1f;
 another is PyTorch's ``leaky_relu`` kernel, ``x > 0 ? x : x*slope``); and PyTorch's CUDA
 element kernels where Darknet has none: ``gelu`` (``x*0.5*(1 + erf(x*M_SQRT1_2))``),
+``gelu_tanh`` (``GELU(approximate='tanh')``: ``0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3)))``,
+its ``x + k*x^3`` one FFMA as nvcc contracts it),
 ``hardswish`` (``x*min(max(x + 3, 0), 6)*(1/6)``) and ``hardsigmoid``
 (``min(max(x + 3, 0), 6)*(1/6)``), all one thread per element like Darknet's kernel.
 """
@@ -22,14 +24,18 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.types import AddressHalf, Launch
 
-from ._base import f32, p_int, put, ptxas_registers, register_kernel
-from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, prologue_1d
+from ._base import f32, fma_f32, p_int, put, ptxas_registers, register_kernel
+from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, ftanh, prologue_1d
 from .elementwise import update_head
 
 Mem = dict[str, torch.Tensor]
 
 ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "leaky", "logistic", "relu6", "tanh", "swish", "gelu",
-                                 "hardswish", "hardsigmoid")
+                                 "hardswish", "hardsigmoid", "gelu_tanh")
+#: PyTorch's GELU tanh constants as float (opmath) constants: kBeta = M_SQRT2*M_2_SQRTPI*0.5
+#: (sqrt(2/pi)) and kKappa = 0.044715.
+GELU_BETA = 0.7978845608028654
+GELU_KAPPA = 0.044715
 #: Darknet's leaky slope (``.1f``); a launch whose ``slope`` differs is PyTorch's leaky_relu.
 LEAKY_SLOPE = 0.1
 
@@ -72,6 +78,9 @@ def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> to
         return x * (one / (one + torch.exp(-x)))
     if activation == "gelu":       # (x*0.5) * (1 + erf(x*M_SQRT1_2))
         return (x * f32(0.5, x)) * (f32(1.0, x) + torch.erf(x * f32(0.7071067811865476, x)))
+    if activation == "gelu_tanh":  # (0.5*x) * (1 + tanh(kBeta * fma(kKappa, x*x*x, x)))
+        inner = fma_f32(x * x * x, f32(GELU_KAPPA, x), x)
+        return (x * f32(0.5, x)) * (f32(1.0, x) + torch.tanh(inner * f32(GELU_BETA, x)))
     if activation == "hardswish":  # x * min(max(x + 3, 0), 6) * one_sixth
         return (x * _clamp6(x + f32(3.0, x))) * f32(1.0 / 6.0, x)
     if activation == "hardsigmoid":  # min(max(x + 3, 0), 6) * one_sixth
@@ -150,6 +159,16 @@ class ActivateArrayKernel(StreamKernel):
             s.add("FP32", "FMUL", "fmul:gelu_half", 1, "value", "x * 0.5")
             s.add("FP32", "FMUL", "fmul:gelu_out", 1, "value", "(x*0.5) * (1 + erf), the output")
             last = "fmul:gelu_out"
+        elif a == "gelu_tanh":     # the order of the SASS
+            s.add("FP32", "FMUL", "fmul:gelut_sq", 1, "value", "x * x")
+            s.add("FP32", "FMUL", "fmul:gelut_cube", 1, "value", "x * (x*x), the cube")
+            s.add("FP32", "FFMA", "ffma:gelut_inner", 1, "value", "0.044715 * x^3 + x")
+            s.add("FP32", "FMUL", "fmul:gelut_half", 1, "value", "x * 0.5")
+            s.add("FP32", "FMUL", "fmul:gelut_arg", 1, "value", "sqrt(2/pi) * (x + 0.044715*x^3) = u, the argument of tanh")
+            ftanh(s, "gelut", "u")
+            s.add("FP32", "FADD", "fadd:gelut_one", 1, "value", "1 + tanh(u)")
+            s.add("FP32", "FMUL", "fmul:gelut_out", 1, "value", "(x*0.5) * (1 + tanh(u)), the output")
+            last = "fmul:gelut_out"
         elif a in ("hardswish", "hardsigmoid"):
             s.add("FP32", "FADD", "fadd:hard_shift", 1, "value", "x + 3")
             s.add("FP32", "FMNMX", "fmnmx:hard_low", 1, "value", "max(x + 3, 0)")
@@ -190,6 +209,15 @@ class ActivateArrayKernel(StreamKernel):
             s.reg("r_erf", "data", "ffma:erf_gelu", "ffma:erf_gelu", "fadd:gelu_one")
             s.reg("r_one", "data", "fadd:gelu_one", "fadd:gelu_one", "fmul:gelu_out")
             s.reg("r_half", "data", "fmul:gelu_half", "fmul:gelu_half", "fmul:gelu_out")
+        if a == "gelu_tanh":
+            s.reg("r_x_keep", "data", "ld:x", "ld:x", "fmul:gelut_half")
+            s.reg("r_sq", "data", "fmul:gelut_sq", "fmul:gelut_sq", "fmul:gelut_cube")
+            s.reg("r_cube", "data", "fmul:gelut_cube", "fmul:gelut_cube", "ffma:gelut_inner")
+            s.reg("r_inner", "data", "ffma:gelut_inner", "ffma:gelut_inner", "fmul:gelut_arg")
+            s.reg("r_half", "data", "fmul:gelut_half", "fmul:gelut_half", "fmul:gelut_out")
+            s.reg("r_u", "data", "fmul:gelut_arg", "fmul:gelut_arg", "ffma:tanhs_gelut")
+            s.reg("r_one", "data", "fadd:gelut_one", "fadd:gelut_one", "fmul:gelut_out")
+            s.reg("p_tanh", "predicate", "setp:tanh_gelut", "setp:tanh_gelut", "ffma:tanhs_gelut")
         if a in ("hardswish", "hardsigmoid"):
             s.reg("r_shift", "data", "fadd:hard_shift", "fadd:hard_shift", "fmnmx:hard_low")
             s.reg("r_low", "data", "fmnmx:hard_low", "fmnmx:hard_low", "fmnmx:hard_high")

@@ -48,6 +48,18 @@ _FLATTEN_METHODS = ("view", "reshape", "flatten")
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
 
+#: GELU's ``approximate`` -> the activate_array case: the erf form or the tanh form.
+_GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+def _gelu_form(approximate: Any, where: str) -> str:
+    """The activate_array case of a GELU by its ``approximate`` argument (PyTorch knows two)."""
+    if approximate not in _GELU_FORMS:
+        raise KernelfiError(f"fx node {where}: GELU(approximate={approximate!r}) is not supported "
+                            f"(only {', '.join(map(repr, _GELU_FORMS))})")
+    return _GELU_FORMS[approximate]
+
+
 class _Tracer(fx.Tracer):
     """Keeps the library's own activation/pool modules as leaves (the default already does)."""
 
@@ -118,8 +130,8 @@ class FxLowering(FxLayers):
             self._batchnorm(node, mod, path, where)
         elif type(mod) in _ACT_MODULES:
             act = _ACT_MODULES[type(mod)]
-            if isinstance(mod, nn.GELU) and mod.approximate != "none":
-                raise KernelfiError(f"fx node {where}: GELU(approximate='{mod.approximate}') is not supported (only the erf form)")
+            if isinstance(mod, nn.GELU):
+                act = _gelu_form(mod.approximate, where)
             slope = float(mod.negative_slope) if isinstance(mod, nn.LeakyReLU) else LEAKY_SLOPE
             self._activation(node, act, where, slope)
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
@@ -220,8 +232,8 @@ class FxLowering(FxLayers):
         src_node = node.args[0]
         if act == "leaky" and node.op == "call_function":
             slope = float(node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01))
-        if act == "gelu" and node.op == "call_function" and node.kwargs.get("approximate", "none") != "none":
-            raise KernelfiError(f"fx node {where}: gelu(approximate='{node.kwargs['approximate']}') is not supported (only the erf form)")
+        if act == "gelu" and node.op == "call_function":
+            act = _gelu_form(node.kwargs.get("approximate", "none"), where)
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
         if layer is None or layer.type not in ("convolutional", "connected", "shortcut") \
                 or layer.params.get("activation") != "linear":

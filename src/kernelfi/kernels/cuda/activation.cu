@@ -1,14 +1,14 @@
 // kernelfi's CUDA C rendering of kernels/activation.py: activate_array, one thread per element,
 // a runtime switch over the activations kernelfi implements (a value outside them gives 0, the
 // switch's default case). Compiled only to count registers (scripts/ptxas_registers.py).
-// RELU6, TANH and SWISH are AlexeyAB's Darknet's formulas; GELU, HARDSWISH and HARDSIGMOID
-// PyTorch's CUDA element kernels' (opmath float); LEAKY takes its slope (Darknet's .1f or
-// PyTorch's negative_slope).
+// RELU6, TANH and SWISH are AlexeyAB's Darknet's formulas; GELU, HARDSWISH, HARDSIGMOID and
+// GELU_TANH (GeluCUDAKernelImpl's approximate='tanh' branch) PyTorch's CUDA element kernels'
+// (opmath float); LEAKY takes its slope (Darknet's .1f or PyTorch's negative_slope).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
 
 enum activation { LINEAR = 0, RELU = 1, LEAKY = 2, LOGISTIC = 3, RELU6 = 4, TANH = 5, SWISH = 6,
-                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9 };
+                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9, GELU_TANH = 10 };
 
 __device__ float clamp6(float y) { return fminf(fmaxf(y, 0.f), 6.f); }
 
@@ -37,6 +37,12 @@ __device__ float activate(float x, int a, float slope)
         return (x * clamp6(x + 3.f)) * (1.f / 6.f);
     case HARDSIGMOID:
         return clamp6(x + 3.f) * (1.f / 6.f);
+    case GELU_TANH: {                     // kBeta = M_SQRT2 * M_2_SQRTPI * 0.5, kKappa = 0.044715
+        const float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
+        float x_cube = x * x * x;
+        float inner = kBeta * (x + kKappa * x_cube);
+        return 0.5f * x * (1.f + tanhf(inner));
+    }
     }
     return 0;
 }
