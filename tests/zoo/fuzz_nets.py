@@ -3,8 +3,8 @@ of ops, each a tuple), drawn op by op from whatever source of choices the caller
 (hypothesis in tests/zoo/test_fuzz_nets.py, a seeded ``random.Random`` in bench/soak.py), so
 both explore the same vocabulary and a failing architecture prints as a literal to paste back.
 
-The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, integer or 'same'
-padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
+The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, integer or
+'same' padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
 BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
 average pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
@@ -65,15 +65,19 @@ def _conv_op(d: Draw, c: int, h: int, w: int, same_shape: bool = False,
     k = d.choice([1, 3, 3, (1, 3), (3, 1), 5] if min(h, w) >= 5 else [1, 3, (1, 3), (3, 1)])
     kh, kw = (k, k) if isinstance(k, int) else k
     stride = 1 if same_shape or min(h, w) < 4 else d.choice([1, 1, 2])
-    pad: Any = "same" if stride == 1 and d.int(0, 2) == 0 else ((kh - 1) // 2 if kh == kw else ((kh - 1) // 2, (kw - 1) // 2))
+    # dilation 2 where the dilated window (2k-1 wide) still fits: PyTorch's dilated im2col
+    dil = 2 if max(kh, kw) > 1 and min(h, w) >= 2 * max(kh, kw) and d.int(0, 3) == 0 else 1
+    rh, rw = dil * (kh - 1) // 2, dil * (kw - 1) // 2
+    pad: Any = "same" if stride == 1 and d.int(0, 2) == 0 else (rh if kh == kw else (rh, rw))
     if same_shape and pad != "same":
-        pad = ((kh - 1) // 2, (kw - 1) // 2)
+        pad = (rh, rw)
     groups = c if (cout == c and d.int(0, 2) == 0) else 1
     op = ("conv", cout, k, stride, pad, groups, bool(d.int(0, 1)), bool(d.int(0, 1)), d.choice(tuple(acts) + (None,)))
+    op = op + (dil,) if dil > 1 else op   # a 10th element only when dilated: older literals stay valid
     if pad == "same":
         return op, (cout, h, w)
     ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
-    return op, (cout, (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1)
+    return op, (cout, (h + 2 * ph - dil * (kh - 1) - 1) // stride + 1, (w + 2 * pw - dil * (kw - 1) - 1) // stride + 1)
 
 
 def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[str] = KINDS,
@@ -132,8 +136,9 @@ def random_net(rng: Any, max_ops: int = 8) -> tuple[tuple[int, int, int], Arch]:
 
 
 def _conv(op: Op, cin: int) -> nn.Module:
-    _, cout, k, stride, pad, groups, bias, bn, act = op
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=bias)]
+    _, cout, k, stride, pad, groups, bias, bn, act = op[:9]
+    dil = op[9] if len(op) > 9 else 1
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, pad, dilation=dil, groups=groups, bias=bias)]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
     if act is not None:
