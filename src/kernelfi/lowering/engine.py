@@ -94,7 +94,8 @@ class Program:
         convolution's pairs run as one grouped call where ``lowering.groups`` found that bitwise
         equal to the per-group calls. Golden and
         faulty lanes compared with each other must run with the same ``fast`` setting.
-        ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``).
+        ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``) and
+        the C of each grouped call (``groups.GroupTap``).
         With ``keep``, every other activation buffer leaves ``mem`` after its last use, as a
         framework frees dead intermediates: a whole forward pass then holds a few layers'
         buffers instead of all of them, and reuses their memory instead of faulting in fresh
@@ -133,7 +134,7 @@ class Program:
                 continue
             grp = groups.get(i)
             if (grp is not None and grp.end <= stop and not any(j in overrides for j in range(grp.start, grp.end))
-                    and run_group(grp, launches, mem)):
+                    and run_group(grp, launches, mem, tap)):
                 if after is not None:
                     for j in range(grp.start, grp.end):
                         after(launches[j], mem)

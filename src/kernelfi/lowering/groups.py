@@ -7,18 +7,22 @@ the G pairs of one layer; ``run_group`` convolves them in one grouped call, but 
 one-time self-check per (shapes, lanes, thread count, device) found the grouped call equal,
 bit for bit, to the G per-group calls (``grouped_agrees``): oneDNN may sum a grouped
 convolution in another order, and campaign rows depend on the per-group values. Elsewhere
-the caller runs the pairs as before.
+the caller runs the pairs as before. Asymmetric padding (``padding='same'`` of an even
+kernel) and windows past the padded edge are padded as ``fused_conv`` pads each group
+(``edge_padded``), so they run in one call too. ``run_group`` hands the C it leaves to the
+golden run's ``tap``: a struck grouped layer restarts from it after any of its G GEMMs
+(``execution.starts``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from kernelfi.kernels import fused_conv
-from kernelfi.kernels.conv import group_image, im2col_axes, im2col_geometry, no_tf32
+from kernelfi.kernels.conv import edge_padded, group_image, im2col_axes, im2col_geometry, no_tf32
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -106,17 +110,15 @@ def per_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Ten
 
 
 def grouped(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tensor, w: torch.Tensor,
-            c: torch.Tensor) -> torch.Tensor | None:
-    """C after the G pairs computed as one ``F.conv2d(groups=G)``; None where the geometry
-    reads past the padded input (Darknet's zero reads there: left to the per-group path)."""
+            c: torch.Tensor) -> torch.Tensor:
+    """C after the G pairs computed as one ``F.conv2d(groups=G)``: the whole input padded as
+    each group's ``fused_conv`` pads its channels (``edge_padded``: asymmetric padding, and the
+    zeros Darknet's im2col reads past the padded edge)."""
     first, gemm = ls[run.start], ls[run.start + 1]
     geo = im2col_geometry(dict(first.params, channel_offset=0, group_channels=first.params["channels"]), "im2col")
-    (kh, kw), st, pad, dil = im2col_axes(geo)
-    for a, (o, d) in enumerate((("out_h", "height"), ("out_w", "width"))):
-        if (geo[o] - 1) * st[a] + dil[a] * ((kh, kw)[a] - 1) + 1 > geo[d] + 2 * pad[a]:
-            return None
+    (kh, kw), st, _, dil = im2col_axes(geo)
     m, n, k = int(gemm.params["M"]), int(gemm.params["N"]), int(gemm.params["K"])
-    img = group_image(x, geo, "im2col")
+    img, pad = edge_padded(group_image(x, geo, "im2col"), geo)
     cg = int(first.params.get("group_channels"))
     kern = w.reshape(-1)[:run.groups * m * k].reshape(run.groups * m, cg, kh, kw)
     with no_tf32(img.device):
@@ -142,12 +144,17 @@ def grouped_agrees(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torc
         px = torch.randn(tuple(x.shape), generator=g).to(device=x.device, dtype=x.dtype)
         pw = torch.randn(tuple(w.shape), generator=g).to(device=w.device, dtype=w.dtype)
         pc = torch.zeros(tuple(c.shape), dtype=c.dtype, device=c.device)
-        got = grouped(run, ls, px, pw, pc)
-        _checked[key] = got is not None and torch.equal(got, per_group(run, ls, px, pw, pc))
+        _checked[key] = torch.equal(grouped(run, ls, px, pw, pc), per_group(run, ls, px, pw, pc))
     return _checked[key]
 
 
-def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory) -> bool:
+#: ``tap(gemm, c)``: called with a grouped convolution's last GEMM launch and the C its G
+#: GEMMs leave (lanes, C's elements: the fill's values plus every group's block), before the
+#: epilogue consumes it (the golden run keeps it: ``execution.golden.pre_items``)
+GroupTap = Callable[[Launch, torch.Tensor], None]
+
+
+def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory, tap: GroupTap | None = None) -> bool:
     """Run a grouped convolution's pairs as one call on ``mem``; False where it must run as
     its pairs (per-lane weights, or the self-check found the grouped call rounding otherwise)."""
     gemm = ls[run.start + 1]
@@ -155,7 +162,7 @@ def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory)
     if w.dim() != 2 or not grouped_agrees(run, ls, x, w, c):
         return False
     y = grouped(run, ls, x, w, c)
-    if y is None:
-        return False
+    if tap is not None:
+        tap(ls[run.end - 1], y.reshape(y.shape[0], -1))
     mem[gemm.writes[0]] = y
     return True
