@@ -130,8 +130,8 @@ class StruckStarts:
                 self.program.run(mem, layout.layer_span[layer][0], gemm + 1, fast=True)
             if torch.equal(mem[c].reshape(-1), product[0] + 0.0) and self._restorable(gemm):
                 out[gemm] = tuple(mem[c].shape[1:])
-                if gemm in ends:
-                    out.update(self._check_groups(ends[gemm], out[gemm]))
+            if gemm in ends:  # each group's start on its own: group g reads blocks 0..g only
+                out.update(self._check_groups(ends[gemm], tuple(mem[c].shape[1:])))
         return out
 
     def _check_groups(self, run: GroupRun, shape: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
