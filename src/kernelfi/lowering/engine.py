@@ -103,8 +103,8 @@ class Program:
         convolution's pairs run as one grouped call where ``lowering.groups`` found that bitwise
         equal to the per-group calls, and so do the pairs after a struck one (a tail). Golden and
         faulty lanes compared with each other must run with the same ``fast`` setting.
-        ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``) and
-        the C of each grouped call (``groups.GroupTap``).
+        ``tap`` sees the GEMM product of each fused conv/connected unit and the C of each
+        grouped call (``fastpath.Tap``).
         With ``keep``, every other activation buffer leaves ``mem`` after its last use, as a
         framework frees dead intermediates: a whole forward pass then holds a few layers'
         buffers instead of all of them, and reuses their memory instead of faulting in fresh

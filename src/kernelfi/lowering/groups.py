@@ -11,18 +11,20 @@ the caller runs the pairs as before. Asymmetric padding (``padding='same'`` of a
 kernel) and windows past the padded edge are padded as ``fused_conv`` pads each group
 (``edge_padded``), so they run in one call too. ``run_group`` hands the C it leaves to the
 golden run's ``tap``: a struck grouped layer restarts from it after any of its G GEMMs
-(``execution.starts``).
+(``execution.starts``), and the pairs after its struck pair run as a tail (``tails``): the
+blocks of groups g.. from the same grouped call.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from kernelfi.kernels import fused_conv
 from kernelfi.kernels.conv import edge_padded, group_image, im2col_axes, im2col_geometry, no_tf32
+from kernelfi.lowering.fastpath import Tap
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -174,16 +176,12 @@ def grouped_agrees(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torc
     return _checked[key]
 
 
-#: ``tap(gemm, c)``: called with a grouped convolution's last GEMM launch and the C its G
-#: GEMMs leave (lanes, C's elements: the fill's values plus every group's block), before the
-#: epilogue consumes it (the golden run keeps it: ``execution.golden.pre_items``)
-GroupTap = Callable[[Launch, torch.Tensor], None]
-
-
-def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory, tap: GroupTap | None = None) -> bool:
+def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory, tap: Tap | None = None) -> bool:
     """Run a grouped convolution's pairs (or a tail's) as one call on ``mem``; False where it
     must run as its pairs (per-lane weights, or the self-check found the grouped call rounding
-    otherwise). ``tap`` sees the C of a whole run."""
+    otherwise). ``tap`` sees a whole run's last GEMM launch and the C its G GEMMs leave (lanes,
+    C's elements: the fill's values plus every group's block), before the epilogue consumes it
+    (the golden run keeps it: ``execution.golden.pre_items``)."""
     gemm = ls[run.start + 1]
     x, w, c = mem[ls[run.start].reads[0]], mem[gemm.reads[0]], mem[gemm.writes[0]]
     if w.dim() != 2 or not grouped_agrees(run, ls, x, w, c):
