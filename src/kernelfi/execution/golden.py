@@ -17,6 +17,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.execution.threads import engine_threads
 from kernelfi.lowering import Program
+from kernelfi.lowering.groups import plan_groups
 from kernelfi.types import Launch, Trace
 
 
@@ -69,16 +70,36 @@ def live_in(trace: Trace) -> list[frozenset[str]]:
 PRE_BUDGET = 512 << 20
 
 
+def pre_items(trace: Trace) -> dict[int, tuple[int, int]]:
+    """What the golden run can keep after a GEMM, by launch: ``(K, floats per input)``.
+
+    A GEMM of a fused conv/connected unit: its M×N product. A grouped convolution, which the
+    fast path runs as one call (``lowering.groups``): one item at its last GEMM, the C the
+    call leaves (every group's block), from which a struck layer restarts after any of its G
+    GEMMs (``StruckStarts``); its per-group GEMMs are no items of their own (the golden run
+    never sees their products apart). K is a group's (the work per element)."""
+    runs = plan_groups(trace)
+    inside = {j for r in runs.values() for j in range(r.start, r.end)}
+    out: dict[int, tuple[int, int]] = {}
+    for l in trace.launches:
+        if l.kernel == "gemm" and l.index not in inside:
+            out[l.index] = (int(l.params["K"]), int(l.params["M"]) * int(l.params["N"]))
+    for r in runs.values():
+        last = trace.launches[r.end - 1]
+        out[last.index] = (int(last.params["K"]), math.prod(trace.buffer(last.writes[0]).shape))
+    return dict(sorted(out.items()))
+
+
 def pre_choice(trace: Trace, n_inputs: int, budget: int = PRE_BUDGET) -> set[int]:
-    """The GEMM launches whose products the golden run keeps: the costliest per element (largest
-    K) first, while ``budget`` bytes hold them for every input."""
+    """The items of ``pre_items`` the golden run keeps: the costliest per element (largest K)
+    first, while ``budget`` bytes hold them for every input."""
     out: set[int] = set()
     used = 0
-    gemms = sorted((l for l in trace.launches if l.kernel == "gemm"), key=lambda l: -int(l.params["K"]))
-    for l in gemms:
-        size = 4 * int(l.params["M"]) * int(l.params["N"]) * n_inputs
+    items = sorted(pre_items(trace).items(), key=lambda item: -item[1][0])
+    for index, (_, numel) in items:
+        size = 4 * numel * n_inputs
         if used + size <= budget:
-            out.add(l.index)
+            out.add(index)
             used += size
     return out
 
@@ -110,8 +131,8 @@ def golden_numel(trace: Trace, n: int, fast: bool, pre_budget: int = PRE_BUDGET)
 
 def _kept_numel(trace: Trace, n: int, keep: set[str], pre: set[int]) -> int:
     size = {b.name: math.prod(b.shape) for b in trace.buffers}
-    gemm = {l.index: int(l.params["M"]) * int(l.params["N"]) for l in trace.launches if l.kernel == "gemm"}
-    return n * (sum(size.get(k, 0) for k in keep) + sum(gemm[g] for g in pre))
+    items = pre_items(trace)
+    return n * (sum(size.get(k, 0) for k in keep) + sum(items[g][1] for g in pre))
 
 
 @dataclass
@@ -123,7 +144,8 @@ class Golden:
     top1: torch.Tensor                # (n_inputs,)
     #: GEMM launch index -> its product (n_inputs, M*N) in the golden run, before the layer's
     #: batch-norm and bias: a struck layer's golden state after its GEMM, which the run computed
-    #: anyway (``Runner`` checks each against the kernels before it uses it)
+    #: anyway (``StruckStarts`` checks each against the kernels before it uses it); at a grouped
+    #: convolution's last GEMM, the C of its one grouped call (``pre_items``)
     pre: dict[int, torch.Tensor] = field(default_factory=dict)
     #: the one shared-memory block every tensor above is a view of (``compute(share=True)``)
     block: torch.Tensor | None = None
@@ -157,7 +179,7 @@ class Golden:
                     out[key] = torch.empty(shape, dtype=y.dtype, device=y.device)
             out[key][s:s + y.shape[0]].copy_(y)
 
-        def tap(gemm: Launch, y: torch.Tensor) -> None:
+        def tap(gemm: Launch, y: torch.Tensor) -> None:  # a unit's product or a grouped call's C
             if gemm.index in want:  # copied now: the epilogue may work in place
                 into(pre, gemm.index, y.reshape(y.shape[0], -1))
 
@@ -221,7 +243,9 @@ def added_launches(base: Program, program: Program) -> list[Launch] | None:
     return [l for l in program.trace.launches if l.name not in names] if same else None
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s float32 values as their int32 bit patterns, so ``torch.equal`` compares bits
+    (-0.0 unequal to 0.0, a NaN equal to the same NaN); other dtypes as they are."""
     t = t.contiguous()
     return t.view(torch.int32) if t.dtype == torch.float32 else t
 
@@ -252,7 +276,7 @@ def extended_golden(base: Program, golden: Golden, program: Program, fast: bool 
         for w in l.writes:
             got, want = mem.get(w), golden.buffers[w]
             if got is None or got.numel() != want.numel() or got.dtype != want.dtype or \
-                    not torch.equal(_bits(got.reshape(n, -1)), _bits(want.reshape(n, -1))):
+                    not torch.equal(bits(got.reshape(n, -1)), bits(want.reshape(n, -1))):
                 return None
     keep, want_pre = golden_keeps(program.trace, n, fast, pre_budget)
     if not keep <= set(golden.buffers):

@@ -97,11 +97,12 @@ def _beyond(g: Mapping[str, int]) -> tuple[int, int]:
                  for a, (o, d) in enumerate((("out_h", "height"), ("out_w", "width"))))
 
 
-def _edge_padded(img: torch.Tensor, g: Mapping[str, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+def edge_padded(img: torch.Tensor, g: Mapping[str, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """(image, padding) for ``F.unfold``/``F.conv2d``: the image itself where every window fits
     the padded input and the padding is symmetric (the usual case, unchanged), else zero-padded
     on every side (bottom/right by ``PAD_AFTER``) and past the bottom/right edge as Darknet's
-    im2col reads it, with padding 0."""
+    im2col reads it, with padding 0. Public: the grouped fast path (``lowering.groups``) pads
+    a grouped convolution's whole input the way each group's ``fused_conv`` pads its own."""
     bh, bw = _beyond(g)
     ph, pw, ah, aw = g["pad"], g["pad_w"], g["pad_h_after"], g["pad_w_after"]
     if not (bh or bw) and (ah, aw) == (ph, pw):
@@ -150,7 +151,7 @@ class Im2colKernel(StreamKernel):
 
     def run(self, mem: Mem, launch: Launch) -> None:
         g = im2col_geometry(launch.params, self.name)
-        img, pad = _edge_padded(group_image(get_buf(mem, launch.reads[0], self.name), g, self.name), g)
+        img, pad = edge_padded(group_image(get_buf(mem, launch.reads[0], self.name), g, self.name), g)
         ks, st, _, dil = im2col_axes(g)
         cols = F.unfold(img, kernel_size=ks, dilation=dil, padding=pad, stride=st)
         put(mem, launch.writes[0], cols.reshape(cols.shape[0], -1), natural=tuple(cols.shape[1:]))
@@ -601,7 +602,7 @@ def fused_conv(x: torch.Tensor, weights: torch.Tensor, im2col_params: Mapping[st
     kern = w[:, a_off:a_off + m * k].reshape(w.shape[0], m, cg, kh, kw)
     if kern.shape[0] not in (1, lanes):
         raise KernelfiError(f"fused_conv: per-lane weights have {kern.shape[0]} lanes, the input {lanes}")
-    img, pad = _edge_padded(img, g)
+    img, pad = edge_padded(img, g)
     st = stride if stride[0] != stride[1] else stride[0]
     if (kh, kw) == (1, 1) and pad == (0, 0) and kern.shape[0] == 1:
         # a 1x1 convolution (ResNet's strided shortcut): im2col picks every st-th pixel, then

@@ -15,7 +15,7 @@ import torch
 from kernelfi._utils import KernelfiError
 from kernelfi.kernels import fused_conv, get_kernel
 from kernelfi.lowering.fastpath import Tap, Unit, plan_units, run_unit
-from kernelfi.lowering.groups import GroupRun, accumulate, plan_groups, run_group
+from kernelfi.lowering.groups import GroupRun, accumulate, plan_groups, run_group, tails
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -31,6 +31,7 @@ class Program:
     weights: dict[str, torch.Tensor]
     _units: dict[int, Unit] | None = None
     _groups: dict[int, GroupRun] | None = None
+    _group_tails: dict[int, GroupRun] | None = None
     _last_use: dict[int, tuple[str, ...]] | None = None
 
     @property
@@ -45,6 +46,14 @@ class Program:
         if self._groups is None:
             self._groups = plan_groups(self.trace)
         return self._groups
+
+    @property
+    def group_tails(self) -> dict[int, GroupRun]:
+        """The groups g.. of each grouped convolution, keyed by group g's im2col
+        (``groups.tails``): the rest of a struck grouped layer in one call."""
+        if self._group_tails is None:
+            self._group_tails = tails(self.groups)
+        return self._group_tails
 
     @property
     def last_use(self) -> dict[int, tuple[str, ...]]:
@@ -92,9 +101,10 @@ class Program:
         convolution (same values up to float rounding); the pair runs explicitly when either
         launch has an override, so faults always see the kernels' real data flow; a grouped
         convolution's pairs run as one grouped call where ``lowering.groups`` found that bitwise
-        equal to the per-group calls. Golden and
+        equal to the per-group calls, and so do the pairs after a struck one (a tail). Golden and
         faulty lanes compared with each other must run with the same ``fast`` setting.
-        ``tap`` sees the GEMM product of each fused conv/connected unit (``fastpath.Tap``).
+        ``tap`` sees the GEMM product of each fused conv/connected unit and the C of each
+        grouped call (``fastpath.Tap``).
         With ``keep``, every other activation buffer leaves ``mem`` after its last use, as a
         framework frees dead intermediates: a whole forward pass then holds a few layers'
         buffers instead of all of them, and reuses their memory instead of faulting in fresh
@@ -106,6 +116,7 @@ class Program:
         overrides = overrides or {}
         units = self.units if fast else {}
         groups = self.groups if fast else {}
+        group_tails = self.group_tails if fast else {}
         dead = self.last_use if keep is not None else {}
         kept = frozenset(keep or ())
         done = start  # launches before ``done`` have freed their dead buffers
@@ -131,9 +142,9 @@ class Program:
                         after(launches[j], mem)
                 i = unit.end
                 continue
-            grp = groups.get(i)
+            grp = groups.get(i) or group_tails.get(i)
             if (grp is not None and grp.end <= stop and not any(j in overrides for j in range(grp.start, grp.end))
-                    and run_group(grp, launches, mem)):
+                    and run_group(grp, launches, mem, tap)):
                 if after is not None:
                     for j in range(grp.start, grp.end):
                         after(launches[j], mem)

@@ -99,7 +99,8 @@ def relu_like(y: torch.Tensor, act: str, slope: float = 0.1) -> torch.Tensor:
 
 
 #: ``tap(gemm, y)``: called with a conv/connected unit's GEMM launch and its product (lanes,
-#: M, N) before the epilogue consumes it (the golden run keeps some: ``execution.golden``)
+#: M, N) before the epilogue consumes it (the golden run keeps some: ``execution.golden``);
+#: for a grouped convolution's one call, its last GEMM and the C it leaves (``groups.run_group``)
 Tap = Callable[[Launch, torch.Tensor], None]
 
 

@@ -7,7 +7,12 @@ the G pairs of one layer; ``run_group`` convolves them in one grouped call, but 
 one-time self-check per (shapes, lanes, thread count, device) found the grouped call equal,
 bit for bit, to the G per-group calls (``grouped_agrees``): oneDNN may sum a grouped
 convolution in another order, and campaign rows depend on the per-group values. Elsewhere
-the caller runs the pairs as before.
+the caller runs the pairs as before. Asymmetric padding (``padding='same'`` of an even
+kernel) and windows past the padded edge are padded as ``fused_conv`` pads each group
+(``edge_padded``), so they run in one call too. ``run_group`` hands the C it leaves to the
+golden run's ``tap``: a struck grouped layer restarts from it after any of its G GEMMs
+(``execution.starts``), and the pairs after its struck pair run as a tail (``tails``): the
+blocks of groups g.. from the same grouped call.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi.kernels import fused_conv
-from kernelfi.kernels.conv import group_image, im2col_axes, im2col_geometry, no_tf32
+from kernelfi.kernels.conv import edge_padded, group_image, im2col_axes, im2col_geometry, no_tf32
+from kernelfi.lowering.fastpath import Tap
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -28,11 +34,23 @@ _OFFSETS = ("a_offset", "b_offset", "c_offset")
 @dataclass(frozen=True)
 class GroupRun:
     """Launches ``start .. end-1``: G im2col+gemm pairs, group g reading input channels
-    g*cg.., weights at g*M*K and writing C at g*M*N (one layer's groups, in order)."""
+    g*cg.., weights at g*M*K and writing C at g*M*N (one layer's groups, in order); with
+    ``first``, only the pairs of groups ``first``..G-1 (a tail: ``tails``)."""
 
     start: int
     end: int
     groups: int
+    first: int = 0
+
+    @property
+    def head(self) -> int:
+        """The layer's first pair (group 0's im2col)."""
+        return self.start - 2 * self.first
+
+    @property
+    def whole(self) -> "GroupRun":
+        """All G groups of this run's layer."""
+        return GroupRun(self.head, self.end, self.groups)
 
 
 def plan_groups(trace: Trace) -> dict[int, GroupRun]:
@@ -48,6 +66,15 @@ def plan_groups(trace: Trace) -> dict[int, GroupRun]:
         out[i] = run
         i = run.end
     return out
+
+
+def tails(runs: dict[int, GroupRun]) -> dict[int, GroupRun]:
+    """Each grouped convolution's groups g..G-1 (two or more), keyed by group g's im2col:
+    what the rest of a struck grouped layer runs after its struck pair. One grouped call of
+    all G groups costs about what one group's call does, so the tail takes the blocks of
+    groups g.. from that call instead of G-g calls."""
+    return {r.start + 2 * g: GroupRun(r.start + 2 * g, r.end, r.groups, g)
+            for r in runs.values() for g in range(1, r.groups - 1)}
 
 
 def _group_at(ls: tuple[Launch, ...] | list[Launch], i: int) -> GroupRun | None:
@@ -106,22 +133,22 @@ def per_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Ten
 
 
 def grouped(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tensor, w: torch.Tensor,
-            c: torch.Tensor) -> torch.Tensor | None:
-    """C after the G pairs computed as one ``F.conv2d(groups=G)``; None where the geometry
-    reads past the padded input (Darknet's zero reads there: left to the per-group path)."""
-    first, gemm = ls[run.start], ls[run.start + 1]
+            c: torch.Tensor) -> torch.Tensor:
+    """C after the pairs of ``run`` computed as one ``F.conv2d(groups=G)`` of all G groups, the
+    whole input padded as each group's ``fused_conv`` pads its channels (``edge_padded``:
+    asymmetric padding, and the zeros Darknet's im2col reads past the padded edge); a tail
+    (``run.first``) adds only its groups' blocks to C."""
+    first, gemm = ls[run.head], ls[run.head + 1]
     geo = im2col_geometry(dict(first.params, channel_offset=0, group_channels=first.params["channels"]), "im2col")
-    (kh, kw), st, pad, dil = im2col_axes(geo)
-    for a, (o, d) in enumerate((("out_h", "height"), ("out_w", "width"))):
-        if (geo[o] - 1) * st[a] + dil[a] * ((kh, kw)[a] - 1) + 1 > geo[d] + 2 * pad[a]:
-            return None
+    (kh, kw), st, _, dil = im2col_axes(geo)
     m, n, k = int(gemm.params["M"]), int(gemm.params["N"]), int(gemm.params["K"])
-    img = group_image(x, geo, "im2col")
+    img, pad = edge_padded(group_image(x, geo, "im2col"), geo)
     cg = int(first.params.get("group_channels"))
     kern = w.reshape(-1)[:run.groups * m * k].reshape(run.groups * m, cg, kh, kw)
     with no_tf32(img.device):
         y = F.conv2d(img, kern, stride=st, padding=pad, dilation=dil, groups=run.groups)
-    return accumulate(c, y, {"M": run.groups * m, "N": n, "c_offset": 0})  # C += all groups' blocks
+    skip = run.first * m  # output channels of the groups before a tail
+    return accumulate(c, y[:, skip:], {"M": run.groups * m - skip, "N": n, "c_offset": skip * n})  # C += the blocks
 
 
 #: ``grouped_agrees``' verdicts per (input, weight and C shapes, layer params, lanes, thread
@@ -132,7 +159,10 @@ _checked: dict[tuple[Any, ...], bool] = {}
 def grouped_agrees(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torch.Tensor, w: torch.Tensor,
                    c: torch.Tensor) -> bool:
     """True where the grouped call gives, bit for bit, the per-group calls' C for this shape
-    on this machine: a one-time self-check on seeded random operands (as ``lone_agrees``)."""
+    on this machine: a one-time self-check on seeded random operands (as ``lone_agrees``).
+    A tail's verdict is its layer's (all G groups): a tail takes blocks of the very call the
+    check compared block by block with the per-group calls."""
+    run = run.whole
     first, gemm = ls[run.start], ls[run.start + 1]
     key = (tuple(x.shape), tuple(w.shape), tuple(c.shape), tuple(sorted((k, str(v)) for k, v in first.params.items())),
            tuple(sorted((k, str(v)) for k, v in gemm.params.items())), run.groups, torch.get_num_threads(),
@@ -142,20 +172,22 @@ def grouped_agrees(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], x: torc
         px = torch.randn(tuple(x.shape), generator=g).to(device=x.device, dtype=x.dtype)
         pw = torch.randn(tuple(w.shape), generator=g).to(device=w.device, dtype=w.dtype)
         pc = torch.zeros(tuple(c.shape), dtype=c.dtype, device=c.device)
-        got = grouped(run, ls, px, pw, pc)
-        _checked[key] = got is not None and torch.equal(got, per_group(run, ls, px, pw, pc))
+        _checked[key] = torch.equal(grouped(run, ls, px, pw, pc), per_group(run, ls, px, pw, pc))
     return _checked[key]
 
 
-def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory) -> bool:
-    """Run a grouped convolution's pairs as one call on ``mem``; False where it must run as
-    its pairs (per-lane weights, or the self-check found the grouped call rounding otherwise)."""
+def run_group(run: GroupRun, ls: tuple[Launch, ...] | list[Launch], mem: Memory, tap: Tap | None = None) -> bool:
+    """Run a grouped convolution's pairs (or a tail's) as one call on ``mem``; False where it
+    must run as its pairs (per-lane weights, or the self-check found the grouped call rounding
+    otherwise). ``tap`` sees a whole run's last GEMM launch and the C its G GEMMs leave (lanes,
+    C's elements: the fill's values plus every group's block), before the epilogue consumes it
+    (the golden run keeps it: ``execution.golden.pre_items``)."""
     gemm = ls[run.start + 1]
     x, w, c = mem[ls[run.start].reads[0]], mem[gemm.reads[0]], mem[gemm.writes[0]]
     if w.dim() != 2 or not grouped_agrees(run, ls, x, w, c):
         return False
     y = grouped(run, ls, x, w, c)
-    if y is None:
-        return False
+    if tap is not None and not run.first:
+        tap(ls[run.end - 1], y.reshape(y.shape[0], -1))
     mem[gemm.writes[0]] = y
     return True
