@@ -23,21 +23,16 @@ from kernelfi.execution.golden import SharedGolden, pre_choice, pre_items
 from kernelfi.lowering import groups as groups_mod
 from kernelfi.lowering import lower
 
+from tiny import whole_weights
+
 SHAPE = (4, 5, 5)
 
 
 def _net() -> nn.Module:
     """Depthwise 3x3 (pad 1), then groups=2 3x3 (no pad) and a linear head, with small whole
     weights and biases: every sum is exact in float32, whatever order a path sums in."""
-    g = torch.Generator().manual_seed(3)
-    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
-                        nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-2, 3, m.weight.shape, generator=g).float())
-                m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float())
-    return net.eval()
+    return whole_weights(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
+                                       nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(36, 3)), 3)
 
 
 def _per_group(x: torch.Tensor, conv: nn.Conv2d) -> list[torch.Tensor]:

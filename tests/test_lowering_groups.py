@@ -11,21 +11,16 @@ from torch import nn
 from kernelfi.lowering import groups as groups_mod
 from kernelfi.lowering import lower
 
+from tiny import whole_weights
+
 SHAPE = (4, 5, 5)
 
 
 def _net() -> nn.Module:
     """Depthwise 3x3 (pad 1) then groups=2 3x3 (no pad) and a linear head, with small whole
     weights and biases so every sum is exact in float32 (each path gives the same bits)."""
-    g = torch.Generator().manual_seed(3)
-    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
-                        nn.Conv2d(4, 2, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-2, 3, m.weight.shape, generator=g).float())
-                m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float())
-    return net.eval()
+    return whole_weights(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
+                                       nn.Conv2d(4, 2, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3)), 3)
 
 
 def _hand(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -117,13 +112,7 @@ def test_self_check_compares_with_the_per_group_calls(case) -> None:
 
 def _whole(net: nn.Module) -> nn.Module:
     """``net`` with small whole-number weights and biases (every sum exact in float32)."""
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randint(-2, 3, m.weight.shape, generator=g).float())
-                m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float())
-    return net.eval()
+    return whole_weights(net, 7)
 
 
 def test_asymmetric_padding_grouped_conv_is_one_call_equal_to_the_per_group_calls(monkeypatch) -> None:

@@ -138,3 +138,16 @@ def run_one(program: Program, fault: Fault, x: torch.Tensor) -> tuple[Result, to
 def probs_of(logits: list[float]) -> torch.Tensor:
     """Softmax of logits worked out on paper, in float64 then float32."""
     return torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).float()
+
+
+def whole_weights(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``net`` in eval mode with weights and biases drawn from {-2..2} (seeded): on small inputs
+    every sum is exact in float32, so every path (grouped call, per-group calls, per-thread
+    replay) gives the same bits whatever order it sums in."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.copy_(torch.randint(-2, 3, m.weight.shape, generator=g).float())
+                m.bias.copy_(torch.randint(-2, 3, m.bias.shape, generator=g).float())
+    return net.eval()
