@@ -104,10 +104,9 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
                 size = [o - 1 if (o - 1) * s >= n + pad else o for o, n in zip(size, (h, w))]
             h, w = size
         elif kind == "adaptive" and min(h, w) >= 2:
-            # to 1x1, or by one whole factor on both axes (the lowering refuses other
-            # windows in one line; tests/zoo/README.md)
-            sizes = [(1, 1)] + [(h // f, w // f) for f in range(2, min(h, w) + 1) if h % f == 0 and w % f == 0]
-            h, w = d.choice(sizes)
+            # to 1x1 (the global avgpool), or to any size up to one more than the input on
+            # each axis: PyTorch's adaptive_avgpool kernel, overlapping uneven windows included
+            h, w = (1, 1) if d.int(0, 2) == 0 else (d.int(1, h + 1), d.int(1, w + 1))
             op = ("adaptive", (h, w))
         elif kind == "res":
             inner, _ = _conv_op(d, c, h, w, same_shape=True, acts=acts)
