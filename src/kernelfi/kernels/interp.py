@@ -136,7 +136,7 @@ class UpsampleBilinearKernel(StreamKernel):
         s.add("GPR", "XMAD", "imad:out_index", c, "index", "(plane*out_h + h2)*out_w + w2")
         addr(s, "out", "output[plane][h2][w2]", count=2 * c)
         s.add("NODEST", "STG", "st:out", c, "store", "stores the output pixel of the plane")
-        loop(s, "c", "the plane loop", c)
+        loop(s, "c", "c over the planes", c)
         s.end_loop()
         epilogue(s)
         src = "fmul:src" if align else "fmnmx:src"
