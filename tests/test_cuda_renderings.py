@@ -74,6 +74,8 @@ void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, flo
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
 void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
     L(adaptive_avgpool(n, in, out, h, w, oh, ow)); }
+void run_upsample_bilinear(G, int n, float rh, float rw, int ac, const float *in, float *out, int c, int h, int w,
+                           int oh, int ow) { L(upsample_bilinear(n, rh, rw, ac, in, out, c, h, w, oh, ow)); }
 void run_scale_channels(G, const float *x, int size, int cs, const float *s, float *o) {
     L(scale_channels(x, size, cs, s, o)); }
 void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
@@ -198,6 +200,22 @@ def test_upsample(lib: ctypes.CDLL) -> None:
     lib.run_upsample(*_grid(n), n, _ptr(x), w, h, c, st, _ptr(got))
     want = _py("upsample", {"x": _lane(x), "o": torch.zeros(1, n)}, ("x", "o"), ("o",), channels=c, height=h,
                width=w, stride=st, scale=1.0)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("h, w, oh, ow, factor", [(4, 5, 8, 10, 2.0), (3, 4, 5, 7, None), (2, 6, 6, 18, 3.0)])
+@pytest.mark.parametrize("align", [False, True])
+def test_upsample_bilinear(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int, factor: float | None,
+                           align: bool) -> None:
+    from kernelfi.kernels import bilinear_scale
+    c = 3
+    x = _rand(c * h * w)
+    rh, rw = bilinear_scale(h, oh, align, factor), bilinear_scale(w, ow, align, factor)
+    got = np.zeros(c * oh * ow, np.float32)
+    lib.run_upsample_bilinear(*_grid(oh * ow), oh * ow, ctypes.c_float(rh), ctypes.c_float(rw), int(align), _ptr(x),
+                              _ptr(got), c, h, w, oh, ow)
+    want = _py("upsample_bilinear", {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w, out_h=oh,
+               out_w=ow, align_corners=align, rheight=rh, rwidth=rw)["o"]
     assert np.array_equal(got, want.numpy().ravel())
 
 

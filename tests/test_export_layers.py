@@ -317,3 +317,48 @@ def test_gelu_tanh_exports_as_the_tanh_form(tmp_path: Path) -> None:
     (faulty,), _ = rec.handed, rec.outputs
     assert faulty.injected != 0.0 and faulty.calls == 3
     assert torch.equal(final.view(torch.int32), clean.view(torch.int32))
+
+
+class Bilinears(nn.Module):
+    """Bilinear upsampling as a module (scale factor, align_corners=False) and as F.interpolate
+    (a size, align_corners=True), the forms the exported model must spell back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.head = nn.Linear(3 * 8 * 8 + 3 * 5 * 7, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        z = F.interpolate(y, size=(5, 7), mode="bilinear", align_corners=True)
+        return self.head(torch.cat([self.up(y).flatten(1), z.flatten(1)], 1))
+
+
+def test_bilinear_upsamples_map_and_export_as_the_same_interpolation(tmp_path: Path) -> None:
+    # each upsample_bilinear launch is its op; the exported source spells mode and
+    # align_corners back (nearest, or the other corner alignment, would differ bit for bit), and
+    # every variant equals the original bitwise; TMR out-votes a flip in the functional one
+    torch.manual_seed(0)
+    m, x = Bilinears().eval(), torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    lowered, trace = lower_fx(m, (2, 4, 4)), lower(m, (2, 4, 4)).trace
+    ups = [l for l in trace.launches if l.kernel == "upsample_bilinear"]
+    ops = graph_ops(lowered)
+    assert {l.params["align_corners"]: getattr(launch_op(lowered, ops, l), "node", None) for l in ups} == \
+        {False: "up", True: "interpolate"}
+    export_model(m, Plan("bil", abft_plan(trace).protect), tmp_path / "e", input_shape=(2, 4, 4), name="bil",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.Upsample(size=None, scale_factor=2.0, mode='bilinear', align_corners=False" in src
+    assert "F.interpolate(relu, size=(5, 7), scale_factor=None, mode='bilinear', align_corners=True" in src
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            got = load_exported(tmp_path / "e", variant)(x)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), variant
+    net = load_exported(tmp_path / "e", "full-tmr")
+    with flip_in(net.hardening.get_submodule("interpolate"), 10, 30, 1) as rec, torch.no_grad():
+        final = net(x[:2])
+    assert rec.handed[0].injected != 0.0
+    with torch.no_grad():
+        assert torch.equal(final.view(torch.int32), m(x[:2]).view(torch.int32))

@@ -8,7 +8,8 @@ The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, i
 BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
 average pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
-nearest upsampling, dropout, identity, and three classification heads.
+nearest and bilinear (either align_corners) upsampling, dropout, identity, and three classification
+heads.
 """
 from __future__ import annotations
 
@@ -117,7 +118,10 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
         elif kind == "se":
             op = ("se", max(1, c // d.int(1, 4)), d.choice(["sigmoid", "hardsigmoid"]), d.choice(["module", "functional"]))
         elif kind == "up" and max(h, w) <= 8:
-            op, h, w = ("up",), 2 * h, 2 * w
+            # nearest (AlexeyAB's [upsample]) or bilinear (PyTorch's kernel), either corner alignment
+            mode = d.choice(["nearest", "bilinear", "bilinear"])
+            op = ("up",) if mode == "nearest" else ("up", "bilinear", d.choice([False, True]))
+            h, w = 2 * h, 2 * w
         elif kind == "drop":
             op = ("drop", d.choice(["dropout", "dropout2d", "identity"]))
         else:
@@ -192,7 +196,8 @@ class FuzzNet(nn.Module):
             elif kind == "se":
                 m = SE(c, op[1], op[2], op[3])
             elif kind == "up":
-                m = nn.Upsample(scale_factor=2, mode="nearest")
+                m = nn.Upsample(scale_factor=2, mode="nearest") if len(op) == 1 else \
+                    nn.Upsample(scale_factor=2, mode="bilinear", align_corners=op[2])
             elif kind == "drop":
                 m = {"dropout": nn.Dropout(0.3), "dropout2d": nn.Dropout2d(0.3), "identity": nn.Identity()}[op[1]]
             elif kind == "head":

@@ -66,6 +66,16 @@ def test_float32_rounding_of_the_native_forward_is_no_mismatch() -> None:
     check_net(shape, arch)
 
 
+#: both bilinear forms (PyTorch's upsample_bilinear2d kernel), one after a stride-2 pool
+BILINEAR = ((2, 6, 6), (
+    ("conv", 5, 1, 1, (0, 0), 1, True, True, "leaky0.1"), ("up", "bilinear", False), ("maxpool", 2, 2, 0, False),
+    ("up", "bilinear", True), ("conv", 6, (1, 3), 1, (0, 1), 1, True, True, "relu6"), ("head", "mean", 3)))
+
+
+def test_bilinear_upsamples_lower_exactly_and_campaigns_finish() -> None:
+    check_net(*BILINEAR)
+
+
 @settings(max_examples=12, **_SETTINGS)  # type: ignore[arg-type]
 @given(nets())
 def test_fuzzed_nets_lower_exactly_and_campaigns_finish(net: tuple[tuple[int, int, int], Arch]) -> None:

@@ -156,7 +156,7 @@ def _clamp6(c: ThreadCtx, y: np.float32) -> np.float32:
     return c.val(("fmnmx:hard_high",), np.fmin(low, F32(6.0)))
 
 
-def _ffma(a: Any, b: Any, d: Any) -> np.float32:
+def ffma32(a: Any, b: Any, d: Any) -> np.float32:
     """One FFMA, ``a*b + d`` rounded once (``kernels.fma_f32``) on scalars."""
     t = [torch.tensor(F32(v)) for v in (a, b, d)]
     return F32(fma_f32(*t).item())
@@ -181,7 +181,7 @@ def _tanhf(c: ThreadCtx, v: str, u: np.float32) -> np.float32:
     ex = c.val((f"mufu:tanhl_{v}",), F32(np.exp2(np.float64(e))))
     d = c.val((big,), ex + F32(1.0))
     r = c.val((f"mufu:tanhl_{v}",), F32(1.0 / np.float64(d)))
-    t = c.val((big,), _ffma(r, F32(-2.0), F32(1.0)))
+    t = c.val((big,), ffma32(r, F32(-2.0), F32(1.0)))
     sat = c.pred((f"setp:tanh_{v}",), au >= _TANH_SAT)
     t = c.val((big,), F32(1.0) if sat else t)
     large = c.pred((f"setp:tanh_{v}",), au >= _TANH_SMALL)
@@ -190,11 +190,11 @@ def _tanhf(c: ThreadCtx, v: str, u: np.float32) -> np.float32:
     u2 = c.val((small,), u * u)
     p = _TANH_POLY[0]
     for k in _TANH_POLY[1:]:
-        p = c.val((small,), _ffma(u2, p, k))
-    p = c.val((small,), _ffma(u2, p, F32(0.0)))
+        p = c.val((small,), ffma32(u2, p, k))
+    p = c.val((small,), ffma32(u2, p, F32(0.0)))
     if large:
         return t
-    return c.val((small,), _ffma(u, p, u), old=t)
+    return c.val((small,), ffma32(u, p, u), old=t)
 
 
 def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
@@ -230,7 +230,7 @@ def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) 
     if act == "gelu_tanh":
         sq = c.val(("fmul:gelut_sq",), x * x)
         cube = c.val(("fmul:gelut_cube",), x * sq)
-        inner = c.val(("ffma:gelut_inner",), _ffma(cube, F32(GELU_KAPPA), x))
+        inner = c.val(("ffma:gelut_inner",), ffma32(cube, F32(GELU_KAPPA), x))
         half = c.val(("fmul:gelut_half",), x * F32(0.5))
         u = c.val(("fmul:gelut_arg",), inner * F32(GELU_BETA))
         th = _tanhf(c, "gelut", u)

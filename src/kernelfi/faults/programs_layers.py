@@ -1,6 +1,7 @@
 """Thread programs of the kernels added for models brought from PyTorch (issue 20):
-``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample`` and ``adaptive_avgpool``
-(``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``). Importing the module
+``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool`` and
+``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
+``kernelfi.kernels.interp``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
 """
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kernelfi.faults.programs import OPERANDS, prologue, program, window_prologue
+from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels import broadcast_strides
 
@@ -21,6 +22,7 @@ OPERANDS.update({
     "forward_local_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "upsample": {"x": ("r", 0), "out": ("r", 1)},
     "adaptive_avgpool": {"in": ("r", 0), "out": ("w", 0)},
+    "upsample_bilinear": {"in": ("r", 0), "out": ("w", 0)},
 })
 
 
@@ -154,3 +156,57 @@ def _adaptive_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     y = c.fdiv("out", avg, dw)
     c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, y)
+
+
+def _truncate(x: np.float32) -> int:
+    """F2I.TRUNC of a (maybe corrupted) source coordinate: saturating, NaN -> 0."""
+    if x != x:
+        return 0
+    if not math.isfinite(x):
+        return 2**31 - 1 if x > 0 else -(2**31)
+    return max(-(2**31), min(2**31 - 1, int(x)))
+
+
+@program("upsample_bilinear")
+def _upsample_bilinear(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W, OH, OW = (int(p[k]) for k in ("channels", "height", "width", "out_h", "out_w"))
+    align = bool(p.get("align_corners", False))
+    i = prologue(c, t, OH * OW)
+    if i is None:
+        return
+    h2, w2 = c.idiv("ow", i, OW)
+    with np.errstate(all="ignore"):
+        axes = []
+        for dst, scale, extent in ((h2, p["rheight"], H), (w2, p["rwidth"], W)):
+            d = c.val(("cvt:dst",), F32(dst))
+            if align:
+                r = c.val(("fmul:src",), F32(scale) * d)
+            else:
+                half = c.val(("fadd:src_half",), d + F32(0.5))
+                r = c.val(("ffma:src",), ffma32(half, F32(scale), F32(-0.5)))
+                r = c.val(("fmnmx:src",), F32(0.0) if r < 0 else r, old=r)
+            axes.append((r, c.ival(("cvt:src_int",), _truncate(r)), extent))
+        steps = [1 if c.pred(("setp:step",), i1 < extent - 1) else 0 for _, i1, extent in axes]
+        lambdas = []
+        for r, i1, _ in axes:
+            f = c.val(("cvt:lambda",), F32(i1))
+            lambdas.append(c.val(("fadd:lambda1",), r - f, old=r))
+        (l1, m1) = lambdas
+        l0 = c.val(("fadd:lambda0",), F32(1.0) - l1, old=l1)
+        m0 = c.val(("fadd:lambda0",), F32(1.0) - m1, old=m1)
+        (_, h1, _), (_, w1, _) = axes
+        hp, wp = steps
+        for plane in c.loop("c", ch):
+            taps = []
+            for dh, dw in ((0, 0), (0, wp), (hp, 0), (hp, wp)):
+                k = c.idx(("imad:in_index",), plane * H * W + (h1 + dh) * W + w1 + dw)
+                taps.append(F32(c.ld("ld:in", "in", k, addr_tags=("lea:addr_in",))))
+            x00, x01, x10, x11 = taps
+            a = c.val(("fmul:tap",), m1 * x01)
+            top = c.val(("ffma:row",), ffma32(m0, x00, a), old=a)
+            b = c.val(("fmul:tap",), m1 * x11)
+            bottom = c.val(("ffma:row",), ffma32(m0, x10, b), old=b)
+            e = c.val(("fmul:out",), l1 * bottom)
+            y = c.val(("ffma:out",), ffma32(l0, top, e), old=e)
+            o = c.idx(("imad:out_index",), (plane * OH + h2) * OW + w2)
+            c.st("st:out", "out", o, y, addr_tags=("lea:addr_out",))

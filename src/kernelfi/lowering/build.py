@@ -201,6 +201,17 @@ class _Builder:
         self.launch(spec, "adaptive_avgpool", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow})
 
+    def upsample_bilinear(self, spec: LayerSpec) -> None:
+        # PyTorch's upsample_bilinear2d_out_frame: one thread per output pixel, a loop over planes
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "upsample_bilinear", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow,
+                     "align_corners": bool(spec.params["align_corners"]), "rheight": float(spec.params["rheight"]),
+                     "rwidth": float(spec.params["rwidth"])})
+
     def upsample(self, spec: LayerSpec) -> None:
         # AlexeyAB's [upsample] layer: fill the output with 0, then upsample_kernel adds scale*x
         c, h, w = self.chw(spec.inputs[0])

@@ -6,7 +6,7 @@ node, from which the stable dotted layer names come. Fusion follows Darknet's la
 Conv2d[+BatchNorm2d][+activation] -> one convolutional layer; Linear[+BN][+act] -> connected;
 residual add [+activation] -> shortcut; torch.cat -> route. What does not fuse becomes its own
 Darknet (AlexeyAB) layer or PyTorch kernel: [activation], [batchnorm], [scale_channels] (SE),
-[local_avgpool], [upsample], PyTorch's adaptive pool and broadcasting ``a - b``/``a * b``
+[local_avgpool], [upsample], PyTorch's adaptive pool and bilinear upsample and broadcasting ``a - b``/``a * b``
 (docs/kernels.md, "Kernels for models brought from PyTorch"; the rules are ``fx_layers.py``).
 """
 from __future__ import annotations
@@ -141,7 +141,8 @@ class FxLowering(FxLayers):
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self._avgpool(node, mod, path, where)
         elif isinstance(mod, nn.Upsample):
-            self._upsample(node, self._val(node.args[0], node), mod.scale_factor, mod.size, mod.mode, where, path)
+            self._upsample(node, self._val(node.args[0], node), mod.scale_factor, mod.size, mod.mode, where, path,
+                           mod.align_corners, mod.recompute_scale_factor)
         elif isinstance(mod, nn.Identity):
             self._pass(node)
         elif isinstance(mod, _DROPOUT_MODULES):
@@ -314,9 +315,13 @@ class FxLowering(FxLayers):
         elif fn is F.adaptive_avg_pool2d:
             self._adaptive_fn(node, base)
         elif fn is F.interpolate:
-            kw = dict(zip(("input", "size", "scale_factor", "mode"), node.args)) | dict(node.kwargs)
+            kw = dict(zip(("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
+                           "antialias"), node.args)) | dict(node.kwargs)
+            if kw.get("antialias"):
+                raise KernelfiError(f"fx node {node.name}: interpolation with antialias=True is not supported")
             self._upsample(node, self._val(node.args[0], node), kw.get("scale_factor"), kw.get("size"),
-                           str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample")
+                           str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample",
+                           kw.get("align_corners"), kw.get("recompute_scale_factor"))
         elif fn in (F.avg_pool2d, F.max_pool2d):
             names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad") if fn is F.avg_pool2d \
                 else ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")

@@ -18,7 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import CEIL_PAD
+from kernelfi.kernels import CEIL_PAD, bilinear_scale
 
 
 @dataclass
@@ -193,13 +193,18 @@ class FxLayers:
         self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0, **extra})
 
-    def _upsample(self, node: fx.Node, src: Val, scale: Any, size: Any, mode: str, where: str, path: str) -> None:
-        """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill + upsample_kernel)."""
-        if mode != "nearest":
-            raise KernelfiError(f"fx node {where}: upsampling mode '{mode}' is not supported (only nearest)")
+    def _upsample(self, node: fx.Node, src: Val, scale: Any, size: Any, mode: str, where: str, path: str,
+                  align_corners: Any = None, recompute: Any = None) -> None:
+        """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill +
+        upsample_kernel); bilinear: PyTorch's upsample_bilinear2d kernel (Darknet has none)."""
+        if mode not in ("nearest", "bilinear"):
+            raise KernelfiError(f"fx node {where}: upsampling mode '{mode}' is not supported (only nearest, bilinear)")
         if len(src.shape) != 3:
             raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
         c, h, w = src.shape
+        if mode == "bilinear":
+            self._bilinear(node, src, scale, size, bool(align_corners), bool(recompute), where, path)
+            return
         if size is not None:
             sz = size if isinstance(size, (tuple, list)) else (size, size)
             factors = {int(sz[0]) / h, int(sz[1]) / w}
@@ -210,6 +215,31 @@ class FxLayers:
             raise KernelfiError(f"fx node {where}: upsampling by {sorted(factors)} is not supported (one whole factor)")
         st = int(next(iter(factors)))
         self._add(node, "upsample", path, (src.layer,), (c, h * st, w * st), {"stride": st, "scale": 1.0})
+
+    def _bilinear(self, node: fx.Node, src: Val, scale: Any, size: Any, align: bool, recompute: bool,
+                  where: str, path: str) -> None:
+        """PyTorch's upsample_bilinear2d: the output size and the scales F.interpolate hands the
+        kernel (a scale factor reaches it unless ``recompute_scale_factor``; a size never does)."""
+        c, h, w = src.shape
+        if size is not None:
+            sz = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            oh, ow = int(sz[0]), int(sz[1])
+            factors: tuple[float | None, float | None] = (None, None)
+        else:
+            sc = tuple(scale) if isinstance(scale, (tuple, list)) else (scale, scale)
+            if len(sc) != 2 or any(v is None or float(v) <= 0 for v in sc):
+                raise KernelfiError(f"fx node {where}: upsampling by {sc} is not supported (positive scale factors)")
+            # F.interpolate: floor(float(in) * scale) in double
+            oh, ow = (int(math.floor(float(n) * float(v))) for n, v in zip((h, w), sc))
+            factors = (None, None) if recompute else (float(sc[0]), float(sc[1]))
+        if oh < 1 or ow < 1:
+            raise KernelfiError(f"fx node {where}: bilinear upsampling of {h}x{w} to {oh}x{ow} is empty")
+        if (oh, ow) == (h, w):
+            self._pass(node)  # PyTorch copies the input: nothing to inject into
+            return
+        self._add(node, "upsample_bilinear", path, (src.layer,), (c, oh, ow),
+                  {"align_corners": align, "rheight": bilinear_scale(h, oh, align, factors[0]),
+                   "rwidth": bilinear_scale(w, ow, align, factors[1])})
 
     def _reshaped(self, node: fx.Node, src: Val) -> tuple[int, ...]:
         """The per-sample shape of ``x.view(...)``/``x.reshape(...)``: the sizes after the batch
