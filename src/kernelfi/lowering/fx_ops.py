@@ -115,6 +115,8 @@ class FxOps(FxLayers):
         if size == src.shape[0]:
             self.vals[node] = src  # the whole map: no kernel
             return
+        if not node.users:
+            return  # a piece nothing reads (``a, b = x.chunk(2, 1)`` with a unused): no copy
         self._add(node, "slice", f"{base}.slice" if base else "slice", (src.layer,), (size, *src.shape[1:]),
                   {"start": start})
 
