@@ -62,6 +62,11 @@ _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 _GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}
 
 
+def _named(base: str, kind: str) -> str:
+    """A function node's layer name: ``base.kind`` inside a module, else ``kind``."""
+    return f"{base}.{kind}" if base else kind
+
+
 def _gelu_form(approximate: Any, where: str) -> str:
     """The activate_array case of a GELU by its ``approximate`` argument (PyTorch knows two)."""
     if approximate not in _GELU_FORMS:
@@ -330,10 +335,10 @@ class FxLowering(FxOps):
             self._clamp_node(node, _CLAMP_FUNCS[fn], base)
         elif fn is F.hardtanh:
             kw = dict(zip(("input", "min_val", "max_val"), node.args)) | dict(node.kwargs)
-            self._clamp(node, kw.get("min_val", -1.0), kw.get("max_val", 1.0), base, "hardtanh")
+            self._clamp(node, kw.get("min_val", -1.0), kw.get("max_val", 1.0), _named(base, "hardtanh"), "hardtanh")
         elif fn is F.pad:
             kw = dict(zip(("input", "pad", "mode", "value"), node.args)) | dict(node.kwargs)
-            self._pad(node, kw.get("pad"), kw.get("value"), str(kw.get("mode", "constant")), base)
+            self._pad(node, kw.get("pad"), kw.get("value"), str(kw.get("mode", "constant")), _named(base, "pad"))
         elif fn in (torch.chunk, torch.split):
             self._split_node(node, fn is torch.chunk)
         elif fn is operator.getitem and self._getitem(node, base):
@@ -447,7 +452,8 @@ class FxLowering(FxOps):
     def _clamp_node(self, node: fx.Node, names: tuple[str, ...], base: str) -> None:
         """``torch.clamp(x, lo, hi)``, ``x.clamp(min=lo)``, ``clamp_min``, ``clamp_max``, ``clip``."""
         kw = dict(zip(names, node.args[1:])) | dict(node.kwargs)
-        self._clamp(node, kw.get("min"), kw.get("max"), base, str(getattr(node.target, "__name__", node.target)))
+        kind = str(getattr(node.target, "__name__", node.target)).rstrip("_")
+        self._clamp(node, kw.get("min"), kw.get("max"), _named(base, kind), kind)
 
     def _split_node(self, node: fx.Node, chunks: bool) -> None:
         """``torch.chunk(x, k, dim)`` / ``torch.split(x, n, dim)`` (and the methods)."""

@@ -60,19 +60,21 @@ class FxOps(FxLayers):
                   {"op": op, "scalar": float(c)})
         return True
 
-    def _clamp(self, node: fx.Node, lo: Any, hi: Any, base: str, kind: str = "clamp") -> None:
-        """``torch.clamp(x, lo, hi)`` and its one-sided forms: PyTorch's clamp kernel (NaN passes)."""
+    def _clamp(self, node: fx.Node, lo: Any, hi: Any, name: str, kind: str = "clamp") -> None:
+        """``torch.clamp(x, lo, hi)`` and its one-sided forms: PyTorch's clamp kernel (NaN passes);
+        ``name`` is the layer's (a module's path, else the function's ``base.kind``)."""
         src = self._tensor(node.args[0], node, kind)
         for v in (lo, hi):
             if v is not None and not number(v):
                 raise KernelfiError(f"fx node {node.name}: {kind} with a tensor bound is not supported")
         if lo is None and hi is None:
             raise KernelfiError(f"fx node {node.name}: {kind} without bounds is not supported")
-        self._add(node, "clamp", f"{base}.{kind}" if base else kind, (src.layer,), src.shape,
+        self._add(node, "clamp", name, (src.layer,), src.shape,
                   {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)})
 
-    def _pad(self, node: fx.Node, pad: Any, value: Any, mode: str, base: str) -> None:
-        """``F.pad(x, (l, r[, t, b]), value=v)``: constant_pad_nd (pads >= 0, H and W only)."""
+    def _pad(self, node: fx.Node, pad: Any, value: Any, mode: str, name: str) -> None:
+        """``F.pad(x, (l, r[, t, b]), value=v)``: constant_pad_nd (pads >= 0, H and W only);
+        ``name`` is the layer's."""
         src = self._tensor(node.args[0], node, "pad")
         if mode != "constant":
             raise KernelfiError(f"fx node {node.name}: padding mode '{mode}' is not supported (only constant)")
@@ -84,7 +86,7 @@ class FxOps(FxLayers):
             raise KernelfiError(f"fx node {node.name}: pad value {value!r} is not a number")
         left, right, top, bottom = (*pad, 0, 0) if len(pad) == 2 else tuple(pad)
         c, h, w = src.shape
-        self._add(node, "pad", f"{base}.pad" if base else "pad", (src.layer,), (c, h + top + bottom, w + left + right),
+        self._add(node, "pad", name, (src.layer,), (c, h + top + bottom, w + left + right),
                   {"top": top, "left": left, "value": float(value or 0.0)})
 
     def _split(self, node: fx.Node, sizes: Any, dim: Any, chunks: bool) -> None:
