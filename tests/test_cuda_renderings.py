@@ -80,6 +80,10 @@ void run_scale_channels(G, const float *x, int size, int cs, const float *s, flo
     L(scale_channels(x, size, cs, s, o)); }
 void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
                    int bc, int by, int bxs, float *o) { L(binary_op(n, op, oh, ow, a, ac, ay, ax, b, bc, by, bxs, o)); }
+void run_scalar_op(G, int n, int op, float s, const float *x, float *o) { L(scalar_op(n, op, s, x, o)); }
+void run_clamp(G, int n, float lo, float hi, const float *x, float *o) { L(clamp(n, lo, hi, x, o)); }
+void run_constant_pad(G, int n, int h, int w, int top, int left, int oh, int ow, float v, const float *x, float *o) {
+    L(constant_pad(n, h, w, top, left, oh, ow, v, x, o)); }
 }
 """
 
@@ -359,3 +363,45 @@ def test_hardening_elementwise(lib: ctypes.CDLL) -> None:
     lib.run_range_clamp(*_grid(x.size), x.size, _ptr(got), ctypes.c_float(-0.5), ctypes.c_float(1.0))
     want = _py("range_clamp", {"x": _lane(x)}, ("x",), ("x",), n=x.size, lo=-0.5, hi=1.0)["x"]
     assert np.array_equal(got.view(np.int32), want.numpy().ravel().view(np.int32))
+
+
+@pytest.mark.parametrize("op, c", [("add", 0.1), ("sub", 1.3), ("rsub", 2.0), ("mul", -0.7), ("div", 3.0), ("div", 0.1)])
+def test_scalar_op(lib: ctypes.CDLL, op: str, c: float) -> None:
+    from kernelfi.kernels import scalar_operand
+    n = 700
+    x = _rand(n)
+    got = np.zeros(n, np.float32)
+    code = {"add": 0, "sub": 1, "rsub": 2}.get(op, 3)   # div: the host's reciprocal, then the multiply
+    lib.run_scalar_op(*_grid(n), n, code, ctypes.c_float(scalar_operand(op, c)), _ptr(x), _ptr(got))
+    want = _py("scalar_op", {"x": _lane(x)}, ("x",), ("o",), n=n, op=op, scalar=c)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("lo, hi", [(-0.5, 0.75), (0.0, None), (None, 0.2)])
+def test_clamp(lib: ctypes.CDLL, lo: float | None, hi: float | None) -> None:
+    n = 600
+    x = _rand(n)
+    x[::7] = np.nan
+    got = np.zeros(n, np.float32)
+    lib.run_clamp(*_grid(n), n, ctypes.c_float(-np.inf if lo is None else lo), ctypes.c_float(np.inf if hi is None else hi),
+                  _ptr(x), _ptr(got))
+    bounds = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+    want = _py("clamp", {"x": _lane(x)}, ("x",), ("o",), n=n, **bounds)["o"].numpy().ravel()
+    assert np.array_equal(np.isnan(got), np.isnan(x)) and np.array_equal(got[~np.isnan(x)], want[~np.isnan(x)])
+
+
+def test_constant_pad_and_copy_from_an_offset(lib: ctypes.CDLL) -> None:
+    c, h, w, top, left, oh, ow = 3, 4, 5, 1, 2, 7, 8
+    x = _rand(c * h * w)
+    n = c * oh * ow
+    got = np.zeros(n, np.float32)
+    lib.run_constant_pad(*_grid(n), n, h, w, top, left, oh, ow, ctypes.c_float(-0.5), _ptr(x), _ptr(got))
+    want = _py("constant_pad", {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w, top=top, left=left,
+               out_h=oh, out_w=ow, value=-0.5)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    # a channel slice: copy_kernel from input + in_offset (a host-side pointer offset)
+    part = np.ascontiguousarray(x[h * w:])
+    got = np.zeros(2 * h * w, np.float32)
+    lib.run_copy(*_grid(2 * h * w), 2 * h * w, _ptr(part), _ptr(got), 0)
+    want = _py("copy", {"x": _lane(x)}, ("x",), ("o",), n=2 * h * w, out_offset=0, in_offset=h * w)["o"]
+    assert np.array_equal(got, want.numpy().ravel())

@@ -8,8 +8,11 @@ The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, i
 BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
 average pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
-nearest and bilinear (either align_corners) upsampling, dropout, identity, and three classification
-heads.
+nearest and bilinear (either align_corners) upsampling, dropout, identity, arithmetic with Python
+numbers (``x*a + b``, ``x/a - b``, ``b - a*x``), clamps (``torch.clamp``, one-sided, ``Hardtanh``),
+constant pads before an unpadded conv (``ZeroPad2d``, ``F.pad`` with a value), channel splits
+(chunk, split, ``x[:, a:b]``) whose halves are added, subtracted or concatenated back, and three
+classification heads.
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ Arch = tuple[Op, ...]
 ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "gelu", "leaky0.1", "leaky0.2",
         "identity", "gelu_tanh")
 HEADS = ("flatten", "mean", "adaptive")
-KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop")
+KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop",
+         "affine", "clamp", "pad", "split")
+AFFINE = (0.5, 2.0, -1.5, 3.0, 0.1)
+LOWS, HIGHS = (-1.0, -0.5, 0.0, None), (0.5, 1.0, 2.0, None)
 
 
 class Draw(Protocol):
@@ -124,6 +130,23 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             h, w = 2 * h, 2 * w
         elif kind == "drop":
             op = ("drop", d.choice(["dropout", "dropout2d", "identity"]))
+        elif kind == "affine":
+            op = ("affine", d.choice(["mul_add", "div_sub", "rsub"]), d.choice(AFFINE), d.choice(AFFINE))
+        elif kind == "clamp":
+            lo, hi = d.choice(LOWS), d.choice(HIGHS)
+            op = ("clamp", d.choice(["clamp", "hardtanh"]) if None not in (lo, hi) else "clamp", lo,
+                  hi if lo is not None or hi is not None else 1.0)
+        elif kind == "pad":
+            pads = (d.int(0, 2), d.int(0, 2), d.int(0, 2), d.int(0, 2))
+            ph, pw = h + pads[2] + pads[3], w + pads[0] + pads[1]
+            if min(ph, pw) < 3:
+                continue
+            cout = d.int(1, 8)
+            conv = ("conv", cout, 3, 1, 0, 1, bool(d.int(0, 1)), bool(d.int(0, 1)), d.choice(tuple(acts) + (None,)))
+            op, (c, h, w) = ("pad", pads, d.choice([0.0, 0.0, 0.5, -1.0]), conv), (cout, ph - 2, pw - 2)
+        elif kind == "split" and c >= 2 and c % 2 == 0:
+            op = ("split", d.choice(["chunk", "split", "slice"]), d.choice(["add", "sub", "cat"]), c // 2)
+            c = c if op[2] == "cat" else c // 2
         else:
             continue
         out.append(op)
@@ -200,6 +223,14 @@ class FuzzNet(nn.Module):
                     nn.Upsample(scale_factor=2, mode="bilinear", align_corners=op[2])
             elif kind == "drop":
                 m = {"dropout": nn.Dropout(0.3), "dropout2d": nn.Dropout2d(0.3), "identity": nn.Identity()}[op[1]]
+            elif kind == "clamp":
+                m = nn.Hardtanh(op[2], op[3]) if op[1] == "hardtanh" else nn.Identity()
+            elif kind == "pad":
+                m = nn.ModuleDict({"conv": _conv(op[3], c)})
+                if op[2] == 0.0:
+                    m["pad"] = nn.ZeroPad2d(op[1])
+            elif kind in ("affine", "split"):
+                m = nn.Identity()
             elif kind == "head":
                 features = c * h * w if op[1] == "flatten" else c
                 m = nn.Sequential(nn.Linear(features, op[2]), nn.ReLU(), nn.Linear(op[2], num_classes))
@@ -220,6 +251,22 @@ class FuzzNet(nn.Module):
             return m["act"](y) if "act" in m else y
         if kind == "cat":
             return torch.cat([x, m["branch"](x)], 1)
+        if kind == "affine":
+            a, b = op[2], op[3]
+            return x * a + b if op[1] == "mul_add" else x / a - b if op[1] == "div_sub" else b - a * x
+        if kind == "clamp":
+            return m(x) if op[1] == "hardtanh" else torch.clamp(x, op[2], op[3])
+        if kind == "pad":
+            return m["conv"](m["pad"](x) if "pad" in m else F.pad(x, op[1], value=op[2]))
+        if kind == "split":
+            half = op[3]   # in the op: x.shape[1] would be a traced value
+            if op[1] == "chunk":
+                a, b = torch.chunk(x, 2, dim=1)
+            elif op[1] == "split":
+                a, b = x.split(half, 1)
+            else:
+                a, b = x[:, :half], x[:, half:]
+            return a + b if op[2] == "add" else a - b if op[2] == "sub" else torch.cat([b, a], 1)
         if kind == "head":
             if op[1] == "flatten":
                 x = torch.flatten(x, 1)

@@ -77,7 +77,7 @@ def _copy(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     i = prologue(c, t, int(p["n"]))
     if i is None:
         return
-    oi = c.idx(("imad:offset_in",), i)
+    oi = c.idx(("imad:offset_in",), i + int(p.get("in_offset", 0)))
     oo = c.idx(("imad:offset_out",), i + int(p.get("out_offset", 0)))
     c.addr("in", ("lea:addr_in",))
     v = c.ld("ld:in", "in", oi)

@@ -1,7 +1,8 @@
 """Thread programs of the kernels added for models brought from PyTorch (issue 20):
 ``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
-``kernelfi.kernels.interp``). Importing the module
+``kernelfi.kernels.interp``), and ``scalar_op``, ``clamp``, ``constant_pad``
+(``kernelfi.kernels.pointwise``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
 """
@@ -14,7 +15,7 @@ import numpy as np
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import broadcast_strides
+from kernelfi.kernels import broadcast_strides, clamp_bounds, pad_geometry, scalar_operand
 
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
@@ -23,6 +24,9 @@ OPERANDS.update({
     "upsample": {"x": ("r", 0), "out": ("r", 1)},
     "adaptive_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "upsample_bilinear": {"in": ("r", 0), "out": ("w", 0)},
+    "scalar_op": {"in": ("r", 0), "out": ("w", 0)},
+    "clamp": {"in": ("r", 0), "out": ("w", 0)},
+    "constant_pad": {"in": ("r", 0), "out": ("w", 0)},
 })
 
 
@@ -63,6 +67,61 @@ def _binary_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     with np.errstate(all="ignore"):
         r = va + vb if op == "add" else (va * vb if op == "mul" else F32(np.float64(va) - np.float64(vb)))
         r = c.val((f"{op}:out",), r, old=va)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, r)
+
+
+@program("scalar_op")
+def _scalar_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    op = str(p["op"])
+    sc = F32(scalar_operand(op, float(p["scalar"])))  # a kernel argument: no register to strike
+    i = prologue(c, t, int(p["n"]))
+    if i is None:
+        return
+    c.addr("in", ("lea:addr_in",))
+    x = F32(c.ld("ld:in", "in", i))
+    with np.errstate(all="ignore"):
+        r = {"add": lambda: x + sc, "sub": lambda: F32(np.float64(x) - np.float64(sc)),
+             "rsub": lambda: F32(np.float64(sc) - np.float64(x))}.get(op, lambda: x * sc)()
+        r = c.val((f"{op}:out",), r, old=x)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, r)
+
+
+@program("clamp")
+def _clamp(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    lo, hi = clamp_bounds(p)
+    i = prologue(c, t, int(p["n"]))
+    if i is None:
+        return
+    c.addr("in", ("lea:addr_in",))
+    x = F32(c.ld("ld:in", "in", i))
+    nan = c.pred(("setp:nan",), bool(np.isnan(x)))
+    y = x
+    if lo is not None:  # fmaxf/fminf return the other operand of a NaN
+        y = c.val(("fmnmx:min",), F32(lo) if np.isnan(y) or y < lo else y, old=x)
+    if hi is not None:
+        y = c.val(("fmnmx:max",), F32(hi) if np.isnan(y) or y > hi else y, old=x)
+    r = c.val(("sel:out",), x if nan else y, old=x)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, r)
+
+
+@program("constant_pad")
+def _constant_pad(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W, top, left, oh, ow = pad_geometry(p)
+    i = prologue(c, t, ch * oh * ow)
+    if i is None:
+        return
+    q, x = c.idiv("w", i, ow)
+    k, y = c.idiv("h", q, oh)
+    iy = c.idx(("iadd:yx",), y - top)
+    ix = c.idx(("iadd:yx",), x - left)
+    inside = c.pred(("setp:inside",), 0 <= iy < H and 0 <= ix < W)
+    off = c.idx(("imad:off_in",), (k * H + iy) * W + ix)
+    c.addr("in", ("lea:addr_in",))
+    v = c.ld("ld:in", "in", off, active=inside)
+    r = c.val(("sel:out",), v if inside else float(p.get("value", 0.0)), old=v)
     c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, r)
 

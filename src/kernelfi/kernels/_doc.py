@@ -38,6 +38,10 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
                                             "align_corners": False, "rheight": 0.5, "rwidth": 0.5}),
     "upsample": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "stride": 2, "scale": 1.0}),
     "binary_op": (None, lambda v: {"op": "add", "out": (1, 1, 1), "a": (1, 1, 1), "b": (1, 1, 1)}),
+    "scalar_op": (None, lambda v: {"n": 1, "op": "mul", "scalar": 2.0}),
+    "clamp": (None, lambda v: {"n": 1, "min": -1.0, "max": 1.0}),
+    "constant_pad": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "top": 1, "left": 1,
+                                      "out_h": 3, "out_w": 3, "value": 0.0}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")

@@ -93,7 +93,9 @@ class CopyKernel(StreamKernel):
     """``copy_kernel``: Y[i*INCY + OFFY] = X[i*INCX + OFFX] (route/shortcut copies).
 
     ``out_offset`` is Darknet's host-side pointer offset (route layers copy each input to
-    ``l.output_gpu + offset``), so it costs no device instruction.
+    ``l.output_gpu + offset``), so it costs no device instruction; so is ``in_offset`` (AlexeyAB's
+    route with ``groups``/``group_id`` copies from ``input + part_input_size*group_id``: a
+    channel slice or chunk).
     """
 
     name: ClassVar[str] = "copy"
@@ -103,7 +105,8 @@ class CopyKernel(StreamKernel):
     def run(self, mem: Mem, launch: Launch) -> None:
         n = p_int(launch.params, "n", self.name)
         off = int(launch.params.get("out_offset", 0))
-        src = lane_flat(mem, launch.reads[0], n, self.name)
+        off_in = int(launch.params.get("in_offset", 0))
+        src = lane_flat(mem, launch.reads[0], off_in + n, self.name)[:, off_in:]
         lanes = src.shape[0]
         out = launch.writes[0]
         old = mem.get(out)

@@ -276,6 +276,40 @@ class _Builder:
                     {"op": str(spec.params["op"]), "out": _chw(spec.out_shape),
                      "a": tuple(spec.params["a"]), "b": tuple(spec.params["b"])})
 
+    def scalar(self, spec: LayerSpec) -> None:
+        # PyTorch's element kernel with a CPU scalar: the number is a launch argument
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "scalar_op", (self.buf(spec.inputs[0]),), (out,),
+                    {"n": math.prod(spec.out_shape), "op": str(spec.params["op"]),
+                     "scalar": float(spec.params["scalar"])})
+
+    def clamp(self, spec: LayerSpec) -> None:
+        # PyTorch's clamp kernel (clamp_min / clamp_max keep one bound; hardtanh calls clamp)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        bounds = {k: float(spec.params[k]) for k in ("min", "max") if spec.params.get(k) is not None}
+        self.launch(spec, "clamp", (self.buf(spec.inputs[0]),), (out,), {"n": math.prod(spec.out_shape), **bounds})
+
+    def pad(self, spec: LayerSpec) -> None:
+        # PyTorch's constant_pad_nd, one thread per output element
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "constant_pad", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w, "top": int(spec.params["top"]),
+                     "left": int(spec.params["left"]), "out_h": oh, "out_w": ow,
+                     "value": float(spec.params.get("value", 0.0))})
+
+    def slice(self, spec: LayerSpec) -> None:
+        # AlexeyAB's [route] with groups/group_id: copy one channel range (a chunk, a split piece)
+        c, h, w = _chw(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "copy", (self.buf(spec.inputs[0]),), (out,),
+                    {"n": c * h * w, "out_offset": 0, "in_offset": int(spec.params["start"]) * h * w})
+
     def route(self, spec: LayerSpec) -> None:
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out

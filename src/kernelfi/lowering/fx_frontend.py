@@ -7,7 +7,8 @@ Conv2d[+BatchNorm2d][+activation] -> one convolutional layer; Linear[+BN][+act] 
 residual add [+activation] -> shortcut; torch.cat -> route. What does not fuse becomes its own
 Darknet (AlexeyAB) layer or PyTorch kernel: [activation], [batchnorm], [scale_channels] (SE),
 [local_avgpool], [upsample], PyTorch's adaptive pool and bilinear upsample and broadcasting ``a - b``/``a * b``
-(docs/kernels.md, "Kernels for models brought from PyTorch"; the rules are ``fx_layers.py``).
+(docs/kernels.md, "Kernels for models brought from PyTorch"; the rules are ``fx_layers.py``),
+arithmetic with a Python number, clamp, constant pad and channel slices (``fx_ops.py``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from kernelfi._utils import KernelfiError
 from kernelfi.kernels import LEAKY_SLOPE
 from kernelfi.types import LayerSpec
 
-from .fx_layers import FxLayers, Val, hw, module_path, pair
+from .fx_layers import Val, hw, module_path, pair
+from .fx_ops import FxOps
 
 _ACT_MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.SiLU: "swish",
@@ -43,6 +45,14 @@ _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Alp
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 _SUB_FUNCS = (operator.sub, operator.isub, torch.sub)
 _MUL_FUNCS = (operator.mul, operator.imul, torch.mul)
+_DIV_FUNCS = (operator.truediv, operator.itruediv, torch.div, torch.true_divide)
+#: clamp functions and methods -> which bounds their positional arguments are
+_CLAMP_FUNCS: dict[Any, tuple[str, ...]] = {torch.clamp: ("min", "max"), torch.clip: ("min", "max"),
+                                            torch.clamp_min: ("min",), torch.clamp_max: ("max",)}
+_CLAMP_METHODS: dict[str, tuple[str, ...]] = {"clamp": ("min", "max"), "clamp_": ("min", "max"),
+                                              "clip": ("min", "max"), "clip_": ("min", "max"),
+                                              "clamp_min": ("min",), "clamp_min_": ("min",),
+                                              "clamp_max": ("max",), "clamp_max_": ("max",)}
 _MEAN_FUNCS = (torch.mean,)
 _FLATTEN_METHODS = ("view", "reshape", "flatten")
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
@@ -50,6 +60,11 @@ _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
 #: GELU's ``approximate`` -> the activate_array case: the erf form or the tanh form.
 _GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+def _named(base: str, kind: str) -> str:
+    """A function node's layer name: ``base.kind`` inside a module, else ``kind``."""
+    return f"{base}.{kind}" if base else kind
 
 
 def _gelu_form(approximate: Any, where: str) -> str:
@@ -64,9 +79,10 @@ class _Tracer(fx.Tracer):
     """Keeps the library's own activation/pool modules as leaves (the default already does)."""
 
 
-class FxLowering(FxLayers):
+class FxLowering(FxOps):
     """Walks an fx graph once and produces LayerSpecs plus a derived state dict (the state, the
-    helpers and the issue-20 layer rules are ``fx_layers.FxLayers``)."""
+    helpers and the issue-20 layer rules are ``fx_layers.FxLayers``; scalars, clamps, pads and
+    channel slices ``fx_ops.FxOps``)."""
 
     # ---------------------------------------------------------------- main walk
     def run(self) -> tuple[tuple[LayerSpec, ...], dict[str, torch.Tensor]]:
@@ -136,6 +152,10 @@ class FxLowering(FxLayers):
             self._activation(node, act, where, slope)
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
             self._activation(node, "relu6", where)
+        elif isinstance(mod, nn.Hardtanh):  # hardtanh calls clamp
+            self._clamp(node, float(mod.min_val), float(mod.max_val), path, "hardtanh")
+        elif isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d)):
+            self._pad(node, tuple(mod.padding), float(mod.value), "constant", path)
         elif isinstance(mod, nn.MaxPool2d):
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
@@ -307,9 +327,23 @@ class FxLowering(FxLayers):
         if fn in _ADD_FUNCS:
             self._add_node(node, node.args[0], node.args[1], base)
         elif fn in _SUB_FUNCS:
-            self._binary(node, "sub", node.args[0], node.args[1], base)
+            self._arith(node, "sub", base)
         elif fn in _MUL_FUNCS:
-            self._binary(node, "mul", node.args[0], node.args[1], base)
+            self._arith(node, "mul", base)
+        elif fn in _DIV_FUNCS:
+            self._arith(node, "div", base)
+        elif fn in _CLAMP_FUNCS:
+            self._clamp_node(node, _CLAMP_FUNCS[fn], base)
+        elif fn is F.hardtanh:
+            kw = dict(zip(("input", "min_val", "max_val"), node.args)) | dict(node.kwargs)
+            self._clamp(node, kw.get("min_val", -1.0), kw.get("max_val", 1.0), _named(base, "hardtanh"), "hardtanh")
+        elif fn is F.pad:
+            kw = dict(zip(("input", "pad", "mode", "value"), node.args)) | dict(node.kwargs)
+            self._pad(node, kw.get("pad"), kw.get("value"), str(kw.get("mode", "constant")), _named(base, "pad"))
+        elif fn in (torch.chunk, torch.split):
+            self._split_node(node, fn is torch.chunk)
+        elif fn is operator.getitem and self._getitem(node, base):
+            pass
         elif fn in _MEAN_FUNCS:
             self._mean(node, base)
         elif fn is F.adaptive_avg_pool2d:
@@ -377,9 +411,15 @@ class FxLowering(FxLayers):
         if m in ("add", "add_"):
             self._add_node(node, node.args[0], node.args[1], base)
         elif m in ("sub", "sub_"):
-            self._binary(node, "sub", node.args[0], node.args[1], base)
+            self._arith(node, "sub", base)
         elif m in ("mul", "mul_"):
-            self._binary(node, "mul", node.args[0], node.args[1], base)
+            self._arith(node, "mul", base)
+        elif m in ("div", "div_", "true_divide", "true_divide_"):
+            self._arith(node, "div", base)
+        elif m in _CLAMP_METHODS:
+            self._clamp_node(node, _CLAMP_METHODS[m], base)
+        elif m in ("chunk", "split"):
+            self._split_node(node, m == "chunk")
         elif m == "mean":
             self._mean(node, base)
         elif m in _ACT_METHODS:
@@ -405,7 +445,31 @@ class FxLowering(FxLayers):
         size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
         self._avgpool(node, nn.AdaptiveAvgPool2d(size), f"{base}.avgpool" if base else "avgpool", node.name)
 
+    def _arith(self, node: fx.Node, op: str, base: str) -> None:
+        """``a op b``: with a Python number, the scalar kernel; else the tensor rules."""
+        a, b = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        if self._scalar(node, op, a, b, base):
+            return
+        if op == "div":
+            raise KernelfiError(f"fx node {node.name}: division of two tensors is not supported")
+        self._binary(node, op, a, b, base)
+
+    def _clamp_node(self, node: fx.Node, names: tuple[str, ...], base: str) -> None:
+        """``torch.clamp(x, lo, hi)``, ``x.clamp(min=lo)``, ``clamp_min``, ``clamp_max``, ``clip``."""
+        kw = dict(zip(names, node.args[1:])) | dict(node.kwargs)
+        kind = str(getattr(node.target, "__name__", node.target)).rstrip("_")
+        self._clamp(node, kw.get("min"), kw.get("max"), _named(base, kind), kind)
+
+    def _split_node(self, node: fx.Node, chunks: bool) -> None:
+        """``torch.chunk(x, k, dim)`` / ``torch.split(x, n, dim)`` (and the methods)."""
+        names = ("input", "chunks" if chunks else "split_size_or_sections", "dim")
+        kw = dict(zip(names, node.args)) | dict(node.kwargs)
+        sizes = kw.get("chunks", kw.get("split_size_or_sections", kw.get("split_size")))
+        self._split(node, sizes, kw.get("dim", 0), chunks)
+
     def _add_node(self, node: fx.Node, a: Any, b: Any, base: str) -> None:
+        if self._scalar(node, "add", a, b, base):
+            return
         va, vb = self._val(a, node), self._val(b, node)
         if va.shape != vb.shape:
             self._binary(node, "add", a, b, base)

@@ -108,6 +108,8 @@ class FxLayers:
     def _val(self, arg: Any, node: fx.Node) -> Val:
         if not isinstance(arg, fx.Node) or arg not in self.vals:
             raise KernelfiError(f"fx node {node.name} ({node.op} {node.target}): input {arg!r} is not a tensor the lowering tracks")
+        if self.vals[arg].layer == -3:  # fx_ops.SPLIT: a chunk/split tuple, used only through [i]
+            raise KernelfiError(f"fx node {node.name}: the pieces of {arg.name} are used other than by index")
         return self.vals[arg]
 
     def _fusable(self, src: fx.Node, node: fx.Node) -> FxLayer | None:

@@ -140,6 +140,8 @@ class _Forward:
             return f"({inner},)" if len(a) == 1 else f"({inner})"
         if a is None or isinstance(a, (int, float, bool, str)):
             return repr(a)
+        if isinstance(a, slice):  # x[:, a:b]
+            return f"slice({a.start!r}, {a.stop!r}, {a.step!r})"
         raise KernelfiError(f"export: argument {a!r} has no rendering")
 
     def call(self, node: fx.Node) -> tuple[str, list[str]] | None:
@@ -161,6 +163,11 @@ class _Forward:
             raise KernelfiError(f"export: add {node.name} with more than two operands")
         args = [self.arg(a) for a in node.args]
         kwargs = dict(node.kwargs)
+        if kind in ("torch.add", "torch.sub", "torch.mul") and len(node.args) == 2 \
+                and not isinstance(node.args[0], fx.Node):
+            # a number first (2 * x, 3 - x): the tensor first, as PyTorch itself computes it
+            kind = "torch.rsub" if kind == "torch.sub" else kind
+            args = args[::-1]
         if kind in ("torch.softmax", "F.softmax"):  # the implicit dim of a 2-D input, written out
             dim = kwargs.pop("dim", node.args[1] if len(node.args) > 1 else None)
             args = [args[0], repr(1 if dim is None else dim), *args[2:]]
@@ -210,6 +217,8 @@ class _Forward:
         tech = self.h.replicate.get(node.name) if self.h is not None else None
         op = self.ops.get(node.name)
         where = f"  # {tech}: {op.module} ({op.kind})" if tech and op else ""
+        if tech and fn == "[]":  # a channel slice (a layer: the copy of its range)
+            fn, args = "operator.getitem", args
         if tech and fn[0] in ".[":
             raise KernelfiError(f"export: {tech} of {node.name} ({fn}), which belongs to no layer")
         if fn[0] in ".[":

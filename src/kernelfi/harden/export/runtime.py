@@ -12,6 +12,7 @@ from __future__ import annotations
 
 # BEGIN RUNTIME
 import hashlib
+import operator  # noqa: F401  (model.py replicates a channel slice as operator.getitem)
 from pathlib import Path
 from typing import Any, Callable
 

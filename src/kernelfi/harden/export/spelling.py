@@ -80,6 +80,10 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.Flatten({mod.start_dim}, {mod.end_dim})"
     if isinstance(mod, nn.Softmax):
         return f"nn.Softmax(dim={mod.dim!r})"
+    if type(mod) is nn.ZeroPad2d:
+        return f"nn.ZeroPad2d({_t(mod.padding)})"
+    if type(mod) is nn.ConstantPad2d:
+        return f"nn.ConstantPad2d({_t(mod.padding)}, {mod.value!r})"
     raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
 
 
@@ -97,6 +101,10 @@ _FUNCTIONS: dict[Any, str] = {
     F.softmax: "F.softmax", torch.softmax: "torch.softmax",
     F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
     F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",
+    operator.truediv: "torch.div", operator.itruediv: "torch.div", torch.div: "torch.div",
+    torch.true_divide: "torch.true_divide", torch.clamp: "torch.clamp", torch.clip: "torch.clip",
+    torch.clamp_min: "torch.clamp_min", torch.clamp_max: "torch.clamp_max", F.hardtanh: "F.hardtanh",
+    F.pad: "F.pad", torch.chunk: "torch.chunk", torch.split: "torch.split",
 }
 #: Identities at inference: nothing runs, the variable is the input's.
 _ALIAS_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
@@ -108,6 +116,10 @@ _METHODS: dict[str, str] = {
     "mul": "torch.mul", "mul_": "torch.mul", "mean": "torch.mean", "relu": "torch.relu", "relu_": "torch.relu",
     "sigmoid": "torch.sigmoid", "sigmoid_": "torch.sigmoid", "tanh": "torch.tanh", "tanh_": "torch.tanh",
     "softmax": "torch.softmax", "flatten": "torch.flatten", "view": ".view", "reshape": ".reshape", "size": ".size",
+    "div": "torch.div", "div_": "torch.div", "true_divide": "torch.div", "true_divide_": "torch.div",
+    "clamp": "torch.clamp", "clamp_": "torch.clamp", "clip": "torch.clamp", "clip_": "torch.clamp",
+    "clamp_min": "torch.clamp_min", "clamp_min_": "torch.clamp_min", "clamp_max": "torch.clamp_max",
+    "clamp_max_": "torch.clamp_max", "chunk": "torch.chunk", "split": "torch.split",
 }
 
 
