@@ -20,8 +20,9 @@ extern "C" __global__ void col2im(int n, const float *data_col, int height, int 
     // the windows (h_col, w_col) covering it: kh = h_pad - h_col*stride in [0, ksize)
     int w_first = w_pad < ksize ? 0 : (w_pad - ksize) / stride + 1;
     int h_first = h_pad < ksize ? 0 : (h_pad - ksize) / stride + 1;
-    int w_last = min(w_pad / stride + 1, width_col);
-    int h_last = min(h_pad / stride + 1, height_col);
+    int w_last = w_pad / stride + 1, h_last = h_pad / stride + 1;
+    w_last = w_last < width_col ? w_last : width_col;    // min (IMNMX), spelled out for host C++
+    h_last = h_last < height_col ? h_last : height_col;
     // entry (c, kh, kw, h_col, w_col) sits at ((c*k + kh)*k + kw)*hc*wc + h_col*wc + w_col;
     // with kh, kw substituted it is base + h_col*step_h + w_col*step_w
     int cells = height_col * width_col;
