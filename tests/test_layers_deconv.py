@@ -226,3 +226,47 @@ def test_campaign_has_no_tool_error(registered: str, mode: str, tmp_path: Path) 
         counts = store.outcome_counts(cid)
     assert sum(counts.values()) == 40
     assert counts.get("tool_error", 0) == 0, counts
+
+
+# ------------------------------------------------------------------ hardening and export
+def test_trace_hardening_of_deconv_launches_keeps_the_values() -> None:
+    # full TMR and full DMR of every kernel (fill, gemm and col2im of a deconv as one unit) and ABFT of every gemm (the deconv's trans_a
+    # gemm onto its zero-filled columns included) give the unhardened logits bit for bit
+    from kernelfi.harden import abft_plan, apply_plan
+    from kernelfi.harden.plan import full_plan
+
+    m = build_unet(4)
+    prog = lower(m, (2, 8, 8))
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(4))
+    want = prog.forward(x, fast=False)[0]
+    kernels = sorted({l.kernel for l in prog.trace.launches})
+    for plan in (full_plan("model", kernels, "tmr"), full_plan("model", kernels, "dmr"), abft_plan(prog.trace)):
+        hard = apply_plan(prog, plan)
+        assert {"col2im", "gemm"} <= {l.kernel for l in hard.trace.launches}
+        assert len(hard.trace.launches) > len(prog.trace.launches)
+        assert torch.equal(hard.forward(x, fast=False)[0], want)
+
+
+def test_export_runs_bit_identical_and_refuses_abft_of_a_deconv(tmp_path: Path) -> None:
+    from kernelfi.harden import Plan, abft_plan
+    from kernelfi.harden.export import export_model, launch_op, load_exported
+    from kernelfi.harden.export.mapping import graph_ops
+    from kernelfi.lowering import lower_fx
+
+    m, shape = build_unet(4), (2, 8, 8)
+    lowered, trace = lower_fx(m, shape), lower(m, shape).trace
+    ops = graph_ops(lowered)
+    got = {l.name: launch_op(lowered, ops, l).node for l in trace.launches if l.layer_type == "deconvolutional"}
+    # the gemm and col2im (and fill) to the ConvTranspose2d, BN's launches to the BN, ReLU to relu
+    assert {k: got[k] for k in ("up.fill", "up.gemm", "up.col2im", "up.normalize", "up.add_bias",
+                                "up.activate_array", "up2.col2im", "up2.add_bias")} == {
+        "up.fill": "up", "up.gemm": "up", "up.col2im": "up", "up.normalize": "bn", "up.add_bias": "bn",
+        "up.activate_array": "relu_2", "up2.col2im": "up2", "up2.add_bias": "up2"}
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(6))
+    export_model(m, Plan("u", ()), tmp_path / "e", input_shape=shape, name="u", check_inputs=x)
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32))
+    with pytest.raises(KernelfiError, match="abft of up.gemm maps to ConvTranspose2d up, not a Conv2d or Linear"):
+        export_model(m, Plan("u", abft_plan(trace).protect), tmp_path / "f", input_shape=shape, name="u", check_inputs=x)
