@@ -134,6 +134,17 @@ def test_unsupported_forms_refused_in_one_line() -> None:
             lower(nn.Sequential(mod, nn.Flatten()).eval(), (2, 4, 4))
         assert "\n" not in str(e.value)
 
+    class Sized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.ConvTranspose2d(2, 2, 3, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.up(x, output_size=[10, 10]).flatten(1)
+
+    with pytest.raises(KernelfiError, match="output_size"):
+        lower(Sized().eval(), (2, 4, 4))
+
 
 # ------------------------------------------------------------------ replay
 def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]

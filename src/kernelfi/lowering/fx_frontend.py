@@ -213,6 +213,7 @@ class FxLowering(FxLayers):
         odd = [f"non-square {k} {v}" for k, v in geo.items() if v[0] != v[1]]
         odd += [f"groups={mod.groups}"] * (mod.groups != 1) + [f"dilation={tuple(mod.dilation)}"] * (hw(mod.dilation) != (1, 1))
         odd += [f"padding_mode '{mod.padding_mode}'"] * (mod.padding_mode != "zeros")
+        odd += ["an output_size argument"] * (len(node.args) > 1 or node.kwargs.get("output_size") is not None)
         if odd:
             raise KernelfiError(f"fx node {where}: ConvTranspose2d with {', '.join(odd)} is not supported")
         c, h, w = src.shape
