@@ -76,6 +76,8 @@ void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, i
     L(adaptive_avgpool(n, in, out, h, w, oh, ow)); }
 void run_upsample_bilinear(G, int n, float rh, float rw, int ac, const float *in, float *out, int c, int h, int w,
                            int oh, int ow) { L(upsample_bilinear(n, rh, rw, ac, in, out, c, h, w, oh, ow)); }
+void run_col2im(G, int n, const float *col, int h, int w, int k, int pad, int stride, int hc, int wc, float *im) {
+    L(col2im(n, col, h, w, k, pad, stride, hc, wc, im)); }
 void run_scale_channels(G, const float *x, int size, int cs, const float *s, float *o) {
     L(scale_channels(x, size, cs, s, o)); }
 void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
@@ -193,6 +195,19 @@ def test_adaptive_avgpool(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int) ->
     lib.run_adaptive_avgpool(*_grid(got.size), got.size, _ptr(x), _ptr(got), h, w, oh, ow)
     want = _py("adaptive_avgpool", {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w, out_h=oh,
                out_w=ow)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("h, k, stride, pad", [(4, 2, 2, 0), (6, 3, 2, 1), (5, 3, 1, 1), (7, 5, 2, 2)])
+def test_col2im(lib: ctypes.CDLL, h: int, k: int, stride: int, pad: int) -> None:
+    """The transposed convolution's scatter: same values bit for bit (the same summation order)."""
+    c, w = 2, h + 1
+    hc, wc = ((n + 2 * pad - k) // stride + 1 for n in (h, w))
+    col = _rand(c * k * k * hc * wc)
+    got = np.full(c * h * w, 7.0, np.float32)
+    lib.run_col2im(*_grid(got.size), got.size, _ptr(col), h, w, k, pad, stride, hc, wc, _ptr(got))
+    want = _py("col2im", {"col": _lane(col)}, ("col",), ("im",), channels=c, height=h, width=w, ksize=k,
+               stride=stride, pad=pad, height_col=hc, width_col=wc)["im"]
     assert np.array_equal(got, want.numpy().ravel())
 
 

@@ -8,11 +8,12 @@ The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, i
 BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
 average pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
-nearest and bilinear (either align_corners) upsampling, dropout, identity, arithmetic with Python
-numbers (``x*a + b``, ``x/a - b``, ``b - a*x``), clamps (``torch.clamp``, one-sided, ``Hardtanh``),
-constant pads before an unpadded conv (``ZeroPad2d``, ``F.pad`` with a value), channel splits
-(chunk, split, ``x[:, a:b]``) whose halves are added, subtracted or concatenated back, and three
-classification heads.
+nearest and bilinear (either align_corners) upsampling and ConvTranspose2d up-convolutions (k=2
+s=2; k=3 s=2 p=1 output_padding=1; with or without bias, BN, an activation), dropout, identity,
+arithmetic with Python numbers (``x*a + b``, ``x/a - b``, ``b - a*x``), clamps (``torch.clamp``,
+one-sided, ``Hardtanh``), constant pads before an unpadded conv (``ZeroPad2d``, ``F.pad`` with a
+value), channel splits (chunk, split, ``x[:, a:b]``) whose halves are added, subtracted or
+concatenated back, and three classification heads.
 """
 from __future__ import annotations
 
@@ -124,9 +125,18 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
         elif kind == "se":
             op = ("se", max(1, c // d.int(1, 4)), d.choice(["sigmoid", "hardsigmoid"]), d.choice(["module", "functional"]))
         elif kind == "up" and max(h, w) <= 8:
-            # nearest (AlexeyAB's [upsample]) or bilinear (PyTorch's kernel), either corner alignment
-            mode = d.choice(["nearest", "bilinear", "bilinear"])
-            op = ("up",) if mode == "nearest" else ("up", "bilinear", d.choice([False, True]))
+            # nearest (AlexeyAB's [upsample]), bilinear (PyTorch's kernel, either corner
+            # alignment), or a ConvTranspose2d doubling the map: k=2 s=2, or k=3 s=2 p=1 with
+            # output_padding=1 (overlapping windows): gemm (A transposed) + col2im
+            form = d.choice(["nearest", "bilinear", "deconv"])
+            if form == "nearest":
+                op = ("up",)
+            elif form == "bilinear":
+                op = ("up", "bilinear", d.choice([False, True]))
+            else:
+                c = d.int(1, 8)
+                op = ("up", "deconv", c, d.choice([2, 3]), bool(d.int(0, 1)), bool(d.int(0, 1)),
+                      d.choice(tuple(acts) + (None,)))
             h, w = 2 * h, 2 * w
         elif kind == "drop":
             op = ("drop", d.choice(["dropout", "dropout2d", "identity"]))
@@ -165,6 +175,18 @@ def _conv(op: Op, cin: int) -> nn.Module:
     _, cout, k, stride, pad, groups, bias, bn, act = op[:9]
     dil = op[9] if len(op) > 9 else 1
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, pad, dilation=dil, groups=groups, bias=bias)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    if act is not None:
+        layers.append(act_module(act))
+    return nn.Sequential(*layers)
+
+
+def _deconv(op: Op, cin: int) -> nn.Module:
+    """An ("up", "deconv", cout, k, bias, bn, act) op: a ConvTranspose2d doubling the map."""
+    _, _, cout, k, bias, bn, act = op
+    pad = 1 if k == 3 else 0
+    layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, k, 2, padding=pad, output_padding=pad, bias=bias)]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
     if act is not None:
@@ -218,6 +240,8 @@ class FuzzNet(nn.Module):
                     m["act"] = act_module(op[3])
             elif kind == "se":
                 m = SE(c, op[1], op[2], op[3])
+            elif kind == "up" and len(op) > 1 and op[1] == "deconv":
+                m = _deconv(op, c)
             elif kind == "up":
                 m = nn.Upsample(scale_factor=2, mode="nearest") if len(op) == 1 else \
                     nn.Upsample(scale_factor=2, mode="bilinear", align_corners=op[2])

@@ -76,6 +76,18 @@ def test_bilinear_upsamples_lower_exactly_and_campaigns_finish() -> None:
     check_net(*BILINEAR)
 
 
+#: both up-convolutions of the "up" op (ConvTranspose2d k=2 s=2 with BN and an activation; k=3 s=2
+#: p=1 output_padding=1 without bias), after a strided conv, into a concatenation
+DECONV = ((3, 8, 8), (
+    ("conv", 4, 3, 2, 1, 1, True, False, "relu"), ("up", "deconv", 5, 2, True, True, "relu"),
+    ("maxpool", 2, 2, 0, False), ("up", "deconv", 3, 3, False, False, None),
+    ("cat", ("conv", 3, 3, 1, (1, 1), 1, True, False, "silu")), ("head", "flatten", 4)))
+
+
+def test_up_convolutions() -> None:
+    check_net(*DECONV, n=40)
+
+
 @settings(max_examples=12, **_SETTINGS)  # type: ignore[arg-type]
 @given(nets())
 def test_fuzzed_nets_lower_exactly_and_campaigns_finish(net: tuple[tuple[int, int, int], Arch]) -> None:

@@ -68,7 +68,7 @@ def seeded(module: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn
     eval mode with gradients off."""
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / m.weight[0].numel()))
             if m.bias is not None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)

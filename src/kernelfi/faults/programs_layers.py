@@ -1,8 +1,9 @@
 """Thread programs of the kernels added for models brought from PyTorch (issue 20):
 ``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
-``kernelfi.kernels.interp``), and ``scalar_op``, ``clamp``, ``constant_pad``
-(``kernelfi.kernels.pointwise``). Importing the module
+``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
+(``kernelfi.kernels.pointwise``), and the transposed convolution's ``col2im``
+(``kernelfi.kernels.deconv``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import broadcast_strides, clamp_bounds, pad_geometry, scalar_operand
+from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
 
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
@@ -27,6 +28,7 @@ OPERANDS.update({
     "scalar_op": {"in": ("r", 0), "out": ("w", 0)},
     "clamp": {"in": ("r", 0), "out": ("w", 0)},
     "constant_pad": {"in": ("r", 0), "out": ("w", 0)},
+    "col2im": {"col": ("r", 0), "im": ("w", 0)},
 })
 
 
@@ -269,3 +271,38 @@ def _upsample_bilinear(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
             y = c.val(("ffma:out",), ffma32(l0, top, e), old=e)
             o = c.idx(("imad:out_index",), (plane * OH + h2) * OW + w2)
             c.st("st:out", "out", o, y, addr_tags=("lea:addr_out",))
+
+
+@program("col2im")
+def _col2im(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    """One image element: the column entries of the windows covering it, h_col outer, w_col
+    inner, ascending, summed in float32 from 0 (cuda/col2im.cu)."""
+    g = col2im_geometry(p)
+    ch, H, W, ks, st, pad, hc, wc = (g[k] for k in ("channels", "height", "width", "ksize", "stride", "pad",
+                                                   "height_col", "width_col"))
+    i = prologue(c, t, ch * H * W)
+    if i is None:
+        return
+    q, w = c.idiv("w", i, W)
+    ci, h = c.idiv("h", q, H)
+    w = c.idx(("iadd:pad",), w + pad)
+    h = c.idx(("iadd:pad",), h + pad)
+    w_late = c.pred(("setp:start",), not w < ks)
+    h_late = c.pred(("setp:start",), not h < ks)
+    w0 = c.idx(("iadd:range",), c.idiv("start", w - ks, st, mod=False)[0] + 1) if w_late else 0
+    h0 = c.idx(("iadd:range",), c.idiv("start", h - ks, st, mod=False)[0] + 1) if h_late else 0
+    w1 = c.idx(("imnmx:end",), min(c.idx(("iadd:range",), c.idiv("end", w, st, mod=False)[0] + 1), wc))
+    h1 = c.idx(("imnmx:end",), min(c.idx(("iadd:range",), c.idiv("end", h, st, mod=False)[0] + 1), hc))
+    cells = hc * wc
+    base = c.idx(("imad:offset",), (ci * ks * ks + h * ks + w) * cells)
+    step_h = c.idx(("imad:offset",), (1 - st * ks * hc) * wc)
+    step_w = c.idx(("imad:offset",), 1 - st * cells)
+    val = c.val(("mov:val_init",), 0.0)
+    with np.errstate(all="ignore"):
+        for dh in c.loop("h_col", h1 - h0):
+            for dw in c.loop("w_col", w1 - w0):
+                idx = c.idx(("imad:col_index",), base + (h0 + dh) * step_h + (w0 + dw) * step_w)
+                x = c.ld("ld:col", "col", idx, addr_tags=("lea:addr_col",))
+                val = c.val(("fadd:val",), val + F32(x), old=val)
+    c.addr("im", ("lea:addr_im",))
+    c.st("st:im", "im", i, val)

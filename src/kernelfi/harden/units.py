@@ -63,6 +63,18 @@ def conv_pairs(trace: Trace) -> dict[int, int]:
     return pairs
 
 
+def deconv_chains(trace: Trace) -> list[tuple[int, int, int]]:
+    """(fill, gemm, col2im) of each transposed convolution: the columns' zero fill, the gemm
+    that writes them and the col2im that scatters them onto the layer output. The workspace is
+    scratch no replica owns, so TMR/DMR replicate the three as one unit (as an im2col and its
+    gemm); ABFT checks the gemm alone."""
+    ls = trace.launches
+    return [(i, i + 1, i + 2) for i in range(len(ls) - 2)
+            if (ls[i].kernel, ls[i + 1].kernel, ls[i + 2].kernel) == ("fill", "gemm", "col2im")
+            and len({ls[i].layer, ls[i + 1].layer, ls[i + 2].layer}) == 1
+            and ls[i].writes[:1] == ls[i + 1].writes[:1] == ls[i + 2].reads[:1] == ("workspace",)]
+
+
 def abft_checkable(trace: Trace, gemm: int) -> bool:
     """Whether ABFT's checksums can check this gemm launch: its virtual im2col reads square
     windows padded alike on both sides, so a gemm fed by a non-square or asymmetrically padded
@@ -105,12 +117,24 @@ def units(trace: Trace, plan: Plan) -> list[Unit]:
         got = [assign[x] for x in (i, g) if x in assign]
         if got:
             assign[i] = assign[g] = min(got)
+    joined: dict[int, tuple[int, ...]] = {i: (i, g) for i, g in pairs.items()}
+    for chain in deconv_chains(trace):
+        got = [assign[x] for x in chain if x in assign]
+        if not got:
+            continue
+        first = min(got)
+        if first[1] == "abft":  # the gemm's checksums; the fill alone protects nothing
+            assign.pop(chain[0], None)
+            continue
+        for x in chain:
+            assign[x] = first
+        joined[chain[0]] = chain
     out: list[Unit] = []
     done: set[int] = set()
     for i in sorted(assign):
         if i in done:
             continue
-        members = (i, pairs[i]) if i in pairs else (i,)
+        members = joined.get(i, (i,))
         done.update(members)
         out.append(Unit(assign[i][1], members))
     return out

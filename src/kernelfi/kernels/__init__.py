@@ -7,7 +7,8 @@ register map (docs/method.md §1–§2, docs/kernels.md).
 6
 
 Importing the package registers the twelve kernels of ``kernelfi.types.KERNEL_NAMES`` and those
-added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20; ``pointwise``: scalars, clamp, pad).
+added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20; ``pointwise``: scalars, clamp, pad;
+``col2im``, the transposed convolution's scatter: ``deconv``).
 Layering: this package imports only torch, numpy, ``kernelfi.types`` and ``kernelfi._utils``.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ._base import (
     register_kernel,
     unregister_kernel,
 )
-from . import activation, broadcast, conv, elementwise, interp, pointwise, pool, pool_local, softmax  # noqa: F401  (registers the kernels)
+from . import activation, broadcast, conv, deconv, elementwise, interp, pointwise, pool, pool_local, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import NON_SQUARE, PAD_AFTER, W_AXIS, dilated_im2col, square_im2col, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, GELU_BETA, GELU_KAPPA, LEAKY_SLOPE, activate, slope_of
@@ -38,10 +39,11 @@ from .pool import CEIL_PAD, ceil_pads
 from .elementwise import shortcut_geometry, shortcut_indexes
 from .broadcast import BINARY_OPS, broadcast_strides
 from .pointwise import SCALAR_OPS, clamp_bounds, pad_geometry, scalar_operand
+from .deconv import col2im_geometry
 
 __all__ = [
     "ACTIVATIONS", "BINARY_OPS", "SCALAR_OPS", "clamp_bounds", "pad_geometry", "scalar_operand", "BLOCK", "CEIL_PAD", "ceil_pads", "GELU_BETA", "GELU_KAPPA", "NON_SQUARE", "PAD_AFTER", "W_AXIS", "LEAKY_SLOPE", "EFFECTS", "SGEMM_TILES", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
-    "activate", "all_kernels", "bilinear_scale", "broadcast_strides", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "dilated_im2col", "fma_f32", "fused_conv",
+    "activate", "all_kernels", "bilinear_scale", "broadcast_strides", "col2im_geometry", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "dilated_im2col", "fma_f32", "fused_conv",
     "gemm_shared_bytes", "get_kernel", "ptxas_registers", "register_kernel", "rows_linear", "SgemmShape", "sgemm_shape",
     "shortcut_geometry", "shortcut_indexes", "slope_of", "square_im2col", "unregister_kernel",
 ]

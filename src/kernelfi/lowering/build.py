@@ -146,6 +146,29 @@ class _Builder:
                          "a_offset": g * mg * k, "b_offset": b_off, "c_offset": g * mg * n}, sfx)
         self.bias_and_activation(spec, out, filters, n)
 
+    def deconvolutional(self, spec: LayerSpec) -> None:
+        # Darknet's [deconvolutional] layer (forward_deconvolutional_layer_gpu), PyTorch's
+        # slow_conv_transpose2d: columns = W^T . X (the gemm's beta = 0 as a fill of the columns
+        # and the beta = 1 gemm), col2im scatters them onto the output, then bias/BN/activation
+        p = spec.params
+        src = spec.inputs[0]
+        c, h, w = self.chw(src)
+        filters, size, stride, pad = int(p["filters"]), int(p["size"]), int(p["stride"]), int(p["pad"])
+        _, oh, ow = spec.out_shape
+        m, n = filters * size * size, h * w
+        self.alloc_params(spec, (c, m), filters)   # PyTorch's (C_in, C_out, k, k), flattened
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.workspace = (max(self.workspace[0], m), max(self.workspace[1], n))
+        self.launch(spec, "fill", (), ("workspace",), {"n": m * n, "value": 0.0})
+        self.launch(spec, "gemm", (f"{spec.name}.weights", self.buf(src), "workspace"), ("workspace",),
+                    {"M": m, "N": n, "K": c, "trans_a": True, "trans_b": False,
+                     "a_offset": 0, "b_offset": 0, "c_offset": 0})
+        self.launch(spec, "col2im", ("workspace",), (out,),
+                    {"channels": filters, "height": oh, "width": ow, "ksize": size, "stride": stride,
+                     "pad": pad, "height_col": h, "width_col": w})
+        self.bias_and_activation(spec, out, filters, oh * ow)
+
     def connected(self, spec: LayerSpec) -> None:
         src = spec.inputs[0]
         k = math.prod(self.shape(src))

@@ -128,6 +128,8 @@ class FxLowering(FxOps):
         where = f"{node.name} ({path}: {type(mod).__name__})"
         if isinstance(mod, nn.Conv2d):
             self._conv(node, mod, path, where)
+        elif isinstance(mod, nn.ConvTranspose2d):
+            self._deconv(node, mod, path, where)
         elif isinstance(mod, nn.Linear):
             src = self._val(node.args[0], node)
             k = math.prod(src.shape)
@@ -221,12 +223,44 @@ class FxLowering(FxOps):
                    "dilation": dil, "groups": mod.groups, "batch_normalize": False,
                    "activation": "linear", **wide}, weights, open_=True)
 
+    def _deconv(self, node: fx.Node, mod: nn.ConvTranspose2d, path: str, where: str) -> None:
+        """``ConvTranspose2d`` -> a [deconvolutional] layer (gemm with A transposed, col2im):
+        square kernel, stride, padding and output_padding; groups 1, dilation 1, zero padding."""
+        src = self._val(node.args[0], node)
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
+        geo = {"kernel": hw(mod.kernel_size), "stride": hw(mod.stride), "padding": hw(mod.padding),
+               "output_padding": hw(mod.output_padding)}
+        odd = [f"non-square {k} {v}" for k, v in geo.items() if v[0] != v[1]]
+        odd += [f"groups={mod.groups}"] * (mod.groups != 1) + [f"dilation={tuple(mod.dilation)}"] * (hw(mod.dilation) != (1, 1))
+        odd += [f"padding_mode '{mod.padding_mode}'"] * (mod.padding_mode != "zeros")
+        odd += ["an output_size argument"] * (len(node.args) > 1 or node.kwargs.get("output_size") is not None)
+        if odd:
+            raise KernelfiError(f"fx node {where}: ConvTranspose2d with {', '.join(odd)} is not supported")
+        c, h, w = src.shape
+        k, st, pad, op = (geo[key][0] for key in ("kernel", "stride", "padding", "output_padding"))
+        oh, ow = ((n - 1) * st - 2 * pad + k + op for n in (h, w))
+        if oh <= 0 or ow <= 0 or c != mod.in_channels:
+            raise KernelfiError(f"fx node {where}: input {src.shape} gives no {mod.out_channels}-channel output")
+        # the gemm's A: PyTorch's (C_in, C_out, k, k) weight as the (C_in, C_out*k*k) matrix
+        self.state[f"{path}.__weights2d"] = self.state[f"{path}.weight"].reshape(mod.in_channels, -1)
+        weights = {"weights": f"{path}.__weights2d"}
+        if mod.bias is not None:
+            weights["biases"] = f"{path}.bias"
+        else:
+            self.state[f"{path}.__zero_bias"] = torch.zeros(mod.out_channels)
+            weights["biases"] = f"{path}.__zero_bias"
+        self._add(node, "deconvolutional", path, (src.layer,), (mod.out_channels, oh, ow),
+                  {"filters": mod.out_channels, "size": k, "stride": st, "pad": pad, "output_padding": op,
+                   "batch_normalize": False, "activation": "linear"}, weights, open_=True)
+
     def _batchnorm(self, node: fx.Node, mod: nn.Module, path: str, where: str) -> None:
         src_node = node.args[0]
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
         if not mod.track_running_stats or mod.running_mean is None:
             raise KernelfiError(f"fx node {where}: BatchNorm without running statistics is not supported")
-        if layer is None or layer.type not in ("convolutional", "connected") or layer.params["batch_normalize"] \
+        if layer is None or layer.type not in ("convolutional", "deconvolutional", "connected") \
+                or layer.params["batch_normalize"] \
                 or layer.params["activation"] != "linear":
             self._standalone_bn(node, mod, path, where)
             return
@@ -256,7 +290,7 @@ class FxLowering(FxOps):
         if act == "gelu" and node.op == "call_function":
             act = _gelu_form(node.kwargs.get("approximate", "none"), where)
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
-        if layer is None or layer.type not in ("convolutional", "connected", "shortcut") \
+        if layer is None or layer.type not in ("convolutional", "deconvolutional", "connected", "shortcut") \
                 or layer.params.get("activation") != "linear":
             # Darknet's [activation] layer: copy the input, activate_array on the copy
             src = self._val(src_node, node)

@@ -47,6 +47,12 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
                 f"stride={_t(mod.stride)}, padding={_t(conv_padding(mod, path))}, dilation={_t(mod.dilation)}, "
                 f"groups={mod.groups}, bias={mod.bias is not None})")
+    if isinstance(mod, nn.ConvTranspose2d):
+        if mod.padding_mode != "zeros":
+            raise KernelfiError(f"export: {path}: only zero padding is supported")
+        return (f"nn.ConvTranspose2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
+                f"stride={_t(mod.stride)}, padding={_t(mod.padding)}, output_padding={_t(mod.output_padding)}, "
+                f"groups={mod.groups}, bias={mod.bias is not None}, dilation={_t(mod.dilation)})")
     if isinstance(mod, nn.Linear):
         return f"nn.Linear({mod.in_features}, {mod.out_features}, bias={mod.bias is not None})"
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
