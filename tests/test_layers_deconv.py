@@ -259,7 +259,7 @@ def test_trace_hardening_of_deconv_launches_keeps_the_values() -> None:
 
 
 def test_export_runs_bit_identical_and_refuses_abft_of_a_deconv(tmp_path: Path) -> None:
-    from kernelfi.harden import Plan, abft_plan
+    from kernelfi.harden import Plan, Protection, abft_plan
     from kernelfi.harden.export import export_model, launch_op, load_exported
     from kernelfi.harden.export.mapping import graph_ops
     from kernelfi.lowering import lower_fx
@@ -279,5 +279,13 @@ def test_export_runs_bit_identical_and_refuses_abft_of_a_deconv(tmp_path: Path) 
         want = m(x)
         for variant in ("none", "full-dmr", "full-tmr"):
             assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32))
+    # full ABFT (and so the planner) leaves the transposed convolutions' gemms out: it exports
+    full = abft_plan(trace).protect
+    named = {p.name for p in full}
+    assert "up.gemm" not in named and "up2.gemm" not in named and named  # the ordinary convs' gemms stay
+    export_model(m, Plan("u", full), tmp_path / "g", input_shape=shape, name="u", check_inputs=x)
+    assert torch.equal(load_exported(tmp_path / "g", "plan")(x).view(torch.int32), want.view(torch.int32))
+    # a plan naming one anyway is refused by the export in one line
     with pytest.raises(KernelfiError, match="abft of up.gemm maps to ConvTranspose2d up, not a Conv2d or Linear"):
-        export_model(m, Plan("u", abft_plan(trace).protect), tmp_path / "f", input_shape=shape, name="u", check_inputs=x)
+        export_model(m, Plan("u", (Protection("launch", "up.gemm", "abft"),)), tmp_path / "f", input_shape=shape,
+                     name="u", check_inputs=x)

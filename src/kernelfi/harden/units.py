@@ -76,15 +76,20 @@ def deconv_chains(trace: Trace) -> list[tuple[int, int, int]]:
 
 
 def abft_checkable(trace: Trace, gemm: int) -> bool:
-    """Whether ABFT's checksums can check this gemm launch: its virtual im2col reads square
-    windows padded alike on both sides, so a gemm fed by a non-square or asymmetrically padded
-    im2col (a (1, 3) kernel, ``padding='same'`` of a 2x2 one) cannot be checked."""
+    """Whether ABFT is offered for this gemm launch: its virtual im2col reads square windows
+    padded alike on both sides, so a gemm fed by a non-square or asymmetrically padded im2col
+    (a (1, 3) kernel, ``padding='same'`` of a 2x2 one) cannot be checked; nor is a transposed
+    convolution's gemm offered (``_unchecked_gemms``)."""
     return gemm not in _unchecked_gemms(trace)
 
 
 def _unchecked_gemms(trace: Trace) -> set[int]:
-    """The gemm launches fed by an im2col that is not square (ABFT cannot check them)."""
-    return {g for i, g in conv_pairs(trace).items() if not square_im2col(trace.launches[i].params)}
+    """The gemm launches ABFT is not offered for: those fed by an im2col that is not square
+    (its checksums cannot check them), and a transposed convolution's (the trace can check it,
+    but the export's ABFT wrappers rebuild a Conv2d or a Linear, not a ConvTranspose2d, so a plan
+    holding one could not be exported; TMR and DMR protect it)."""
+    fed = {g for i, g in conv_pairs(trace).items() if not square_im2col(trace.launches[i].params)}
+    return fed | {gemm for _, gemm, _ in deconv_chains(trace)}
 
 
 def abft_plan(trace: Trace) -> Plan:
