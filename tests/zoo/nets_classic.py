@@ -176,12 +176,19 @@ class DoubleConv(nn.Sequential):
 
 class Up(nn.Module):
     """The 'up-convolution': upsampling then a 2x2 convolution halving the channels (Ronneberger
-    et al. 2015), concatenated with the encoder's map of the same size, then a double conv."""
+    et al. 2015), concatenated with the encoder's map of the same size, then a double conv.
+    ``mode``: "nearest" (nearest upsampling, then the k x k convolution), "bilinear" (bilinear
+    upsampling with aligned corners, then the convolution) or "transposed" (one 2x2 stride-2
+    ConvTranspose2d, as most re-implementations write the up-convolution; ``k`` unused)."""
 
-    def __init__(self, cin: int, cout: int, k: int = 2) -> None:
+    def __init__(self, cin: int, cout: int, k: int = 2, mode: str = "nearest") -> None:
         super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.reduce = nn.Conv2d(cin, cin // 2, kernel_size=k, padding="same")
+        if mode == "transposed":
+            self.up: nn.Module = nn.ConvTranspose2d(cin, cin // 2, kernel_size=2, stride=2)
+            self.reduce: nn.Module = nn.Identity()
+        else:
+            self.up = nn.Upsample(scale_factor=2, mode=mode, **({"align_corners": True} if mode == "bilinear" else {}))
+            self.reduce = nn.Conv2d(cin, cin // 2, kernel_size=k, padding="same")
         self.conv = DoubleConv(cin // 2 + cout, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -195,15 +202,16 @@ class UNetClassifier(nn.Module):
     classes and the spatial mean as the classification head.
 
     Scaled: 4 levels of 8 .. 64 channels (paper: 5 of 64 .. 1024), 32x32 input, 10 classes.
-    ``upconv``: the up-convolution's kernel (the paper's 2; 3 as many re-implementations)."""
+    ``upconv``: the up-convolution's kernel (the paper's 2; 3 as many re-implementations);
+    ``up``: how it upsamples (``Up``'s mode)."""
 
-    def __init__(self, num_classes: int = 10, base: int = 8, upconv: int = 2) -> None:
+    def __init__(self, num_classes: int = 10, base: int = 8, upconv: int = 2, up: str = "nearest") -> None:
         super().__init__()
         chans = [base, 2 * base, 4 * base, 8 * base]
         self.inc = DoubleConv(3, chans[0])
         self.pool = nn.MaxPool2d(2)
         self.down = nn.ModuleList(DoubleConv(a, b) for a, b in zip(chans, chans[1:]))
-        self.up = nn.ModuleList(Up(b, a, upconv) for a, b in reversed(list(zip(chans, chans[1:]))))
+        self.up = nn.ModuleList(Up(b, a, upconv, up) for a, b in reversed(list(zip(chans, chans[1:]))))
         self.head = nn.Conv2d(chans[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

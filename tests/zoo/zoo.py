@@ -36,6 +36,16 @@ def unet_up3(num_classes: int) -> nn.Module:
     return UNetClassifier(num_classes, upconv=3)
 
 
+def unet_transposed(num_classes: int) -> nn.Module:
+    """The U-Net with ConvTranspose2d(2, stride 2) up-convolutions (Darknet's [deconvolutional])."""
+    return UNetClassifier(num_classes, up="transposed")
+
+
+def unet_bilinear(num_classes: int) -> nn.Module:
+    """The U-Net with bilinear upsampling (aligned corners) before each 3x3 up-convolution."""
+    return UNetClassifier(num_classes, upconv=3, up="bilinear")
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """A zoo model: its builder (``num_classes -> module``) and the input it is scaled to."""
@@ -54,6 +64,8 @@ ZOO = (
     ZooEntry("squeezenet-1.1", SqueezeNet11, (3, 44, 44)),
     ZooEntry("unet-classifier", UNetClassifier, (3, 32, 32)),
     ZooEntry("unet-classifier-up3", unet_up3, (3, 32, 32)),
+    ZooEntry("unet-classifier-tconv", unet_transposed, (3, 32, 32)),
+    ZooEntry("unet-classifier-bilinear", unet_bilinear, (3, 32, 32)),
 )
 
 
