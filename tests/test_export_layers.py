@@ -317,3 +317,51 @@ def test_gelu_tanh_exports_as_the_tanh_form(tmp_path: Path) -> None:
     (faulty,), _ = rec.handed, rec.outputs
     assert faulty.injected != 0.0 and faulty.calls == 3
     assert torch.equal(final.view(torch.int32), clean.view(torch.int32))
+
+
+class NewActs(nn.Module):
+    """Each activation lowered since Mish, as a module (fused after the conv) and in its F. form
+    (standalone after a pool), on a 3x6x6 input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mish = nn.Mish()
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.mish(F.max_pool2d(self.mish(self.conv(x)), 2))
+        return self.head(self.conv2(y).flatten(1))
+
+
+#: launch -> the fx node that computes it, read off NewActs.forward
+NEW_ACT_OPS = {"conv.activate_array": "mish", "mish_1.act.activate_array": "mish_1"}
+
+
+def test_new_activations_export_bitwise(tmp_path: Path) -> None:
+    # every variant of the exported model equals the original bit for bit, each new activation
+    # launch maps to its node, and TMR out-votes a flip in one replica of the standalone Mish
+    torch.manual_seed(0)
+    m, x = NewActs().eval(), torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 2
+    lowered, trace = lower_fx(m, (3, 6, 6)), lower(m, (3, 6, 6)).trace
+    ops = graph_ops(lowered)
+    got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
+           if l.kernel == "activate_array" and l.params["activation"] != "linear"}
+    assert got == NEW_ACT_OPS
+    export_model(m, Plan("na", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 6, 6), name="na",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.Mish(inplace=False)" in src and "F.mish(" in src
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
+    net = load_exported(tmp_path / "e", "full-tmr")
+    with torch.no_grad():
+        clean = net(x[:2])
+        with flip_in(net.hardening.get_submodule("mish_1"), 5, 30, 1) as rec:
+            final = net(x[:2])
+    (faulty,), _ = rec.handed, rec.outputs
+    assert faulty.injected != 0.0 and faulty.calls == 3
+    assert torch.equal(final.view(torch.int32), clean.view(torch.int32))

@@ -1,5 +1,5 @@
 """Issue 20 activations (relu6, tanh, swish, gelu in the erf and the tanh form, hardswish,
-hardsigmoid, leaky of any slope): lowered models equal their native forward, and faults in
+hardsigmoid, leaky of any slope, mish): lowered models equal their native forward, and faults in
 activate_array's new cases corrupt what was worked out on paper."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import struct
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
-        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh")]
+        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh"), nn.Mish()]
 
 
 def f32(bits: int) -> float:
@@ -327,3 +328,114 @@ def test_gelu_tanh_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -
         struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
     assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
     assert struck & {"conv.activate_array", "gelu.act.activate_array"}, struck
+
+
+# ------------------------------------------------------------------------------ mish
+def _mish64(x: float) -> float:
+    """Mish in float64 with the math module: x * tanh(log1p(exp(x)))."""
+    return x * math.tanh(math.log1p(math.exp(x)))
+
+
+def test_mish_values_by_hand() -> None:
+    # float64: x = 1: softplus = log1p(e) = 1.3132617, tanh = 0.8650984; x = -1: softplus =
+    # 0.3132617, tanh = 0.3034014, y = -0.3034014; x = 3: 2.9865351
+    xs = [1.0, -1.0, 3.0, 0.5, -0.3, 2.5, -2.5, 5.0, -5.0, 1e-3, -1e-3, 10.0, -10.0]
+    got = activate(torch.tensor(xs), "mish")
+    assert got[0].item() == pytest.approx(0.8650984, rel=1e-7) and got[1].item() == pytest.approx(-0.3034014, rel=1e-6)
+    assert got[2].item() == pytest.approx(2.9865351, rel=1e-7)
+    for x, y in zip(xs, got.tolist()):
+        want = _mish64(np.float32(x).item())
+        assert abs(y - want) <= 4e-7 * abs(want), (x, y, want)
+
+
+def test_mish_specials_match_pytorch() -> None:
+    # signed zeros, tiny, subnormal, the exp overflow (x > 88.72: exp = inf, log1p = inf, tanh = 1:
+    # y = x), large negatives (exp underflows to 0: -0), infinities (-inf * tanh(0) = NaN), NaN
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-40, 20.0, -20.0, 88.0, 89.0, 1e20, 3.4e38, -104.0,
+                      -3.4e38, math.inf, -math.inf, math.nan])
+    got, want = activate(x, "mish"), F.mish(x)
+    assert torch.equal(got.isnan(), want.isnan()) and got[-2:].isnan().all()
+    assert torch.equal(got[:-2].view(torch.int32), want[:-2].view(torch.int32))
+    assert got[1].item() == 0.0 and math.copysign(1.0, got[1].item()) == -1.0
+    assert got[8].item() == 89.0 and got[13].item() == math.inf and got[11].item() == 0.0
+    # elsewhere within 2e-7 relative of PyTorch's CPU kernel (its exp/log1p/tanh are vectorised)
+    r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 5
+    got, want = activate(r, "mish"), F.mish(r)
+    assert ((got - want).abs() <= 3e-7 * want.abs()).all()
+
+
+def test_mish_lowered_tiny_module_exact() -> None:
+    # x = 1, weights [1, -1, 3]: pre-activation [1, -1, 3] exactly; the lowered model's output is
+    # the CUDA formula on those, bit for bit, and nn.Mish's within its last bit (the CPU kernel's
+    # vectorised exp/log1p/tanh give -0.30340144 for -1, torch's scalar ones -0.30340147)
+    m = nn.Sequential(nn.Linear(1, 3), nn.Mish()).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0], [-1.0], [3.0]]))
+        m[0].bias.zero_()
+    prog = lower(m, (1,))
+    x = torch.tensor([[1.0]])
+    want = torch.tensor([[_mish64(1.0), _mish64(-1.0), _mish64(3.0)]]).float()
+    for fast in (True, False):
+        got = prog.forward(x, fast=fast)[0]
+        assert torch.equal(got, activate(torch.tensor([[1.0, -1.0, 3.0]]), "mish"))
+        assert ((got - m(x).detach()).abs() <= 2.0 ** -23 * m(x).detach().abs()).all()
+        assert ((got - want).abs() <= 2.0 ** -23 * want.abs()).all()
+
+
+def test_mish_log1p_branch_and_value_flips() -> None:
+    # thread 1: x = 1: exp = e, softplus = 1.3132617, y = 0.8650984. log1pf's ISETP (the operand
+    # below +inf: the main path) flipped: the special case e*inf + inf = inf, tanh(inf) = 1, y = 1.
+    # Bit 23 of the softplus (exponent 127 -> 126): 0.6566309, y = tanh(0.6566309) = 0.5763...
+    prog = lower(_linear(nn.Mish(), [-1, 1], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0, y1 = _mish64(-1.0), _mish64(1.0)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(y0, rel=1e-6), pytest.approx(y1, rel=1e-6)]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:log1p_mish", 1), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0)
+    assert torch.allclose(probs, probs_of([y0, 1.0]), atol=1e-6)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:log1p_mish", 1), "single", (23,)), x)
+    sp = math.log1p(math.e)
+    assert r.original == pytest.approx(sp, rel=1e-7) and r.corrupted == pytest.approx(sp / 2, rel=1e-7)
+    assert torch.allclose(probs, probs_of([y0, math.tanh(sp / 2)]), atol=1e-6)
+    # the output FMUL's sign flipped: -0.8650984, class 0 wins
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:mish_out", 1), "single", (31,)), x)
+    assert (r.golden_top1, r.faulty_top1) == (1, 0)
+    assert torch.allclose(probs, probs_of([y0, -y1]), atol=1e-6)
+
+
+class ActNet(nn.Module):
+    """A conv, a fused and a standalone activation (``make()`` builds each), a linear head (3x8x8 -> n)."""
+
+    def __init__(self, make: Callable[[], nn.Module], n: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.a1, self.a2 = make(), make()
+        self.head = nn.Linear(4, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a2(F.max_pool2d(self.a1(self.conv(x)), 2))
+        return self.head(y.mean((2, 3)))
+
+
+def build_mish(num_classes: int) -> ActNet:
+    return ActNet(nn.Mish, num_classes)
+
+
+#: the activations with a short campaign each: registered model name -> top-level builder
+CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish}
+
+
+@pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
+@pytest.mark.parametrize("name", list(CAMPAIGN_ACTS))
+def test_new_activation_short_campaign_has_no_tool_error(name: str, mode: str, tmp_path: Path) -> None:
+    from kernelfi.models import list_models
+    if name not in {m.name for m in list_models()}:
+        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       description=name)(CAMPAIGN_ACTS[name])
+    db = tmp_path / f"{mode}.db"
+    cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=40, seed=5, data="random", inputs=2), str(db))
+    with Store(str(db), create=False, readonly=True) as store:
+        counts = store.outcome_counts(cid)
+        struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
+    assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+    assert any(l.endswith("activate_array") for l in struck), struck

@@ -197,6 +197,20 @@ def _tanhf(c: ThreadCtx, v: str, u: np.float32) -> np.float32:
     return c.val((small,), _ffma(u, p, u), old=t)
 
 
+def _log1pf(c: ThreadCtx, v: str, a: np.float32) -> np.float32:
+    """libdevice's ``log1pf(a)`` (``kernels._sass.flog1p``): the main path's value correctly
+    rounded (libdevice's is within 1 ulp), a fault in any of its value slots corrupts it; the
+    ISETP on the operand's bits picks the main path or the special cases ``a*inf + inf``
+    (``-0`` for ``a == 0``)."""
+    bits = int(np.float32(a).view(np.uint32))
+    main = c.pred((f"setp:log1p_{v}",), bits < 0x7F800000)
+    if main:
+        r = F32(np.log1p(np.float64(a))) if a == a else F32(a)
+        return c.val((f"fadd:log1p_{v}", f"iadd:log1p_{v}", f"i2f:log1p_{v}", f"ffma:log1p_{v}"), r)
+    special = F32(a * F32(np.inf) + F32(np.inf))
+    return F32(-0.0) if a == 0 else special
+
+
 def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
     """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
     if act == "relu":
@@ -236,6 +250,10 @@ def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) 
         th = _tanhf(c, "gelut", u)
         one = c.val(("fadd:gelut_one",), F32(1.0) + th)
         return c.val(("fmul:gelut_out",), half * one, old=x)
+    if act == "mish":
+        e = c.fexp("mish", x)
+        th = _tanhf(c, "mish", _log1pf(c, "mish", e))
+        return c.val(("fmul:mish_out",), x * th, old=x)
     if act in ("hardswish", "hardsigmoid"):
         sh = c.val(("fadd:hard_shift",), x + F32(3.0))
         cl = _clamp6(c, sh)

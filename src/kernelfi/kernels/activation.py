@@ -12,6 +12,7 @@ another is PyTorch's ``leaky_relu`` kernel, ``x > 0 ? x : x*slope``); and PyTorc
 element kernels where Darknet has none: ``gelu`` (``x*0.5*(1 + erf(x*M_SQRT1_2))``),
 ``gelu_tanh`` (``GELU(approximate='tanh')``: ``0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3)))``,
 its ``x + k*x^3`` one FFMA as nvcc contracts it),
+``mish`` (PyTorch's ``mish`` kernel, ``x * tanh(log1p(exp(x)))``),
 ``hardswish`` (``x*min(max(x + 3, 0), 6)*(1/6)``) and ``hardsigmoid``
 (``min(max(x + 3, 0), 6)*(1/6)``), all one thread per element like Darknet's kernel.
 """
@@ -25,13 +26,13 @@ from kernelfi._utils import KernelfiError
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, fma_f32, p_int, put, ptxas_registers, register_kernel
-from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, ftanh, prologue_1d
+from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, flog1p, ftanh, prologue_1d
 from .elementwise import update_head
 
 Mem = dict[str, torch.Tensor]
 
 ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "leaky", "logistic", "relu6", "tanh", "swish", "gelu",
-                                 "hardswish", "hardsigmoid", "gelu_tanh")
+                                 "hardswish", "hardsigmoid", "gelu_tanh", "mish")
 #: PyTorch's GELU tanh constants as float (opmath) constants: kBeta = M_SQRT2*M_2_SQRTPI*0.5
 #: (sqrt(2/pi)) and kKappa = 0.044715.
 GELU_BETA = 0.7978845608028654
@@ -81,6 +82,8 @@ def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> to
     if activation == "gelu_tanh":  # (0.5*x) * (1 + tanh(kBeta * fma(kKappa, x*x*x, x)))
         inner = fma_f32(x * x * x, f32(GELU_KAPPA, x), x)
         return (x * f32(0.5, x)) * (f32(1.0, x) + torch.tanh(inner * f32(GELU_BETA, x)))
+    if activation == "mish":       # x * tanh(log1p(exp(x))), PyTorch's CUDA and CPU formula
+        return x * torch.tanh(torch.log1p(torch.exp(x)))
     if activation == "hardswish":  # x * min(max(x + 3, 0), 6) * one_sixth
         return (x * _clamp6(x + f32(3.0, x))) * f32(1.0 / 6.0, x)
     if activation == "hardsigmoid":  # min(max(x + 3, 0), 6) * one_sixth
@@ -169,6 +172,12 @@ class ActivateArrayKernel(StreamKernel):
             s.add("FP32", "FADD", "fadd:gelut_one", 1, "value", "1 + tanh(u)")
             s.add("FP32", "FMUL", "fmul:gelut_out", 1, "value", "(x*0.5) * (1 + tanh(u)), the output")
             last = "fmul:gelut_out"
+        elif a == "mish":          # PyTorch's mish kernel: x * tanh(log1p(exp(x))), no threshold
+            fexp(s, "mish", "x")
+            flog1p(s, "mish", "exp(x)")
+            ftanh(s, "mish", "sp")
+            s.add("FP32", "FMUL", "fmul:mish_out", 1, "value", "x * tanh(sp), sp = log1p(exp(x)): the output")
+            last = "fmul:mish_out"
         elif a in ("hardswish", "hardsigmoid"):
             s.add("FP32", "FADD", "fadd:hard_shift", 1, "value", "x + 3")
             s.add("FP32", "FMNMX", "fmnmx:hard_low", 1, "value", "max(x + 3, 0)")
@@ -218,6 +227,13 @@ class ActivateArrayKernel(StreamKernel):
             s.reg("r_u", "data", "fmul:gelut_arg", "fmul:gelut_arg", "ffma:tanhs_gelut")
             s.reg("r_one", "data", "fadd:gelut_one", "fadd:gelut_one", "fmul:gelut_out")
             s.reg("p_tanh", "predicate", "setp:tanh_gelut", "setp:tanh_gelut", "ffma:tanhs_gelut")
+        if a == "mish":
+            s.reg("r_x_keep", "data", "ld:x", "ld:x", "fmul:mish_out")
+            s.reg("r_exp", "data", "mufu:exp_mish", "mufu:exp_mish", "setp:log1p_mish")
+            s.reg("r_sp", "data", "ffma:log1p_mish", "ffma:log1p_mish", "ffma:tanhs_mish")
+            s.reg("p_log1p", "predicate", "setp:log1p_mish", "setp:log1p_mish", "bra:log1p_mish")
+            s.reg("p_tanh", "predicate", "setp:tanh_mish", "setp:tanh_mish", "ffma:tanhs_mish")
+            s.reg("r_tanh", "data", "ffma:tanhs_mish", "ffma:tanhs_mish", "fmul:mish_out")
         if a in ("hardswish", "hardsigmoid"):
             s.reg("r_shift", "data", "fadd:hard_shift", "fadd:hard_shift", "fmnmx:hard_low")
             s.reg("r_low", "data", "fmnmx:hard_low", "fmnmx:hard_low", "fmnmx:hard_high")

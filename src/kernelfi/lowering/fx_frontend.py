@@ -30,11 +30,13 @@ from .fx_layers import FxLayers, Val, hw, module_path, pair
 _ACT_MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.SiLU: "swish",
     nn.GELU: "gelu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.LeakyReLU: "leaky",
+    nn.Mish: "mish",
 }
 _ACT_FUNCS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", torch.sigmoid: "logistic", F.sigmoid: "logistic",
     F.leaky_relu: "leaky", F.relu6: "relu6", torch.tanh: "tanh", F.tanh: "tanh", F.silu: "swish",
     F.gelu: "gelu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
+    F.mish: "mish",
 }
 _ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "logistic", "sigmoid_": "logistic",
                                 "tanh": "tanh", "tanh_": "tanh"}

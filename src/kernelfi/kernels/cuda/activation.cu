@@ -2,13 +2,13 @@
 // a runtime switch over the activations kernelfi implements (a value outside them gives 0, the
 // switch's default case). Compiled only to count registers (scripts/ptxas_registers.py).
 // RELU6, TANH and SWISH are AlexeyAB's Darknet's formulas; GELU, HARDSWISH, HARDSIGMOID and
-// GELU_TANH (GeluCUDAKernelImpl's approximate='tanh' branch) PyTorch's CUDA element kernels'
+// GELU_TANH (GeluCUDAKernelImpl's approximate='tanh' branch) and MISH PyTorch's CUDA element kernels'
 // (opmath float); LEAKY takes its slope (Darknet's .1f or PyTorch's negative_slope).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
 
 enum activation { LINEAR = 0, RELU = 1, LEAKY = 2, LOGISTIC = 3, RELU6 = 4, TANH = 5, SWISH = 6,
-                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9, GELU_TANH = 10 };
+                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9, GELU_TANH = 10, MISH = 11 };
 
 __device__ float clamp6(float y) { return fminf(fmaxf(y, 0.f), 6.f); }
 
@@ -43,6 +43,8 @@ __device__ float activate(float x, int a, float slope)
         float inner = kBeta * (x + kKappa * x_cube);
         return 0.5f * x * (1.f + tanhf(inner));
     }
+    case MISH:                            // PyTorch's mish kernel (opmath float)
+        return x * tanhf(log1pf(expf(x)));
     }
     return 0;
 }
