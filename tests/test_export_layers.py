@@ -328,15 +328,22 @@ class NewActs(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.mish = nn.Mish()
         self.conv2 = nn.Conv2d(4, 4, 1)
+        self.elu, self.selu, self.celu = nn.ELU(0.7), nn.SELU(), nn.CELU(0.6)
         self.head = nn.Linear(4 * 3 * 3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.mish(F.max_pool2d(self.mish(self.conv(x)), 2))
-        return self.head(self.conv2(y).flatten(1))
+        z = self.celu(F.elu(self.selu(self.elu(self.conv2(y))), alpha=0.5))
+        z = F.celu(F.selu(z), 0.8)
+        return self.head(z.flatten(1))
 
 
-#: launch -> the fx node that computes it, read off NewActs.forward
-NEW_ACT_OPS = {"conv.activate_array": "mish", "mish_1.act.activate_array": "mish_1"}
+#: launch -> the fx node that computes it, read off NewActs.forward (modules fuse into the conv
+#: before them or get an [activation] layer named after their path; F. forms after their node)
+NEW_ACT_OPS = {"conv.activate_array": "mish", "mish_1.act.activate_array": "mish_1",
+               "conv2.activate_array": "elu", "selu.act.activate_array": "selu", "elu_1.act.activate_array": "elu_1",
+               "celu.act.activate_array": "celu", "selu_1.act.activate_array": "selu_1",
+               "celu_1.act.activate_array": "celu_1"}
 
 
 def test_new_activations_export_bitwise(tmp_path: Path) -> None:
@@ -352,7 +359,9 @@ def test_new_activations_export_bitwise(tmp_path: Path) -> None:
     export_model(m, Plan("na", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 6, 6), name="na",
                  check_inputs=x)
     src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
-    assert "nn.Mish(inplace=False)" in src and "F.mish(" in src
+    for spelt in ("nn.Mish(inplace=False)", "F.mish(", "nn.ELU(alpha=0.7, inplace=False)", "nn.SELU(inplace=False)",
+                  "nn.CELU(alpha=0.6, inplace=False)", "F.elu(", "F.selu(", "F.celu("):
+        assert spelt in src, spelt
     with torch.no_grad():
         want = m(x)
         for variant in ("none", "plan", "full-dmr", "full-tmr"):

@@ -1,5 +1,5 @@
 """Issue 20 activations (relu6, tanh, swish, gelu in the erf and the tanh form, hardswish,
-hardsigmoid, leaky of any slope, mish): lowered models equal their native forward, and faults in
+hardsigmoid, leaky of any slope, mish, elu/selu/celu): lowered models equal their native forward, and faults in
 activate_array's new cases corrupt what was worked out on paper."""
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
-        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh"), nn.Mish()]
+        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh"), nn.Mish(),
+        nn.ELU(0.7), nn.SELU(), nn.CELU(0.7)]
 
 
 def f32(bits: int) -> float:
@@ -403,6 +404,106 @@ def test_mish_log1p_branch_and_value_flips() -> None:
     assert torch.allclose(probs, probs_of([y0, -y1]), atol=1e-6)
 
 
+# ------------------------------------------------------------------------------ elu, selu, celu
+SELU_A, SELU_S = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def _elu64(x: float, alpha: float, scale: float = 1.0, input_scale: float = 1.0) -> float:
+    """PyTorch's elu formula in float64 with math.expm1."""
+    return x * scale if x > 0 else math.expm1(x * input_scale) * alpha * scale
+
+
+def test_elu_family_values_by_hand() -> None:
+    # float64: ELU(0.7)(-1) = 0.7*(e^-1 - 1) = -0.4424844; SELU(-1) = 1.7580993*(-0.6321206) =
+    # -1.1113307, SELU(2) = 2.1014020; CELU(0.7)(-1) = 0.7*(exp(-1/0.7) - 1) = -0.5322443
+    xs = [-1.0, 2.0, -0.3, 0.5, -3.0, -1e-3, 1e-3, -10.0]
+    elu, selu, celu = (activate(torch.tensor(xs), a, 0.7) for a in ("elu", "selu", "celu"))
+    assert elu[0].item() == pytest.approx(-0.4424844, rel=1e-6) and selu[0].item() == pytest.approx(-1.1113307, rel=1e-6)
+    assert selu[1].item() == pytest.approx(2.1014020, rel=1e-7) and celu[0].item() == pytest.approx(-0.5322443, rel=1e-6)
+    for i, x in enumerate(xs):
+        for got, want in ((elu, _elu64(x, 0.7)), (selu, _elu64(x, SELU_A, SELU_S)), (celu, _elu64(x, 0.7, 1.0, 1 / 0.7))):
+            assert abs(got[i].item() - want) <= 3e-7 * abs(want), (x, got[i].item(), want)
+
+
+def test_elu_family_specials_match_pytorch() -> None:
+    # zeros keep their sign (expm1(-0) = -0), tiny and subnormal x, the -1 saturation (x < -17.3:
+    # expm1 = -1 exactly, output -alpha*scale), huge x, infinities, NaN: PyTorch's CPU bits;
+    # x = -17, where expm1 is within an ulp of -1, within that ulp
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, -1e-40, 0.3, -0.3, -0.41, -20.0, -88.0, -100.0, 20.0, 3.4e38,
+                      -3.4e38, math.inf, -math.inf, math.nan, -17.0])
+    for act, ref in (("elu", lambda t: F.elu(t, 0.7)), ("selu", F.selu), ("celu", lambda t: F.celu(t, 0.7)),
+                     ("elu", F.elu)):
+        alpha = 1.0 if ref is F.elu else 0.7
+        got, want = activate(x, act, alpha), ref(x)
+        assert torch.equal(got[:-1].isnan(), want[:-1].isnan()) and got[16].isnan()
+        assert torch.equal(got[:-2].view(torch.int32), want[:-2].view(torch.int32)), act
+        assert abs(got[-1].item() - want[-1].item()) <= 2.0 ** -23 * abs(want[-1].item())  # one ulp
+        assert got[1].item() == 0.0 and math.copysign(1.0, got[1].item()) == -1.0
+        r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 5
+        assert torch.equal(activate(r, act, alpha).view(torch.int32), ref(r).view(torch.int32)), act
+    assert activate(torch.tensor([-20.0]), "elu", 0.7).item() == -float(np.float32(0.7))  # -1 * float(0.7)
+
+
+def test_elu_lowered_tiny_module_exact() -> None:
+    # pre-activations [1, -1, 3] exactly; ELU(0.7), SELU, CELU(0.7) and their F. forms give PyTorch's bits
+    for mod in (nn.ELU(0.7), nn.SELU(), nn.CELU(0.7)):
+        m = nn.Sequential(nn.Linear(1, 3), mod).eval()
+        with torch.no_grad():
+            m[0].weight.copy_(torch.tensor([[1.0], [-1.0], [3.0]]))
+            m[0].bias.zero_()
+        prog = lower(m, (1,))
+        x = torch.tensor([[1.0]])
+        for fast in (True, False):
+            assert torch.equal(prog.forward(x, fast=fast)[0], m(x).detach()), mod
+
+
+class EluForms(nn.Module):
+    """F.elu(alpha=0.5), F.selu, F.celu(0.8) on a linear layer's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.celu(F.selu(F.elu(self.fc(x), alpha=0.5)), 0.8)
+
+
+def test_elu_functional_forms_keep_alpha() -> None:
+    torch.manual_seed(0)
+    m, x = EluForms().eval(), torch.randn(5, 3) * 3
+    prog = lower(m, (3,))
+    assert [(l.params["activation"], l.params.get("slope")) for l in prog.trace.launches
+            if l.kernel == "activate_array"] == [("elu", 0.5), ("selu", None), ("celu", 0.8)]
+    with torch.no_grad():
+        want = m(x)
+    for fast in (True, False):  # the linear layer's sums are SGEMM's order: within 1e-5, not bitwise
+        assert (prog.forward(x, fast=fast)[0] - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+def test_elu_branch_and_saturation_flips() -> None:
+    # ELU(0.7): thread 0: x = -1: expm1(-1) = -0.6321206, y = -0.4424844. The x > 0 FSETP flipped:
+    # the positive path, y = x*1 = -1. expm1's 4th FSETP (j < -25) flipped: -1, y = -0.7. Bit 23
+    # of expm1's value (its exponent's low bit, 126 -> 127): -1.2642411, y = -0.8849688.
+    # Thread 1: x = 2 -> 2.
+    prog = lower(_linear(nn.ELU(0.7), [-1, 2], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0 = 0.7 * math.expm1(-1.0)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(y0, rel=1e-6), 2.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:elu_pos", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([-1.0, 2.0]), atol=1e-6)
+    sat = site(prog, "0.activate_array", "setp:expm1_elu", 0, exec_=3, calls=5)
+    r, probs = run_one(prog, Fault("iov", sat, "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([-0.7, 2.0]), atol=1e-6)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:expm1_elu", 0), "single", (23,)), x)
+    assert r.original == pytest.approx(math.expm1(-1.0), rel=2e-7) and r.corrupted == 2 * r.original
+    assert torch.allclose(probs, probs_of([2 * y0, 2.0]), atol=1e-6) and 2 * y0 == pytest.approx(-0.8849688, rel=1e-6)
+    # thread 1 (x = 2) takes the positive path: a fault in its expm1 is in code it skips, masked
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:expm1_elu", 1), "single", (30,)), x)
+    assert r.outcome == "masked"
+
+
 class ActNet(nn.Module):
     """A conv, a fused and a standalone activation (``make()`` builds each), a linear head (3x8x8 -> n)."""
 
@@ -421,8 +522,21 @@ def build_mish(num_classes: int) -> ActNet:
     return ActNet(nn.Mish, num_classes)
 
 
+def build_elu(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.ELU(0.7), num_classes)
+
+
+def build_selu(num_classes: int) -> ActNet:
+    return ActNet(nn.SELU, num_classes)
+
+
+def build_celu(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.CELU(0.7), num_classes)
+
+
 #: the activations with a short campaign each: registered model name -> top-level builder
-CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish}
+CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish, "elu-tiny": build_elu,
+                                                     "selu-tiny": build_selu, "celu-tiny": build_celu}
 
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import GELU_BETA, GELU_KAPPA, ceil_pads, dilated_im2col, fma_f32, shortcut_geometry
+from kernelfi.kernels import ELU_FAMILY, GELU_BETA, GELU_KAPPA, ceil_pads, elu_coefs, dilated_im2col, fma_f32, shortcut_geometry
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -211,6 +211,25 @@ def _log1pf(c: ThreadCtx, v: str, a: np.float32) -> np.float32:
     return F32(-0.0) if a == 0 else special
 
 
+def _expm1f(c: ThreadCtx, v: str, a: np.float32) -> np.float32:
+    """libdevice's ``expm1f(a)`` (``kernels._sass.fexpm1``): the value correctly rounded
+    (libdevice's is within 1 ulp), a fault in a value slot corrupts it; of its five FSETP, the
+    first two pick between equally exact forms (masked), a flip of the last three selects +inf,
+    -1 or ``a + a``."""
+    r = F32(np.expm1(np.float64(a)))
+    j = np.rint(np.float64(a) * 1.4426950408889634)
+    c.pred((f"setp:expm1_{v}",), abs(a) < F32(0.41))
+    c.pred((f"setp:expm1_{v}",), j == 128)
+    r = c.val((f"ffma:expm1_{v}", f"mufu:expm1_{v}"), r)
+    if c.pred((f"setp:expm1_{v}",), j > 128):
+        r = F32(np.inf)
+    if c.pred((f"setp:expm1_{v}",), j < -25):
+        r = F32(-1.0)
+    if c.pred((f"setp:expm1_{v}",), a == 0):
+        r = F32(a + a)
+    return c.val((f"fsel:expm1_{v}",), r)
+
+
 def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
     """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
     if act == "relu":
@@ -254,6 +273,12 @@ def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) 
         e = c.fexp("mish", x)
         th = _tanhf(c, "mish", _log1pf(c, "mish", e))
         return c.val(("fmul:mish_out",), x * th, old=x)
+    if act in ELU_FAMILY:
+        pos, ipt, neg = (F32(v) for v in elu_coefs(act, float(slope)))
+        if c.pred(("setp:elu_pos",), x > 0):
+            return c.val(("fmul:elu_pos",), x * pos, old=x)
+        e = _expm1f(c, "elu", c.val(("fmul:elu_in",), x * ipt))
+        return c.val(("fmul:elu_neg",), e * neg, old=x)
     if act in ("hardswish", "hardsigmoid"):
         sh = c.val(("fadd:hard_shift",), x + F32(3.0))
         cl = _clamp6(c, sh)

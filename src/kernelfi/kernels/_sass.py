@@ -25,6 +25,9 @@ macro               what nvcc emits on sm_50 (Maxwell, no fast-math)            
 ``flog1p``          ``log1pf``: FADD.RZ 1 + a, exponent split (4 integer ops),   FP32 15, GPR 4,
                     I2F, reduced argument, 8-FFMA polynomial, k*ln 2 (the  OTHERS 1, PR 1,
                     PTX of CUDA's libdevice); special operands branch off  NODEST 1
+``fexpm1``         ``expm1f``: FMUL by log2 e, FRND, 2-FFMA reduction (j = 0    FP32 20, PR 5,
+                    below |a| < 0.41), polynomial, RRO + MUFU.EX2 of j,        OTHERS 2
+                    2^j*(p + 1) - 1, selects for j = 128, overflow, -1, a = 0
 ``loop``            counter increment, compare, back-edge branch per trip       GPR 1, PR 1, NODEST 1
 ==================  ==========================================================  ===================
 
@@ -248,6 +251,23 @@ def flog1p(s: Stream, v: str, what: str) -> None:
           f"the bits of {what} below +inf (main path): a flip sends a finite operand to the special cases "
           "(x*inf + inf: +inf, or -0 for 0) and +inf/NaN down the main path")
     s.add("NODEST", "BRA", f"bra:log1p_{v}", 1, "control", f"branch over the special cases of log1p({what})")
+
+
+def fexpm1(s: Stream, v: str, what: str) -> None:
+    """``expm1f`` as libdevice computes it without fast-math (the PTX nvcc emits, no branch):
+    j = rint(a*log2 e) (0 when |a| < 0.41), r = a - j*ln 2 in two FFMA, ``expm1(r)`` by a
+    polynomial, ``2^j*(expm1(r) + 1) - 1`` as one FFMA after MUFU.EX2 of j (j = 128 halved and
+    the result doubled), then selects: +inf past j > 128, -1 below j < -25, ``a + a`` for a = 0."""
+    s.add("FP32", "FFMA", f"ffma:expm1_{v}", 14, "value",
+          f"expm1({what}): FMUL by log2 e, FRND (j), 2 FFMA (r), FADD j - 1, 4 FFMA and FMUL, FFMA of the "
+          "polynomial, FADD 2^j - 1, FFMA 2^j*p + (2^j - 1), FADD doubling")
+    s.add("OTHERS", "MUFU.EX2", f"mufu:expm1_{v}", 2, "value", f"RRO + MUFU.EX2: 2^j of expm1({what})")
+    s.add("FP32", "FSEL", f"fsel:expm1_{v}", 6, "value",
+          f"selects of expm1({what}): j = 0 for small {what}, the j = 128 halving and doubling, +inf, -1, "
+          f"and FADD {what} + {what} for {what} = 0 (the last select is the value)")
+    s.add("PR", "FSETP", f"setp:expm1_{v}", 5, "predicate",
+          f"abs({what}) < 0.41, j = 128 (both equally exact either way), j > 128 (+inf), j < -25 (-1), "
+          f"{what} = 0 ({what} + {what}): a flip of the last three takes that value")
 
 
 def loop(s: Stream, v: str, what: str, trips: int) -> None:

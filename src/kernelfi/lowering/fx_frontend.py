@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import LEAKY_SLOPE
+from kernelfi.kernels import ELU_FAMILY, LEAKY_SLOPE
 from kernelfi.types import LayerSpec
 
 from .fx_layers import FxLayers, Val, hw, module_path, pair
@@ -30,13 +30,13 @@ from .fx_layers import FxLayers, Val, hw, module_path, pair
 _ACT_MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.SiLU: "swish",
     nn.GELU: "gelu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.LeakyReLU: "leaky",
-    nn.Mish: "mish",
+    nn.Mish: "mish", nn.ELU: "elu", nn.SELU: "selu", nn.CELU: "celu",
 }
 _ACT_FUNCS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", torch.sigmoid: "logistic", F.sigmoid: "logistic",
     F.leaky_relu: "leaky", F.relu6: "relu6", torch.tanh: "tanh", F.tanh: "tanh", F.silu: "swish",
     F.gelu: "gelu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
-    F.mish: "mish",
+    F.mish: "mish", F.elu: "elu", F.selu: "selu", F.celu: "celu",
 }
 _ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "logistic", "sigmoid_": "logistic",
                                 "tanh": "tanh", "tanh_": "tanh"}
@@ -134,7 +134,8 @@ class FxLowering(FxLayers):
             act = _ACT_MODULES[type(mod)]
             if isinstance(mod, nn.GELU):
                 act = _gelu_form(mod.approximate, where)
-            slope = float(mod.negative_slope) if isinstance(mod, nn.LeakyReLU) else LEAKY_SLOPE
+            slope = float(mod.negative_slope) if isinstance(mod, nn.LeakyReLU) else (
+                float(mod.alpha) if isinstance(mod, (nn.ELU, nn.CELU)) else LEAKY_SLOPE)
             self._activation(node, act, where, slope)
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
             self._activation(node, "relu6", where)
@@ -234,6 +235,8 @@ class FxLowering(FxLayers):
         src_node = node.args[0]
         if act == "leaky" and node.op == "call_function":
             slope = float(node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01))
+        if act in ("elu", "celu") and node.op == "call_function":
+            slope = float(node.kwargs.get("alpha", node.args[1] if len(node.args) > 1 else 1.0))
         if act == "gelu" and node.op == "call_function":
             act = _gelu_form(node.kwargs.get("approximate", "none"), where)
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
@@ -247,8 +250,8 @@ class FxLowering(FxLayers):
                               {"activation": "linear"})
             layer.open_node = None
         layer.params["activation"] = act
-        if act == "leaky" and not math.isclose(slope, LEAKY_SLOPE):
-            layer.params["slope"] = slope
+        if act in ("leaky", "elu", "celu") and slope != LEAKY_SLOPE:
+            layer.params["slope"] = slope  # leaky's slope, ELU's and CELU's alpha
         layer.open_node = None
         if self.members[layer.index][-1] is not node:
             self.members[layer.index].append(node)
