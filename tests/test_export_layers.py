@@ -329,12 +329,13 @@ class NewActs(nn.Module):
         self.mish = nn.Mish()
         self.conv2 = nn.Conv2d(4, 4, 1)
         self.elu, self.selu, self.celu = nn.ELU(0.7), nn.SELU(), nn.CELU(0.6)
+        self.sp = nn.Softplus(2.0, 3.0)
         self.head = nn.Linear(4 * 3 * 3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.mish(F.max_pool2d(self.mish(self.conv(x)), 2))
         z = self.celu(F.elu(self.selu(self.elu(self.conv2(y))), alpha=0.5))
-        z = F.celu(F.selu(z), 0.8)
+        z = F.softplus(self.sp(F.celu(F.selu(z), 0.8)), beta=0.5, threshold=1.0)
         return self.head(z.flatten(1))
 
 
@@ -343,7 +344,8 @@ class NewActs(nn.Module):
 NEW_ACT_OPS = {"conv.activate_array": "mish", "mish_1.act.activate_array": "mish_1",
                "conv2.activate_array": "elu", "selu.act.activate_array": "selu", "elu_1.act.activate_array": "elu_1",
                "celu.act.activate_array": "celu", "selu_1.act.activate_array": "selu_1",
-               "celu_1.act.activate_array": "celu_1"}
+               "celu_1.act.activate_array": "celu_1", "sp.act.activate_array": "sp",
+               "softplus.act.activate_array": "softplus"}
 
 
 def test_new_activations_export_bitwise(tmp_path: Path) -> None:
@@ -360,7 +362,8 @@ def test_new_activations_export_bitwise(tmp_path: Path) -> None:
                  check_inputs=x)
     src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
     for spelt in ("nn.Mish(inplace=False)", "F.mish(", "nn.ELU(alpha=0.7, inplace=False)", "nn.SELU(inplace=False)",
-                  "nn.CELU(alpha=0.6, inplace=False)", "F.elu(", "F.selu(", "F.celu("):
+                  "nn.CELU(alpha=0.6, inplace=False)", "F.elu(", "F.selu(", "F.celu(",
+                  "nn.Softplus(beta=2.0, threshold=3.0)", "F.softplus("):
         assert spelt in src, spelt
     with torch.no_grad():
         want = m(x)

@@ -1,5 +1,5 @@
 """Issue 20 activations (relu6, tanh, swish, gelu in the erf and the tanh form, hardswish,
-hardsigmoid, leaky of any slope, mish, elu/selu/celu): lowered models equal their native forward, and faults in
+hardsigmoid, leaky of any slope, mish, elu/selu/celu, softplus): lowered models equal their native forward, and faults in
 activate_array's new cases corrupt what was worked out on paper."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.tiny import probs_of, run_one, site
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
         nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh"), nn.Mish(),
-        nn.ELU(0.7), nn.SELU(), nn.CELU(0.7)]
+        nn.ELU(0.7), nn.SELU(), nn.CELU(0.7), nn.Softplus(), nn.Softplus(2.0, 3.0)]
 
 
 def f32(bits: int) -> float:
@@ -504,6 +504,96 @@ def test_elu_branch_and_saturation_flips() -> None:
     assert r.outcome == "masked"
 
 
+# ------------------------------------------------------------------------------ softplus
+def _softplus64(x: float, beta: float = 1.0, threshold: float = 20.0) -> float:
+    """PyTorch's softplus formula in float64 with the math module."""
+    return x if x * beta > threshold else math.log1p(math.exp(x * beta)) / beta
+
+
+def test_softplus_values_by_hand() -> None:
+    # float64: softplus(1) = log1p(e) = 1.3132617, softplus(-1) = 0.3132617; beta 2:
+    # log1p(e^2)/2 = 1.0634640; beta 0.5, x = -3: log1p(e^-1.5)/0.5 = 0.4028266
+    xs = [1.0, -1.0, 0.5, -0.3, 2.5, -2.5, 5.0, -5.0, 1e-3, -1e-3, 15.0, -15.0, -3.0]
+    for beta, th in ((1.0, 20.0), (2.0, 20.0), (0.5, 5.0)):
+        got = activate(torch.tensor(xs), "softplus", beta, th)
+        for x, y in zip(xs, got.tolist()):
+            want = _softplus64(x, beta, th)
+            assert abs(y - want) <= 3e-7 * abs(want), (beta, x, y, want)
+        if beta == 1.0:
+            assert got[0].item() == pytest.approx(1.3132617, rel=1e-7) and got[1].item() == pytest.approx(0.3132617, rel=1e-6)
+        if beta == 2.0:
+            assert got[0].item() == pytest.approx(1.0634640, rel=1e-7)
+        if beta == 0.5:
+            assert got[-1].item() == pytest.approx(0.4028266, rel=1e-6)
+
+
+def test_softplus_threshold_and_specials_match_pytorch() -> None:
+    # the threshold (x*beta > threshold returns x itself: 20.001 -> 20.001, 20 -> log1p(e^20) =
+    # 20.000000002 -> 20.0), zeros (softplus(-0) = ln 2), large negatives (exp underflows: +0),
+    # exp overflow below the threshold (beta 1, threshold 100, x = 90: log1p(inf) = inf),
+    # infinities and NaN: PyTorch's CPU bits
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 19.9, 20.0, 20.001, 21.0, 10.0, 10.1, -20.0, -88.0, -104.0,
+                      3.4e38, -3.4e38, math.inf, -math.inf, math.nan])
+    for beta, th in ((1.0, 20.0), (2.0, 20.0), (0.5, 5.0), (3.0, 1.0)):
+        got, want = activate(x, "softplus", beta, th), F.softplus(x, beta, th)
+        assert torch.equal(got.isnan(), want.isnan()) and got[-1].isnan()
+        assert torch.equal(got[:-1].view(torch.int32), want[:-1].view(torch.int32)), (beta, th)
+        r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 8
+        got, want = activate(r, "softplus", beta, th), F.softplus(r, beta, th)
+        assert ((got - want).abs() <= 2.5e-7 * want.abs()).all()   # the CPU's vectorised exp/log1p
+    y = activate(torch.tensor([20.001, 20.0, 0.0, 90.0]), "softplus", 1.0, 20.0).tolist()
+    assert y[:3] == [float(np.float32(20.001)), 20.0, float(np.float32(math.log(2.0)))]
+    assert activate(torch.tensor([90.0]), "softplus", 1.0, 100.0).item() == math.inf
+
+
+def test_softplus_lowered_keeps_beta_and_threshold() -> None:
+    # pre-activations [1, -1, 3] exactly; Softplus(2, 3) returns 3 itself for x = 3 (6 > 3)
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1, 3)
+            self.sp = nn.Softplus(2.0, 3.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.softplus(self.sp(self.fc(x)), beta=0.5, threshold=1.0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.tensor([[1.0], [-1.0], [3.0]]))
+        m.fc.bias.zero_()
+    prog = lower(m, (1,))
+    assert [(l.params["activation"], l.params.get("slope"), l.params.get("threshold")) for l in prog.trace.launches
+            if l.kernel == "activate_array"] == [("softplus", 2.0, 3.0), ("softplus", 0.5, 1.0)]
+    x = torch.tensor([[1.0]])
+    s1 = [_softplus64(v, 2.0, 3.0) for v in (1.0, -1.0, 3.0)]
+    want = [_softplus64(float(np.float32(v)), 0.5, 1.0) for v in s1]
+    for fast in (True, False):
+        got = prog.forward(x, fast=fast)[0]
+        assert ((got - m(x).detach()).abs() <= 2.0 ** -22 * m(x).detach().abs()).all()
+        assert got[0].tolist() == [pytest.approx(w, rel=3e-7) for w in want]
+
+
+def test_softplus_threshold_and_log1p_flips() -> None:
+    # Softplus(): thread 0: x = 1: y = 1.3132617; thread 1: x = 25 > 20: y = 25 (x itself).
+    # Thread 0's threshold FSETP flipped: y = x = 1. Its log1p ISETP flipped: log1p -> +inf, y = inf.
+    # Bit 23 of the quotient (exponent 127 -> 126): 0.6566309. Thread 1's threshold flipped: the
+    # log1p path, log1p(e^25)/1 = 25.000000000014 -> 25.0 in float32: masked.
+    prog = lower(_linear(nn.Softplus(), [1, 25], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0 = math.log1p(math.e)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(y0, rel=1e-7), 25.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:softplus_th", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([1.0, 25.0]), atol=1e-6)
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:log1p_softplus", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0) and r.outcome == "sdc_malfunction" and "nonfinite" in r.flags
+    assert r.propagation[0].max_abs == math.inf
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:fdiv_softplus", 0), "single", (23,)), x)
+    assert r.original == pytest.approx(y0, rel=1e-7) and r.corrupted == r.original / 2
+    assert torch.allclose(probs, probs_of([y0 / 2, 25.0]), atol=1e-6)
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:softplus_th", 1), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0) and r.outcome == "masked"
+
+
 class ActNet(nn.Module):
     """A conv, a fused and a standalone activation (``make()`` builds each), a linear head (3x8x8 -> n)."""
 
@@ -522,6 +612,10 @@ def build_mish(num_classes: int) -> ActNet:
     return ActNet(nn.Mish, num_classes)
 
 
+def build_softplus(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.Softplus(2.0, 3.0), num_classes)
+
+
 def build_elu(num_classes: int) -> ActNet:
     return ActNet(lambda: nn.ELU(0.7), num_classes)
 
@@ -536,7 +630,8 @@ def build_celu(num_classes: int) -> ActNet:
 
 #: the activations with a short campaign each: registered model name -> top-level builder
 CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish, "elu-tiny": build_elu,
-                                                     "selu-tiny": build_selu, "celu-tiny": build_celu}
+                                                     "selu-tiny": build_selu, "celu-tiny": build_celu,
+                                                     "softplus-tiny": build_softplus}
 
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import ELU_FAMILY, GELU_BETA, GELU_KAPPA, ceil_pads, elu_coefs, dilated_im2col, fma_f32, shortcut_geometry
+from kernelfi.kernels import ELU_FAMILY, GELU_BETA, GELU_KAPPA, ceil_pads, elu_coefs, dilated_im2col, fma_f32, shortcut_geometry, threshold_of
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -146,7 +146,7 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
         c.st("st:x", "x", i, F32(0.0))  # the switch's default case returns 0
         return
     with np.errstate(all="ignore"):
-        y = _activation_value(c, act, x, F32(p.get("slope", 0.1)))
+        y = _activation_value(c, act, x, F32(p.get("slope", 0.1)), F32(threshold_of(p)))
     c.st("st:x", "x", i, y)
 
 
@@ -230,7 +230,8 @@ def _expm1f(c: ThreadCtx, v: str, a: np.float32) -> np.float32:
     return c.val((f"fsel:expm1_{v}",), r)
 
 
-def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
+def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32,
+                      threshold: np.float32 = F32(20.0)) -> np.float32:
     """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
     if act == "relu":
         mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
@@ -279,6 +280,12 @@ def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) 
             return c.val(("fmul:elu_pos",), x * pos, old=x)
         e = _expm1f(c, "elu", c.val(("fmul:elu_in",), x * ipt))
         return c.val(("fmul:elu_neg",), e * neg, old=x)
+    if act == "softplus":
+        bx = c.val(("fmul:softplus_bx",), x * slope)
+        if c.pred(("setp:softplus_th",), bx > threshold):
+            return x
+        sp = _log1pf(c, "softplus", c.fexp("softplus", bx))
+        return c.fdiv("softplus", sp, slope)
     if act in ("hardswish", "hardsigmoid"):
         sh = c.val(("fadd:hard_shift",), x + F32(3.0))
         cl = _clamp6(c, sh)

@@ -15,6 +15,8 @@ its ``x + k*x^3`` one FFMA as nvcc contracts it),
 ``mish`` (PyTorch's ``mish`` kernel, ``x * tanh(log1p(exp(x)))``),
 ``elu``, ``selu``, ``celu`` (PyTorch's ``elu`` kernel, ``x > 0 ? x*scale : expm1(x*input_scale)*alpha*scale``:
 ELU and CELU take alpha in ``slope``),
+``softplus`` (PyTorch's ``softplus`` kernel, ``x*beta > threshold ? x : log1p(exp(x*beta))/beta``:
+beta in ``slope``, the launch's ``threshold``),
 ``hardswish`` (``x*min(max(x + 3, 0), 6)*(1/6)``) and ``hardsigmoid``
 (``min(max(x + 3, 0), 6)*(1/6)``), all one thread per element like Darknet's kernel.
 """
@@ -34,7 +36,7 @@ from .elementwise import update_head
 Mem = dict[str, torch.Tensor]
 
 ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "leaky", "logistic", "relu6", "tanh", "swish", "gelu",
-                                 "hardswish", "hardsigmoid", "gelu_tanh", "mish", "elu", "selu", "celu")
+                                 "hardswish", "hardsigmoid", "gelu_tanh", "mish", "elu", "selu", "celu", "softplus")
 #: PyTorch's GELU tanh constants as float (opmath) constants: kBeta = M_SQRT2*M_2_SQRTPI*0.5
 #: (sqrt(2/pi)) and kKappa = 0.044715.
 GELU_BETA = 0.7978845608028654
@@ -44,6 +46,8 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 #: The activations of PyTorch's elu kernel (ELU, SELU, CELU), whose alpha is the launch's ``slope``.
 ELU_FAMILY = ("elu", "selu", "celu")
+#: Softplus's default threshold (the launch's ``threshold`` when it has none).
+SOFTPLUS_THRESHOLD = 20.0
 #: Darknet's leaky slope (``.1f``); a launch whose ``slope`` differs is PyTorch's leaky_relu.
 LEAKY_SLOPE = 0.1
 
@@ -73,12 +77,18 @@ def elu_coefs(activation: str, alpha: float) -> tuple[float, float, float]:
     return 1.0, 1.0, f(alpha)
 
 
+def threshold_of(params: Mapping[str, Any]) -> float:
+    """The softplus threshold of an activate_array launch (PyTorch's 20 unless it says otherwise)."""
+    return float(params.get("threshold", SOFTPLUS_THRESHOLD))
+
+
 def _clamp6(y: torch.Tensor) -> torch.Tensor:
     """PyTorch's ``min(max(y, 0), 6)`` on the device: fmaxf/fminf, so NaN gives 0."""
     return torch.fmin(torch.fmax(y, f32(0.0, y)), f32(6.0, y))
 
 
-def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> torch.Tensor:
+def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE,
+             threshold: float = SOFTPLUS_THRESHOLD) -> torch.Tensor:
     """Darknet's (or PyTorch's) device activation functions in float32, operation for operation."""
     if activation == "linear":
         return x.clone()
@@ -107,6 +117,9 @@ def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> to
     if activation in ELU_FAMILY:   # x > 0 ? x*poscoef : expm1(x*negiptcoef)*negcoef
         pos, ipt, neg = elu_coefs(activation, slope)
         return torch.where(x > 0, x * f32(pos, x), torch.expm1(x * f32(ipt, x)) * f32(neg, x))
+    if activation == "softplus":   # (x*beta) > threshold ? x : log1p(exp(x*beta)) / beta
+        bx = x * f32(slope, x)
+        return torch.where(bx > f32(threshold, x), x, torch.log1p(torch.exp(bx)) / f32(slope, x))
     if activation == "hardswish":  # x * min(max(x + 3, 0), 6) * one_sixth
         return (x * _clamp6(x + f32(3.0, x))) * f32(1.0 / 6.0, x)
     if activation == "hardsigmoid":  # min(max(x + 3, 0), 6) * one_sixth
@@ -130,9 +143,9 @@ class ActivateArrayKernel(StreamKernel):
     def run(self, mem: Mem, launch: Launch) -> None:
         n = p_int(launch.params, "n", self.name)
         a = _activation(launch.params)
-        slope = slope_of(launch.params)
+        slope, threshold = slope_of(launch.params), threshold_of(launch.params)
         out = launch.reads[0] if launch.reads else launch.writes[0]
-        update_head(mem, out, n, self.name, lambda x: activate(x, a, slope))
+        update_head(mem, out, n, self.name, lambda x: activate(x, a, slope, threshold))
         if launch.writes and launch.writes[0] != out:
             lanes = mem[out].shape[0]
             put(mem, launch.writes[0], mem[out].reshape(lanes, -1).clone())
@@ -210,6 +223,15 @@ class ActivateArrayKernel(StreamKernel):
             s.add("FP32", "FMUL", "fmul:elu_neg", 1, "value", "expm1(x*input_scale) * alpha*scale, the output when x <= 0")
             s.add("FP32", "FMUL", "fmul:elu_pos", 1, "value", "x * scale, the output when x > 0")
             last = "fmul:elu_pos"
+        elif a == "softplus":      # PyTorch's softplus kernel; nvcc branches on the threshold
+            s.add("FP32", "FMUL", "fmul:softplus_bx", 1, "value", "x * beta")
+            s.add("PR", "FSETP", "setp:softplus_th", 1, "predicate",
+                  "x*beta > threshold (the output is x): a flip takes the other path")
+            s.add("NODEST", "BRA", "bra:softplus", 1, "control", "branch past the log1p path when above the threshold")
+            fexp(s, "softplus", "x*beta")
+            flog1p(s, "softplus", "exp(x*beta)")
+            fdiv(s, "softplus", "log1p(exp(x*beta)) / beta, the output below the threshold")
+            last = "ffma:fdiv_softplus"
         elif a in ("hardswish", "hardsigmoid"):
             s.add("FP32", "FADD", "fadd:hard_shift", 1, "value", "x + 3")
             s.add("FP32", "FMNMX", "fmnmx:hard_low", 1, "value", "max(x + 3, 0)")
@@ -223,7 +245,7 @@ class ActivateArrayKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
         s.reg("r_x_lo", "address", "lea:addr_x", "lea:addr_x", "st:x")
         s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x", half=AddressHalf.HIGH)
-        s.reg("r_x", "data", "ld:x", "ld:x", last if a != "linear" else "st:x")
+        s.reg("r_x", "data", "ld:x", "ld:x", last if a not in ("linear", "softplus") else "st:x")
         if a != "linear":
             s.reg("r_out", "data", last, last, "st:x")
         if a == "logistic":
@@ -271,6 +293,12 @@ class ActivateArrayKernel(StreamKernel):
             s.reg("r_arg", "data", "fmul:elu_in", "fmul:elu_in", "fsel:expm1_elu")
             s.reg("r_expm1", "data", "fsel:expm1_elu", "fsel:expm1_elu", "fmul:elu_neg")
             s.reg("r_neg", "data", "fmul:elu_neg", "fmul:elu_neg", "st:x")
+        if a == "softplus":
+            s.reg("r_bx", "data", "fmul:softplus_bx", "fmul:softplus_bx", "ffma:exp_softplus")
+            s.reg("p_th", "predicate", "setp:softplus_th", "setp:softplus_th", "bra:softplus")
+            s.reg("r_exp", "data", "mufu:exp_softplus", "mufu:exp_softplus", "setp:log1p_softplus")
+            s.reg("r_sp", "data", "ffma:log1p_softplus", "ffma:log1p_softplus", "ffma:fdiv_softplus")
+            s.reg("p_fdiv", "predicate", "setp:fdiv_softplus", "setp:fdiv_softplus", "bra:fdiv_softplus")
         if a in ("hardswish", "hardsigmoid"):
             s.reg("r_shift", "data", "fadd:hard_shift", "fadd:hard_shift", "fmnmx:hard_low")
             s.reg("r_low", "data", "fmnmx:hard_low", "fmnmx:hard_low", "fmnmx:hard_high")

@@ -32,6 +32,8 @@ def activation_params(p: dict[str, Any], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "activation": str(p.get("activation", "linear"))}
     if "slope" in p and float(p["slope"]) != LEAKY_SLOPE:
         out["slope"] = float(p["slope"])
+    if "threshold" in p:
+        out["threshold"] = float(p["threshold"])
     return out
 
 

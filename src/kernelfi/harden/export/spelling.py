@@ -58,6 +58,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.{type(mod).__name__}(inplace={mod.inplace})"
     if type(mod) in (nn.ELU, nn.CELU):
         return f"nn.{type(mod).__name__}(alpha={mod.alpha!r}, inplace={mod.inplace})"
+    if type(mod) is nn.Softplus:
+        return f"nn.Softplus(beta={mod.beta!r}, threshold={mod.threshold!r})"
     if type(mod) is nn.SELU:
         return f"nn.SELU(inplace={mod.inplace})"
     if type(mod) is nn.Hardtanh:
@@ -98,7 +100,7 @@ _FUNCTIONS: dict[Any, str] = {
     F.relu: "F.relu", torch.relu: "torch.relu", torch.sigmoid: "torch.sigmoid", F.sigmoid: "torch.sigmoid",
     F.leaky_relu: "F.leaky_relu", F.relu6: "F.relu6", torch.tanh: "torch.tanh", F.tanh: "torch.tanh",
     F.silu: "F.silu", F.gelu: "F.gelu", F.hardswish: "F.hardswish", F.hardsigmoid: "F.hardsigmoid",
-    F.mish: "F.mish", F.elu: "F.elu", F.selu: "F.selu", F.celu: "F.celu",
+    F.mish: "F.mish", F.elu: "F.elu", F.selu: "F.selu", F.celu: "F.celu", F.softplus: "F.softplus",
     F.softmax: "F.softmax", torch.softmax: "torch.softmax",
     F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
     F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",
