@@ -78,6 +78,8 @@ void run_scale_channels(G, const float *x, int size, int cs, const float *s, flo
     L(scale_channels(x, size, cs, s, o)); }
 void run_binary_op(G, int n, int op, int oh, int ow, const float *a, int ac, int ay, int ax, const float *b,
                    int bc, int by, int bxs, float *o) { L(binary_op(n, op, oh, ow, a, ac, ay, ax, b, bc, by, bxs, o)); }
+void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
+               int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
 """
 
@@ -223,6 +225,20 @@ def test_binary_op(lib: ctypes.CDLL, op: str, sa: tuple[int, int, int], sb: tupl
                       *broadcast_strides(sa, out), _ptr(b), *broadcast_strides(sb, out), _ptr(got))
     want = _py("binary_op", {"a": _lane(a), "b": _lane(b)}, ("a", "b"), ("o",), op=op, out=out, a=sa, b=sb)["o"]
     assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_prelu(lib: ctypes.CDLL, k: int) -> None:
+    from kernelfi.kernels import broadcast_strides
+    out = (3, 4, 5)
+    x = np.concatenate([_rand(*out).ravel()[:-4], np.array([0.0, -0.0, -np.inf, np.nan], np.float32)])
+    w = _rand(k)
+    got = np.zeros(x.size, np.float32)
+    lib.run_prelu(*_grid(x.size), x.size, out[1], out[2], _ptr(x), *broadcast_strides(out, out), _ptr(w),
+                  *broadcast_strides((k, 1, 1), out), _ptr(got))
+    want = _py("prelu", {"x": _lane(x), "l.weights": torch.from_numpy(w)}, ("x", "l.weights"), ("o",),
+               out=out, w=(k, 1, 1))["o"].numpy().ravel()
+    assert np.array_equal(got.view(np.int32)[:-1], want.view(np.int32)[:-1]) and np.isnan(got[-1]) and np.isnan(want[-1])
 
 
 @pytest.mark.parametrize("add, out", [((4, 8, 8), (8, 4, 4)), ((8, 2, 2), (4, 4, 4)), ((3, 5, 5), (3, 5, 5))])

@@ -1,5 +1,5 @@
 """Issue 20 activations (relu6, tanh, swish, gelu in the erf and the tanh form, hardswish,
-hardsigmoid, leaky of any slope, mish, elu/selu/celu, softplus): lowered models equal their native forward, and faults in
+hardsigmoid, leaky of any slope, mish, elu/selu/celu, softplus; prelu, its own kernel): lowered models equal their native forward, and faults in
 activate_array's new cases corrupt what was worked out on paper."""
 from __future__ import annotations
 
@@ -594,6 +594,71 @@ def test_softplus_threshold_and_log1p_flips() -> None:
     assert (r.original, r.corrupted) == (1.0, 0.0) and r.outcome == "masked"
 
 
+# ------------------------------------------------------------------------------ prelu
+@pytest.mark.parametrize("k", [1, 3])
+def test_prelu_lowered_equals_native(k: int) -> None:
+    # per-channel (3) or one slope, after a conv (3x5x5) and after a linear (4 features, one slope)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.PReLU(k), nn.Flatten(), nn.Linear(75, 4), nn.PReLU()).eval()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.tensor([0.3, -0.2, 1.5][:k]))
+        m[4].weight.fill_(0.1)
+    x = torch.randn(3, 2, 5, 5) * 4
+    prog = lower(m, (2, 5, 5))
+    assert [l.params for l in prog.trace.launches if l.kernel == "prelu"] == [
+        {"out": (3, 5, 5), "w": (k, 1, 1)}, {"out": (4, 1, 1), "w": (1, 1, 1)}]
+    with torch.no_grad():
+        ref = m(x)
+    for fast in (True, False):
+        lg, _ = prog.forward(x, fast=fast)
+        assert (lg - ref).abs().max().item() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+
+
+def test_prelu_tiny_module_and_specials_bitwise() -> None:
+    # pre-activations exactly [-2, 3, 0, 0, inf, -inf, nan, 1e-40, -1e-40, -3.4e38] (a linear of 1
+    # input, weights those, bias 0, x = 1: the bias turns the -0 weight's -0 into +0, in both)
+    # through PReLU(10) with slopes w: x > 0 ? x : w*x, as nn.PReLU gives: -2*0.25 = -0.5, 3,
+    # 0*w = 0, inf, -inf*2 = -inf, nan, 1e-40, -1e-40*0.5, -3.4e38*2 = -inf
+    pre = [-2.0, 3.0, 0.0, -0.0, math.inf, -math.inf, math.nan, 1e-40, -1e-40, -3.4e38]
+    w = [0.25, 0.5, 0.5, 0.5, 0.5, 2.0, 0.5, 0.5, 0.5, 2.0]
+    m = nn.Sequential(nn.Linear(1, 10), nn.PReLU(10)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor(pre).reshape(10, 1))
+        m[0].bias.zero_()
+        m[1].weight.copy_(torch.tensor(w))
+    got = lower(m, (1,)).forward(torch.tensor([[1.0]]), fast=False)[0][0]
+    with torch.no_grad():
+        want = m(torch.tensor([[1.0]]))[0]
+    assert torch.equal(want[:2], torch.tensor([-0.5, 3.0]))
+    assert torch.equal(got.isnan(), want.isnan()) and got[6].isnan()
+    keep = ~want.isnan()
+    assert torch.equal(got[keep].view(torch.int32), want[keep].view(torch.int32))
+    assert got[:2].tolist() == [-0.5, 3.0] and got[5].item() == -math.inf and got[9].item() == -math.inf
+    assert got[8].item() == float(np.float32(-1e-40) * np.float32(0.5))
+
+
+def test_prelu_select_and_slope_flips() -> None:
+    # Linear(1, 2) with weights [-2, 3], x = 1: [-2, 3]; PReLU(2) slopes [0.25, 0.5]: [-0.5, 3].
+    # Thread 0's x > 0 FSETP flipped: the FSEL takes x, -2. Its slope load's sign bit: -0.25,
+    # output 0.5. Thread 1 (x = 3 > 0): its product w*x = 1.5 is computed and not selected: masked.
+    m = nn.Sequential(nn.Linear(1, 2), nn.PReLU(2)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[-2.0], [3.0]]))
+        m[0].bias.zero_()
+        m[1].weight.copy_(torch.tensor([0.25, 0.5]))
+    prog = lower(m, (1,))
+    x = torch.tensor([[1.0]])
+    assert prog.forward(x)[0][0].tolist() == [-0.5, 3.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, "1.prelu", "setp:prelu", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([-2.0, 3.0]), atol=1e-6)
+    r, probs = run_one(prog, Fault("iov", site(prog, "1.prelu", "ld:w", 0), "single", (31,)), x)
+    assert (r.original, r.corrupted) == (0.25, -0.25)
+    assert torch.allclose(probs, probs_of([0.5, 3.0]), atol=1e-6)
+    r, _ = run_one(prog, Fault("iov", site(prog, "1.prelu", "fmul:prelu", 1), "single", (30,)), x)
+    assert r.original == 1.5 and r.outcome == "masked"
+
+
 class ActNet(nn.Module):
     """A conv, a fused and a standalone activation (``make()`` builds each), a linear head (3x8x8 -> n)."""
 
@@ -616,6 +681,10 @@ def build_softplus(num_classes: int) -> ActNet:
     return ActNet(lambda: nn.Softplus(2.0, 3.0), num_classes)
 
 
+def build_prelu(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.PReLU(4), num_classes)
+
+
 def build_elu(num_classes: int) -> ActNet:
     return ActNet(lambda: nn.ELU(0.7), num_classes)
 
@@ -631,7 +700,7 @@ def build_celu(num_classes: int) -> ActNet:
 #: the activations with a short campaign each: registered model name -> top-level builder
 CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish, "elu-tiny": build_elu,
                                                      "selu-tiny": build_selu, "celu-tiny": build_celu,
-                                                     "softplus-tiny": build_softplus}
+                                                     "softplus-tiny": build_softplus, "prelu-tiny": build_prelu}
 
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
@@ -647,4 +716,4 @@ def test_new_activation_short_campaign_has_no_tool_error(name: str, mode: str, t
         counts = store.outcome_counts(cid)
         struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
     assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
-    assert any(l.endswith("activate_array") for l in struck), struck
+    assert any(l.endswith("activate_array") or l.endswith("prelu") for l in struck), struck

@@ -35,6 +35,7 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
                                               "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
     "adaptive_avgpool": (None, lambda v: {"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2}),
     "upsample": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "stride": 2, "scale": 1.0}),
+    "prelu": (None, lambda v: {"out": (1, 1, 1), "w": (1, 1, 1)}),
     "binary_op": (None, lambda v: {"op": "add", "out": (1, 1, 1), "a": (1, 1, 1), "b": (1, 1, 1)}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"

@@ -141,6 +141,14 @@ class FxLowering(FxLayers):
                     float(mod.beta) if isinstance(mod, nn.Softplus) else LEAKY_SLOPE))
             threshold = float(mod.threshold) if isinstance(mod, nn.Softplus) else SOFTPLUS_THRESHOLD
             self._activation(node, act, where, slope, threshold)
+        elif isinstance(mod, nn.PReLU):
+            src = self._val(node.args[0], node)
+            k = int(mod.num_parameters)
+            channels = src.shape[0] if src.shape else 1
+            if k not in (1, channels):
+                raise KernelfiError(f"fx node {where}: PReLU({k}) on {channels} channels (num_parameters is 1 or C)")
+            self._add(node, "prelu", path, (src.layer,), src.shape, {"num_parameters": k},
+                      {"weights": f"{path}.weight"})
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
             self._activation(node, "relu6", where)
         elif isinstance(mod, nn.MaxPool2d):

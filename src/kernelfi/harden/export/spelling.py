@@ -58,6 +58,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.{type(mod).__name__}(inplace={mod.inplace})"
     if type(mod) in (nn.ELU, nn.CELU):
         return f"nn.{type(mod).__name__}(alpha={mod.alpha!r}, inplace={mod.inplace})"
+    if isinstance(mod, nn.PReLU):
+        return f"nn.PReLU(num_parameters={mod.num_parameters})"
     if type(mod) is nn.Softplus:
         return f"nn.Softplus(beta={mod.beta!r}, threshold={mod.threshold!r})"
     if type(mod) is nn.SELU:
