@@ -16,13 +16,17 @@ extern "C" __global__ void scale_channels(const float *in_w_h_c, int size, int c
 
 enum binary { ADD = 0, SUB = 1, MUL = 2 };
 
-// the OffsetCalculator's split of output element i into (c, y, x)
-__device__ void split_index(int i, int out_h, int out_w, int *c, int *y, int *x)
+// the OffsetCalculator's split of output element i into (c, y, x) and the two operands' loads at
+// their strides (0 along a broadcast dimension)
+__device__ void load_pair(int i, int out_h, int out_w, const float *a, int ac, int ay, int ax,
+                          const float *b, int bc, int by, int bx, float *va, float *vb)
 {
-    *x = i % out_w;
+    int x = i % out_w;
     int q = i / out_w;
-    *y = q % out_h;
-    *c = q / out_h;
+    int y = q % out_h;
+    int c = q / out_h;
+    *va = a[c * ac + y * ay + x * ax];
+    *vb = b[c * bc + y * by + x * bx];
 }
 
 // out[i] = a[off_a] op b[off_b]; strides are 0 along a broadcast dimension
@@ -31,10 +35,8 @@ extern "C" __global__ void binary_op(int n, int op, int out_h, int out_w, const 
 {
     int i = THREAD_ID;
     if (i >= n) return;
-    int c, y, x;
-    split_index(i, out_h, out_w, &c, &y, &x);
-    float va = a[c * ac + y * ay + x * ax];
-    float vb = b[c * bc + y * by + x * bx];
+    float va, vb;
+    load_pair(i, out_h, out_w, a, ac, ay, ax, b, bc, by, bx, &va, &vb);
     float r;
     switch (op) {
     case ADD: r = va + vb; break;
@@ -50,9 +52,7 @@ extern "C" __global__ void prelu(int n, int out_h, int out_w, const float *x, in
 {
     int i = THREAD_ID;
     if (i >= n) return;
-    int c, iy, ix;
-    split_index(i, out_h, out_w, &c, &iy, &ix);
-    float v = x[c * xc + iy * xy + ix * xx];
-    float s = w[c * wc + iy * wy + ix * wx];
+    float v, s;
+    load_pair(i, out_h, out_w, x, xc, xy, xx, w, wc, wy, wx, &v, &s);
     out[i] = (v > 0) ? v : s * v;
 }
