@@ -43,7 +43,7 @@ void run_add_bias(G, float *o, const float *b, int c, int s) { L(add_bias(o, b, 
 void run_scale_bias(G, float *o, const float *b, int c, int s) { L(scale_bias(o, b, c, s)); }
 void run_normalize(G, int n, float *x, const float *m, const float *v, int c, int s, float eps) {
     L(normalize(n, x, m, v, c, s, eps)); }
-void run_activate_array(G, float *x, int n, int a, float slope) { L(activate_array(x, n, a, slope)); }
+void run_activate_array(G, float *x, int n, int a, float slope, float threshold) { L(activate_array(x, n, a, slope, threshold)); }
 void run_shortcut(G, int size, int minw, int minh, int minc, int stride, int sample, int w1, int h1, int c1,
                   const float *add, int w2, int h2, int c2, float *out) {
     L(shortcut(size, minw, minh, minc, stride, sample, 1, w1, h1, c1, add, w2, h2, c2, 1.f, 1.f, out)); }
@@ -86,6 +86,8 @@ void run_scalar_op(G, int n, int op, float s, const float *x, float *o) { L(scal
 void run_clamp(G, int n, float lo, float hi, const float *x, float *o) { L(clamp(n, lo, hi, x, o)); }
 void run_constant_pad(G, int n, int h, int w, int top, int left, int oh, int ow, float v, const float *x, float *o) {
     L(constant_pad(n, h, w, top, left, oh, ow, v, x, o)); }
+void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
+               int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
 """
 
@@ -161,11 +163,12 @@ def test_elementwise(lib: ctypes.CDLL) -> None:
 def test_activate_array(lib: ctypes.CDLL, act: str, slope: float) -> None:
     x = np.concatenate([_rand(50) * 4, np.array([0.0, -0.0, -3.0, 3.0, 6.0, np.inf, -np.inf, np.nan], np.float32)])
     got = x.copy()
-    lib.run_activate_array(*_grid(x.size), _ptr(got), x.size, ACTIVATIONS.index(act), ctypes.c_float(slope))
+    lib.run_activate_array(*_grid(x.size), _ptr(got), x.size, ACTIVATIONS.index(act), ctypes.c_float(slope),
+                           ctypes.c_float(20.0))
     params = {"slope": slope} if slope != 0.1 else {}
     want = _py("activate_array", {"x": _lane(x)}, ("x",), ("x",), n=x.size, activation=act,
                **params)["x"].numpy().ravel()
-    if act in ("logistic", "tanh", "swish", "gelu", "gelu_tanh"):   # expf/erff/tanhf and torch's may differ in the last bit
+    if act in ("logistic", "tanh", "swish", "gelu", "gelu_tanh", "mish", "elu", "selu", "celu", "softplus"):   # expf/erff/tanhf and torch's may differ in the last bit
         # (1 + erf), (1 + tanh) cancel for x << 0: the host's erff/tanhf and torch's differ there by 1e-7
         # absolute; the host compiler may not fuse gelu_tanh's x + k*x^3 into one FMA as nvcc does
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 if act.startswith("gelu") else 0, equal_nan=True)
@@ -259,6 +262,20 @@ def test_binary_op(lib: ctypes.CDLL, op: str, sa: tuple[int, int, int], sb: tupl
                       *broadcast_strides(sa, out), _ptr(b), *broadcast_strides(sb, out), _ptr(got))
     want = _py("binary_op", {"a": _lane(a), "b": _lane(b)}, ("a", "b"), ("o",), op=op, out=out, a=sa, b=sb)["o"]
     assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_prelu(lib: ctypes.CDLL, k: int) -> None:
+    from kernelfi.kernels import broadcast_strides
+    out = (3, 4, 5)
+    x = np.concatenate([_rand(*out).ravel()[:-4], np.array([0.0, -0.0, -np.inf, np.nan], np.float32)])
+    w = _rand(k)
+    got = np.zeros(x.size, np.float32)
+    lib.run_prelu(*_grid(x.size), x.size, out[1], out[2], _ptr(x), *broadcast_strides(out, out), _ptr(w),
+                  *broadcast_strides((k, 1, 1), out), _ptr(got))
+    want = _py("prelu", {"x": _lane(x), "l.weights": torch.from_numpy(w)}, ("x", "l.weights"), ("o",),
+               out=out, w=(k, 1, 1))["o"].numpy().ravel()
+    assert np.array_equal(got.view(np.int32)[:-1], want.view(np.int32)[:-1]) and np.isnan(got[-1]) and np.isnan(want[-1])
 
 
 @pytest.mark.parametrize("add, out", [((4, 8, 8), (8, 4, 4)), ((8, 2, 2), (4, 4, 4)), ((3, 5, 5), (3, 5, 5))])

@@ -362,3 +362,67 @@ def test_bilinear_upsamples_map_and_export_as_the_same_interpolation(tmp_path: P
     assert rec.handed[0].injected != 0.0
     with torch.no_grad():
         assert torch.equal(final.view(torch.int32), m(x[:2]).view(torch.int32))
+
+
+class NewActs(nn.Module):
+    """Each activation lowered since Mish, as a module (fused after the conv) and in its F. form
+    (standalone after a pool), on a 3x6x6 input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mish = nn.Mish()
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.elu, self.selu, self.celu = nn.ELU(0.7), nn.SELU(), nn.CELU(0.6)
+        self.sp = nn.Softplus(2.0, 3.0)
+        self.pr, self.pr1 = nn.PReLU(4), nn.PReLU()
+        with torch.no_grad():
+            self.pr.weight.copy_(torch.tensor([0.1, -0.3, 0.7, 1.5]))
+        self.head = nn.Linear(4 * 3 * 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.mish(F.max_pool2d(self.mish(self.conv(x)), 2))
+        z = self.celu(F.elu(self.selu(self.elu(self.conv2(y))), alpha=0.5))
+        z = F.softplus(self.sp(F.celu(F.selu(z), 0.8)), beta=0.5, threshold=1.0)
+        return self.pr1(self.head(self.pr(z).flatten(1)))
+
+
+#: launch -> the fx node that computes it, read off NewActs.forward (modules fuse into the conv
+#: before them or get an [activation] layer named after their path; F. forms after their node)
+NEW_ACT_OPS = {"conv.activate_array": "mish", "mish_1.act.activate_array": "mish_1",
+               "conv2.activate_array": "elu", "selu.act.activate_array": "selu", "elu_1.act.activate_array": "elu_1",
+               "celu.act.activate_array": "celu", "selu_1.act.activate_array": "selu_1",
+               "celu_1.act.activate_array": "celu_1", "sp.act.activate_array": "sp",
+               "softplus.act.activate_array": "softplus", "pr.prelu": "pr", "pr1.prelu": "pr1"}
+
+
+def test_new_activations_export_bitwise(tmp_path: Path) -> None:
+    # every variant of the exported model equals the original bit for bit, each new activation
+    # launch maps to its node, and TMR out-votes a flip in one replica of the standalone Mish
+    torch.manual_seed(0)
+    m, x = NewActs().eval(), torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 2
+    lowered, trace = lower_fx(m, (3, 6, 6)), lower(m, (3, 6, 6)).trace
+    ops = graph_ops(lowered)
+    got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
+           if (l.kernel == "activate_array" and l.params["activation"] != "linear") or l.kernel == "prelu"}
+    assert got == NEW_ACT_OPS
+    export_model(m, Plan("na", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 6, 6), name="na",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    for spelt in ("nn.Mish(inplace=False)", "F.mish(", "nn.ELU(alpha=0.7, inplace=False)", "nn.SELU(inplace=False)",
+                  "nn.CELU(alpha=0.6, inplace=False)", "F.elu(", "F.selu(", "F.celu(",
+                  "nn.Softplus(beta=2.0, threshold=3.0)", "F.softplus(",
+                  "nn.PReLU(num_parameters=4)", "nn.PReLU(num_parameters=1)"):
+        assert spelt in src, spelt
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
+    net = load_exported(tmp_path / "e", "full-tmr")
+    with torch.no_grad():
+        clean = net(x[:2])
+        with flip_in(net.hardening.get_submodule("mish_1"), 5, 30, 1) as rec:
+            final = net(x[:2])
+    (faulty,), _ = rec.handed, rec.outputs
+    assert faulty.injected != 0.0 and faulty.calls == 3
+    assert torch.equal(final.view(torch.int32), clean.view(torch.int32))

@@ -1,5 +1,5 @@
 """Issue 20 activations (relu6, tanh, swish, gelu in the erf and the tanh form, hardswish,
-hardsigmoid, leaky of any slope): lowered models equal their native forward, and faults in
+hardsigmoid, leaky of any slope, mish, elu/selu/celu, softplus; prelu, its own kernel): lowered models equal their native forward, and faults in
 activate_array's new cases corrupt what was worked out on paper."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import struct
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
-        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh")]
+        nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh"), nn.Mish(),
+        nn.ELU(0.7), nn.SELU(), nn.CELU(0.7), nn.Softplus(), nn.Softplus(2.0, 3.0)]
 
 
 def f32(bits: int) -> float:
@@ -327,3 +329,391 @@ def test_gelu_tanh_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -
         struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
     assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
     assert struck & {"conv.activate_array", "gelu.act.activate_array"}, struck
+
+
+# ------------------------------------------------------------------------------ mish
+def _mish64(x: float) -> float:
+    """Mish in float64 with the math module: x * tanh(log1p(exp(x)))."""
+    return x * math.tanh(math.log1p(math.exp(x)))
+
+
+def test_mish_values_by_hand() -> None:
+    # float64: x = 1: softplus = log1p(e) = 1.3132617, tanh = 0.8650984; x = -1: softplus =
+    # 0.3132617, tanh = 0.3034014, y = -0.3034014; x = 3: 2.9865351
+    xs = [1.0, -1.0, 3.0, 0.5, -0.3, 2.5, -2.5, 5.0, -5.0, 1e-3, -1e-3, 10.0, -10.0]
+    got = activate(torch.tensor(xs), "mish")
+    assert got[0].item() == pytest.approx(0.8650984, rel=1e-7) and got[1].item() == pytest.approx(-0.3034014, rel=1e-6)
+    assert got[2].item() == pytest.approx(2.9865351, rel=1e-7)
+    for x, y in zip(xs, got.tolist()):
+        want = _mish64(np.float32(x).item())
+        assert abs(y - want) <= 4e-7 * abs(want), (x, y, want)
+
+
+def test_mish_specials_match_pytorch() -> None:
+    # signed zeros, tiny, subnormal, the exp overflow (x > 88.72: exp = inf, log1p = inf, tanh = 1:
+    # y = x), large negatives (exp underflows to 0: -0), infinities (-inf * tanh(0) = NaN), NaN
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-40, 20.0, -20.0, 88.0, 89.0, 1e20, 3.4e38, -104.0,
+                      -3.4e38, math.inf, -math.inf, math.nan])
+    got, want = activate(x, "mish"), F.mish(x)
+    assert torch.equal(got.isnan(), want.isnan()) and got[-2:].isnan().all()
+    assert torch.equal(got[:-2].view(torch.int32), want[:-2].view(torch.int32))
+    assert got[1].item() == 0.0 and math.copysign(1.0, got[1].item()) == -1.0
+    assert got[8].item() == 89.0 and got[13].item() == math.inf and got[11].item() == 0.0
+    # elsewhere within 2e-7 relative of PyTorch's CPU kernel (its exp/log1p/tanh are vectorised)
+    r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 5
+    got, want = activate(r, "mish"), F.mish(r)
+    assert ((got - want).abs() <= 3e-7 * want.abs()).all()
+
+
+def test_mish_lowered_tiny_module_exact() -> None:
+    # x = 1, weights [1, -1, 3]: pre-activation [1, -1, 3] exactly; the lowered model's output is
+    # the CUDA formula on those, bit for bit, and nn.Mish's within its last bit (the CPU kernel's
+    # vectorised exp/log1p/tanh give -0.30340144 for -1, torch's scalar ones -0.30340147)
+    m = nn.Sequential(nn.Linear(1, 3), nn.Mish()).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0], [-1.0], [3.0]]))
+        m[0].bias.zero_()
+    prog = lower(m, (1,))
+    x = torch.tensor([[1.0]])
+    want = torch.tensor([[_mish64(1.0), _mish64(-1.0), _mish64(3.0)]]).float()
+    for fast in (True, False):
+        got = prog.forward(x, fast=fast)[0]
+        assert torch.equal(got, activate(torch.tensor([[1.0, -1.0, 3.0]]), "mish"))
+        assert ((got - m(x).detach()).abs() <= 2.0 ** -23 * m(x).detach().abs()).all()
+        assert ((got - want).abs() <= 2.0 ** -23 * want.abs()).all()
+
+
+def test_mish_log1p_branch_and_value_flips() -> None:
+    # thread 1: x = 1: exp = e, softplus = 1.3132617, y = 0.8650984. log1pf's ISETP (the operand
+    # below +inf: the main path) flipped: the special case e*inf + inf = inf, tanh(inf) = 1, y = 1.
+    # Bit 23 of the softplus (exponent 127 -> 126): 0.6566309, y = tanh(0.6566309) = 0.5763...
+    prog = lower(_linear(nn.Mish(), [-1, 1], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0, y1 = _mish64(-1.0), _mish64(1.0)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(y0, rel=1e-6), pytest.approx(y1, rel=1e-6)]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:log1p_mish", 1), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0)
+    assert torch.allclose(probs, probs_of([y0, 1.0]), atol=1e-6)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:log1p_mish", 1), "single", (23,)), x)
+    sp = math.log1p(math.e)
+    assert r.original == pytest.approx(sp, rel=1e-7) and r.corrupted == pytest.approx(sp / 2, rel=1e-7)
+    assert torch.allclose(probs, probs_of([y0, math.tanh(sp / 2)]), atol=1e-6)
+    # the output FMUL's sign flipped: -0.8650984, class 0 wins
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "fmul:mish_out", 1), "single", (31,)), x)
+    assert (r.golden_top1, r.faulty_top1) == (1, 0)
+    assert torch.allclose(probs, probs_of([y0, -y1]), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ elu, selu, celu
+SELU_A, SELU_S = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+def _elu64(x: float, alpha: float, scale: float = 1.0, input_scale: float = 1.0) -> float:
+    """PyTorch's elu formula in float64 with math.expm1."""
+    return x * scale if x > 0 else math.expm1(x * input_scale) * alpha * scale
+
+
+def test_elu_family_values_by_hand() -> None:
+    # float64: ELU(0.7)(-1) = 0.7*(e^-1 - 1) = -0.4424844; SELU(-1) = 1.7580993*(-0.6321206) =
+    # -1.1113307, SELU(2) = 2.1014020; CELU(0.7)(-1) = 0.7*(exp(-1/0.7) - 1) = -0.5322443
+    xs = [-1.0, 2.0, -0.3, 0.5, -3.0, -1e-3, 1e-3, -10.0]
+    elu, selu, celu = (activate(torch.tensor(xs), a, 0.7) for a in ("elu", "selu", "celu"))
+    assert elu[0].item() == pytest.approx(-0.4424844, rel=1e-6) and selu[0].item() == pytest.approx(-1.1113307, rel=1e-6)
+    assert selu[1].item() == pytest.approx(2.1014020, rel=1e-7) and celu[0].item() == pytest.approx(-0.5322443, rel=1e-6)
+    for i, x in enumerate(xs):
+        for got, want in ((elu, _elu64(x, 0.7)), (selu, _elu64(x, SELU_A, SELU_S)), (celu, _elu64(x, 0.7, 1.0, 1 / 0.7))):
+            assert abs(got[i].item() - want) <= 3e-7 * abs(want), (x, got[i].item(), want)
+
+
+def test_elu_family_specials_match_pytorch() -> None:
+    # zeros keep their sign (expm1(-0) = -0), tiny and subnormal x, the -1 saturation (x < -17.3:
+    # expm1 = -1 exactly, output -alpha*scale), huge x, infinities, NaN: PyTorch's CPU bits;
+    # x = -17, where expm1 is within an ulp of -1, within that ulp
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, -1e-40, 0.3, -0.3, -0.41, -20.0, -88.0, -100.0, 20.0, 3.4e38,
+                      -3.4e38, math.inf, -math.inf, math.nan, -17.0])
+    for act, ref in (("elu", lambda t: F.elu(t, 0.7)), ("selu", F.selu), ("celu", lambda t: F.celu(t, 0.7)),
+                     ("elu", F.elu)):
+        alpha = 1.0 if ref is F.elu else 0.7
+        got, want = activate(x, act, alpha), ref(x)
+        assert torch.equal(got[:-1].isnan(), want[:-1].isnan()) and got[16].isnan()
+        assert torch.equal(got[:-2].view(torch.int32), want[:-2].view(torch.int32)), act
+        assert abs(got[-1].item() - want[-1].item()) <= 2.0 ** -23 * abs(want[-1].item())  # one ulp
+        assert got[1].item() == 0.0 and math.copysign(1.0, got[1].item()) == -1.0
+        r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 5
+        assert torch.equal(activate(r, act, alpha).view(torch.int32), ref(r).view(torch.int32)), act
+    assert activate(torch.tensor([-20.0]), "elu", 0.7).item() == -float(np.float32(0.7))  # -1 * float(0.7)
+
+
+def test_elu_lowered_tiny_module_exact() -> None:
+    # pre-activations [1, -1, 3] exactly; ELU(0.7), SELU, CELU(0.7) and their F. forms give PyTorch's bits
+    for mod in (nn.ELU(0.7), nn.SELU(), nn.CELU(0.7)):
+        m = nn.Sequential(nn.Linear(1, 3), mod).eval()
+        with torch.no_grad():
+            m[0].weight.copy_(torch.tensor([[1.0], [-1.0], [3.0]]))
+            m[0].bias.zero_()
+        prog = lower(m, (1,))
+        x = torch.tensor([[1.0]])
+        for fast in (True, False):
+            assert torch.equal(prog.forward(x, fast=fast)[0], m(x).detach()), mod
+
+
+class EluForms(nn.Module):
+    """F.elu(alpha=0.5), F.selu, F.celu(0.8) on a linear layer's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.celu(F.selu(F.elu(self.fc(x), alpha=0.5)), 0.8)
+
+
+def test_elu_functional_forms_keep_alpha() -> None:
+    torch.manual_seed(0)
+    m, x = EluForms().eval(), torch.randn(5, 3) * 3
+    prog = lower(m, (3,))
+    assert [(l.params["activation"], l.params.get("slope")) for l in prog.trace.launches
+            if l.kernel == "activate_array"] == [("elu", 0.5), ("selu", None), ("celu", 0.8)]
+    with torch.no_grad():
+        want = m(x)
+    for fast in (True, False):  # the linear layer's sums are SGEMM's order: within 1e-5, not bitwise
+        assert (prog.forward(x, fast=fast)[0] - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+
+
+def test_elu_branch_and_saturation_flips() -> None:
+    # ELU(0.7): thread 0: x = -1: expm1(-1) = -0.6321206, y = -0.4424844. The x > 0 FSETP flipped:
+    # the positive path, y = x*1 = -1. expm1's 4th FSETP (j < -25) flipped: -1, y = -0.7. Bit 23
+    # of expm1's value (its exponent's low bit, 126 -> 127): -1.2642411, y = -0.8849688.
+    # Thread 1: x = 2 -> 2.
+    prog = lower(_linear(nn.ELU(0.7), [-1, 2], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0 = 0.7 * math.expm1(-1.0)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(y0, rel=1e-6), 2.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:elu_pos", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([-1.0, 2.0]), atol=1e-6)
+    sat = site(prog, "0.activate_array", "setp:expm1_elu", 0, exec_=3, calls=5)
+    r, probs = run_one(prog, Fault("iov", sat, "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([-0.7, 2.0]), atol=1e-6)
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:expm1_elu", 0), "single", (23,)), x)
+    assert r.original == pytest.approx(math.expm1(-1.0), rel=2e-7) and r.corrupted == 2 * r.original
+    assert torch.allclose(probs, probs_of([2 * y0, 2.0]), atol=1e-6) and 2 * y0 == pytest.approx(-0.8849688, rel=1e-6)
+    # thread 1 (x = 2) takes the positive path: a fault in its expm1 is in code it skips, masked
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:expm1_elu", 1), "single", (30,)), x)
+    assert r.outcome == "masked"
+
+
+# ------------------------------------------------------------------------------ softplus
+def _softplus64(x: float, beta: float = 1.0, threshold: float = 20.0) -> float:
+    """PyTorch's softplus formula in float64 with the math module."""
+    return x if x * beta > threshold else math.log1p(math.exp(x * beta)) / beta
+
+
+def test_softplus_values_by_hand() -> None:
+    # float64: softplus(1) = log1p(e) = 1.3132617, softplus(-1) = 0.3132617; beta 2:
+    # log1p(e^2)/2 = 1.0634640; beta 0.5, x = -3: log1p(e^-1.5)/0.5 = 0.4028266
+    xs = [1.0, -1.0, 0.5, -0.3, 2.5, -2.5, 5.0, -5.0, 1e-3, -1e-3, 15.0, -15.0, -3.0]
+    for beta, th in ((1.0, 20.0), (2.0, 20.0), (0.5, 5.0)):
+        got = activate(torch.tensor(xs), "softplus", beta, th)
+        for x, y in zip(xs, got.tolist()):
+            want = _softplus64(x, beta, th)
+            assert abs(y - want) <= 3e-7 * abs(want), (beta, x, y, want)
+        if beta == 1.0:
+            assert got[0].item() == pytest.approx(1.3132617, rel=1e-7) and got[1].item() == pytest.approx(0.3132617, rel=1e-6)
+        if beta == 2.0:
+            assert got[0].item() == pytest.approx(1.0634640, rel=1e-7)
+        if beta == 0.5:
+            assert got[-1].item() == pytest.approx(0.4028266, rel=1e-6)
+
+
+def test_softplus_threshold_and_specials_match_pytorch() -> None:
+    # the threshold (x*beta > threshold returns x itself: 20.001 -> 20.001, 20 -> log1p(e^20) =
+    # 20.000000002 -> 20.0), zeros (softplus(-0) = ln 2), large negatives (exp underflows: +0),
+    # exp overflow below the threshold (beta 1, threshold 100, x = 90: log1p(inf) = inf),
+    # infinities and NaN: PyTorch's CPU bits
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 19.9, 20.0, 20.001, 21.0, 10.0, 10.1, -20.0, -88.0, -104.0,
+                      3.4e38, -3.4e38, math.inf, -math.inf, math.nan])
+    for beta, th in ((1.0, 20.0), (2.0, 20.0), (0.5, 5.0), (3.0, 1.0)):
+        got, want = activate(x, "softplus", beta, th), F.softplus(x, beta, th)
+        assert torch.equal(got.isnan(), want.isnan()) and got[-1].isnan()
+        assert torch.equal(got[:-1].view(torch.int32), want[:-1].view(torch.int32)), (beta, th)
+        r = torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 8
+        got, want = activate(r, "softplus", beta, th), F.softplus(r, beta, th)
+        assert ((got - want).abs() <= 2.5e-7 * want.abs()).all()   # the CPU's vectorised exp/log1p
+    y = activate(torch.tensor([20.001, 20.0, 0.0, 90.0]), "softplus", 1.0, 20.0).tolist()
+    assert y[:3] == [float(np.float32(20.001)), 20.0, float(np.float32(math.log(2.0)))]
+    assert activate(torch.tensor([90.0]), "softplus", 1.0, 100.0).item() == math.inf
+
+
+def test_softplus_lowered_keeps_beta_and_threshold() -> None:
+    # pre-activations [1, -1, 3] exactly; Softplus(2, 3) returns 3 itself for x = 3 (6 > 3)
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1, 3)
+            self.sp = nn.Softplus(2.0, 3.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.softplus(self.sp(self.fc(x)), beta=0.5, threshold=1.0)
+    m = Net().eval()
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.tensor([[1.0], [-1.0], [3.0]]))
+        m.fc.bias.zero_()
+    prog = lower(m, (1,))
+    assert [(l.params["activation"], l.params.get("slope"), l.params.get("threshold")) for l in prog.trace.launches
+            if l.kernel == "activate_array"] == [("softplus", 2.0, 3.0), ("softplus", 0.5, 1.0)]
+    x = torch.tensor([[1.0]])
+    s1 = [_softplus64(v, 2.0, 3.0) for v in (1.0, -1.0, 3.0)]
+    want = [_softplus64(float(np.float32(v)), 0.5, 1.0) for v in s1]
+    for fast in (True, False):
+        got = prog.forward(x, fast=fast)[0]
+        assert ((got - m(x).detach()).abs() <= 2.0 ** -22 * m(x).detach().abs()).all()
+        assert got[0].tolist() == [pytest.approx(w, rel=3e-7) for w in want]
+
+
+def test_softplus_threshold_and_log1p_flips() -> None:
+    # Softplus(): thread 0: x = 1: y = 1.3132617; thread 1: x = 25 > 20: y = 25 (x itself).
+    # Thread 0's threshold FSETP flipped: y = x = 1. Its log1p ISETP flipped: log1p -> +inf, y = inf.
+    # Bit 23 of the quotient (exponent 127 -> 126): 0.6566309. Thread 1's threshold flipped: the
+    # log1p path, log1p(e^25)/1 = 25.000000000014 -> 25.0 in float32: masked.
+    prog = lower(_linear(nn.Softplus(), [1, 25], [0, 0]), (1,))
+    x = torch.tensor([[1.0]])
+    y0 = math.log1p(math.e)
+    assert prog.forward(x)[0][0].tolist() == [pytest.approx(y0, rel=1e-7), 25.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:softplus_th", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([1.0, 25.0]), atol=1e-6)
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:log1p_softplus", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0) and r.outcome == "sdc_malfunction" and "nonfinite" in r.flags
+    assert r.propagation[0].max_abs == math.inf
+    r, probs = run_one(prog, Fault("iov", site(prog, "0.activate_array", "ffma:fdiv_softplus", 0), "single", (23,)), x)
+    assert r.original == pytest.approx(y0, rel=1e-7) and r.corrupted == r.original / 2
+    assert torch.allclose(probs, probs_of([y0 / 2, 25.0]), atol=1e-6)
+    r, _ = run_one(prog, Fault("iov", site(prog, "0.activate_array", "setp:softplus_th", 1), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (1.0, 0.0) and r.outcome == "masked"
+
+
+# ------------------------------------------------------------------------------ prelu
+@pytest.mark.parametrize("k", [1, 3])
+def test_prelu_lowered_equals_native(k: int) -> None:
+    # per-channel (3) or one slope, after a conv (3x5x5) and after a linear (4 features, one slope)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.PReLU(k), nn.Flatten(), nn.Linear(75, 4), nn.PReLU()).eval()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.tensor([0.3, -0.2, 1.5][:k]))
+        m[4].weight.fill_(0.1)
+    x = torch.randn(3, 2, 5, 5) * 4
+    prog = lower(m, (2, 5, 5))
+    assert [l.params for l in prog.trace.launches if l.kernel == "prelu"] == [
+        {"out": (3, 5, 5), "w": (k, 1, 1)}, {"out": (4, 1, 1), "w": (1, 1, 1)}]
+    with torch.no_grad():
+        ref = m(x)
+    for fast in (True, False):
+        lg, _ = prog.forward(x, fast=fast)
+        assert (lg - ref).abs().max().item() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+
+
+def test_prelu_tiny_module_and_specials_bitwise() -> None:
+    # pre-activations exactly [-2, 3, 0, 0, inf, -inf, nan, 1e-40, -1e-40, -3.4e38] (a linear of 1
+    # input, weights those, bias 0, x = 1: the bias turns the -0 weight's -0 into +0, in both)
+    # through PReLU(10) with slopes w: x > 0 ? x : w*x, as nn.PReLU gives: -2*0.25 = -0.5, 3,
+    # 0*w = 0, inf, -inf*2 = -inf, nan, 1e-40, -1e-40*0.5, -3.4e38*2 = -inf
+    pre = [-2.0, 3.0, 0.0, -0.0, math.inf, -math.inf, math.nan, 1e-40, -1e-40, -3.4e38]
+    w = [0.25, 0.5, 0.5, 0.5, 0.5, 2.0, 0.5, 0.5, 0.5, 2.0]
+    m = nn.Sequential(nn.Linear(1, 10), nn.PReLU(10)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor(pre).reshape(10, 1))
+        m[0].bias.zero_()
+        m[1].weight.copy_(torch.tensor(w))
+    got = lower(m, (1,)).forward(torch.tensor([[1.0]]), fast=False)[0][0]
+    with torch.no_grad():
+        want = m(torch.tensor([[1.0]]))[0]
+    assert torch.equal(want[:2], torch.tensor([-0.5, 3.0]))
+    assert torch.equal(got.isnan(), want.isnan()) and got[6].isnan()
+    keep = ~want.isnan()
+    assert torch.equal(got[keep].view(torch.int32), want[keep].view(torch.int32))
+    assert got[:2].tolist() == [-0.5, 3.0] and got[5].item() == -math.inf and got[9].item() == -math.inf
+    assert got[8].item() == float(np.float32(-1e-40) * np.float32(0.5))
+
+
+def test_prelu_select_and_slope_flips() -> None:
+    # Linear(1, 2) with weights [-2, 3], x = 1: [-2, 3]; PReLU(2) slopes [0.25, 0.5]: [-0.5, 3].
+    # Thread 0's x > 0 FSETP flipped: the FSEL takes x, -2. Its slope load's sign bit: -0.25,
+    # output 0.5. Thread 1 (x = 3 > 0): its product w*x = 1.5 is computed and not selected: masked.
+    m = nn.Sequential(nn.Linear(1, 2), nn.PReLU(2)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[-2.0], [3.0]]))
+        m[0].bias.zero_()
+        m[1].weight.copy_(torch.tensor([0.25, 0.5]))
+    prog = lower(m, (1,))
+    x = torch.tensor([[1.0]])
+    assert prog.forward(x)[0][0].tolist() == [-0.5, 3.0]
+    r, probs = run_one(prog, Fault("iov", site(prog, "1.prelu", "setp:prelu", 0), "single", (0,)), x)
+    assert (r.original, r.corrupted) == (0.0, 1.0)
+    assert torch.allclose(probs, probs_of([-2.0, 3.0]), atol=1e-6)
+    r, probs = run_one(prog, Fault("iov", site(prog, "1.prelu", "ld:w", 0), "single", (31,)), x)
+    assert (r.original, r.corrupted) == (0.25, -0.25)
+    assert torch.allclose(probs, probs_of([0.5, 3.0]), atol=1e-6)
+    r, _ = run_one(prog, Fault("iov", site(prog, "1.prelu", "fmul:prelu", 1), "single", (30,)), x)
+    assert r.original == 1.5 and r.outcome == "masked"
+
+
+class ActNet(nn.Module):
+    """A conv, a fused and a standalone activation (``make()`` builds each), a linear head (3x8x8 -> n)."""
+
+    def __init__(self, make: Callable[[], nn.Module], n: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.a1, self.a2 = make(), make()
+        self.head = nn.Linear(4, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a2(F.max_pool2d(self.a1(self.conv(x)), 2))
+        return self.head(y.mean((2, 3)))
+
+
+def build_mish(num_classes: int) -> ActNet:
+    return ActNet(nn.Mish, num_classes)
+
+
+def build_softplus(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.Softplus(2.0, 3.0), num_classes)
+
+
+def build_prelu(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.PReLU(4), num_classes)
+
+
+def build_elu(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.ELU(0.7), num_classes)
+
+
+def build_selu(num_classes: int) -> ActNet:
+    return ActNet(nn.SELU, num_classes)
+
+
+def build_celu(num_classes: int) -> ActNet:
+    return ActNet(lambda: nn.CELU(0.7), num_classes)
+
+
+#: the activations with a short campaign each: registered model name -> top-level builder
+CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish, "elu-tiny": build_elu,
+                                                     "selu-tiny": build_selu, "celu-tiny": build_celu,
+                                                     "softplus-tiny": build_softplus, "prelu-tiny": build_prelu}
+
+
+@pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
+@pytest.mark.parametrize("name", list(CAMPAIGN_ACTS))
+def test_new_activation_short_campaign_has_no_tool_error(name: str, mode: str, tmp_path: Path) -> None:
+    from kernelfi.models import list_models
+    if name not in {m.name for m in list_models()}:
+        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       description=name)(CAMPAIGN_ACTS[name])
+    db = tmp_path / f"{mode}.db"
+    cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=40, seed=5, data="random", inputs=2), str(db))
+    with Store(str(db), create=False, readonly=True) as store:
+        counts = store.outcome_counts(cid)
+        struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
+    assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+    assert any(l.endswith("activate_array") or l.endswith("prelu") for l in struck), struck

@@ -29,7 +29,7 @@ Op = tuple[Any, ...]
 Arch = tuple[Op, ...]
 
 ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "gelu", "leaky0.1", "leaky0.2",
-        "identity", "gelu_tanh")
+        "identity", "gelu_tanh", "mish", "elu", "selu", "softplus", "prelu")
 HEADS = ("flatten", "mean", "adaptive")
 KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop",
          "affine", "clamp", "pad", "split")
@@ -63,7 +63,8 @@ def act_module(name: str) -> nn.Module:
         return nn.LeakyReLU(float(name[5:]))
     return {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish,
             "hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-            "identity": nn.Identity, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}[name]()
+            "identity": nn.Identity, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "mish": nn.Mish,
+            "elu": nn.ELU, "selu": nn.SELU, "softplus": nn.Softplus, "prelu": nn.PReLU}[name]()
 
 
 def _conv_op(d: Draw, c: int, h: int, w: int, same_shape: bool = False,

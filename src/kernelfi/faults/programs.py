@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import GELU_BETA, GELU_KAPPA, ceil_pads, dilated_im2col, fma_f32, shortcut_geometry
+from kernelfi.kernels import ELU_FAMILY, GELU_BETA, GELU_KAPPA, ceil_pads, elu_coefs, dilated_im2col, fma_f32, shortcut_geometry, threshold_of
 
 Program = Callable[[ThreadCtx, Mapping[str, Any], int], None]
 PROGRAMS: dict[str, Program] = {}
@@ -146,7 +146,7 @@ def _activate(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
         c.st("st:x", "x", i, F32(0.0))  # the switch's default case returns 0
         return
     with np.errstate(all="ignore"):
-        y = _activation_value(c, act, x, F32(p.get("slope", 0.1)))
+        y = _activation_value(c, act, x, F32(p.get("slope", 0.1)), F32(threshold_of(p)))
     c.st("st:x", "x", i, y)
 
 
@@ -197,7 +197,41 @@ def _tanhf(c: ThreadCtx, v: str, u: np.float32) -> np.float32:
     return c.val((small,), ffma32(u, p, u), old=t)
 
 
-def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) -> np.float32:
+def _log1pf(c: ThreadCtx, v: str, a: np.float32) -> np.float32:
+    """libdevice's ``log1pf(a)`` (``kernels._sass.flog1p``): the main path's value correctly
+    rounded (libdevice's is within 1 ulp), a fault in any of its value slots corrupts it; the
+    ISETP on the operand's bits picks the main path or the special cases ``a*inf + inf``
+    (``-0`` for ``a == 0``)."""
+    bits = int(np.float32(a).view(np.uint32))
+    main = c.pred((f"setp:log1p_{v}",), bits < 0x7F800000)
+    if main:
+        r = F32(np.log1p(np.float64(a))) if a == a else F32(a)
+        return c.val((f"fadd:log1p_{v}", f"iadd:log1p_{v}", f"i2f:log1p_{v}", f"ffma:log1p_{v}"), r)
+    special = F32(a * F32(np.inf) + F32(np.inf))
+    return F32(-0.0) if a == 0 else special
+
+
+def _expm1f(c: ThreadCtx, v: str, a: np.float32) -> np.float32:
+    """libdevice's ``expm1f(a)`` (``kernels._sass.fexpm1``): the value correctly rounded
+    (libdevice's is within 1 ulp), a fault in a value slot corrupts it; of its five FSETP, the
+    first two pick between equally exact forms (masked), a flip of the last three selects +inf,
+    -1 or ``a + a``."""
+    r = F32(np.expm1(np.float64(a)))
+    j = np.rint(np.float64(a) * 1.4426950408889634)
+    c.pred((f"setp:expm1_{v}",), abs(a) < F32(0.41))
+    c.pred((f"setp:expm1_{v}",), j == 128)
+    r = c.val((f"ffma:expm1_{v}", f"mufu:expm1_{v}"), r)
+    if c.pred((f"setp:expm1_{v}",), j > 128):
+        r = F32(np.inf)
+    if c.pred((f"setp:expm1_{v}",), j < -25):
+        r = F32(-1.0)
+    if c.pred((f"setp:expm1_{v}",), a == 0):
+        r = F32(a + a)
+    return c.val((f"fsel:expm1_{v}",), r)
+
+
+def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32,
+                      threshold: np.float32 = F32(20.0)) -> np.float32:
     """One thread's activation of ``x``, tag by tag (``kernels/activation.py`` templates)."""
     if act == "relu":
         mask = c.val(("fset:relu_mask",), F32(1.0) if x > 0 else F32(0.0))
@@ -236,6 +270,22 @@ def _activation_value(c: ThreadCtx, act: str, x: np.float32, slope: np.float32) 
         th = _tanhf(c, "gelut", u)
         one = c.val(("fadd:gelut_one",), F32(1.0) + th)
         return c.val(("fmul:gelut_out",), half * one, old=x)
+    if act == "mish":
+        e = c.fexp("mish", x)
+        th = _tanhf(c, "mish", _log1pf(c, "mish", e))
+        return c.val(("fmul:mish_out",), x * th, old=x)
+    if act in ELU_FAMILY:
+        pos, ipt, neg = (F32(v) for v in elu_coefs(act, float(slope)))
+        if c.pred(("setp:elu_pos",), x > 0):
+            return c.val(("fmul:elu_pos",), x * pos, old=x)
+        e = _expm1f(c, "elu", c.val(("fmul:elu_in",), x * ipt))
+        return c.val(("fmul:elu_neg",), e * neg, old=x)
+    if act == "softplus":
+        bx = c.val(("fmul:softplus_bx",), x * slope)
+        if c.pred(("setp:softplus_th",), bx > threshold):
+            return x
+        sp = _log1pf(c, "softplus", c.fexp("softplus", bx))
+        return c.fdiv("softplus", sp, slope)
     if act in ("hardswish", "hardsigmoid"):
         sh = c.val(("fadd:hard_shift",), x + F32(3.0))
         cl = _clamp6(c, sh)

@@ -21,6 +21,7 @@ from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, p
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
     "binary_op": {"a": ("r", 0), "b": ("r", 1), "out": ("w", 0)},
+    "prelu": {"x": ("r", 0), "w": ("r", 1), "out": ("w", 0)},
     "forward_local_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "upsample": {"x": ("r", 0), "out": ("r", 1)},
     "adaptive_avgpool": {"in": ("r", 0), "out": ("w", 0)},
@@ -49,22 +50,46 @@ def _scale_channels(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     c.st("st:out", "out", i, y)
 
 
-@program("binary_op")
-def _binary_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+def _broadcast_loads(c: ThreadCtx, p: Mapping[str, Any], t: int, a: str, b: str
+                     ) -> tuple[int, np.float32, np.float32] | None:
+    """A TensorIterator element thread up to its two loads (``kernels.broadcast.broadcast_loads``):
+    the output element and the values of operands ``a`` and ``b`` (params ``out``, ``a``/``b``
+    shapes), or None for a surplus thread."""
     out = tuple(int(d) for d in p["out"])
-    sa = broadcast_strides(tuple(int(d) for d in p["a"]), out)  # type: ignore[arg-type]
-    sb = broadcast_strides(tuple(int(d) for d in p["b"]), out)  # type: ignore[arg-type]
+    sa = broadcast_strides(tuple(int(d) for d in p[a]), out)  # type: ignore[arg-type]
+    sb = broadcast_strides(tuple(int(d) for d in p[b]), out)  # type: ignore[arg-type]
     i = prologue(c, t, out[0] * out[1] * out[2])
     if i is None:
-        return
+        return None
     q, x = c.idiv("w", i, out[2])
     ch, y = c.idiv("h", q, out[1])
-    oa = c.idx(("imad:off_a",), ch * sa[0] + y * sa[1] + x * sa[2])
-    ob = c.idx(("imad:off_b",), ch * sb[0] + y * sb[1] + x * sb[2])
-    c.addr("a", ("lea:addr_a",))
-    c.addr("b", ("lea:addr_b",))
-    va = F32(c.ld("ld:a", "a", oa))
-    vb = F32(c.ld("ld:b", "b", ob))
+    oa = c.idx((f"imad:off_{a}",), ch * sa[0] + y * sa[1] + x * sa[2])
+    ob = c.idx((f"imad:off_{b}",), ch * sb[0] + y * sb[1] + x * sb[2])
+    c.addr(a, (f"lea:addr_{a}",))
+    c.addr(b, (f"lea:addr_{b}",))
+    return i, F32(c.ld(f"ld:{a}", a, oa)), F32(c.ld(f"ld:{b}", b, ob))
+
+
+@program("prelu")
+def _prelu(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    got = _broadcast_loads(c, {**p, "x": p["out"]}, t, "x", "w")
+    if got is None:
+        return
+    i, x, w = got
+    with np.errstate(all="ignore"):
+        wx = c.val(("fmul:prelu",), w * x)
+        pos = c.pred(("setp:prelu",), x > 0)
+        r = c.val(("fsel:prelu",), x if pos else wx, old=x)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, r)
+
+
+@program("binary_op")
+def _binary_op(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    got = _broadcast_loads(c, p, t, "a", "b")
+    if got is None:
+        return
+    i, va, vb = got
     op = str(p["op"])
     with np.errstate(all="ignore"):
         r = va + vb if op == "add" else (va * vb if op == "mul" else F32(np.float64(va) - np.float64(vb)))

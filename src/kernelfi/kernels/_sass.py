@@ -22,6 +22,12 @@ macro               what nvcc emits on sm_50 (Maxwell, no fast-math)            
 ``ftanh``           ``tanhf``: 1 - 2/(2^(2|u|/ln 2) + 1) for |u| >= 0.6 (RRO,     FP32 10, PR 2,
                     MUFU.EX2, MUFU.RCP, saturation, sign copy), odd polynomial  OTHERS 3, GPR 1
                     below (5 FFMA), a predicated FFMA picks
+``flog1p``          ``log1pf``: FADD.RZ 1 + a, exponent split (4 integer ops),   FP32 15, GPR 4,
+                    I2F, reduced argument, 8-FFMA polynomial, k*ln 2 (the  OTHERS 1, PR 1,
+                    PTX of CUDA's libdevice); special operands branch off  NODEST 1
+``fexpm1``         ``expm1f``: FMUL by log2 e, FRND, 2-FFMA reduction (j = 0    FP32 20, PR 5,
+                    below |a| < 0.41), polynomial, RRO + MUFU.EX2 of j,        OTHERS 2
+                    2^j*(p + 1) - 1, selects for j = 128, overflow, -1, a = 0
 ``loop``            counter increment, compare, back-edge branch per trip       GPR 1, PR 1, NODEST 1
 ==================  ==========================================================  ===================
 
@@ -225,6 +231,43 @@ def ftanh(s: Stream, v: str, what: str) -> None:
     s.add("FP32", "FFMA", f"ffma:tanhs_{v}", 6, "value",
           f"small-abs branch: FMUL {what}*{what}, 4 FFMA of the polynomial, FFMA {what} + {what}*p "
           f"(predicated: tanh({what}) when abs({what}) < 0.6)")
+
+
+def flog1p(s: Stream, v: str, what: str) -> None:
+    """``log1pf`` as libdevice computes it without fast-math (the PTX nvcc emits): ``1 + a``
+    rounded toward zero gives the exponent k (integer ops on its bits), the reduced argument
+    ``m = (a - k') + (0.25*2^-k' - 1)``, ``log1p = k*ln 2 + (m - m^2*p(m))`` with an 8-term
+    polynomial. The operand's bits are compared once (ISETP): a non-negative finite operand
+    takes the main path; +inf, NaN and negative ones branch to the special cases (not modelled
+    as their own slots: no operand in the activations that use it is negative)."""
+    s.add("FP32", "FADD", f"fadd:log1p_{v}", 1, "value", f"1 + {what}, rounded toward zero (its exponent is k)")
+    s.add("GPR", "IADD", f"iadd:log1p_{v}", 4, "value",
+          f"exponent split of 1 + {what}: IADD, LOP (k), the operand's bits minus k, 4 - k")
+    s.add("OTHERS", "I2F", f"i2f:log1p_{v}", 1, "value", f"k as a float, for k*ln 2 of log1p({what})")
+    s.add("FP32", "FFMA", f"ffma:log1p_{v}", 14, "value",
+          f"log1p({what}): FFMA and FADD of the reduced argument m, FMUL k*2^-23, 8 FFMA of the polynomial, "
+          "FMUL and FFMA m - m^2*p, FFMA k*ln 2 + that (the last is the value)")
+    s.add("PR", "ISETP", f"setp:log1p_{v}", 1, "predicate",
+          f"the bits of {what} below +inf (main path): a flip sends a finite operand to the special cases "
+          "(x*inf + inf: +inf, or -0 for 0) and +inf/NaN down the main path")
+    s.add("NODEST", "BRA", f"bra:log1p_{v}", 1, "control", f"branch over the special cases of log1p({what})")
+
+
+def fexpm1(s: Stream, v: str, what: str) -> None:
+    """``expm1f`` as libdevice computes it without fast-math (the PTX nvcc emits, no branch):
+    j = rint(a*log2 e) (0 when |a| < 0.41), r = a - j*ln 2 in two FFMA, ``expm1(r)`` by a
+    polynomial, ``2^j*(expm1(r) + 1) - 1`` as one FFMA after MUFU.EX2 of j (j = 128 halved and
+    the result doubled), then selects: +inf past j > 128, -1 below j < -25, ``a + a`` for a = 0."""
+    s.add("FP32", "FFMA", f"ffma:expm1_{v}", 14, "value",
+          f"expm1({what}): FMUL by log2 e, FRND (j), 2 FFMA (r), FADD j - 1, 4 FFMA and FMUL, FFMA of the "
+          "polynomial, FADD 2^j - 1, FFMA 2^j*p + (2^j - 1), FADD doubling")
+    s.add("OTHERS", "MUFU.EX2", f"mufu:expm1_{v}", 2, "value", f"RRO + MUFU.EX2: 2^j of expm1({what})")
+    s.add("FP32", "FSEL", f"fsel:expm1_{v}", 6, "value",
+          f"selects of expm1({what}): j = 0 for small {what}, the j = 128 halving and doubling, +inf, -1, "
+          f"and FADD {what} + {what} for {what} = 0 (the last select is the value)")
+    s.add("PR", "FSETP", f"setp:expm1_{v}", 5, "predicate",
+          f"abs({what}) < 0.41, j = 128 (both equally exact either way), j > 128 (+inf), j < -25 (-1), "
+          f"{what} = 0 ({what} + {what}): a flip of the last three takes that value")
 
 
 def loop(s: Stream, v: str, what: str, trips: int) -> None:

@@ -12,6 +12,11 @@ another is PyTorch's ``leaky_relu`` kernel, ``x > 0 ? x : x*slope``); and PyTorc
 element kernels where Darknet has none: ``gelu`` (``x*0.5*(1 + erf(x*M_SQRT1_2))``),
 ``gelu_tanh`` (``GELU(approximate='tanh')``: ``0.5*x*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x^3)))``,
 its ``x + k*x^3`` one FFMA as nvcc contracts it),
+``mish`` (PyTorch's ``mish`` kernel, ``x * tanh(log1p(exp(x)))``),
+``elu``, ``selu``, ``celu`` (PyTorch's ``elu`` kernel, ``x > 0 ? x*scale : expm1(x*input_scale)*alpha*scale``:
+ELU and CELU take alpha in ``slope``),
+``softplus`` (PyTorch's ``softplus`` kernel, ``x*beta > threshold ? x : log1p(exp(x*beta))/beta``:
+beta in ``slope``, the launch's ``threshold``),
 ``hardswish`` (``x*min(max(x + 3, 0), 6)*(1/6)``) and ``hardsigmoid``
 (``min(max(x + 3, 0), 6)*(1/6)``), all one thread per element like Darknet's kernel.
 """
@@ -25,17 +30,24 @@ from kernelfi._utils import KernelfiError
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, fma_f32, p_int, put, ptxas_registers, register_kernel
-from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, ftanh, prologue_1d
+from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, ferf, fexp, fexpm1, flog1p, ftanh, prologue_1d
 from .elementwise import update_head
 
 Mem = dict[str, torch.Tensor]
 
 ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "leaky", "logistic", "relu6", "tanh", "swish", "gelu",
-                                 "hardswish", "hardsigmoid", "gelu_tanh")
+                                 "hardswish", "hardsigmoid", "gelu_tanh", "mish", "elu", "selu", "celu", "softplus")
 #: PyTorch's GELU tanh constants as float (opmath) constants: kBeta = M_SQRT2*M_2_SQRTPI*0.5
 #: (sqrt(2/pi)) and kKappa = 0.044715.
 GELU_BETA = 0.7978845608028654
 GELU_KAPPA = 0.044715
+#: SELU's alpha and scale (torch.nn.functional.selu's constants).
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+#: The activations of PyTorch's elu kernel (ELU, SELU, CELU), whose alpha is the launch's ``slope``.
+ELU_FAMILY = ("elu", "selu", "celu")
+#: Softplus's default threshold (the launch's ``threshold`` when it has none).
+SOFTPLUS_THRESHOLD = 20.0
 #: Darknet's leaky slope (``.1f``); a launch whose ``slope`` differs is PyTorch's leaky_relu.
 LEAKY_SLOPE = 0.1
 
@@ -52,12 +64,31 @@ def slope_of(params: Mapping[str, Any]) -> float:
     return float(params.get("slope", LEAKY_SLOPE))
 
 
+def elu_coefs(activation: str, alpha: float) -> tuple[float, float, float]:
+    """PyTorch's elu kernel's float (opmath) coefficients ``(poscoef, negiptcoef, negcoef)``, as
+    the host computes them: ``scale``, ``input_scale``, ``float(alpha)*float(scale)``. ELU:
+    (1, 1, alpha); SELU: its constants; CELU: (1, 1/alpha in double, alpha)."""
+    def f(v: float) -> float:
+        return torch.tensor(v, dtype=torch.float32).item()
+    if activation == "selu":
+        return f(SELU_SCALE), 1.0, f(f(SELU_ALPHA) * f(SELU_SCALE))
+    if activation == "celu":
+        return 1.0, f(1.0 / alpha), f(alpha)
+    return 1.0, 1.0, f(alpha)
+
+
+def threshold_of(params: Mapping[str, Any]) -> float:
+    """The softplus threshold of an activate_array launch (PyTorch's 20 unless it says otherwise)."""
+    return float(params.get("threshold", SOFTPLUS_THRESHOLD))
+
+
 def _clamp6(y: torch.Tensor) -> torch.Tensor:
     """PyTorch's ``min(max(y, 0), 6)`` on the device: fmaxf/fminf, so NaN gives 0."""
     return torch.fmin(torch.fmax(y, f32(0.0, y)), f32(6.0, y))
 
 
-def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> torch.Tensor:
+def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE,
+             threshold: float = SOFTPLUS_THRESHOLD) -> torch.Tensor:
     """Darknet's (or PyTorch's) device activation functions in float32, operation for operation."""
     if activation == "linear":
         return x.clone()
@@ -81,6 +112,14 @@ def activate(x: torch.Tensor, activation: str, slope: float = LEAKY_SLOPE) -> to
     if activation == "gelu_tanh":  # (0.5*x) * (1 + tanh(kBeta * fma(kKappa, x*x*x, x)))
         inner = fma_f32(x * x * x, f32(GELU_KAPPA, x), x)
         return (x * f32(0.5, x)) * (f32(1.0, x) + torch.tanh(inner * f32(GELU_BETA, x)))
+    if activation == "mish":       # x * tanh(log1p(exp(x))), PyTorch's CUDA and CPU formula
+        return x * torch.tanh(torch.log1p(torch.exp(x)))
+    if activation in ELU_FAMILY:   # x > 0 ? x*poscoef : expm1(x*negiptcoef)*negcoef
+        pos, ipt, neg = elu_coefs(activation, slope)
+        return torch.where(x > 0, x * f32(pos, x), torch.expm1(x * f32(ipt, x)) * f32(neg, x))
+    if activation == "softplus":   # (x*beta) > threshold ? x : log1p(exp(x*beta)) / beta
+        bx = x * f32(slope, x)
+        return torch.where(bx > f32(threshold, x), x, torch.log1p(torch.exp(bx)) / f32(slope, x))
     if activation == "hardswish":  # x * min(max(x + 3, 0), 6) * one_sixth
         return (x * _clamp6(x + f32(3.0, x))) * f32(1.0 / 6.0, x)
     if activation == "hardsigmoid":  # min(max(x + 3, 0), 6) * one_sixth
@@ -98,14 +137,15 @@ class ActivateArrayKernel(StreamKernel):
 
     name: ClassVar[str] = "activate_array"
     regs_allocated: ClassVar[int] = ptxas_registers("activate_array")
-    example_params = tuple({"n": 1, "activation": a} for a in ACTIVATIONS)
+    #: two elements for the elu family, whose x <= 0 path only a zero or negative element takes
+    example_params = tuple({"n": 2 if a in ELU_FAMILY else 1, "activation": a} for a in ACTIVATIONS)
 
     def run(self, mem: Mem, launch: Launch) -> None:
         n = p_int(launch.params, "n", self.name)
         a = _activation(launch.params)
-        slope = slope_of(launch.params)
+        slope, threshold = slope_of(launch.params), threshold_of(launch.params)
         out = launch.reads[0] if launch.reads else launch.writes[0]
-        update_head(mem, out, n, self.name, lambda x: activate(x, a, slope))
+        update_head(mem, out, n, self.name, lambda x: activate(x, a, slope, threshold))
         if launch.writes and launch.writes[0] != out:
             lanes = mem[out].shape[0]
             put(mem, launch.writes[0], mem[out].reshape(lanes, -1).clone())
@@ -169,6 +209,29 @@ class ActivateArrayKernel(StreamKernel):
             s.add("FP32", "FADD", "fadd:gelut_one", 1, "value", "1 + tanh(u)")
             s.add("FP32", "FMUL", "fmul:gelut_out", 1, "value", "(x*0.5) * (1 + tanh(u)), the output")
             last = "fmul:gelut_out"
+        elif a == "mish":          # PyTorch's mish kernel: x * tanh(log1p(exp(x))), no threshold
+            fexp(s, "mish", "x")
+            flog1p(s, "mish", "exp(x)")
+            ftanh(s, "mish", "sp")
+            s.add("FP32", "FMUL", "fmul:mish_out", 1, "value", "x * tanh(sp), sp = log1p(exp(x)): the output")
+            last = "fmul:mish_out"
+        elif a in ELU_FAMILY:      # PyTorch's elu kernel; nvcc branches on x > 0
+            s.add("PR", "FSETP", "setp:elu_pos", 1, "predicate", "x > 0: a flip takes the other path")
+            s.add("NODEST", "BRA", "bra:elu", 2, "control", "branch to the x > 0 path, branch over it")
+            s.add("FP32", "FMUL", "fmul:elu_in", 1, "value", "x * input_scale (x <= 0 path)")
+            fexpm1(s, "elu", "x*input_scale")
+            s.add("FP32", "FMUL", "fmul:elu_neg", 1, "value", "expm1(x*input_scale) * alpha*scale, the output when x <= 0")
+            s.add("FP32", "FMUL", "fmul:elu_pos", 1, "value", "x * scale, the output when x > 0")
+            last = "fmul:elu_pos"
+        elif a == "softplus":      # PyTorch's softplus kernel; nvcc branches on the threshold
+            s.add("FP32", "FMUL", "fmul:softplus_bx", 1, "value", "x * beta")
+            s.add("PR", "FSETP", "setp:softplus_th", 1, "predicate",
+                  "x*beta > threshold (the output is x): a flip takes the other path")
+            s.add("NODEST", "BRA", "bra:softplus", 1, "control", "branch past the log1p path when above the threshold")
+            fexp(s, "softplus", "x*beta")
+            flog1p(s, "softplus", "exp(x*beta)")
+            fdiv(s, "softplus", "log1p(exp(x*beta)) / beta, the output below the threshold")
+            last = "ffma:fdiv_softplus"
         elif a in ("hardswish", "hardsigmoid"):
             s.add("FP32", "FADD", "fadd:hard_shift", 1, "value", "x + 3")
             s.add("FP32", "FMNMX", "fmnmx:hard_low", 1, "value", "max(x + 3, 0)")
@@ -182,7 +245,7 @@ class ActivateArrayKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_x")
         s.reg("r_x_lo", "address", "lea:addr_x", "lea:addr_x", "st:x")
         s.reg("r_x_hi", "address", "lea:addr_x", "lea:addr_x", "st:x", half=AddressHalf.HIGH)
-        s.reg("r_x", "data", "ld:x", "ld:x", last if a != "linear" else "st:x")
+        s.reg("r_x", "data", "ld:x", "ld:x", last if a not in ("linear", "softplus") else "st:x")
         if a != "linear":
             s.reg("r_out", "data", last, last, "st:x")
         if a == "logistic":
@@ -218,6 +281,24 @@ class ActivateArrayKernel(StreamKernel):
             s.reg("r_u", "data", "fmul:gelut_arg", "fmul:gelut_arg", "ffma:tanhs_gelut")
             s.reg("r_one", "data", "fadd:gelut_one", "fadd:gelut_one", "fmul:gelut_out")
             s.reg("p_tanh", "predicate", "setp:tanh_gelut", "setp:tanh_gelut", "ffma:tanhs_gelut")
+        if a == "mish":
+            s.reg("r_x_keep", "data", "ld:x", "ld:x", "fmul:mish_out")
+            s.reg("r_exp", "data", "mufu:exp_mish", "mufu:exp_mish", "setp:log1p_mish")
+            s.reg("r_sp", "data", "ffma:log1p_mish", "ffma:log1p_mish", "ffma:tanhs_mish")
+            s.reg("p_log1p", "predicate", "setp:log1p_mish", "setp:log1p_mish", "bra:log1p_mish")
+            s.reg("p_tanh", "predicate", "setp:tanh_mish", "setp:tanh_mish", "ffma:tanhs_mish")
+            s.reg("r_tanh", "data", "ffma:tanhs_mish", "ffma:tanhs_mish", "fmul:mish_out")
+        if a in ELU_FAMILY:
+            s.reg("p_elu", "predicate", "setp:elu_pos", "setp:elu_pos", "bra:elu")
+            s.reg("r_arg", "data", "fmul:elu_in", "fmul:elu_in", "fsel:expm1_elu")
+            s.reg("r_expm1", "data", "fsel:expm1_elu", "fsel:expm1_elu", "fmul:elu_neg")
+            s.reg("r_neg", "data", "fmul:elu_neg", "fmul:elu_neg", "st:x")
+        if a == "softplus":
+            s.reg("r_bx", "data", "fmul:softplus_bx", "fmul:softplus_bx", "ffma:exp_softplus")
+            s.reg("p_th", "predicate", "setp:softplus_th", "setp:softplus_th", "bra:softplus")
+            s.reg("r_exp", "data", "mufu:exp_softplus", "mufu:exp_softplus", "setp:log1p_softplus")
+            s.reg("r_sp", "data", "ffma:log1p_softplus", "ffma:log1p_softplus", "ffma:fdiv_softplus")
+            s.reg("p_fdiv", "predicate", "setp:fdiv_softplus", "setp:fdiv_softplus", "bra:fdiv_softplus")
         if a in ("hardswish", "hardsigmoid"):
             s.reg("r_shift", "data", "fadd:hard_shift", "fadd:hard_shift", "fmnmx:hard_low")
             s.reg("r_low", "data", "fmnmx:hard_low", "fmnmx:hard_low", "fmnmx:hard_high")

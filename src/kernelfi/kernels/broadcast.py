@@ -1,6 +1,7 @@
 """Kernels that combine two maps of different shapes: AlexeyAB Darknet's ``scale_channels``
 (a squeeze-and-excitation multiply) and PyTorch's broadcasting binary element kernel (``a - b``,
-``a * b``, ``a + b`` with broadcast, issue 20).
+``a * b``, ``a + b`` with broadcast, issue 20) and PyTorch's ``prelu`` (the same TensorIterator
+kernel with the slope as the broadcast operand: ``x > 0 ? x : w*x``).
 
 Both are one thread per output element, like Darknet's 1-D kernels. ``scale_channels`` is
 AlexeyAB's ``scale_channels_kernel`` (blas_kernels.cu): ``out[i] = in[i] * scales[i /
@@ -132,30 +133,86 @@ class BinaryOpKernel(StreamKernel):
         if op not in BINARY_OPS:
             raise KernelfiError(f"binary_op: unknown op '{op}' (known: {', '.join(BINARY_OPS)})")
         s = Stream()
-        prologue_1d(s, "output element i")
-        idiv(s, "w", "i / out_w", mod="x = i % out_w")
-        idiv(s, "h", "(i / out_w) / out_h", mod="y = (i / out_w) % out_h, the quotient is the channel")
-        s.add("GPR", "XMAD", "imad:off_a", 3, "index", "offset of a: c*stride_c + y*stride_y + x*stride_x (0 where broadcast)")
-        s.add("GPR", "XMAD", "imad:off_b", 3, "index", "offset of b: c*stride_c + y*stride_y + x*stride_x (0 where broadcast)")
-        addr(s, "a", "a[off_a]")
-        addr(s, "b", "b[off_b]")
-        s.add("LD", "LDG", "ld:a", 1, "value", "the element of a")
-        s.add("LD", "LDG", "ld:b", 1, "value", "the element of b (a broadcast b element feeds many outputs, each its own load)")
+        broadcast_loads(s, ("a", "the element of a"),
+                        ("b", "the element of b (a broadcast b element feeds many outputs, each its own load)"))
         opcode, meaning = {"add": ("FADD", "a + b"), "sub": ("FFMA", "a + (-1)*b"), "mul": ("FMUL", "a * b")}[op]
         s.add("FP32", opcode, f"{op}:out", 1, "value", f"{meaning}, the output")
-        addr(s, "out", "out[i]")
-        s.add("NODEST", "STG", "st:out", 1, "store", "stores the output element")
-        epilogue(s)
-        s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
-        s.reg("r_x", "index", "imod:w", "imod:w", "imad:off_b")
-        s.reg("r_y", "index", "imod:h", "imod:h", "imad:off_b")
-        s.reg("r_c", "index", "idiv:h", "idiv:h", "imad:off_b")
-        s.reg("r_a_lo", "address", "lea:addr_a", "imad:off_a", "ld:a")
-        s.reg("r_a_hi", "address", "lea:addr_a", "lea:addr_a", "ld:a", half=AddressHalf.HIGH)
-        s.reg("r_b_lo", "address", "lea:addr_b", "imad:off_b", "ld:b")
-        s.reg("r_b_hi", "address", "lea:addr_b", "lea:addr_b", "ld:b", half=AddressHalf.HIGH)
-        s.reg("r_va", "data", "ld:a", "ld:a", f"{op}:out")
-        s.reg("r_vb", "data", "ld:b", "ld:b", f"{op}:out")
-        s.reg("r_out", "data", f"{op}:out", f"{op}:out", "st:out")
-        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        broadcast_store(s, "a", "b", (f"{op}:out",), f"{op}:out")
+        return s
+
+
+def broadcast_loads(s: Stream, a: tuple[str, str], b: tuple[str, str]) -> None:
+    """The TensorIterator element kernel up to its two loads: the thread id, the output index split
+    into (c, y, x) by two divisions, each operand's offset from its strides and its load."""
+    prologue_1d(s, "output element i")
+    idiv(s, "w", "i / out_w", mod="x = i % out_w")
+    idiv(s, "h", "(i / out_w) / out_h", mod="y = (i / out_w) % out_h, the quotient is the channel")
+    for v, _ in (a, b):
+        s.add("GPR", "XMAD", f"imad:off_{v}", 3, "index",
+              f"offset of {v}: c*stride_c + y*stride_y + x*stride_x (0 where broadcast)")
+    for v, _ in (a, b):
+        addr(s, v, f"{v}[off_{v}]")
+    for v, what in (a, b):
+        s.add("LD", "LDG", f"ld:{v}", 1, "value", what)
+
+
+def broadcast_store(s: Stream, a: str, b: str, readers: tuple[str, ...], last: str) -> None:
+    """The store of the output (computed by ``last``; both loaded values read by ``readers``) and
+    the registers of ``broadcast_loads``."""
+    addr(s, "out", "out[i]")
+    s.add("NODEST", "STG", "st:out", 1, "store", "stores the output element")
+    epilogue(s)
+    s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
+    s.reg("r_x", "index", "imod:w", "imod:w", f"imad:off_{b}")
+    s.reg("r_y", "index", "imod:h", "imod:h", f"imad:off_{b}")
+    s.reg("r_c", "index", "idiv:h", "idiv:h", f"imad:off_{b}")
+    for v in (a, b):
+        s.reg(f"r_{v}_lo", "address", f"lea:addr_{v}", f"imad:off_{v}", f"ld:{v}")
+        s.reg(f"r_{v}_hi", "address", f"lea:addr_{v}", f"lea:addr_{v}", f"ld:{v}", half=AddressHalf.HIGH)
+    s.reg(f"r_v{a}", "data", f"ld:{a}", f"ld:{a}", readers[-1])
+    s.reg(f"r_v{b}", "data", f"ld:{b}", f"ld:{b}", readers[0])
+    s.reg("r_out", "data", last, last, "st:out")
+    s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+
+
+def prelu_value(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """PyTorch's prelu functor in float32: ``x > 0 ? x : w*x``."""
+    return torch.where(x > 0, x, w * x)
+
+
+@register_kernel
+class PreluKernel(StreamKernel):
+    """PyTorch's ``prelu`` (the TensorIterator kernel of ``_prelu_kernel``): out[i] = x > 0 ? x : w*x,
+    the slope ``w`` of x's channel (``num_parameters`` = C) or the one slope (1), read from the
+    layer's weight buffer. Params: ``out`` (c, h, w) and ``w`` (k, 1, 1), k = 1 or c."""
+
+    name: ClassVar[str] = "prelu"
+    regs_allocated: ClassVar[int] = ptxas_registers("prelu")
+    example_params = ({"out": (1, 1, 1), "w": (1, 1, 1)},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        out, sw = _chw(launch.params, "out"), _chw(launch.params, "w")
+        broadcast_strides(sw, out)
+        n = out[0] * out[1] * out[2]
+        x = lane_flat(mem, launch.reads[0], n, self.name)
+        lanes = x.shape[0]
+        w = operand_flat(mem, launch.reads[1], 1, lanes, sw[0], self.name)[:, :sw[0]]
+        y = prelu_value(x[:, :n].reshape(lanes, *out), w.reshape(w.shape[0], sw[0], 1, 1))
+        put(mem, launch.writes[0], y.reshape(lanes, -1).contiguous(), out)
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        c, h, w = _chw(params, "out")
+        return c * h * w
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        s = Stream()
+        broadcast_loads(s, ("x", "the input element"),
+                        ("w", "the slope of its channel (one slope: every thread loads the same)"))
+        s.add("FP32", "FMUL", "fmul:prelu", 1, "value", "w * x (the output when x <= 0)")
+        s.add("PR", "FSETP", "setp:prelu", 1, "predicate", "x > 0: a flip selects the other value")
+        s.add("FP32", "FSEL", "fsel:prelu", 1, "value", "x > 0 ? x : w*x, the output")
+        broadcast_store(s, "x", "w", ("fmul:prelu", "fsel:prelu"), "fsel:prelu")
+        # ptxas allocates 11, all named by broadcast_store: w*x lands in a register dead by then
+        # (w's), live for the one FSETP between it and the FSEL; not listed (its flips are masked)
+        s.reg("p_prelu", "predicate", "setp:prelu", "setp:prelu", "fsel:prelu")
         return s

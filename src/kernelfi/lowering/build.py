@@ -32,6 +32,8 @@ def activation_params(p: dict[str, Any], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "activation": str(p.get("activation", "linear"))}
     if "slope" in p and float(p["slope"]) != LEAKY_SLOPE:
         out["slope"] = float(p["slope"])
+    if "threshold" in p:
+        out["threshold"] = float(p["threshold"])
     return out
 
 
@@ -289,6 +291,15 @@ class _Builder:
         self.out_buf[spec.index] = out
         self.launch(spec, "scale_channels", (self.buf(spec.inputs[0]), self.buf(spec.inputs[1])), (out,),
                     {"channels": c, "spatial": h * w})
+
+    def prelu(self, spec: LayerSpec) -> None:
+        # PyTorch's prelu: out = x > 0 ? x : w*x, w per channel (num_parameters = C) or one
+        k = int(spec.params["num_parameters"])
+        w = self.weight(spec, "weights", (k,))
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "prelu", (self.buf(spec.inputs[0]), w), (out,),
+                    {"out": _chw(spec.out_shape), "w": (k, 1, 1)})
 
     def binary(self, spec: LayerSpec) -> None:
         # PyTorch's broadcasting add/sub/mul element kernel

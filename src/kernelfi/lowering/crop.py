@@ -143,9 +143,9 @@ class CropUnit:
         return float("-inf") if self.kind == "maxpool" else 0.0
 
 
-def _act(y: torch.Tensor, act: str, slope: float) -> torch.Tensor:
+def _act(y: torch.Tensor, act: str, slope: float, threshold: float) -> torch.Tensor:
     lanes = y.shape[0]
-    return relu_like(y.reshape(lanes, y.shape[1], -1), act, slope).reshape(y.shape)
+    return relu_like(y.reshape(lanes, y.shape[1], -1), act, slope, threshold).reshape(y.shape)
 
 
 def crop_units(program: Program) -> dict[int, CropUnit]:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernelfi.kernels import activate, conv1x1, fused_conv, rows_linear, slope_of
+from kernelfi.kernels import SOFTPLUS_THRESHOLD, activate, conv1x1, fused_conv, rows_linear, slope_of, threshold_of
 from kernelfi.types import Launch, Trace
 
 Memory = dict[str, torch.Tensor]
@@ -74,12 +74,12 @@ def shared_weight(mem: Memory, name: str, ndim: int) -> torch.Tensor | None:
     return t if t.dim() == ndim else None  # a per-lane (faulty) weight copy: no fusion
 
 
-def launch_activation(launch: Launch) -> tuple[str, float]:
-    """An activate_array launch's activation and leaky slope (what ``relu_like`` takes)."""
-    return str(launch.params.get("activation", "linear")), slope_of(launch.params)
+def launch_activation(launch: Launch) -> tuple[str, float, float]:
+    """An activate_array launch's activation, slope and softplus threshold (what ``relu_like`` takes)."""
+    return str(launch.params.get("activation", "linear")), slope_of(launch.params), threshold_of(launch.params)
 
 
-def relu_like(y: torch.Tensor, act: str, slope: float = 0.1) -> torch.Tensor:
+def relu_like(y: torch.Tensor, act: str, slope: float = 0.1, threshold: float = SOFTPLUS_THRESHOLD) -> torch.Tensor:
     """Darknet's activations, in place where possible."""
     if act == "relu":
         # Darknet's x*(x>0) differs from relu only for -inf (-> NaN) and in the sign of zero
@@ -95,7 +95,7 @@ def relu_like(y: torch.Tensor, act: str, slope: float = 0.1) -> torch.Tensor:
         return one / (one + torch.exp(-y))
     if act == "linear":
         return y
-    return activate(y, act, slope)  # the kernel's own elementwise arithmetic
+    return activate(y, act, slope, threshold)  # the kernel's own elementwise arithmetic
 
 
 #: ``tap(gemm, y)``: called with a conv/connected unit's GEMM launch and its product (lanes,

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import LEAKY_SLOPE
+from kernelfi.kernels import LEAKY_SLOPE, SOFTPLUS_THRESHOLD
 from kernelfi.types import LayerSpec
 
 from .fx_layers import Val, hw, module_path, pair
@@ -32,11 +32,15 @@ from .fx_ops import FxOps
 _ACT_MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.Sigmoid: "logistic", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.SiLU: "swish",
     nn.GELU: "gelu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.LeakyReLU: "leaky",
+    nn.Mish: "mish", nn.ELU: "elu", nn.SELU: "selu", nn.CELU: "celu",
+    nn.Softplus: "softplus",
 }
 _ACT_FUNCS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", torch.sigmoid: "logistic", F.sigmoid: "logistic",
     F.leaky_relu: "leaky", F.relu6: "relu6", torch.tanh: "tanh", F.tanh: "tanh", F.silu: "swish",
     F.gelu: "gelu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
+    F.mish: "mish", F.elu: "elu", F.selu: "selu", F.celu: "celu",
+    F.softplus: "softplus",
 }
 _ACT_METHODS: dict[str, str] = {"relu": "relu", "relu_": "relu", "sigmoid": "logistic", "sigmoid_": "logistic",
                                 "tanh": "tanh", "tanh_": "tanh"}
@@ -150,8 +154,19 @@ class FxLowering(FxOps):
             act = _ACT_MODULES[type(mod)]
             if isinstance(mod, nn.GELU):
                 act = _gelu_form(mod.approximate, where)
-            slope = float(mod.negative_slope) if isinstance(mod, nn.LeakyReLU) else LEAKY_SLOPE
-            self._activation(node, act, where, slope)
+            slope = float(mod.negative_slope) if isinstance(mod, nn.LeakyReLU) else (
+                float(mod.alpha) if isinstance(mod, (nn.ELU, nn.CELU)) else (
+                    float(mod.beta) if isinstance(mod, nn.Softplus) else LEAKY_SLOPE))
+            threshold = float(mod.threshold) if isinstance(mod, nn.Softplus) else SOFTPLUS_THRESHOLD
+            self._activation(node, act, where, slope, threshold)
+        elif isinstance(mod, nn.PReLU):
+            src = self._val(node.args[0], node)
+            k = int(mod.num_parameters)
+            channels = src.shape[0] if src.shape else 1
+            if k not in (1, channels):
+                raise KernelfiError(f"fx node {where}: PReLU({k}) on {channels} channels (num_parameters is 1 or C)")
+            self._add(node, "prelu", path, (src.layer,), src.shape, {"num_parameters": k},
+                      {"weights": f"{path}.weight"})
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
             self._activation(node, "relu6", where)
         elif isinstance(mod, nn.Hardtanh):  # hardtanh calls clamp
@@ -283,10 +298,16 @@ class FxLowering(FxOps):
         self.members[layer.index].append(node)
         self.vals[node] = Val(layer.index, layer.out_shape)
 
-    def _activation(self, node: fx.Node, act: str, where: str, slope: float = LEAKY_SLOPE) -> None:
+    def _activation(self, node: fx.Node, act: str, where: str, slope: float = LEAKY_SLOPE,
+                    threshold: float = SOFTPLUS_THRESHOLD) -> None:
         src_node = node.args[0]
         if act == "leaky" and node.op == "call_function":
             slope = float(node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01))
+        if act in ("elu", "celu") and node.op == "call_function":
+            slope = float(node.kwargs.get("alpha", node.args[1] if len(node.args) > 1 else 1.0))
+        if act == "softplus" and node.op == "call_function":
+            slope = float(node.kwargs.get("beta", node.args[1] if len(node.args) > 1 else 1.0))
+            threshold = float(node.kwargs.get("threshold", node.args[2] if len(node.args) > 2 else SOFTPLUS_THRESHOLD))
         if act == "gelu" and node.op == "call_function":
             act = _gelu_form(node.kwargs.get("approximate", "none"), where)
         layer = self._fusable(src_node, node) if isinstance(src_node, fx.Node) else None
@@ -300,8 +321,10 @@ class FxLowering(FxOps):
                               {"activation": "linear"})
             layer.open_node = None
         layer.params["activation"] = act
-        if act == "leaky" and not math.isclose(slope, LEAKY_SLOPE):
-            layer.params["slope"] = slope
+        if act in ("leaky", "elu", "celu", "softplus") and slope != LEAKY_SLOPE:
+            layer.params["slope"] = slope  # leaky's slope, ELU's and CELU's alpha, Softplus's beta
+        if act == "softplus" and threshold != SOFTPLUS_THRESHOLD:
+            layer.params["threshold"] = threshold
         layer.open_node = None
         if self.members[layer.index][-1] is not node:
             self.members[layer.index].append(node)

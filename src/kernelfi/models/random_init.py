@@ -33,7 +33,7 @@ def build_empty(builder: Callable[[], nn.Module]) -> nn.Module:
 
 @torch.no_grad()
 def init_random(module: nn.Module, seed: int) -> nn.Module:
-    """He-normal (fan-in, ReLU gain) conv/linear weights, zero biases, identity BatchNorm.
+    """He-normal (fan-in, ReLU gain) conv/linear weights, zero biases, identity BatchNorm, PReLU 0.25.
 
     Fan-in keeps activation scale roughly constant through ReLU layers, so random-weights
     inferences produce finite, non-degenerate outputs. Parameters are drawn in module order,
@@ -51,6 +51,9 @@ def init_random(module: nn.Module, seed: int) -> nn.Module:
             if m.bias is not None:
                 m.bias.zero_()
                 done.add(id(m.bias))
+        elif isinstance(m, nn.PReLU):  # PyTorch's initial slope (no fan-in to scale by)
+            m.weight.fill_(0.25)
+            done.add(id(m.weight))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             for t, v in ((m.weight, 1.0), (m.bias, 0.0), (m.running_mean, 0.0),
                          (m.running_var, 1.0), (m.num_batches_tracked, 0)):

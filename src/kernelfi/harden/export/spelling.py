@@ -60,8 +60,16 @@ def module_ctor(mod: nn.Module, path: str) -> str:
                 f"affine={mod.affine}, track_running_stats={mod.track_running_stats})")
     if isinstance(mod, nn.LeakyReLU):
         return f"nn.LeakyReLU(negative_slope={mod.negative_slope!r}, inplace={mod.inplace})"
-    if type(mod) in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid):
+    if type(mod) in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Mish):
         return f"nn.{type(mod).__name__}(inplace={mod.inplace})"
+    if type(mod) in (nn.ELU, nn.CELU):
+        return f"nn.{type(mod).__name__}(alpha={mod.alpha!r}, inplace={mod.inplace})"
+    if isinstance(mod, nn.PReLU):
+        return f"nn.PReLU(num_parameters={mod.num_parameters})"
+    if type(mod) is nn.Softplus:
+        return f"nn.Softplus(beta={mod.beta!r}, threshold={mod.threshold!r})"
+    if type(mod) is nn.SELU:
+        return f"nn.SELU(inplace={mod.inplace})"
     if type(mod) is nn.Hardtanh:
         return f"nn.Hardtanh({mod.min_val!r}, {mod.max_val!r}, inplace={mod.inplace})"
     if isinstance(mod, nn.GELU):
@@ -104,6 +112,7 @@ _FUNCTIONS: dict[Any, str] = {
     F.relu: "F.relu", torch.relu: "torch.relu", torch.sigmoid: "torch.sigmoid", F.sigmoid: "torch.sigmoid",
     F.leaky_relu: "F.leaky_relu", F.relu6: "F.relu6", torch.tanh: "torch.tanh", F.tanh: "torch.tanh",
     F.silu: "F.silu", F.gelu: "F.gelu", F.hardswish: "F.hardswish", F.hardsigmoid: "F.hardsigmoid",
+    F.mish: "F.mish", F.elu: "F.elu", F.selu: "F.selu", F.celu: "F.celu", F.softplus: "F.softplus",
     F.softmax: "F.softmax", torch.softmax: "torch.softmax",
     F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
     F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",

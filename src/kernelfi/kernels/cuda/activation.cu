@@ -2,17 +2,18 @@
 // a runtime switch over the activations kernelfi implements (a value outside them gives 0, the
 // switch's default case). Compiled only to count registers (scripts/ptxas_registers.py).
 // RELU6, TANH and SWISH are AlexeyAB's Darknet's formulas; GELU, HARDSWISH, HARDSIGMOID and
-// GELU_TANH (GeluCUDAKernelImpl's approximate='tanh' branch) PyTorch's CUDA element kernels'
+// GELU_TANH (GeluCUDAKernelImpl's approximate='tanh' branch) MISH and ELU/SELU/CELU (the elu kernel), SOFTPLUS PyTorch's CUDA element kernels'
 // (opmath float); LEAKY takes its slope (Darknet's .1f or PyTorch's negative_slope).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
 
 enum activation { LINEAR = 0, RELU = 1, LEAKY = 2, LOGISTIC = 3, RELU6 = 4, TANH = 5, SWISH = 6,
-                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9, GELU_TANH = 10 };
+                  GELU = 7, HARDSWISH = 8, HARDSIGMOID = 9, GELU_TANH = 10, MISH = 11,
+                  ELU = 12, SELU = 13, CELU = 14, SOFTPLUS = 15 };
 
 __device__ float clamp6(float y) { return fminf(fmaxf(y, 0.f), 6.f); }
 
-__device__ float activate(float x, int a, float slope)
+__device__ float activate(float x, int a, float slope, float threshold)
 {
     switch (a) {
     case LINEAR:
@@ -43,13 +44,23 @@ __device__ float activate(float x, int a, float slope)
         float inner = kBeta * (x + kKappa * x_cube);
         return 0.5f * x * (1.f + tanhf(inner));
     }
+    case MISH:                            // PyTorch's mish kernel (opmath float)
+        return x * tanhf(log1pf(expf(x)));
+    case ELU:                             // PyTorch's elu kernel: scale 1, input_scale 1, alpha = slope
+        return (x > 0) ? x : expm1f(x) * slope;
+    case SELU:                            // scale, alpha*scale as floats
+        return (x > 0) ? x * 1.05070102f : expm1f(x) * 1.75809932f;
+    case CELU:                            // input_scale = 1/alpha (the host's, in double)
+        return (x > 0) ? x : expm1f(x * (1.f / slope)) * slope;
+    case SOFTPLUS:                        // PyTorch's softplus kernel: beta = slope
+        return (x * slope) > threshold ? x : log1pf(expf(x * slope)) / slope;
     }
     return 0;
 }
 
-extern "C" __global__ void activate_array(float *x, int n, int a, float slope)
+extern "C" __global__ void activate_array(float *x, int n, int a, float slope, float threshold)
 {
     int i = THREAD_ID;
     if (i >= n) return;
-    x[i] = activate(x[i], a, slope);
+    x[i] = activate(x[i], a, slope, threshold);
 }
