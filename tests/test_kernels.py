@@ -482,6 +482,17 @@ def test_tags_are_declared_unique_and_documented() -> None:
         assert f"`{name}`" in docs
 
 
+def test_the_doc_tables_render_for_every_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m kernelfi.kernels._doc`` (how the docs' tag tables are made) covers every
+    registered kernel: it failed with a KeyError on the hardening kernels, which have no sweep."""
+    from kernelfi.kernels import _doc
+    _doc.main()
+    out = capsys.readouterr().out
+    assert {line[4:] for line in out.splitlines() if line.startswith("### ")} == set(all_kernels())
+    add_bias = out[out.index("### add_bias"):].split("\n\n")[1]
+    assert "| `fadd:out` | FP32 | FADD | 1 |" in add_bias  # one bias add per thread
+
+
 def test_register_maps_are_consistent() -> None:
     for name, k in all_kernels().items():
         for p in k.example_params:  # type: ignore[attr-defined]
