@@ -120,6 +120,21 @@ def test_random_weights_are_seeded() -> None:
     assert ya.shape == (1, 7) and torch.isfinite(ya).all()
 
 
+def test_random_weights_cover_transposed_convolutions() -> None:
+    """A ConvTranspose2d(4 -> 2, k=2, stride 2) sums 4 inputs x (2x2 / 2x2) = 4 terms per output:
+    He-normal of fan-in 4 (std sqrt(2/4)), zero bias; it was refused as 'does not know how to
+    initialise'."""
+    from kernelfi.models.random_init import init_random
+    from torch import nn
+    m = init_random(nn.Sequential(nn.ConvTranspose2d(4, 2, 2, 2), nn.ConvTranspose2d(2, 2, 3, 1, bias=False)), 0)
+    t = m[0].weight.detach()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    want = torch.empty_like(t).normal_(0.0, (2.0 / 4) ** 0.5, generator=g)
+    assert torch.equal(t, want) and torch.equal(m[0].bias.detach(), torch.zeros(2))
+    # the second: 2 inputs x 3x3 taps at stride 1 = fan-in 18, drawn next from the same stream
+    assert torch.equal(m[1].weight.detach(), torch.empty_like(m[1].weight).normal_(0.0, (2.0 / 18) ** 0.5, generator=g))
+
+
 def test_random_resnet_bn_identity() -> None:
     m = load_model("resnet18").module
     bn = m.layer1[0].bn1

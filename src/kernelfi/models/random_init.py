@@ -33,7 +33,8 @@ def build_empty(builder: Callable[[], nn.Module]) -> nn.Module:
 
 @torch.no_grad()
 def init_random(module: nn.Module, seed: int) -> nn.Module:
-    """He-normal (fan-in, ReLU gain) conv/linear weights, zero biases, identity BatchNorm, PReLU 0.25.
+    """He-normal (fan-in, ReLU gain) conv/transposed-conv/linear weights, zero biases, identity
+    BatchNorm, PReLU 0.25.
 
     Fan-in keeps activation scale roughly constant through ReLU layers, so random-weights
     inferences produce finite, non-degenerate outputs. Parameters are drawn in module order,
@@ -46,6 +47,15 @@ def init_random(module: nn.Module, seed: int) -> nn.Module:
     for m in module.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             fan_in = m.weight[0].numel()
+            m.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=g)
+            done.add(id(m.weight))
+            if m.bias is not None:
+                m.bias.zero_()
+                done.add(id(m.bias))
+        elif isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            # an output element sums in_channels x (kernel / stride) terms on average: its fan-in
+            taps = math.prod(m.kernel_size) / math.prod(m.stride)
+            fan_in = max(1.0, m.in_channels // m.groups * taps)
             m.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=g)
             done.add(id(m.weight))
             if m.bias is not None:
