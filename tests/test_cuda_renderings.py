@@ -74,6 +74,8 @@ void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, flo
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
 void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
     L(adaptive_avgpool(n, in, out, h, w, oh, ow)); }
+void run_adaptive_maxpool(G, int n, const float *in, float *out, int *idx, int h, int w, int oh, int ow) {
+    L(adaptive_maxpool(n, in, out, idx, h, w, oh, ow)); }
 void run_upsample_bilinear(G, int n, float rh, float rw, int ac, const float *in, float *out, int c, int h, int w,
                            int oh, int ow) { L(upsample_bilinear(n, rh, rw, ac, in, out, c, h, w, oh, ow)); }
 void run_col2im(G, int n, const float *col, int h, int w, int k, int pad, int stride, int hc, int wc, float *im) {
@@ -212,6 +214,20 @@ def test_col2im(lib: ctypes.CDLL, h: int, k: int, stride: int, pad: int) -> None
     want = _py("col2im", {"col": _lane(col)}, ("col",), ("im",), channels=c, height=h, width=w, ksize=k,
                stride=stride, pad=pad, height_col=hc, width_col=wc)["im"]
     assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("h, w, oh, ow", [(7, 7, 3, 3), (1, 1, 7, 7), (8, 6, 2, 5)])
+def test_adaptive_maxpool(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int) -> None:
+    c = 3
+    x = _rand(c * h * w)
+    x[min(4, x.size - 1)] = np.nan   # PyTorch's isnan rule: the NaN wins its windows
+    got = np.zeros(c * oh * ow, np.float32)
+    idx = np.zeros(c * oh * ow, np.int32)
+    lib.run_adaptive_maxpool(*_grid(got.size), got.size, _ptr(x), _ptr(got), _ptr(idx), h, w, oh, ow)
+    want = _py("adaptive_maxpool", {"x": _lane(x)}, ("x",), ("o", "i"), channels=c, height=h, width=w, out_h=oh,
+               out_w=ow)
+    assert np.array_equal(got, want["o"].numpy().ravel(), equal_nan=True)
+    assert np.array_equal(idx, want["i"].numpy().ravel())
 
 
 def test_upsample(lib: ctypes.CDLL) -> None:

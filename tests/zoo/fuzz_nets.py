@@ -6,7 +6,7 @@ both explore the same vocabulary and a failing architecture prints as a literal 
 The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, integer or
 'same' padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
 BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
-average pools, residual branches combined by add, subtract or multiply, channel concatenations,
+average and max pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
 nearest and bilinear (either align_corners) upsampling and ConvTranspose2d up-convolutions (k=2
 s=2; k=3 s=2 p=1 output_padding=1; with or without bias, BN, an activation), dropout, identity,
@@ -116,7 +116,7 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             # to 1x1 (the global avgpool), or to any size up to one more than the input on
             # each axis: PyTorch's adaptive_avgpool kernel, overlapping uneven windows included
             h, w = (1, 1) if d.int(0, 2) == 0 else (d.int(1, h + 1), d.int(1, w + 1))
-            op = ("adaptive", (h, w))
+            op = ("adaptive", (h, w), d.choice(("avg", "max")))  # max: PyTorch's adaptivemaxpool kernel
         elif kind == "res":
             inner, _ = _conv_op(d, c, h, w, same_shape=True, acts=acts)
             op = ("res", d.choice(["add", "add", "sub", "mul"]), inner, d.choice(tuple(acts) + (None,)))
@@ -234,7 +234,7 @@ class FuzzNet(nn.Module):
             elif kind == "avgpool":
                 m = nn.AvgPool2d(op[1], op[2], op[3], ceil_mode=op[4])
             elif kind == "adaptive":
-                m = nn.AdaptiveAvgPool2d(op[1])
+                m = nn.AdaptiveMaxPool2d(op[1]) if op[2:] == ("max",) else nn.AdaptiveAvgPool2d(op[1])
             elif kind in ("res", "cat"):
                 m = nn.ModuleDict({"branch": _conv(op[2] if kind == "res" else op[1], c)})
                 if kind == "res" and op[3] is not None:

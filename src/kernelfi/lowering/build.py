@@ -226,6 +226,16 @@ class _Builder:
         self.launch(spec, "adaptive_avgpool", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow})
 
+    def adaptive_maxpool(self, spec: LayerSpec) -> None:
+        # PyTorch's adaptivemaxpool (AdaptiveMaxPool2d): the output and the argmax it always writes
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        idx = self.alloc(f"{spec.name}.indices", spec.out_shape, "index", "int32")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "adaptive_maxpool", (self.buf(spec.inputs[0]),), (out, idx),
+                    {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow})
+
     def upsample_bilinear(self, spec: LayerSpec) -> None:
         # PyTorch's upsample_bilinear2d_out_frame: one thread per output pixel, a loop over planes
         c, h, w = self.chw(spec.inputs[0])

@@ -177,6 +177,8 @@ class FxLowering(FxOps):
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self._avgpool(node, mod, path, where)
+        elif isinstance(mod, nn.AdaptiveMaxPool2d):
+            self._adaptive_maxpool(node, mod.output_size, bool(mod.return_indices), path, where)
         elif isinstance(mod, nn.Upsample):
             self._upsample(node, self._val(node.args[0], node), mod.scale_factor, mod.size, mod.mode, where, path,
                            mod.align_corners, mod.recompute_scale_factor)
@@ -405,6 +407,10 @@ class FxLowering(FxOps):
             self._mean(node, base)
         elif fn is F.adaptive_avg_pool2d:
             self._adaptive_fn(node, base)
+        elif fn is F.adaptive_max_pool2d:
+            kw = dict(zip(("input", "output_size", "return_indices"), node.args)) | dict(node.kwargs)
+            self._adaptive_maxpool(node, kw.get("output_size"), bool(kw.get("return_indices", False)),
+                                   f"{base}.pool" if base else "pool", node.name)
         elif fn is F.interpolate:
             kw = dict(zip(("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
                            "antialias"), node.args)) | dict(node.kwargs)

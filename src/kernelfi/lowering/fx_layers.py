@@ -195,6 +195,27 @@ class FxLayers:
         self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0, **extra})
 
+    def _adaptive_maxpool(self, node: fx.Node, output_size: Any, return_indices: bool, path: str,
+                          where: str) -> None:
+        """``AdaptiveMaxPool2d`` / ``F.adaptive_max_pool2d``: PyTorch's adaptivemaxpool kernel (Darknet
+        has no adaptive pool); to the input's own size every window is one tap, so no kernel runs."""
+        if return_indices:
+            raise KernelfiError(f"fx node {where}: adaptive max pooling with return_indices=True is not supported")
+        src = self._val(node.args[0], node)
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
+        c, h, w = src.shape
+        osz = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(osz) != 2 or any(not isinstance(o, (int, type(None))) for o in osz):
+            raise KernelfiError(f"fx node {where}: adaptive max pooling to {output_size!r} (not fixed sizes)")
+        oh, ow = (h if osz[0] is None else int(osz[0]), w if osz[1] is None else int(osz[1]))
+        if min(oh, ow) < 1:
+            raise KernelfiError(f"fx node {where}: adaptive max pooling to {oh}x{ow} is empty")
+        if (oh, ow) == (h, w):
+            self.vals[node] = src
+            return
+        self._add(node, "adaptive_maxpool", path, (src.layer,), (c, oh, ow), {})
+
     def _upsample(self, node: fx.Node, src: Val, scale: Any, size: Any, mode: str, where: str, path: str,
                   align_corners: Any = None, recompute: Any = None) -> None:
         """Nearest upsampling by an integer factor: AlexeyAB Darknet's [upsample] (fill +

@@ -109,3 +109,33 @@ extern "C" __global__ void adaptive_avgpool(int n, const float *input, float *ou
             sum += ptr[ih * isizeW + iw];
     output[id] = sum / kH / kW;
 }
+
+// PyTorch's adaptivemaxpool, one thread per output element: the adaptive_avgpool windows, max
+// from -inf, a tap taken when val > max or val is NaN; the argmax within the plane to indices
+// (int64 in PyTorch, int32 here).
+extern "C" __global__ void adaptive_maxpool(int n, const float *input, float *output, int *indices, int isizeH,
+                                            int isizeW, int osizeH, int osizeW)
+{
+    int id = THREAD_ID;
+    if (id >= n) return;
+    int ow = id % osizeW;
+    int q = id / osizeW;
+    int oh = q % osizeH;
+    int plane = q / osizeH;
+    int istartH = START_IND(oh, osizeH, isizeH), iendH = END_IND(oh, osizeH, isizeH);
+    int istartW = START_IND(ow, osizeW, isizeW), iendW = END_IND(ow, osizeW, isizeW);
+    int kH = iendH - istartH, kW = iendW - istartW;
+    const float *ptr = input + plane * isizeH * isizeW + istartH * isizeW + istartW;
+    int argmax = istartH * isizeW + istartW;
+    float mx = -INFINITY;
+    for (int ih = 0; ih < kH; ++ih)
+        for (int iw = 0; iw < kW; ++iw) {
+            float val = ptr[ih * isizeW + iw];
+            if ((val > mx) || isnan(val)) {
+                mx = val;
+                argmax = (ih + istartH) * isizeW + iw + istartW;
+            }
+        }
+    output[id] = mx;
+    indices[id] = argmax;
+}

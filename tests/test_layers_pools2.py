@@ -1,0 +1,181 @@
+"""Pools kernelfi used to refuse: ``AdaptiveMaxPool2d`` / ``F.adaptive_max_pool2d`` (PyTorch's
+adaptivemaxpool kernel). Hand-worked windows and faults, the lowering against PyTorch (bitwise
+for the max forms, NaN and inf inputs included: the pools run first on the raw input, so no conv
+rounding sits in between), every thread's fault-free replay equal to the fast path, a short
+campaign per mode with no tool error, and the export round trip bit for bit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernelfi._utils import KernelfiError
+from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.harden import Plan
+from kernelfi.harden.export import export_model, launch_op, load_exported
+from kernelfi.harden.export.mapping import graph_ops
+from kernelfi.harden.units import abft_plan
+from kernelfi.lowering import lower, lower_fx
+from kernelfi.models import list_models, register_model
+from kernelfi.store import Store
+from kernelfi.types import Fault
+from tests.test_layers_pools import _identity_conv, _replayed
+from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
+from tests.tiny import probs_of, run_one, site
+
+X = torch.tensor([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]]])
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, NaNs included (every NaN here is the input's own, passed through)."""
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def _launch(prog, kernel: str):  # type: ignore[no-untyped-def]
+    return next(l for l in prog.trace.launches if l.kernel == kernel)
+
+
+# ------------------------------------------------------------------------ adaptive max pooling
+def test_adaptive_maxpool_by_hand_and_compare_fault() -> None:
+    # AdaptiveMaxPool2d(2) on 1..9 (3x3): rows [0, 2) and [1, 3), columns likewise (overlapping):
+    # (0,0) = max(1, 2, 4, 5) = 5, (0,1) = max(2, 3, 5, 6) = 6, (1,0) = 8, (1,1) = 9.
+    net = nn.Sequential(_identity_conv(), nn.AdaptiveMaxPool2d(2), nn.Flatten()).eval()
+    prog = lower(net, (1, 3, 3))
+    assert prog.forward(X)[0][0].tolist() == [5.0, 6.0, 8.0, 9.0]
+    l = _launch(prog, "adaptive_maxpool")
+    assert l.params == {"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2}
+    # thread 0 scans 1, 2, 4, 5: its 4th compare (5 > 4) flipped keeps 4 (isnan(5) is false)
+    r, probs = run_one(prog, Fault("iov", site(prog, l.name, "setp:gt", 0, exec_=3, calls=4), "single", (0,)), X)
+    assert torch.allclose(probs, probs_of([4.0, 6.0, 8.0, 9.0]), atol=1e-7)
+    # thread 3's isnan test of its first tap (5, not NaN) flipped: taken anyway (it is > -inf too),
+    # then 6, 8, 9 win in turn: no change
+    r, probs = run_one(prog, Fault("iov", site(prog, l.name, "setp:nan", 3, exec_=0, calls=4), "single", (0,)), X)
+    assert r.outcome == "masked"
+
+
+ADAPTIVE_MAX = [nn.AdaptiveMaxPool2d(2), nn.AdaptiveMaxPool2d((3, 5)), nn.AdaptiveMaxPool2d((None, 2)),
+                nn.AdaptiveMaxPool2d(4), nn.AdaptiveMaxPool2d(1)]
+
+
+@pytest.mark.parametrize("pool", ADAPTIVE_MAX, ids=repr)
+@pytest.mark.parametrize("hw", [(7, 7), (5, 9)])
+def test_adaptive_maxpool_bitwise_against_pytorch_with_nan_and_inf(pool: nn.Module, hw: tuple[int, int]) -> None:
+    h, w = hw
+    net = nn.Sequential(pool, nn.Flatten()).eval()
+    prog = lower(net, (3, h, w))
+    assert _launch(prog, "adaptive_maxpool")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, h, w, generator=g)
+    x[0, 0, 0, 0] = float("nan")                       # NaN first in a window: it stays
+    x[1, 1, 2, 3] = float("nan")                       # NaN mid-window after larger values
+    x[1, 1, 2, 4] = float("nan")                       # a second NaN: replaces the first (same bits)
+    x[2, 2, 1:3, 1:3] = float("inf")
+    x[3, 0] = float("-inf")                            # a whole plane of -inf
+    x[3, 1, 0, 1] = -0.0
+    with torch.no_grad():
+        ref = net(x)
+    for fast in (True, False):
+        assert _bits_equal(prog.forward(x, fast=fast)[0], ref), fast
+
+
+def test_adaptive_maxpool_functional_identity_and_refusals() -> None:
+    class Fn(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([F.adaptive_max_pool2d(x, (2, 3)).flatten(1),
+                              F.adaptive_max_pool2d(x, output_size=6).flatten(1)], 1)
+
+    net = Fn().eval()
+    prog = lower(net, (2, 6, 6))
+    assert [l.kernel for l in prog.trace.launches].count("adaptive_maxpool") == 1   # to 6x6: no kernel
+    x = torch.randn(3, 2, 6, 6)
+    assert _bits_equal(prog.forward(x)[0], net(x))
+    with pytest.raises(KernelfiError, match="return_indices=True"):
+        lower(nn.Sequential(nn.AdaptiveMaxPool2d(2, return_indices=True)).eval(), (1, 4, 4))
+
+
+def _replay_equals_fast_path(prog, l) -> None:  # type: ignore[no-untyped-def]
+    x = torch.randn(1, *prog.trace.input_shape, generator=torch.Generator().manual_seed(5))
+    x.view(-1)[3] = float("nan")
+    mem = prog.run(prog.memory(x), fast=True)
+    plain = prog.run(prog.memory(x), fast=False)
+    got = _replayed(prog, l, mem)
+    for buf in l.writes:
+        want = (mem if buf in mem else plain)[buf][0].reshape(-1)
+        assert sorted(got[buf]) == list(range(want.numel()))       # every output written, once a thread
+        vals = torch.tensor([float(got[buf][i]) for i in range(want.numel())], dtype=want.dtype)
+        assert _bits_equal(vals, want) if vals.is_floating_point() else torch.equal(vals, want), buf
+
+
+@pytest.mark.parametrize("pool, chw", [(nn.AdaptiveMaxPool2d((3, 2)), (2, 7, 5)),
+                                       (nn.AdaptiveMaxPool2d(4), (1, 3, 9))], ids=repr)
+def test_adaptive_maxpool_fault_free_replay_equals_the_fast_path(pool: nn.Module, chw: tuple[int, ...]) -> None:
+    prog = lower(nn.Sequential(pool, nn.Flatten()).eval(), chw)
+    _replay_equals_fast_path(prog, _launch(prog, "adaptive_maxpool"))
+
+
+# --------------------------------------------------------------------- campaign and export
+NAME = "pools2"
+
+
+class Pools2(nn.Module):
+    """The newly lowered pools in one 3x9x9 -> n classifier."""
+
+    def __init__(self, n: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.amp = nn.AdaptiveMaxPool2d((3, 2))
+        self.head = nn.Linear(4 * 3 * 2 + 4 * 2 * 2, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        a = self.amp(y)                                          # 9x9 -> 3x2
+        b = F.adaptive_max_pool2d(y, 2)                          # 9x9 -> 2x2
+        return self.head(torch.cat([a.flatten(1), b.flatten(1)], 1))
+
+
+def build_pools2(num_classes: int) -> Pools2:
+    """The registered builder (top level: worker processes import it)."""
+    return Pools2(num_classes)
+
+
+NEW = {"adaptive_maxpool"}
+
+
+@pytest.fixture(scope="module")
+def registered() -> str:
+    if NAME not in {m.name for m in list_models()}:
+        register_model(NAME, input_shape=(3, 9, 9), num_classes=3, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       description="pools2: adaptive max")(build_pools2)
+    return NAME
+
+
+@pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
+def test_campaign_per_mode_has_no_tool_error(registered: str, mode: str, tmp_path: Path) -> None:
+    db = tmp_path / f"{mode}.db"
+    cid = run_campaign(CampaignConfig(ModelSpec(registered), mode, "single", n=40, seed=5, data="random", inputs=3),
+                       str(db))
+    with Store(str(db), create=False, readonly=True) as store:
+        counts = store.outcome_counts(cid)
+    assert sum(counts.values()) == 40
+    assert counts.get("tool_error", 0) == 0, counts
+
+
+def test_export_round_trip_bitwise(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m, x = Pools2().eval(), torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    lowered, trace = lower_fx(m, (3, 9, 9)), lower(m, (3, 9, 9)).trace
+    pools = [l for l in trace.launches if l.kernel in NEW]
+    ops = graph_ops(lowered)
+    assert sorted(getattr(launch_op(lowered, ops, l), "node", None) for l in pools) == \
+        ["adaptive_max_pool2d", "amp"]
+    export_model(m, Plan("pools2", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 9, 9), name="pools2",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.AdaptiveMaxPool2d((3, 2), return_indices=False)" in src
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert _bits_equal(load_exported(tmp_path / "e", variant)(x), want), variant
