@@ -74,6 +74,8 @@ void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, flo
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
 void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
     L(adaptive_avgpool(n, in, out, h, w, oh, ow)); }
+void run_max_pool_nchw(G, int n, const float *in, int c, int h, int w, int oh, int ow, int k, int s, int p, int d,
+                       float *out, int *idx) { L(max_pool_nchw(n, in, c, h, w, oh, ow, k, s, p, d, out, idx)); }
 void run_adaptive_maxpool(G, int n, const float *in, float *out, int *idx, int h, int w, int oh, int ow) {
     L(adaptive_maxpool(n, in, out, idx, h, w, oh, ow)); }
 void run_upsample_bilinear(G, int n, float rh, float rw, int ac, const float *in, float *out, int c, int h, int w,
@@ -226,6 +228,21 @@ def test_adaptive_maxpool(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int) ->
     lib.run_adaptive_maxpool(*_grid(got.size), got.size, _ptr(x), _ptr(got), _ptr(idx), h, w, oh, ow)
     want = _py("adaptive_maxpool", {"x": _lane(x)}, ("x",), ("o", "i"), channels=c, height=h, width=w, out_h=oh,
                out_w=ow)
+    assert np.array_equal(got, want["o"].numpy().ravel(), equal_nan=True)
+    assert np.array_equal(idx, want["i"].numpy().ravel())
+
+
+@pytest.mark.parametrize("h, w, k, st, pad, d", [(9, 9, 3, 2, 1, 2), (8, 7, 2, 1, 1, 3), (6, 6, 2, 2, 0, 2)])
+def test_max_pool_nchw(lib: ctypes.CDLL, h: int, w: int, k: int, st: int, pad: int, d: int) -> None:
+    c = 2
+    oh, ow = ((n + 2 * pad - d * (k - 1) - 1) // st + 1 for n in (h, w))
+    x = _rand(c * h * w)
+    x[5] = np.nan
+    got = np.zeros(c * oh * ow, np.float32)
+    idx = np.zeros(c * oh * ow, np.int32)
+    lib.run_max_pool_nchw(*_grid(got.size), got.size, _ptr(x), c, h, w, oh, ow, k, st, pad, d, _ptr(got), _ptr(idx))
+    want = _py("max_pool_nchw", {"x": _lane(x)}, ("x",), ("o", "i"), channels=c, height=h, width=w, size=k, stride=st,
+               pad=pad, dilation=d, out_h=oh, out_w=ow)
     assert np.array_equal(got, want["o"].numpy().ravel(), equal_nan=True)
     assert np.array_equal(idx, want["i"].numpy().ravel())
 

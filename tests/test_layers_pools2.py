@@ -1,5 +1,6 @@
 """Pools kernelfi used to refuse: ``AdaptiveMaxPool2d`` / ``F.adaptive_max_pool2d`` (PyTorch's
-adaptivemaxpool kernel). Hand-worked windows and faults, the lowering against PyTorch (bitwise
+adaptivemaxpool kernel) and dilated ``MaxPool2d`` / ``F.max_pool2d(dilation=)`` (PyTorch's
+max_pool_forward_nchw). Hand-worked windows and faults, the lowering against PyTorch (bitwise
 for the max forms, NaN and inf inputs included: the pools run first on the raw input, so no conv
 rounding sits in between), every thread's fault-free replay equal to the fast path, a short
 campaign per mode with no tool error, and the export round trip bit for bit."""
@@ -116,6 +117,87 @@ def test_adaptive_maxpool_fault_free_replay_equals_the_fast_path(pool: nn.Module
     _replay_equals_fast_path(prog, _launch(prog, "adaptive_maxpool"))
 
 
+# ------------------------------------------------------------------------ dilated max pooling
+P4 = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)   # x[r][c] = 4r + c + 1
+
+
+def test_dilated_maxpool_by_hand_and_index_fault() -> None:
+    # MaxPool2d(2, stride 1, dilation 2) on 1..16 (4x4): output (4 + 0 - 2*(2 - 1) - 1)/1 + 1 = 2; taps at rows {i, i+2}, columns {j, j+2}:
+    # (0,0) = max(1, 3, 9, 11) = 11, (0,1) = max(2, 4, 10, 12) = 12, (1,0) = 15, (1,1) = 16.
+    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(2, 1, dilation=2), nn.Flatten()).eval()
+    prog = lower(net, (1, 4, 4))
+    assert prog.forward(P4)[0][0].tolist() == [11.0, 12.0, 15.0, 16.0]
+    l = _launch(prog, "max_pool_nchw")
+    assert l.params == {"channels": 1, "height": 4, "width": 4, "size": 2, "stride": 1, "pad": 0, "dilation": 2,
+                        "out_h": 2, "out_w": 2}
+    assert not any(x.kernel == "forward_maxpool" for x in prog.trace.launches)
+    # thread 0's last tap index h*W + w = 2*4 + 2 = 10, bit 0 flipped: 11 -> x = 12: max 12
+    r, probs = run_one(prog, Fault("iov", site(prog, l.name, "imad:in_index", 0, exec_=3, calls=4), "single", (0,)),
+                       P4)
+    assert (r.original, r.corrupted) == (10.0, 11.0)
+    assert torch.allclose(probs, probs_of([12.0, 12.0, 15.0, 16.0]), atol=1e-7)
+
+
+def test_dilated_maxpool_padded_window_by_hand() -> None:
+    # MaxPool2d(2, stride 2, padding 1, dilation 2) on 1..16: out (4 + 2 - 2 - 1)/2 + 1 = 2.
+    # (0,0): hstart = -1 -> +2 = 1, hend = min(-1 + 3, 4) = 2: row {1}, column {1}: x = 6.
+    # (0,1): wstart = 1, wend = min(1 + 3, 4) = 4: columns {1, 3}: max(6, 8) = 8.
+    # (1,0): rows {1, 3}, column {1}: max(6, 14) = 14; (1,1): max(6, 8, 14, 16) = 16.
+    net = nn.Sequential(nn.MaxPool2d(2, 2, 1, dilation=2), nn.Flatten()).eval()
+    prog = lower(net, (1, 4, 4))
+    assert prog.forward(P4)[0][0].tolist() == [6.0, 8.0, 14.0, 16.0]
+    assert net(P4)[0].tolist() == [6.0, 8.0, 14.0, 16.0]
+
+
+DILATED = [nn.MaxPool2d(2, 1, 0, dilation=2), nn.MaxPool2d(3, 2, 1, dilation=2), nn.MaxPool2d(3, 2, 1, dilation=3),
+           nn.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True), nn.MaxPool2d(2, 3, 1, dilation=2, ceil_mode=True),
+           nn.MaxPool2d((3, 3), (2, 2), (1, 1), (2, 2))]
+
+
+@pytest.mark.parametrize("pool", DILATED, ids=repr)
+@pytest.mark.parametrize("hw", [(9, 9), (8, 11)])
+def test_dilated_maxpool_bitwise_against_pytorch_with_nan_and_inf(pool: nn.Module, hw: tuple[int, int]) -> None:
+    h, w = hw
+    net = nn.Sequential(pool, nn.Flatten()).eval()
+    prog = lower(net, (3, h, w))
+    assert _launch(prog, "max_pool_nchw")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, h, w, generator=g)
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 1, 2, 2] = float("nan")
+    x[1, 1, 4, 4] = float("nan")
+    x[2, 2, 1:4, 1:4] = float("inf")
+    x[3, 0] = float("-inf")
+    with torch.no_grad():
+        ref = net(x)
+    for fast in (True, False):
+        assert _bits_equal(prog.forward(x, fast=fast)[0], ref), fast
+
+
+def test_dilated_maxpool_functional_and_undilated_unchanged() -> None:
+    class Fn(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([F.max_pool2d(x, 3, 1, 1, 2).flatten(1),
+                              F.max_pool2d(x, 2, dilation=1).flatten(1)], 1)
+
+    net = Fn().eval()
+    prog = lower(net, (2, 6, 6))
+    kinds = [l.kernel for l in prog.trace.launches]
+    assert kinds.count("max_pool_nchw") == 1 and kinds.count("forward_maxpool") == 1
+    mp = _launch(prog, "forward_maxpool")   # the undilated pool: Darknet's launch, its params exactly
+    assert mp.params == {"channels": 2, "height": 6, "width": 6, "size": 2, "stride": 2, "pad": 0,
+                         "out_h": 3, "out_w": 3}
+    x = torch.randn(3, 2, 6, 6)
+    assert _bits_equal(prog.forward(x)[0], net(x))
+
+
+@pytest.mark.parametrize("pool, chw", [(nn.MaxPool2d(3, 2, 1, dilation=2), (2, 7, 6)),
+                                       (nn.MaxPool2d(2, 3, 1, dilation=2, ceil_mode=True), (1, 8, 9))], ids=repr)
+def test_dilated_maxpool_fault_free_replay_equals_the_fast_path(pool: nn.Module, chw: tuple[int, ...]) -> None:
+    prog = lower(nn.Sequential(pool, nn.Flatten()).eval(), chw)
+    _replay_equals_fast_path(prog, _launch(prog, "max_pool_nchw"))
+
+
 # --------------------------------------------------------------------- campaign and export
 NAME = "pools2"
 
@@ -127,13 +209,16 @@ class Pools2(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.amp = nn.AdaptiveMaxPool2d((3, 2))
-        self.head = nn.Linear(4 * 3 * 2 + 4 * 2 * 2, n)
+        self.dmp = nn.MaxPool2d(3, 2, 1, dilation=2)
+        self.head = nn.Linear(4 * 3 * 2 + 4 * 2 * 2 + 4 * 4 * 4 + 4 * 4 * 4, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.conv(x))
         a = self.amp(y)                                          # 9x9 -> 3x2
         b = F.adaptive_max_pool2d(y, 2)                          # 9x9 -> 2x2
-        return self.head(torch.cat([a.flatten(1), b.flatten(1)], 1))
+        c = self.dmp(y)                                          # 9x9 -> 4x4, dilated: (9 + 2 - 4 - 1)/2 + 1
+        d = F.max_pool2d(y, 2, 3, 1, 2, True)                    # 9x9 -> 4x4, dilated, ceil_mode: (9 + 2 - 2 - 1 + 2)/3 + 1
+        return self.head(torch.cat([a.flatten(1), b.flatten(1), c.flatten(1), d.flatten(1)], 1))
 
 
 def build_pools2(num_classes: int) -> Pools2:
@@ -141,7 +226,7 @@ def build_pools2(num_classes: int) -> Pools2:
     return Pools2(num_classes)
 
 
-NEW = {"adaptive_maxpool"}
+NEW = {"adaptive_maxpool", "max_pool_nchw"}
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +255,11 @@ def test_export_round_trip_bitwise(tmp_path: Path) -> None:
     pools = [l for l in trace.launches if l.kernel in NEW]
     ops = graph_ops(lowered)
     assert sorted(getattr(launch_op(lowered, ops, l), "node", None) for l in pools) == \
-        ["adaptive_max_pool2d", "amp"]
+        ["adaptive_max_pool2d", "amp", "dmp", "max_pool2d"]
     export_model(m, Plan("pools2", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 9, 9), name="pools2",
                  check_inputs=x)
     src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
-    assert "nn.AdaptiveMaxPool2d((3, 2), return_indices=False)" in src
+    assert "nn.AdaptiveMaxPool2d((3, 2), return_indices=False)" in src and "dilation=2" in src
     with torch.no_grad():
         want = m(x)
         for variant in ("none", "plan", "full-dmr", "full-tmr"):

@@ -1,5 +1,5 @@
 """Thread programs of the kernels added for models brought from PyTorch (issue 20):
-``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool``, ``adaptive_maxpool`` and
+``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool``, ``adaptive_maxpool``, ``max_pool_nchw`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
 ``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
 (``kernelfi.kernels.pointwise``), and the transposed convolution's ``col2im``
@@ -16,7 +16,7 @@ import numpy as np
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
+from kernelfi.kernels import broadcast_strides, dilated_start, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
 
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
@@ -26,6 +26,7 @@ OPERANDS.update({
     "upsample": {"x": ("r", 0), "out": ("r", 1)},
     "adaptive_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "adaptive_maxpool": {"in": ("r", 0), "out": ("w", 0), "indices": ("w", 1)},
+    "max_pool_nchw": {"in": ("r", 0), "out": ("w", 0), "indices": ("w", 1)},
     "upsample_bilinear": {"in": ("r", 0), "out": ("w", 0)},
     "scalar_op": {"in": ("r", 0), "out": ("w", 0)},
     "clamp": {"in": ("r", 0), "out": ("w", 0)},
@@ -271,6 +272,39 @@ def _adaptive_maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
             cand = c.idx(("imad:argmax",), (ih + h0) * W + iw + w0)
             take = gt or nan
             arg = c.ival(("sel:argmax",), cand if take else arg, old=arg)
+            mx = c.val(("sel:max",), x if take else mx, old=mx)
+    c.addr("out", ("lea:addr_out",))
+    c.addr("indices", ("lea:addr_indices",))
+    c.st("st:out", "out", i, mx)
+    c.st("st:indices", "indices", i, int(arg))
+
+
+@program("max_pool_nchw")
+def _max_pool_nchw(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W, k, st, pad, d, OH, OW = (int(p[key]) for key in ("channels", "height", "width", "size", "stride", "pad",
+                                                             "dilation", "out_h", "out_w"))
+    i = prologue(c, t, ch * OH * OW)
+    if i is None:
+        return
+    q, pw = c.idiv("ow", i, OW)
+    q, ph = c.idiv("oh", q, OH)
+    b, cc = c.idiv("c", q, ch)
+    hs = c.idx(("imad:start",), ph * st - pad)
+    ws = c.idx(("imad:start",), pw * st - pad)
+    he = c.idx(("imnmx:end",), min(c.idx(("imad:end",), hs + (k - 1) * d + 1), H))
+    we = c.idx(("imnmx:end",), min(c.idx(("imad:end",), ws + (k - 1) * d + 1), W))
+    hs = c.idx(("iadd:start",), dilated_start(hs, d))
+    ws = c.idx(("iadd:start",), dilated_start(ws, d))
+    plane = c.idx(("imad:plane",), (b * ch + cc) * H * W)
+    mx = c.val(("mov:max_init",), F32(-np.inf))
+    arg = c.ival(("imad:argmax_init",), hs * W + ws)
+    for th in c.loop("h", max(0, -(-(he - hs) // d))):
+        for tw in c.loop("w", max(0, -(-(we - ws) // d))):
+            hw = c.idx(("imad:in_index",), (hs + th * d) * W + ws + tw * d)
+            x = F32(c.ld("ld:in", "in", plane + hw, addr_tags=("lea:addr_in",)))
+            take = c.pred(("setp:gt",), bool(x > mx))
+            take = c.pred(("setp:nan",), bool(x != x)) or take
+            arg = c.ival(("sel:argmax",), hw if take else arg, old=arg)
             mx = c.val(("sel:max",), x if take else mx, old=mx)
     c.addr("out", ("lea:addr_out",))
     c.addr("indices", ("lea:addr_indices",))

@@ -34,6 +34,8 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "forward_local_avgpool": ("s", lambda v: {"channels": 1, "height": 9, "width": 9, "size": v, "stride": 1,
                                               "pad": 0, "out_h": 10 - v, "out_w": 10 - v}),
     "adaptive_avgpool": (None, lambda v: {"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2}),
+    "max_pool_nchw": ("s", lambda v: {"channels": 1, "height": 9, "width": 9, "size": v, "stride": 1, "pad": 0,
+                                      "dilation": 2, "out_h": 11 - 2 * v, "out_w": 11 - 2 * v}),
     "adaptive_maxpool": (None, lambda v: {"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2}),
     "upsample_bilinear": ("C", lambda v: {"channels": v, "height": 2, "width": 2, "out_h": 4, "out_w": 4,
                                             "align_corners": False, "rheight": 0.5, "rwidth": 0.5}),

@@ -338,8 +338,10 @@ class FxLowering(FxOps):
         size = pair(mod.kernel_size, "kernel", where)
         stride = pair(mod.stride if mod.stride is not None else size, "stride", where)
         pad = pair(mod.padding, "padding", where)
-        if pair(mod.dilation, "dilation", where) != 1:
-            raise KernelfiError(f"fx node {where}: dilated max pooling is not supported")
+        dilation = pair(mod.dilation, "dilation", where)
+        if dilation != 1:   # PyTorch's max_pool_forward_nchw (Darknet's maxpool has no dilation)
+            self._dilated_maxpool(node, src, path, size, stride, pad, dilation, bool(mod.ceil_mode), where)
+            return
         total, oh, ow, extra = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
         self._add(node, "maxpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, **extra})

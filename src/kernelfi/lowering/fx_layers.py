@@ -195,6 +195,25 @@ class FxLayers:
         self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0, **extra})
 
+    def _dilated_maxpool(self, node: fx.Node, src: Val, path: str, size: int, stride: int, pad: int, dilation: int,
+                         ceil: bool, where: str) -> None:
+        """A dilated ``MaxPool2d``: PyTorch's max_pool_forward_nchw, its output extents
+        (pooling_output_shape: ``(n + 2*pad - d*(k - 1) - 1 [+ stride - 1 with ceil_mode])/stride + 1``,
+        less one where ceil_mode's last window would start in the right padding)."""
+        c, h, w = src.shape
+        if pad > size // 2:
+            raise KernelfiError(f"fx node {where}: max pooling padding {pad} is more than half the kernel {size}")
+
+        def out(n: int) -> int:
+            o = (n + 2 * pad - dilation * (size - 1) - 1 + (stride - 1 if ceil else 0)) // stride + 1
+            return o - 1 if ceil and (o - 1) * stride >= n + pad else o
+
+        oh, ow = out(h), out(w)
+        if min(oh, ow) < 1:
+            raise KernelfiError(f"fx node {where}: dilated max pooling {h}x{w} gives an empty {oh}x{ow} output")
+        self._add(node, "maxpool_dilated", path, (src.layer,), (c, oh, ow),
+                  {"size": size, "stride": stride, "pad": pad, "dilation": dilation})
+
     def _adaptive_maxpool(self, node: fx.Node, output_size: Any, return_indices: bool, path: str,
                           where: str) -> None:
         """``AdaptiveMaxPool2d`` / ``F.adaptive_max_pool2d``: PyTorch's adaptivemaxpool kernel (Darknet
