@@ -70,6 +70,9 @@ void run_forward_maxpool_ceil(G, int n, int h, int w, int c, int stride, int siz
 void run_forward_local_avgpool_ceil(G, int n, int h, int w, int c, int stride, int size, int pad, int eh, int ew,
                                     int cip, const float *in, float *out) {
     L(forward_local_avgpool_ceil(n, h, w, c, stride, size, pad, eh, ew, cip, in, out)); }
+void run_forward_local_avgpool_divisor(G, int n, int h, int w, int c, int stride, int size, int pad, int eh, int ew,
+                                       int div, const float *in, float *out) {
+    L(forward_local_avgpool_divisor(n, h, w, c, stride, size, pad, eh, ew, div, in, out)); }
 void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, float *out) {
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
 void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
@@ -190,6 +193,21 @@ def test_local_avgpool(lib: ctypes.CDLL, size: int, stride: int, pad: int, cip: 
     params = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow)
     if cip:
         params["count_include_pad"] = True
+    want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **params)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("size, stride, pad, eh, div", [(2, 2, 0, 0, 3), (3, 2, 2, 0, 5), (3, 4, 2, 1, 2)])
+def test_local_avgpool_divisor(lib: ctypes.CDLL, size: int, stride: int, pad: int, eh: int, div: int) -> None:
+    c, h, w = 3, 8, 8
+    oh, ow = ((n + pad + eh - size) // stride + 1 for n in (h, w))
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    lib.run_forward_local_avgpool_divisor(*_grid(got.size), got.size, h, w, c, stride, size, pad, eh, eh, div, _ptr(x),
+                                          _ptr(got))
+    params = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow, divisor=div)
+    if eh:
+        params.update(ceil_pad_h=eh, ceil_pad_w=eh)
     want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **params)["o"]
     assert np.array_equal(got, want.numpy().ravel())
 

@@ -1,6 +1,7 @@
 """Pools kernelfi used to refuse: ``AdaptiveMaxPool2d`` / ``F.adaptive_max_pool2d`` (PyTorch's
 adaptivemaxpool kernel) and dilated ``MaxPool2d`` / ``F.max_pool2d(dilation=)`` (PyTorch's
-max_pool_forward_nchw). Hand-worked windows and faults, the lowering against PyTorch (bitwise
+max_pool_forward_nchw), and ``AvgPool2d(divisor_override=k)`` / ``F.avg_pool2d(divisor_override=)``
+(the local_avgpool launch with a ``divisor`` param, only where given). Hand-worked windows and faults, the lowering against PyTorch (bitwise
 for the max forms, NaN and inf inputs included: the pools run first on the raw input, so no conv
 rounding sits in between), every thread's fault-free replay equal to the fast path, a short
 campaign per mode with no tool error, and the export round trip bit for bit."""
@@ -198,6 +199,104 @@ def test_dilated_maxpool_fault_free_replay_equals_the_fast_path(pool: nn.Module,
     _replay_equals_fast_path(prog, _launch(prog, "max_pool_nchw"))
 
 
+# ------------------------------------------------------------------ avg pooling divisor_override
+def test_avgpool_divisor_override_by_hand_and_faults() -> None:
+    # AvgPool2d(2, 2, padding=1, divisor_override=3) on 1..9 (3x3): windows origin -1, output 2x2:
+    # (0,0) = {1}/3, (0,1) = {2, 3}/3 = 5/3, (1,0) = {4, 7}/3 = 11/3, (1,1) = {5, 6, 8, 9}/3 = 28/3.
+    net = nn.Sequential(_identity_conv(), nn.AvgPool2d(2, 2, 1, divisor_override=3), nn.Flatten()).eval()
+    prog = lower(net, (1, 3, 3))
+    want = [torch.tensor(v, dtype=torch.float32) / 3 for v in (1.0, 5.0, 11.0, 28.0)]
+    assert prog.forward(X)[0][0].tolist() == [v.item() for v in want]
+    l = _launch(prog, "forward_local_avgpool")
+    assert l.params == {"channels": 1, "height": 3, "width": 3, "size": 2, "stride": 2, "pad": 2, "out_h": 2,
+                        "out_w": 2, "divisor": 3}
+    # thread 0's divisor 3 (the MOV of divisor_override), bit 1 flipped: 1: output 1/1 = 1
+    r, probs = run_one(prog, Fault("iov", site(prog, l.name, "mov:divisor", 0), "single", (1,)), X)
+    assert (r.original, r.corrupted) == (3.0, 1.0)
+    assert torch.allclose(probs, probs_of([1.0, 5 / 3, 11 / 3, 28 / 3]), atol=1e-6)
+    # thread 3's float(3) = 0x40400000, bit 22 flipped: 0x40000000 = 2.0: 28/2 = 14
+    r, probs = run_one(prog, Fault("iov", site(prog, l.name, "cvt:counter", 3), "single", (22,)), X)
+    assert (r.original, r.corrupted) == (3.0, 2.0)
+    assert torch.allclose(probs, probs_of([1 / 3, 5 / 3, 11 / 3, 14.0]), atol=1e-6)
+
+
+def _avg_reference(x: torch.Tensor, k: int, s: int, p: int, ceil: bool, divisor: int) -> torch.Tensor:
+    """PyTorch's avg_pool2d with divisor_override written out: float32 sums of the taps inside the
+    input, row by row, divided by the divisor (the output extents taken from F.avg_pool2d)."""
+    oh, ow = F.avg_pool2d(x, k, s, p, ceil).shape[-2:]
+    n, c, h, w = x.shape
+    out = torch.empty(n, c, oh, ow)
+    for i in range(oh):
+        for j in range(ow):
+            acc = torch.zeros(n, c)
+            for r in range(i * s - p, i * s - p + k):
+                for q in range(j * s - p, j * s - p + k):
+                    if 0 <= r < h and 0 <= q < w:
+                        acc = acc + x[:, :, r, q]
+            out[:, :, i, j] = acc / torch.tensor(float(divisor))
+    return out.flatten(1)
+
+
+DIVISOR = [(2, 2, 0, False, 3), (3, 2, 1, False, 5), (3, 2, 1, True, 2), (3, 4, 1, True, 7), (4, 4, 0, False, 7)]
+
+
+@pytest.mark.parametrize("k, s, p, ceil, divisor", DIVISOR)
+@pytest.mark.parametrize("include_pad", [True, False])
+def test_avgpool_divisor_override_against_pytorch(k: int, s: int, p: int, ceil: bool, divisor: int,
+                                                   include_pad: bool) -> None:
+    """Bitwise against the written-out float32 reference; within 1e-6 (relative) of PyTorch CPU's
+    module (bitwise on these inputs too, but its CPU kernel is not ours to pin)."""
+    net = nn.Sequential(nn.AvgPool2d(k, s, p, ceil, include_pad, divisor_override=divisor), nn.Flatten()).eval()
+    prog = lower(net, (3, 8, 8))
+    assert _launch(prog, "forward_local_avgpool").params["divisor"] == divisor
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = net(x)
+    want = _avg_reference(x, k, s, p, ceil, divisor)
+    for fast in (True, False):
+        got = prog.forward(x, fast=fast)[0]
+        assert _bits_equal(got, want), fast
+        assert (got - ref).abs().max().item() <= 1e-6 * max(ref.abs().max().item(), 1.0)
+
+
+def test_avgpool_divisor_functional_and_launches_without_it_unchanged() -> None:
+    class Fn(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([F.avg_pool2d(x, 2, 2, 0, False, True, 3).flatten(1),
+                              F.avg_pool2d(x, 3, 2, 1, divisor_override=4).flatten(1),
+                              F.avg_pool2d(x, 3, 2, 1).flatten(1), F.avg_pool2d(x, 6).flatten(1)], 1)
+
+    net = Fn().eval()
+    prog = lower(net, (2, 6, 6))
+    pools = [l.params for l in prog.trace.launches if l.kernel == "forward_local_avgpool"]
+    assert [q.get("divisor") for q in pools] == [3, 4, None]
+    assert pools[2] == {"channels": 2, "height": 6, "width": 6, "size": 3, "stride": 2, "pad": 2, "out_h": 3,
+                        "out_w": 3, "count_include_pad": True}          # the plain launch: params as before
+    assert [l.kernel for l in prog.trace.launches].count("forward_avgpool") == 1   # the global pool: Darknet's
+    x = torch.randn(3, 2, 6, 6)
+    assert (prog.forward(x)[0] - net(x)).abs().max().item() <= 1e-6
+    with pytest.raises(KernelfiError, match="divisor_override=0"):
+        lower(nn.Sequential(nn.AvgPool2d(2, divisor_override=0)).eval(), (1, 4, 4))
+
+
+def test_avgpool_divisor_registers_only_where_given() -> None:
+    from kernelfi.kernels import get_kernel, ptxas_registers
+    k = get_kernel("forward_local_avgpool")
+    base = {"channels": 1, "height": 4, "width": 4, "size": 2, "stride": 2, "pad": 0, "out_h": 2, "out_w": 2}
+    assert (ptxas_registers("forward_local_avgpool"), ptxas_registers("forward_local_avgpool_divisor")) == (26, 27)
+    assert k.registers({**base, "divisor": 3}) is not None
+    plain, div = k.template(base), k.template({**base, "divisor": 3})
+    assert [s.tag for s in div.slots if s.tag not in {t.tag for t in plain.slots}] == ["mov:divisor"]
+
+
+@pytest.mark.parametrize("pool, chw", [(nn.AvgPool2d(3, 2, 1, divisor_override=4), (2, 7, 6)),
+                                       (nn.AvgPool2d(3, 4, 1, ceil_mode=True, divisor_override=2), (1, 8, 8))],
+                         ids=repr)
+def test_avgpool_divisor_fault_free_replay_equals_the_fast_path(pool: nn.Module, chw: tuple[int, ...]) -> None:
+    prog = lower(nn.Sequential(pool, nn.Flatten()).eval(), chw)
+    _replay_equals_fast_path(prog, _launch(prog, "forward_local_avgpool"))
+
+
 # --------------------------------------------------------------------- campaign and export
 NAME = "pools2"
 
@@ -210,7 +309,8 @@ class Pools2(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.amp = nn.AdaptiveMaxPool2d((3, 2))
         self.dmp = nn.MaxPool2d(3, 2, 1, dilation=2)
-        self.head = nn.Linear(4 * 3 * 2 + 4 * 2 * 2 + 4 * 4 * 4 + 4 * 4 * 4, n)
+        self.dap = nn.AvgPool2d(3, 3, divisor_override=4)
+        self.head = nn.Linear(4 * 3 * 2 + 4 * 2 * 2 + 4 * 4 * 4 + 4 * 4 * 4 + 4 * 3 * 3 + 4 * 5 * 5, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.conv(x))
@@ -218,7 +318,9 @@ class Pools2(nn.Module):
         b = F.adaptive_max_pool2d(y, 2)                          # 9x9 -> 2x2
         c = self.dmp(y)                                          # 9x9 -> 4x4, dilated: (9 + 2 - 4 - 1)/2 + 1
         d = F.max_pool2d(y, 2, 3, 1, 2, True)                    # 9x9 -> 4x4, dilated, ceil_mode: (9 + 2 - 2 - 1 + 2)/3 + 1
-        return self.head(torch.cat([a.flatten(1), b.flatten(1), c.flatten(1), d.flatten(1)], 1))
+        e = self.dap(y)                                          # 9x9 -> 3x3, sums / 4
+        f = F.avg_pool2d(y, 3, 2, 1, divisor_override=5)         # 9x9 -> 5x5, sums / 5
+        return self.head(torch.cat([t.flatten(1) for t in (a, b, c, d, e, f)], 1))
 
 
 def build_pools2(num_classes: int) -> Pools2:
@@ -226,7 +328,7 @@ def build_pools2(num_classes: int) -> Pools2:
     return Pools2(num_classes)
 
 
-NEW = {"adaptive_maxpool", "max_pool_nchw"}
+NEW = {"adaptive_maxpool", "max_pool_nchw", "forward_local_avgpool"}
 
 
 @pytest.fixture(scope="module")
@@ -255,11 +357,12 @@ def test_export_round_trip_bitwise(tmp_path: Path) -> None:
     pools = [l for l in trace.launches if l.kernel in NEW]
     ops = graph_ops(lowered)
     assert sorted(getattr(launch_op(lowered, ops, l), "node", None) for l in pools) == \
-        ["adaptive_max_pool2d", "amp", "dmp", "max_pool2d"]
+        ["adaptive_max_pool2d", "amp", "avg_pool2d", "dap", "dmp", "max_pool2d"]
     export_model(m, Plan("pools2", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 9, 9), name="pools2",
                  check_inputs=x)
     src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
-    assert "nn.AdaptiveMaxPool2d((3, 2), return_indices=False)" in src and "dilation=2" in src
+    assert "nn.AdaptiveMaxPool2d((3, 2), return_indices=False)" in src and "dilation=2" in src \
+        and "divisor_override=4" in src
     with torch.no_grad():
         want = m(x)
         for variant in ("none", "plan", "full-dmr", "full-tmr"):

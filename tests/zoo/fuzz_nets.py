@@ -5,7 +5,7 @@ both explore the same vocabulary and a failing architecture prints as a literal 
 
 The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, integer or
 'same' padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
-BatchNorm anywhere, max (dilation 1 or 2) and local average pools (strides 1-3, padding, ceil_mode), adaptive
+BatchNorm anywhere, max (dilation 1 or 2) and local average pools (strides 1-3, padding, ceil_mode, divisor_override), adaptive
 average and max pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
 nearest and bilinear (either align_corners) upsampling and ConvTranspose2d up-convolutions (k=2
@@ -109,7 +109,9 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             ceil = bool(d.int(0, 1))
             # dilation 2 (PyTorch's max_pool_forward_nchw) where the dilated window fits
             dil = d.int(1, 2) if kind == "maxpool" and min(h, w) + 2 * pad >= 2 * k - 1 else 1
-            op = (kind, k, s, pad, ceil) + ((dil,) if dil > 1 else ())
+            # avgpool: PyTorch's divisor_override sometimes (the local_avgpool launch's divisor param)
+            div = d.choice((0, 0, 3, k * k + 1)) if kind == "avgpool" else 0
+            op = (kind, k, s, pad, ceil) + ((dil,) if dil > 1 else ()) + ((div,) if div else ())
             span = dil * (k - 1) + 1
             size = [((n + 2 * pad - span + (s - 1 if ceil else 0)) // s) + 1 for n in (h, w)]
             if ceil:  # PyTorch drops a last window that would start in the right padding
@@ -235,7 +237,7 @@ class FuzzNet(nn.Module):
             elif kind == "maxpool":
                 m = nn.MaxPool2d(op[1], op[2], op[3], dilation=op[5] if len(op) > 5 else 1, ceil_mode=op[4])
             elif kind == "avgpool":
-                m = nn.AvgPool2d(op[1], op[2], op[3], ceil_mode=op[4])
+                m = nn.AvgPool2d(op[1], op[2], op[3], ceil_mode=op[4], divisor_override=op[5] if len(op) > 5 else None)
             elif kind == "adaptive":
                 m = nn.AdaptiveMaxPool2d(op[1]) if op[2:] == ("max",) else nn.AdaptiveAvgPool2d(op[1])
             elif kind in ("res", "cat"):

@@ -181,6 +181,8 @@ def _local_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
             hs, ws = h_off + i * stride, w_off + j * stride
             counter = c.ival(("imnmx:divisor",), (min(hs + size, H + side) - hs) * (min(ws + size, W + side) - ws),
                              old=counter)
+        if "divisor" in p:   # PyTorch's divisor_override
+            counter = c.ival(("mov:divisor",), int(p["divisor"]), old=counter)
         d = c.val(("cvt:counter",), F32(counter))
     y = c.fdiv("out", avg, d)
     c.addr("out", ("lea:addr_out",))

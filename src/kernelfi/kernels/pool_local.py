@@ -9,7 +9,9 @@ size)/stride + 1), sums the valid taps left to right in float32 and divides by t
 ``(hend - hstart)*(wend - wstart)`` with ``hend = min(hstart + size, H + pad_side)``, as
 ``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``); a ceil_mode launch's
 ``CEIL_PAD`` rows/columns (``kernels.pool``) lengthen only the output extents, so that divisor
-still stops at the padded input, as PyTorch's does, not at the ceil overhang. ``upsample_kernel``
+still stops at the padded input, as PyTorch's does, not at the ceil overhang. PyTorch's
+``divisor_override=k`` divides every window's sum by k instead (launch param ``divisor``, present
+only then: entry ``forward_local_avgpool_divisor``). ``upsample_kernel``
 computes ``out[i] += scale * x[in_index]`` after the layer's ``fill`` of zeros.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from kernelfi.types import AddressHalf, Launch
+from kernelfi.types import AddressHalf, Launch, RegisterMap
 
 from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
@@ -44,7 +46,9 @@ class LocalAvgpoolKernel(WindowKernel):
                       {"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 2,
                        "out_h": 2, "out_w": 2, "count_include_pad": True},
                       {"channels": 1, "height": 8, "width": 5, "size": 3, "stride": 4, "pad": 2,
-                       "out_h": 3, "out_w": 2, "ceil_pad_h": 1, "ceil_pad_w": 0, "count_include_pad": True})
+                       "out_h": 3, "out_w": 2, "ceil_pad_h": 1, "ceil_pad_w": 0, "count_include_pad": True},
+                      {"channels": 1, "height": 3, "width": 3, "size": 2, "stride": 2, "pad": 2,
+                       "out_h": 2, "out_w": 2, "divisor": 3})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
@@ -70,8 +74,17 @@ class LocalAvgpoolKernel(WindowKernel):
             dh = torch.tensor([padded_divisor(int(r), size, h, side) for r in rows], device=dev)
             dw = torch.tensor([padded_divisor(int(q), size, w, side) for q in cols], device=dev)
             count = dh.view(oh, 1) * dw.view(1, ow)
+        if "divisor" in launch.params:   # PyTorch's divisor_override: every window's sum over k
+            count = torch.full((oh, ow), p_int(launch.params, "divisor", self.name), dtype=torch.int64, device=dev)
         y = acc / count.to(x.dtype)
         put(mem, launch.writes[0], y.reshape(lanes, -1), natural=(c, oh, ow))
+
+    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
+        """A divisor_override launch: ptxas' count of entry ``forward_local_avgpool_divisor``;
+        every other launch keeps the Darknet (or ``*_ceil``) entry's count."""
+        if "divisor" in params:
+            return self._stream(params).register_map(ptxas_registers(f"{KN}_divisor"))
+        return super().registers(params)
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         size = p_int(params, "size", self.name)
@@ -95,6 +108,8 @@ class LocalAvgpoolKernel(WindowKernel):
         if params.get("count_include_pad"):
             s.add("GPR", "IMNMX", "imnmx:divisor", 6, "value",
                   "PyTorch's count_include_pad divisor (hend - hstart)*(wend - wstart), clipped to the padded input")
+        if "divisor" in params:
+            s.add("GPR", "MOV", "mov:divisor", 1, "value", "counter = divisor_override, PyTorch's avg_pool2d divisor")
         s.add("OTHERS", "I2F", "cvt:counter", 1, "value", "float(divisor)")
         fdiv(s, "out", "avg / divisor, the output")
         addr(s, "out", "output[out_index]")

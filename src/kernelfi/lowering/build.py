@@ -214,6 +214,8 @@ class _Builder:
                                   "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow}
         if p.get("count_include_pad"):
             params["count_include_pad"] = True
+        if "divisor" in p:   # PyTorch's divisor_override, only where given
+            params["divisor"] = int(p["divisor"])
         params.update(_ceil_params(p))
         self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
 

@@ -366,13 +366,14 @@ class FxLowering(FxOps):
         size = pair(mod.kernel_size, "kernel", where)
         stride = pair(mod.stride or size, "stride", where)
         pad = pair(mod.padding, "padding", where)
-        if getattr(mod, "divisor_override", None):
-            raise KernelfiError(f"fx node {where}: avg pooling with divisor_override is not supported")
-        if (size, stride, pad) == (h, h, 0) and h == w:
+        divisor = getattr(mod, "divisor_override", None)
+        if divisor is not None and (not isinstance(divisor, int) or divisor == 0):
+            raise KernelfiError(f"fx node {where}: avg pooling divisor_override={divisor!r} (PyTorch needs a nonzero int)")
+        if divisor is None and (size, stride, pad) == (h, h, 0) and h == w:
             self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})  # global: Darknet's [avgpool]
             return
         self._local_avgpool(node, src, path, size, stride, pad, bool(mod.ceil_mode),
-                            bool(getattr(mod, "count_include_pad", True)), where)
+                            bool(getattr(mod, "count_include_pad", True)), where, divisor)
 
     def _softmax(self, node: fx.Node, path: str) -> None:
         src = self._val(node.args[0], node)
@@ -422,7 +423,8 @@ class FxLowering(FxOps):
                            str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample",
                            kw.get("align_corners"), kw.get("recompute_scale_factor"))
         elif fn in (F.avg_pool2d, F.max_pool2d):
-            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad") if fn is F.avg_pool2d \
+            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                     "divisor_override") if fn is F.avg_pool2d \
                 else ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
             kw = dict(zip(names, node.args)) | dict(node.kwargs)
             kw.pop("input", None)

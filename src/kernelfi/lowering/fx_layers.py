@@ -188,10 +188,14 @@ class FxLayers:
         return total, want[0], want[1], extra
 
     def _local_avgpool(self, node: fx.Node, src: Val, path: str, size: int, stride: int, pad: int, ceil: bool,
-                       include_pad: bool, where: str) -> None:
-        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded)."""
+                       include_pad: bool, where: str, divisor: int | None = None) -> None:
+        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded, its
+        divisor_override when given: param ``divisor``, only then)."""
         c, h, w = src.shape
         total, oh, ow, extra = self._pool_pad(h, w, size, stride, pad, ceil, where)
+        if divisor is not None:
+            extra = {**extra, "divisor": int(divisor)}
+            include_pad = False   # divisor_override wins over count_include_pad in PyTorch's kernel
         self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0, **extra})
 

@@ -1,6 +1,6 @@
 // kernelfi's CUDA C rendering of kernels/pool_local.py: AlexeyAB Darknet's
-// forward_local_avgpool (average over size x size windows, divided by the valid taps, or by
-// PyTorch's count_include_pad window) and upsample (nearest, integer stride, forward).
+// forward_local_avgpool (average over size x size windows, divided by the valid taps, by
+// PyTorch's count_include_pad window, or by its divisor_override) and upsample (nearest, integer stride, forward).
 // Compiled only to count registers (scripts/ptxas_registers.py).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
@@ -10,7 +10,7 @@
 // count_include_pad divisor still clips to the padded input (in + pad/2), as PyTorch's does.
 static __device__ __forceinline__ void local_avgpool_thread(int n, int in_h, int in_w, int in_c, int stride,
                                                             int size, int pad, int ceil_h, int ceil_w,
-                                                            int count_include_pad, const float *input,
+                                                            int count_include_pad, int divisor, const float *input,
                                                             float *output)
 {
     int h = (in_h + pad + ceil_h - size) / stride + 1;
@@ -49,20 +49,30 @@ static __device__ __forceinline__ void local_avgpool_thread(int n, int in_h, int
         int we = ws + size < in_w + side ? ws + size : in_w + side;
         counter = (he - hs) * (we - ws);
     }
+    if (divisor) counter = divisor;   // PyTorch's divisor_override (entry forward_local_avgpool_divisor)
     output[out_index] = avg / counter;
 }
 
 extern "C" __global__ void forward_local_avgpool(int n, int in_h, int in_w, int in_c, int stride, int size,
                                                  int pad, int count_include_pad, const float *input, float *output)
 {
-    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, 0, 0, count_include_pad, input, output);
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, 0, 0, count_include_pad, 0, input, output);
 }
 
 extern "C" __global__ void forward_local_avgpool_ceil(int n, int in_h, int in_w, int in_c, int stride, int size,
                                                       int pad, int ceil_h, int ceil_w, int count_include_pad,
                                                       const float *input, float *output)
 {
-    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, count_include_pad, input, output);
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, count_include_pad, 0, input, output);
+}
+
+// AvgPool2d(divisor_override=k): PyTorch's avg_pool2d divides the sum by k (ceil_h/ceil_w 0 unless ceil_mode
+// needs them); launched only where divisor_override is given
+extern "C" __global__ void forward_local_avgpool_divisor(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                         int pad, int ceil_h, int ceil_w, int divisor,
+                                                         const float *input, float *output)
+{
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, 0, divisor, input, output);
 }
 
 extern "C" __global__ void upsample(int N, const float *x, int w, int h, int c, int batch, int stride,
