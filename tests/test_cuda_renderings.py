@@ -70,10 +70,17 @@ void run_forward_maxpool_ceil(G, int n, int h, int w, int c, int stride, int siz
 void run_forward_local_avgpool_ceil(G, int n, int h, int w, int c, int stride, int size, int pad, int eh, int ew,
                                     int cip, const float *in, float *out) {
     L(forward_local_avgpool_ceil(n, h, w, c, stride, size, pad, eh, ew, cip, in, out)); }
+void run_forward_local_avgpool_divisor(G, int n, int h, int w, int c, int stride, int size, int pad, int eh, int ew,
+                                       int div, const float *in, float *out) {
+    L(forward_local_avgpool_divisor(n, h, w, c, stride, size, pad, eh, ew, div, in, out)); }
 void run_upsample(G, int n, const float *x, int w, int h, int c, int stride, float *out) {
     L(upsample(n, x, w, h, c, 1, stride, 1.f, out)); }
 void run_adaptive_avgpool(G, int n, const float *in, float *out, int h, int w, int oh, int ow) {
     L(adaptive_avgpool(n, in, out, h, w, oh, ow)); }
+void run_max_pool_nchw(G, int n, const float *in, int c, int h, int w, int oh, int ow, int k, int s, int p, int d,
+                       float *out, int *idx) { L(max_pool_nchw(n, in, c, h, w, oh, ow, k, s, p, d, out, idx)); }
+void run_adaptive_maxpool(G, int n, const float *in, float *out, int *idx, int h, int w, int oh, int ow) {
+    L(adaptive_maxpool(n, in, out, idx, h, w, oh, ow)); }
 void run_upsample_bilinear(G, int n, float rh, float rw, int ac, const float *in, float *out, int c, int h, int w,
                            int oh, int ow) { L(upsample_bilinear(n, rh, rw, ac, in, out, c, h, w, oh, ow)); }
 void run_col2im(G, int n, const float *col, int h, int w, int k, int pad, int stride, int hc, int wc, float *im) {
@@ -190,6 +197,21 @@ def test_local_avgpool(lib: ctypes.CDLL, size: int, stride: int, pad: int, cip: 
     assert np.array_equal(got, want.numpy().ravel())
 
 
+@pytest.mark.parametrize("size, stride, pad, eh, div", [(2, 2, 0, 0, 3), (3, 2, 2, 0, 5), (3, 4, 2, 1, 2)])
+def test_local_avgpool_divisor(lib: ctypes.CDLL, size: int, stride: int, pad: int, eh: int, div: int) -> None:
+    c, h, w = 3, 8, 8
+    oh, ow = ((n + pad + eh - size) // stride + 1 for n in (h, w))
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    lib.run_forward_local_avgpool_divisor(*_grid(got.size), got.size, h, w, c, stride, size, pad, eh, eh, div, _ptr(x),
+                                          _ptr(got))
+    params = dict(channels=c, height=h, width=w, size=size, stride=stride, pad=pad, out_h=oh, out_w=ow, divisor=div)
+    if eh:
+        params.update(ceil_pad_h=eh, ceil_pad_w=eh)
+    want = _py("forward_local_avgpool", {"x": _lane(x)}, ("x",), ("o",), **params)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+
+
 @pytest.mark.parametrize("h, w, oh, ow", [(7, 7, 3, 3), (1, 1, 7, 7), (8, 6, 2, 5)])
 def test_adaptive_avgpool(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int) -> None:
     c = 3
@@ -212,6 +234,35 @@ def test_col2im(lib: ctypes.CDLL, h: int, k: int, stride: int, pad: int) -> None
     want = _py("col2im", {"col": _lane(col)}, ("col",), ("im",), channels=c, height=h, width=w, ksize=k,
                stride=stride, pad=pad, height_col=hc, width_col=wc)["im"]
     assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("h, w, oh, ow", [(7, 7, 3, 3), (1, 1, 7, 7), (8, 6, 2, 5)])
+def test_adaptive_maxpool(lib: ctypes.CDLL, h: int, w: int, oh: int, ow: int) -> None:
+    c = 3
+    x = _rand(c * h * w)
+    x[min(4, x.size - 1)] = np.nan   # PyTorch's isnan rule: the NaN wins its windows
+    got = np.zeros(c * oh * ow, np.float32)
+    idx = np.zeros(c * oh * ow, np.int32)
+    lib.run_adaptive_maxpool(*_grid(got.size), got.size, _ptr(x), _ptr(got), _ptr(idx), h, w, oh, ow)
+    want = _py("adaptive_maxpool", {"x": _lane(x)}, ("x",), ("o", "i"), channels=c, height=h, width=w, out_h=oh,
+               out_w=ow)
+    assert np.array_equal(got, want["o"].numpy().ravel(), equal_nan=True)
+    assert np.array_equal(idx, want["i"].numpy().ravel())
+
+
+@pytest.mark.parametrize("h, w, k, st, pad, d", [(9, 9, 3, 2, 1, 2), (8, 7, 2, 1, 1, 3), (6, 6, 2, 2, 0, 2)])
+def test_max_pool_nchw(lib: ctypes.CDLL, h: int, w: int, k: int, st: int, pad: int, d: int) -> None:
+    c = 2
+    oh, ow = ((n + 2 * pad - d * (k - 1) - 1) // st + 1 for n in (h, w))
+    x = _rand(c * h * w)
+    x[5] = np.nan
+    got = np.zeros(c * oh * ow, np.float32)
+    idx = np.zeros(c * oh * ow, np.int32)
+    lib.run_max_pool_nchw(*_grid(got.size), got.size, _ptr(x), c, h, w, oh, ow, k, st, pad, d, _ptr(got), _ptr(idx))
+    want = _py("max_pool_nchw", {"x": _lane(x)}, ("x",), ("o", "i"), channels=c, height=h, width=w, size=k, stride=st,
+               pad=pad, dilation=d, out_h=oh, out_w=ow)
+    assert np.array_equal(got, want["o"].numpy().ravel(), equal_nan=True)
+    assert np.array_equal(idx, want["i"].numpy().ravel())
 
 
 def test_upsample(lib: ctypes.CDLL) -> None:

@@ -32,9 +32,10 @@ def test_every_kernel_has_a_measured_count() -> None:
     kernels = all_kernels()
     # gemm has two renderings, one per tile of the shape rule: gemm (128) and gemm_64; im2col
     # two, Darknet's (undilated) and PyTorch's dilated im2col_dilated; the windowed pools a
-    # second one taking ceil_mode's far-side rows/columns (CEIL_PAD launches)
+    # second one taking ceil_mode's far-side rows/columns (CEIL_PAD launches), the local avgpool
+    # a third taking PyTorch's divisor_override (launches with a ``divisor`` param)
     assert set(DATA["registers"]) == set(kernels) | {"gemm_64", "im2col_dilated", "forward_maxpool_ceil",
-                                                     "forward_local_avgpool_ceil"}
+                                                     "forward_local_avgpool_ceil", "forward_local_avgpool_divisor"}
     for name, k in kernels.items():
         assert k.regs_allocated == ptxas_registers(name) == DATA["registers"][name], name
         for p in k.example_params:  # type: ignore[attr-defined]
@@ -43,6 +44,7 @@ def test_every_kernel_has_a_measured_count() -> None:
             if name == "im2col" and dilated_im2col(p):
                 entry = "im2col_dilated"
             entry = f"{name}_ceil" if ceil_pads(p) is not None else entry
+            entry = f"{name}_divisor" if "divisor" in p else entry
             assert rm.allocated == DATA["registers"][entry] + len({r.name for r in rm.registers
                                                                   if r.role == "predicate"})
 

@@ -5,8 +5,8 @@ both explore the same vocabulary and a failing architecture prints as a literal 
 
 The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, integer or
 'same' padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
-BatchNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
-average pools, residual branches combined by add, subtract or multiply, channel concatenations,
+BatchNorm anywhere, max (dilation 1 or 2) and local average pools (strides 1-3, padding, ceil_mode, divisor_override), adaptive
+average and max pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
 nearest and bilinear (either align_corners) upsampling and ConvTranspose2d up-convolutions (k=2
 s=2; k=3 s=2 p=1 output_padding=1; with or without bias, BN, an activation), dropout, identity,
@@ -107,8 +107,13 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             s = d.int(1, 3)   # stride 3 with ceil_mode: the far-side ceil_pad_h/ceil_pad_w launches
             pad = d.int(0, k // 2)
             ceil = bool(d.int(0, 1))
-            op = (kind, k, s, pad, ceil)
-            size = [((n + 2 * pad - k + (s - 1 if ceil else 0)) // s) + 1 for n in (h, w)]
+            # dilation 2 (PyTorch's max_pool_forward_nchw) where the dilated window fits
+            dil = d.int(1, 2) if kind == "maxpool" and min(h, w) + 2 * pad >= 2 * k - 1 else 1
+            # avgpool: PyTorch's divisor_override sometimes (the local_avgpool launch's divisor param)
+            div = d.choice((0, 0, 3, k * k + 1)) if kind == "avgpool" else 0
+            op = (kind, k, s, pad, ceil) + ((dil,) if dil > 1 else ()) + ((div,) if div else ())
+            span = dil * (k - 1) + 1
+            size = [((n + 2 * pad - span + (s - 1 if ceil else 0)) // s) + 1 for n in (h, w)]
             if ceil:  # PyTorch drops a last window that would start in the right padding
                 size = [o - 1 if (o - 1) * s >= n + pad else o for o, n in zip(size, (h, w))]
             h, w = size
@@ -116,7 +121,7 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             # to 1x1 (the global avgpool), or to any size up to one more than the input on
             # each axis: PyTorch's adaptive_avgpool kernel, overlapping uneven windows included
             h, w = (1, 1) if d.int(0, 2) == 0 else (d.int(1, h + 1), d.int(1, w + 1))
-            op = ("adaptive", (h, w))
+            op = ("adaptive", (h, w), d.choice(("avg", "max")))  # max: PyTorch's adaptivemaxpool kernel
         elif kind == "res":
             inner, _ = _conv_op(d, c, h, w, same_shape=True, acts=acts)
             op = ("res", d.choice(["add", "add", "sub", "mul"]), inner, d.choice(tuple(acts) + (None,)))
@@ -230,11 +235,11 @@ class FuzzNet(nn.Module):
             elif kind == "bn":
                 m = nn.BatchNorm2d(c)
             elif kind == "maxpool":
-                m = nn.MaxPool2d(op[1], op[2], op[3], ceil_mode=op[4])
+                m = nn.MaxPool2d(op[1], op[2], op[3], dilation=op[5] if len(op) > 5 else 1, ceil_mode=op[4])
             elif kind == "avgpool":
-                m = nn.AvgPool2d(op[1], op[2], op[3], ceil_mode=op[4])
+                m = nn.AvgPool2d(op[1], op[2], op[3], ceil_mode=op[4], divisor_override=op[5] if len(op) > 5 else None)
             elif kind == "adaptive":
-                m = nn.AdaptiveAvgPool2d(op[1])
+                m = nn.AdaptiveMaxPool2d(op[1]) if op[2:] == ("max",) else nn.AdaptiveAvgPool2d(op[1])
             elif kind in ("res", "cat"):
                 m = nn.ModuleDict({"branch": _conv(op[2] if kind == "res" else op[1], c)})
                 if kind == "res" and op[3] is not None:

@@ -1,5 +1,5 @@
 """Thread programs of the kernels added for models brought from PyTorch (issue 20):
-``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool`` and
+``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool``, ``adaptive_maxpool``, ``max_pool_nchw`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
 ``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
 (``kernelfi.kernels.pointwise``), and the transposed convolution's ``col2im``
@@ -16,7 +16,7 @@ import numpy as np
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
+from kernelfi.kernels import broadcast_strides, dilated_start, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
 
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
@@ -25,6 +25,8 @@ OPERANDS.update({
     "forward_local_avgpool": {"in": ("r", 0), "out": ("w", 0)},
     "upsample": {"x": ("r", 0), "out": ("r", 1)},
     "adaptive_avgpool": {"in": ("r", 0), "out": ("w", 0)},
+    "adaptive_maxpool": {"in": ("r", 0), "out": ("w", 0), "indices": ("w", 1)},
+    "max_pool_nchw": {"in": ("r", 0), "out": ("w", 0), "indices": ("w", 1)},
     "upsample_bilinear": {"in": ("r", 0), "out": ("w", 0)},
     "scalar_op": {"in": ("r", 0), "out": ("w", 0)},
     "clamp": {"in": ("r", 0), "out": ("w", 0)},
@@ -179,6 +181,8 @@ def _local_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
             hs, ws = h_off + i * stride, w_off + j * stride
             counter = c.ival(("imnmx:divisor",), (min(hs + size, H + side) - hs) * (min(ws + size, W + side) - ws),
                              old=counter)
+        if "divisor" in p:   # PyTorch's divisor_override
+            counter = c.ival(("mov:divisor",), int(p["divisor"]), old=counter)
         d = c.val(("cvt:counter",), F32(counter))
     y = c.fdiv("out", avg, d)
     c.addr("out", ("lea:addr_out",))
@@ -221,14 +225,7 @@ def _adaptive_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     i = prologue(c, t, ch * OH * OW)
     if i is None:
         return
-    q, ow = c.idiv("ow", i, OW)
-    plane, oh = c.idiv("oh", q, OH)
-    prods = [c.idx(("imad:bounds",), v) for v in (oh * H, (oh + 1) * H, ow * W, (ow + 1) * W)]
-    quot = [c.fdiv("bounds", c.val(("cvt:bounds",), F32(v)), F32(d)) for v, d in zip(prods, (OH, OH, OW, OW))]
-    h0, h1, w0, w1 = (c.ival(("cvt:bounds",), _bound(v, up)) for v, up in zip(quot, (False, True, False, True)))
-    kh = c.idx(("iadd:extent",), h1 - h0)
-    kw = c.idx(("iadd:extent",), w1 - w0)
-    base = c.idx(("imad:in_base",), plane * H * W + h0 * W + w0)
+    _, _, kh, kw, base, _ = _adaptive_window(c, p, i)
     acc = c.val(("mov:sum_init",), 0.0)
     with np.errstate(all="ignore"):
         for ih in c.loop("ih", kh):
@@ -242,6 +239,79 @@ def _adaptive_avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     y = c.fdiv("out", avg, dw)
     c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, y)
+
+
+def _adaptive_window(c: ThreadCtx, p: Mapping[str, Any], i: int) -> tuple[int, int, int, int, int, int]:
+    """The adaptive pools' window (shared by adaptive_avgpool and adaptive_maxpool): the
+    START/END_IND bounds by float division, F2I.FLOOR/CEIL, the extents and the first input."""
+    H, W, OH, OW = (int(p[k]) for k in ("height", "width", "out_h", "out_w"))
+    q, ow = c.idiv("ow", i, OW)
+    plane, oh = c.idiv("oh", q, OH)
+    prods = [c.idx(("imad:bounds",), v) for v in (oh * H, (oh + 1) * H, ow * W, (ow + 1) * W)]
+    quot = [c.fdiv("bounds", c.val(("cvt:bounds",), F32(v)), F32(d)) for v, d in zip(prods, (OH, OH, OW, OW))]
+    h0, h1, w0, w1 = (c.ival(("cvt:bounds",), _bound(v, up)) for v, up in zip(quot, (False, True, False, True)))
+    kh = c.idx(("iadd:extent",), h1 - h0)
+    kw = c.idx(("iadd:extent",), w1 - w0)
+    base = c.idx(("imad:in_base",), plane * H * W + h0 * W + w0)
+    return h0, w0, kh, kw, base, W
+
+
+@program("adaptive_maxpool")
+def _adaptive_maxpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, OH, OW = (int(p[k]) for k in ("channels", "out_h", "out_w"))
+    i = prologue(c, t, ch * OH * OW)
+    if i is None:
+        return
+    h0, w0, kh, kw, base, W = _adaptive_window(c, p, i)
+    mx = c.val(("mov:max_init",), F32(-np.inf))
+    arg = c.ival(("imad:argmax_init",), h0 * W + w0)
+    for ih in c.loop("ih", kh):
+        for iw in c.loop("iw", kw):
+            idx = c.idx(("imad:in_index",), base + ih * W + iw)
+            x = F32(c.ld("ld:in", "in", idx, addr_tags=("lea:addr_in",)))
+            gt = c.pred(("setp:gt",), bool(x > mx))
+            nan = c.pred(("setp:nan",), bool(x != x))
+            cand = c.idx(("imad:argmax",), (ih + h0) * W + iw + w0)
+            take = gt or nan
+            arg = c.ival(("sel:argmax",), cand if take else arg, old=arg)
+            mx = c.val(("sel:max",), x if take else mx, old=mx)
+    c.addr("out", ("lea:addr_out",))
+    c.addr("indices", ("lea:addr_indices",))
+    c.st("st:out", "out", i, mx)
+    c.st("st:indices", "indices", i, int(arg))
+
+
+@program("max_pool_nchw")
+def _max_pool_nchw(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, H, W, k, st, pad, d, OH, OW = (int(p[key]) for key in ("channels", "height", "width", "size", "stride", "pad",
+                                                             "dilation", "out_h", "out_w"))
+    i = prologue(c, t, ch * OH * OW)
+    if i is None:
+        return
+    q, pw = c.idiv("ow", i, OW)
+    q, ph = c.idiv("oh", q, OH)
+    b, cc = c.idiv("c", q, ch)
+    hs = c.idx(("imad:start",), ph * st - pad)
+    ws = c.idx(("imad:start",), pw * st - pad)
+    he = c.idx(("imnmx:end",), min(c.idx(("imad:end",), hs + (k - 1) * d + 1), H))
+    we = c.idx(("imnmx:end",), min(c.idx(("imad:end",), ws + (k - 1) * d + 1), W))
+    hs = c.idx(("iadd:start",), dilated_start(hs, d))
+    ws = c.idx(("iadd:start",), dilated_start(ws, d))
+    plane = c.idx(("imad:plane",), (b * ch + cc) * H * W)
+    mx = c.val(("mov:max_init",), F32(-np.inf))
+    arg = c.ival(("imad:argmax_init",), hs * W + ws)
+    for th in c.loop("h", max(0, -(-(he - hs) // d))):
+        for tw in c.loop("w", max(0, -(-(we - ws) // d))):
+            hw = c.idx(("imad:in_index",), (hs + th * d) * W + ws + tw * d)
+            x = F32(c.ld("ld:in", "in", plane + hw, addr_tags=("lea:addr_in",)))
+            take = c.pred(("setp:gt",), bool(x > mx))
+            take = c.pred(("setp:nan",), bool(x != x)) or take
+            arg = c.ival(("sel:argmax",), hw if take else arg, old=arg)
+            mx = c.val(("sel:max",), x if take else mx, old=mx)
+    c.addr("out", ("lea:addr_out",))
+    c.addr("indices", ("lea:addr_indices",))
+    c.st("st:out", "out", i, mx)
+    c.st("st:indices", "indices", i, int(arg))
 
 
 def _truncate(x: np.float32) -> int:

@@ -9,7 +9,9 @@ size)/stride + 1), sums the valid taps left to right in float32 and divides by t
 ``(hend - hstart)*(wend - wstart)`` with ``hend = min(hstart + size, H + pad_side)``, as
 ``avg_pool2d``'s CUDA kernel does (launch param ``count_include_pad``); a ceil_mode launch's
 ``CEIL_PAD`` rows/columns (``kernels.pool``) lengthen only the output extents, so that divisor
-still stops at the padded input, as PyTorch's does, not at the ceil overhang. ``upsample_kernel``
+still stops at the padded input, as PyTorch's does, not at the ceil overhang. PyTorch's
+``divisor_override=k`` divides every window's sum by k instead (launch param ``divisor``, present
+only then: entry ``forward_local_avgpool_divisor``). ``upsample_kernel``
 computes ``out[i] += scale * x[in_index]`` after the layer's ``fill`` of zeros.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from kernelfi.types import AddressHalf, Launch
+from kernelfi.types import AddressHalf, Launch, RegisterMap
 
 from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
@@ -44,7 +46,9 @@ class LocalAvgpoolKernel(WindowKernel):
                       {"channels": 1, "height": 2, "width": 2, "size": 2, "stride": 2, "pad": 2,
                        "out_h": 2, "out_w": 2, "count_include_pad": True},
                       {"channels": 1, "height": 8, "width": 5, "size": 3, "stride": 4, "pad": 2,
-                       "out_h": 3, "out_w": 2, "ceil_pad_h": 1, "ceil_pad_w": 0, "count_include_pad": True})
+                       "out_h": 3, "out_w": 2, "ceil_pad_h": 1, "ceil_pad_w": 0, "count_include_pad": True},
+                      {"channels": 1, "height": 3, "width": 3, "size": 2, "stride": 2, "pad": 2,
+                       "out_h": 2, "out_w": 2, "divisor": 3})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         c, h, w, size, stride, pad, oh, ow = window_geometry(launch.params, self.name)
@@ -70,8 +74,17 @@ class LocalAvgpoolKernel(WindowKernel):
             dh = torch.tensor([padded_divisor(int(r), size, h, side) for r in rows], device=dev)
             dw = torch.tensor([padded_divisor(int(q), size, w, side) for q in cols], device=dev)
             count = dh.view(oh, 1) * dw.view(1, ow)
+        if "divisor" in launch.params:   # PyTorch's divisor_override: every window's sum over k
+            count = torch.full((oh, ow), p_int(launch.params, "divisor", self.name), dtype=torch.int64, device=dev)
         y = acc / count.to(x.dtype)
         put(mem, launch.writes[0], y.reshape(lanes, -1), natural=(c, oh, ow))
+
+    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
+        """A divisor_override launch: ptxas' count of entry ``forward_local_avgpool_divisor``;
+        every other launch keeps the Darknet (or ``*_ceil``) entry's count."""
+        if "divisor" in params:
+            return self._stream(params).register_map(ptxas_registers(f"{KN}_divisor"))
+        return super().registers(params)
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         size = p_int(params, "size", self.name)
@@ -95,6 +108,8 @@ class LocalAvgpoolKernel(WindowKernel):
         if params.get("count_include_pad"):
             s.add("GPR", "IMNMX", "imnmx:divisor", 6, "value",
                   "PyTorch's count_include_pad divisor (hend - hstart)*(wend - wstart), clipped to the padded input")
+        if "divisor" in params:
+            s.add("GPR", "MOV", "mov:divisor", 1, "value", "counter = divisor_override, PyTorch's avg_pool2d divisor")
         s.add("OTHERS", "I2F", "cvt:counter", 1, "value", "float(divisor)")
         fdiv(s, "out", "avg / divisor, the output")
         addr(s, "out", "output[out_index]")
@@ -281,4 +296,106 @@ class AdaptiveAvgpoolKernel(StreamKernel):
         s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
         s.reg("p_loop", "predicate", "setp:loop_iw", "setp:loop_iw", "bra:loop_ih")
         s.reg("p_fdiv", "predicate", "setp:fdiv_out", "setp:fdiv_avg_h", "bra:fdiv_out")
+        return s
+
+
+@register_kernel
+class AdaptiveMaxpoolKernel(StreamKernel):
+    """PyTorch's ``adaptivemaxpool`` (AdaptiveMaxPooling2d.cu): output (o_h, o_w) is the max of
+    input rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and the columns likewise (the same
+    START/END_IND windows as ``adaptive_avgpool``), ``max`` from -inf, a tap taken when
+    ``val > max || isnan(val)`` (so a NaN wins and then only a later NaN replaces it), row by
+    row in order; the argmax (``ih*W + iw`` within the plane) goes to ``indices``, which PyTorch
+    writes even when ``return_indices=False`` (int64 there; modelled as int32 like Darknet's
+    ``indexes``). Modelled as one thread per output element, as ``adaptive_avgpool``."""
+
+    name: ClassVar[str] = "adaptive_maxpool"
+    regs_allocated: ClassVar[int] = ptxas_registers("adaptive_maxpool")
+    example_params = ({"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2},)
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        c, h, w, oh, ow = (p_int(launch.params, k, self.name) for k in ("channels", "height", "width", "out_h", "out_w"))
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        lanes = x.shape[0]
+        x = x[:, :c * h * w].reshape(lanes, c, h, w)
+        out = torch.empty((lanes, c, oh, ow), dtype=x.dtype, device=x.device)
+        arg = torch.empty((lanes, c, oh, ow), dtype=torch.int32, device=x.device)
+        for i in range(oh):
+            h0, h1 = adaptive_bounds(i, oh, h)
+            for j in range(ow):
+                w0, w1 = adaptive_bounds(j, ow, w)
+                best = torch.full((lanes, c), float("-inf"), dtype=x.dtype, device=x.device)
+                bi = torch.full((lanes, c), h0 * w + w0, dtype=torch.int32, device=x.device)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        v = x[:, :, ih, iw]
+                        take = (v > best) | torch.isnan(v)
+                        best = torch.where(take, v, best)
+                        bi = torch.where(take, torch.full_like(bi, ih * w + iw), bi)
+                out[:, :, i, j] = best
+                arg[:, :, i, j] = bi
+        put(mem, launch.writes[0], out.reshape(lanes, -1), natural=(c, oh, ow))
+        if len(launch.writes) > 1:
+            put(mem, launch.writes[1], arg.reshape(lanes, -1), natural=(c, oh, ow))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
+                * p_int(params, "out_w", self.name))
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        kh, kw = _adaptive_max_window(params, self.name)
+        taps = kh * kw
+        s = Stream()
+        prologue_1d(s, "output element id")
+        idiv(s, "ow", "id / out_w", mod="o_w = id % out_w")
+        idiv(s, "oh", "id / out_w / out_h (the plane)", mod="o_h = (id/out_w) % out_h")
+        s.add("GPR", "XMAD", "imad:bounds", 4, "index", "o_h*H, (o_h + 1)*H, o_w*W, (o_w + 1)*W")
+        s.add("OTHERS", "I2F", "cvt:bounds", 8, "index", "I2F of the products and F2I.FLOOR/CEIL of the quotients: the window bounds")
+        fdiv(s, "bounds", "the window bounds' quotients by out_h, out_w", count=4)
+        s.add("GPR", "IADD", "iadd:extent", 2, "index", "kH = iend_h - istart_h, kW = iend_w - istart_w")
+        s.add("GPR", "XMAD", "imad:in_base", 3, "index", "the window's first input: plane*H*W + istart_h*W + istart_w")
+        s.add("GPR", "MOV", "mov:max_init", 1, "value", "max = -INFINITY")
+        s.add("GPR", "XMAD", "imad:argmax_init", 1, "value", "argmax = istart_h*W + istart_w")
+        s.begin_loop(taps)
+        s.add("GPR", "XMAD", "imad:in_index", 2 * taps, "index", "ih*W + iw from the window's first input")
+        addr(s, "in", "input[index]", count=2 * taps)
+        s.add("LD", "LDG", "ld:in", taps, "value", "one input of the window")
+        s.add("PR", "FSETP", "setp:gt", taps, "predicate",
+              "val > max: a flip keeps a smaller max or takes a smaller candidate (value and argmax)")
+        s.add("PR", "FSETP", "setp:nan", taps, "predicate",
+              "isnan(val) (val != val): a flip takes a non-NaN candidate, or lets a NaN lose")
+        s.add("GPR", "XMAD", "imad:argmax", taps, "value", "(ih + istart_h)*W + iw + istart_w, the candidate's argmax")
+        s.add("GPR", "SEL", "sel:argmax", taps, "value", "argmax = taken ? candidate : argmax")
+        s.add("GPR", "SEL", "sel:max", taps, "value", "max = taken ? val : max (the running max)")
+        loop(s, "iw", "iw over the window width", taps)
+        loop(s, "ih", "ih over the window height", kh)
+        s.end_loop()
+        addr(s, "out", "output[id]")
+        addr(s, "indices", "indices[id]")
+        s.add("NODEST", "STG", "st:out", 1, "store", "stores the max")
+        s.add("NODEST", "STG", "st:indices", 1, "store", "stores the argmax index within the plane")
+        epilogue(s)
+        s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_indices")
+        s.reg("r_ow", "index", "imod:ow", "imod:ow", "imad:bounds")
+        s.reg("r_oh", "index", "imod:oh", "imod:oh", "imad:bounds")
+        s.reg("r_plane", "index", "idiv:oh", "idiv:oh", "imad:in_base")
+        s.reg("r_h0", "index", "ffma:fdiv_bounds", "ffma:fdiv_bounds", "imad:argmax")
+        s.reg("r_w0", "index", "ffma:fdiv_bounds", "ffma:fdiv_bounds", "imad:argmax")
+        s.reg("r_kh", "index", "iadd:extent", "iadd:extent", "setp:loop_ih")
+        s.reg("r_kw", "index", "iadd:extent", "iadd:extent", "setp:loop_iw")
+        s.reg("r_base", "index", "imad:in_base", "imad:in_base", "setp:loop_ih")
+        s.reg("r_in_lo", "address", "lea:addr_in", "imad:in_index", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
+        s.reg("r_x", "data", "ld:in", "ld:in", "sel:max")
+        s.reg("r_cand", "index", "imad:argmax", "imad:argmax", "sel:argmax")
+        s.reg("r_max", "accumulator", "sel:max", "mov:max_init", "st:out")
+        s.reg("r_argmax", "accumulator", "sel:argmax", "imad:argmax_init", "st:indices")
+        s.reg("r_ih", "loop_counter", "loop:ih", "mov:max_init", "setp:loop_ih")
+        s.reg("r_iw", "loop_counter", "loop:iw", "mov:max_init", "setp:loop_iw")
+        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        s.reg("p_gt", "predicate", "setp:gt", "setp:gt", "sel:max")
+        s.reg("p_nan", "predicate", "setp:nan", "setp:nan", "sel:max")
+        s.reg("p_loop", "predicate", "setp:loop_iw", "setp:loop_iw", "bra:loop_ih")
         return s

@@ -214,6 +214,8 @@ class _Builder:
                                   "stride": int(p["stride"]), "pad": int(p["pad"]), "out_h": oh, "out_w": ow}
         if p.get("count_include_pad"):
             params["count_include_pad"] = True
+        if "divisor" in p:   # PyTorch's divisor_override, only where given
+            params["divisor"] = int(p["divisor"])
         params.update(_ceil_params(p))
         self.launch(spec, "forward_local_avgpool", (self.buf(spec.inputs[0]),), (out,), params)
 
@@ -224,6 +226,28 @@ class _Builder:
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out
         self.launch(spec, "adaptive_avgpool", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow})
+
+    def maxpool_dilated(self, spec: LayerSpec) -> None:
+        # PyTorch's max_pool_forward_nchw (a dilated MaxPool2d): the output and its argmax
+        p = spec.params
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        idx = self.alloc(f"{spec.name}.indices", spec.out_shape, "index", "int32")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "max_pool_nchw", (self.buf(spec.inputs[0]),), (out, idx),
+                    {"channels": c, "height": h, "width": w, "size": int(p["size"]), "stride": int(p["stride"]),
+                     "pad": int(p["pad"]), "dilation": int(p["dilation"]), "out_h": oh, "out_w": ow})
+
+    def adaptive_maxpool(self, spec: LayerSpec) -> None:
+        # PyTorch's adaptivemaxpool (AdaptiveMaxPool2d): the output and the argmax it always writes
+        c, h, w = self.chw(spec.inputs[0])
+        _, oh, ow = spec.out_shape
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        idx = self.alloc(f"{spec.name}.indices", spec.out_shape, "index", "int32")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "adaptive_maxpool", (self.buf(spec.inputs[0]),), (out, idx),
                     {"channels": c, "height": h, "width": w, "out_h": oh, "out_w": ow})
 
     def upsample_bilinear(self, spec: LayerSpec) -> None:

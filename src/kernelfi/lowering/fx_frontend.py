@@ -177,6 +177,8 @@ class FxLowering(FxOps):
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self._avgpool(node, mod, path, where)
+        elif isinstance(mod, nn.AdaptiveMaxPool2d):
+            self._adaptive_maxpool(node, mod.output_size, bool(mod.return_indices), path, where)
         elif isinstance(mod, nn.Upsample):
             self._upsample(node, self._val(node.args[0], node), mod.scale_factor, mod.size, mod.mode, where, path,
                            mod.align_corners, mod.recompute_scale_factor)
@@ -336,8 +338,10 @@ class FxLowering(FxOps):
         size = pair(mod.kernel_size, "kernel", where)
         stride = pair(mod.stride if mod.stride is not None else size, "stride", where)
         pad = pair(mod.padding, "padding", where)
-        if pair(mod.dilation, "dilation", where) != 1:
-            raise KernelfiError(f"fx node {where}: dilated max pooling is not supported")
+        dilation = pair(mod.dilation, "dilation", where)
+        if dilation != 1:   # PyTorch's max_pool_forward_nchw (Darknet's maxpool has no dilation)
+            self._dilated_maxpool(node, src, path, size, stride, pad, dilation, bool(mod.ceil_mode), where)
+            return
         total, oh, ow, extra = self._pool_pad(h, w, size, stride, pad, bool(mod.ceil_mode), where)
         self._add(node, "maxpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, **extra})
@@ -362,13 +366,14 @@ class FxLowering(FxOps):
         size = pair(mod.kernel_size, "kernel", where)
         stride = pair(mod.stride or size, "stride", where)
         pad = pair(mod.padding, "padding", where)
-        if getattr(mod, "divisor_override", None):
-            raise KernelfiError(f"fx node {where}: avg pooling with divisor_override is not supported")
-        if (size, stride, pad) == (h, h, 0) and h == w:
+        divisor = getattr(mod, "divisor_override", None)
+        if divisor is not None and (not isinstance(divisor, int) or divisor == 0):
+            raise KernelfiError(f"fx node {where}: avg pooling divisor_override={divisor!r} (PyTorch needs a nonzero int)")
+        if divisor is None and (size, stride, pad) == (h, h, 0) and h == w:
             self._add(node, "avgpool", path, (src.layer,), (c, 1, 1), {})  # global: Darknet's [avgpool]
             return
         self._local_avgpool(node, src, path, size, stride, pad, bool(mod.ceil_mode),
-                            bool(getattr(mod, "count_include_pad", True)), where)
+                            bool(getattr(mod, "count_include_pad", True)), where, divisor)
 
     def _softmax(self, node: fx.Node, path: str) -> None:
         src = self._val(node.args[0], node)
@@ -405,6 +410,10 @@ class FxLowering(FxOps):
             self._mean(node, base)
         elif fn is F.adaptive_avg_pool2d:
             self._adaptive_fn(node, base)
+        elif fn is F.adaptive_max_pool2d:
+            kw = dict(zip(("input", "output_size", "return_indices"), node.args)) | dict(node.kwargs)
+            self._adaptive_maxpool(node, kw.get("output_size"), bool(kw.get("return_indices", False)),
+                                   f"{base}.pool" if base else "pool", node.name)
         elif fn is F.interpolate:
             kw = dict(zip(("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
                            "antialias"), node.args)) | dict(node.kwargs)
@@ -414,7 +423,8 @@ class FxLowering(FxOps):
                            str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample",
                            kw.get("align_corners"), kw.get("recompute_scale_factor"))
         elif fn in (F.avg_pool2d, F.max_pool2d):
-            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad") if fn is F.avg_pool2d \
+            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                     "divisor_override") if fn is F.avg_pool2d \
                 else ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
             kw = dict(zip(names, node.args)) | dict(node.kwargs)
             kw.pop("input", None)

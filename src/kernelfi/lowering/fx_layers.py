@@ -188,12 +188,56 @@ class FxLayers:
         return total, want[0], want[1], extra
 
     def _local_avgpool(self, node: fx.Node, src: Val, path: str, size: int, stride: int, pad: int, ceil: bool,
-                       include_pad: bool, where: str) -> None:
-        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded)."""
+                       include_pad: bool, where: str, divisor: int | None = None) -> None:
+        """AlexeyAB Darknet's [local_avgpool] (PyTorch's count_include_pad divisor when padded, its
+        divisor_override when given: param ``divisor``, only then)."""
         c, h, w = src.shape
         total, oh, ow, extra = self._pool_pad(h, w, size, stride, pad, ceil, where)
+        if divisor is not None:
+            extra = {**extra, "divisor": int(divisor)}
+            include_pad = False   # divisor_override wins over count_include_pad in PyTorch's kernel
         self._add(node, "local_avgpool", path, (src.layer,), (c, oh, ow),
                   {"size": size, "stride": stride, "pad": total, "count_include_pad": include_pad and pad > 0, **extra})
+
+    def _dilated_maxpool(self, node: fx.Node, src: Val, path: str, size: int, stride: int, pad: int, dilation: int,
+                         ceil: bool, where: str) -> None:
+        """A dilated ``MaxPool2d``: PyTorch's max_pool_forward_nchw, its output extents
+        (pooling_output_shape: ``(n + 2*pad - d*(k - 1) - 1 [+ stride - 1 with ceil_mode])/stride + 1``,
+        less one where ceil_mode's last window would start in the right padding)."""
+        c, h, w = src.shape
+        if pad > size // 2:
+            raise KernelfiError(f"fx node {where}: max pooling padding {pad} is more than half the kernel {size}")
+
+        def out(n: int) -> int:
+            o = (n + 2 * pad - dilation * (size - 1) - 1 + (stride - 1 if ceil else 0)) // stride + 1
+            return o - 1 if ceil and (o - 1) * stride >= n + pad else o
+
+        oh, ow = out(h), out(w)
+        if min(oh, ow) < 1:
+            raise KernelfiError(f"fx node {where}: dilated max pooling {h}x{w} gives an empty {oh}x{ow} output")
+        self._add(node, "maxpool_dilated", path, (src.layer,), (c, oh, ow),
+                  {"size": size, "stride": stride, "pad": pad, "dilation": dilation})
+
+    def _adaptive_maxpool(self, node: fx.Node, output_size: Any, return_indices: bool, path: str,
+                          where: str) -> None:
+        """``AdaptiveMaxPool2d`` / ``F.adaptive_max_pool2d``: PyTorch's adaptivemaxpool kernel (Darknet
+        has no adaptive pool); to the input's own size every window is one tap, so no kernel runs."""
+        if return_indices:
+            raise KernelfiError(f"fx node {where}: adaptive max pooling with return_indices=True is not supported")
+        src = self._val(node.args[0], node)
+        if len(src.shape) != 3:
+            raise KernelfiError(f"fx node {where}: input shape {src.shape} is not (C, H, W)")
+        c, h, w = src.shape
+        osz = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        if len(osz) != 2 or any(not isinstance(o, (int, type(None))) for o in osz):
+            raise KernelfiError(f"fx node {where}: adaptive max pooling to {output_size!r} (not fixed sizes)")
+        oh, ow = (h if osz[0] is None else int(osz[0]), w if osz[1] is None else int(osz[1]))
+        if min(oh, ow) < 1:
+            raise KernelfiError(f"fx node {where}: adaptive max pooling to {oh}x{ow} is empty")
+        if (oh, ow) == (h, w):
+            self.vals[node] = src
+            return
+        self._add(node, "adaptive_maxpool", path, (src.layer,), (c, oh, ow), {})
 
     def _upsample(self, node: fx.Node, src: Val, scale: Any, size: Any, mode: str, where: str, path: str,
                   align_corners: Any = None, recompute: Any = None) -> None:

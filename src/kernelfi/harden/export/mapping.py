@@ -37,7 +37,7 @@ from ..units import conv_pairs, range_sites, select
 #: multiply, a broadcasting ``a - b``, a spatial mean), the activation of a standalone activation
 #: layer (its ``copy``), the BatchNorm of a standalone batchnorm layer (its ``copy``).
 _FIRST_OP = ("fill", "im2col", "gemm", "copy", "shortcut", "forward_maxpool", "forward_avgpool", "softmax",
-             "forward_local_avgpool", "adaptive_avgpool", "upsample", "upsample_bilinear", "scale_channels",
+             "forward_local_avgpool", "adaptive_avgpool", "adaptive_maxpool", "max_pool_nchw", "upsample", "upsample_bilinear", "scale_channels",
              "binary_op", "prelu", "scalar_op", "clamp", "constant_pad", "col2im")
 
 

@@ -84,6 +84,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
                 f"dilation={_t(mod.dilation)}, ceil_mode={mod.ceil_mode})")
     if isinstance(mod, nn.AdaptiveAvgPool2d):
         return f"nn.AdaptiveAvgPool2d({_t(mod.output_size)})"
+    if isinstance(mod, nn.AdaptiveMaxPool2d):
+        return f"nn.AdaptiveMaxPool2d({_t(mod.output_size)}, return_indices={mod.return_indices})"
     if isinstance(mod, nn.AvgPool2d):
         return (f"nn.AvgPool2d(kernel_size={_t(mod.kernel_size)}, stride={_t(mod.stride)}, padding={_t(mod.padding)}, "
                 f"ceil_mode={mod.ceil_mode}, count_include_pad={mod.count_include_pad}, "
@@ -114,7 +116,8 @@ _FUNCTIONS: dict[Any, str] = {
     F.silu: "F.silu", F.gelu: "F.gelu", F.hardswish: "F.hardswish", F.hardsigmoid: "F.hardsigmoid",
     F.mish: "F.mish", F.elu: "F.elu", F.selu: "F.selu", F.celu: "F.celu", F.softplus: "F.softplus",
     F.softmax: "F.softmax", torch.softmax: "torch.softmax",
-    F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.interpolate: "F.interpolate",
+    F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.adaptive_max_pool2d: "F.adaptive_max_pool2d",
+    F.interpolate: "F.interpolate",
     F.avg_pool2d: "F.avg_pool2d", F.max_pool2d: "F.max_pool2d",
     operator.truediv: "torch.div", operator.itruediv: "torch.div", torch.div: "torch.div",
     torch.true_divide: "torch.true_divide", torch.clamp: "torch.clamp", torch.clip: "torch.clip",

@@ -1,6 +1,6 @@
 // kernelfi's CUDA C rendering of kernels/pool_local.py: AlexeyAB Darknet's
-// forward_local_avgpool (average over size x size windows, divided by the valid taps, or by
-// PyTorch's count_include_pad window) and upsample (nearest, integer stride, forward).
+// forward_local_avgpool (average over size x size windows, divided by the valid taps, by
+// PyTorch's count_include_pad window, or by its divisor_override) and upsample (nearest, integer stride, forward).
 // Compiled only to count registers (scripts/ptxas_registers.py).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
@@ -10,7 +10,7 @@
 // count_include_pad divisor still clips to the padded input (in + pad/2), as PyTorch's does.
 static __device__ __forceinline__ void local_avgpool_thread(int n, int in_h, int in_w, int in_c, int stride,
                                                             int size, int pad, int ceil_h, int ceil_w,
-                                                            int count_include_pad, const float *input,
+                                                            int count_include_pad, int divisor, const float *input,
                                                             float *output)
 {
     int h = (in_h + pad + ceil_h - size) / stride + 1;
@@ -49,20 +49,30 @@ static __device__ __forceinline__ void local_avgpool_thread(int n, int in_h, int
         int we = ws + size < in_w + side ? ws + size : in_w + side;
         counter = (he - hs) * (we - ws);
     }
+    if (divisor) counter = divisor;   // PyTorch's divisor_override (entry forward_local_avgpool_divisor)
     output[out_index] = avg / counter;
 }
 
 extern "C" __global__ void forward_local_avgpool(int n, int in_h, int in_w, int in_c, int stride, int size,
                                                  int pad, int count_include_pad, const float *input, float *output)
 {
-    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, 0, 0, count_include_pad, input, output);
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, 0, 0, count_include_pad, 0, input, output);
 }
 
 extern "C" __global__ void forward_local_avgpool_ceil(int n, int in_h, int in_w, int in_c, int stride, int size,
                                                       int pad, int ceil_h, int ceil_w, int count_include_pad,
                                                       const float *input, float *output)
 {
-    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, count_include_pad, input, output);
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, count_include_pad, 0, input, output);
+}
+
+// AvgPool2d(divisor_override=k): PyTorch's avg_pool2d divides the sum by k (ceil_h/ceil_w 0 unless ceil_mode
+// needs them); launched only where divisor_override is given
+extern "C" __global__ void forward_local_avgpool_divisor(int n, int in_h, int in_w, int in_c, int stride, int size,
+                                                         int pad, int ceil_h, int ceil_w, int divisor,
+                                                         const float *input, float *output)
+{
+    local_avgpool_thread(n, in_h, in_w, in_c, stride, size, pad, ceil_h, ceil_w, 0, divisor, input, output);
 }
 
 extern "C" __global__ void upsample(int N, const float *x, int w, int h, int c, int batch, int stride,
@@ -108,4 +118,34 @@ extern "C" __global__ void adaptive_avgpool(int n, const float *input, float *ou
         for (int iw = 0; iw < kW; ++iw)
             sum += ptr[ih * isizeW + iw];
     output[id] = sum / kH / kW;
+}
+
+// PyTorch's adaptivemaxpool, one thread per output element: the adaptive_avgpool windows, max
+// from -inf, a tap taken when val > max or val is NaN; the argmax within the plane to indices
+// (int64 in PyTorch, int32 here).
+extern "C" __global__ void adaptive_maxpool(int n, const float *input, float *output, int *indices, int isizeH,
+                                            int isizeW, int osizeH, int osizeW)
+{
+    int id = THREAD_ID;
+    if (id >= n) return;
+    int ow = id % osizeW;
+    int q = id / osizeW;
+    int oh = q % osizeH;
+    int plane = q / osizeH;
+    int istartH = START_IND(oh, osizeH, isizeH), iendH = END_IND(oh, osizeH, isizeH);
+    int istartW = START_IND(ow, osizeW, isizeW), iendW = END_IND(ow, osizeW, isizeW);
+    int kH = iendH - istartH, kW = iendW - istartW;
+    const float *ptr = input + plane * isizeH * isizeW + istartH * isizeW + istartW;
+    int argmax = istartH * isizeW + istartW;
+    float mx = -INFINITY;
+    for (int ih = 0; ih < kH; ++ih)
+        for (int iw = 0; iw < kW; ++iw) {
+            float val = ptr[ih * isizeW + iw];
+            if ((val > mx) || isnan(val)) {
+                mx = val;
+                argmax = (ih + istartH) * isizeW + iw + istartW;
+            }
+        }
+    output[id] = mx;
+    indices[id] = argmax;
 }
