@@ -167,6 +167,14 @@ class FxLowering(FxOps):
                 raise KernelfiError(f"fx node {where}: PReLU({k}) on {channels} channels (num_parameters is 1 or C)")
             self._add(node, "prelu", path, (src.layer,), src.shape, {"num_parameters": k},
                       {"weights": f"{path}.weight"})
+        elif isinstance(mod, nn.GroupNorm):
+            src = self._val(node.args[0], node)
+            if len(src.shape) != 3:
+                raise KernelfiError(f"fx node {where}: GroupNorm on shape {src.shape} (kernelfi lowers (C, H, W) maps)")
+            affine = bool(mod.affine)
+            weights = {"scales": f"{path}.weight", "biases": f"{path}.bias"} if affine else {}
+            self._add(node, "group_norm", path, (src.layer,), src.shape,
+                      {"groups": int(mod.num_groups), "eps": float(mod.eps), "affine": affine}, weights)
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
             self._activation(node, "relu6", where)
         elif isinstance(mod, nn.Hardtanh):  # hardtanh calls clamp
