@@ -2,11 +2,14 @@
 // group_norm_moments: one warp per (n, group) row, Welford over elements j, j+32, ..., then a
 // shuffle-down Welford combine (offsets 16..1); lane 0 stores mean and rstd. group_norm_apply:
 // one thread per element, (x - mean)*rstd or fma(a, x, fma(-a, mean, beta)), a = rstd*gamma.
-// Compiled only to count registers (scripts/ptxas_registers.py) and run against run in
-// tests/test_cuda_renderings.py where a GPU is present.
+// Compiled to count registers (scripts/ptxas_registers.py); tests/test_cuda_renderings.py runs
+// group_norm_apply on the host against run. Its host shim runs a block's threads one after
+// another, which a warp shuffle cannot be, so there the moments kernel is left out
+// (KERNELFI_HOST_SHIM); kernels.norm.row_moments is its reference.
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
 
+#ifndef KERNELFI_HOST_SHIM
 struct welford { float mean, m2, nf; };
 
 __device__ welford welford_combine(welford a, welford b)
@@ -17,8 +20,8 @@ __device__ welford welford_combine(welford a, welford b)
     float count = a.nf + b.nf;
     float nb = b.nf / count;
     welford r;
-    r.mean = a.mean + delta * nb;
-    r.m2 = a.m2 + b.m2 + delta * delta * a.nf * nb;
+    r.mean = fmaf(delta, nb, a.mean);  // nvcc's contractions, spelt out
+    r.m2 = fmaf(delta * delta * a.nf, nb, a.m2 + b.m2);
     r.nf = count;
     return r;
 }
@@ -35,7 +38,7 @@ extern "C" __global__ void group_norm_moments(int row, float eps, const float *x
         float nf = (float)n;
         float delta = d - v.mean;
         v.mean = v.mean + delta / nf;
-        v.m2 = v.m2 + delta * (d - v.mean);
+        v.m2 = fmaf(delta, d - v.mean, v.m2);
         v.nf = nf;
     }
     for (int o = 16; o > 0; o >>= 1) {
@@ -52,6 +55,8 @@ extern "C" __global__ void group_norm_moments(int row, float eps, const float *x
     }
 }
 
+#endif
+
 extern "C" __global__ void group_norm_apply(int n, int spatial, int per_group, int affine, const float *x,
                                             const float *stats, const float *gamma, const float *beta, float *y)
 {
@@ -62,8 +67,8 @@ extern "C" __global__ void group_norm_apply(int n, int spatial, int per_group, i
     float v = x[i], mean = stats[2 * g], rstd = stats[2 * g + 1];
     if (affine) {
         float a = rstd * gamma[c];
-        float b = -a * mean + beta[c];
-        y[i] = a * v + b;
+        float b = fmaf(-a, mean, beta[c]);  // the FFMAs nvcc contracts -a*mean + beta and a*v + b into
+        y[i] = fmaf(a, v, b);
     } else {
         y[i] = (v - mean) * rstd;
     }
