@@ -251,6 +251,9 @@ class GroupNormApplyKernel(StreamKernel):
         s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
         s.reg("r_c", "index", "idiv:sp", "idiv:sp", "lea:addr_gamma" if affine else "idiv:d")
         s.reg("r_g", "index", "idiv:d", "idiv:d", "lea:addr_stats")
+        for b, reader in (("x", "ld:x"), ("stats", "ld:rstd"), ("out", "st:out")):
+            s.reg(f"r_{b}_lo", "address", f"lea:addr_{b}", f"lea:addr_{b}", reader)
+            s.reg(f"r_{b}_hi", "address", f"lea:addr_{b}", f"lea:addr_{b}", reader, half=AddressHalf.HIGH)
         s.reg("r_x", "data", "ld:x", "ld:x", last)
         s.reg("r_mean", "data", "ld:mean", "ld:mean", "ffma:b" if affine else "fadd:xm")
         s.reg("r_rstd", "data", "ld:rstd", "ld:rstd", "fmul:a" if affine else "fmul:y")
