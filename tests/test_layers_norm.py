@@ -207,3 +207,46 @@ def test_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -> None:
     with Store(str(db), create=False, readonly=True) as store:
         counts = store.outcome_counts(cid)
     assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+
+
+class GnExport(nn.Module):
+    """Two GroupNorms (affine and not) between convs, on a 3x6x6 input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4, eps=1e-3)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.gn2 = nn.GroupNorm(4, 4, affine=False)
+        self.head = nn.Linear(4 * 6 * 6, 3)
+        with torch.no_grad():
+            self.gn.weight.copy_(torch.tensor([0.5, 1.5, -1.0, 2.0]))
+            self.gn.bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gn2(self.conv2(F.relu(self.gn(self.conv(x))))).flatten(1))
+
+
+def test_export_round_trip_bitwise(tmp_path: Path) -> None:
+    from kernelfi.harden import Plan
+    from kernelfi.harden.export import export_model, launch_op, load_exported
+    from kernelfi.harden.export.mapping import graph_ops
+    from kernelfi.harden.units import abft_plan
+    from kernelfi.lowering import lower_fx
+
+    torch.manual_seed(0)
+    m, x = GnExport().eval(), torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    lowered, trace = lower_fx(m, (3, 6, 6)), lower(m, (3, 6, 6)).trace
+    ops = graph_ops(lowered)
+    got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
+           if l.kernel.startswith("group_norm")}
+    assert got == {"gn.group_norm_moments": "gn", "gn.group_norm_apply": "gn",
+                   "gn2.group_norm_moments": "gn2", "gn2.group_norm_apply": "gn2"}
+    export_model(m, Plan("gn", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 6, 6), name="gn",
+                 check_inputs=x)
+    src = "\n".join(p.read_text() for p in (tmp_path / "e").rglob("*.py"))
+    assert "nn.GroupNorm(2, 4, eps=0.001, affine=True)" in src and "nn.GroupNorm(4, 4, eps=1e-05, affine=False)" in src
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
