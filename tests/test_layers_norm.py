@@ -266,3 +266,21 @@ def test_export_round_trip_bitwise(tmp_path: Path) -> None:
         want = m(x)
         for variant in ("none", "plan", "full-dmr", "full-tmr"):
             assert torch.equal(load_exported(tmp_path / "e", variant)(x).view(torch.int32), want.view(torch.int32)), variant
+
+
+@pytest.mark.parametrize("mod, says", [(nn.InstanceNorm2d(2), "batch_norm_collect_statistics_kernel"),
+                                       (nn.InstanceNorm2d(2, affine=True), "GroupNorm\\(C, C\\)"),
+                                       (nn.LayerNorm((2, 3, 3)), "vectorized_layer_norm_kernel")])
+def test_instance_and_layer_norm_are_refused_in_one_line(mod: nn.Module, says: str) -> None:
+    with pytest.raises(KernelfiError, match=says) as e:
+        lower(nn.Sequential(mod).eval(), (2, 3, 3))
+    assert "\n" not in str(e.value)
+
+
+def test_group_norm_with_one_group_per_channel_is_instance_norm() -> None:
+    # the refusal's suggestion holds: GroupNorm(C, C) lowered equals nn.InstanceNorm2d(C) within 1e-6
+    x = torch.randn(2, 4, 5, 5)
+    prog = lower(nn.Sequential(nn.GroupNorm(4, 4, affine=False)).eval(), (4, 5, 5), append_softmax=False)
+    mem = prog.run(prog.memory(x), fast=True)
+    y = mem[next(l for l in prog.trace.launches if l.kernel == "group_norm_apply").writes[0]].reshape(x.shape)
+    assert torch.allclose(y, F.instance_norm(x), atol=1e-6)
