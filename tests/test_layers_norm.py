@@ -185,10 +185,31 @@ def test_moments_fault_shifts_every_output_of_its_group_end_to_end() -> None:
     assert (r.golden_top1, r.faulty_top1) == (1, 1)
 
 
-def test_long_rows_are_refused_in_one_line() -> None:
-    net = nn.Sequential(nn.GroupNorm(1, 2)).eval()
-    with pytest.raises(KernelfiError, match="512"):
-        lower(net, (2, 16, 16))
+def test_long_rows_run_512_threads_and_a_block_reduction() -> None:
+    # a row of 2*16*20 = 640 elements: 512 threads (two Welford trips for lanes below 128), the
+    # warp reductions, then warp 0 over the 16 warps' results
+    net = nn.Sequential(nn.GroupNorm(1, 2, eps=1e-5, affine=False)).eval()
+    prog = lower(net, (2, 16, 20), append_softmax=False)
+    mom = next(l for l in prog.trace.launches if l.kernel == "group_norm_moments")
+    assert (mom.template.threads, mom.template.block, prog.trace.launches.index(mom) >= 0) == (512, 512, True)
+    x = torch.randn(1, 2, 16, 20) * 2 + 3
+    y, st, mem = _gn_out(prog, x)
+    with torch.no_grad():
+        ref = net(x).reshape(-1)
+    spacing = torch.from_numpy(np.spacing(np.maximum(ref.abs().numpy(), 1.0).astype(np.float32))).double()
+    assert ((y.double() - ref.double()).abs() / spacing).max().item() <= 4
+    for l in prog.trace.launches:  # every thread of both launches replayed = the fast path
+        got = _replayed(prog, l, mem)[l.writes[0]]
+        want = mem[l.writes[0]][0].reshape(-1)
+        assert torch.equal(torch.tensor([float(got[i]) for i in range(want.numel())]), want), l.kernel
+    # all ones: mean 1, var 0. Thread 33 (warp 1, lane 1) loads element 33; its sign flipped, the
+    # row holds 639 ones and a -1: mean 638/640, var (639*(1 - m)^2 + (1 + m)^2)/640
+    ones = torch.ones(1, 2, 16, 20)
+    ctx, got = _moments_thread(prog, ones, 33, Target("ld:x", 0, "iov", "single", (31,)))
+    assert (ctx.original, ctx.corrupted) == (1.0, -1.0)
+    m = 638 / 640
+    var = (639 * (1 - m) ** 2 + (1 + m) ** 2) / 640
+    assert got[0] == pytest.approx(m, rel=1e-6) and got[1] == pytest.approx(1 / np.sqrt(var + 1e-5), rel=1e-5)
 
 
 class GnBoth(nn.Module):

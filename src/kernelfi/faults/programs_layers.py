@@ -17,7 +17,7 @@ import torch
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels.norm import OFFSETS, WARP
+from kernelfi.kernels.norm import OFFSETS, WARP, lane_states, shuffle_partner, threads_per_row, warp_0_inputs, warp_level
 from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
 
 OPERANDS.update({
@@ -375,43 +375,63 @@ def _welford_combine(a: Welford, b: Welford, c: ThreadCtx | None) -> Welford:
     return mean, m2, count
 
 
+def _pick(st: tuple, j: int) -> Welford:
+    """Lane ``j``'s (mean, m2, nf) out of state tensors."""
+    return F32(st[0][j].item()), F32(st[1][j].item()), F32(st[2][j].item())
+
+
+def _put(st: tuple, j: int, v: Welford) -> None:
+    for t, x in zip(st, v):
+        t[j] = float(x)
+
+
+def _warp_reduce(c: ThreadCtx, st: tuple, j: int) -> tuple:
+    """``WarpReduce`` over every lane of ``st`` (tensors over the block's lanes), lane ``j``'s
+    shuffles and combines through ``c``'s tags."""
+    lanes = torch.arange(st[0].shape[-1])
+    for o in OFFSETS:
+        src = shuffle_partner(lanes, o)
+        nxt = warp_level(st, o)
+        nxt = tuple(t.clone() for t in nxt)
+        if j < st[0].shape[-1]:
+            b = _pick(st, int(src[j]))
+            b = tuple(c.val(("shfl:state",), v) for v in b)  # type: ignore[assignment]
+            _put(nxt, j, _welford_combine(_pick(st, j), b, c))  # type: ignore[arg-type]
+        st = nxt
+    return st
+
+
 @program("group_norm_moments")
 def _group_norm_moments(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
-    """One lane of ``RowwiseMomentsCUDAKernel``: its Welford pass over elements j, j+32, ... and
-    its combines of the warp reduction are replayed with its tags; the row's other 31 lanes are
-    computed fault-free from the input, and the reduction runs over all 32 so that a fault in
-    this lane's partial state reaches lane 0's (mean, rstd) as on the GPU. Lane 0 stores them;
-    for another lane the row's result, changed or not, is written to the overlay as lane 0's
-    stores would (the lane itself stores nothing)."""
+    """One thread of ``RowwiseMomentsCUDAKernel``: its Welford pass over elements j, j+T, ... and
+    its shuffles and combines of the reduction are replayed with its tags; the row's other
+    lanes are computed fault-free from the input (``kernels.norm.lane_states``), and the
+    reduction runs over all of them (``WarpReduce``, and for 512 threads ``BlockReduce``'s second
+    stage), so that a fault in this thread's partial state reaches thread 0's (mean, rstd) as on
+    the GPU. Thread 0 stores them; for another thread the row's result, changed or not, is
+    written to the overlay as thread 0's stores would (the thread itself stores nothing). A
+    thread of warp 0 in a 512-thread block also runs the second stage's combines, under the same
+    tags; the template counts the first stage's 5 only."""
     row, eps = int(p["row"]), F32(p.get("eps", 1e-5))
-    r, j = divmod(int(t), WARP)
+    threads = threads_per_row(row)
+    r, j = divmod(int(t), threads)
     lane = c.idx(("s2r:tid",), j)
     base = c.idx(("imad:base",), r * row)
     c.addr("x", ("lea:addr_x",))
     xbuf = c.names["x"]
-    zero = (F32(0.0), F32(0.0), F32(0.0))
-    states: list[Welford] = []
+    xs = torch.tensor([float(c.read(xbuf, r * row + i)) for i in range(row)], dtype=torch.float32)
     with np.errstate(all="ignore"):
-        for other in range(WARP):
-            s = zero
-            if other == j:
-                s = tuple(c.val(("mov:init",), 0.0) for _ in range(3))  # type: ignore[assignment]
-                for k in c.loop("welford", -(-(row - lane) // WARP) if lane < row else 0):
-                    i = lane + k * WARP
-                    s = _welford_step(s, F32(c.ld("ld:x", "x", base + i)), k, c)
-            else:
-                for k, i in enumerate(range(other, row, WARP)):
-                    s = _welford_step(s, F32(c.read(xbuf, r * row + i)), k, None)
-            states.append(s)
-        for o in OFFSETS:
-            nxt = []
-            for ln in range(WARP):
-                b = states[ln + o] if ln + o < WARP else states[ln]
-                if ln == j:
-                    b = tuple(c.val(("shfl:state",), v) for v in b)  # type: ignore[assignment]
-                nxt.append(_welford_combine(states[ln], b, c if ln == j else None))
-            states = nxt
-        mean, m2, nf = states[0]
+        st = tuple(v.clone() for v in lane_states(xs, threads))
+        s: Welford = (c.val(("mov:init",), 0.0), c.val(("mov:init",), 0.0), c.val(("mov:init",), 0.0))
+        trips = -(-(row - lane) // threads) if 0 <= lane < row else 0
+        for k in c.loop("welford", trips):
+            s = _welford_step(s, F32(c.ld("ld:x", "x", base + lane + k * threads)), k, c)
+        _put(st, j, s)
+        st = _warp_reduce(c, st, j)
+        if threads > WARP:
+            st = tuple(v.clone() for v in warp_0_inputs(st))
+            st = _warp_reduce(c, st, j)  # lane j of warp 0: its second-stage combines
+        mean, m2, nf = _pick(st, 0)
         if c.pred(("setp:lane0",), lane == 0):
             var = c.fdiv("var", m2, nf)
             vm = c.val(("fmnmx:var",), max(var, F32(0.0)) if var == var else var)

@@ -40,11 +40,10 @@ from .elementwise import shortcut_geometry, shortcut_indexes
 from .broadcast import BINARY_OPS, broadcast_strides
 from .pointwise import SCALAR_OPS, clamp_bounds, pad_geometry, scalar_operand
 from .deconv import col2im_geometry
-from .norm import check_row
 
 __all__ = [
     "ACTIVATIONS", "BINARY_OPS", "ELU_FAMILY", "SCALAR_OPS", "clamp_bounds", "pad_geometry", "scalar_operand", "BLOCK", "CEIL_PAD", "ceil_pads", "GELU_BETA", "GELU_KAPPA", "NON_SQUARE", "PAD_AFTER", "W_AXIS", "LEAKY_SLOPE", "SOFTPLUS_THRESHOLD", "EFFECTS", "SGEMM_TILES", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
-    "activate", "all_kernels", "bilinear_scale", "broadcast_strides", "check_row", "col2im_geometry", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "dilated_im2col", "fma_f32", "fused_conv",
+    "activate", "all_kernels", "bilinear_scale", "broadcast_strides", "col2im_geometry", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "dilated_im2col", "fma_f32", "fused_conv",
     "gemm_shared_bytes", "get_kernel", "ptxas_registers", "register_kernel", "rows_linear", "SgemmShape", "sgemm_shape",
     "shortcut_geometry", "shortcut_indexes", "slope_of", "square_im2col", "threshold_of", "unregister_kernel",
 ]

@@ -6,16 +6,17 @@ in the statistics pass reaches every output of its group.
 
 ``group_norm_moments`` is ``RowwiseMomentsCUDAKernel``: one block per (n, group) row of
 ``row = (C/G)*H*W`` elements; PyTorch launches 32 threads (one warp) per block when the row is
-shorter than 512 (``kCUDABlockReduceNumThreads``), 512 otherwise. kernelfi models the one-warp
-case only (rows of 512 or more are refused: the 16-warp ``BlockReduce`` is not modelled).
-Thread j runs Welford's update over elements j, j+32, ... (``WelfordOps::reduce``: delta = x -
-mean, mean += delta / n, m2 = fma(delta, x - mean, m2)), then the warp reduction
-(``WarpReduceSum`` with ``WelfordOps::combine`` over ``__shfl_down`` at offsets 16, 8, 4, 2, 1)
-leaves the row's (mean, m2, n) in lane 0, which stores mean and rstd = rsqrt(max(m2/n, 0) + eps)
-to ``stats[2*row]``, ``stats[2*row + 1]``. ``run`` computes exactly that order step by step in
-float32 for all 32 lanes at once (torch tensors of shape (lanes, rows, 32)), the FFMA nvcc
-contracts rounded once (``fma_f32``); rsqrt is modelled as the correctly rounded 1/sqrt
-(``torch.rsqrt``), not MUFU.RSQ's approximation.
+shorter than 512 (``kCUDABlockReduceNumThreads``), 512 otherwise. Thread j runs Welford's update
+over elements j, j+T, ... (``WelfordOps::reduce``: delta = x - mean, mean += delta / n, m2 =
+fma(delta, x - mean, m2)), then ``cuda_utils::WarpReduce`` (``WelfordOps::combine`` over
+``__shfl_down`` at offsets 16, 8, 4, 2, 1) and, for 512 threads, ``BlockReduce``'s second stage
+(lane 0 of each warp to shared memory, warp 0 reads the 16 results, the identity above them,
+and reduces again) leave the row's (mean, m2, n) in thread 0, which stores mean and rstd =
+rsqrt(max(m2/n, 0) + eps) to ``stats[2*row]``, ``stats[2*row + 1]``. ``run`` computes exactly
+that order step by step in float32 for all lanes at once (torch tensors of shape (lanes, rows,
+T): ceil(row/T) Welford steps, 5 or 10 shuffle levels), the FFMAs nvcc contracts rounded once
+(``fma_f32``); rsqrt is modelled as ``torch.rsqrt`` (within an ulp of 1/sqrt), not MUFU.RSQ's
+bits. (Newer PyTorch drops the max(., 0); it only differs for a NaN variance.)
 
 ``group_norm_apply`` is the elementwise pass: y = (x - mean)*rstd without affine, and with
 affine PyTorch's ``ComputeFusedParamsCUDAKernel`` values a = rstd*gamma[c], b = fma(-a, mean,
@@ -30,28 +31,26 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.types import AddressHalf, Launch
+from kernelfi.types import AddressHalf, Launch, ThreadTemplate
 
 from ._base import fma_f32, lane_flat, operand_flat, p_int, ptxas_registers, put, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
 
 Mem = dict[str, torch.Tensor]
 
-#: threads per moments block (one warp): PyTorch's choice for rows shorter than ROW_LIMIT
+#: threads per moments block: one warp for rows shorter than ROW_LIMIT, else BLOCK_THREADS
 WARP = 32
-#: rows this long get 512 threads and a block reduction in PyTorch: refused
 ROW_LIMIT = 512
-#: shuffle-down offsets of the warp reduction, in order
+BLOCK_THREADS = 512
+#: shuffle-down offsets of a warp reduction (cuda_utils::WarpReduce), in order
 OFFSETS = (16, 8, 4, 2, 1)
 
 
-def check_row(row: int, kernel: str = "group_norm_moments") -> None:
-    """Refuse rows PyTorch reduces with 512 threads (not modelled)."""
-    if row >= ROW_LIMIT:
-        raise KernelfiError(f"{kernel}: a row of {row} elements (C/G*H*W) >= {ROW_LIMIT}: PyTorch launches 512 "
-                            "threads and a block reduction for it, which kernelfi does not model")
+def threads_per_row(row: int) -> int:
+    """PyTorch's block size for a row: 32 below 512 elements, else 512 (kCUDABlockReduceNumThreads)."""
     if row < 1:
-        raise KernelfiError(f"{kernel}: empty row")
+        raise KernelfiError("group_norm_moments: empty row")
+    return WARP if row < ROW_LIMIT else BLOCK_THREADS
 
 
 def welford_combine(am: torch.Tensor, a2: torch.Tensor, an: torch.Tensor,
@@ -72,35 +71,73 @@ def welford_combine(am: torch.Tensor, a2: torch.Tensor, an: torch.Tensor,
     return mean, m2, count
 
 
-def row_moments(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, rstd) of each row of ``x`` (..., row) as ``RowwiseMomentsCUDAKernel`` with 32 threads
-    computes them (module docstring)."""
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def lane_states(x: torch.Tensor, threads: int) -> State:
+    """Each lane's Welford state (mean, m2, nf) after its pass over elements j, j+threads, ... of
+    each row of ``x`` (..., row): shape (..., threads)."""
     row = x.shape[-1]
-    trips = -(-row // WARP)
-    pad = torch.zeros(*x.shape[:-1], trips * WARP, dtype=x.dtype)
+    trips = -(-row // threads)
+    pad = torch.zeros(*x.shape[:-1], trips * threads, dtype=torch.float32)
     pad[..., :row] = x
-    xs = pad.reshape(*x.shape[:-1], trips, WARP)
-    mean = torch.zeros(*x.shape[:-1], WARP, dtype=torch.float32)
+    xs = pad.reshape(*x.shape[:-1], trips, threads)
+    mean = torch.zeros(*x.shape[:-1], threads, dtype=torch.float32)
     m2 = torch.zeros_like(mean)
     n = torch.zeros_like(mean)
-    lanes = torch.arange(WARP)
+    lanes = torch.arange(threads)
+    for k in range(trips):
+        live = (lanes + k * threads) < row
+        v = xs[..., k, :]
+        nf = torch.full_like(mean, float(k + 1))
+        delta = v - mean
+        new_mean = mean + delta / nf
+        new_m2 = fma_f32(delta, v - new_mean, m2)
+        mean = torch.where(live, new_mean, mean)
+        m2 = torch.where(live, new_m2, m2)
+        n = torch.where(live, nf, n)
+    return mean, m2, n
+
+
+def shuffle_partner(lanes: torch.Tensor, o: int) -> torch.Tensor:
+    """The lane whose state ``__shfl_down(v, o)`` hands each lane: lane + o within its warp, the
+    lane itself past the warp's end."""
+    return torch.where(lanes % WARP + o < WARP, lanes + o, lanes)
+
+
+def warp_level(st: State, o: int) -> State:
+    """One shuffle-down level of every warp of the last dimension."""
+    src = shuffle_partner(torch.arange(st[0].shape[-1]), o)
+    return welford_combine(*st, *(t[..., src] for t in st))
+
+
+def warp_0_inputs(st: State) -> State:
+    """BlockReduce's second stage: lane 0 of each warp to shared, warp 0's lanes below the warp
+    count read it, the others the identity (0, 0, 0)."""
+    warps = st[0].shape[-1] // WARP
+    out = []
+    for t in st:
+        v = torch.zeros(*t.shape[:-1], WARP, dtype=torch.float32)
+        v[..., :warps] = t[..., ::WARP]
+        out.append(v)
+    return out[0], out[1], out[2]
+
+
+def row_moments(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) of each row of ``x`` (..., row) as ``RowwiseMomentsCUDAKernel`` computes them
+    (module docstring): lane passes, WarpReduce, and for 512-thread blocks BlockReduce's second
+    WarpReduce over the warps' results."""
+    threads = threads_per_row(x.shape[-1])
     with torch.no_grad():
-        for k in range(trips):
-            live = (lanes + k * WARP) < row
-            v = xs[..., k, :]
-            nf = torch.full_like(mean, float(k + 1))
-            delta = v - mean
-            new_mean = mean + delta / nf
-            new_m2 = fma_f32(delta, v - new_mean, m2)
-            mean = torch.where(live, new_mean, mean)
-            m2 = torch.where(live, new_m2, m2)
-            n = torch.where(live, nf, n)
+        st = lane_states(x, threads)
         for o in OFFSETS:
-            src = torch.where(lanes + o < WARP, lanes + o, lanes)  # out-of-range shuffles return own value
-            mean, m2, n = welford_combine(mean, m2, n, mean[..., src], m2[..., src], n[..., src])
-        m, q, c = mean[..., 0], m2[..., 0], n[..., 0]
-        var = q / c
-        rstd = torch.rsqrt(torch.clamp(var, min=0.0) + torch.tensor(eps, dtype=torch.float32))
+            st = warp_level(st, o)
+        if threads > WARP:
+            st = warp_0_inputs(st)
+            for o in OFFSETS:
+                st = warp_level(st, o)
+        m, q, c = (t[..., 0] for t in st)
+        rstd = torch.rsqrt(torch.clamp(q / c, min=0.0) + torch.tensor(eps, dtype=torch.float32))
     return m, rstd
 
 
@@ -112,25 +149,27 @@ class GroupNormMomentsKernel(StreamKernel):
     name: ClassVar[str] = "group_norm_moments"
     regs_allocated: ClassVar[int] = ptxas_registers("group_norm_moments")
     block: ClassVar[int] = WARP
-    example_params = ({"rows": 1, "row": 40, "eps": 1e-5},)
+    example_params = ({"rows": 1, "row": 40, "eps": 1e-5}, {"rows": 1, "row": 600, "eps": 1e-5})
 
     def run(self, mem: Mem, launch: Launch) -> None:
         rows, row = p_int(launch.params, "rows", self.name), p_int(launch.params, "row", self.name)
-        check_row(row)
         x = lane_flat(mem, launch.reads[0], rows * row, self.name)[:, :rows * row].reshape(-1, rows, row)
         m, r = row_moments(x.float(), float(launch.params.get("eps", 1e-5)))
         put(mem, launch.writes[0], torch.stack((m, r), dim=-1).reshape(x.shape[0], -1).contiguous(), (rows, 2))
 
     def _threads(self, params: Mapping[str, Any]) -> int:
-        return p_int(params, "rows", self.name) * WARP
+        return p_int(params, "rows", self.name) * threads_per_row(p_int(params, "row", self.name))
+
+    def template(self, params: Mapping[str, Any]) -> ThreadTemplate:
+        # a block per row: 32 or 512 threads, as PyTorch picks
+        return self._stream(params).template(self._threads(params), threads_per_row(p_int(params, "row", self.name)))
 
     def grid(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
         return (p_int(params, "rows", self.name), 1, 1)
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         row = p_int(params, "row", self.name)
-        check_row(row)
-        trips = -(-row // WARP)
+        trips = -(-row // threads_per_row(row))
         s = Stream()
         s.add("GPR", "S2R", "s2r:tid", 2, "index", "reads threadIdx.x and blockIdx.x: the lane and the row")
         s.add("GPR", "XMAD", "imad:base", 3, "index", "row*row_len: where the row starts")
