@@ -5,7 +5,7 @@ both explore the same vocabulary and a failing architecture prints as a literal 
 
 The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, integer or
 'same' padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
-BatchNorm and GroupNorm (rows under 512) anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
+BatchNorm and GroupNorm anywhere, max and local average pools (strides 1-3, padding, ceil_mode), adaptive
 average pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
 nearest and bilinear (either align_corners) upsampling and ConvTranspose2d up-convolutions (k=2
@@ -103,9 +103,8 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
         elif kind == "bn":
             op = ("bn",)
         elif kind == "gn":
-            # GroupNorm: G divides C and a group's row C/G*H*W stays under 512 (kernels.norm)
-            gs = [g for g in range(1, c + 1) if c % g == 0 and c // g * h * w < 512]
-            op = ("gn", d.choice(gs), bool(d.int(0, 1))) if gs else ("bn",)
+            # GroupNorm: G divides C (rows of 512 or more get 512 threads, kernels.norm)
+            op = ("gn", d.choice([g for g in range(1, c + 1) if c % g == 0]), bool(d.int(0, 1)))
         elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
             k = d.int(2, min(3, h, w))
             s = d.int(1, 3)   # stride 3 with ceil_mode: the far-side ceil_pad_h/ceil_pad_w launches
