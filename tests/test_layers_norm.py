@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.faults.replay import F32, Target
+from kernelfi.kernels import WEIGHT_ROLES
 from kernelfi.lowering import lower
 from kernelfi.models import register_model
 from kernelfi.store import Store
@@ -101,11 +102,8 @@ def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
 
     names = {op: (launch.reads if rw == "r" else launch.writes)[i] for op, (rw, i) in OPERANDS[launch.kernel].items()
              if i < len(launch.reads if rw == "r" else launch.writes)}
-    flat = {b: (mem[b][0] if mem[b].dim() > len(prog.trace.buffer(b).shape) else mem[b]).reshape(-1)
-            for b in launch.reads} if hasattr(prog.trace, "buffer") else None
-    if flat is None:
-        wnames = set(prog.weights) if hasattr(prog, "weights") else set()
-        flat = {b: (mem[b].reshape(-1) if b in wnames else mem[b][0].reshape(-1)) for b in launch.reads}
+    # weights (L.scales, L.biases) are shared, not per lane
+    flat = {b: (mem[b] if b.rsplit(".", 1)[-1] in WEIGHT_ROLES else mem[b][0]).reshape(-1) for b in launch.reads}
     memmap = MemoryMap.from_trace(prog.trace)
     out: dict = {}
     for t in range(launch.template.threads):

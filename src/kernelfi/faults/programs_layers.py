@@ -2,8 +2,9 @@
 ``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
 ``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
-(``kernelfi.kernels.pointwise``), and the transposed convolution's ``col2im``
-(``kernelfi.kernels.deconv``). Importing the module
+(``kernelfi.kernels.pointwise``), the transposed convolution's ``col2im``
+(``kernelfi.kernels.deconv``) and GroupNorm's ``group_norm_moments``/``group_norm_apply``
+(``kernelfi.kernels.norm``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
 """
