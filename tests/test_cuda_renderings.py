@@ -21,6 +21,7 @@ CUDA = Path(__file__).resolve().parents[1] / "src" / "kernelfi" / "kernels" / "c
 CXX = shutil.which("g++") or shutil.which("c++")
 
 SHIM = """
+#define KERNELFI_HOST_SHIM
 #include <math.h>
 struct dim3_ { unsigned x, y, z; };
 static dim3_ threadIdx, blockIdx, blockDim, gridDim;
@@ -93,6 +94,8 @@ void run_scalar_op(G, int n, int op, float s, const float *x, float *o) { L(scal
 void run_clamp(G, int n, float lo, float hi, const float *x, float *o) { L(clamp(n, lo, hi, x, o)); }
 void run_constant_pad(G, int n, int h, int w, int top, int left, int oh, int ow, float v, const float *x, float *o) {
     L(constant_pad(n, h, w, top, left, oh, ow, v, x, o)); }
+void run_group_norm_apply(G, int n, int sp, int per, int affine, const float *x, const float *st, const float *g,
+                          const float *b, float *o) { L(group_norm_apply(n, sp, per, affine, x, st, g, b, o)); }
 void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
                int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
@@ -488,3 +491,17 @@ def test_constant_pad_and_copy_from_an_offset(lib: ctypes.CDLL) -> None:
     lib.run_copy(*_grid(2 * h * w), 2 * h * w, _ptr(part), _ptr(got), 0)
     want = _py("copy", {"x": _lane(x)}, ("x",), ("o",), n=2 * h * w, out_offset=0, in_offset=h * w)["o"]
     assert np.array_equal(got, want.numpy().ravel())
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_apply(lib: ctypes.CDLL, affine: bool) -> None:
+    c, g, sp = 6, 3, 7
+    x, st, gm, bt = _rand(c * sp), _rand(2 * g), _rand(c), _rand(c)
+    st[1::2] = np.abs(st[1::2]) + 0.5  # rstd > 0
+    got = np.zeros(c * sp, np.float32)
+    lib.run_group_norm_apply(*_grid(c * sp), c * sp, sp, c // g, int(affine), _ptr(x), _ptr(st), _ptr(gm), _ptr(bt),
+                             _ptr(got))
+    mem = {"x": _lane(x), "st": _lane(st), "l.scales": torch.from_numpy(gm), "l.biases": torch.from_numpy(bt)}
+    want = _py("group_norm_apply", mem, ("x", "st", "l.scales", "l.biases"), ("o",),
+               channels=c, groups=g, spatial=sp, affine=affine)["o"].numpy().ravel()
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))

@@ -5,7 +5,7 @@ both explore the same vocabulary and a failing architecture prints as a literal 
 
 The vocabulary: convolutions (square and 1xk/kx1 kernels, strides, dilation 2, integer or
 'same' padding, depthwise groups, with or without bias, BN, an activation), standalone activations and
-BatchNorm anywhere, max (dilation 1 or 2) and local average pools (strides 1-3, padding, ceil_mode, divisor_override), adaptive
+BatchNorm and GroupNorm anywhere, max (dilation 1 or 2) and local average pools (strides 1-3, padding, ceil_mode, divisor_override), adaptive
 average and max pools, residual branches combined by add, subtract or multiply, channel concatenations,
 squeeze-and-excitation blocks (module and functional styles, sigmoid and hard-sigmoid gates),
 nearest and bilinear (either align_corners) upsampling and ConvTranspose2d up-convolutions (k=2
@@ -32,7 +32,7 @@ ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", 
         "identity", "gelu_tanh", "mish", "elu", "selu", "softplus", "prelu")
 HEADS = ("flatten", "mean", "adaptive")
 KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop",
-         "affine", "clamp", "pad", "split")
+         "affine", "clamp", "pad", "split", "gn")
 AFFINE = (0.5, 2.0, -1.5, 3.0, 0.1)
 LOWS, HIGHS = (-1.0, -0.5, 0.0, None), (0.5, 1.0, 2.0, None)
 
@@ -102,6 +102,9 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             op = ("act", d.choice(acts))
         elif kind == "bn":
             op = ("bn",)
+        elif kind == "gn":
+            # GroupNorm: G divides C (rows of 512 or more get 512 threads, kernels.norm)
+            op = ("gn", d.choice([g for g in range(1, c + 1) if c % g == 0]), bool(d.int(0, 1)))
         elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
             k = d.int(2, min(3, h, w))
             s = d.int(1, 3)   # stride 3 with ceil_mode: the far-side ceil_pad_h/ceil_pad_w launches
@@ -234,6 +237,8 @@ class FuzzNet(nn.Module):
                 m = act_module(op[1])
             elif kind == "bn":
                 m = nn.BatchNorm2d(c)
+            elif kind == "gn":
+                m = nn.GroupNorm(op[1], c, affine=op[2])
             elif kind == "maxpool":
                 m = nn.MaxPool2d(op[1], op[2], op[3], dilation=op[5] if len(op) > 5 else 1, ceil_mode=op[4])
             elif kind == "avgpool":

@@ -84,6 +84,16 @@ DECONV = ((3, 8, 8), (
     ("cat", ("conv", 3, 3, 1, (1, 1), 1, True, False, "silu")), ("head", "flatten", 4)))
 
 
+#: GroupNorm affine and not (G = 1, 2, C; the first with rows of 8*16*16/2 = 1024: 512 threads)
+GROUPNORM = ((3, 16, 16), (
+    ("conv", 8, 3, 1, 1, 1, True, False, "relu"), ("gn", 2, True), ("maxpool", 2, 2, 0, False),
+    ("gn", 8, False), ("conv", 6, 3, 1, 1, 1, False, False, "silu"), ("gn", 1, True), ("head", "mean", 3)))
+
+
+def test_group_norms() -> None:
+    check_net(*GROUPNORM, n=40)
+
+
 def test_up_convolutions() -> None:
     check_net(*DECONV, n=40)
 

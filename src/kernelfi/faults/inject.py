@@ -128,8 +128,11 @@ def _target(fault: Fault, launch: Launch, calls: dict[str, int]) -> Target | Non
 
 
 def _names(launch: Launch) -> dict[str, str]:
+    # an operand past the launch's buffers is an optional one it does not have (a GroupNorm
+    # without affine reads no gamma/beta); its program does not touch it
     spec = OPERANDS[launch.kernel]
-    return {k: (launch.reads if rw == "r" else launch.writes)[i] for k, (rw, i) in spec.items()}
+    return {k: bufs[i] for k, (rw, i) in spec.items()
+            if i < len(bufs := (launch.reads if rw == "r" else launch.writes))}
 
 
 def _thread_writes(launch: Launch, fault: Fault, thread: int, reader: LaneReader, memmap: MemoryMap,

@@ -2,8 +2,9 @@
 ``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool``, ``adaptive_maxpool``, ``max_pool_nchw`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
 ``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
-(``kernelfi.kernels.pointwise``), and the transposed convolution's ``col2im``
-(``kernelfi.kernels.deconv``). Importing the module
+(``kernelfi.kernels.pointwise``), the transposed convolution's ``col2im``
+(``kernelfi.kernels.deconv``) and GroupNorm's ``group_norm_moments``/``group_norm_apply``
+(``kernelfi.kernels.norm``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
 """
@@ -13,9 +14,11 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
+from kernelfi.kernels.norm import OFFSETS, WARP, lane_states, shuffle_partner, threads_per_row, warp_0_inputs, warp_level
 from kernelfi.kernels import broadcast_strides, dilated_start, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
 
 OPERANDS.update({
@@ -401,3 +404,150 @@ def _col2im(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
                 val = c.val(("fadd:val",), val + F32(x), old=val)
     c.addr("im", ("lea:addr_im",))
     c.st("st:im", "im", i, val)
+
+
+# ---------------------------------------------------------------- GroupNorm (kernels.norm)
+OPERANDS.update({
+    "group_norm_moments": {"x": ("r", 0), "stats": ("w", 0)},
+    "group_norm_apply": {"x": ("r", 0), "stats": ("r", 1), "gamma": ("r", 2), "beta": ("r", 3), "out": ("w", 0)},
+})
+Welford = tuple[np.float32, np.float32, np.float32]  # (mean, m2, nf)
+
+
+def _welford_step(s: Welford, v: np.float32, k: int, c: ThreadCtx | None) -> Welford:
+    """``WelfordOps::reduce`` of one element: through ``c``'s tags for the replayed thread,
+    plainly (c None) for the row's other lanes."""
+    val = c.val if c is not None else (lambda tags, x, old=0.0: F32(x))
+    mean, m2, _ = s
+    nf = val(("i2f:nf",), F32(k + 1))
+    delta = val(("fadd:delta",), F32(v - mean))
+    q = c.fdiv("mean", delta, nf) if c is not None else F32(delta / nf)
+    mean = val(("fadd:mean",), F32(mean + q), old=mean)
+    d2 = val(("fadd:delta2",), F32(v - mean))
+    m2 = val(("ffma:m2",), ffma32(delta, d2, m2), old=m2)
+    return mean, m2, nf
+
+
+def _welford_combine(a: Welford, b: Welford, c: ThreadCtx | None) -> Welford:
+    """``WelfordOps::combine`` (kernels.norm.welford_combine), tagged for the replayed thread."""
+    val = c.val if c is not None else (lambda tags, x, old=0.0: F32(x))
+    pred = c.pred if c is not None else (lambda tags, x: bool(x))
+    if pred(("setp:empty",), a[2] == 0):
+        return b
+    if pred(("setp:empty",), b[2] == 0):
+        return a
+    delta = val(("fadd:cdelta",), F32(b[0] - a[0]))
+    count = val(("fadd:count",), F32(a[2] + b[2]))
+    nb = c.fdiv("nb", b[2], count) if c is not None else F32(b[2] / count)
+    mean = val(("ffma:cmean",), ffma32(delta, nb, a[0]), old=a[0])
+    m2s = val(("fadd:m2sum",), F32(a[1] + b[1]))
+    dd = val(("fmul:dd",), F32(F32(delta * delta) * a[2]))
+    m2 = val(("ffma:cm2",), ffma32(dd, nb, m2s), old=a[1])
+    return mean, m2, count
+
+
+def _pick(st: tuple, j: int) -> Welford:
+    """Lane ``j``'s (mean, m2, nf) out of state tensors."""
+    return F32(st[0][j].item()), F32(st[1][j].item()), F32(st[2][j].item())
+
+
+def _put(st: tuple, j: int, v: Welford) -> None:
+    for t, x in zip(st, v):
+        t[j] = float(x)
+
+
+def _warp_reduce(c: ThreadCtx, st: tuple, j: int) -> tuple:
+    """``WarpReduce`` over every lane of ``st`` (tensors over the block's lanes), lane ``j``'s
+    shuffles and combines through ``c``'s tags."""
+    lanes = torch.arange(st[0].shape[-1])
+    for o in OFFSETS:
+        src = shuffle_partner(lanes, o)
+        nxt = warp_level(st, o)
+        nxt = tuple(t.clone() for t in nxt)
+        if j < st[0].shape[-1]:
+            b = _pick(st, int(src[j]))
+            b = tuple(c.val(("shfl:state",), v) for v in b)  # type: ignore[assignment]
+            _put(nxt, j, _welford_combine(_pick(st, j), b, c))  # type: ignore[arg-type]
+        st = nxt
+    return st
+
+
+@program("group_norm_moments")
+def _group_norm_moments(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    """One thread of ``RowwiseMomentsCUDAKernel``: its Welford pass over elements j, j+T, ... and
+    its shuffles and combines of the reduction are replayed with its tags; the row's other
+    lanes are computed fault-free from the input (``kernels.norm.lane_states``), and the
+    reduction runs over all of them (``WarpReduce``, and for 512 threads ``BlockReduce``'s second
+    stage), so that a fault in this thread's partial state reaches thread 0's (mean, rstd) as on
+    the GPU. Thread 0 stores them; for another thread the row's result, changed or not, is
+    written to the overlay as thread 0's stores would (the thread itself stores nothing). A
+    thread of warp 0 in a 512-thread block also runs the second stage's combines, under the same
+    tags; the template counts the first stage's 5 only."""
+    row, eps = int(p["row"]), F32(p.get("eps", 1e-5))
+    threads = threads_per_row(row)
+    r, j = divmod(int(t), threads)
+    lane = c.idx(("s2r:tid",), j)
+    base = c.idx(("imad:base",), r * row)
+    c.addr("x", ("lea:addr_x",))
+    xbuf = c.names["x"]
+    xs = torch.tensor([float(c.read(xbuf, r * row + i)) for i in range(row)], dtype=torch.float32)
+    with np.errstate(all="ignore"):
+        st = tuple(v.clone() for v in lane_states(xs, threads))
+        s: Welford = (c.val(("mov:init",), 0.0), c.val(("mov:init",), 0.0), c.val(("mov:init",), 0.0))
+        trips = -(-(row - lane) // threads) if 0 <= lane < row else 0
+        for k in c.loop("welford", trips):
+            s = _welford_step(s, F32(c.ld("ld:x", "x", base + lane + k * threads)), k, c)
+        _put(st, j, s)
+        st = _warp_reduce(c, st, j)
+        if threads > WARP:
+            st = tuple(v.clone() for v in warp_0_inputs(st))
+            st = _warp_reduce(c, st, j)  # lane j of warp 0: its second-stage combines
+        mean, m2, nf = _pick(st, 0)
+        if c.pred(("setp:lane0",), lane == 0):
+            var = c.fdiv("var", m2, nf)
+            vm = c.val(("fmnmx:var",), max(var, F32(0.0)) if var == var else var)
+            ve = c.val(("fadd:eps",), F32(vm + eps))
+            rstd = c.val(("mufu:rsq",), _rsqrt32(ve))
+            c.addr("stats", ("lea:addr_stats",))
+            c.st("st:mean", "stats", 2 * r, mean)
+            c.st("st:rstd", "stats", 2 * r + 1, rstd)
+        else:
+            sbuf = c.names["stats"]
+            var = F32(m2 / nf)
+            rstd = _rsqrt32(F32(max(var, F32(0.0)) + eps) if var == var else var)
+            c.overlay[(sbuf, 2 * r)] = mean
+            c.overlay[(sbuf, 2 * r + 1)] = rstd
+
+
+def _rsqrt32(v: np.float32) -> np.float32:
+    """torch.rsqrt of one float32 (the value kernels.norm.row_moments computes)."""
+    return F32(torch.rsqrt(torch.tensor(float(v), dtype=torch.float32)).item())
+
+
+@program("group_norm_apply")
+def _group_norm_apply(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, g, sp = int(p["channels"]), int(p["groups"]), int(p["spatial"])
+    i = prologue(c, t, ch * sp)
+    if i is None:
+        return
+    cc, _ = c.idiv("sp", i, sp, mod=False)
+    gg, _ = c.idiv("d", cc, ch // g, mod=False)
+    c.addr("x", ("lea:addr_x",))
+    c.addr("stats", ("lea:addr_stats",))
+    x = F32(c.ld("ld:x", "x", i))
+    mean = F32(c.ld("ld:mean", "stats", 2 * gg))
+    rstd = F32(c.ld("ld:rstd", "stats", 2 * gg + 1))
+    with np.errstate(all="ignore"):
+        if p.get("affine"):
+            c.addr("gamma", ("lea:addr_gamma",))
+            c.addr("beta", ("lea:addr_beta",))
+            gm = F32(c.ld("ld:gamma", "gamma", cc))
+            bt = F32(c.ld("ld:beta", "beta", cc))
+            a = c.val(("fmul:a",), F32(rstd * gm))
+            b = c.val(("ffma:b",), ffma32(-a, mean, bt))
+            y = c.val(("ffma:y",), ffma32(a, x, b))
+        else:
+            xm = c.val(("fadd:xm",), F32(x - mean))
+            y = c.val(("fmul:y",), F32(xm * rstd), old=xm)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, y)

@@ -27,7 +27,7 @@ from ._base import (
     register_kernel,
     unregister_kernel,
 )
-from . import activation, broadcast, conv, deconv, elementwise, interp, pointwise, pool, pool_dilated, pool_local, softmax  # noqa: F401  (registers the kernels)
+from . import activation, broadcast, conv, deconv, elementwise, interp, norm, pointwise, pool, pool_dilated, pool_local, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import NON_SQUARE, PAD_AFTER, W_AXIS, dilated_im2col, square_im2col, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, ELU_FAMILY, GELU_BETA, GELU_KAPPA, LEAKY_SLOPE, SOFTPLUS_THRESHOLD, activate, elu_coefs, slope_of, threshold_of

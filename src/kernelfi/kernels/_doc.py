@@ -42,6 +42,8 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "upsample": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "stride": 2, "scale": 1.0}),
     "col2im": ("k", lambda v: {"channels": 1, "height": 9, "width": 9, "ksize": v, "stride": 1, "pad": 0,
                                "height_col": 10 - v, "width_col": 10 - v}),
+    "group_norm_moments": ("t", lambda v: {"rows": 1, "row": 32 * v, "eps": 1e-5}),
+    "group_norm_apply": (None, lambda v: {"channels": 2, "groups": 1, "spatial": 1, "affine": True}),
     "prelu": (None, lambda v: {"out": (1, 1, 1), "w": (1, 1, 1)}),
     "binary_op": (None, lambda v: {"op": "add", "out": (1, 1, 1), "a": (1, 1, 1), "b": (1, 1, 1)}),
     "scalar_op": (None, lambda v: {"n": 1, "op": "mul", "scalar": 2.0}),

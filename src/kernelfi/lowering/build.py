@@ -325,6 +325,22 @@ class _Builder:
         self.launch(spec, "prelu", (self.buf(spec.inputs[0]), w), (out,),
                     {"out": _chw(spec.out_shape), "w": (k, 1, 1)})
 
+    def group_norm(self, spec: LayerSpec) -> None:
+        # PyTorch's GroupNorm forward: RowwiseMomentsCUDAKernel (mean, rstd per group) and the
+        # element pass (kernels.norm); gamma/beta as the layer's scales/biases when affine
+        c, h, w = _chw(spec.out_shape)
+        g, affine = int(spec.params["groups"]), bool(spec.params["affine"])
+        stats = self.alloc(f"{spec.name}.stats", (g, 2), "workspace")
+        self.launch(spec, "group_norm_moments", (self.buf(spec.inputs[0]),), (stats,),
+                    {"rows": g, "row": c // g * h * w, "eps": float(spec.params["eps"])})
+        reads: tuple[str, ...] = (self.buf(spec.inputs[0]), stats)
+        if affine:
+            reads += (self.weight(spec, "scales", (c,)), self.weight(spec, "biases", (c,)))
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "group_norm_apply", reads, (out,),
+                    {"channels": c, "groups": g, "spatial": h * w, "affine": affine})
+
     def binary(self, spec: LayerSpec) -> None:
         # PyTorch's broadcasting add/sub/mul element kernel
         a, b = spec.inputs

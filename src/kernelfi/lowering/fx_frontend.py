@@ -167,6 +167,29 @@ class FxLowering(FxOps):
                 raise KernelfiError(f"fx node {where}: PReLU({k}) on {channels} channels (num_parameters is 1 or C)")
             self._add(node, "prelu", path, (src.layer,), src.shape, {"num_parameters": k},
                       {"weights": f"{path}.weight"})
+        elif isinstance(mod, nn.GroupNorm):
+            src = self._val(node.args[0], node)
+            if len(src.shape) != 3:
+                raise KernelfiError(f"fx node {where}: GroupNorm on shape {src.shape} (kernelfi lowers (C, H, W) maps)")
+            affine = bool(mod.affine)
+            weights = {"scales": f"{path}.weight", "biases": f"{path}.bias"} if affine else {}
+            self._add(node, "group_norm", path, (src.layer,), src.shape,
+                      {"groups": int(mod.num_groups), "eps": float(mod.eps), "affine": affine}, weights)
+        elif isinstance(mod, nn.modules.instancenorm._InstanceNorm):
+            # PyTorch's instance_norm (Normalization.cpp) reshapes to (1, N*C, H, W) and calls
+            # batch_norm with the input's statistics: cuDNN's (closed) batch-norm kernels where
+            # _batch_norm_impl_index picks cuDNN, else the native batch_norm_collect_statistics_kernel
+            # (its own 2-D block Welford and reduction) + batch_norm_transform_input_kernel
+            raise KernelfiError(f"fx node {where}: {type(mod).__name__} is not lowered (PyTorch runs it as batch_norm "
+                                "in training mode: cuDNN's batch-norm kernels, or batch_norm_collect_statistics_kernel "
+                                "+ batch_norm_transform_input_kernel; kernelfi models neither; GroupNorm(C, C) "
+                                "computes the same values)")
+        elif isinstance(mod, nn.LayerNorm):
+            # layer_norm_kernel.cu: vectorized_layer_norm_kernel, or RowwiseMomentsCUDAKernel with
+            # 512 threads and a block reduction + LayerNormForwardCUDAKernel
+            raise KernelfiError(f"fx node {where}: LayerNorm is not lowered (PyTorch's vectorized_layer_norm_kernel "
+                                "or its 512-thread RowwiseMomentsCUDAKernel block reduction, which kernelfi does not "
+                                "model; GroupNorm(1, C) normalises a (C, H, W) map over the same elements)")
         elif isinstance(mod, nn.Hardtanh) and (float(mod.min_val), float(mod.max_val)) == (0.0, 6.0):
             self._activation(node, "relu6", where)
         elif isinstance(mod, nn.Hardtanh):  # hardtanh calls clamp

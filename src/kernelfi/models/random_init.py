@@ -61,6 +61,10 @@ def init_random(module: nn.Module, seed: int) -> nn.Module:
             if m.bias is not None:
                 m.bias.zero_()
                 done.add(id(m.bias))
+        elif isinstance(m, nn.GroupNorm) and m.affine:  # PyTorch's initial gamma 1, beta 0
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+            done.update((id(m.weight), id(m.bias)))
         elif isinstance(m, nn.PReLU):  # PyTorch's initial slope (no fan-in to scale by)
             m.weight.fill_(0.25)
             done.add(id(m.weight))

@@ -34,11 +34,12 @@ from ..units import conv_pairs, range_sites, select
 
 #: Kernels that are the layer's first op whatever the layer: its conv or linear, pool, add, cat,
 #: the function or module of a layer that has one op (an upsample, a squeeze-and-excitation
-#: multiply, a broadcasting ``a - b``, a spatial mean), the activation of a standalone activation
+#: multiply, a broadcasting ``a - b``, a spatial mean, both passes of a GroupNorm), the activation of a standalone activation
 #: layer (its ``copy``), the BatchNorm of a standalone batchnorm layer (its ``copy``).
 _FIRST_OP = ("fill", "im2col", "gemm", "copy", "shortcut", "forward_maxpool", "forward_avgpool", "softmax",
              "forward_local_avgpool", "adaptive_avgpool", "adaptive_maxpool", "max_pool_nchw", "upsample", "upsample_bilinear", "scale_channels",
-             "binary_op", "prelu", "scalar_op", "clamp", "constant_pad", "col2im")
+             "binary_op", "prelu", "scalar_op", "clamp", "constant_pad", "col2im",
+             "group_norm_moments", "group_norm_apply")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.{type(mod).__name__}(inplace={mod.inplace})"
     if type(mod) in (nn.ELU, nn.CELU):
         return f"nn.{type(mod).__name__}(alpha={mod.alpha!r}, inplace={mod.inplace})"
+    if type(mod) is nn.GroupNorm:
+        return f"nn.GroupNorm({mod.num_groups}, {mod.num_channels}, eps={mod.eps!r}, affine={mod.affine})"
     if isinstance(mod, nn.PReLU):
         return f"nn.PReLU(num_parameters={mod.num_parameters})"
     if type(mod) is nn.Softplus:
