@@ -102,9 +102,12 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             op = ("act", d.choice(acts))
         elif kind == "bn":
             op = ("bn",)
-        elif kind == "gn":
-            # GroupNorm: G divides C (rows of 512 or more get 512 threads, kernels.norm)
-            op = ("gn", d.choice([g for g in range(1, c + 1) if c % g == 0]), bool(d.int(0, 1)))
+        elif kind == "gn" and c * h * w >= 4:
+            # GroupNorm: G divides C (rows of 512 or more get 512 threads, kernels.norm), with at
+            # least 4 values a group (of one value the output is beta whatever the input, and
+            # PyTorch refuses it in training mode)
+            op = ("gn", d.choice([g for g in range(1, c + 1) if c % g == 0 and (c // g) * h * w >= 4]),
+                  bool(d.int(0, 1)))
         elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
             k = d.int(2, min(3, h, w))
             s = d.int(1, 3)   # stride 3 with ceil_mode: the far-side ceil_pad_h/ceil_pad_w launches

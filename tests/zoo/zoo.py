@@ -117,8 +117,11 @@ class Agreement:
     def exact(self) -> bool:
         """Within 1e-5 of the native forward, or, where float32 rounding alone puts the native
         forward that far from the true one (a subtraction that cancels, a BN that amplifies:
-        found by the fuzzer), within 1e-5 of the float64 forward."""
-        return self.error <= 1e-5 or self.error64 <= 1e-5
+        found by the fuzzer), within 1e-5 of the float64 forward, or, where even that is out of
+        float32's reach (the native forward itself more than 1e-5 from the float64 one: a
+        GroupNorm of a map that is constant but for rounding divides ulps by sqrt(eps), found
+        by the fuzzer), no farther from the float64 forward than the native forward is."""
+        return self.error <= 1e-5 or self.error64 <= 1e-5 or (self.native64 > 1e-5 and self.error64 <= self.native64)
 
 
 def lowering_error(module: nn.Module, program: Program, input_shape: tuple[int, ...], n: int = 2,
