@@ -86,6 +86,8 @@ void run_scalar_op(G, int n, int op, float s, const float *x, float *o) { L(scal
 void run_clamp(G, int n, float lo, float hi, const float *x, float *o) { L(clamp(n, lo, hi, x, o)); }
 void run_constant_pad(G, int n, int h, int w, int top, int left, int oh, int ow, float v, const float *x, float *o) {
     L(constant_pad(n, h, w, top, left, oh, ow, v, x, o)); }
+void run_channel_shuffle(G, int n, int hw, int g, int sg, const float *x, float *o) {
+    L(channel_shuffle(n, hw, g, sg, x, o)); }
 void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
                int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
@@ -437,3 +439,15 @@ def test_constant_pad_and_copy_from_an_offset(lib: ctypes.CDLL) -> None:
     lib.run_copy(*_grid(2 * h * w), 2 * h * w, _ptr(part), _ptr(got), 0)
     want = _py("copy", {"x": _lane(x)}, ("x",), ("o",), n=2 * h * w, out_offset=0, in_offset=h * w)["o"]
     assert np.array_equal(got, want.numpy().ravel())
+
+
+def test_channel_shuffle(lib: ctypes.CDLL) -> None:
+    c, g, hw = 12, 3, 5
+    x = _rand(c * hw)
+    got = np.zeros(c * hw, np.float32)
+    lib.run_channel_shuffle(*_grid(c * hw), c * hw, hw, g, (c // g) * hw, _ptr(x), _ptr(got))
+    want = _py("channel_shuffle", {"x": _lane(x)}, ("x",), ("o",), channels=c, groups=g, spatial=hw)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    # and against PyTorch's own shuffle
+    assert np.array_equal(got, torch.nn.functional.channel_shuffle(torch.from_numpy(x).view(1, c, 1, hw), g)
+                          .numpy().ravel())

@@ -7,7 +7,7 @@ register map (docs/method.md §1–§2, docs/kernels.md).
 6
 
 Importing the package registers the twelve kernels of ``kernelfi.types.KERNEL_NAMES`` and those
-added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20; ``pointwise``: scalars, clamp, pad;
+added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20; ``pointwise``: scalars, clamp, pad; ``layout``: the channel shuffle's strided copy;
 ``col2im``, the transposed convolution's scatter: ``deconv``).
 Layering: this package imports only torch, numpy, ``kernelfi.types`` and ``kernelfi._utils``.
 """
@@ -27,7 +27,7 @@ from ._base import (
     register_kernel,
     unregister_kernel,
 )
-from . import activation, broadcast, conv, deconv, elementwise, interp, pointwise, pool, pool_local, softmax  # noqa: F401  (registers the kernels)
+from . import activation, broadcast, conv, deconv, elementwise, interp, layout, pointwise, pool, pool_local, softmax  # noqa: F401  (registers the kernels)
 from . import hardening  # noqa: F401  (registers the selective-hardening kernels, docs/hardening.md)
 from .conv import NON_SQUARE, PAD_AFTER, W_AXIS, dilated_im2col, square_im2col, conv1x1, conv1x1_cols, fused_conv, lane_conv2d, rows_linear
 from .activation import ACTIVATIONS, ELU_FAMILY, GELU_BETA, GELU_KAPPA, LEAKY_SLOPE, SOFTPLUS_THRESHOLD, activate, elu_coefs, slope_of, threshold_of
@@ -38,6 +38,7 @@ from .interp import bilinear_scale
 from .pool import CEIL_PAD, ceil_pads
 from .elementwise import shortcut_geometry, shortcut_indexes
 from .broadcast import BINARY_OPS, broadcast_strides
+from .layout import shuffle_geometry, shuffle_source
 from .pointwise import SCALAR_OPS, clamp_bounds, pad_geometry, scalar_operand
 from .deconv import col2im_geometry
 

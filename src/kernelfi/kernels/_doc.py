@@ -45,6 +45,7 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "clamp": (None, lambda v: {"n": 1, "min": -1.0, "max": 1.0}),
     "constant_pad": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "top": 1, "left": 1,
                                       "out_h": 3, "out_w": 3, "value": 0.0}),
+    "channel_shuffle": (None, lambda v: {"channels": 4, "groups": 2, "spatial": 1}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")

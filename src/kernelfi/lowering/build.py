@@ -336,6 +336,14 @@ class _Builder:
                      "left": int(spec.params["left"]), "out_h": oh, "out_w": ow,
                      "value": float(spec.params.get("value", 0.0))})
 
+    def shuffle(self, spec: LayerSpec) -> None:
+        # PyTorch's elementwise copy of the transposed (g, C/g) view (.contiguous() / reshape)
+        c, h, w = _chw(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "channel_shuffle", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "groups": int(spec.params["groups"]), "spatial": h * w})
+
     def slice(self, spec: LayerSpec) -> None:
         # AlexeyAB's [route] with groups/group_id: copy one channel range (a chunk, a split piece)
         c, h, w = _chw(spec.out_shape)

@@ -6,11 +6,19 @@ tensor arithmetic rather than modules: ``x * c``, ``c - x``, ``x / c`` ... with 
 ``clamp_min`` / ``clamp_max`` / ``Hardtanh`` (PyTorch's clamp kernel: layer ``clamp``),
 ``F.pad`` / ``ZeroPad2d`` / ``ConstantPad2d`` (``constant_pad_nd``: layer ``pad``), and
 ``torch.chunk`` / ``torch.split`` / ``x[:, a:b]`` along channels (AlexeyAB's [route] with
-groups/group_id, a copy of the channel range: layer ``slice``). The kernels are
-``kernelfi.kernels.pointwise`` and ``copy``.
+groups/group_id, a copy of the channel range: layer ``slice``), and ShuffleNet's channel
+shuffle (``x.view(b, g, c//g, h, w).transpose(1, 2).contiguous().view(b, c, h, w)`` and its
+spellings, ``nn.ChannelShuffle``: PyTorch's strided copy, layer ``shuffle``). The kernels are
+``kernelfi.kernels.pointwise``, ``copy`` and ``kernelfi.kernels.layout``.
+
+The shuffle's 5-D view is tracked symbolically: a view of a (C, H, W) map as (g, C/g, H, W) is an
+ordinary reshaped value; swapping its first two dims gives a value marked ``SHUFFLED`` (no
+kernel: a transposed view), which only ``.contiguous()`` and a view/reshape/flatten back to
+(C, H, W) (or flat) may use; that view is the copy. Any other transpose or permute is refused.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -22,6 +30,8 @@ from .fx_layers import FxLayers, Val
 
 #: A node whose value is the tuple of ``torch.chunk``/``torch.split``: its layer index.
 SPLIT = -3
+#: A node whose value is the transposed (C/g, g, H, W) view of a channel shuffle: its layer index.
+SHUFFLED = -4
 
 
 def number(v: Any) -> bool:
@@ -150,3 +160,40 @@ class FxOps(FxLayers):
         self._slice(node, val, start, stop - start, base)
         return True
 
+
+    def _swap(self, node: fx.Node, dims: tuple[Any, ...], what: str) -> None:
+        """``x.transpose(1, 2)`` / ``x.permute(0, 2, 1, 3, 4)`` of a (g, C/g, H, W) view: the
+        transposed view (no kernel yet); any other transpose or permute is refused."""
+        arg = node.args[0]
+        val = self.vals.get(arg) if isinstance(arg, fx.Node) else None
+        if val is None or val.layer < -1 or len(val.shape) != 4 or tuple(dims) != (1, 2):
+            shape = None if val is None else val.shape
+            raise KernelfiError(f"fx node {node.name}: {what} of {shape} is not supported (only the channel "
+                                "shuffle's swap of dims 1 and 2 of a (g, C/g, H, W) view)")
+        g, k, h, w = val.shape
+        self.vals[node] = Val(SHUFFLED, (k, g, h, w))
+        self.consts[node] = (Val(val.layer, (g * k, h, w)), g)
+
+    def _shuffled(self, node: fx.Node, target: tuple[int, ...] | None, base: str) -> bool:
+        """A use of a transposed view: ``.contiguous()`` (``target`` None) keeps it; a view back to
+        (C, H, W) or flat is the strided copy (layer ``shuffle``). False when the input is not one."""
+        arg = node.args[0]
+        if not isinstance(arg, fx.Node) or arg not in self.vals or self.vals[arg].layer != SHUFFLED:
+            return False
+        if target is None:
+            self.vals[node], self.consts[node] = self.vals[arg], self.consts[arg]
+            return True
+        src, g = self.consts[arg]
+        if target not in (src.shape, (math.prod(src.shape),)):
+            raise KernelfiError(f"fx node {node.name}: a view {target} of the transposed {self.vals[arg].shape} "
+                                f"is not supported (only back to {src.shape} or flat)")
+        self._channel_shuffle(node, src, g, base)
+        self.vals[node] = Val(self.vals[node].layer, target)
+        return True
+
+    def _channel_shuffle(self, node: fx.Node, src: Val, g: int, base: str) -> None:
+        """Channel shuffle of a (C, H, W) map in ``g`` groups: PyTorch's strided copy."""
+        if len(src.shape) != 3 or g < 1 or src.shape[0] % g:
+            raise KernelfiError(f"fx node {node.name}: channel shuffle in {g} groups of {src.shape} is not supported "
+                                "(a (C, H, W) map, g dividing C)")
+        self._add(node, "shuffle", base or "shuffle", (src.layer,), src.shape, {"groups": g})

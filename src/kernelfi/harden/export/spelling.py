@@ -98,6 +98,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.ZeroPad2d({_t(mod.padding)})"
     if type(mod) is nn.ConstantPad2d:
         return f"nn.ConstantPad2d({_t(mod.padding)}, {mod.value!r})"
+    if type(mod) is nn.ChannelShuffle:
+        return f"nn.ChannelShuffle({mod.groups})"
     raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
 
 
@@ -120,6 +122,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.true_divide: "torch.true_divide", torch.clamp: "torch.clamp", torch.clip: "torch.clip",
     torch.clamp_min: "torch.clamp_min", torch.clamp_max: "torch.clamp_max", F.hardtanh: "F.hardtanh",
     F.pad: "F.pad", torch.chunk: "torch.chunk", torch.split: "torch.split",
+    torch.transpose: "torch.transpose", operator.floordiv: "operator.floordiv",
 }
 #: Identities at inference: nothing runs, the variable is the input's.
 _ALIAS_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
@@ -135,6 +138,7 @@ _METHODS: dict[str, str] = {
     "clamp": "torch.clamp", "clamp_": "torch.clamp", "clip": "torch.clamp", "clip_": "torch.clamp",
     "clamp_min": "torch.clamp_min", "clamp_min_": "torch.clamp_min", "clamp_max": "torch.clamp_max",
     "clamp_max_": "torch.clamp_max", "chunk": "torch.chunk", "split": "torch.split",
+    "transpose": ".transpose", "permute": ".permute", "contiguous": ".contiguous",
 }
 
 
@@ -143,9 +147,7 @@ def call_spelling(node: fx.Node) -> str:
     ``softmax`` (its dim written out), ``add`` (maybe in place), or the spelling of a call."""
     t = node.target
     if node.op == "call_method":
-        if t == "contiguous":
-            return "alias"
-        if t in _METHODS:
+        if t in _METHODS:  # .contiguous() too: of a channel shuffle's transposed view it is the copy
             return _METHODS[str(t)]
     elif t is getattr or t is operator.getitem:
         return "getattr" if t is getattr else "getitem"

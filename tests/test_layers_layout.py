@@ -1,0 +1,203 @@
+"""Layout ops a user CNN writes that now lower: ShuffleNet's channel shuffle (``view`` into
+(g, C/g), swap, ``contiguous``/``reshape`` back, and ``nn.ChannelShuffle``) as PyTorch's strided
+copy ``channel_shuffle``. Index maps worked on paper, lowered models bit for bit against PyTorch
+(they are copies), every thread's replay equal to the fast path, a hand-worked fault per kernel,
+a 40-injection campaign per mode and the export bit for bit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kernelfi._utils import KernelfiError
+from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
+from kernelfi.harden import Plan
+from kernelfi.harden.export import export_model, launch_op, load_exported
+from kernelfi.harden.export.mapping import graph_ops
+from kernelfi.harden.units import abft_plan
+from kernelfi.lowering import lower, lower_fx
+from kernelfi.models import register_model
+from kernelfi.store import Store
+from kernelfi.types import Fault
+from tests.tiny import probs_of, run_one, site
+
+NEW_KERNELS = {"channel_shuffle"}
+
+
+class Fn(nn.Module):
+    """A module whose forward is one function (the refusal tests)."""
+
+    def __init__(self, fn) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x).flatten(1)
+
+
+def _launch(prog, kernel: str, k: int = 0) -> str:  # type: ignore[no-untyped-def]
+    return [l.name for l in prog.trace.launches if l.kernel == kernel][k]
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+# ------------------------------------------------------------------------------ channel shuffle
+class Shuffle(nn.Module):
+    """ShuffleNet's channel_shuffle in one of its spellings, then flat."""
+
+    def __init__(self, g: int, form: int = 0) -> None:
+        super().__init__()
+        self.g, self.form = g, form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.size()
+        y = x.view(b, self.g, c // self.g, h, w)
+        if self.form == 0:
+            y = y.transpose(1, 2).contiguous().view(b, c, h, w)
+        elif self.form == 1:
+            y = torch.transpose(y, 2, 1).reshape(b, -1, h, w)
+        elif self.form == 2:
+            y = y.permute(0, 2, 1, 3, 4).contiguous().flatten(1, 2)
+        else:
+            y = y.transpose(1, 2).reshape(b, c * h * w)
+        return y.flatten(1)
+
+
+def test_shuffle_on_paper_and_a_source_offset_fault() -> None:
+    # 1x4x2x2, g = 2: channel k holds 10k + s (s the position). The (2, 2) view's groups are
+    # [c0, c1], [c2, c3]; swapped: output channels c0, c2, c1, c3.
+    prog = lower(Shuffle(2).eval(), (4, 2, 2))
+    assert [l.kernel for l in prog.trace.launches] == ["channel_shuffle", "softmax"]
+    x = torch.tensor([10.0 * k + s for k in range(4) for s in range(4)]).reshape(1, 4, 2, 2)
+    want = [0.0, 1, 2, 3, 20, 21, 22, 23, 10, 11, 12, 13, 30, 31, 32, 33]
+    for fast in (True, False):
+        assert prog.forward(x, fast=fast)[0][0].tolist() == want
+    # thread 5: co 1 = j*2 + i with j 0, i 1, s 1: source 1 + 1*(2*4) + 0*4 = 9 (x = 21);
+    # bit 2 flipped: 13 = channel 3, position 1: it copies 31
+    r, probs = run_one(prog, Fault("iov", site(prog, _launch(prog, "channel_shuffle"), "imad:off_in", 5),
+                                   "single", (2,)), x)
+    assert (r.original, r.corrupted) == (9.0, 13.0)
+    assert torch.allclose(probs, probs_of(want[:5] + [31.0] + want[6:]), atol=1e-7)
+    # its loaded value 21 = 0x41a80000, bit 31 flipped: -21
+    r, probs = run_one(prog, Fault("iov", site(prog, _launch(prog, "channel_shuffle"), "ld:in", 5),
+                                   "single", (31,)), x)
+    assert (r.original, r.corrupted) == (21.0, -21.0)
+    assert torch.allclose(probs, probs_of(want[:5] + [-21.0] + want[6:]), atol=1e-7)
+
+
+@pytest.mark.parametrize("form", [0, 1, 2, 3])
+def test_shuffle_spellings_lower_bit_for_bit(form: int) -> None:
+    m = Shuffle(3, form).eval()
+    prog = lower(m, (6, 3, 5))
+    assert [l.kernel for l in prog.trace.launches].count("channel_shuffle") == 1
+    x = torch.randn(3, 6, 3, 5)
+    for fast in (True, False):
+        assert torch.equal(_bits(prog.forward(x, fast=fast)[0]), _bits(m(x)))
+
+
+def test_channel_shuffle_module_lowers_bit_for_bit() -> None:
+    m = nn.Sequential(nn.ChannelShuffle(4), nn.Flatten()).eval()
+    prog = lower(m, (8, 2, 3))
+    x = torch.randn(2, 8, 2, 3)
+    assert torch.equal(_bits(prog.forward(x)[0]), _bits(m(x)))
+
+
+def test_other_transposes_are_refused_in_one_line() -> None:
+    bad = (
+        (lambda x: x.transpose(2, 3), "only the channel shuffle"),
+        (lambda x: x.view(x.size(0), 2, 2, 3, 3).transpose(1, 3).reshape(x.size(0), 4, 3, 3), "only the channel"),
+        (lambda x: x.view(x.size(0), 2, 2, 3, 3).permute(0, 1, 2, 4, 3).reshape(x.size(0), 4, 3, 3), "only the"),
+        (lambda x: x.view(x.size(0), 2, 2, 3, 3).transpose(1, 2) * 2, "used other than"),
+        (lambda x: x.view(x.size(0), 2, 2, 3, 3).transpose(1, 2).reshape(x.size(0), 2, 18), "only back to"),
+        (lambda x: x.permute(0, 2, 3, 1), "only the channel shuffle"),
+    )
+    for fn, msg in bad:
+        with pytest.raises(KernelfiError, match=msg) as e:
+            lower(Fn(fn).eval(), (4, 3, 3))
+        assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------ a net with them all
+class LayoutNet(nn.Module):
+    """Every new layout op in a 3x8x8 -> n classifier."""
+
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.head = nn.Linear(8 * 8 * 8, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x))
+        b, c, h, w = y.size()
+        y = y.view(b, 4, c // 4, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+        y = self.conv(y)
+        y = self.shuffle(y)
+        return self.head(y.flatten(1))
+
+
+def test_the_net_lowers_exactly_and_every_thread_replays_as_the_fast_path() -> None:
+    torch.manual_seed(0)
+    m = LayoutNet().eval()
+    prog = lower(m, (3, 8, 8))
+    assert [l.kernel for l in prog.trace.launches].count("channel_shuffle") == 2
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = m(x)
+    for fast in (True, False):  # (the convs' per-thread sums round apart from the fast path's)
+        got = prog.forward(x, fast=fast)[0]
+        assert (got - ref).abs().max().item() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+    # every tag of every launch of the new kernels, on thread 1: the fault replays to an outcome
+    for l in (l for l in prog.trace.launches if l.kernel in NEW_KERNELS):
+        for s in l.template.slots:
+            r, _ = run_one(prog, Fault("iov", site(prog, l.name, s.tag, 1), "single", (1,)), x[:1])
+            assert r.outcome != "tool_error", (l.name, s.tag, r)
+
+
+def build_layout_net(num_classes: int) -> LayoutNet:
+    """The registered builder: top level, so worker processes can import it."""
+    return LayoutNet(num_classes)
+
+
+@pytest.fixture(scope="module")
+def registered() -> str:
+    from kernelfi.models import list_models
+    name = "layout-net"
+    if name not in {m.name for m in list_models()}:
+        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       description="channel shuffles")(build_layout_net)
+    return name
+
+
+@pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
+def test_campaign_of_40_has_no_tool_error(registered: str, mode: str, tmp_path: Path) -> None:
+    db = tmp_path / f"{mode}.db"
+    cid = run_campaign(CampaignConfig(ModelSpec(registered), mode, "single", n=40, seed=5, data="random", inputs=4),
+                       str(db))
+    with Store(str(db), create=False, readonly=True) as store:
+        counts = store.outcome_counts(cid)
+    assert sum(counts.values()) == 40
+    assert counts.get("tool_error", 0) == 0, counts
+
+
+def test_export_maps_each_launch_to_its_op_and_round_trips_bit_for_bit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = LayoutNet().eval()
+    lowered, trace = lower_fx(m, (3, 8, 8)), lower(m, (3, 8, 8)).trace
+    ops = graph_ops(lowered)
+    got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
+           if l.kernel in NEW_KERNELS}
+    assert got == {"shuffle.channel_shuffle": "view_1", "shuffle.1.channel_shuffle": "shuffle"}, got
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    export_model(m, Plan("layout", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 8, 8), name="layout",
+                 check_inputs=x)
+    with torch.no_grad():
+        want = m(x)
+        for variant in ("none", "plan", "full-dmr", "full-tmr"):
+            out = load_exported(tmp_path / "e", variant)(x)
+            assert torch.equal(_bits(out), _bits(want)), variant
