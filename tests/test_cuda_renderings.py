@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernelfi.kernels import ACTIVATIONS, BLOCK, cuda_gridsize, get_kernel, shortcut_geometry
+from kernelfi.kernels import ACTIVATIONS, BLOCK, cuda_gridsize, get_kernel, pixel_dims, shortcut_geometry
 from kernelfi.types import Launch, ThreadTemplate
 
 CUDA = Path(__file__).resolve().parents[1] / "src" / "kernelfi" / "kernels" / "cuda"
@@ -88,6 +88,8 @@ void run_constant_pad(G, int n, int h, int w, int top, int left, int oh, int ow,
     L(constant_pad(n, h, w, top, left, oh, ow, v, x, o)); }
 void run_channel_shuffle(G, int n, int hw, int g, int sg, const float *x, float *o) {
     L(channel_shuffle(n, hw, g, sg, x, o)); }
+void run_pixel_shuffle(G, int n, int d0, int d1, int d2, int d3, int s0, int s1, int s2, int s3, int s4,
+                       const float *x, float *o) { L(pixel_shuffle(n, d0, d1, d2, d3, s0, s1, s2, s3, s4, x, o)); }
 void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
                int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
@@ -451,3 +453,17 @@ def test_channel_shuffle(lib: ctypes.CDLL) -> None:
     # and against PyTorch's own shuffle
     assert np.array_equal(got, torch.nn.functional.channel_shuffle(torch.from_numpy(x).view(1, c, 1, hw), g)
                           .numpy().ravel())
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_pixel_shuffle(lib: ctypes.CDLL, inverse: bool) -> None:
+    c, h, w, r = (2, 6, 4, 2) if inverse else (18, 2, 3, 3)
+    p = {"channels": c, "height": h, "width": w, "factor": r, "inverse": inverse}
+    x = _rand(c * h * w)
+    got = np.zeros(c * h * w, np.float32)
+    sizes, strides = pixel_dims(p)
+    lib.run_pixel_shuffle(*_grid(c * h * w), c * h * w, *sizes, *strides, _ptr(x), _ptr(got))
+    want = _py("pixel_shuffle", {"x": _lane(x)}, ("x",), ("o",), **p)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    fn = torch.nn.functional.pixel_unshuffle if inverse else torch.nn.functional.pixel_shuffle
+    assert np.array_equal(got, fn(torch.from_numpy(x).view(1, c, h, w), r).numpy().ravel())

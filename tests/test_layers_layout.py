@@ -1,6 +1,6 @@
 """Layout ops a user CNN writes that now lower: ShuffleNet's channel shuffle (``view`` into
 (g, C/g), swap, ``contiguous``/``reshape`` back, and ``nn.ChannelShuffle``) as PyTorch's strided
-copy ``channel_shuffle``. Index maps worked on paper, lowered models bit for bit against PyTorch
+copy ``channel_shuffle``; ``PixelShuffle``/``PixelUnshuffle`` as the same copy ``pixel_shuffle``. Index maps worked on paper, lowered models bit for bit against PyTorch
 (they are copies), every thread's replay equal to the fast path, a hand-worked fault per kernel,
 a 40-injection campaign per mode and the export bit for bit."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
 from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
@@ -23,7 +24,7 @@ from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
-NEW_KERNELS = {"channel_shuffle"}
+NEW_KERNELS = {"channel_shuffle", "pixel_shuffle"}
 
 
 class Fn(nn.Module):
@@ -121,6 +122,54 @@ def test_other_transposes_are_refused_in_one_line() -> None:
         assert "\n" not in str(e.value)
 
 
+# ------------------------------------------------------------------------------ pixel shuffle
+def test_pixel_shuffle_on_paper_and_a_source_offset_fault() -> None:
+    # 4x1x1 -> 1x2x2, r = 2: out[0, dy, dx] = in[dy*2 + dx]: [a, b, c, d] -> [[a, b], [c, d]]
+    prog = lower(nn.Sequential(nn.PixelShuffle(2), nn.Flatten()).eval(), (4, 1, 1))
+    assert [l.kernel for l in prog.trace.launches] == ["pixel_shuffle", "softmax"]
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).reshape(1, 4, 1, 1)
+    for fast in (True, False):
+        assert prog.forward(x, fast=fast)[0][0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    # thread 1: dx 1 (input stride H*W = 1), x 0, dy 0, y 0, c 0: source 1 (b = 2); bit 1
+    # flipped: 3 (d = 4)
+    name = _launch(prog, "pixel_shuffle")
+    r, probs = run_one(prog, Fault("iov", site(prog, name, "imad:off_in", 1), "single", (1,)), x)
+    assert (r.original, r.corrupted) == (1.0, 3.0)
+    assert torch.allclose(probs, probs_of([1.0, 4.0, 3.0, 4.0]), atol=1e-7)
+    # the inverse on paper: 1x2x2 [[a, b], [c, d]] -> 4x1x1 [a, b, c, d]
+    inv = lower(nn.Sequential(nn.PixelUnshuffle(2), nn.Flatten()).eval(), (1, 2, 2))
+    assert inv.forward(x.reshape(1, 1, 2, 2))[0][0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    # its thread 2 (dy 1, dx 0: input (1, 0) = c, offset 2): bit 0 flipped reads (1, 1) = d
+    r, probs = run_one(inv, Fault("iov", site(inv, _launch(inv, "pixel_shuffle"), "imad:off_in", 2), "single", (0,)),
+                       x.reshape(1, 1, 2, 2))
+    assert (r.original, r.corrupted) == (2.0, 3.0)
+    assert torch.allclose(probs, probs_of([1.0, 2.0, 4.0, 4.0]), atol=1e-7)
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_pixel_shuffle_forms_lower_bit_for_bit(r: int) -> None:
+    class Pix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down = nn.PixelShuffle(r), nn.PixelUnshuffle(r)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.up(x)
+            z = F.pixel_unshuffle(y, r) + self.down(F.pixel_shuffle(x, r))
+            return torch.cat([y.flatten(1), z.flatten(1)], 1)
+
+    m = Pix().eval()
+    prog = lower(m, (2 * r * r, 3, 2))
+    assert [l.kernel for l in prog.trace.launches].count("pixel_shuffle") == 4
+    x = torch.randn(3, 2 * r * r, 3, 2)
+    for fast in (True, False):
+        assert torch.equal(_bits(prog.forward(x, fast=fast)[0]), _bits(m(x)))
+    for bad, msg in ((lambda x: F.pixel_shuffle(x, 4), "pixel_shuffle by 4"),
+                     (lambda x: F.pixel_unshuffle(x, 2), "pixel_unshuffle by 2")):
+        with pytest.raises(KernelfiError, match=msg):
+            lower(Fn(bad).eval(), (2 * r * r, 3, 3))
+
+
 # ------------------------------------------------------------------------------ a net with them all
 class LayoutNet(nn.Module):
     """Every new layout op in a 3x8x8 -> n classifier."""
@@ -130,6 +179,8 @@ class LayoutNet(nn.Module):
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.shuffle = nn.ChannelShuffle(2)
         self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.unshuf = nn.PixelUnshuffle(2)
+        self.mix = nn.Conv2d(32, 32, 1)
         self.head = nn.Linear(8 * 8 * 8, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +188,7 @@ class LayoutNet(nn.Module):
         b, c, h, w = y.size()
         y = y.view(b, 4, c // 4, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
         y = self.conv(y)
+        y = F.pixel_shuffle(self.mix(self.unshuf(y)), 2)
         y = self.shuffle(y)
         return self.head(y.flatten(1))
 
@@ -146,6 +198,7 @@ def test_the_net_lowers_exactly_and_every_thread_replays_as_the_fast_path() -> N
     m = LayoutNet().eval()
     prog = lower(m, (3, 8, 8))
     assert [l.kernel for l in prog.trace.launches].count("channel_shuffle") == 2
+    assert [l.kernel for l in prog.trace.launches].count("pixel_shuffle") == 2
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         ref = m(x)
@@ -170,7 +223,7 @@ def registered() -> str:
     name = "layout-net"
     if name not in {m.name for m in list_models()}:
         register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="channel shuffles")(build_layout_net)
+                       description="channel and pixel shuffles")(build_layout_net)
     return name
 
 
@@ -192,7 +245,8 @@ def test_export_maps_each_launch_to_its_op_and_round_trips_bit_for_bit(tmp_path:
     ops = graph_ops(lowered)
     got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
            if l.kernel in NEW_KERNELS}
-    assert got == {"shuffle.channel_shuffle": "view_1", "shuffle.1.channel_shuffle": "shuffle"}, got
+    assert got == {"shuffle.channel_shuffle": "view_1", "shuffle.1.channel_shuffle": "shuffle",
+                   "unshuf.pixel_shuffle": "unshuf", "pixel_shuffle.pixel_shuffle": "pixel_shuffle"}, got
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     export_model(m, Plan("layout", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 8, 8), name="layout",
                  check_inputs=x)

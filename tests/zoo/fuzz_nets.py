@@ -14,7 +14,8 @@ arithmetic with Python numbers (``x*a + b``, ``x/a - b``, ``b - a*x``), clamps (
 one-sided, ``Hardtanh``), constant pads before an unpadded conv (``ZeroPad2d``, ``F.pad`` with a
 value), channel splits (chunk, split, ``x[:, a:b]``) whose halves are added, subtracted or
 concatenated back, channel shuffles (ShuffleNet's view/transpose/contiguous/view, ``reshape``,
-``permute``, ``nn.ChannelShuffle``), and three classification heads.
+``permute``, ``nn.ChannelShuffle``), pixel shuffles by 2 (``nn.PixelShuffle``/``PixelUnshuffle``
+and the ``F.`` forms), and three classification heads.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", 
         "identity", "gelu_tanh", "mish", "elu", "selu", "softplus", "prelu")
 HEADS = ("flatten", "mean", "adaptive")
 KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop",
-         "affine", "clamp", "pad", "split", "shuffle")
+         "affine", "clamp", "pad", "split", "shuffle", "pixel")
 AFFINE = (0.5, 2.0, -1.5, 3.0, 0.1)
 LOWS, HIGHS = (-1.0, -0.5, 0.0, None), (0.5, 1.0, 2.0, None)
 
@@ -162,6 +163,10 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
         elif kind == "shuffle" and any(c % g == 0 and g < c for g in (2, 3, 4)):
             op = ("shuffle", d.choice(["view", "reshape", "permute", "module"]),
                   d.choice([g for g in (2, 3, 4) if c % g == 0 and g < c]))
+        elif kind == "pixel" and (c % 4 == 0 or (h % 2 == 0 and w % 2 == 0 and c <= 4 and min(h, w) >= 4)):
+            up = c % 4 == 0 and (h % 2 or w % 2 or c > 4 or min(h, w) < 4 or bool(d.int(0, 1)))
+            op = ("pixel", "shuffle" if up else "unshuffle", bool(d.int(0, 1)))
+            c, h, w = (c // 4, h * 2, w * 2) if up else (c * 4, h // 2, w // 2)
         else:
             continue
         out.append(op)
@@ -260,6 +265,8 @@ class FuzzNet(nn.Module):
                     m["pad"] = nn.ZeroPad2d(op[1])
             elif kind in ("affine", "split"):
                 m = nn.Identity()
+            elif kind == "pixel":
+                m = (nn.PixelShuffle(2) if op[1] == "shuffle" else nn.PixelUnshuffle(2)) if op[2] else nn.Identity()
             elif kind == "shuffle":
                 m = nn.ChannelShuffle(op[2]) if op[1] == "module" else nn.Identity()
             elif kind == "head":
@@ -298,6 +305,8 @@ class FuzzNet(nn.Module):
             else:
                 a, b = x[:, :half], x[:, half:]
             return a + b if op[2] == "add" else a - b if op[2] == "sub" else torch.cat([b, a], 1)
+        if kind == "pixel" and not op[2]:
+            return F.pixel_shuffle(x, 2) if op[1] == "shuffle" else F.pixel_unshuffle(x, 2)
         if kind == "shuffle" and op[1] != "module":
             b, c, h, w = x.size()
             y = x.view(b, op[2], c // op[2], h, w)

@@ -2,7 +2,7 @@
 ``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
 ``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
-(``kernelfi.kernels.pointwise``), ``channel_shuffle`` (``kernelfi.kernels.layout``), and the transposed convolution's ``col2im``
+(``kernelfi.kernels.pointwise``), ``channel_shuffle``, ``pixel_shuffle`` (``kernelfi.kernels.layout``), and the transposed convolution's ``col2im``
 (``kernelfi.kernels.deconv``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
 for the hardening kernels; the new activations are cases of ``programs``' activate_array.
@@ -16,7 +16,7 @@ import numpy as np
 
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
-from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand, shuffle_geometry
+from kernelfi.kernels import broadcast_strides, clamp_bounds, col2im_geometry, pad_geometry, pixel_dims, scalar_operand, shuffle_geometry
 
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
@@ -30,6 +30,7 @@ OPERANDS.update({
     "clamp": {"in": ("r", 0), "out": ("w", 0)},
     "constant_pad": {"in": ("r", 0), "out": ("w", 0)},
     "channel_shuffle": {"in": ("r", 0), "out": ("w", 0)},
+    "pixel_shuffle": {"in": ("r", 0), "out": ("w", 0)},
     "col2im": {"col": ("r", 0), "im": ("w", 0)},
 })
 
@@ -163,6 +164,23 @@ def _channel_shuffle(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     co, s = c.idiv("hw", i, hw)
     j, gi = c.idiv("g", co, g)
     off = c.idx(("imad:off_in",), s + gi * (ch // g) * hw + j * hw)
+    c.addr("in", ("lea:addr_in",))
+    v = c.ld("ld:in", "in", off)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, v)
+
+
+@program("pixel_shuffle")
+def _pixel_shuffle(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    sizes, strides = pixel_dims(p)
+    i = prologue(c, t, int(p["channels"]) * int(p["height"]) * int(p["width"]))
+    if i is None:
+        return
+    q, off = i, 0
+    for k, (d, st) in enumerate(zip(sizes, strides)):
+        q, r = c.idiv(f"d{k}", q, d)
+        off += r * st
+    off = c.idx(("imad:off_in",), off + q * strides[-1])
     c.addr("in", ("lea:addr_in",))
     v = c.ld("ld:in", "in", off)
     c.addr("out", ("lea:addr_out",))

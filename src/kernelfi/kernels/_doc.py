@@ -46,6 +46,7 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "constant_pad": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "top": 1, "left": 1,
                                       "out_h": 3, "out_w": 3, "value": 0.0}),
     "channel_shuffle": (None, lambda v: {"channels": 4, "groups": 2, "spatial": 1}),
+    "pixel_shuffle": (None, lambda v: {"channels": 4, "height": 1, "width": 1, "factor": 2}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")

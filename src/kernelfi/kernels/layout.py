@@ -1,12 +1,19 @@
 """PyTorch's strided copy for a channel shuffle: ``channel_shuffle`` (ShuffleNet's
 ``x.view(b, g, c//g, h, w).transpose(1, 2).contiguous().view(b, c, h, w)`` and
-``nn.ChannelShuffle(g)``).
+``nn.ChannelShuffle(g)``), and for a pixel shuffle: ``pixel_shuffle`` (``nn.PixelShuffle(r)``,
+``nn.PixelUnshuffle(r)``, their ``F.`` forms).
 
 The views and the transpose launch nothing; the ``.contiguous()`` (or the ``reshape`` of the
 transposed view) launches the elementwise copy kernel over a TensorIterator whose input has the
 permuted strides. One thread per output element splits its index over the output's coalesced
 dims (H*W, g, C/g: the OffsetCalculator's divmods) and sums each index times the input's stride
 of that dim: output channel ``co = j*g + i`` reads input channel ``i*(C/g) + j``.
+
+PyTorch CUDA computes ``pixel_shuffle`` as a view of the (C*r*r, H, W) input as (C, r, r, H, W),
+a permute to (C, H, r, W, r) and the same contiguous copy: no two of the output's dims coalesce
+(their input strides do not chain), so a thread makes four divmods (dx, x, dy, y; the quotient is
+c) and sums five index * stride terms; ``pixel_unshuffle`` is the inverse permute of the
+(C, H, r, W, r) view of the (C, H*r, W*r) input, its output dims (x, y, dx, dy, c).
 """
 from __future__ import annotations
 
@@ -72,6 +79,93 @@ class ChannelShuffleKernel(StreamKernel):
         s.reg("r_s", "index", "imod:hw", "imod:hw", "imad:off_in")
         s.reg("r_j", "index", "idiv:g", "idiv:g", "imad:off_in")
         s.reg("r_i", "index", "imod:g", "imod:g", "imad:off_in")
+        s.reg("r_in_lo", "address", "lea:addr_in", "imad:off_in", "ld:in")
+        s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
+        s.reg("r_v", "data", "ld:in", "ld:in", "st:out")
+        s.reg("r_out_lo", "address", "lea:addr_out", "lea:addr_out", "st:out")
+        s.reg("r_out_hi", "address", "lea:addr_out", "lea:addr_out", "st:out", half=AddressHalf.HIGH)
+        s.reg("p_bounds", "predicate", "setp:bounds", "setp:bounds", "bra:exit")
+        return s
+
+
+def pixel_geometry(params: Mapping[str, Any]) -> tuple[tuple[int, int, int], int, bool]:
+    """((C, H, W) of the input, r, inverse) of a ``pixel_shuffle`` launch."""
+    c, h, w, r = (p_int(params, k, "pixel_shuffle") for k in ("channels", "height", "width", "factor"))
+    inverse = bool(params.get("inverse", False))
+    if r < 1 or (not inverse and c % (r * r)) or (inverse and (h % r or w % r)):
+        raise KernelfiError(f"pixel_shuffle: factor {r} does not fit a {c}x{h}x{w} input "
+                            f"({'H and W' if inverse else 'C'} must divide by {'r' if inverse else 'r*r'})")
+    return (c, h, w), r, inverse
+
+
+def pixel_dims(params: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The output's dims innermost first (four sizes; the fifth, outermost, is the quotient) and
+    the input's stride of each of the five: the OffsetCalculator's kernel arguments."""
+    (c, h, w), r, inverse = pixel_geometry(params)
+    if not inverse:  # out (C/r^2, H*r, W*r) = in viewed (C/r^2, r, r, H, W) permuted to (c, y, dy, x, dx)
+        return (r, w, r, h), (h * w, 1, r * h * w, w, r * r * h * w)
+    oh, ow = h // r, w // r  # out (C*r^2, H/r, W/r) = in viewed (C, H/r, r, W/r, r) permuted to (c, dy, dx, y, x)
+    return (ow, oh, r, r), (r, r * w, 1, w, h * w)
+
+
+def pixel_out_shape(params: Mapping[str, Any]) -> tuple[int, int, int]:
+    (c, h, w), r, inverse = pixel_geometry(params)
+    return (c * r * r, h // r, w // r) if inverse else (c // (r * r), h * r, w * r)
+
+
+def pixel_source(i: int, params: Mapping[str, Any]) -> int:
+    """The input offset output element ``i`` copies (the divmods and the stride sum)."""
+    sizes, strides = pixel_dims(params)
+    off = 0
+    for d, st in zip(sizes, strides):
+        i, k = divmod(i, d)
+        off += k * st
+    return off + i * strides[-1]
+
+
+@register_kernel
+class PixelShuffleKernel(StreamKernel):
+    """out = the contiguous copy of the input's (C, r, r, H, W) view permuted to (C, H, r, W, r)
+    (``inverse``: of its (C, H/r, r, W/r, r) view permuted to (C, r, r, H/r, W/r))."""
+
+    name: ClassVar[str] = "pixel_shuffle"
+    regs_allocated: ClassVar[int] = ptxas_registers("pixel_shuffle")
+    example_params = ({"channels": 4, "height": 1, "width": 1, "factor": 2},
+                      {"channels": 1, "height": 2, "width": 2, "factor": 2, "inverse": True})
+
+    def run(self, mem: Mem, launch: Launch) -> None:
+        (c, h, w), r, inverse = pixel_geometry(launch.params)
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)[:, :c * h * w]
+        lanes = x.shape[0]
+        if inverse:
+            y = x.reshape(lanes, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4)
+        else:
+            y = x.reshape(lanes, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)
+        put(mem, launch.writes[0], y.reshape(lanes, c * h * w).contiguous(), pixel_out_shape(launch.params))
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        (c, h, w), _, _ = pixel_geometry(params)
+        return c * h * w
+
+    def _stream(self, params: Mapping[str, Any]) -> Stream:
+        inverse = bool(params.get("inverse", False))
+        names = ("x", "y", "dx", "dy") if inverse else ("dx", "x", "dy", "y")
+        s = Stream()
+        prologue_1d(s, "output element i")
+        for k, d in enumerate(names):
+            idiv(s, f"d{k}", f"dim {k} of the output ({d}: its size a kernel argument)",
+                 mod=f"{d}, this thread's index along it")
+        s.add("GPR", "XMAD", "imad:off_in", 5, "index", "source offset: the sum of each index times the "
+              "input's stride of its dim (the quotient is c): a flip reads another element")
+        addr(s, "in", "in[off_in]")
+        s.add("LD", "LDG", "ld:in", 1, "value", "the input element, the output's value")
+        addr(s, "out", "out[i]")
+        s.add("NODEST", "STG", "st:out", 1, "store", "stores the output element")
+        epilogue(s)
+        s.reg("r_id", "index", "imad:index", "imad:index", "lea:addr_out")
+        s.reg("r_q", "index", "idiv:d0", "idiv:d3", "imad:off_in")  # the running quotient, c at the end
+        for k in range(4):
+            s.reg(f"r_k{k}", "index", f"imod:d{k}", f"imod:d{k}", "imad:off_in")
         s.reg("r_in_lo", "address", "lea:addr_in", "imad:off_in", "ld:in")
         s.reg("r_in_hi", "address", "lea:addr_in", "lea:addr_in", "ld:in", half=AddressHalf.HIGH)
         s.reg("r_v", "data", "ld:in", "ld:in", "st:out")

@@ -344,6 +344,15 @@ class _Builder:
         self.launch(spec, "channel_shuffle", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "groups": int(spec.params["groups"]), "spatial": h * w})
 
+    def pixel_shuffle(self, spec: LayerSpec) -> None:
+        # PyTorch's pixel_shuffle / pixel_unshuffle: a view, a permute and the contiguous copy
+        c, h, w = self.chw(spec.inputs[0])
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "pixel_shuffle", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w, "factor": int(spec.params["factor"]),
+                     "inverse": bool(spec.params.get("inverse", False))})
+
     def slice(self, spec: LayerSpec) -> None:
         # AlexeyAB's [route] with groups/group_id: copy one channel range (a chunk, a split piece)
         c, h, w = _chw(spec.out_shape)

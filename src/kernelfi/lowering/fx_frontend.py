@@ -184,6 +184,9 @@ class FxLowering(FxOps):
             self._activation(node, "relu6", where)
         elif isinstance(mod, nn.Hardtanh):  # hardtanh calls clamp
             self._clamp(node, float(mod.min_val), float(mod.max_val), path, "hardtanh")
+        elif isinstance(mod, (nn.PixelShuffle, nn.PixelUnshuffle)):
+            inverse = isinstance(mod, nn.PixelUnshuffle)
+            self._pixel_shuffle(node, mod.downscale_factor if inverse else mod.upscale_factor, inverse, path)
         elif isinstance(mod, nn.ChannelShuffle):
             self._channel_shuffle(node, self._val(node.args[0], node), int(mod.groups), path)
         elif isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d)):
@@ -441,6 +444,11 @@ class FxLowering(FxOps):
                 node, mod, f"{base}.pool" if base else "pool", node.name)
         elif fn in _ACT_FUNCS:
             self._activation(node, _ACT_FUNCS[fn], f"{node.name} ({fn.__name__})")
+        elif fn in (F.pixel_shuffle, F.pixel_unshuffle):
+            inverse = fn is F.pixel_unshuffle
+            kw = dict(zip(("input", "factor"), node.args)) | dict(node.kwargs)
+            factor = kw.get("factor", kw.get("downscale_factor" if inverse else "upscale_factor"))
+            self._pixel_shuffle(node, factor, inverse, _named(base, "pixel_unshuffle" if inverse else "pixel_shuffle"))
         elif fn is torch.transpose:
             self._swap(node, _swapped(node, node.args[1:3]), "torch.transpose")
         elif fn is torch.flatten and self._shuffled(node, self._flat_target(node), base):

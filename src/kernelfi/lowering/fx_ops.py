@@ -8,7 +8,9 @@ tensor arithmetic rather than modules: ``x * c``, ``c - x``, ``x / c`` ... with 
 ``torch.chunk`` / ``torch.split`` / ``x[:, a:b]`` along channels (AlexeyAB's [route] with
 groups/group_id, a copy of the channel range: layer ``slice``), and ShuffleNet's channel
 shuffle (``x.view(b, g, c//g, h, w).transpose(1, 2).contiguous().view(b, c, h, w)`` and its
-spellings, ``nn.ChannelShuffle``: PyTorch's strided copy, layer ``shuffle``). The kernels are
+spellings, ``nn.ChannelShuffle``: PyTorch's strided copy, layer ``shuffle``), and
+``nn.PixelShuffle`` / ``nn.PixelUnshuffle`` / their ``F.`` forms (the same copy of a permuted
+view: layer ``pixel_shuffle``). The kernels are
 ``kernelfi.kernels.pointwise``, ``copy`` and ``kernelfi.kernels.layout``.
 
 The shuffle's 5-D view is tracked symbolically: a view of a (C, H, W) map as (g, C/g, H, W) is an
@@ -197,3 +199,16 @@ class FxOps(FxLayers):
             raise KernelfiError(f"fx node {node.name}: channel shuffle in {g} groups of {src.shape} is not supported "
                                 "(a (C, H, W) map, g dividing C)")
         self._add(node, "shuffle", base or "shuffle", (src.layer,), src.shape, {"groups": g})
+
+    def _pixel_shuffle(self, node: fx.Node, factor: Any, inverse: bool, name: str) -> None:
+        """``pixel_shuffle(x, r)`` / ``pixel_unshuffle(x, r)`` of a (C, H, W) map."""
+        src = self._tensor(node.args[0], node, "pixel_unshuffle" if inverse else "pixel_shuffle")
+        r = factor if isinstance(factor, int) and not isinstance(factor, bool) else None
+        ok = r is not None and r >= 1 and len(src.shape) == 3 and (
+            src.shape[1] % r == 0 and src.shape[2] % r == 0 if inverse else src.shape[0] % (r * r) == 0)
+        if not ok or r is None:
+            raise KernelfiError(f"fx node {node.name}: {'pixel_unshuffle' if inverse else 'pixel_shuffle'} by "
+                                f"{factor!r} of {src.shape} is not supported (a whole factor fitting a (C, H, W) map)")
+        c, h, w = src.shape
+        out = (c * r * r, h // r, w // r) if inverse else (c // (r * r), h * r, w * r)
+        self._add(node, "pixel_shuffle", name, (src.layer,), out, {"factor": r, "inverse": inverse})

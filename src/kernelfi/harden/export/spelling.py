@@ -98,6 +98,10 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.ZeroPad2d({_t(mod.padding)})"
     if type(mod) is nn.ConstantPad2d:
         return f"nn.ConstantPad2d({_t(mod.padding)}, {mod.value!r})"
+    if type(mod) is nn.PixelShuffle:
+        return f"nn.PixelShuffle({mod.upscale_factor})"
+    if type(mod) is nn.PixelUnshuffle:
+        return f"nn.PixelUnshuffle({mod.downscale_factor})"
     if type(mod) is nn.ChannelShuffle:
         return f"nn.ChannelShuffle({mod.groups})"
     raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
@@ -122,7 +126,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.true_divide: "torch.true_divide", torch.clamp: "torch.clamp", torch.clip: "torch.clip",
     torch.clamp_min: "torch.clamp_min", torch.clamp_max: "torch.clamp_max", F.hardtanh: "F.hardtanh",
     F.pad: "F.pad", torch.chunk: "torch.chunk", torch.split: "torch.split",
-    torch.transpose: "torch.transpose", operator.floordiv: "operator.floordiv",
+    torch.transpose: "torch.transpose", F.pixel_shuffle: "F.pixel_shuffle", F.pixel_unshuffle: "F.pixel_unshuffle", operator.floordiv: "operator.floordiv",
 }
 #: Identities at inference: nothing runs, the variable is the input's.
 _ALIAS_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)

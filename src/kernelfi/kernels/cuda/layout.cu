@@ -1,6 +1,7 @@
 // kernelfi's CUDA C rendering of kernels/layout.py: PyTorch's elementwise copy of a transposed
 // (g, C/g) channel view (ShuffleNet's channel shuffle), one thread per output element computing
 // its source offset from the permuted strides (the TensorIterator OffsetCalculator's divmods).
+// pixel_shuffle / pixel_unshuffle: the same copy of a 5-D permuted view, four divmods.
 // Compiled only to count registers (scripts/ptxas_registers.py).
 
 #define THREAD_ID ((blockIdx.x + blockIdx.y * gridDim.x) * blockDim.x + threadIdx.x)
@@ -15,4 +16,23 @@ extern "C" __global__ void channel_shuffle(int n, int hw, int g, int stride_g, c
     int i = co % g;
     int j = co / g;
     out[k] = in[s + i * stride_g + j * hw];
+}
+
+// out[i] = in[sum_k idx_k * stride_k]: i split over the output's dims (sizes d0..d3 innermost
+// first, the quotient the fifth); sizes and input strides are kernel arguments (OffsetCalculator)
+extern "C" __global__ void pixel_shuffle(int n, int d0, int d1, int d2, int d3, int s0, int s1, int s2, int s3,
+                                         int s4, const float *in, float *out)
+{
+    int k = THREAD_ID;
+    if (k >= n) return;
+    int q = k;
+    int off = (q % d0) * s0;
+    q /= d0;
+    off += (q % d1) * s1;
+    q /= d1;
+    off += (q % d2) * s2;
+    q /= d2;
+    off += (q % d3) * s3;
+    q /= d3;
+    out[k] = in[off + q * s4];
 }
