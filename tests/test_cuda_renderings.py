@@ -90,6 +90,10 @@ void run_channel_shuffle(G, int n, int hw, int g, int sg, const float *x, float 
     L(channel_shuffle(n, hw, g, sg, x, o)); }
 void run_pixel_shuffle(G, int n, int d0, int d1, int d2, int d3, int s0, int s1, int s2, int s3, int s4,
                        const float *x, float *o) { L(pixel_shuffle(n, d0, d1, d2, d3, s0, s1, s2, s3, s4, x, o)); }
+void run_reflection_pad2d(G, int h, int w, int t, int l, int oh, int ow, const float *x, float *o) {
+    L(reflection_pad2d(h, w, t, l, oh, ow, x, o)); }
+void run_replication_pad2d(G, int h, int w, int t, int l, int oh, int ow, const float *x, float *o) {
+    L(replication_pad2d(h, w, t, l, oh, ow, x, o)); }
 void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
                int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
@@ -467,3 +471,20 @@ def test_pixel_shuffle(lib: ctypes.CDLL, inverse: bool) -> None:
     assert np.array_equal(got, want.numpy().ravel())
     fn = torch.nn.functional.pixel_unshuffle if inverse else torch.nn.functional.pixel_shuffle
     assert np.array_equal(got, fn(torch.from_numpy(x).view(1, c, h, w), r).numpy().ravel())
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_reflect_and_replicate_pads(lib: ctypes.CDLL, mode: str) -> None:
+    # PyTorch's grid: blocks over the output plane in x, the plane in blockIdx.y
+    c, h, w, (left, right, top, bottom) = 3, 4, 5, (2, 1, 3, 0)
+    oh, ow = h + top + bottom, w + left + right
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    run = lib.run_reflection_pad2d if mode == "reflect" else lib.run_replication_pad2d
+    run(-(-oh * ow // BLOCK), c, 1, BLOCK, h, w, top, left, oh, ow, _ptr(x), _ptr(got))
+    kernel = "reflection_pad2d" if mode == "reflect" else "replication_pad2d"
+    want = _py(kernel, {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w, top=top, left=left,
+               out_h=oh, out_w=ow)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    ref = torch.nn.functional.pad(torch.from_numpy(x).view(1, c, h, w), (left, right, top, bottom), mode=mode)
+    assert np.array_equal(got, ref.numpy().ravel())

@@ -1,6 +1,8 @@
 """Layout ops a user CNN writes that now lower: ShuffleNet's channel shuffle (``view`` into
 (g, C/g), swap, ``contiguous``/``reshape`` back, and ``nn.ChannelShuffle``) as PyTorch's strided
-copy ``channel_shuffle``; ``PixelShuffle``/``PixelUnshuffle`` as the same copy ``pixel_shuffle``. Index maps worked on paper, lowered models bit for bit against PyTorch
+copy ``channel_shuffle``; ``PixelShuffle``/``PixelUnshuffle`` as the same copy ``pixel_shuffle``; reflect and replicate
+padding (``F.pad``, ``ReflectionPad2d``, ``ReplicationPad2d``, ``Conv2d(padding_mode=...)``) as
+PyTorch's ``reflection_pad2d`` / ``replication_pad2d`` kernels. Index maps worked on paper, lowered models bit for bit against PyTorch
 (they are copies), every thread's replay equal to the fast path, a hand-worked fault per kernel,
 a 40-injection campaign per mode and the export bit for bit."""
 from __future__ import annotations
@@ -24,7 +26,7 @@ from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
-NEW_KERNELS = {"channel_shuffle", "pixel_shuffle"}
+NEW_KERNELS = {"channel_shuffle", "pixel_shuffle", "reflection_pad2d", "replication_pad2d"}
 
 
 class Fn(nn.Module):
@@ -170,15 +172,87 @@ def test_pixel_shuffle_forms_lower_bit_for_bit(r: int) -> None:
             lower(Fn(bad).eval(), (2 * r * r, 3, 3))
 
 
+# ------------------------------------------------------------------------------ reflect / replicate pads
+def test_reflect_pad_on_paper_and_a_reflection_fault() -> None:
+    # [[1, 2, 3]] reflected by 2 each side: [3, 2, 1, 2, 3, 2, 1]
+    prog = lower(Fn(lambda x: F.pad(x, (2, 2, 0, 0), mode="reflect")).eval(), (1, 1, 3))
+    assert [l.kernel for l in prog.trace.launches] == ["reflection_pad2d", "softmax"]
+    x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+    want = [3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0]
+    for fast in (True, False):
+        assert prog.forward(x, fast=fast)[0][0].tolist() == want
+    # thread 0 (ox 0): |0 - 2| = 2, |0 - (3 + 2 - 1)| = 4, ix = 2 - 4 - 0 + 2 + 3 - 1 = 2 (x = 3);
+    # the first |.| bit 1 flipped: 0, ix = 0: it copies 1
+    name = _launch(prog, "reflection_pad2d")
+    r, probs = run_one(prog, Fault("iov", site(prog, name, "iabs:reflect", 0, exec_=0, calls=4), "single", (1,)), x)
+    assert (r.original, r.corrupted) == (2.0, 0.0)
+    assert torch.allclose(probs, probs_of([1.0] + want[1:]), atol=1e-7)
+
+
+def test_replicate_pad_on_paper_a_masked_and_an_offset_fault() -> None:
+    # [[1, 2, 3]] replicated 2 left, 1 right: [1, 1, 1, 2, 3, 3]
+    prog = lower(nn.Sequential(nn.ReplicationPad2d((2, 1, 0, 0)), nn.Flatten()).eval(), (1, 1, 3))
+    x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+    want = [1.0, 1.0, 1.0, 2.0, 3.0, 3.0]
+    for fast in (True, False):
+        assert prog.forward(x, fast=fast)[0][0].tolist() == want
+    name = _launch(prog, "replication_pad2d")
+    # thread 5 (ox 5): max(5, 2) = 5, min(5, 3 + 2 - 1) = 4, ix = 2 (x = 3). The max's bit 1
+    # flipped: 7, min(7, 4) = 4 still: masked
+    r, probs = run_one(prog, Fault("iov", site(prog, name, "imnmx:clamp", 5, exec_=0, calls=4), "single", (1,)), x)
+    assert (r.original, r.corrupted) == (5.0, 7.0) and r.outcome == "masked"
+    # its input offset 2, bit 1 flipped: 0: it copies 1
+    r, probs = run_one(prog, Fault("iov", site(prog, name, "imad:off_in", 5), "single", (1,)), x)
+    assert (r.original, r.corrupted) == (2.0, 0.0)
+    assert torch.allclose(probs, probs_of(want[:5] + [1.0]), atol=1e-7)
+
+
+def test_pad_modes_and_conv_padding_modes_lower_against_pytorch() -> None:
+    class Pads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.r, self.p = nn.ReflectionPad2d((2, 1, 1, 2)), nn.ReplicationPad2d(3)
+            self.c1 = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect")
+            self.c2 = nn.Conv2d(2, 3, 3, padding=(2, 1), padding_mode="replicate")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pads = [self.r(x), self.p(x), F.pad(x, (1, 2, 0, 0), mode="reflect"),
+                    F.pad(x, (0, 1, 2, 3), mode="replicate")]
+            return torch.cat([t.flatten(1) for t in pads] + [self.c1(x).flatten(1), self.c2(x).flatten(1)], 1)
+
+    torch.manual_seed(0)
+    m = Pads().eval()
+    prog = lower(m, (2, 3, 4))
+    kernels = [l.kernel for l in prog.trace.launches]
+    assert kernels.count("reflection_pad2d") == 3 and kernels.count("replication_pad2d") == 3
+    x = torch.randn(3, 2, 3, 4)
+    with torch.no_grad():
+        ref = m(x)
+    n = 2 * (6 * 7 + 9 * 10 + 3 * 7 + 8 * 5)    # the four pads: copies, bit for bit
+    for fast in (True, False):
+        got = prog.forward(x, fast=fast)[0]
+        assert torch.equal(_bits(got[:, :n]), _bits(ref[:, :n]))
+        assert (got - ref).abs().max().item() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+    for bad, msg in ((lambda x: F.pad(x, (1, 1, 1, 1), mode="circular"), "circular"),
+                     (lambda x: F.pad(x, (4, 0, 0, 0), mode="reflect"), "smaller than its extent"),
+                     (lambda x: F.pad(x, (1, 1), mode="replicate"), "all four")):
+        with pytest.raises(KernelfiError, match=msg) as e:
+            lower(Fn(bad).eval(), (2, 3, 4))
+        assert "\n" not in str(e.value)
+    with pytest.raises(KernelfiError, match="padding_mode 'circular'"):
+        lower(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular")).eval(), (2, 3, 4))
+
+
 # ------------------------------------------------------------------------------ a net with them all
 class LayoutNet(nn.Module):
     """Every new layout op in a 3x8x8 -> n classifier."""
 
     def __init__(self, n: int = 4) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, padding_mode="replicate")
         self.shuffle = nn.ChannelShuffle(2)
-        self.conv = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.rpad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(8, 8, 3, groups=4)
         self.unshuf = nn.PixelUnshuffle(2)
         self.mix = nn.Conv2d(32, 32, 1)
         self.head = nn.Linear(8 * 8 * 8, n)
@@ -187,7 +261,7 @@ class LayoutNet(nn.Module):
         y = torch.relu(self.stem(x))
         b, c, h, w = y.size()
         y = y.view(b, 4, c // 4, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
-        y = self.conv(y)
+        y = self.conv(self.rpad(y))
         y = F.pixel_shuffle(self.mix(self.unshuf(y)), 2)
         y = self.shuffle(y)
         return self.head(y.flatten(1))
@@ -199,6 +273,7 @@ def test_the_net_lowers_exactly_and_every_thread_replays_as_the_fast_path() -> N
     prog = lower(m, (3, 8, 8))
     assert [l.kernel for l in prog.trace.launches].count("channel_shuffle") == 2
     assert [l.kernel for l in prog.trace.launches].count("pixel_shuffle") == 2
+    assert {"reflection_pad2d", "replication_pad2d"} <= {l.kernel for l in prog.trace.launches}
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         ref = m(x)
@@ -223,7 +298,7 @@ def registered() -> str:
     name = "layout-net"
     if name not in {m.name for m in list_models()}:
         register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="channel and pixel shuffles")(build_layout_net)
+                       description="channel and pixel shuffles, reflect and replicate pads")(build_layout_net)
     return name
 
 
@@ -246,7 +321,8 @@ def test_export_maps_each_launch_to_its_op_and_round_trips_bit_for_bit(tmp_path:
     got = {l.name: getattr(launch_op(lowered, ops, l), "node", None) for l in trace.launches
            if l.kernel in NEW_KERNELS}
     assert got == {"shuffle.channel_shuffle": "view_1", "shuffle.1.channel_shuffle": "shuffle",
-                   "unshuf.pixel_shuffle": "unshuf", "pixel_shuffle.pixel_shuffle": "pixel_shuffle"}, got
+                   "unshuf.pixel_shuffle": "unshuf", "pixel_shuffle.pixel_shuffle": "pixel_shuffle",
+                   "stem.pad.replication_pad2d": "stem", "rpad.reflection_pad2d": "rpad"}, got
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     export_model(m, Plan("layout", abft_plan(trace).protect), tmp_path / "e", input_shape=(3, 8, 8), name="layout",
                  check_inputs=x)

@@ -15,7 +15,8 @@ one-sided, ``Hardtanh``), constant pads before an unpadded conv (``ZeroPad2d``, 
 value), channel splits (chunk, split, ``x[:, a:b]``) whose halves are added, subtracted or
 concatenated back, channel shuffles (ShuffleNet's view/transpose/contiguous/view, ``reshape``,
 ``permute``, ``nn.ChannelShuffle``), pixel shuffles by 2 (``nn.PixelShuffle``/``PixelUnshuffle``
-and the ``F.`` forms), and three classification heads.
+and the ``F.`` forms), reflect and replicate pads (``F.pad``, ``ReflectionPad2d``/``ReplicationPad2d``,
+``Conv2d(padding_mode=...)``), and three classification heads.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", 
         "identity", "gelu_tanh", "mish", "elu", "selu", "softplus", "prelu")
 HEADS = ("flatten", "mean", "adaptive")
 KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop",
-         "affine", "clamp", "pad", "split", "shuffle", "pixel")
+         "affine", "clamp", "pad", "split", "shuffle", "pixel", "mpad")
 AFFINE = (0.5, 2.0, -1.5, 3.0, 0.1)
 LOWS, HIGHS = (-1.0, -0.5, 0.0, None), (0.5, 1.0, 2.0, None)
 
@@ -167,6 +168,15 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
             up = c % 4 == 0 and (h % 2 or w % 2 or c > 4 or min(h, w) < 4 or bool(d.int(0, 1)))
             op = ("pixel", "shuffle" if up else "unshuffle", bool(d.int(0, 1)))
             c, h, w = (c // 4, h * 2, w * 2) if up else (c * 4, h // 2, w // 2)
+        elif kind == "mpad" and min(h, w) >= 2:
+            mode, form = d.choice(["reflect", "replicate"]), d.choice(["F", "module", "conv"])
+            lim = min(h, w) - 1 if mode == "reflect" else 2
+            if form == "conv":
+                cout = d.int(1, 8)
+                op, c = ("mpad", mode, form, cout), cout
+            else:
+                pads = tuple(d.int(0, min(lim, 2)) for _ in range(4))
+                op, h, w = ("mpad", mode, form, pads), h + pads[2] + pads[3], w + pads[0] + pads[1]
         else:
             continue
         out.append(op)
@@ -265,6 +275,10 @@ class FuzzNet(nn.Module):
                     m["pad"] = nn.ZeroPad2d(op[1])
             elif kind in ("affine", "split"):
                 m = nn.Identity()
+            elif kind == "mpad":
+                m = nn.Conv2d(c, op[3], 3, padding=1, padding_mode=op[1]) if op[2] == "conv" else (
+                    (nn.ReflectionPad2d if op[1] == "reflect" else nn.ReplicationPad2d)(op[3]) if op[2] == "module"
+                    else nn.Identity())
             elif kind == "pixel":
                 m = (nn.PixelShuffle(2) if op[1] == "shuffle" else nn.PixelUnshuffle(2)) if op[2] else nn.Identity()
             elif kind == "shuffle":
@@ -305,6 +319,8 @@ class FuzzNet(nn.Module):
             else:
                 a, b = x[:, :half], x[:, half:]
             return a + b if op[2] == "add" else a - b if op[2] == "sub" else torch.cat([b, a], 1)
+        if kind == "mpad" and op[2] == "F":
+            return F.pad(x, op[3], mode=op[1])
         if kind == "pixel" and not op[2]:
             return F.pixel_shuffle(x, 2) if op[1] == "shuffle" else F.pixel_unshuffle(x, 2)
         if kind == "shuffle" and op[1] != "module":

@@ -7,7 +7,7 @@ register map (docs/method.md §1–§2, docs/kernels.md).
 6
 
 Importing the package registers the twelve kernels of ``kernelfi.types.KERNEL_NAMES`` and those
-added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20; ``pointwise``: scalars, clamp, pad; ``layout``: the channel and pixel shuffles' strided copies;
+added for models brought from PyTorch (``broadcast``, ``upsample``, ``local_avgpool``: issue 20; ``pointwise``: scalars, clamp, pad; ``layout``: the channel and pixel shuffles' strided copies, reflect and replicate pads;
 ``col2im``, the transposed convolution's scatter: ``deconv``).
 Layering: this package imports only torch, numpy, ``kernelfi.types`` and ``kernelfi._utils``.
 """
@@ -38,12 +38,12 @@ from .interp import bilinear_scale
 from .pool import CEIL_PAD, ceil_pads
 from .elementwise import shortcut_geometry, shortcut_indexes
 from .broadcast import BINARY_OPS, broadcast_strides
-from .layout import pixel_dims, pixel_geometry, pixel_out_shape, pixel_source, shuffle_geometry, shuffle_source
+from .layout import PAD2D_KERNELS, pad2d_geometry, pad2d_source, pixel_dims, pixel_geometry, pixel_out_shape, pixel_source, shuffle_geometry, shuffle_source
 from .pointwise import SCALAR_OPS, clamp_bounds, pad_geometry, scalar_operand
 from .deconv import col2im_geometry
 
 __all__ = [
-    "ACTIVATIONS", "BINARY_OPS", "ELU_FAMILY", "SCALAR_OPS", "clamp_bounds", "pad_geometry", "pixel_dims", "pixel_geometry", "pixel_out_shape", "pixel_source", "shuffle_geometry", "shuffle_source", "scalar_operand", "BLOCK", "CEIL_PAD", "ceil_pads", "GELU_BETA", "GELU_KAPPA", "NON_SQUARE", "PAD_AFTER", "W_AXIS", "LEAKY_SLOPE", "SOFTPLUS_THRESHOLD", "EFFECTS", "SGEMM_TILES", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
+    "ACTIVATIONS", "BINARY_OPS", "ELU_FAMILY", "SCALAR_OPS", "clamp_bounds", "pad_geometry", "PAD2D_KERNELS", "pad2d_geometry", "pad2d_source", "pixel_dims", "pixel_geometry", "pixel_out_shape", "pixel_source", "shuffle_geometry", "shuffle_source", "scalar_operand", "BLOCK", "CEIL_PAD", "ceil_pads", "GELU_BETA", "GELU_KAPPA", "NON_SQUARE", "PAD_AFTER", "W_AXIS", "LEAKY_SLOPE", "SOFTPLUS_THRESHOLD", "EFFECTS", "SGEMM_TILES", "WEIGHT_ROLES", "KernelImpl", "TagInfo",
     "activate", "all_kernels", "bilinear_scale", "broadcast_strides", "col2im_geometry", "conv1x1", "conv1x1_cols", "cuda_gridsize", "darknet_largest", "dilated_im2col", "fma_f32", "fused_conv",
     "gemm_shared_bytes", "get_kernel", "ptxas_registers", "register_kernel", "rows_linear", "SgemmShape", "sgemm_shape",
     "shortcut_geometry", "shortcut_indexes", "slope_of", "square_im2col", "threshold_of", "unregister_kernel",

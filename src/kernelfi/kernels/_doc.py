@@ -46,6 +46,10 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "constant_pad": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "top": 1, "left": 1,
                                       "out_h": 3, "out_w": 3, "value": 0.0}),
     "channel_shuffle": (None, lambda v: {"channels": 4, "groups": 2, "spatial": 1}),
+    "reflection_pad2d": (None, lambda v: {"channels": 1, "height": 2, "width": 2, "top": 1, "left": 1,
+                                          "out_h": 4, "out_w": 4}),
+    "replication_pad2d": (None, lambda v: {"channels": 1, "height": 2, "width": 2, "top": 1, "left": 1,
+                                           "out_h": 4, "out_w": 4}),
     "pixel_shuffle": (None, lambda v: {"channels": 4, "height": 1, "width": 1, "factor": 2}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"

@@ -191,6 +191,9 @@ class FxLowering(FxOps):
             self._channel_shuffle(node, self._val(node.args[0], node), int(mod.groups), path)
         elif isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d)):
             self._pad(node, tuple(mod.padding), float(mod.value), "constant", path)
+        elif isinstance(mod, (nn.ReflectionPad2d, nn.ReplicationPad2d)):
+            self._pad(node, tuple(mod.padding), None, "reflect" if isinstance(mod, nn.ReflectionPad2d) else "replicate",
+                      path)
         elif isinstance(mod, nn.MaxPool2d):
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
@@ -230,7 +233,15 @@ class FxLowering(FxOps):
         # bottom/right: the rest of 'same''s total (an even kernel pads one more there)
         ah, aw = (dh * (kh - 1) - ph, dw * (kw - 1) - pw) if mod.padding == "same" else (ph, pw)
         if mod.padding_mode != "zeros":
-            raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported")
+            # PyTorch pads with F.pad(mode) (_reversed_padding_repeated_twice), then convolves unpadded
+            if mod.padding_mode not in ("reflect", "replicate") or isinstance(mod.padding, str):
+                raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported"
+                                    + (" with string padding" if mod.padding_mode in ("reflect", "replicate") else ""))
+            if ph or pw:
+                self._pad(node, (pw, pw, ph, ph), None, mod.padding_mode, f"{path}.pad")
+                src = self.vals[node]
+                h, w = src.shape[1:]
+            ph = pw = ah = aw = 0
         oh = (h + ph + ah - dh * (kh - 1) - 1) // sh + 1
         ow = (w + pw + aw - dw * (kw - 1) - 1) // sw + 1
         if oh <= 0 or ow <= 0:

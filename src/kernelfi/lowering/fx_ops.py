@@ -85,21 +85,27 @@ class FxOps(FxLayers):
                   {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)})
 
     def _pad(self, node: fx.Node, pad: Any, value: Any, mode: str, name: str) -> None:
-        """``F.pad(x, (l, r[, t, b]), value=v)``: constant_pad_nd (pads >= 0, H and W only);
+        """``F.pad(x, (l, r[, t, b]), mode, value)``: constant_pad_nd, or PyTorch's reflect /
+        replicate pad kernels (pads >= 0, H and W only; reflect pads smaller than the extent);
         ``name`` is the layer's."""
         src = self._tensor(node.args[0], node, "pad")
-        if mode != "constant":
-            raise KernelfiError(f"fx node {node.name}: padding mode '{mode}' is not supported (only constant)")
-        if len(src.shape) != 3 or not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) \
+        if mode not in ("constant", "reflect", "replicate"):
+            raise KernelfiError(f"fx node {node.name}: padding mode '{mode}' is not supported "
+                                "(constant, reflect, replicate)")
+        if len(src.shape) != 3 or not isinstance(pad, (tuple, list)) or len(pad) not in ((2, 4) if mode == "constant" else (4,)) \
                 or not all(isinstance(p, int) and p >= 0 for p in pad):
             raise KernelfiError(f"fx node {node.name}: pad {pad!r} of {src.shape} is not supported "
-                                "(non-negative (left, right[, top, bottom]) of a (C, H, W) map)")
-        if not number(value if value is not None else 0.0):
+                                "(non-negative (left, right[, top, bottom]) of a (C, H, W) map; reflect/replicate: all four)")
+        if mode == "constant" and not number(value if value is not None else 0.0):
             raise KernelfiError(f"fx node {node.name}: pad value {value!r} is not a number")
         left, right, top, bottom = (*pad, 0, 0) if len(pad) == 2 else tuple(pad)
         c, h, w = src.shape
-        self._add(node, "pad", name, (src.layer,), (c, h + top + bottom, w + left + right),
-                  {"top": top, "left": left, "value": float(value or 0.0)})
+        if mode == "reflect" and (max(left, right) >= w or max(top, bottom) >= h):
+            raise KernelfiError(f"fx node {node.name}: reflect pad {tuple(pad)} of {src.shape} is not supported "
+                                "(each pad smaller than its extent)")
+        params: dict[str, Any] = {"top": top, "left": left}
+        params.update({"value": float(value or 0.0)} if mode == "constant" else {"mode": mode})
+        self._add(node, "pad", name, (src.layer,), (c, h + top + bottom, w + left + right), params)
 
     def _split(self, node: fx.Node, sizes: Any, dim: Any, chunks: bool) -> None:
         """``torch.chunk``/``torch.split`` along channels: the channel ranges, no kernel yet

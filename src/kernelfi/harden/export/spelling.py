@@ -42,11 +42,12 @@ def module_ctor(mod: nn.Module, path: str) -> str:
     if any(p.dtype != torch.float32 for p in mod.parameters(recurse=False)):
         raise KernelfiError(f"export: {path} has non-float32 parameters (export float32 models)")
     if isinstance(mod, nn.Conv2d):
-        if mod.padding_mode != "zeros":
-            raise KernelfiError(f"export: {path}: only zero padding is supported")
+        if mod.padding_mode not in ("zeros", "reflect", "replicate"):
+            raise KernelfiError(f"export: {path}: padding_mode '{mod.padding_mode}' is not supported")
+        mode = "" if mod.padding_mode == "zeros" else f", padding_mode={mod.padding_mode!r}"
         return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
                 f"stride={_t(mod.stride)}, padding={_t(conv_padding(mod, path))}, dilation={_t(mod.dilation)}, "
-                f"groups={mod.groups}, bias={mod.bias is not None})")
+                f"groups={mod.groups}, bias={mod.bias is not None}{mode})")
     if isinstance(mod, nn.ConvTranspose2d):
         if mod.padding_mode != "zeros":
             raise KernelfiError(f"export: {path}: only zero padding is supported")
@@ -98,6 +99,8 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.ZeroPad2d({_t(mod.padding)})"
     if type(mod) is nn.ConstantPad2d:
         return f"nn.ConstantPad2d({_t(mod.padding)}, {mod.value!r})"
+    if type(mod) in (nn.ReflectionPad2d, nn.ReplicationPad2d):
+        return f"nn.{type(mod).__name__}({_t(mod.padding)})"
     if type(mod) is nn.PixelShuffle:
         return f"nn.PixelShuffle({mod.upscale_factor})"
     if type(mod) is nn.PixelUnshuffle:
