@@ -331,3 +331,17 @@ def test_export_maps_each_launch_to_its_op_and_round_trips_bit_for_bit(tmp_path:
         for variant in ("none", "plan", "full-dmr", "full-tmr"):
             out = load_exported(tmp_path / "e", variant)(x)
             assert torch.equal(_bits(out), _bits(want)), variant
+
+
+def test_abft_is_not_offered_for_a_mode_padded_convs_gemm() -> None:
+    # stem is Conv2d(padding_mode='replicate'): the export's ABFT wrapper would check it with zero
+    # padding, so its gemm is left to DMR/TMR; conv after the explicit ReflectionPad2d is checkable
+    from kernelfi.harden.units import abft_checkable
+    trace = lower(LayoutNet().eval(), (3, 8, 8)).trace
+    gemms = {l.name: l.index for l in trace.launches if l.kernel == "gemm"}
+    assert not abft_checkable(trace, gemms["stem.gemm"])
+    assert abft_checkable(trace, gemms["conv.gemm.g0"]) and abft_checkable(trace, gemms["mix.gemm"])
+    # a grouped mode-padded conv: none of its per-group gemms
+    grouped = lower(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=2, padding_mode="reflect"),
+                                  nn.Flatten()).eval(), (4, 5, 5)).trace
+    assert [abft_checkable(grouped, l.index) for l in grouped.launches if l.kernel == "gemm"] == [False, False]

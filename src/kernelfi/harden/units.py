@@ -98,7 +98,8 @@ def _mode_padded_gemms(trace: Trace) -> set[int]:
     unpadded input with zero padding, so a plan holding one could not be exported."""
     padded = {l.name.rsplit(".", 2)[0] for l in trace.launches
               if l.kernel in ("reflection_pad2d", "replication_pad2d") and l.name.rsplit(".", 2)[1:2] == ["pad"]}
-    return {l.index for l in trace.launches if l.kernel == "gemm" and l.name.rsplit(".", 1)[0] in padded}
+    # a gemm's launch is "<layer>.gemm", a grouped conv's "<layer>.gemm.g<k>"
+    return {l.index for l in trace.launches if l.kernel == "gemm" and l.name.rsplit(".gemm", 1)[0] in padded}
 
 
 def abft_plan(trace: Trace) -> Plan:
