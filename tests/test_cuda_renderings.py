@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernelfi.kernels import ACTIVATIONS, BLOCK, cuda_gridsize, get_kernel, shortcut_geometry
+from kernelfi.kernels import ACTIVATIONS, BLOCK, cuda_gridsize, get_kernel, pixel_dims, shortcut_geometry
 from kernelfi.types import Launch, ThreadTemplate
 
 CUDA = Path(__file__).resolve().parents[1] / "src" / "kernelfi" / "kernels" / "cuda"
@@ -96,6 +96,14 @@ void run_constant_pad(G, int n, int h, int w, int top, int left, int oh, int ow,
     L(constant_pad(n, h, w, top, left, oh, ow, v, x, o)); }
 void run_group_norm_apply(G, int n, int sp, int per, int affine, const float *x, const float *st, const float *g,
                           const float *b, float *o) { L(group_norm_apply(n, sp, per, affine, x, st, g, b, o)); }
+void run_channel_shuffle(G, int n, int hw, int g, int sg, const float *x, float *o) {
+    L(channel_shuffle(n, hw, g, sg, x, o)); }
+void run_pixel_shuffle(G, int n, int d0, int d1, int d2, int d3, int s0, int s1, int s2, int s3, int s4,
+                       const float *x, float *o) { L(pixel_shuffle(n, d0, d1, d2, d3, s0, s1, s2, s3, s4, x, o)); }
+void run_reflection_pad2d(G, int h, int w, int t, int l, int oh, int ow, const float *x, float *o) {
+    L(reflection_pad2d(h, w, t, l, oh, ow, x, o)); }
+void run_replication_pad2d(G, int h, int w, int t, int l, int oh, int ow, const float *x, float *o) {
+    L(replication_pad2d(h, w, t, l, oh, ow, x, o)); }
 void run_prelu(G, int n, int oh, int ow, const float *x, int xc, int xy, int xx, const float *w,
                int wc, int wy, int wx, float *o) { L(prelu(n, oh, ow, x, xc, xy, xx, w, wc, wy, wx, o)); }
 }
@@ -505,3 +513,46 @@ def test_group_norm_apply(lib: ctypes.CDLL, affine: bool) -> None:
     want = _py("group_norm_apply", mem, ("x", "st", "l.scales", "l.biases"), ("o",),
                channels=c, groups=g, spatial=sp, affine=affine)["o"].numpy().ravel()
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_channel_shuffle(lib: ctypes.CDLL) -> None:
+    c, g, hw = 12, 3, 5
+    x = _rand(c * hw)
+    got = np.zeros(c * hw, np.float32)
+    lib.run_channel_shuffle(*_grid(c * hw), c * hw, hw, g, (c // g) * hw, _ptr(x), _ptr(got))
+    want = _py("channel_shuffle", {"x": _lane(x)}, ("x",), ("o",), channels=c, groups=g, spatial=hw)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    # and against PyTorch's own shuffle
+    assert np.array_equal(got, torch.nn.functional.channel_shuffle(torch.from_numpy(x).view(1, c, 1, hw), g)
+                          .numpy().ravel())
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_pixel_shuffle(lib: ctypes.CDLL, inverse: bool) -> None:
+    c, h, w, r = (2, 6, 4, 2) if inverse else (18, 2, 3, 3)
+    p = {"channels": c, "height": h, "width": w, "factor": r, "inverse": inverse}
+    x = _rand(c * h * w)
+    got = np.zeros(c * h * w, np.float32)
+    sizes, strides = pixel_dims(p)
+    lib.run_pixel_shuffle(*_grid(c * h * w), c * h * w, *sizes, *strides, _ptr(x), _ptr(got))
+    want = _py("pixel_shuffle", {"x": _lane(x)}, ("x",), ("o",), **p)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    fn = torch.nn.functional.pixel_unshuffle if inverse else torch.nn.functional.pixel_shuffle
+    assert np.array_equal(got, fn(torch.from_numpy(x).view(1, c, h, w), r).numpy().ravel())
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_reflect_and_replicate_pads(lib: ctypes.CDLL, mode: str) -> None:
+    # PyTorch's grid: blocks over the output plane in x, the plane in blockIdx.y
+    c, h, w, (left, right, top, bottom) = 3, 4, 5, (2, 1, 3, 0)
+    oh, ow = h + top + bottom, w + left + right
+    x = _rand(c * h * w)
+    got = np.zeros(c * oh * ow, np.float32)
+    run = lib.run_reflection_pad2d if mode == "reflect" else lib.run_replication_pad2d
+    run(-(-oh * ow // BLOCK), c, 1, BLOCK, h, w, top, left, oh, ow, _ptr(x), _ptr(got))
+    kernel = "reflection_pad2d" if mode == "reflect" else "replication_pad2d"
+    want = _py(kernel, {"x": _lane(x)}, ("x",), ("o",), channels=c, height=h, width=w, top=top, left=left,
+               out_h=oh, out_w=ow)["o"]
+    assert np.array_equal(got, want.numpy().ravel())
+    ref = torch.nn.functional.pad(torch.from_numpy(x).view(1, c, h, w), (left, right, top, bottom), mode=mode)
+    assert np.array_equal(got, ref.numpy().ravel())

@@ -13,7 +13,10 @@ s=2; k=3 s=2 p=1 output_padding=1; with or without bias, BN, an activation), dro
 arithmetic with Python numbers (``x*a + b``, ``x/a - b``, ``b - a*x``), clamps (``torch.clamp``,
 one-sided, ``Hardtanh``), constant pads before an unpadded conv (``ZeroPad2d``, ``F.pad`` with a
 value), channel splits (chunk, split, ``x[:, a:b]``) whose halves are added, subtracted or
-concatenated back, and three classification heads.
+concatenated back, channel shuffles (ShuffleNet's view/transpose/contiguous/view, ``reshape``,
+``permute``, ``nn.ChannelShuffle``), pixel shuffles by 2 (``nn.PixelShuffle``/``PixelUnshuffle``
+and the ``F.`` forms), reflect and replicate pads (``F.pad``, ``ReflectionPad2d``/``ReplicationPad2d``,
+``Conv2d(padding_mode=...)``), and three classification heads.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ ACTS = ("relu", "relu6", "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", 
         "identity", "gelu_tanh", "mish", "elu", "selu", "softplus", "prelu")
 HEADS = ("flatten", "mean", "adaptive")
 KINDS = ("conv", "conv", "conv", "act", "bn", "maxpool", "avgpool", "adaptive", "res", "cat", "se", "se", "up", "up", "drop",
-         "affine", "clamp", "pad", "split", "gn")
+         "affine", "clamp", "pad", "split", "gn", "shuffle", "pixel", "mpad")
 AFFINE = (0.5, 2.0, -1.5, 3.0, 0.1)
 LOWS, HIGHS = (-1.0, -0.5, 0.0, None), (0.5, 1.0, 2.0, None)
 
@@ -169,6 +172,22 @@ def draw_arch(d: Draw, shape: tuple[int, int, int], ops: int, kinds: Sequence[st
         elif kind == "split" and c >= 2 and c % 2 == 0:
             op = ("split", d.choice(["chunk", "split", "slice"]), d.choice(["add", "sub", "cat"]), c // 2)
             c = c if op[2] == "cat" else c // 2
+        elif kind == "shuffle" and any(c % g == 0 and g < c for g in (2, 3, 4)):
+            op = ("shuffle", d.choice(["view", "reshape", "permute", "module"]),
+                  d.choice([g for g in (2, 3, 4) if c % g == 0 and g < c]))
+        elif kind == "pixel" and (c % 4 == 0 or (h % 2 == 0 and w % 2 == 0 and c <= 4 and min(h, w) >= 4)):
+            up = c % 4 == 0 and (h % 2 or w % 2 or c > 4 or min(h, w) < 4 or bool(d.int(0, 1)))
+            op = ("pixel", "shuffle" if up else "unshuffle", bool(d.int(0, 1)))
+            c, h, w = (c // 4, h * 2, w * 2) if up else (c * 4, h // 2, w // 2)
+        elif kind == "mpad" and min(h, w) >= 2:
+            mode, form = d.choice(["reflect", "replicate"]), d.choice(["F", "module", "conv"])
+            lim = min(h, w) - 1 if mode == "reflect" else 2
+            if form == "conv":
+                cout = d.int(1, 8)
+                op, c = ("mpad", mode, form, cout), cout
+            else:
+                pads = tuple(d.int(0, min(lim, 2)) for _ in range(4))
+                op, h, w = ("mpad", mode, form, pads), h + pads[2] + pads[3], w + pads[0] + pads[1]
         else:
             continue
         out.append(op)
@@ -269,6 +288,14 @@ class FuzzNet(nn.Module):
                     m["pad"] = nn.ZeroPad2d(op[1])
             elif kind in ("affine", "split"):
                 m = nn.Identity()
+            elif kind == "mpad":
+                m = nn.Conv2d(c, op[3], 3, padding=1, padding_mode=op[1]) if op[2] == "conv" else (
+                    (nn.ReflectionPad2d if op[1] == "reflect" else nn.ReplicationPad2d)(op[3]) if op[2] == "module"
+                    else nn.Identity())
+            elif kind == "pixel":
+                m = (nn.PixelShuffle(2) if op[1] == "shuffle" else nn.PixelUnshuffle(2)) if op[2] else nn.Identity()
+            elif kind == "shuffle":
+                m = nn.ChannelShuffle(op[2]) if op[1] == "module" else nn.Identity()
             elif kind == "head":
                 features = c * h * w if op[1] == "flatten" else c
                 m = nn.Sequential(nn.Linear(features, op[2]), nn.ReLU(), nn.Linear(op[2], num_classes))
@@ -305,6 +332,18 @@ class FuzzNet(nn.Module):
             else:
                 a, b = x[:, :half], x[:, half:]
             return a + b if op[2] == "add" else a - b if op[2] == "sub" else torch.cat([b, a], 1)
+        if kind == "mpad" and op[2] == "F":
+            return F.pad(x, op[3], mode=op[1])
+        if kind == "pixel" and not op[2]:
+            return F.pixel_shuffle(x, 2) if op[1] == "shuffle" else F.pixel_unshuffle(x, 2)
+        if kind == "shuffle" and op[1] != "module":
+            b, c, h, w = x.size()
+            y = x.view(b, op[2], c // op[2], h, w)
+            if op[1] == "view":
+                return y.transpose(1, 2).contiguous().view(b, c, h, w)
+            if op[1] == "reshape":
+                return torch.transpose(y, 1, 2).reshape(b, c, h, w)
+            return y.permute(0, 2, 1, 3, 4).contiguous().flatten(1, 2)
         if kind == "head":
             if op[1] == "flatten":
                 x = torch.flatten(x, 1)

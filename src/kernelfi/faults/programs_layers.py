@@ -2,7 +2,8 @@
 ``scale_channels``, ``binary_op``, ``forward_local_avgpool``, ``upsample``, ``adaptive_avgpool``, ``adaptive_maxpool``, ``max_pool_nchw`` and
 ``upsample_bilinear`` (``kernelfi.kernels.broadcast``, ``kernelfi.kernels.pool_local``,
 ``kernelfi.kernels.interp``), ``scalar_op``, ``clamp``, ``constant_pad``
-(``kernelfi.kernels.pointwise``), the transposed convolution's ``col2im``
+(``kernelfi.kernels.pointwise``), ``channel_shuffle``, ``pixel_shuffle``, ``reflection_pad2d``, ``replication_pad2d``
+(``kernelfi.kernels.layout``), the transposed convolution's ``col2im``
 (``kernelfi.kernels.deconv``) and GroupNorm's ``group_norm_moments``/``group_norm_apply``
 (``kernelfi.kernels.norm``). Importing the module
 registers them in ``programs.PROGRAMS`` (``faults.inject`` does), as ``programs_harden`` does
@@ -19,7 +20,8 @@ import torch
 from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels.norm import OFFSETS, WARP, lane_states, shuffle_partner, threads_per_row, warp_0_inputs, warp_level
-from kernelfi.kernels import broadcast_strides, dilated_start, clamp_bounds, col2im_geometry, pad_geometry, scalar_operand
+from kernelfi.kernels import (broadcast_strides, dilated_start, clamp_bounds, col2im_geometry, pad_geometry, pad2d_geometry,
+                              pixel_dims, scalar_operand, shuffle_geometry)
 
 OPERANDS.update({
     "scale_channels": {"in": ("r", 0), "scale": ("r", 1), "out": ("w", 0)},
@@ -34,6 +36,10 @@ OPERANDS.update({
     "scalar_op": {"in": ("r", 0), "out": ("w", 0)},
     "clamp": {"in": ("r", 0), "out": ("w", 0)},
     "constant_pad": {"in": ("r", 0), "out": ("w", 0)},
+    "channel_shuffle": {"in": ("r", 0), "out": ("w", 0)},
+    "pixel_shuffle": {"in": ("r", 0), "out": ("w", 0)},
+    "reflection_pad2d": {"in": ("r", 0), "out": ("w", 0)},
+    "replication_pad2d": {"in": ("r", 0), "out": ("w", 0)},
     "col2im": {"col": ("r", 0), "im": ("w", 0)},
 })
 
@@ -156,6 +162,70 @@ def _constant_pad(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     r = c.val(("sel:out",), v if inside else float(p.get("value", 0.0)), old=v)
     c.addr("out", ("lea:addr_out",))
     c.st("st:out", "out", i, r)
+
+
+@program("channel_shuffle")
+def _channel_shuffle(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    ch, g, hw = shuffle_geometry(p)
+    i = prologue(c, t, ch * hw)
+    if i is None:
+        return
+    co, s = c.idiv("hw", i, hw)
+    j, gi = c.idiv("g", co, g)
+    off = c.idx(("imad:off_in",), s + gi * (ch // g) * hw + j * hw)
+    c.addr("in", ("lea:addr_in",))
+    v = c.ld("ld:in", "in", off)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, v)
+
+
+@program("pixel_shuffle")
+def _pixel_shuffle(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+    sizes, strides = pixel_dims(p)
+    i = prologue(c, t, int(p["channels"]) * int(p["height"]) * int(p["width"]))
+    if i is None:
+        return
+    q, off = i, 0
+    for k, (d, st) in enumerate(zip(sizes, strides)):
+        q, r = c.idiv(f"d{k}", q, d)
+        off += r * st
+    off = c.idx(("imad:off_in",), off + q * strides[-1])
+    c.addr("in", ("lea:addr_in",))
+    v = c.ld("ld:in", "in", off)
+    c.addr("out", ("lea:addr_out",))
+    c.st("st:out", "out", i, v)
+
+
+def _pad2d(kernel: str) -> Any:
+    """The thread of PyTorch's reflect or replicate pad kernel (``kernels.layout``)."""
+    def thread(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
+        ch, H, W, top, left, oh, ow = pad2d_geometry(p, kernel)
+        i = prologue(c, t, ch * oh * ow)
+        if i is None:
+            return
+        plane, xy = divmod(i, oh * ow)  # blockIdx.y and the thread's place in the plane: no instruction
+        oy, ox = c.idiv("w", xy, ow)
+        src = []
+        for o, pad, n in ((ox, left, W), (oy, top, H)):
+            if kernel == "reflection_pad2d":
+                a = c.idx(("iabs:reflect",), abs(c.idx(("iadd:reflect",), o - pad)))
+                b = c.idx(("iabs:reflect",), abs(c.idx(("iadd:reflect",), o - (n + pad - 1))))
+                src.append(c.idx(("iadd:in_xy",), a - b - o + pad + n - 1))
+            else:
+                lo = c.idx(("imnmx:clamp",), max(o, pad))
+                src.append(c.idx(("iadd:in_xy",), c.idx(("imnmx:clamp",), min(lo, n + pad - 1)) - pad))
+        ix, iy = src
+        off = c.idx(("imad:off_in",), (plane * H + iy) * W + ix)
+        c.addr("in", ("lea:addr_in",))
+        v = c.ld("ld:in", "in", off)
+        out = c.idx(("imad:off_out",), (plane * oh + oy) * ow + ox)
+        c.addr("out", ("lea:addr_out",))
+        c.st("st:out", "out", out, v)
+    return thread
+
+
+program("reflection_pad2d")(_pad2d("reflection_pad2d"))
+program("replication_pad2d")(_pad2d("replication_pad2d"))
 
 
 @program("forward_local_avgpool")

@@ -89,7 +89,17 @@ def _unchecked_gemms(trace: Trace) -> set[int]:
     but the export's ABFT wrappers rebuild a Conv2d or a Linear, not a ConvTranspose2d, so a plan
     holding one could not be exported; TMR and DMR protect it)."""
     fed = {g for i, g in conv_pairs(trace).items() if not square_im2col(trace.launches[i].params)}
-    return fed | {gemm for _, gemm, _ in deconv_chains(trace)}
+    return fed | {gemm for _, gemm, _ in deconv_chains(trace)} | _mode_padded_gemms(trace)
+
+
+def _mode_padded_gemms(trace: Trace) -> set[int]:
+    """The gemms of a ``Conv2d(padding_mode='reflect'|'replicate')``: the lowering pads first (a
+    ``<conv>.pad`` layer), but the export's ABFT wrapper checks the Conv2d module against its
+    unpadded input with zero padding, so a plan holding one could not be exported."""
+    padded = {l.name.rsplit(".", 2)[0] for l in trace.launches
+              if l.kernel in ("reflection_pad2d", "replication_pad2d") and l.name.rsplit(".", 2)[1:2] == ["pad"]}
+    # a gemm's launch is "<layer>.gemm", a grouped conv's "<layer>.gemm.g<k>"
+    return {l.index for l in trace.launches if l.kernel == "gemm" and l.name.rsplit(".gemm", 1)[0] in padded}
 
 
 def abft_plan(trace: Trace) -> Plan:

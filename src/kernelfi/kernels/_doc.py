@@ -50,6 +50,12 @@ _SIZES: dict[str, tuple[str | None, Params]] = {
     "clamp": (None, lambda v: {"n": 1, "min": -1.0, "max": 1.0}),
     "constant_pad": (None, lambda v: {"channels": 1, "height": 1, "width": 1, "top": 1, "left": 1,
                                       "out_h": 3, "out_w": 3, "value": 0.0}),
+    "channel_shuffle": (None, lambda v: {"channels": 4, "groups": 2, "spatial": 1}),
+    "reflection_pad2d": (None, lambda v: {"channels": 1, "height": 2, "width": 2, "top": 1, "left": 1,
+                                          "out_h": 4, "out_w": 4}),
+    "replication_pad2d": (None, lambda v: {"channels": 1, "height": 2, "width": 2, "top": 1, "left": 1,
+                                           "out_h": 4, "out_w": 4}),
+    "pixel_shuffle": (None, lambda v: {"channels": 4, "height": 1, "width": 1, "factor": 2}),
 }
 TAG_TABLE_HEAD = ("| tag | group | opcode | per thread | effect | what it computes / what a corruption reaches |\n"
          "|---|---|---|---|---|---|")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from kernelfi._utils import KernelfiError
-from kernelfi.kernels import CEIL_PAD, LEAKY_SLOPE, PAD_AFTER, get_kernel, shortcut_geometry
+from kernelfi.kernels import CEIL_PAD, LEAKY_SLOPE, PAD2D_KERNELS, PAD_AFTER, get_kernel, shortcut_geometry
 from kernelfi.types import BufferSpec, LayerSpec, Launch, Trace
 
 _WEIGHT_ROLES = ("weights", "biases", "scales", "rolling_mean", "rolling_variance")
@@ -366,15 +366,41 @@ class _Builder:
         self.launch(spec, "clamp", (self.buf(spec.inputs[0]),), (out,), {"n": math.prod(spec.out_shape), **bounds})
 
     def pad(self, spec: LayerSpec) -> None:
-        # PyTorch's constant_pad_nd, one thread per output element
+        # PyTorch's constant_pad_nd, one thread per output element (reflect / replicate: its
+        # reflection_pad2d_out_kernel / replication_pad_forward_kernel2d)
         c, h, w = self.chw(spec.inputs[0])
         _, oh, ow = spec.out_shape
         out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
         self.out_buf[spec.index] = out
+        mode = str(spec.params.get("mode", "constant"))
+        if mode != "constant":
+            if mode not in PAD2D_KERNELS:
+                raise KernelfiError(f"layer {spec.index} ({spec.name}): padding mode '{mode}' has no kernel")
+            self.launch(spec, PAD2D_KERNELS[mode], (self.buf(spec.inputs[0]),), (out,),
+                        {"channels": c, "height": h, "width": w, "top": int(spec.params["top"]),
+                         "left": int(spec.params["left"]), "out_h": oh, "out_w": ow})
+            return
         self.launch(spec, "constant_pad", (self.buf(spec.inputs[0]),), (out,),
                     {"channels": c, "height": h, "width": w, "top": int(spec.params["top"]),
                      "left": int(spec.params["left"]), "out_h": oh, "out_w": ow,
                      "value": float(spec.params.get("value", 0.0))})
+
+    def shuffle(self, spec: LayerSpec) -> None:
+        # PyTorch's elementwise copy of the transposed (g, C/g) view (.contiguous() / reshape)
+        c, h, w = _chw(spec.out_shape)
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "channel_shuffle", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "groups": int(spec.params["groups"]), "spatial": h * w})
+
+    def pixel_shuffle(self, spec: LayerSpec) -> None:
+        # PyTorch's pixel_shuffle / pixel_unshuffle: a view, a permute and the contiguous copy
+        c, h, w = self.chw(spec.inputs[0])
+        out = self.alloc(f"{spec.name}.output", spec.out_shape, "activation")
+        self.out_buf[spec.index] = out
+        self.launch(spec, "pixel_shuffle", (self.buf(spec.inputs[0]),), (out,),
+                    {"channels": c, "height": h, "width": w, "factor": int(spec.params["factor"]),
+                     "inverse": bool(spec.params.get("inverse", False))})
 
     def slice(self, spec: LayerSpec) -> None:
         # AlexeyAB's [route] with groups/group_id: copy one channel range (a chunk, a split piece)

@@ -59,6 +59,19 @@ _CLAMP_METHODS: dict[str, tuple[str, ...]] = {"clamp": ("min", "max"), "clamp_":
                                               "clamp_max": ("max",), "clamp_max_": ("max",)}
 _MEAN_FUNCS = (torch.mean,)
 _FLATTEN_METHODS = ("view", "reshape", "flatten")
+
+
+def _swapped(node: fx.Node, dims: Any) -> tuple[int, ...]:
+    """The two dims of a 5-D ``transpose(d0, d1)``, normalised and sorted."""
+    if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+        raise KernelfiError(f"fx node {node.name}: transpose of dims {tuple(dims)} is not supported")
+    return tuple(sorted(int(d) % 5 for d in dims))
+
+
+def _permuted(dims: Any) -> tuple[int, ...]:
+    """``permute(0, 2, 1, 3, 4)`` as the swap (1, 2); any other order as itself (refused)."""
+    norm = tuple(int(d) % 5 if isinstance(d, int) else d for d in dims)
+    return (1, 2) if norm == (0, 2, 1, 3, 4) else tuple(dims)
 _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
 
@@ -194,8 +207,16 @@ class FxLowering(FxOps):
             self._activation(node, "relu6", where)
         elif isinstance(mod, nn.Hardtanh):  # hardtanh calls clamp
             self._clamp(node, float(mod.min_val), float(mod.max_val), path, "hardtanh")
+        elif isinstance(mod, (nn.PixelShuffle, nn.PixelUnshuffle)):
+            inverse = isinstance(mod, nn.PixelUnshuffle)
+            self._pixel_shuffle(node, mod.downscale_factor if inverse else mod.upscale_factor, inverse, path)
+        elif isinstance(mod, nn.ChannelShuffle):
+            self._channel_shuffle(node, self._val(node.args[0], node), int(mod.groups), path)
         elif isinstance(mod, (nn.ZeroPad2d, nn.ConstantPad2d)):
             self._pad(node, tuple(mod.padding), float(mod.value), "constant", path)
+        elif isinstance(mod, (nn.ReflectionPad2d, nn.ReplicationPad2d)):
+            self._pad(node, tuple(mod.padding), None, "reflect" if isinstance(mod, nn.ReflectionPad2d) else "replicate",
+                      path)
         elif isinstance(mod, nn.MaxPool2d):
             self._maxpool(node, mod, path, where)
         elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
@@ -237,7 +258,15 @@ class FxLowering(FxOps):
         # bottom/right: the rest of 'same''s total (an even kernel pads one more there)
         ah, aw = (dh * (kh - 1) - ph, dw * (kw - 1) - pw) if mod.padding == "same" else (ph, pw)
         if mod.padding_mode != "zeros":
-            raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported")
+            # PyTorch pads with F.pad(mode) (_reversed_padding_repeated_twice), then convolves unpadded
+            if mod.padding_mode not in ("reflect", "replicate") or isinstance(mod.padding, str):
+                raise KernelfiError(f"fx node {where}: padding_mode '{mod.padding_mode}' is not supported"
+                                    + (" with string padding" if mod.padding_mode in ("reflect", "replicate") else ""))
+            if ph or pw:
+                self._pad(node, (pw, pw, ph, ph), None, mod.padding_mode, f"{path}.pad")
+                src = self.vals[node]
+                h, w = src.shape[1:]
+            ph = pw = ah = aw = 0
         oh = (h + ph + ah - dh * (kh - 1) - 1) // sh + 1
         ow = (w + pw + aw - dw * (kw - 1) - 1) // sw + 1
         if oh <= 0 or ow <= 0:
@@ -409,7 +438,9 @@ class FxLowering(FxOps):
     # ---------------------------------------------------------------- functions / methods
     def _function_node(self, node: fx.Node, fn: Callable) -> None:
         base = module_path(node)
-        if fn in _ADD_FUNCS:
+        if fn in (operator.floordiv, operator.mul) and self._size_arith(node, fn):
+            pass
+        elif fn in _ADD_FUNCS:
             self._add_node(node, node.args[0], node.args[1], base)
         elif fn in _SUB_FUNCS:
             self._arith(node, "sub", base)
@@ -457,6 +488,15 @@ class FxLowering(FxOps):
                 node, mod, f"{base}.pool" if base else "pool", node.name)
         elif fn in _ACT_FUNCS:
             self._activation(node, _ACT_FUNCS[fn], f"{node.name} ({fn.__name__})")
+        elif fn in (F.pixel_shuffle, F.pixel_unshuffle):
+            inverse = fn is F.pixel_unshuffle
+            kw = dict(zip(("input", "factor"), node.args)) | dict(node.kwargs)
+            factor = kw.get("factor", kw.get("downscale_factor" if inverse else "upscale_factor"))
+            self._pixel_shuffle(node, factor, inverse, _named(base, "pixel_unshuffle" if inverse else "pixel_shuffle"))
+        elif fn is torch.transpose:
+            self._swap(node, _swapped(node, node.args[1:3]), "torch.transpose")
+        elif fn is torch.flatten and self._shuffled(node, self._flat_target(node), base):
+            pass
         elif fn is torch.flatten:
             src = self._val(node.args[0], node)
             start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
@@ -514,6 +554,17 @@ class FxLowering(FxOps):
             self._mean(node, base)
         elif m in _ACT_METHODS:
             self._activation(node, _ACT_METHODS[m], f"{node.name} (.{m})")
+        elif m in ("transpose", "permute"):
+            dims = node.args[1:]
+            if m == "permute" and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = tuple(dims[0])
+            self._swap(node, _swapped(node, dims) if m == "transpose" else _permuted(dims), f".{m}{tuple(dims)}")
+        elif m == "contiguous" and self._shuffled(node, None, base):
+            pass
+        elif m in _FLATTEN_METHODS and self._shuffled(
+                node, self._flat_target(node) if m == "flatten" else self._reshaped(node, self.vals[node.args[0]]),
+                base):
+            pass
         elif m in _FLATTEN_METHODS:
             src = self._val(node.args[0], node)
             self.vals[node] = Val(src.layer, self._reshaped(node, src) if m != "flatten" else (math.prod(src.shape),))
@@ -529,6 +580,29 @@ class FxLowering(FxOps):
             self._softmax(node, f"{base}.softmax" if base else "softmax")
         else:
             raise KernelfiError(f"fx node {node.name}: tensor method .{m}() is not supported by the lowering")
+
+    def _flat_target(self, node: fx.Node) -> tuple[int, ...] | None:
+        """The per-sample shape ``flatten(x, start, end)`` gives (None when x is not tracked)."""
+        val = self.vals.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        if val is None:
+            return None
+        kw = dict(zip(("input", "start_dim", "end_dim"), node.args)) | dict(node.kwargs)
+        nd = len(val.shape) + 1
+        start, end = (int(kw.get(k, d)) % nd for k, d in (("start_dim", 0), ("end_dim", -1)))
+        if start == 0:
+            return (math.prod(val.shape),)
+        return (*val.shape[:start - 1], math.prod(val.shape[start - 1:end]), *val.shape[end:])
+
+    def _size_arith(self, node: fx.Node, fn: Callable) -> bool:
+        """``c // g``, ``g * k`` of size values (``x.size()``): a size value (ShuffleNet's view sizes)."""
+        args = node.args[:2]
+        if not any(isinstance(a, fx.Node) and a in self.vals and self.vals[a].layer == -2 for a in args):
+            return False
+        got = [self.consts.get(a) if isinstance(a, fx.Node) else a for a in args]
+        self.vals[node] = Val(-2, ())
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in got):
+            self.consts[node] = fn(*got)
+        return True
 
     def _adaptive_fn(self, node: fx.Node, base: str) -> None:
         """``F.adaptive_avg_pool2d(x, size)`` as the module of that size."""

@@ -110,6 +110,9 @@ class FxLayers:
             raise KernelfiError(f"fx node {node.name} ({node.op} {node.target}): input {arg!r} is not a tensor the lowering tracks")
         if self.vals[arg].layer == -3:  # fx_ops.SPLIT: a chunk/split tuple, used only through [i]
             raise KernelfiError(f"fx node {node.name}: the pieces of {arg.name} are used other than by index")
+        if self.vals[arg].layer == -4:  # fx_ops.SHUFFLED: a transposed view, used only by a view back
+            raise KernelfiError(f"fx node {node.name}: the transposed view {arg.name} is used other than by "
+                                ".contiguous() or a view back to (C, H, W)")
         return self.vals[arg]
 
     def _fusable(self, src: fx.Node, node: fx.Node) -> FxLayer | None:

@@ -6,11 +6,21 @@ tensor arithmetic rather than modules: ``x * c``, ``c - x``, ``x / c`` ... with 
 ``clamp_min`` / ``clamp_max`` / ``Hardtanh`` (PyTorch's clamp kernel: layer ``clamp``),
 ``F.pad`` / ``ZeroPad2d`` / ``ConstantPad2d`` (``constant_pad_nd``: layer ``pad``), and
 ``torch.chunk`` / ``torch.split`` / ``x[:, a:b]`` along channels (AlexeyAB's [route] with
-groups/group_id, a copy of the channel range: layer ``slice``). The kernels are
-``kernelfi.kernels.pointwise`` and ``copy``.
+groups/group_id, a copy of the channel range: layer ``slice``), and ShuffleNet's channel
+shuffle (``x.view(b, g, c//g, h, w).transpose(1, 2).contiguous().view(b, c, h, w)`` and its
+spellings, ``nn.ChannelShuffle``: PyTorch's strided copy, layer ``shuffle``), and
+``nn.PixelShuffle`` / ``nn.PixelUnshuffle`` / their ``F.`` forms (the same copy of a permuted
+view: layer ``pixel_shuffle``). The kernels are
+``kernelfi.kernels.pointwise``, ``copy`` and ``kernelfi.kernels.layout``.
+
+The shuffle's 5-D view is tracked symbolically: a view of a (C, H, W) map as (g, C/g, H, W) is an
+ordinary reshaped value; swapping its first two dims gives a value marked ``SHUFFLED`` (no
+kernel: a transposed view), which only ``.contiguous()`` and a view/reshape/flatten back to
+(C, H, W) (or flat) may use; that view is the copy. Any other transpose or permute is refused.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -22,6 +32,8 @@ from .fx_layers import FxLayers, Val
 
 #: A node whose value is the tuple of ``torch.chunk``/``torch.split``: its layer index.
 SPLIT = -3
+#: A node whose value is the transposed (C/g, g, H, W) view of a channel shuffle: its layer index.
+SHUFFLED = -4
 
 
 def number(v: Any) -> bool:
@@ -73,21 +85,27 @@ class FxOps(FxLayers):
                   {"min": None if lo is None else float(lo), "max": None if hi is None else float(hi)})
 
     def _pad(self, node: fx.Node, pad: Any, value: Any, mode: str, name: str) -> None:
-        """``F.pad(x, (l, r[, t, b]), value=v)``: constant_pad_nd (pads >= 0, H and W only);
+        """``F.pad(x, (l, r[, t, b]), mode, value)``: constant_pad_nd, or PyTorch's reflect /
+        replicate pad kernels (pads >= 0, H and W only; reflect pads smaller than the extent);
         ``name`` is the layer's."""
         src = self._tensor(node.args[0], node, "pad")
-        if mode != "constant":
-            raise KernelfiError(f"fx node {node.name}: padding mode '{mode}' is not supported (only constant)")
-        if len(src.shape) != 3 or not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) \
+        if mode not in ("constant", "reflect", "replicate"):
+            raise KernelfiError(f"fx node {node.name}: padding mode '{mode}' is not supported "
+                                "(constant, reflect, replicate)")
+        if len(src.shape) != 3 or not isinstance(pad, (tuple, list)) or len(pad) not in ((2, 4) if mode == "constant" else (4,)) \
                 or not all(isinstance(p, int) and p >= 0 for p in pad):
             raise KernelfiError(f"fx node {node.name}: pad {pad!r} of {src.shape} is not supported "
-                                "(non-negative (left, right[, top, bottom]) of a (C, H, W) map)")
-        if not number(value if value is not None else 0.0):
+                                "(non-negative (left, right[, top, bottom]) of a (C, H, W) map; reflect/replicate: all four)")
+        if mode == "constant" and not number(value if value is not None else 0.0):
             raise KernelfiError(f"fx node {node.name}: pad value {value!r} is not a number")
         left, right, top, bottom = (*pad, 0, 0) if len(pad) == 2 else tuple(pad)
         c, h, w = src.shape
-        self._add(node, "pad", name, (src.layer,), (c, h + top + bottom, w + left + right),
-                  {"top": top, "left": left, "value": float(value or 0.0)})
+        if mode == "reflect" and (max(left, right) >= w or max(top, bottom) >= h):
+            raise KernelfiError(f"fx node {node.name}: reflect pad {tuple(pad)} of {src.shape} is not supported "
+                                "(each pad smaller than its extent)")
+        params: dict[str, Any] = {"top": top, "left": left}
+        params.update({"value": float(value or 0.0)} if mode == "constant" else {"mode": mode})
+        self._add(node, "pad", name, (src.layer,), (c, h + top + bottom, w + left + right), params)
 
     def _split(self, node: fx.Node, sizes: Any, dim: Any, chunks: bool) -> None:
         """``torch.chunk``/``torch.split`` along channels: the channel ranges, no kernel yet
@@ -150,3 +168,53 @@ class FxOps(FxLayers):
         self._slice(node, val, start, stop - start, base)
         return True
 
+
+    def _swap(self, node: fx.Node, dims: tuple[Any, ...], what: str) -> None:
+        """``x.transpose(1, 2)`` / ``x.permute(0, 2, 1, 3, 4)`` of a (g, C/g, H, W) view: the
+        transposed view (no kernel yet); any other transpose or permute is refused."""
+        arg = node.args[0]
+        val = self.vals.get(arg) if isinstance(arg, fx.Node) else None
+        if val is None or val.layer < -1 or len(val.shape) != 4 or tuple(dims) != (1, 2):
+            shape = None if val is None else val.shape
+            raise KernelfiError(f"fx node {node.name}: {what} of {shape} is not supported (only the channel "
+                                "shuffle's swap of dims 1 and 2 of a (g, C/g, H, W) view)")
+        g, k, h, w = val.shape
+        self.vals[node] = Val(SHUFFLED, (k, g, h, w))
+        self.consts[node] = (Val(val.layer, (g * k, h, w)), g)
+
+    def _shuffled(self, node: fx.Node, target: tuple[int, ...] | None, base: str) -> bool:
+        """A use of a transposed view: ``.contiguous()`` (``target`` None) keeps it; a view back to
+        (C, H, W) or flat is the strided copy (layer ``shuffle``). False when the input is not one."""
+        arg = node.args[0]
+        if not isinstance(arg, fx.Node) or arg not in self.vals or self.vals[arg].layer != SHUFFLED:
+            return False
+        if target is None:
+            self.vals[node], self.consts[node] = self.vals[arg], self.consts[arg]
+            return True
+        src, g = self.consts[arg]
+        if target not in (src.shape, (math.prod(src.shape),)):
+            raise KernelfiError(f"fx node {node.name}: a view {target} of the transposed {self.vals[arg].shape} "
+                                f"is not supported (only back to {src.shape} or flat)")
+        self._channel_shuffle(node, src, g, base)
+        self.vals[node] = Val(self.vals[node].layer, target)
+        return True
+
+    def _channel_shuffle(self, node: fx.Node, src: Val, g: int, base: str) -> None:
+        """Channel shuffle of a (C, H, W) map in ``g`` groups: PyTorch's strided copy."""
+        if len(src.shape) != 3 or g < 1 or src.shape[0] % g:
+            raise KernelfiError(f"fx node {node.name}: channel shuffle in {g} groups of {src.shape} is not supported "
+                                "(a (C, H, W) map, g dividing C)")
+        self._add(node, "shuffle", base or "shuffle", (src.layer,), src.shape, {"groups": g})
+
+    def _pixel_shuffle(self, node: fx.Node, factor: Any, inverse: bool, name: str) -> None:
+        """``pixel_shuffle(x, r)`` / ``pixel_unshuffle(x, r)`` of a (C, H, W) map."""
+        src = self._tensor(node.args[0], node, "pixel_unshuffle" if inverse else "pixel_shuffle")
+        r = factor if isinstance(factor, int) and not isinstance(factor, bool) else None
+        ok = r is not None and r >= 1 and len(src.shape) == 3 and (
+            src.shape[1] % r == 0 and src.shape[2] % r == 0 if inverse else src.shape[0] % (r * r) == 0)
+        if not ok or r is None:
+            raise KernelfiError(f"fx node {node.name}: {'pixel_unshuffle' if inverse else 'pixel_shuffle'} by "
+                                f"{factor!r} of {src.shape} is not supported (a whole factor fitting a (C, H, W) map)")
+        c, h, w = src.shape
+        out = (c * r * r, h // r, w // r) if inverse else (c // (r * r), h * r, w * r)
+        self._add(node, "pixel_shuffle", name, (src.layer,), out, {"factor": r, "inverse": inverse})

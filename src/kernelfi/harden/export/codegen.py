@@ -219,6 +219,8 @@ class _Forward:
         where = f"  # {tech}: {op.module} ({op.kind})" if tech and op else ""
         if tech and fn == "[]":  # a channel slice (a layer: the copy of its range)
             fn, args = "operator.getitem", args
+        if tech and len(fn) > 1 and fn[0] == ".":  # a channel shuffle's view back (a layer: the copy)
+            fn = f"torch.Tensor{fn}"
         if tech and fn[0] in ".[":
             raise KernelfiError(f"export: {tech} of {node.name} ({fn}), which belongs to no layer")
         if fn[0] in ".[":

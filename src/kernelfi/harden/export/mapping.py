@@ -39,7 +39,8 @@ from ..units import conv_pairs, range_sites, select
 _FIRST_OP = ("fill", "im2col", "gemm", "copy", "shortcut", "forward_maxpool", "forward_avgpool", "softmax",
              "forward_local_avgpool", "adaptive_avgpool", "adaptive_maxpool", "max_pool_nchw", "upsample", "upsample_bilinear", "scale_channels",
              "binary_op", "prelu", "scalar_op", "clamp", "constant_pad", "col2im",
-             "group_norm_moments", "group_norm_apply")
+             "group_norm_moments", "group_norm_apply", "channel_shuffle", "pixel_shuffle", "reflection_pad2d",
+             "replication_pad2d")
 
 
 @dataclass(frozen=True)

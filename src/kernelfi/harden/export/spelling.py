@@ -42,11 +42,12 @@ def module_ctor(mod: nn.Module, path: str) -> str:
     if any(p.dtype != torch.float32 for p in mod.parameters(recurse=False)):
         raise KernelfiError(f"export: {path} has non-float32 parameters (export float32 models)")
     if isinstance(mod, nn.Conv2d):
-        if mod.padding_mode != "zeros":
-            raise KernelfiError(f"export: {path}: only zero padding is supported")
+        if mod.padding_mode not in ("zeros", "reflect", "replicate"):
+            raise KernelfiError(f"export: {path}: padding_mode '{mod.padding_mode}' is not supported")
+        mode = "" if mod.padding_mode == "zeros" else f", padding_mode={mod.padding_mode!r}"
         return (f"nn.Conv2d({mod.in_channels}, {mod.out_channels}, kernel_size={_t(mod.kernel_size)}, "
                 f"stride={_t(mod.stride)}, padding={_t(conv_padding(mod, path))}, dilation={_t(mod.dilation)}, "
-                f"groups={mod.groups}, bias={mod.bias is not None})")
+                f"groups={mod.groups}, bias={mod.bias is not None}{mode})")
     if isinstance(mod, nn.ConvTranspose2d):
         if mod.padding_mode != "zeros":
             raise KernelfiError(f"export: {path}: only zero padding is supported")
@@ -102,6 +103,14 @@ def module_ctor(mod: nn.Module, path: str) -> str:
         return f"nn.ZeroPad2d({_t(mod.padding)})"
     if type(mod) is nn.ConstantPad2d:
         return f"nn.ConstantPad2d({_t(mod.padding)}, {mod.value!r})"
+    if type(mod) in (nn.ReflectionPad2d, nn.ReplicationPad2d):
+        return f"nn.{type(mod).__name__}({_t(mod.padding)})"
+    if type(mod) is nn.PixelShuffle:
+        return f"nn.PixelShuffle({mod.upscale_factor})"
+    if type(mod) is nn.PixelUnshuffle:
+        return f"nn.PixelUnshuffle({mod.downscale_factor})"
+    if type(mod) is nn.ChannelShuffle:
+        return f"nn.ChannelShuffle({mod.groups})"
     raise KernelfiError(f"export: {path}: module type {type(mod).__name__} has no standard constructor here")
 
 
@@ -125,6 +134,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.true_divide: "torch.true_divide", torch.clamp: "torch.clamp", torch.clip: "torch.clip",
     torch.clamp_min: "torch.clamp_min", torch.clamp_max: "torch.clamp_max", F.hardtanh: "F.hardtanh",
     F.pad: "F.pad", torch.chunk: "torch.chunk", torch.split: "torch.split",
+    torch.transpose: "torch.transpose", F.pixel_shuffle: "F.pixel_shuffle", F.pixel_unshuffle: "F.pixel_unshuffle", operator.floordiv: "operator.floordiv",
 }
 #: Identities at inference: nothing runs, the variable is the input's.
 _ALIAS_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
@@ -140,6 +150,7 @@ _METHODS: dict[str, str] = {
     "clamp": "torch.clamp", "clamp_": "torch.clamp", "clip": "torch.clamp", "clip_": "torch.clamp",
     "clamp_min": "torch.clamp_min", "clamp_min_": "torch.clamp_min", "clamp_max": "torch.clamp_max",
     "clamp_max_": "torch.clamp_max", "chunk": "torch.chunk", "split": "torch.split",
+    "transpose": ".transpose", "permute": ".permute", "contiguous": ".contiguous",
 }
 
 
@@ -148,9 +159,7 @@ def call_spelling(node: fx.Node) -> str:
     ``softmax`` (its dim written out), ``add`` (maybe in place), or the spelling of a call."""
     t = node.target
     if node.op == "call_method":
-        if t == "contiguous":
-            return "alias"
-        if t in _METHODS:
+        if t in _METHODS:  # .contiguous() too: of a channel shuffle's transposed view it is the copy
             return _METHODS[str(t)]
     elif t is getattr or t is operator.getitem:
         return "getattr" if t is getattr else "getitem"
