@@ -16,13 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.kernels import activate, fma_f32
 from kernelfi.lowering import lower
-from kernelfi.models import register_model
-from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
+
+from layer_campaign import ensure_registered, short_campaign
 
 ACTS = [nn.ReLU6(), nn.Tanh(), nn.SiLU(), nn.GELU(), nn.Hardswish(), nn.Hardsigmoid(), nn.LeakyReLU(0.2),
         nn.Hardtanh(0.0, 6.0), nn.GELU(approximate="tanh"), nn.Mish(),
@@ -317,17 +316,8 @@ def build_tanh_gelu(num_classes: int) -> TanhGelu:
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_gelu_tanh_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -> None:
-    from kernelfi.models import list_models
-    name = "gelu-tanh-tiny"
-    if name not in {m.name for m in list_models()}:
-        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="tanh GELU")(build_tanh_gelu)
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=40, seed=5, data="random", inputs=2), str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-        struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
-    assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+    name = ensure_registered("gelu-tanh-tiny", build_tanh_gelu, (3, 8, 8), 4, "tanh GELU")
+    struck = {r.launch_name for r in short_campaign(name, mode, tmp_path)}
     assert struck & {"conv.activate_array", "gelu.act.activate_array"}, struck
 
 
@@ -706,14 +696,6 @@ CAMPAIGN_ACTS: dict[str, Callable[[int], ActNet]] = {"mish-tiny": build_mish, "e
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 @pytest.mark.parametrize("name", list(CAMPAIGN_ACTS))
 def test_new_activation_short_campaign_has_no_tool_error(name: str, mode: str, tmp_path: Path) -> None:
-    from kernelfi.models import list_models
-    if name not in {m.name for m in list_models()}:
-        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description=name)(CAMPAIGN_ACTS[name])
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=40, seed=5, data="random", inputs=2), str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-        struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
-    assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+    ensure_registered(name, CAMPAIGN_ACTS[name], (3, 8, 8), 4, name)
+    struck = {r.launch_name for r in short_campaign(name, mode, tmp_path)}
     assert any(l.endswith("activate_array") or l.endswith("prelu") for l in struck), struck

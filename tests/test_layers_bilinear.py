@@ -27,6 +27,8 @@ from kernelfi.lowering import lower
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
+from layer_campaign import ensure_registered, short_campaign
+
 X = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
 
 
@@ -224,19 +226,7 @@ def build_bilinear(num_classes: int) -> BilinearNet:
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -> None:
-    from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
-    from kernelfi.models import list_models, register_model
-    from kernelfi.store import Store
 
-    if NAME not in {m.name for m in list_models()}:
-        register_model(NAME, input_shape=(1, 4, 4), num_classes=3, mean=(0.5,), std=(0.25,),
-                       description="bilinear upsampling, both align_corners")(build_bilinear)
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(NAME), mode, "single", n=40, seed=5, data="random", inputs=2,
-                                      scope="sassifi"), str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-        kernels = Counter(store.injection(cid, i).kernel for i in range(40))
-    assert sum(counts.values()) == 40
-    assert counts.get("tool_error", 0) == 0, counts
+    ensure_registered(NAME, build_bilinear, (1, 4, 4), 3, "bilinear upsampling, both align_corners")
+    kernels = Counter(r.kernel for r in short_campaign(NAME, mode, tmp_path, scope="sassifi"))
     assert kernels["upsample_bilinear"] > 0, kernels

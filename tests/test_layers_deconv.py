@@ -13,12 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.lowering import lower
-from kernelfi.models import register_model
-from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
+
+from layer_campaign import ensure_registered, short_campaign
 
 X2 = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
 
@@ -221,22 +220,12 @@ NAME = "test_tiny_unet_deconv"
 
 @pytest.fixture(scope="module")
 def registered() -> str:
-    from kernelfi.models import list_models
-    if NAME not in {m.name for m in list_models()}:
-        register_model(NAME, input_shape=(2, 8, 8), num_classes=4, mean=(0.5,) * 2, std=(0.25,) * 2,
-                       description="ConvTranspose2d: gemm (A transposed) + col2im")(build_unet)
-    return NAME
+    return ensure_registered(NAME, build_unet, (2, 8, 8), 4, "ConvTranspose2d: gemm (A transposed) + col2im")
 
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_campaign_has_no_tool_error(registered: str, mode: str, tmp_path: Path) -> None:
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(registered), mode, "single", n=40, seed=5, data="random", inputs=4),
-                       str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-    assert sum(counts.values()) == 40
-    assert counts.get("tool_error", 0) == 0, counts
+    short_campaign(registered, mode, tmp_path, inputs=4)
 
 
 # ------------------------------------------------------------------ hardening and export

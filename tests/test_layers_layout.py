@@ -15,16 +15,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.harden import Plan
 from kernelfi.harden.export import export_model, launch_op, load_exported
 from kernelfi.harden.export.mapping import graph_ops
 from kernelfi.harden.units import abft_plan
 from kernelfi.lowering import lower, lower_fx
-from kernelfi.models import register_model
-from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
+
+from layer_campaign import ensure_registered, short_campaign
 
 NEW_KERNELS = {"channel_shuffle", "pixel_shuffle", "reflection_pad2d", "replication_pad2d"}
 
@@ -294,23 +293,13 @@ def build_layout_net(num_classes: int) -> LayoutNet:
 
 @pytest.fixture(scope="module")
 def registered() -> str:
-    from kernelfi.models import list_models
-    name = "layout-net"
-    if name not in {m.name for m in list_models()}:
-        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="channel and pixel shuffles, reflect and replicate pads")(build_layout_net)
-    return name
+    return ensure_registered("layout-net", build_layout_net, (3, 8, 8), 4,
+                             "channel and pixel shuffles, reflect and replicate pads")
 
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_campaign_of_40_has_no_tool_error(registered: str, mode: str, tmp_path: Path) -> None:
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(registered), mode, "single", n=40, seed=5, data="random", inputs=4),
-                       str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-    assert sum(counts.values()) == 40
-    assert counts.get("tool_error", 0) == 0, counts
+    short_campaign(registered, mode, tmp_path, inputs=4)
 
 
 def test_export_maps_each_launch_to_its_op_and_round_trips_bit_for_bit(tmp_path: Path) -> None:

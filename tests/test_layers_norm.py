@@ -12,14 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.faults.replay import F32, Target
 from kernelfi.kernels import WEIGHT_ROLES
 from kernelfi.lowering import lower
-from kernelfi.models import register_model
-from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
+
+from layer_campaign import ensure_registered, short_campaign
 
 X8 = torch.arange(1.0, 9.0).reshape(1, 2, 2, 2)  # channel 0: 1..4, channel 1: 5..8
 
@@ -230,17 +229,8 @@ def build_gn(num_classes: int) -> nn.Module:
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_short_campaign_has_no_tool_error(mode: str, tmp_path: Path) -> None:
-    from kernelfi.models import list_models
-    name = "groupnorm-tiny"
-    if name not in {m.name for m in list_models()}:
-        register_model(name, input_shape=(3, 6, 6), num_classes=5, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="GroupNorm")(build_gn)
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(name), mode, "single", n=40, seed=5, data="random", inputs=2), str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-        struck = {r.launch_name for r in (store.injection(cid, i) for i in range(40))}
-    assert sum(counts.values()) == 40 and counts.get("tool_error", 0) == 0, counts
+    name = ensure_registered("groupnorm-tiny", build_gn, (3, 6, 6), 5, "GroupNorm")
+    struck = {r.launch_name for r in short_campaign(name, mode, tmp_path)}
     assert any(l.startswith(("gn", "body.gn")) for l in struck), struck
 
 

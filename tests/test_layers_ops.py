@@ -13,16 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.harden import Plan
 from kernelfi.harden.export import export_model, launch_op, load_exported
 from kernelfi.harden.export.mapping import graph_ops
 from kernelfi.harden.units import abft_plan
 from kernelfi.lowering import lower, lower_fx
-from kernelfi.models import register_model
-from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
+
+from layer_campaign import ensure_registered, short_campaign
 
 NEW_KERNELS = {"scalar_op", "clamp", "constant_pad"}
 
@@ -324,23 +323,12 @@ def build_ops_net(num_classes: int) -> OpsNet:
 
 @pytest.fixture(scope="module")
 def registered() -> str:
-    from kernelfi.models import list_models
-    name = "ops-net"
-    if name not in {m.name for m in list_models()}:
-        register_model(name, input_shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3,
-                       description="scalar ops, clamp, pad, chunk")(build_ops_net)
-    return name
+    return ensure_registered("ops-net", build_ops_net, (3, 8, 8), 4, "scalar ops, clamp, pad, chunk")
 
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_campaign_of_40_has_no_tool_error(registered: str, mode: str, tmp_path: Path) -> None:
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(registered), mode, "single", n=40, seed=5, data="random", inputs=4),
-                       str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-    assert sum(counts.values()) == 40
-    assert counts.get("tool_error", 0) == 0, counts
+    short_campaign(registered, mode, tmp_path, inputs=4)
 
 
 #: launch -> the fx node computing it, read off OpsNet.forward (fx names: mul, sub, chunk's

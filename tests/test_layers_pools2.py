@@ -15,18 +15,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
-from kernelfi.campaign import CampaignConfig, ModelSpec, run_campaign
 from kernelfi.harden import Plan
 from kernelfi.harden.export import export_model, launch_op, load_exported
 from kernelfi.harden.export.mapping import graph_ops
 from kernelfi.harden.units import abft_plan
 from kernelfi.lowering import lower, lower_fx
 from kernelfi.models import list_models, register_model
-from kernelfi.store import Store
 from kernelfi.types import Fault
 from tests.test_layers_pools import _identity_conv, _replayed
 from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from tests.tiny import probs_of, run_one, site
+
+from layer_campaign import short_campaign
 
 X = torch.tensor([[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]]])
 
@@ -341,13 +341,7 @@ def registered() -> str:
 
 @pytest.mark.parametrize("mode", ["rf", "iov", "ioa"])
 def test_campaign_per_mode_has_no_tool_error(registered: str, mode: str, tmp_path: Path) -> None:
-    db = tmp_path / f"{mode}.db"
-    cid = run_campaign(CampaignConfig(ModelSpec(registered), mode, "single", n=40, seed=5, data="random", inputs=3),
-                       str(db))
-    with Store(str(db), create=False, readonly=True) as store:
-        counts = store.outcome_counts(cid)
-    assert sum(counts.values()) == 40
-    assert counts.get("tool_error", 0) == 0, counts
+    short_campaign(registered, mode, tmp_path, inputs=3)
 
 
 def test_export_round_trip_bitwise(tmp_path: Path) -> None:

@@ -213,8 +213,30 @@ def _adaptive_max_window(params: Mapping[str, Any], kernel: str) -> tuple[int, i
     return kh, kw
 
 
+def adaptive_window_head(s: Stream) -> Stream:
+    """The part of an adaptive pool thread both of PyTorch's kernels share (avg and max): the
+    output element's coordinates and its window's bounds and first input."""
+    prologue_1d(s, "output element id")
+    idiv(s, "ow", "id / out_w", mod="o_w = id % out_w")
+    idiv(s, "oh", "id / out_w / out_h (the plane)", mod="o_h = (id/out_w) % out_h")
+    s.add("GPR", "XMAD", "imad:bounds", 4, "index", "o_h*H, (o_h + 1)*H, o_w*W, (o_w + 1)*W")
+    s.add("OTHERS", "I2F", "cvt:bounds", 8, "index", "I2F of the products and F2I.FLOOR/CEIL of the quotients: the window bounds")
+    fdiv(s, "bounds", "the window bounds' quotients by out_h, out_w", count=4)
+    s.add("GPR", "IADD", "iadd:extent", 2, "index", "kH = iend_h - istart_h, kW = iend_w - istart_w")
+    s.add("GPR", "XMAD", "imad:in_base", 3, "index", "the window's first input: plane*H*W + istart_h*W + istart_w")
+    return s
+
+
+class AdaptiveKernel(StreamKernel):
+    """An adaptive pool: one thread per output element (c, o_h, o_w)."""
+
+    def _threads(self, params: Mapping[str, Any]) -> int:
+        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
+                * p_int(params, "out_w", self.name))
+
+
 @register_kernel
-class AdaptiveAvgpoolKernel(StreamKernel):
+class AdaptiveAvgpoolKernel(AdaptiveKernel):
     """PyTorch's ``adaptive_average_pool`` (AdaptiveAveragePooling.cu): output (o_h, o_w) averages
     input rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and the columns likewise, ``sum / kH / kW``.
     PyTorch gives each block a plane and strides its threads over the outputs; modelled as one
@@ -243,22 +265,10 @@ class AdaptiveAvgpoolKernel(StreamKernel):
                 out[:, :, i, j] = acc / f32(float(h1 - h0), x) / f32(float(w1 - w0), x)
         put(mem, launch.writes[0], out.reshape(lanes, -1), natural=(c, oh, ow))
 
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
-
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         kh, kw = _adaptive_max_window(params, self.name)
         taps = kh * kw
-        s = Stream()
-        prologue_1d(s, "output element id")
-        idiv(s, "ow", "id / out_w", mod="o_w = id % out_w")
-        idiv(s, "oh", "id / out_w / out_h (the plane)", mod="o_h = (id/out_w) % out_h")
-        s.add("GPR", "XMAD", "imad:bounds", 4, "index", "o_h*H, (o_h + 1)*H, o_w*W, (o_w + 1)*W")
-        s.add("OTHERS", "I2F", "cvt:bounds", 8, "index", "I2F of the products and F2I.FLOOR/CEIL of the quotients: the window bounds")
-        fdiv(s, "bounds", "the window bounds' quotients by out_h, out_w", count=4)
-        s.add("GPR", "IADD", "iadd:extent", 2, "index", "kH = iend_h - istart_h, kW = iend_w - istart_w")
-        s.add("GPR", "XMAD", "imad:in_base", 3, "index", "the window's first input: plane*H*W + istart_h*W + istart_w")
+        s = adaptive_window_head(Stream())
         s.add("GPR", "MOV", "mov:sum_init", 1, "value", "sum = 0")
         s.begin_loop(taps)
         s.add("GPR", "XMAD", "imad:in_index", 2 * taps, "index", "ih*W + iw from the window's first input")
@@ -300,7 +310,7 @@ class AdaptiveAvgpoolKernel(StreamKernel):
 
 
 @register_kernel
-class AdaptiveMaxpoolKernel(StreamKernel):
+class AdaptiveMaxpoolKernel(AdaptiveKernel):
     """PyTorch's ``adaptivemaxpool`` (AdaptiveMaxPooling2d.cu): output (o_h, o_w) is the max of
     input rows [floor(o_h*H/OH), ceil((o_h+1)*H/OH)) and the columns likewise (the same
     START/END_IND windows as ``adaptive_avgpool``), ``max`` from -inf, a tap taken when
@@ -338,22 +348,10 @@ class AdaptiveMaxpoolKernel(StreamKernel):
         if len(launch.writes) > 1:
             put(mem, launch.writes[1], arg.reshape(lanes, -1), natural=(c, oh, ow))
 
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
-
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         kh, kw = _adaptive_max_window(params, self.name)
         taps = kh * kw
-        s = Stream()
-        prologue_1d(s, "output element id")
-        idiv(s, "ow", "id / out_w", mod="o_w = id % out_w")
-        idiv(s, "oh", "id / out_w / out_h (the plane)", mod="o_h = (id/out_w) % out_h")
-        s.add("GPR", "XMAD", "imad:bounds", 4, "index", "o_h*H, (o_h + 1)*H, o_w*W, (o_w + 1)*W")
-        s.add("OTHERS", "I2F", "cvt:bounds", 8, "index", "I2F of the products and F2I.FLOOR/CEIL of the quotients: the window bounds")
-        fdiv(s, "bounds", "the window bounds' quotients by out_h, out_w", count=4)
-        s.add("GPR", "IADD", "iadd:extent", 2, "index", "kH = iend_h - istart_h, kW = iend_w - istart_w")
-        s.add("GPR", "XMAD", "imad:in_base", 3, "index", "the window's first input: plane*H*W + istart_h*W + istart_w")
+        s = adaptive_window_head(Stream())
         s.add("GPR", "MOV", "mov:max_init", 1, "value", "max = -INFINITY")
         s.add("GPR", "XMAD", "imad:argmax_init", 1, "value", "argmax = istart_h*W + istart_w")
         s.begin_loop(taps)
