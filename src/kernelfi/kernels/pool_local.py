@@ -16,7 +16,7 @@ computes ``out[i] += scale * x[in_index]`` after the layer's ``fill`` of zeros.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 
@@ -227,8 +227,23 @@ def adaptive_window_head(s: Stream) -> Stream:
     return s
 
 
+def adaptive_windows(oh: int, ow: int, h: int, w: int) -> Iterator[tuple[int, int, tuple[int, int], tuple[int, int]]]:
+    """(o_h, o_w, rows, columns) of every output of an adaptive pool, rows then columns."""
+    for i in range(oh):
+        rows = adaptive_bounds(i, oh, h)
+        for j in range(ow):
+            yield i, j, rows, adaptive_bounds(j, ow, w)
+
+
 class AdaptiveKernel(StreamKernel):
     """An adaptive pool: one thread per output element (c, o_h, o_w)."""
+
+    def _planes(self, mem: Mem, launch: Launch) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
+        """The input as (lanes, C, H, W) and (C, H, W, OH, OW)."""
+        dims = tuple(p_int(launch.params, k, self.name) for k in ("channels", "height", "width", "out_h", "out_w"))
+        c, h, w = dims[:3]
+        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        return x[:, :c * h * w].reshape(x.shape[0], c, h, w), dims  # type: ignore[return-value]
 
     def _threads(self, params: Mapping[str, Any]) -> int:
         return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
@@ -249,20 +264,15 @@ class AdaptiveAvgpoolKernel(AdaptiveKernel):
     example_params = ({"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        c, h, w, oh, ow = (p_int(launch.params, k, self.name) for k in ("channels", "height", "width", "out_h", "out_w"))
-        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        x, (c, h, w, oh, ow) = self._planes(mem, launch)
         lanes = x.shape[0]
-        x = x[:, :c * h * w].reshape(lanes, c, h, w)
         out = torch.empty((lanes, c, oh, ow), dtype=x.dtype, device=x.device)
-        for i in range(oh):
-            h0, h1 = adaptive_bounds(i, oh, h)
-            for j in range(ow):
-                w0, w1 = adaptive_bounds(j, ow, w)
-                acc = torch.zeros((lanes, c), dtype=x.dtype, device=x.device)
-                for ih in range(h0, h1):       # sum += ptr_input[iw*istrideW], row by row, in order
-                    for iw in range(w0, w1):
-                        acc = acc + x[:, :, ih, iw]
-                out[:, :, i, j] = acc / f32(float(h1 - h0), x) / f32(float(w1 - w0), x)
+        for i, j, (h0, h1), (w0, w1) in adaptive_windows(oh, ow, h, w):
+            acc = torch.zeros((lanes, c), dtype=x.dtype, device=x.device)
+            for ih in range(h0, h1):       # sum += ptr_input[iw*istrideW], row by row, in order
+                for iw in range(w0, w1):
+                    acc = acc + x[:, :, ih, iw]
+            out[:, :, i, j] = acc / f32(float(h1 - h0), x) / f32(float(w1 - w0), x)
         put(mem, launch.writes[0], out.reshape(lanes, -1), natural=(c, oh, ow))
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
@@ -324,26 +334,21 @@ class AdaptiveMaxpoolKernel(AdaptiveKernel):
     example_params = ({"channels": 1, "height": 3, "width": 3, "out_h": 2, "out_w": 2},)
 
     def run(self, mem: Mem, launch: Launch) -> None:
-        c, h, w, oh, ow = (p_int(launch.params, k, self.name) for k in ("channels", "height", "width", "out_h", "out_w"))
-        x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
+        x, (c, h, w, oh, ow) = self._planes(mem, launch)
         lanes = x.shape[0]
-        x = x[:, :c * h * w].reshape(lanes, c, h, w)
         out = torch.empty((lanes, c, oh, ow), dtype=x.dtype, device=x.device)
         arg = torch.empty((lanes, c, oh, ow), dtype=torch.int32, device=x.device)
-        for i in range(oh):
-            h0, h1 = adaptive_bounds(i, oh, h)
-            for j in range(ow):
-                w0, w1 = adaptive_bounds(j, ow, w)
-                best = torch.full((lanes, c), float("-inf"), dtype=x.dtype, device=x.device)
-                bi = torch.full((lanes, c), h0 * w + w0, dtype=torch.int32, device=x.device)
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        v = x[:, :, ih, iw]
-                        take = (v > best) | torch.isnan(v)
-                        best = torch.where(take, v, best)
-                        bi = torch.where(take, torch.full_like(bi, ih * w + iw), bi)
-                out[:, :, i, j] = best
-                arg[:, :, i, j] = bi
+        for i, j, (h0, h1), (w0, w1) in adaptive_windows(oh, ow, h, w):
+            best = torch.full((lanes, c), float("-inf"), dtype=x.dtype, device=x.device)
+            bi = torch.full((lanes, c), h0 * w + w0, dtype=torch.int32, device=x.device)
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    v = x[:, :, ih, iw]
+                    take = (v > best) | torch.isnan(v)
+                    best = torch.where(take, v, best)
+                    bi = torch.where(take, torch.full_like(bi, ih * w + iw), bi)
+            out[:, :, i, j] = best
+            arg[:, :, i, j] = bi
         put(mem, launch.writes[0], out.reshape(lanes, -1), natural=(c, oh, ow))
         if len(launch.writes) > 1:
             put(mem, launch.writes[1], arg.reshape(lanes, -1), natural=(c, oh, ow))
