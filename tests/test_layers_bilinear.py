@@ -29,6 +29,8 @@ from tests.tiny import probs_of, run_one, site
 
 from layer_campaign import ensure_registered, short_campaign
 
+from layer_replay import replay_every_thread
+
 X = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
 
 
@@ -131,22 +133,7 @@ def test_same_size_is_the_input() -> None:
 # ------------------------------------------------------------------------------ replay
 def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
     """Every thread of ``launch`` replayed without a fault on lane 0 of ``mem``: {index: value}."""
-    from kernelfi.faults import programs_layers  # noqa: F401  (registers upsample_bilinear)
-    from kernelfi.faults.memmap import MemoryMap
-    from kernelfi.faults.programs import OPERANDS, PROGRAMS
-    from kernelfi.faults.replay import F32, ThreadCtx
-
-    names = {op: (launch.reads if rw == "r" else launch.writes)[i] for op, (rw, i) in OPERANDS[launch.kernel].items()}
-    flat = {b: mem[b][0].reshape(-1) for b in launch.reads}
-    memmap = MemoryMap.from_trace(prog.trace)
-    out: dict = {}
-    for t in range(launch.template.threads):
-        ctx = ThreadCtx(memmap, lambda b, i: F32(flat[b][i].item()), names)
-        PROGRAMS[launch.kernel](ctx, launch.params, t)
-        for (buf, i), v in ctx.overlay.items():
-            assert i not in out, "an output written twice"
-            out[i] = v
-    return out
+    return replay_every_thread(prog, launch, mem)[launch.writes[0]]
 
 
 @pytest.mark.parametrize("kw", [dict(scale_factor=2), dict(size=(5, 7)), dict(scale_factor=3)], ids=repr)

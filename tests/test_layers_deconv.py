@@ -19,6 +19,8 @@ from tests.tiny import probs_of, run_one, site
 
 from layer_campaign import ensure_registered, short_campaign
 
+from layer_replay import replay_every_thread
+
 X2 = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
 
 
@@ -148,23 +150,9 @@ def test_unsupported_forms_refused_in_one_line() -> None:
 # ------------------------------------------------------------------ replay
 def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
     """Every thread of ``launch`` replayed without a fault on lane 0: {output index: value}."""
-    from kernelfi.faults import programs_layers  # noqa: F401  (registers col2im)
-    from kernelfi.faults.memmap import MemoryMap
-    from kernelfi.faults.programs import OPERANDS, PROGRAMS
-    from kernelfi.faults.replay import F32, ThreadCtx
-
-    names = {op: (launch.reads if rw == "r" else launch.writes)[i] for op, (rw, i) in OPERANDS[launch.kernel].items()}
-    flat = {b: mem[b][0].reshape(-1) for b in launch.reads}
-    memmap = MemoryMap.from_trace(prog.trace)
-    out: dict = {}
-    for t in range(launch.template.threads):
-        ctx = ThreadCtx(memmap, lambda b, i: F32(flat[b][i].item()), names)
-        PROGRAMS[launch.kernel](ctx, launch.params, t)
-        for (buf, i), v in ctx.overlay.items():
-            assert buf == launch.writes[0]
-            assert i not in out  # one store per element
-            out[i] = v
-    return out
+    got = replay_every_thread(prog, launch, mem)
+    assert set(got) == {launch.writes[0]}
+    return got[launch.writes[0]]
 
 
 def test_fault_free_replay_of_every_col2im_thread_equals_the_kernel() -> None:

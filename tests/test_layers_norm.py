@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError
 from kernelfi.faults.replay import F32, Target
-from kernelfi.kernels import WEIGHT_ROLES
 from kernelfi.lowering import lower
 from kernelfi.types import Fault
 from tests.tiny import probs_of, run_one, site
 
 from layer_campaign import ensure_registered, short_campaign
+
+from layer_replay import replay_every_thread
 
 X8 = torch.arange(1.0, 9.0).reshape(1, 2, 2, 2)  # channel 0: 1..4, channel 1: 5..8
 
@@ -94,23 +95,7 @@ def test_lowered_matches_pytorch(g: int, affine: bool) -> None:
 
 def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
     """Every thread of ``launch`` replayed without a fault on lane 0 of ``mem``: buffer -> {index: value}."""
-    from kernelfi.faults import programs_layers  # noqa: F401
-    from kernelfi.faults.memmap import MemoryMap
-    from kernelfi.faults.programs import OPERANDS, PROGRAMS
-    from kernelfi.faults.replay import ThreadCtx
-
-    names = {op: (launch.reads if rw == "r" else launch.writes)[i] for op, (rw, i) in OPERANDS[launch.kernel].items()
-             if i < len(launch.reads if rw == "r" else launch.writes)}
-    # weights (L.scales, L.biases) are shared, not per lane
-    flat = {b: (mem[b] if b.rsplit(".", 1)[-1] in WEIGHT_ROLES else mem[b][0]).reshape(-1) for b in launch.reads}
-    memmap = MemoryMap.from_trace(prog.trace)
-    out: dict = {}
-    for t in range(launch.template.threads):
-        ctx = ThreadCtx(memmap, lambda b, i: F32(flat[b][i].item()), names)
-        PROGRAMS[launch.kernel](ctx, launch.params, t)
-        for (buf, i), v in ctx.overlay.items():
-            out.setdefault(buf, {})[i] = v
-    return out
+    return replay_every_thread(prog, launch, mem, once=False)
 
 
 @pytest.mark.parametrize("g,affine,hw", [(2, True, 6), (4, False, 6), (1, True, 5)])

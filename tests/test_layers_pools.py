@@ -16,6 +16,8 @@ from tests.tiny import probs_of, run_one, site
 
 from layer_campaign import short_campaign
 
+from layer_replay import replay_every_thread
+
 POOLS = [nn.AvgPool2d(2), nn.AvgPool2d(3, 2, 1), nn.AvgPool2d(3, 1, 1, count_include_pad=False),
          nn.AvgPool2d(3, 2, ceil_mode=True), nn.AvgPool2d(3, 2, 1, ceil_mode=True), nn.AdaptiveAvgPool2d(2),
          nn.AdaptiveAvgPool2d((3, 5)), nn.AdaptiveAvgPool2d(9),
@@ -58,7 +60,7 @@ def test_functional_forms() -> None:
 
 
 # ------------------------------------------------------------------------------ hand faults
-def _identity_conv() -> nn.Conv2d:
+def identity_conv() -> nn.Conv2d:
     c = nn.Conv2d(1, 1, 1)
     with torch.no_grad():
         c.weight.fill_(1.0)
@@ -73,7 +75,7 @@ def test_local_avgpool_padded_divisor_and_sum_fault() -> None:
     # AvgPool2d(2, 2, padding=1) on 1..9 (3x3): windows origin -1, output 2x2:
     # (0,0): {1} / 4 (count_include_pad: window clipped to the padded 5x5 is 2x2) = 0.25
     # (0,1): {2, 3} / 4 = 1.25, (1,0): {4, 7} / 4 = 2.75, (1,1): {5, 6, 8, 9} / 4 = 7.
-    net = nn.Sequential(_identity_conv(), nn.AvgPool2d(2, 2, 1), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.AvgPool2d(2, 2, 1), nn.Flatten()).eval()
     prog = lower(net, (1, 3, 3))
     assert prog.forward(X)[0][0].tolist() == [0.25, 1.25, 2.75, 7.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "forward_local_avgpool")
@@ -88,7 +90,7 @@ def test_local_avgpool_padded_divisor_and_sum_fault() -> None:
 def test_local_avgpool_valid_count_fault() -> None:
     # count_include_pad=False: (0,0) = 1/1, (0,1) = 5/2 = 2.5, (1,0) = 11/2 = 5.5, (1,1) = 28/4 = 7.
     # thread 0's divisor (1 valid tap) through I2F: 1.0 -> bit 30 -> 0x7F800000 = inf: 1/inf = 0.
-    net = nn.Sequential(_identity_conv(), nn.AvgPool2d(2, 2, 1, count_include_pad=False), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.AvgPool2d(2, 2, 1, count_include_pad=False), nn.Flatten()).eval()
     prog = lower(net, (1, 3, 3))
     assert prog.forward(X)[0][0].tolist() == [1.0, 2.5, 5.5, 7.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "forward_local_avgpool")
@@ -100,7 +102,7 @@ def test_local_avgpool_valid_count_fault() -> None:
 def test_upsample_index_fault_reads_the_neighbour() -> None:
     # 2x upsampling of [[1, 2], [3, 4]]: thread 0 reads x[0] = 1; its in_index corrupted from 0 to
     # 1 (bit 0) reads x[1] = 2: output [2, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4] (flat)
-    net = nn.Sequential(_identity_conv(), nn.Upsample(scale_factor=2), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.Upsample(scale_factor=2), nn.Flatten()).eval()
     prog = lower(net, (1, 2, 2))
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     golden = [1.0, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]
@@ -118,7 +120,7 @@ def test_upsample_index_fault_reads_the_neighbour() -> None:
 def test_adaptive_avgpool_windows_and_divisor_fault() -> None:
     # AdaptiveAvgPool2d(2) on 1..9 (3x3): rows [0, 2) and [1, 3), columns likewise (overlapping):
     # (0,0) = (1+2+4+5)/2/2 = 3, (0,1) = (2+3+5+6)/4 = 4, (1,0) = (4+5+7+8)/4 = 6, (1,1) = 7.
-    net = nn.Sequential(_identity_conv(), nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
     prog = lower(net, (1, 3, 3))
     assert prog.forward(X)[0][0].tolist() == [3.0, 4.0, 6.0, 7.0]
     launch = next(l.name for l in prog.trace.launches if l.kernel == "adaptive_avgpool")
@@ -150,7 +152,7 @@ def test_ceil_maxpool_stride3_by_hand() -> None:
     # MaxPool2d(3, 3, ceil_mode=True) on 7x7 (1..49): ceil((7-3)/3) + 1 = 3 windows a side,
     # rows {0,1,2}, {3,4,5}, {6} (the last starts at 6, inside the input): each max is its
     # window's bottom-right valid element 7r + c + 1, r and c in {2, 5, 6}.
-    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
     prog = lower(net, (1, 7, 7))
     want = [17.0, 20.0, 21.0, 38.0, 41.0, 42.0, 45.0, 48.0, 49.0]
     for fast in (True, False):
@@ -170,7 +172,7 @@ def test_ceil_pad_iadd_fault_misplaces_a_window() -> None:
     # second iadd:out_hw of 4: dh, dw, then the two +1). Bit 1 flipped: 4, so w = 4/3 + 1 = 2 and
     # thread 3 splits its id as j = 3 % 2 = 1, i = (3/2) % 3 = 1: the window at rows/columns 3..5
     # (max 7*5 + 5 + 1 = 41) is stored at out_index 1 + 2*1 = 3, over the golden 38.
-    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.MaxPool2d(3, 3, ceil_mode=True), nn.Flatten()).eval()
     prog = lower(net, (1, 7, 7))
     launch = _pool_launch(prog).name
     golden = [17.0, 20.0, 21.0, 38.0, 41.0, 42.0, 45.0, 48.0, 49.0]
@@ -197,7 +199,7 @@ DIV7 = {True: [9, 9, 9, 9], False: [4, 6, 6, 9]}
 @pytest.mark.parametrize("include", [True, False])
 def test_ceil_avgpool_stride4_by_hand(include: bool) -> None:
     for n, sums, divs, ceil_pad in ((8, SUMS8, DIV8, 1), (7, SUMS7, DIV7, None)):
-        net = nn.Sequential(_identity_conv(), nn.AvgPool2d(3, 4, 1, ceil_mode=True, count_include_pad=include),
+        net = nn.Sequential(identity_conv(), nn.AvgPool2d(3, 4, 1, ceil_mode=True, count_include_pad=include),
                             nn.Flatten()).eval()
         prog = lower(net, (1, n, n))
         want = torch.tensor(sums) / torch.tensor(divs[include], dtype=torch.float32)
@@ -252,23 +254,9 @@ def test_ceil_pool_functional_forms() -> None:
     assert (prog.forward(x)[0] - net(x)).abs().max().item() <= 1e-6
 
 
-def _replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
+def replayed(prog, launch, mem):  # type: ignore[no-untyped-def]
     """Every thread of ``launch`` replayed without a fault on lane 0 of ``mem``: buffer -> {index: value}."""
-    from kernelfi.faults import programs_layers  # noqa: F401  (registers forward_local_avgpool)
-    from kernelfi.faults.memmap import MemoryMap
-    from kernelfi.faults.programs import OPERANDS, PROGRAMS
-    from kernelfi.faults.replay import F32, ThreadCtx
-
-    names = {op: (launch.reads if rw == "r" else launch.writes)[i] for op, (rw, i) in OPERANDS[launch.kernel].items()}
-    flat = {b: mem[b][0].reshape(-1) for b in launch.reads}
-    memmap = MemoryMap.from_trace(prog.trace)
-    out: dict = {}
-    for t in range(launch.template.threads):
-        ctx = ThreadCtx(memmap, lambda b, i: F32(flat[b][i].item()), names)
-        PROGRAMS[launch.kernel](ctx, launch.params, t)
-        for (buf, i), v in ctx.overlay.items():
-            out.setdefault(buf, {})[i] = v
-    return out
+    return replay_every_thread(prog, launch, mem)
 
 
 @pytest.mark.parametrize("pool", CEIL_POOLS, ids=repr)
@@ -281,7 +269,7 @@ def test_ceil_pool_fault_free_replay_equals_the_fast_path(pool: nn.Module) -> No
     x = torch.randn(1, *prog.trace.input_shape)
     mem = prog.run(prog.memory(x), fast=True)
     plain = prog.run(prog.memory(x), fast=False)  # the argmax, which the fast path does not write
-    got = _replayed(prog, l, mem)
+    got = replayed(prog, l, mem)
     assert torch.equal(mem[l.writes[0]], plain[l.writes[0]])
     for buf in l.writes:
         want = (mem if buf in mem else plain)[buf][0].reshape(-1)

@@ -22,8 +22,8 @@ from kernelfi.harden.units import abft_plan
 from kernelfi.lowering import lower, lower_fx
 from kernelfi.models import list_models, register_model
 from kernelfi.types import Fault
-from tests.test_layers_pools import _identity_conv, _replayed
-from tests.threads import one_thread  # noqa: F401  (autouse: one intra-op thread)
+from tests.test_layers_pools import identity_conv
+from layer_replay import replay_every_thread
 from tests.tiny import probs_of, run_one, site
 
 from layer_campaign import short_campaign
@@ -44,7 +44,7 @@ def _launch(prog, kernel: str):  # type: ignore[no-untyped-def]
 def test_adaptive_maxpool_by_hand_and_compare_fault() -> None:
     # AdaptiveMaxPool2d(2) on 1..9 (3x3): rows [0, 2) and [1, 3), columns likewise (overlapping):
     # (0,0) = max(1, 2, 4, 5) = 5, (0,1) = max(2, 3, 5, 6) = 6, (1,0) = 8, (1,1) = 9.
-    net = nn.Sequential(_identity_conv(), nn.AdaptiveMaxPool2d(2), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.AdaptiveMaxPool2d(2), nn.Flatten()).eval()
     prog = lower(net, (1, 3, 3))
     assert prog.forward(X)[0][0].tolist() == [5.0, 6.0, 8.0, 9.0]
     l = _launch(prog, "adaptive_maxpool")
@@ -103,7 +103,7 @@ def _replay_equals_fast_path(prog, l) -> None:  # type: ignore[no-untyped-def]
     x.view(-1)[3] = float("nan")
     mem = prog.run(prog.memory(x), fast=True)
     plain = prog.run(prog.memory(x), fast=False)
-    got = _replayed(prog, l, mem)
+    got = replay_every_thread(prog, l, mem)
     for buf in l.writes:
         want = (mem if buf in mem else plain)[buf][0].reshape(-1)
         assert sorted(got[buf]) == list(range(want.numel()))       # every output written, once a thread
@@ -125,7 +125,7 @@ P4 = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)   # x[r][c] = 4r + c + 1
 def test_dilated_maxpool_by_hand_and_index_fault() -> None:
     # MaxPool2d(2, stride 1, dilation 2) on 1..16 (4x4): output (4 + 0 - 2*(2 - 1) - 1)/1 + 1 = 2; taps at rows {i, i+2}, columns {j, j+2}:
     # (0,0) = max(1, 3, 9, 11) = 11, (0,1) = max(2, 4, 10, 12) = 12, (1,0) = 15, (1,1) = 16.
-    net = nn.Sequential(_identity_conv(), nn.MaxPool2d(2, 1, dilation=2), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.MaxPool2d(2, 1, dilation=2), nn.Flatten()).eval()
     prog = lower(net, (1, 4, 4))
     assert prog.forward(P4)[0][0].tolist() == [11.0, 12.0, 15.0, 16.0]
     l = _launch(prog, "max_pool_nchw")
@@ -203,7 +203,7 @@ def test_dilated_maxpool_fault_free_replay_equals_the_fast_path(pool: nn.Module,
 def test_avgpool_divisor_override_by_hand_and_faults() -> None:
     # AvgPool2d(2, 2, padding=1, divisor_override=3) on 1..9 (3x3): windows origin -1, output 2x2:
     # (0,0) = {1}/3, (0,1) = {2, 3}/3 = 5/3, (1,0) = {4, 7}/3 = 11/3, (1,1) = {5, 6, 8, 9}/3 = 28/3.
-    net = nn.Sequential(_identity_conv(), nn.AvgPool2d(2, 2, 1, divisor_override=3), nn.Flatten()).eval()
+    net = nn.Sequential(identity_conv(), nn.AvgPool2d(2, 2, 1, divisor_override=3), nn.Flatten()).eval()
     prog = lower(net, (1, 3, 3))
     want = [torch.tensor(v, dtype=torch.float32) / 3 for v in (1.0, 5.0, 11.0, 28.0)]
     assert prog.forward(X)[0][0].tolist() == [v.item() for v in want]
