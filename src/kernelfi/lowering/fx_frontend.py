@@ -279,18 +279,24 @@ class FxLowering(FxOps):
         if (ah, aw) != (ph, pw):
             wide.update({"pad_h_after": ah, "pad_w_after": aw})
         # Darknet keeps conv weights as (filters, C/groups*size*size): flatten a view.
-        key = f"{path}.weight"
-        self.state[f"{path}.__weights2d"] = self.state[key].reshape(mod.out_channels, -1)
-        weights = {"weights": f"{path}.__weights2d"}
-        if mod.bias is not None:
-            weights["biases"] = f"{path}.bias"
-        else:
-            self.state[f"{path}.__zero_bias"] = torch.zeros(mod.out_channels)
-            weights["biases"] = f"{path}.__zero_bias"
+        weights = self._matrix_weights(path, mod.out_channels, mod.out_channels, mod.bias is not None)
         self._add(node, "convolutional", path, (src.layer,), (mod.out_channels, oh, ow),
                   {"filters": mod.out_channels, "size": size, "stride": stride, "pad": pad,
                    "dilation": dil, "groups": mod.groups, "batch_normalize": False,
                    "activation": "linear", **wide}, weights, open_=True)
+
+    def _matrix_weights(self, path: str, rows: int, filters: int, bias: bool) -> dict[str, str]:
+        """A (transposed) convolution's weights as the gemm reads them: ``path.weight`` viewed
+        as a ``rows``-row matrix (Darknet's (filters, C/groups*k*k) for a convolution, the
+        (C_in, C_out*k*k) A of a transposed one), and its bias (zeros where it has none)."""
+        self.state[f"{path}.__weights2d"] = self.state[f"{path}.weight"].reshape(rows, -1)
+        weights = {"weights": f"{path}.__weights2d"}
+        if bias:
+            weights["biases"] = f"{path}.bias"
+        else:
+            self.state[f"{path}.__zero_bias"] = torch.zeros(filters)
+            weights["biases"] = f"{path}.__zero_bias"
+        return weights
 
     def _deconv(self, node: fx.Node, mod: nn.ConvTranspose2d, path: str, where: str) -> None:
         """``ConvTranspose2d`` -> a [deconvolutional] layer (gemm with A transposed, col2im):
@@ -312,13 +318,7 @@ class FxLowering(FxOps):
         if oh <= 0 or ow <= 0 or c != mod.in_channels:
             raise KernelfiError(f"fx node {where}: input {src.shape} gives no {mod.out_channels}-channel output")
         # the gemm's A: PyTorch's (C_in, C_out, k, k) weight as the (C_in, C_out*k*k) matrix
-        self.state[f"{path}.__weights2d"] = self.state[f"{path}.weight"].reshape(mod.in_channels, -1)
-        weights = {"weights": f"{path}.__weights2d"}
-        if mod.bias is not None:
-            weights["biases"] = f"{path}.bias"
-        else:
-            self.state[f"{path}.__zero_bias"] = torch.zeros(mod.out_channels)
-            weights["biases"] = f"{path}.__zero_bias"
+        weights = self._matrix_weights(path, mod.in_channels, mod.out_channels, mod.bias is not None)
         self._add(node, "deconvolutional", path, (src.layer,), (mod.out_channels, oh, ow),
                   {"filters": mod.out_channels, "size": k, "stride": st, "pad": pad, "output_padding": op,
                    "batch_normalize": False, "activation": "linear"}, weights, open_=True)
