@@ -198,8 +198,15 @@ class FxLowering(FxOps):
                                 "+ batch_norm_transform_input_kernel; kernelfi models neither; GroupNorm(C, C) "
                                 "computes the same values)")
         elif isinstance(mod, nn.LayerNorm):
-            # layer_norm_kernel.cu: vectorized_layer_norm_kernel, or RowwiseMomentsCUDAKernel with
-            # 512 threads and a block reduction + LayerNormForwardCUDAKernel
+            # layer_norm_kernel.cu (LayerNormKernelImplInternal). A float32 (C, H, W) row with N = C*H*W a
+            # multiple of 4 and 16-byte aligned tensors takes ONE fused launch, vectorized_layer_norm_kernel
+            # (blocks of 32 x num_threads()/32): float4 loads, cuWelfordOnlineSum (mean += delta * (1/count),
+            # not WelfordOps' delta / n), a shuffle-down cuWelfordCombine (nA*meanA + nB*meanB), a tree over
+            # warps in shared memory (not BlockReduce), rstd = rsqrt(m2/N + eps) without a max(., 0), then
+            # y = gamma[j] * (rstd * (x - mean)) + beta[j] in the same thread. None of that is the per-thread
+            # work of group_norm_moments/group_norm_apply, so reusing them would not be faithful. Other N take
+            # RowwiseMomentsCUDAKernel (always 512 threads, rsqrt(var + eps), no clamp) +
+            # LayerNormForwardCUDAKernel ((x - mean) * rstd * gamma[j] + beta[j], 256 threads).
             raise KernelfiError(f"fx node {where}: LayerNorm is not lowered (PyTorch's vectorized_layer_norm_kernel "
                                 "or its 512-thread RowwiseMomentsCUDAKernel block reduction, which kernelfi does not "
                                 "model; GroupNorm(1, C) normalises a (C, H, W) map over the same elements)")
