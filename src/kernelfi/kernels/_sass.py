@@ -44,7 +44,7 @@ from kernelfi.types import (
     GROUPS, REGISTER_ROLES, AddressHalf, InstrSlot, Register, RegisterMap, RegisterRole, ThreadTemplate,
 )
 
-from ._base import BLOCK, EFFECTS, KernelImpl, TagInfo
+from ._base import BLOCK, EFFECTS, KernelImpl, TagInfo, ptxas_registers
 
 
 @dataclass
@@ -302,8 +302,15 @@ class StreamKernel(KernelImpl):
     def template(self, params: Mapping[str, Any]) -> ThreadTemplate:
         return self._stream(params).template(self._threads(params), self.block)
 
+    def rendering(self, params: Mapping[str, Any]) -> str | None:
+        """The ptxas entry of the CUDA C rendering this launch runs where it is not the
+        kernel's own (``regs_allocated``): a variant compiled for other params (gemm's 64 tile,
+        a dilated im2col, a ceil_mode or divisor_override pool), else None."""
+        return None
+
     def registers(self, params: Mapping[str, Any]) -> RegisterMap:
-        return self._stream(params).register_map(self.regs_allocated)
+        entry = self.rendering(params)
+        return self._stream(params).register_map(self.regs_allocated if entry is None else ptxas_registers(entry))
 
     def vocabulary(self) -> Mapping[str, TagInfo]:
         vocab: dict[str, TagInfo] = {}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError, c_div
-from kernelfi.types import AddressHalf, Launch, RegisterMap, ThreadTemplate
+from kernelfi.types import AddressHalf, Launch, ThreadTemplate
 
 from ._base import BLOCK, get_buf, is_weight_name, lane_flat, operand_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop
@@ -164,10 +164,9 @@ class Im2colKernel(StreamKernel):
         n = self._threads(params)
         return ((n + BLOCK - 1) // BLOCK, 1, 1)   # (num_kernels + BLOCK - 1) / BLOCK, no y folding
 
-    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
-        """ptxas' count of the launch's rendering: ``im2col`` or, dilated, ``im2col_dilated``."""
-        gprs = ptxas_registers("im2col_dilated") if dilated_im2col(params) else self.regs_allocated
-        return self._stream(params).register_map(gprs)
+    def rendering(self, params: Mapping[str, Any]) -> str | None:
+        """``im2col`` or, dilated, ``im2col_dilated``."""
+        return "im2col_dilated" if dilated_im2col(params) else None
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         k = p_int(params, "ksize", self.name)
@@ -563,11 +562,9 @@ class GemmKernel(StreamKernel):
         g = sgemm_shape(params, self.name)
         return self._stream(params).template(g.threads, g.threads_per_block)
 
-    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
-        """ptxas' count of the rendering of the launch's tile (``gemm`` or ``gemm_64``)."""
-        tile = sgemm_shape(params, self.name).tile
-        gprs = self.regs_allocated if tile == SGEMM_TILES[1] else ptxas_registers("gemm_64")
-        return self._stream(params).register_map(gprs)
+    def rendering(self, params: Mapping[str, Any]) -> str | None:
+        """The rendering of the launch's tile: ``gemm`` (128) or ``gemm_64``."""
+        return None if sgemm_shape(params, self.name).tile == SGEMM_TILES[1] else "gemm_64"
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         return sgemm_stream(params)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kernelfi._utils import KernelfiError, c_div
-from kernelfi.types import AddressHalf, Launch, RegisterMap
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel, seq_sum
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
@@ -90,18 +90,21 @@ def window_prologue(s: Stream, params: Mapping[str, Any]) -> None:
     s.add("GPR", "XMAD", "imad:out_index", 9, "index", "out_index = j + w*(i + h*(k + c*b))")
 
 
-class WindowKernel(StreamKernel):
-    """A windowed pool: one thread per output element (forward_maxpool, forward_local_avgpool)."""
+class PlaneOutputKernel(StreamKernel):
+    """A pool with one thread per output element (c, o_h, o_w): the windowed, adaptive and
+    dilated pools."""
 
     def _threads(self, params: Mapping[str, Any]) -> int:
         return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
                 * p_int(params, "out_w", self.name))
 
-    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
-        """ptxas' count of the launch's rendering: Darknet's kernel, or its ``*_ceil`` entry
-        (two more arguments) on a ``CEIL_PAD`` launch."""
-        gprs = self.regs_allocated if ceil_pads(params) is None else ptxas_registers(f"{self.name}_ceil")
-        return self._stream(params).register_map(gprs)
+
+class WindowKernel(PlaneOutputKernel):
+    """A windowed pool: one thread per output element (forward_maxpool, forward_local_avgpool)."""
+
+    def rendering(self, params: Mapping[str, Any]) -> str | None:
+        """Darknet's kernel, or its ``*_ceil`` entry (two more arguments) on a ``CEIL_PAD`` launch."""
+        return None if ceil_pads(params) is None else f"{self.name}_ceil"
 
 
 @register_kernel

@@ -17,7 +17,8 @@ import torch
 from kernelfi.types import AddressHalf, Launch
 
 from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel
-from ._sass import Stream, StreamKernel, addr, epilogue, idiv, loop, prologue_1d
+from ._sass import Stream, addr, epilogue, idiv, loop, prologue_1d
+from .pool import PlaneOutputKernel
 
 Mem = dict[str, torch.Tensor]
 KEYS = ("channels", "height", "width", "size", "stride", "pad", "dilation", "out_h", "out_w")
@@ -29,7 +30,7 @@ def dilated_start(start: int, dilation: int) -> int:
 
 
 @register_kernel
-class DilatedMaxpoolKernel(StreamKernel):
+class DilatedMaxpoolKernel(PlaneOutputKernel):
     """``max_pool_forward_nchw``: one thread per output element, a size×size window dilated by d."""
 
     name: ClassVar[str] = "max_pool_nchw"
@@ -61,10 +62,6 @@ class DilatedMaxpoolKernel(StreamKernel):
         put(mem, launch.writes[0], best.reshape(lanes, -1), natural=(c, oh, ow))
         if len(launch.writes) > 1:
             put(mem, launch.writes[1], arg.reshape(lanes, -1), natural=(c, oh, ow))
-
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         k = p_int(params, "size", self.name)

@@ -20,11 +20,11 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 
-from kernelfi.types import AddressHalf, Launch, RegisterMap
+from kernelfi.types import AddressHalf, Launch
 
 from ._base import f32, lane_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, fdiv, idiv, loop, prologue_1d
-from .pool import WindowKernel, window_geometry, window_padded, window_prologue
+from .pool import PlaneOutputKernel, WindowKernel, window_geometry, window_padded, window_prologue
 
 Mem = dict[str, torch.Tensor]
 KN = "forward_local_avgpool"
@@ -79,12 +79,10 @@ class LocalAvgpoolKernel(WindowKernel):
         y = acc / count.to(x.dtype)
         put(mem, launch.writes[0], y.reshape(lanes, -1), natural=(c, oh, ow))
 
-    def registers(self, params: Mapping[str, Any]) -> RegisterMap:
-        """A divisor_override launch: ptxas' count of entry ``forward_local_avgpool_divisor``;
-        every other launch keeps the Darknet (or ``*_ceil``) entry's count."""
-        if "divisor" in params:
-            return self._stream(params).register_map(ptxas_registers(f"{KN}_divisor"))
-        return super().registers(params)
+    def rendering(self, params: Mapping[str, Any]) -> str | None:
+        """A divisor_override launch: entry ``forward_local_avgpool_divisor``; every other launch
+        the Darknet (or ``*_ceil``) entry."""
+        return f"{KN}_divisor" if "divisor" in params else super().rendering(params)
 
     def _stream(self, params: Mapping[str, Any]) -> Stream:
         size = p_int(params, "size", self.name)
@@ -235,7 +233,7 @@ def adaptive_windows(oh: int, ow: int, h: int, w: int) -> Iterator[tuple[int, in
             yield i, j, rows, adaptive_bounds(j, ow, w)
 
 
-class AdaptiveKernel(StreamKernel):
+class AdaptiveKernel(PlaneOutputKernel):
     """An adaptive pool: one thread per output element (c, o_h, o_w)."""
 
     def _planes(self, mem: Mem, launch: Launch) -> tuple[torch.Tensor, tuple[int, int, int, int, int]]:
@@ -244,10 +242,6 @@ class AdaptiveKernel(StreamKernel):
         c, h, w = dims[:3]
         x = lane_flat(mem, launch.reads[0], c * h * w, self.name)
         return x[:, :c * h * w].reshape(x.shape[0], c, h, w), dims  # type: ignore[return-value]
-
-    def _threads(self, params: Mapping[str, Any]) -> int:
-        return (p_int(params, "channels", self.name) * p_int(params, "out_h", self.name)
-                * p_int(params, "out_w", self.name))
 
 
 @register_kernel
