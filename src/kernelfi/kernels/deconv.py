@@ -49,18 +49,19 @@ def max_taps(size: int, pad: int, ksize: int, stride: int, n_col: int) -> int:
                default=0)
 
 
-#: Gather plans of ``Col2imKernel.run``, per geometry: index tensors, built once.
-_PLANS: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+#: Gather plans of ``Col2imKernel.run``, per geometry and device: index tensors, built once.
+_PLANS: dict[tuple[Any, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
-def _plan(g: Mapping[str, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _plan(g: Mapping[str, int], device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(column index, valid) per trip (i, j) of the thread's two loops, i outer: for output
     pixel p, trip (i, j) adds column entry index[p] when valid[p] (h_col = h_col_start + i,
     w_col = w_col_start + j inside their ends)."""
-    key = tuple(g[k] for k in ("channels", "height", "width", "ksize", "stride", "pad", "height_col", "width_col"))
+    geo = tuple(g[k] for k in ("channels", "height", "width", "ksize", "stride", "pad", "height_col", "width_col"))
+    key = (*geo, str(device))
     if key in _PLANS:
         return _PLANS[key]
-    c, h, w, ks, st, pad, hc, wc = key
+    c, h, w, ks, st, pad, hc, wc = geo
     th, tw = max_taps(h, pad, ks, st, hc), max_taps(w, pad, ks, st, wc)
     hh = torch.arange(h) + pad
     ww = torch.arange(w) + pad
@@ -79,7 +80,8 @@ def _plan(g: Mapping[str, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             kw = ww.view(1, 1, w) - wcol * st
             idx = ((cc * ks + kh) * ks + kw) * (hc * wc) + hcol * wc + wcol
             valid = valid.expand(c, h, w)
-            plan.append((torch.where(valid, idx, torch.zeros_like(idx)).reshape(-1), valid.reshape(-1)))
+            plan.append((torch.where(valid, idx, torch.zeros_like(idx)).reshape(-1).to(device),
+                         valid.reshape(-1).to(device)))
     _PLANS[key] = plan
     return plan
 
@@ -104,8 +106,7 @@ class Col2imKernel(StreamKernel):
         n_col = c * g["ksize"] ** 2 * g["height_col"] * g["width_col"]
         cols = lane_flat(mem, launch.reads[0], n_col, self.name)
         val = torch.zeros((cols.shape[0], c * h * w), dtype=torch.float32, device=cols.device)
-        for idx, valid in _plan(g):
-            idx, valid = idx.to(cols.device), valid.to(cols.device)
+        for idx, valid in _plan(g, cols.device):
             val = torch.where(valid, val + cols[:, idx], val)   # val += entry, trip by trip
         put(mem, launch.writes[0], val, natural=(c, h, w))
 
