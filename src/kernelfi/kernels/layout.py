@@ -33,6 +33,7 @@ from kernelfi.types import AddressHalf, Launch
 
 from ._base import lane_flat, p_int, put, ptxas_registers, register_kernel
 from ._sass import Stream, StreamKernel, addr, epilogue, idiv, prologue_1d
+from .pointwise import PAD_KEYS
 
 Mem = dict[str, torch.Tensor]
 
@@ -183,20 +184,18 @@ class PixelShuffleKernel(StreamKernel):
         return copy_registers(s, "lea:addr_out")
 
 
-#: The padded-copy kernels' geometry params (as ``constant_pad``'s).
-PAD2D_KEYS: tuple[str, ...] = ("channels", "height", "width", "top", "left", "out_h", "out_w")
 #: padding mode -> kernel.
 PAD2D_KERNELS: dict[str, str] = {"reflect": "reflection_pad2d", "replicate": "replication_pad2d"}
 
 
 def pad2d_geometry(params: Mapping[str, Any], kernel: str) -> tuple[int, ...]:
     """(C, H, W, top, left, OH, OW) of a reflect/replicate pad; pads >= 0 (reflect: < the extent)."""
-    g = tuple(p_int(params, k, kernel) for k in PAD2D_KEYS)
+    g = tuple(p_int(params, k, kernel) for k in PAD_KEYS)  # constant_pad's geometry params
     c, h, w, top, left, oh, ow = g
     bottom, right = oh - h - top, ow - w - left
     if min(top, left, bottom, right) < 0 or min(h, w) < 1:
         raise KernelfiError(f"{kernel}: pads must be >= 0 (top {top}, left {left}, {h}x{w} -> {oh}x{ow})")
-    if kernel == "reflection_pad2d" and max(top, bottom) >= h or kernel == "reflection_pad2d" and max(left, right) >= w:
+    if kernel == "reflection_pad2d" and (max(top, bottom) >= h or max(left, right) >= w):
         raise KernelfiError(f"{kernel}: reflect pads must be smaller than the input ({h}x{w}, pads "
                             f"{(left, right, top, bottom)})")
     return g

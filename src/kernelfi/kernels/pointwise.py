@@ -37,10 +37,16 @@ def _f32(v: float) -> float:
     return float(torch.tensor(float(v), dtype=torch.float32))
 
 
-def scalar_operand(op: str, c: float) -> float:
-    """The float32 kernel argument of ``scalar_op``: c, or ``1.0f / c`` for div (computed on the host)."""
+def check_scalar_op(op: str) -> str:
+    """``op`` if it is one of ``SCALAR_OPS``, else one line naming the known ones."""
     if op not in SCALAR_OPS:
         raise KernelfiError(f"scalar_op: unknown op '{op}' (known: {', '.join(SCALAR_OPS)})")
+    return op
+
+
+def scalar_operand(op: str, c: float) -> float:
+    """The float32 kernel argument of ``scalar_op``: c, or ``1.0f / c`` for div (computed on the host)."""
+    check_scalar_op(op)
     if op == "div":
         return float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(_f32(c), dtype=torch.float32))
     return _f32(c)
@@ -55,16 +61,12 @@ def scalar_value(op: str, x: torch.Tensor, s: float) -> torch.Tensor:
         return x - st          # fmaf(-1, c, x): -c is exact, one rounding of x - c
     if op == "rsub":
         return st - x          # fmaf(-1, x, c)
-    if op in ("mul", "div"):
-        return x * st
-    raise KernelfiError(f"scalar_op: unknown op '{op}' (known: {', '.join(SCALAR_OPS)})")
+    check_scalar_op(op)
+    return x * st              # mul, and div as x * (1/c)
 
 
 def _op(params: Mapping[str, Any]) -> str:
-    op = str(params.get("op", ""))
-    if op not in SCALAR_OPS:
-        raise KernelfiError(f"scalar_op: unknown op '{op}' (known: {', '.join(SCALAR_OPS)})")
-    return op
+    return check_scalar_op(str(params.get("op", "")))
 
 
 @register_kernel
