@@ -451,7 +451,7 @@ def _avgpool(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     c.st("st:out", "out", oi, y)
 
 
-def _trunc_i32(x: float) -> int:
+def trunc_i32(x: float) -> int:
     """CUDA's float->int conversion: truncation, saturating, NaN -> 0."""
     if x != x:
         return 0
@@ -475,7 +475,7 @@ def _softmax(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     with np.errstate(all="ignore"):
         for i in c.loop("max", n):
             x = c.ld("ld:in_max", "in", off + i)
-            iv = c.ival(("cvt:trunc",), _trunc_i32(float(x)))
+            iv = c.ival(("cvt:trunc",), trunc_i32(float(x)))
             fv = c.val(("cvt:itof",), F32(iv))
             gt = c.pred(("setp:gt_largest",), bool(fv > largest))
             largest = c.val(("sel:largest",), fv if gt else largest, old=largest)

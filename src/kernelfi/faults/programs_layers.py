@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, window_prologue
+from kernelfi.faults.programs import OPERANDS, ffma32, prologue, program, trunc_i32, window_prologue
 from kernelfi.faults.replay import F32, ThreadCtx
 from kernelfi.kernels.norm import OFFSETS, WARP, lane_states, shuffle_partner, threads_per_row, warp_0_inputs, warp_level
 from kernelfi.kernels import (broadcast_strides, dilated_start, clamp_bounds, col2im_geometry, pad_geometry, pad2d_geometry,
@@ -387,15 +387,6 @@ def _max_pool_nchw(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     c.st("st:indices", "indices", i, int(arg))
 
 
-def _truncate(x: np.float32) -> int:
-    """F2I.TRUNC of a (maybe corrupted) source coordinate: saturating, NaN -> 0."""
-    if x != x:
-        return 0
-    if not math.isfinite(x):
-        return 2**31 - 1 if x > 0 else -(2**31)
-    return max(-(2**31), min(2**31 - 1, int(x)))
-
-
 @program("upsample_bilinear")
 def _upsample_bilinear(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
     ch, H, W, OH, OW = (int(p[k]) for k in ("channels", "height", "width", "out_h", "out_w"))
@@ -414,7 +405,7 @@ def _upsample_bilinear(c: ThreadCtx, p: Mapping[str, Any], t: int) -> None:
                 half = c.val(("fadd:src_half",), d + F32(0.5))
                 r = c.val(("ffma:src",), ffma32(half, F32(scale), F32(-0.5)))
                 r = c.val(("fmnmx:src",), F32(0.0) if r < 0 else r, old=r)
-            axes.append((r, c.ival(("cvt:src_int",), _truncate(r)), extent))
+            axes.append((r, c.ival(("cvt:src_int",), trunc_i32(float(r))), extent))
         steps = [1 if c.pred(("setp:step",), i1 < extent - 1) else 0 for _, i1, extent in axes]
         lambdas = []
         for r, i1, _ in axes:
