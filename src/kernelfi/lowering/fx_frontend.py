@@ -26,7 +26,7 @@ from kernelfi._utils import KernelfiError
 from kernelfi.kernels import LEAKY_SLOPE, SOFTPLUS_THRESHOLD
 from kernelfi.types import LayerSpec
 
-from .fx_layers import Val, hw, module_path, pair
+from .fx_layers import Val, hw, layer_name, module_path, pair
 from .fx_ops import FxOps
 
 _ACT_MODULES: dict[type, str] = {
@@ -77,11 +77,6 @@ _SOFTMAX_FUNCS = (F.softmax, torch.softmax)
 
 #: GELU's ``approximate`` -> the activate_array case: the erf form or the tanh form.
 _GELU_FORMS = {"none": "gelu", "tanh": "gelu_tanh"}
-
-
-def _named(base: str, kind: str) -> str:
-    """A function node's layer name: ``base.kind`` inside a module, else ``kind``."""
-    return f"{base}.{kind}" if base else kind
 
 
 def _gelu_form(approximate: Any, where: str) -> str:
@@ -459,10 +454,10 @@ class FxLowering(FxOps):
             self._clamp_node(node, _CLAMP_FUNCS[fn], base)
         elif fn is F.hardtanh:
             kw = dict(zip(("input", "min_val", "max_val"), node.args)) | dict(node.kwargs)
-            self._clamp(node, kw.get("min_val", -1.0), kw.get("max_val", 1.0), _named(base, "hardtanh"), "hardtanh")
+            self._clamp(node, kw.get("min_val", -1.0), kw.get("max_val", 1.0), layer_name(base, "hardtanh"), "hardtanh")
         elif fn is F.pad:
             kw = dict(zip(("input", "pad", "mode", "value"), node.args)) | dict(node.kwargs)
-            self._pad(node, kw.get("pad"), kw.get("value"), str(kw.get("mode", "constant")), _named(base, "pad"))
+            self._pad(node, kw.get("pad"), kw.get("value"), str(kw.get("mode", "constant")), layer_name(base, "pad"))
         elif fn in (torch.chunk, torch.split):
             self._split_node(node, fn is torch.chunk)
         elif fn is operator.getitem and self._getitem(node, base):
@@ -474,14 +469,14 @@ class FxLowering(FxOps):
         elif fn is F.adaptive_max_pool2d:
             kw = dict(zip(("input", "output_size", "return_indices"), node.args)) | dict(node.kwargs)
             self._adaptive_maxpool(node, kw.get("output_size"), bool(kw.get("return_indices", False)),
-                                   f"{base}.pool" if base else "pool", node.name)
+                                   layer_name(base, "pool"), node.name)
         elif fn is F.interpolate:
             kw = dict(zip(("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
                            "antialias"), node.args)) | dict(node.kwargs)
             if kw.get("antialias"):
                 raise KernelfiError(f"fx node {node.name}: interpolation with antialias=True is not supported")
             self._upsample(node, self._val(node.args[0], node), kw.get("scale_factor"), kw.get("size"),
-                           str(kw.get("mode", "nearest")), node.name, f"{base}.upsample" if base else "upsample",
+                           str(kw.get("mode", "nearest")), node.name, layer_name(base, "upsample"),
                            kw.get("align_corners"), kw.get("recompute_scale_factor"))
         elif fn in (F.avg_pool2d, F.max_pool2d):
             names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
@@ -492,14 +487,14 @@ class FxLowering(FxOps):
             kw.pop("return_indices", None)
             mod = nn.AvgPool2d(**kw) if fn is F.avg_pool2d else nn.MaxPool2d(**kw)
             (self._avgpool if fn is F.avg_pool2d else self._maxpool)(  # type: ignore[operator]
-                node, mod, f"{base}.pool" if base else "pool", node.name)
+                node, mod, layer_name(base, "pool"), node.name)
         elif fn in _ACT_FUNCS:
             self._activation(node, _ACT_FUNCS[fn], f"{node.name} ({fn.__name__})")
         elif fn in (F.pixel_shuffle, F.pixel_unshuffle):
             inverse = fn is F.pixel_unshuffle
             kw = dict(zip(("input", "factor"), node.args)) | dict(node.kwargs)
             factor = kw.get("factor", kw.get("downscale_factor" if inverse else "upscale_factor"))
-            self._pixel_shuffle(node, factor, inverse, _named(base, "pixel_unshuffle" if inverse else "pixel_shuffle"))
+            self._pixel_shuffle(node, factor, inverse, layer_name(base, "pixel_unshuffle" if inverse else "pixel_shuffle"))
         elif fn is torch.transpose:
             self._swap(node, _swapped(node, node.args[1:3]), "torch.transpose")
         elif fn is torch.flatten and self._shuffled(node, self._flat_target(node), base):
@@ -519,10 +514,10 @@ class FxLowering(FxOps):
                 raise KernelfiError(f"fx node {node.name}: torch.cat only along channels of equal-size maps "
                                     "(or of flat vectors) is supported")
             c = sum(v.shape[0] for v in vals)
-            self._add(node, "route", f"{base}.cat" if base else "cat", tuple(v.layer for v in vals),
+            self._add(node, "route", layer_name(base, "cat"), tuple(v.layer for v in vals),
                       (c, *vals[0].shape[1:]), {"layers": [v.layer for v in vals]})
         elif fn in _SOFTMAX_FUNCS:
-            self._softmax(node, f"{base}.softmax" if base else "softmax")
+            self._softmax(node, layer_name(base, "softmax"))
         elif fn in (F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout):
             self._pass(node)
         elif fn is getattr:
@@ -584,7 +579,7 @@ class FxLowering(FxOps):
         elif m in ("contiguous",):
             self._pass(node)
         elif m == "softmax":
-            self._softmax(node, f"{base}.softmax" if base else "softmax")
+            self._softmax(node, layer_name(base, "softmax"))
         else:
             raise KernelfiError(f"fx node {node.name}: tensor method .{m}() is not supported by the lowering")
 
@@ -614,7 +609,7 @@ class FxLowering(FxOps):
     def _adaptive_fn(self, node: fx.Node, base: str) -> None:
         """``F.adaptive_avg_pool2d(x, size)`` as the module of that size."""
         size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-        self._avgpool(node, nn.AdaptiveAvgPool2d(size), f"{base}.avgpool" if base else "avgpool", node.name)
+        self._avgpool(node, nn.AdaptiveAvgPool2d(size), layer_name(base, "avgpool"), node.name)
 
     def _arith(self, node: fx.Node, op: str, base: str) -> None:
         """``a op b``: with a Python number, the scalar kernel; else the tensor rules."""
@@ -629,7 +624,7 @@ class FxLowering(FxOps):
         """``torch.clamp(x, lo, hi)``, ``x.clamp(min=lo)``, ``clamp_min``, ``clamp_max``, ``clip``."""
         kw = dict(zip(names, node.args[1:])) | dict(node.kwargs)
         kind = str(getattr(node.target, "__name__", node.target)).rstrip("_")
-        self._clamp(node, kw.get("min"), kw.get("max"), _named(base, kind), kind)
+        self._clamp(node, kw.get("min"), kw.get("max"), layer_name(base, kind), kind)
 
     def _split_node(self, node: fx.Node, chunks: bool) -> None:
         """``torch.chunk(x, k, dim)`` / ``torch.split(x, n, dim)`` (and the methods)."""
@@ -646,7 +641,7 @@ class FxLowering(FxOps):
             self._binary(node, "add", a, b, base)
             return
         # Darknet's shortcut copies its previous layer's output and adds the `from` layer.
-        self._add(node, "shortcut", f"{base}.add" if base else "add", (va.layer, vb.layer), va.shape,
+        self._add(node, "shortcut", layer_name(base, "add"), (va.layer, vb.layer), va.shape,
                   {"from": vb.layer, "activation": "linear"}, open_=True)
 
 

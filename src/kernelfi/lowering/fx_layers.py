@@ -21,6 +21,17 @@ from kernelfi._utils import KernelfiError
 from kernelfi.kernels import CEIL_PAD, bilinear_scale
 
 
+#: A node whose value is the tuple of ``torch.chunk``/``torch.split``: its layer index (fx_ops).
+SPLIT = -3
+#: A node whose value is the transposed (C/g, g, H, W) view of a channel shuffle: its layer index (fx_ops).
+SHUFFLED = -4
+
+
+def layer_name(base: str, kind: str) -> str:
+    """A function node's layer name: ``base.kind`` inside a module, else ``kind``."""
+    return f"{base}.{kind}" if base else kind
+
+
 @dataclass
 class FxLayer:
     """A layer under construction; frozen into a LayerSpec at the end."""
@@ -108,9 +119,9 @@ class FxLayers:
     def _val(self, arg: Any, node: fx.Node) -> Val:
         if not isinstance(arg, fx.Node) or arg not in self.vals:
             raise KernelfiError(f"fx node {node.name} ({node.op} {node.target}): input {arg!r} is not a tensor the lowering tracks")
-        if self.vals[arg].layer == -3:  # fx_ops.SPLIT: a chunk/split tuple, used only through [i]
+        if self.vals[arg].layer == SPLIT:  # a chunk/split tuple, used only through [i]
             raise KernelfiError(f"fx node {node.name}: the pieces of {arg.name} are used other than by index")
-        if self.vals[arg].layer == -4:  # fx_ops.SHUFFLED: a transposed view, used only by a view back
+        if self.vals[arg].layer == SHUFFLED:  # a transposed view, used only by a view back
             raise KernelfiError(f"fx node {node.name}: the transposed view {arg.name} is used other than by "
                                 ".contiguous() or a view back to (C, H, W)")
         return self.vals[arg]
@@ -327,7 +338,7 @@ class FxLayers:
             out = tuple(torch.broadcast_shapes(sa, sb))
         except RuntimeError:
             raise KernelfiError(f"fx node {node.name}: {op} of shapes {sa} and {sb}: they do not broadcast") from None
-        name = f"{base}.{op}" if base else op
+        name = layer_name(base, op)
         if op == "mul" and len(out) == 3:
             for m, sc in ((va, vb), (vb, va)):
                 if m.shape == out and sc.shape == (out[0], 1, 1) and out[1] * out[2] > 1:
@@ -347,6 +358,6 @@ class FxLayers:
             raise KernelfiError(f"fx node {node.name}: mean over dims {dims} of {src.shape} is not supported "
                                 "(only the spatial mean, dims (2, 3))")
         c = src.shape[0]
-        self._add(node, "avgpool", f"{base}.mean" if base else "mean", (src.layer,), (c, 1, 1), {})
+        self._add(node, "avgpool", layer_name(base, "mean"), (src.layer,), (c, 1, 1), {})
         if not keep:
             self.vals[node] = Val(self.vals[node].layer, (c,))

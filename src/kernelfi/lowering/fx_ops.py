@@ -28,12 +28,8 @@ import torch.fx as fx
 
 from kernelfi._utils import KernelfiError
 
-from .fx_layers import FxLayers, Val
+from .fx_layers import SHUFFLED, SPLIT, FxLayers, Val, layer_name
 
-#: A node whose value is the tuple of ``torch.chunk``/``torch.split``: its layer index.
-SPLIT = -3
-#: A node whose value is the transposed (C/g, g, H, W) view of a channel shuffle: its layer index.
-SHUFFLED = -4
 
 
 def number(v: Any) -> bool:
@@ -68,7 +64,7 @@ class FxOps(FxLayers):
         src = self._tensor(tensor, node, op)
         if op == "div" and float(c) == 0.0:
             raise KernelfiError(f"fx node {node.name}: division by the constant 0 is not supported")
-        self._add(node, "scalar", f"{base}.{op}" if base else op, (src.layer,), src.shape,
+        self._add(node, "scalar", layer_name(base, op), (src.layer,), src.shape,
                   {"op": op, "scalar": float(c)})
         return True
 
@@ -137,7 +133,7 @@ class FxOps(FxLayers):
             return
         if not node.users:
             return  # a piece nothing reads (``a, b = x.chunk(2, 1)`` with a unused): no copy
-        self._add(node, "slice", f"{base}.slice" if base else "slice", (src.layer,), (size, *src.shape[1:]),
+        self._add(node, "slice", layer_name(base, "slice"), (src.layer,), (size, *src.shape[1:]),
                   {"start": start})
 
     def _getitem(self, node: fx.Node, base: str) -> bool:
